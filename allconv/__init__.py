@@ -12,9 +12,9 @@ from .specs import (SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs, num
 
 def __getattr__(attr):  # torch is imported only when a network is built
     if attr in ("build", "init_weights", "INITS", "DEFAULT_INIT"):
-        from . import build as _build
+        from . import network  # a module named "build" would shadow the function of that name
 
-        return getattr(_build, attr)
+        return getattr(network, attr)
     raise AttributeError(f"module 'allconv' has no attribute {attr!r}")
 
 

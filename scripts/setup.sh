@@ -21,5 +21,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "setup: installing Python packages into .venv (about 2 minutes on a fresh machine)"
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-.venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# The repo root on the venv's path (what an editable install does), so `bench/run_all.py` run as a
+# script and `python -m reports` both import allconv, loaders, bench and reports from this checkout.
+.venv/bin/python -c 'import site, sys; open(site.getsitepackages()[0] + "/allconv_bench.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
 echo "$want" > "$stamp"

@@ -1,0 +1,220 @@
+"""The 12 networks against the paper's Tables 1-2 and the exact counts in ../shared/FACTS.md.
+
+Each test here fails on one of the bugs that sank earlier reproductions: wrong padding (5x5 with pad 1),
+5x5 or 1x1 extra layers instead of 3x3, pooling that gives 15/7 instead of 16/8, a layer object appended
+twice (shared weights), dropout left on at test time.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import allconv
+from allconv.specs import SPECS
+
+TABLE3_ORDER = ["model-a", "strided-a", "convpool-a", "allcnn-a", "model-b", "strided-b", "convpool-b",
+                "allcnn-b", "model-c", "strided-c", "convpool-c", "allcnn-c"]
+EXACT_PARAMS = {  # FACTS.md: weights + biases, 10 classes, no BN
+    "model-a": 839_242, "strided-a": 839_242, "convpool-a": 1_254_250, "allcnn-a": 1_254_250,
+    "model-b": 885_610, "strided-b": 885_610, "convpool-b": 1_300_618, "allcnn-b": 1_300_618,
+    "model-c": 954_730, "strided-c": 954_730, "convpool-c": 1_369_738, "allcnn-c": 1_369_738,
+}
+DISPLAY = {"model-a": "Model A", "strided-a": "Strided-CNN-A", "convpool-a": "ConvPool-CNN-A",
+           "allcnn-a": "All-CNN-A", "model-c": "Model C", "allcnn-c": "All-CNN-C",
+           "convpool-b": "ConvPool-CNN-B"}
+
+
+def count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_variants_in_table3_order_with_paper_names():
+    assert list(allconv.VARIANTS) == TABLE3_ORDER
+    for name, display in DISPLAY.items():
+        assert allconv.VARIANTS[name] == display
+    assert allconv.list_models("*-c") == ["model-c", "strided-c", "convpool-c", "allcnn-c"]
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_exact_parameter_count(name):
+    model = allconv.build(name)
+    assert count(model) == EXACT_PARAMS[name] == SPECS[name].num_params == allconv.num_params(name)
+
+
+def test_hundred_classes():
+    assert count(allconv.build("allcnn-c", num_classes=100)) == 1_387_108
+    assert allconv.num_params("allcnn-c", num_classes=100) == 1_387_108
+
+
+def test_c_family_layers_are_table2_written_out():
+    """Table 2 of the paper, literally: kernel x width (/2 for stride 2) of every conv, and the pools."""
+    expected = {
+        "model-c": "3x96 3x96 pool 3x192 3x192 pool 3x192 1x192 1x10",
+        "strided-c": "3x96 3x96/2 3x192 3x192/2 3x192 1x192 1x10",
+        "convpool-c": "3x96 3x96 3x96 pool 3x192 3x192 3x192 pool 3x192 1x192 1x10",
+        "allcnn-c": "3x96 3x96 3x96/2 3x192 3x192 3x192/2 3x192 1x192 1x10",
+        "strided-b": "5x96 1x96/2 5x192 1x192/2 3x192 1x192 1x10",
+        "allcnn-a": "5x96 3x96/2 5x192 3x192/2 3x192 1x192 1x10",
+    }
+    for name, layers in expected.items():
+        got = []
+        for m in allconv.build(name).modules():
+            if isinstance(m, nn.Conv2d):
+                got.append(f"{m.kernel_size[0]}x{m.out_channels}" + ("/2" if m.stride[0] == 2 else ""))
+            elif isinstance(m, nn.MaxPool2d):
+                got.append("pool")
+        assert " ".join(got) == layers, name
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_same_padding_except_top_3x3(name):
+    for i, conv in enumerate(convs(allconv.build(name))):
+        top3x3 = i == len(convs(allconv.build(name))) - 3
+        assert conv.padding[0] == (0 if top3x3 else conv.kernel_size[0] // 2), (name, i)
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_spatial_sizes_32_16_8_6(name):
+    model = allconv.build(name).eval()
+    sizes = {}
+    hooks = [getattr(model, s).register_forward_hook(
+        lambda m, i, o, s=s: sizes.__setitem__(s, tuple(o.shape[-2:]))) for s in ("stage1", "stage2", "top")]
+    out = model(torch.randn(2, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    assert sizes == {"stage1": (16, 16), "stage2": (8, 8), "top": (6, 6)}
+    assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_every_layer_owns_its_weights(name, bn):
+    model = allconv.build(name, bn=bn)
+    params = list(model.parameters())
+    assert len({id(p) for p in params}) == len(params)
+    storages = [p.untyped_storage().data_ptr() for p in params]
+    assert len(set(storages)) == len(storages)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    assert len({id(m) for m in layers}) == len(layers)
+    # no module object registered under two names either
+    named = list(model.named_modules(remove_duplicate=False))
+    assert len({id(m) for _, m in named}) == len(named)
+
+
+def test_eval_is_deterministic_and_train_is_stochastic():
+    torch.manual_seed(0)
+    model = allconv.build("allcnn-a")
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+        model.train()
+        assert not torch.equal(model(x), model(x))
+    no_drop = allconv.build("allcnn-a", dropout=False).train()
+    assert not any(isinstance(m, nn.Dropout) for m in no_drop.modules())
+    with torch.no_grad():
+        assert torch.equal(no_drop(x), no_drop(x))
+
+
+def test_dropout_positions_and_rates():
+    for name in TABLE3_ORDER:
+        model = allconv.build(name)
+        drops = [(n, m.p) for n, m in model.named_modules() if isinstance(m, nn.Dropout)]
+        assert drops == [("input_drop", 0.2), ("drop1", 0.5), ("drop2", 0.5)], name
+        names = [n for n, _ in model.named_children()]
+        assert names == ["input_drop", "stage1", "drop1", "stage2", "drop2", "top", "gap", "flatten"]
+    # Strided: the dropout follows the strided conv directly
+    stage1 = list(allconv.build("strided-b").stage1.children())
+    assert isinstance(stage1[-2], nn.Conv2d) and stage1[-2].stride == (2, 2)
+
+
+def test_final_relu_switch():
+    with_relu = allconv.build("allcnn-c").top
+    without = allconv.build("allcnn-c", final_relu=False).top
+    assert isinstance(list(with_relu.children())[-1], nn.ReLU)
+    assert isinstance(list(without.children())[-1], nn.Conv2d)
+    assert sum(isinstance(m, nn.ReLU) for m in without) == 2
+    model = allconv.build("allcnn-c", final_relu=False, dropout=False).eval()
+    assert (model(torch.randn(8, 3, 32, 32)) < 0).any()  # logits can be negative only without the ReLU
+    model = allconv.build("allcnn-c", dropout=False).eval()
+    assert (model(torch.randn(8, 3, 32, 32)) >= 0).all()
+
+
+def test_bn_after_every_conv():
+    model = allconv.build("model-b", bn=True)
+    mods = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    assert len(mods) == 2 * len(convs(model))
+    for conv, bn in zip(mods[::2], mods[1::2]):
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        assert conv.bias is None and bn.num_features == conv.out_channels
+    assert count(model) == allconv.num_params("model-b", bn=True)
+    assert count(model) == 885_610 + sum(c.out_channels for c in convs(model))
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    model = allconv.build(name, bn=name.endswith("c"))
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 7]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for n, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_macs_match_a_count_from_real_layer_outputs(name):
+    model = allconv.build(name, num_classes=10).eval()
+    total = []
+
+    def hook(conv, inputs, output):
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        total.append(k * conv.in_channels * output.shape[1] * output.shape[2] * output.shape[3])
+
+    for conv in convs(model):
+        conv.register_forward_hook(hook)
+    model(torch.zeros(1, 3, 32, 32))
+    assert sum(total) == allconv.macs(name)
+    assert allconv.macs("allcnn-c") == 270_798_336  # FACTS.md: ~271 M
+
+
+def test_init_options():
+    torch.manual_seed(0)
+    conv = convs(allconv.build("allcnn-c"))[1]  # 3x3, 96 -> 96: fan_in 864
+    bound = (3 / 864) ** 0.5
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
+    assert torch.count_nonzero(conv.bias) == 0
+    torch.manual_seed(0)
+    a = convs(allconv.build("allcnn-c", init="kaiming"))[1].weight
+    assert abs(a.std().item() - (2 / 864) ** 0.5) < 0.002
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"name": "allcnn-d"}, "valid names: model-a"),
+    ({"name": "allcnn-c", "num_classes": 0}, "num_classes"),
+    ({"name": "allcnn-c", "bn": "yes"}, "bn must be"),
+    ({"name": "allcnn-c", "init": "he"}, "valid: caffe-xavier"),
+])
+def test_bad_options_raise_with_valid_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        allconv.build(**kwargs)
+
+
+def test_cli_table():
+    out = subprocess.run([sys.executable, "-m", "allconv"], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 13
+    assert "All-CNN-C" in lines[-1] and "1,369,738" in lines[-1] and "1.4 M" in lines[-1] and "270.8" in lines[-1]
+    bad = subprocess.run([sys.executable, "-m", "allconv", "nope-*"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_specs_import_no_torch():
+    """reports/ reads the specs on machines without torch: importing them must not pull torch in."""
+    code = "import sys, allconv; allconv.macs('allcnn-c'); allconv.VARIANTS; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
