@@ -1,0 +1,376 @@
+"""Prepare CIFAR-10 once: the only code that reads the raw source (run: python -m loaders.prepare --help).
+
+    python -m loaders.prepare --source ../shared/data/cifar10-jpeg.tar.gz --data-dir data [--subset-per-class N]
+
+What lands in DATA_DIR (every file written under a temporary name and renamed; manifest.json last):
+  train_images.npy, test_images.npy   uint8 N x 32 x 32 x 3 (HWC, RGB), lossless; read by the torch/tensor backends
+  train_labels.npy, test_labels.npy   int64 N, in 0..9 (airplane, automobile, bird, cat, deer, dog, frog, horse,
+                                      ship, truck: CIFAR-10's own numbering, also ImageFolder's alphabetical order)
+  splits.npz                          train45k, val5k: int64 indices into train, a fixed seeded class-stratified
+                                      split (10% of each class to val5k) for choosing the LR honestly; the paper
+                                      picks it on the test set (Section 3.2.1), so Table 3 runs use train/test.
+  train.beton, test.beton             FFCV files (raw RGB, IntField label), only when ffcv is importable
+  manifest.json                       counts per split and class, source and its sha256, options, versions,
+                                      sha256 of every file above, creation time
+Image order inside a split is fixed: (class, file name) for folder sources, archive order for the official one.
+A prepare killed at any point leaves no manifest (the old one is removed before any file is replaced), and a
+directory without a manifest whose file hashes match is never taken as valid.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import json
+import os
+import pickle
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+COUNTS_PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10: 50,000 training and 10,000 test images
+VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
+OFFICIAL_MEMBERS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+MANIFEST = "manifest.json"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+def _ffcv_available() -> bool:
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_tree(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(folder)).encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# ---- reading sources: each returns {"train": (images N,32,32,3 uint8, labels N int64), "test": (...)} ----
+
+def _read_official(batches: dict[str, bytes]) -> dict:
+    """The official python pickles: b'data' is N x 3072 (channel-major 32x32 planes), b'labels' N ints."""
+    out = {}
+    for split, names in OFFICIAL_MEMBERS.items():
+        xs, ys = [], []
+        for name in names:
+            try:
+                d = pickle.loads(batches[name], encoding="bytes")
+            except Exception as e:
+                raise ValueError(f"{name}: unreadable official batch ({type(e).__name__})") from None
+            data = np.asarray(d[b"data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"{name}: images are not 32x32 RGB (data shape {data.shape})")
+            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        out[split] = (np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys))
+    return out
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except OSError as e:
+        raise ValueError(f"{name}: unreadable image ({e})") from None
+    if img.shape != (32, 32, 3):
+        raise ValueError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
+    return img
+
+
+def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
+    """files: (split, class, name) -> encoded image. Labels are the classes' alphabetical ranks."""
+    out = {}
+    for split in COUNTS_PER_CLASS:
+        classes = sorted({c for s, c, _ in files if s == split})
+        if len(classes) != len(CLASSES):
+            raise ValueError(f"{split}/ has {len(classes)} class folders, CIFAR-10 needs {len(CLASSES)}")
+        keys = sorted(k for k in files if k[0] == split)
+        images = np.stack([_decode_image(files[k], "/".join(k)) for k in keys])
+        labels = np.array([classes.index(k[1]) for k in keys], dtype=np.int64)
+        out[split] = (images, labels)
+    return out
+
+
+def _folder_files(root: Path) -> dict:
+    return {(s, p.parent.name, p.name): p.read_bytes() for s in COUNTS_PER_CLASS if (root / s).is_dir()
+            for p in (root / s).glob("*/*") if p.suffix.lower() in IMAGE_EXTS}
+
+
+def _tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
+    official, folder = {}, {}
+    for m in tf:
+        if not m.isfile():
+            continue
+        parts = Path(m.name).parts
+        if parts[-1] in OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]:
+            official[parts[-1]] = tf.extractfile(m).read()
+        elif len(parts) >= 3 and parts[-3] in COUNTS_PER_CLASS and Path(m.name).suffix.lower() in IMAGE_EXTS:
+            folder[(parts[-3], parts[-2], parts[-1])] = tf.extractfile(m).read()
+    return official, folder
+
+
+def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
+    """Returns (splits, source description, sha256 of the source). Raises ValueError with one line on bad input."""
+    if source == "torchvision":
+        from torchvision.datasets import CIFAR10
+
+        download_dir = data_dir / "downloads"
+        download_dir.mkdir(parents=True, exist_ok=True)
+        try:  # the official archive, checked against its md5
+            CIFAR10(str(download_dir), train=True, download=True)
+        except Exception as e:
+            raise ValueError(f"torchvision download failed ({type(e).__name__}: {e}); pass --source PATH "
+                             "(e.g. ../shared/data/cifar10-jpeg.tar.gz)") from None
+        source = str(download_dir / "cifar-10-python.tar.gz")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(f"source not found: {source}")
+    if path.is_dir():
+        batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        if (batches / "data_batch_1").is_file():
+            names = OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]
+            missing = [n for n in names if not (batches / n).is_file()]
+            if missing:
+                raise ValueError(f"{source}: official batches missing: {', '.join(missing)}")
+            splits = _read_official({n: (batches / n).read_bytes() for n in names})
+            return splits, str(path.resolve()), _sha256_tree(batches)
+        files = _folder_files(path)
+        if not files:
+            raise ValueError(f"{source}: neither official CIFAR-10 batches nor train/<class>/ and test/<class>/ images")
+        return _read_imagefolder(files), str(path.resolve()), _sha256_tree(path)
+    try:
+        with tarfile.open(path) as tf:
+            official, folder = _tar_files(tf)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    digest = sha256_file(path)
+    if len(official) == 6:
+        return _read_official(official), str(path.resolve()), digest
+    if folder:
+        return _read_imagefolder(folder), str(path.resolve()), digest
+    raise ValueError(f"{source}: archive holds neither the 6 official batches nor train/<class>/ and "
+                     "test/<class>/ images")
+
+
+# ---- checking, subsetting, splitting ----
+
+def check_and_subset(splits: dict, subset_per_class: int | None, seed: int) -> dict:
+    """Labels in 0..9, all classes present, CIFAR-10's counts unless a subset is asked for (then N per class and
+    split, chosen with a seeded generator, kept in source order)."""
+    out = {}
+    for split, (images, labels) in splits.items():
+        if len(images) != len(labels):
+            raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
+            raise ValueError(f"{split}: labels outside 0..9 (min {labels.min()}, max {labels.max()})")
+        counts = np.bincount(labels, minlength=len(CLASSES))
+        if (counts == 0).any():
+            raise ValueError(f"{split}: classes missing: {[CLASSES[c] for c in np.flatnonzero(counts == 0)]}")
+        if subset_per_class is None:
+            if (counts != COUNTS_PER_CLASS[split]).any():
+                raise ValueError(f"{split}: {counts.tolist()} images per class, CIFAR-10 has "
+                                 f"{COUNTS_PER_CLASS[split]} each (use --subset-per-class for a subset)")
+            out[split] = (images, labels)
+            continue
+        if counts.min() < subset_per_class:
+            raise ValueError(f"{split}: --subset-per-class {subset_per_class} but a class has only {counts.min()}")
+        rng = np.random.default_rng([seed, 1 if split == "train" else 2])
+        keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), subset_per_class, replace=False)
+                                       for c in range(len(CLASSES))]))
+        out[split] = (np.ascontiguousarray(images[keep]), labels[keep])
+    return out
+
+
+def stratified_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """train45k / val5k: per class, a seeded VAL_FRACTION of the training images goes to val (sorted indices)."""
+    rng = np.random.default_rng([seed, 3])
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:round(VAL_FRACTION * (labels == c).sum())]
+                          for c in range(len(CLASSES))])
+    val = np.sort(val)
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+# ---- writing ----
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _publish(path: Path, write) -> None:
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    _publish(path, write)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    _publish(path, write)
+
+
+def write_beton(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Raw (lossless) RGB images and integer labels, FFCV's format."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    class _Pairs:
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return images[i], int(labels[i])
+
+    def write(tmp):
+        writer = DatasetWriter(str(tmp), {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+                               num_workers=min(os.cpu_count() or 1, 8))
+        writer.from_indexed_dataset(_Pairs(), chunksize=1000)
+    _publish(path, write)
+
+
+def _load_manifest(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((data_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _files_intact(data_dir: Path, manifest: dict) -> bool:
+    return all((data_dir / n).is_file() and sha256_file(data_dir / n) == h for n, h in manifest["files"].items())
+
+
+def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "data", *,
+                    subset_per_class: int | None = None, seed: int = 0) -> dict:
+    """Turn `source` into the files listed in the module docstring and return the manifest.
+
+    The same source and options again is a no-op that says so (it only adds the .beton files when ffcv has become
+    importable since); anything else rebuilds. Bad sources raise ValueError with a one-line message.
+    """
+    data_dir = Path(data_dir)
+    if subset_per_class is not None and subset_per_class < 1:
+        raise ValueError(f"--subset-per-class must be >= 1, got {subset_per_class}")
+    old = _load_manifest(data_dir)
+    options = {"subset_per_class": subset_per_class, "seed": seed}
+    want_source = source if source == "torchvision" else str(Path(source).expanduser().resolve())
+    if old and old["source"] == want_source and old["options"] == options and _files_intact(data_dir, old):
+        if source == "torchvision" or not Path(source).exists() or old["source_sha256"] == _source_sha(source):
+            if old["ffcv_version"] is not None or not _ffcv_available():
+                print(f"prepare: {data_dir} already holds this source and options; nothing to do")
+                return old
+            print(f"prepare: {data_dir} is up to date; adding the FFCV files now that ffcv is importable")
+            arrays = {s: (np.load(data_dir / f"{s}_images.npy"), np.load(data_dir / f"{s}_labels.npy"))
+                      for s in COUNTS_PER_CLASS}
+            return _write_all(data_dir, arrays, old["source"], old["source_sha256"], options, only_betons=True)
+    splits, described, digest = read_source(source, data_dir)
+    splits = check_and_subset(splits, subset_per_class, seed)
+    return _write_all(data_dir, splits, described if source != "torchvision" else "torchvision", digest, options)
+
+
+def _source_sha(source: str) -> str:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        return _sha256_tree(batches if (batches / "data_batch_1").is_file() else path)
+    return sha256_file(path)
+
+
+def _write_all(data_dir: Path, splits: dict, source: str, digest: str, options: dict, only_betons=False) -> dict:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MANIFEST).unlink(missing_ok=True)  # from here on the directory is invalid until the manifest lands
+    train_labels = splits["train"][1]
+    train45k, val5k = stratified_split(train_labels, options["seed"])
+    names = []
+    for split, (images, labels) in splits.items():
+        if not only_betons:
+            _save_npy(data_dir / f"{split}_images.npy", images)
+            _save_npy(data_dir / f"{split}_labels.npy", labels)
+        names += [f"{split}_images.npy", f"{split}_labels.npy"]
+    if not only_betons:
+        _save_npz(data_dir / "splits.npz", train45k=train45k, val5k=val5k)
+    names.append("splits.npz")
+    ffcv_version = None
+    for split in splits:  # .beton files of an earlier build must never pass for this one
+        (data_dir / f"{split}.beton").unlink(missing_ok=True)
+    if _ffcv_available():
+        import importlib.metadata
+
+        ffcv_version = importlib.metadata.version("ffcv")
+        for split, (images, labels) in splits.items():
+            write_beton(data_dir / f"{split}.beton", images, labels)
+            names.append(f"{split}.beton")
+    per_class = {s: np.bincount(y, minlength=len(CLASSES)).tolist() for s, (_, y) in splits.items()}
+    per_class["train45k"] = np.bincount(train_labels[train45k], minlength=len(CLASSES)).tolist()
+    per_class["val5k"] = np.bincount(train_labels[val5k], minlength=len(CLASSES)).tolist()
+    manifest = {
+        "dataset": "CIFAR-10", "classes": list(CLASSES), "source": source, "source_sha256": digest,
+        "options": options, "seed": options["seed"], "subset_per_class": options["subset_per_class"],
+        "num_images": {s: int(sum(c)) for s, c in per_class.items()}, "images_per_class": per_class,
+        "image_shape_hwc": [32, 32, 3], "ffcv_version": ffcv_version,
+        "numpy_version": np.__version__, "files": {n: sha256_file(data_dir / n) for n in names},
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _publish(data_dir / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+    print(f"prepare: wrote {data_dir} ({manifest['num_images']['train']} train, "
+          f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''})")
+    return manifest
+
+
+def load_manifest(data_dir: str | os.PathLike) -> dict:
+    """The manifest of a prepared directory, or a one-line ValueError saying how to make it."""
+    m = _load_manifest(Path(data_dir))
+    if m is None:
+        raise ValueError(f"{data_dir} is not prepared (no {MANIFEST}): run python -m loaders.prepare "
+                         f"--source SRC --data-dir {data_dir}")
+    return m
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loaders.prepare", description=__doc__.splitlines()[0])
+    p.add_argument("--source", default="torchvision", help="torchvision | cifar-10-python.tar.gz or its folder | "
+                   "ImageFolder folder or tarball with train/<class>/* and test/<class>/*")
+    p.add_argument("--data-dir", default="data", help="where the prepared files go")
+    p.add_argument("--subset-per-class", type=int, default=None, help="keep N seeded images per class and split")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the train45k/val5k split")
+    a = p.parse_args(argv)
+    try:
+        prepare_cifar10(a.source, a.data_dir, subset_per_class=a.subset_per_class, seed=a.seed)
+    except ValueError as e:
+        print(f"prepare: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

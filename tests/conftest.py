@@ -1,0 +1,82 @@
+"""Shared pytest fixtures. Add fixtures; do not change existing ones (other test files rely on them)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+JPEG_TARBALL = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def jpeg_tarball() -> Path:
+    """The real CIFAR-10 images as an ImageFolder tarball (../shared/data); skips when it is absent."""
+    if not JPEG_TARBALL.is_file():
+        pytest.skip(f"{JPEG_TARBALL} not found")
+    return JPEG_TARBALL
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
+    """A prepared data directory: 10 seeded images per class and split from the JPEG tarball (100 train, 100
+    test), prepared once per test session. Read-only for tests: copy it before changing anything."""
+    from loaders.prepare import prepare_cifar10
+
+    data_dir = tmp_path_factory.mktemp("smoke-data")
+    prepare_cifar10(str(jpeg_tarball), data_dir, subset_per_class=10, seed=0)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def full_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
+    """All 60,000 real images from the JPEG tarball, prepared once per test session (npy arrays, splits, and the
+    .beton files when ffcv is importable). Read-only for tests: copy it before changing anything."""
+    from loaders.prepare import prepare_cifar10
+
+    data_dir = tmp_path_factory.mktemp("full-data")
+    prepare_cifar10(str(jpeg_tarball), data_dir)
+    return data_dir
+
+
+def _write_official_archive(path: Path, train: tuple, test: tuple, *, members=None) -> Path:
+    """Write a cifar-10-python.tar.gz look-alike: `train`/`test` are (uint8 N x 32 x 32 x 3 HWC, labels) pairs;
+    train is spread over data_batch_1..5 as in the official archive. `members` limits which batches are written."""
+    import io
+    import pickle
+    import tarfile
+
+    import numpy as np
+
+    def batch(images, labels):
+        data = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2)).reshape(len(images), -1)
+        return pickle.dumps({b"data": data, b"labels": [int(v) for v in labels]})
+
+    parts = {f"data_batch_{i + 1}": (x, y) for i, (x, y) in
+             enumerate(zip(np.array_split(train[0], 5), np.array_split(train[1], 5)))}
+    parts["test_batch"] = test
+    with tarfile.open(path, "w:gz") as tf:
+        for name, (x, y) in parts.items():
+            if members is not None and name not in members:
+                continue
+            blob = batch(x, y)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_official_archive():
+    """A function writing a small official-format CIFAR-10 archive: f(path, (train_x, train_y), (test_x, test_y))."""
+    return _write_official_archive
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free right now, for `accelerate launch --main_process_port`: the default 29500 collides when
+    several launches (other tests, other users of the machine) run at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,186 @@
+"""loaders.make on the real 60,000 images: three backends with one meaning, seeded epochs, flips and translations.
+
+FFCV Loaders compile for 5-9 s each: the two built here are module-scoped and shared.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import loaders
+from loaders.augment import epoch_key, flip_translate_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ffcv_importable() -> bool:
+    try:
+        import ffcv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def stored(full_data_dir):
+    return {s: (np.load(full_data_dir / f"{s}_images.npy"), np.load(full_data_dir / f"{s}_labels.npy"))
+            for s in ("train", "test")}
+
+
+@pytest.fixture(scope="module")
+def ffcv_test(full_data_dir):
+    if not _ffcv_importable():
+        pytest.skip("ffcv is not installed")
+    return loaders.make("test", 1000, data_dir=full_data_dir, backend="ffcv")
+
+
+@pytest.fixture(scope="module")
+def ffcv_train_aug(full_data_dir):
+    if not _ffcv_importable():
+        pytest.skip("ffcv is not installed")
+    return loaders.make("train", 500, data_dir=full_data_dir, backend="ffcv", augment="flip-translate", seed=7)
+
+
+def first_batches(loader, n: int, epoch: int):
+    """Copies of the first n batches of `epoch` (FFCV reuses its buffers, so keep clones)."""
+    loader.set_epoch(epoch)
+    out = []
+    for images, labels in loader:
+        out.append((images.clone(), labels.clone()))
+        if len(out) == n:
+            break
+    return torch.cat([x for x, _ in out]), torch.cat([y for _, y in out])
+
+
+def as_nhwc(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+def test_eval_split_identical_on_every_backend(full_data_dir, stored, ffcv_test):
+    images, labels = stored["test"]
+    makers = {"tensor": lambda: loaders.make("test", 1000, data_dir=full_data_dir, backend="tensor"),
+              "torch": lambda: loaders.make("test", 1000, data_dir=full_data_dir, backend="torch", num_workers=0),
+              "ffcv": lambda: ffcv_test}
+    for backend, make in makers.items():
+        loader = make()
+        assert len(loader) == 10 and loader.num_images == 10000
+        got = [(x.clone(), y.clone()) for x, y in loader]
+        x, y = torch.cat([b[0] for b in got]), torch.cat([b[1] for b in got])
+        assert x.dtype == torch.uint8 and x.shape == (10000, 3, 32, 32) and y.dtype == torch.int64, backend
+        assert got[0][0].is_contiguous(memory_format=torch.channels_last), backend
+        assert np.array_equal(as_nhwc(x), images) and np.array_equal(y.numpy(), labels), backend
+
+
+def test_training_split_identical_on_every_backend_even_augmented(full_data_dir, stored, ffcv_train_aug):
+    images, labels = stored["train"]
+    kw = dict(data_dir=full_data_dir, augment="flip-translate", seed=7)
+    want = first_batches(loaders.make("train", 500, backend="tensor", **kw), 3, epoch=1)
+    torch_workers = loaders.make("train", 500, backend="torch", num_workers=2, **kw)
+    for loader in (torch_workers, ffcv_train_aug):
+        got = first_batches(loader, 3, epoch=1)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    order = ffcv_train_aug.epoch_indices(1)[:1500]
+    assert np.array_equal(want[1].numpy(), labels[order])
+    plain = first_batches(loaders.make("train", 500, data_dir=full_data_dir, backend="torch", num_workers=0, seed=7),
+                          3, epoch=1)  # augmentation off: exactly the stored pixels, same order
+    assert np.array_equal(as_nhwc(plain[0]), images[order])
+
+
+def reference_flip_translate(image: np.ndarray, flip: bool, dy: int, dx: int) -> np.ndarray:
+    """The documented meaning written independently: mirror, roll by (dy, dx), blank what wrapped around."""
+    src = image[:, ::-1] if flip else image
+    out = np.roll(src, (dy, dx), axis=(0, 1))
+    rows, cols = np.arange(32)[:, None] - dy, np.arange(32)[None, :] - dx
+    inside = (rows >= 0) & (rows < 32) & (cols >= 0) & (cols < 32)
+    return np.where(inside[..., None], out, 0)
+
+
+def test_flip_translate_does_what_it_claims(full_data_dir, stored):
+    images = stored["train"][0]
+    loader = loaders.make("train", 1000, data_dir=full_data_dir, backend="tensor", augment="flip-translate", seed=3)
+    got, _ = first_batches(loader, 1, epoch=5)
+    order = loader.epoch_indices(5)[:1000]
+    flip, dy, dx = flip_translate_params(epoch_key(3, 5), order)
+    for k in range(1000):
+        want = reference_flip_translate(images[order[k]], flip[k], dy[k], dx[k])
+        assert np.array_equal(as_nhwc(got[k:k + 1])[0], want)
+    # the same claims as slices, on the first plain shift down-right and the first mirrored shift up-left
+    plain = next(k for k in range(1000) if not flip[k] and dy[k] > 0 and dx[k] > 0)
+    out, src, a, b = as_nhwc(got[plain:plain + 1])[0], images[order[plain]], int(dy[plain]), int(dx[plain])
+    assert np.array_equal(out[a:, b:], src[:-a, :-b]) and not out[:a].any() and not out[:, :b].any()
+    mirrored = next(k for k in range(1000) if flip[k] and dy[k] < 0 and dx[k] < 0)
+    out, src = as_nhwc(got[mirrored:mirrored + 1])[0], images[order[mirrored]]
+    a, b = -int(dy[mirrored]), -int(dx[mirrored])
+    assert np.array_equal(out[:-a, :-b], src[a:, ::-1][:, b:]) and not out[-a:].any() and not out[:, -b:].any()
+    params = np.stack(flip_translate_params(epoch_key(3, 5), np.arange(50000)), axis=1).astype(int)
+    # parameters: flips about half the time, shifts uniform over -5..5 on both axes
+    assert 0.48 < params[:, 0].mean() < 0.52
+    for axis in (1, 2):
+        counts = np.bincount(params[:, axis] + 5, minlength=11)
+        assert len(counts) == 11 and counts.min() > 0.8 * 50000 / 11
+
+
+def test_epochs_are_a_function_of_seed_and_epoch(full_data_dir, ffcv_train_aug):
+    kw = dict(data_dir=full_data_dir, backend="tensor", augment="flip-translate")
+    a, b = loaders.make("train", 256, seed=0, **kw), loaders.make("train", 256, seed=0, **kw)
+    e2 = first_batches(a, 2, epoch=2)
+    resumed = first_batches(b, 2, epoch=2)  # a fresh loader asked for epoch 2 sees what epoch 2 saw
+    assert torch.equal(e2[0], resumed[0]) and torch.equal(e2[1], resumed[1])
+    assert not torch.equal(first_batches(a, 2, epoch=3)[0], e2[0])
+    assert not torch.equal(first_batches(loaders.make("train", 256, seed=1, **kw), 2, epoch=2)[0], e2[0])
+    assert not np.array_equal(a.epoch_indices(2), a.epoch_indices(3))
+    assert np.array_equal(np.sort(a.epoch_indices(2)), np.arange(50000))
+    c = loaders.make("train", 256, seed=0, **kw)  # without set_epoch, iterations advance 0, 1, 2, ...
+    firsts = [next(iter(c))[1] for _ in range(3)]
+    assert torch.equal(firsts[2], e2[1][:256])
+    x1 = first_batches(ffcv_train_aug, 1, epoch=4)
+    x2 = first_batches(ffcv_train_aug, 1, epoch=4)
+    assert torch.equal(x1[0], x2[0])
+
+
+def test_lengths_and_last_batches(full_data_dir):
+    kw = dict(data_dir=full_data_dir, backend="tensor")
+    train = loaders.make("train", 128, **kw)
+    assert len(train) == 391 and train.num_images == 50000
+    dropped = loaders.make("train", 128, drop_last=True, **kw)
+    assert len(dropped) == 390 and dropped.num_images == 49920
+    sizes = [len(y) for _, y in loaders.make("test", 3000, **kw)]
+    assert sizes == [3000, 3000, 3000, 1000]
+    val = loaders.make("val5k", 3000, **kw)
+    assert val.num_images == 5000 and [len(y) for _, y in val] == [3000, 2000]
+    assert loaders.make("train45k", 1000, **kw).num_images == 45000
+
+
+def test_bad_arguments(full_data_dir, tmp_path):
+    kw = dict(data_dir=full_data_dir, backend="tensor")
+    for bad, match in ((dict(split="valid"), "split"), (dict(backend="dali"), "backend"),
+                       (dict(augment="cutout"), "augment"), (dict(split="test", drop_last=True), "never dropped"),
+                       (dict(distributed=True), "process group")):
+        args = {**kw, "split": "train", **bad}
+        with pytest.raises(ValueError, match=match):
+            loaders.make(args.pop("split"), 10, **args)
+    with pytest.raises(ValueError, match="not prepared"):
+        loaders.make("train", 10, data_dir=tmp_path, backend="tensor")
+
+
+def test_without_ffcv_torch_and_tensor_work_and_ffcv_says_what_to_do(full_data_dir):
+    script = f"""
+import sys
+sys.modules["ffcv"] = None  # as on the GPU machines: ffcv is not installed
+import loaders
+for backend in ("torch", "tensor"):
+    x, y = next(iter(loaders.make("test", 8, data_dir={str(full_data_dir)!r}, backend=backend, num_workers=0)))
+    assert x.shape == (8, 3, 32, 32) and y.dtype.is_floating_point is False
+try:
+    loaders.make("test", 8, data_dir={str(full_data_dir)!r}, backend="ffcv")
+except ValueError as e:
+    print(e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().count("\n") == 0 and "--backend torch|tensor" in r.stdout and "install ffcv" in r.stdout

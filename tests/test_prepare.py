@@ -1,0 +1,173 @@
+"""loaders.prepare: real and synthetic sources, counts and manifest, idempotence, atomicity, one-line errors."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import loaders
+from loaders import prepare
+from loaders.prepare import prepare_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_split(per_class: int, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.arange(10), per_class)
+    return rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8), labels
+
+
+def test_full_jpeg_tarball(full_data_dir, jpeg_tarball):
+    m = json.loads((full_data_dir / "manifest.json").read_text())
+    assert m["num_images"] == {"train": 50000, "test": 10000, "train45k": 45000, "val5k": 5000}
+    assert m["images_per_class"]["train"] == [5000] * 10 and m["images_per_class"]["test"] == [1000] * 10
+    assert m["images_per_class"]["train45k"] == [4500] * 10 and m["images_per_class"]["val5k"] == [500] * 10
+    assert m["source"] == str(jpeg_tarball.resolve()) and m["seed"] == 0 and m["created_at"]
+    assert m["source_sha256"] == prepare.sha256_file(jpeg_tarball)
+    for name, digest in m["files"].items():
+        assert prepare.sha256_file(full_data_dir / name) == digest
+    images = np.load(full_data_dir / "train_images.npy", mmap_mode="r")
+    labels = np.load(full_data_dir / "train_labels.npy")
+    assert images.shape == (50000, 32, 32, 3) and images.dtype == np.uint8 and labels.dtype == np.int64
+    with np.load(full_data_dir / "splits.npz") as z:
+        train45k, val5k = z["train45k"], z["val5k"]
+    assert len(np.intersect1d(train45k, val5k)) == 0
+    assert np.array_equal(np.union1d(train45k, val5k), np.arange(50000))
+    # the first stored image is train/airplane/0000.jpg, decoded exactly (the tarball lists it first)
+    with tarfile.open(jpeg_tarball) as tf:
+        member = next(m for m in tf if m.name.endswith("train/airplane/0000.jpg"))
+        first = np.asarray(Image.open(io.BytesIO(tf.extractfile(member).read())).convert("RGB"))
+    assert np.array_equal(images[0], first) and labels[0] == 0
+    if m["ffcv_version"] is not None:
+        assert {"train.beton", "test.beton"} <= set(m["files"])
+
+
+def test_second_run_is_a_noop(full_data_dir, jpeg_tarball, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in full_data_dir.iterdir()}
+    manifest = prepare_cifar10(str(jpeg_tarball), full_data_dir)
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in full_data_dir.iterdir()} == before
+    assert manifest == json.loads((full_data_dir / "manifest.json").read_text())
+
+
+def test_official_archive_and_folder_round_trip(tmp_path, write_official_archive):
+    train, test = synthetic_split(6, seed=1), synthetic_split(3, seed=2)
+    archive = write_official_archive(tmp_path / "cifar-10-python.tar.gz", train, test)
+    m = prepare_cifar10(str(archive), tmp_path / "a", subset_per_class=3, seed=0)
+    assert m["num_images"]["train"] == 30 and m["num_images"]["test"] == 30
+    assert m["images_per_class"]["train"] == [3] * 10 and m["subset_per_class"] == 3
+    assert m["num_images"]["train45k"] + m["num_images"]["val5k"] == 30
+    stored = np.load(tmp_path / "a" / "test_images.npy")
+    assert np.array_equal(stored, test[0]) and np.array_equal(np.load(tmp_path / "a" / "test_labels.npy"), test[1])
+    kept = np.load(tmp_path / "a" / "train_images.npy")  # a subset of the source, pixels exact, in source order
+    rows = [int(np.flatnonzero((train[0] == img).all(axis=(1, 2, 3)))[0]) for img in kept]
+    assert rows == sorted(rows) and np.array_equal(train[1][rows], np.load(tmp_path / "a" / "train_labels.npy"))
+    # the extracted folder is the same source in another form: same arrays
+    with tarfile.open(archive) as tf:
+        tf.extractall(tmp_path / "extracted", filter="data")
+    prepare_cifar10(str(tmp_path / "extracted"), tmp_path / "b", subset_per_class=3, seed=0)
+    for name in ("train_images.npy", "train_labels.npy", "test_images.npy", "splits.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_imagefolder_folder_labels_and_png(tmp_path):
+    classes = sorted(prepare.CLASSES)
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            (tmp_path / "src" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), c * 20, np.uint8)).save(tmp_path / "src" / split / name / "0.png")
+    prepare_cifar10(str(tmp_path / "src"), tmp_path / "out", subset_per_class=1)
+    images, labels = np.load(tmp_path / "out" / "test_images.npy"), np.load(tmp_path / "out" / "test_labels.npy")
+    assert labels.tolist() == list(range(10)) and [int(x[0, 0, 0]) for x in images] == [c * 20 for c in range(10)]
+
+
+def test_different_source_rebuilds_and_killed_rebuild_leaves_nothing_valid(tmp_path, write_official_archive,
+                                                                           monkeypatch):
+    a = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(2, 1), synthetic_split(2, 2))
+    b = write_official_archive(tmp_path / "b.tar.gz", synthetic_split(2, 3), synthetic_split(2, 4))
+    data = tmp_path / "data"
+    prepare_cifar10(str(a), data, subset_per_class=2)
+    m = prepare_cifar10(str(b), data, subset_per_class=2)
+    assert m["source"] == str(b.resolve())
+    assert np.array_equal(np.load(data / "test_images.npy"), synthetic_split(2, 4)[0])
+
+    calls = []
+
+    def killed(path, array):  # the process dies while writing the second file of the rebuild
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return save(path, array)
+
+    save = prepare._save_npy
+    monkeypatch.setattr(prepare, "_save_npy", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cifar10(str(a), data, subset_per_class=2)
+    assert not (data / "manifest.json").exists()
+    assert not list(data.glob(".*tmp"))
+    with pytest.raises(ValueError, match="not prepared"):
+        loaders.make("test", 4, data_dir=data, backend="tensor")
+    monkeypatch.setattr(prepare, "_save_npy", save)
+    assert prepare_cifar10(str(a), data, subset_per_class=2)["source"] == str(a.resolve())
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert prepare.main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("prepare: error:")
+    return err
+
+
+def test_bad_sources_give_one_line_errors(tmp_path, write_official_archive, capsys):
+    out = ["--data-dir", str(tmp_path / "out")]
+    assert "not found" in _one_line_error(capsys, ["--source", str(tmp_path / "missing.tar.gz"), *out])
+    (tmp_path / "corrupt.tar.gz").write_bytes(b"\x1f\x8b\x08" + bytes(range(256)) * 4)
+    assert "unreadable archive" in _one_line_error(capsys, ["--source", str(tmp_path / "corrupt.tar.gz"), *out])
+    good = write_official_archive(tmp_path / "good.tar.gz", synthetic_split(2, 1), synthetic_split(2, 2))
+    assert "CIFAR-10 has 5000" in _one_line_error(capsys, ["--source", str(good), *out])
+    x, y = synthetic_split(2, 1)
+    bad_label = write_official_archive(tmp_path / "l.tar.gz", (x, np.where(y == 9, 10, y)), (x, y))
+    err = _one_line_error(capsys, ["--source", str(bad_label), "--subset-per-class", "1", *out])
+    assert "labels outside 0..9" in err
+    nine = write_official_archive(tmp_path / "n.tar.gz", (x, np.where(y == 9, 8, y)), (x, y))
+    assert "classes missing" in _one_line_error(capsys, ["--source", str(nine), "--subset-per-class", "1", *out])
+    partial = write_official_archive(tmp_path / "p.tar.gz", (x, y), (x, y), members={"data_batch_1", "test_batch"})
+    assert "neither" in _one_line_error(capsys, ["--source", str(partial), *out])
+    for split in ("train", "test"):
+        for c, name in enumerate(prepare.CLASSES):
+            (tmp_path / "small" / split / name).mkdir(parents=True)
+            size = 16 if (split, c) == ("test", 3) else 32
+            Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(tmp_path / "small" / split / name / "0.png")
+    err = _one_line_error(capsys, ["--source", str(tmp_path / "small"), "--subset-per-class", "1", *out])
+    assert "test/cat/0.png" in err and "32x32" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cli_exit_code_and_message():
+    r = subprocess.run([sys.executable, "-m", "loaders.prepare", "--source", "/nonexistent/cifar.tar.gz",
+                        "--data-dir", "/nonexistent/out"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.strip() == "prepare: error: source not found: /nonexistent/cifar.tar.gz"
+
+
+def test_without_ffcv_prepares_arrays_and_later_adds_betons(tmp_path, write_official_archive, capsys):
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(2, 1), synthetic_split(2, 2))
+    script = ("import sys; sys.modules['ffcv'] = None\n"  # as on the GPU machines
+              "from loaders.prepare import prepare_cifar10\n"
+              f"prepare_cifar10({str(archive)!r}, {str(tmp_path / 'data')!r}, subset_per_class=2)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert m["ffcv_version"] is None and not list((tmp_path / "data").glob("*.beton"))
+    assert {"train_images.npy", "test_labels.npy", "splits.npz"} <= set(m["files"])
+    if prepare._ffcv_available():  # ffcv here: the same call only adds the .beton files
+        m = prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=2)
+        assert "adding the FFCV files" in capsys.readouterr().out
+        assert m["ffcv_version"] and {"train.beton", "test.beton"} <= set(m["files"])

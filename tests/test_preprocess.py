@@ -1,0 +1,137 @@
+"""loaders.preprocess: the paper's GCN + ZCA (pylearn2 recipe), fitted on training data only, float32 under autocast.
+
+Data: 100 real images per class and split (from the session's prepared JPEG tarball), so a fit takes a second;
+with fewer images (1,000) than dimensions (3,072) the fit takes its exact Gram-matrix route, which a test below
+checks against the full-covariance route used for the real 45,000 / 50,000-image fits.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loaders.preprocess import (GCN_SCALE, ZCA_FILTER_BIAS, build_preprocess, gcn, zca_from_covariance,
+                                zca_from_rows)
+
+
+@pytest.fixture(scope="module")
+def real_small(full_data_dir, tmp_path_factory, write_official_archive):
+    from loaders.prepare import prepare_cifar10
+
+    def first_per_class(split, n):
+        x, y = np.load(full_data_dir / f"{split}_images.npy"), np.load(full_data_dir / f"{split}_labels.npy")
+        keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:n] for c in range(10)]))
+        return x[keep], y[keep]
+
+    tmp = tmp_path_factory.mktemp("real-small")
+    archive = write_official_archive(tmp / "small.tar.gz", first_per_class("train", 100), first_per_class("test", 100))
+    prepare_cifar10(str(archive), tmp / "data", subset_per_class=100)
+    return tmp / "data"
+
+
+def gcn_rows_numpy(images_nhwc: np.ndarray) -> np.ndarray:
+    """GCN written directly from the paper's formula, on NCHW-flattened float64 rows."""
+    x = images_nhwc.transpose(0, 3, 1, 2).reshape(len(images_nhwc), -1).astype(np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    return x * GCN_SCALE / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fit_rows(data_dir, split):
+    images = np.load(data_dir / "train_images.npy")
+    if split == "train45k":
+        with np.load(data_dir / "splits.npz") as z:
+            images = images[z["train45k"]]
+    return images
+
+
+def test_gcn_zca_is_the_pylearn2_recipe(real_small):
+    pre = build_preprocess("gcn-zca", real_small, fit_split="train")
+    x = gcn_rows_numpy(fit_rows(real_small, "train"))
+    mean = x.mean(axis=0)
+    centred = x - mean
+    w = pre.zca_matrix.double().numpy()
+    assert np.allclose(pre.zca_mean.double().numpy(), mean, atol=1e-5)
+    # W = (C + 0.1 I)^(-1/2) exactly when W is symmetric positive definite and W (C + 0.1 I) W = I; the last is
+    # checked on random probes v, with C v = X^T (X v) / N, so C itself is never formed
+    assert np.allclose(w, w.T, atol=1e-5)
+    np.linalg.cholesky(w)
+    v = np.random.default_rng(0).standard_normal((3072, 16))
+    wv = w @ v
+    back = w @ (centred.T @ (centred @ wv) / len(x) + ZCA_FILTER_BIAS * wv)
+    assert np.abs(back - v).max() < 1e-3 * np.abs(v).max()
+
+
+def test_whitened_training_data_has_identity_covariance_up_to_the_filter_bias(real_small):
+    pre = build_preprocess("gcn-zca", real_small, fit_split="train")
+    images = torch.from_numpy(fit_rows(real_small, "train")).permute(0, 3, 1, 2)
+    y = pre(images).reshape(len(images), -1).double().numpy()
+    x = gcn_rows_numpy(fit_rows(real_small, "train"))
+    x = x - x.mean(axis=0)
+    assert np.abs(y.mean(axis=0)).max() < 1e-4
+    # the covariance's nonzero spectrum: lambda before, lambda / (lambda + 0.1) after, i.e. 1 where lambda >> 0.1
+    before = np.linalg.eigvalsh(x @ x.T / len(x))[1:]  # the smallest is 0: the rows are centred
+    after = np.linalg.eigvalsh(y @ y.T / len(y))[1:]
+    assert np.allclose(after, before / (before + ZCA_FILTER_BIAS), atol=1e-3)
+    big = before > 10 * ZCA_FILTER_BIAS
+    assert big.sum() > 100 and after[big].min() > 0.9 and after.max() < 1 + 1e-3
+
+
+def test_statistics_come_from_the_training_split_only(real_small):
+    for bad in ("val5k", "test"):
+        with pytest.raises(ValueError, match="never on"):
+            build_preprocess("gcn-zca", real_small, fit_split=bad)
+    pre = build_preprocess("gcn-zca", real_small, fit_split="train45k")
+    assert pre.fitted_on["fit_split"] == "train45k" and pre.fitted_on["params"]["zca_filter_bias"] == 0.1
+    t45 = gcn_rows_numpy(fit_rows(real_small, "train45k")).mean(axis=0)
+    full = gcn_rows_numpy(fit_rows(real_small, "train")).mean(axis=0)
+    assert np.allclose(pre.zca_mean.double().numpy(), t45, atol=1e-5)
+    assert np.abs(t45 - full).max() > 1e-3  # so the check above can tell the two fits apart
+    cache = real_small / "preprocess_gcn-zca_train45k.pt"
+    saved = torch.load(cache, weights_only=True)
+    assert saved["fitted_on"] == pre.fitted_on and len(saved["fitted_on"]["manifest_sha256"]) == 64
+    stamp = cache.stat().st_mtime_ns
+    assert torch.equal(build_preprocess("gcn-zca", real_small, "train45k").zca_matrix, pre.zca_matrix)
+    assert cache.stat().st_mtime_ns == stamp  # loaded, not refitted
+    saved["fitted_on"]["manifest_sha256"] = "0" * 64  # a cache from other data is refitted, not trusted
+    saved["stats"]["zca_mean"] += 1
+    torch.save(saved, cache)
+    assert torch.equal(build_preprocess("gcn-zca", real_small, "train45k").zca_mean, pre.zca_mean)
+
+
+def test_gram_route_equals_covariance_route():
+    rows = torch.randn(40, 100, dtype=torch.float64) @ torch.randn(100, 100, dtype=torch.float64)
+    rows -= rows.mean(dim=0)
+    assert torch.allclose(zca_from_rows(rows), zca_from_covariance(rows.T @ rows / 40), atol=1e-10)
+
+
+def test_gcn_rows():
+    x = torch.rand(5, 3072) * 255
+    x[4] = 7.0  # a flat image: left at zero, not divided by zero
+    y = gcn(x)
+    assert torch.allclose(y[:4].norm(dim=1), torch.full((4,), GCN_SCALE)) and y.mean(dim=1).abs().max() < 1e-4
+    assert torch.equal(y[4], torch.zeros(3072))
+
+
+def test_meanstd_and_none(real_small):
+    images = fit_rows(real_small, "train")
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255
+    pre = build_preprocess("meanstd", real_small)
+    assert np.allclose(pre.mean.numpy(), pixels.mean(axis=0), atol=1e-6)
+    assert np.allclose(pre.std.numpy(), pixels.std(axis=0), atol=1e-6)
+    batch = torch.from_numpy(images[:4]).permute(0, 3, 1, 2)
+    want = (batch.float() / 255 - pre.mean.view(1, 3, 1, 1)) / pre.std.view(1, 3, 1, 1)
+    assert torch.allclose(pre(batch), want)
+    assert torch.equal(build_preprocess("none", real_small)(batch), batch.float() / 255)
+    with pytest.raises(ValueError, match="preprocess must be one of"):
+        build_preprocess("zca", real_small)
+
+
+def test_float32_under_autocast_any_memory_format_and_moves_with_to(real_small):
+    pre = build_preprocess("gcn-zca", real_small)
+    batch = torch.from_numpy(fit_rows(real_small, "train")[:8]).permute(0, 3, 1, 2)  # channels_last view
+    plain = pre(batch.contiguous())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = pre(batch)
+    assert inside.dtype == torch.float32 and inside.is_contiguous() and torch.equal(inside, plain)
+    assert {n for n, _ in pre.named_buffers()} == {"zca_mean", "zca_matrix"}
+    assert pre.to("meta").zca_matrix.device.type == "meta"
