@@ -79,12 +79,30 @@ def peak_tflops(device_name: str | None, precision: str, tf32: bool = False) -> 
     return PEAK_TFLOPS[pattern].get(peak_precision(device_name, precision, tf32))
 
 
-def mfu(achieved_tflops: float | None, device_name: str | None, precision: str, tf32: bool = False) -> float | None:
-    """Model FLOP utilisation: achieved / peak, a fraction (0.30 = 30%); None when the peak is unknown."""
+def mfu(achieved_tflops: float | None, device_name: str | None, precision: str, tf32: bool = False,
+        count: int = 1) -> float | None:
+    """Model FLOP utilisation: achieved / (peak x count), a fraction (0.30 = 30%), where `count` is how many such
+    devices produced `achieved_tflops` together; None when the peak is unknown."""
     peak = peak_tflops(device_name, precision, tf32)
     if peak is None or achieved_tflops is None:
         return None
-    return achieved_tflops / peak
+    return achieved_tflops / (peak * max(1, int(count)))
+
+
+def device_name(device) -> str:
+    """The name the peak table and every result record use: what `torch.cuda.get_device_name` says for a GPU,
+    "CPU: <model name>" from /proc/cpuinfo for a CPU. `device` is a torch.device."""
+    if device.type == "cuda":
+        import torch
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return "CPU: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return "CPU: " + (platform.processor() or platform.machine())
 
 
 def train_flop_per_image(macs_per_image: int) -> int:

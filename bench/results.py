@@ -43,6 +43,36 @@ from pathlib import Path
 STATUSES = ("completed", "diverged", "failed")
 
 
+def environment(device) -> dict:
+    """The record fields every run of a process shares: versions, git commit and dirty flag, device name.
+    (torch is imported here, not at the top: reports read this module without it.)"""
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    import torch
+
+    def version(pkg):
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    from bench.devices import device_name
+
+    return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "accelerate": version("accelerate"), "ffcv": version("ffcv")},
+            "git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
+            "device_name": device_name(device)}
+
+
 def run_key(config: dict) -> str:
     """A stable 16-hex-digit key for one resolved run config (order of keys does not matter)."""
     blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,232 @@
+"""One typed configuration for `bench/run_all.py`: a frozen dataclass, its presets, and the CLI built from it.
+
+    cfg = parse_args(["--preset", "smoke", "--models", "allcnn-c", "--lrs", "0.05"])
+    runs = expand(cfg)          # [Run(model, lr, seed, cfg with ablation overrides)], deduplicated by run key
+
+Every CLI option is one field of the same name (`--batch-size` -> batch_size); `--preset` picks the base config.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import typing
+from dataclasses import dataclass, field
+
+from allconv.specs import SPECS
+from bench import ablations as ablations_mod
+from bench import results
+from loaders import AUGMENTS, BACKENDS, PREPROCESS  # loaders/__init__ imports no torch
+
+PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names; "no" is fp32
+OPTIMIZERS = ("sgd", "adam")
+TRAIN_SPLITS = {"train": None, "train45k": "val5k"}  # train split -> the split its LR is judged on
+MODES = ("auto", "ddp", "grid")
+INITS = ("caffe-xavier", "xavier", "kaiming", "torch")  # allconv.INITS, which imports torch (a test checks both)
+
+GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
+"""Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
+NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_every", "mode", "num_workers",
+              "channels_last", "compile")
+"""Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
+layout): left out of the run key so a rerun with other values of them skips and resumes the same runs. The data
+enters the key as the prepared source's sha256 instead of its path."""
+
+
+def _default_backend() -> str:
+    """FFCV when it is importable (fastest, ../shared/FACTS.md), else whole-dataset tensors on the device."""
+    return "ffcv" if importlib.util.find_spec("ffcv") else "tensor"
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable default")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = _f("paper", "base configuration: " + " | ".join(("paper", "smoke")))
+    models: tuple[str, ...] = _f(tuple(SPECS), "allconv API names (Table 3 order by default)")
+    lrs: tuple[float, ...] = _f((0.25, 0.1, 0.05, 0.01), "learning rates (the paper's gamma grid)")
+    seeds: tuple[int, ...] = _f((0,), "one run per seed; seeds the model, dropout and the loader order")
+    ablations: tuple[str, ...] = _f((), "none | all | NAME,... from bench/ablations.py (each adds its arms' runs)")
+    epochs: int = _f(350, "training epochs (paper: 350)")
+    lr_drops: tuple[int, ...] = _f((200, 250, 300), "epochs at which the LR is multiplied by 0.1 (paper: 200 250 300)")
+    batch_size: int = _f(256, "GLOBAL batch, independent of the process count (paper: unstated; the Caffe port "
+                              "that reached 90.25%% used 256)")
+    optimizer: str = _f("sgd", "sgd (paper) | adam", choices=OPTIMIZERS)
+    momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _f(1e-3, "L2 weight decay (paper: 0.001)")
+    bn: bool = _f(False, "batch norm after every conv (not in the paper)")
+    dropout: bool = _f(True, "20%% input dropout, 50%% after each downsampling step (paper)")
+    final_relu: bool = _f(True, "ReLU after the last 1x1 conv, before averaging (Table 1)")
+    init: str = _f("caffe-xavier", "weight init (paper: unstated; see allconv.DEFAULT_INIT)", choices=INITS)
+    preprocess: str = _f("gcn-zca", "GCN + ZCA whitening (paper), meanstd or none", choices=PREPROCESS)
+    augment: str = _f("none", "none (Table 3) | flip-translate (Table 4)", choices=AUGMENTS)
+    train_split: str = _f("train", "train (50k, LR judged on test as the paper does) | train45k (judged on val5k)",
+                          choices=tuple(TRAIN_SPLITS))
+    precision: str = _f("bf16", "no (fp32) | bf16 | fp16 autocast, passed to Accelerator", choices=PRECISIONS)
+    backend: str = _f(_default_backend(), "data loader backend (default ffcv when importable)", choices=BACKENDS)
+    source: str = _f("torchvision", "CIFAR-10 source for loaders.prepare: torchvision | archive | folder")
+    data_dir: str = _f("data", "prepared data directory")
+    subset_per_class: int | None = _f(None, "keep N seeded images per class and split (smoke tests)")
+    out: str = _f("results", "ledger folder: <out>/runs/*.json, <out>/checkpoints/")
+    mode: str = _f("auto", "ddp: every run on all processes | grid: one run per process | auto: grid when there "
+                           "are at least as many runs as processes", choices=MODES)
+    eval_every: int = _f(1, "evaluate on test (and val) every N epochs; always after the last")
+    checkpoint_every: int = _f(5, "checkpoint every N epochs (and on SIGTERM)")
+    diverge_after: int = _f(10, "a run still at chance training accuracy after this many epochs is 'diverged'")
+    channels_last: bool = _f(True, "NHWC memory format for model and batch")
+    compile: bool = _f(False, "torch.compile the model")
+    num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
+    progress: bool = _f(True, "progress bars on the main process")
+    log_with: str | None = _f(None, "Accelerate tracker, e.g. tensorboard (logs under <out>)")
+
+    def __post_init__(self):
+        def bad(msg):
+            raise ValueError(msg)
+
+        if self.preset not in PRESETS_NAMES:
+            bad(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS_NAMES)}")
+        ablations_mod.parse(",".join(self.ablations) or "none")  # unknown names raise
+        for name in (*self.models, *(m for a in self.ablations for m in ablations_mod.ABLATIONS[a].models)):
+            if name not in SPECS:
+                bad(f"unknown model {name!r}; valid: {', '.join(SPECS)}")
+        for group in ("models", "lrs", "seeds"):
+            if not getattr(self, group):
+                bad(f"--{group} needs at least one value")
+        for lr in self.lrs:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+                bad(f"learning rates must be finite and > 0, got {lr!r}")
+        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "diverge_after"):
+            if getattr(self, name) < 1:
+                bad(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if any(s < 0 for s in self.seeds):
+            bad(f"seeds must be >= 0, got {self.seeds}")
+        if any(not 0 < d < self.epochs for d in self.lr_drops) or list(self.lr_drops) != sorted(set(self.lr_drops)):
+            bad(f"--lr-drops must be increasing epochs in 1..{self.epochs - 1}, got {list(self.lr_drops)} "
+                "(a bare --lr-drops means none)")
+        if not 0 <= self.momentum < 1:
+            bad(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            bad(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.subset_per_class is not None and self.subset_per_class < 1:
+            bad(f"--subset-per-class must be >= 1, got {self.subset_per_class}")
+        if self.num_workers is not None and self.num_workers < 1:
+            bad(f"--num-workers must be >= 1, got {self.num_workers}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                bad(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        for name in self.ablations:  # ablation arms may only turn autocast off: one Accelerator per process
+            for arm in ablations_mod.ABLATIONS[name].arms.values():
+                if arm.get("precision", self.precision) not in (self.precision, "no"):
+                    bad(f"ablation {name} needs --precision {arm['precision']}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a model, an lr and a seed under a config (ablation overrides already applied)."""
+    model: str
+    lr: float
+    seed: int
+    cfg: RunConfig
+
+    def config(self, data_sha256: str | None = None) -> dict:
+        """The resolved per-run config: what the run key hashes and the record stores."""
+        d = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in GRID_FIELDS}
+        d.update(model=self.model, lr=self.lr, seed=self.seed, val_split=TRAIN_SPLITS[self.cfg.train_split])
+        d["data_sha256"] = data_sha256
+        return d
+
+    def key(self, data_sha256: str | None = None) -> str:
+        return results.run_key({k: v for k, v in self.config(data_sha256).items() if k not in NOT_IN_KEY})
+
+
+def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
+    """The grid (models x lrs x seeds), then each ablation's arms (its own models; an arm may bring its own
+    lrs), in that order; a run that two of them share (every ablation's baseline arm) appears once."""
+    runs = [Run(m, lr, s, cfg) for m in cfg.models for lr in cfg.lrs for s in cfg.seeds]
+    for name in cfg.ablations:
+        ablation = ablations_mod.ABLATIONS[name]
+        for overrides in ablation.arms.values():
+            arm_cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k != "lrs"})
+            lrs = overrides.get("lrs", cfg.lrs)
+            runs += [Run(m, lr, s, arm_cfg) for m in ablation.models for lr in lrs for s in cfg.seeds]
+    seen, unique = set(), []
+    for run in runs:
+        key = run.key(data_sha256)
+        if key not in seen:
+            seen.add(key)
+            unique.append(run)
+    return unique
+
+
+PRESETS_NAMES = ("paper", "smoke")
+PRESETS: dict[str, RunConfig] = {
+    # The paper's protocol (Section 3.2.1): all 12 models, the gamma grid, 350 epochs, x0.1 at 200/250/300.
+    "paper": RunConfig(),
+    # The same 12 x 4 grid shape on 10 images per class and split, 2 epochs, no drops: the whole path in minutes
+    # on 2 CPU cores. Its own data_dir, so it never replaces a full prepared copy in data/.
+    "smoke": RunConfig(preset="smoke", epochs=2, lr_drops=(), batch_size=64, subset_per_class=10,
+                       data_dir="data/smoke", checkpoint_every=1, diverge_after=10),
+}
+
+
+class UsageError(ValueError):
+    """Bad command-line input: one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print the usage block and exit; we want one line
+        raise UsageError(message)
+
+
+def _none_or(kind):
+    def parse(text: str):
+        return None if text.lower() == "none" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _ablation_names(text: str) -> list[str]:
+    try:
+        return ablations_mod.parse(text)
+    except ValueError as e:  # argparse shows an ArgumentTypeError's own message, not "invalid value"
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per RunConfig field, same name, type from the annotation, help from the metadata."""
+    p = _Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
+                argument_default=argparse.SUPPRESS)
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        help = f"{f.metadata['help']} (default: {f.default!r})"
+        if f.name == "ablations":
+            p.add_argument(flag, type=_ablation_names, help=help)
+        elif kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            p.add_argument(flag, type=item, nargs="*" if f.name == "lr_drops" else "+", help=help)
+        else:
+            base = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+            parse = _none_or(base[0]) if type(None) in typing.get_args(kind) else base[0]
+            p.add_argument(flag, type=parse, choices=f.metadata.get("choices"), help=help)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> RunConfig:
+    """The preset's config with every given option replacing its field. Bad input raises UsageError/ValueError."""
+    given = vars(build_parser().parse_args(argv))
+    preset = given.pop("preset", "paper")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    for name in ("models", "lrs", "seeds", "lr_drops", "ablations"):
+        if name in given:
+            given[name] = tuple(given[name])
+    return dataclasses.replace(PRESETS[preset], **given)

@@ -1,0 +1,262 @@
+"""The training loop's pieces for `bench/run_all.py`: one step, one epoch, evaluation, checkpoints.
+
+    loss, correct = train_step(model, optimizer, images, labels, preprocess, accelerator)  # also bench/throughput.py
+    stats = train_one_epoch(model, optimizer, loader, preprocess, accelerator, ...)
+    correct, seen, seconds = evaluate(model, loader, preprocess, accelerator, distributed=...)
+
+Losses and accuracies accumulate on the device and are read once per epoch: no `.item()` inside the step loop.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import AutocastKwargs, gather_object
+
+STOP_CHECK_EVERY = 25
+"""In DDP mode the ranks agree on a SIGTERM stop with one all-reduce of a flag every this many steps (a host sync
+per step would stall a GPU); in grid mode a process checks its own flag every step."""
+
+
+def lr_at(epoch: int, base_lr: float, drops: tuple[int, ...]) -> float:
+    """The paper's schedule: gamma x 0.1 for each drop epoch already reached (epoch is 0-based: the LR drops after
+    `drops[i]` epochs have been trained)."""
+    return base_lr * 0.1 ** sum(epoch >= d for d in drops)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float, device: torch.device):
+    """SGD with momentum and L2 weight decay (the paper), or Adam with the same L2 decay (the ablation).
+    Fused kernels on CUDA (one launch for all parameters); torch's default implementation elsewhere."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def autocast_for(precision: str, accelerator) -> AutocastKwargs:
+    """A run's autocast setting. The Accelerator's mixed precision is fixed per process, so an fp32 run
+    ("no", the precision ablation) under a bf16 Accelerator turns autocast off instead."""
+    return AutocastKwargs(enabled=precision != "no" and accelerator.native_amp)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare_input(images: torch.Tensor, preprocess, channels_last: bool) -> torch.Tensor:
+    x = preprocess(images)  # float32, outside autocast: ZCA amplifies any rounding of low-variance directions
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_step(model, optimizer, images, labels, preprocess, accelerator, autocast: AutocastKwargs | None = None,
+               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on one batch. Returns (summed loss, number correct), detached, still on the device."""
+    x = _prepare_input(images, preprocess, channels_last)
+    with accelerator.autocast(autocast):
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    optimizer.step()
+    with torch.no_grad():
+        correct = (logits.argmax(1) == labels).sum()
+    return loss.detach() * labels.shape[0], correct
+
+
+@dataclass
+class EpochState:
+    """What one epoch has accumulated so far (device tensors, read once at its end) and its timing. Saved in a
+    mid-epoch checkpoint, so a resumed epoch ends with the same sums as an uninterrupted one."""
+    step: int = 0  # batches done in this epoch
+    loss_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    seen: torch.Tensor | None = None
+    train_seconds: float = 0.0
+    steady_seconds: float = 0.0  # after the warm-up steps
+    steady_images: int = 0  # this rank's images in steady_seconds
+    stopped: bool = False  # left early because a stop was requested
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "stopped"}
+
+
+def train_one_epoch(model, optimizer, loader, preprocess, accelerator, *, autocast=None, channels_last=False,
+                    state: EpochState | None = None, warmup_steps: int = 0, stop_flag=None,
+                    distributed: bool = False, progress=None) -> EpochState:
+    """Train over `loader` once (its epoch already set). `state` resumes a checkpointed epoch: its first
+    `state.step` batches are skipped (the loader order is a function of seed and epoch). Between steps, a set
+    `stop_flag()` ends the epoch early with `stopped=True` (agreed by all ranks in DDP mode)."""
+    device = accelerator.device
+    st = state or EpochState()
+    zero = torch.zeros((), device=device)
+    st.loss_sum = zero.clone() if st.loss_sum is None else st.loss_sum.to(device)
+    st.correct = zero.clone().long() if st.correct is None else st.correct.to(device)
+    st.seen = zero.clone().long() if st.seen is None else st.seen.to(device)
+    model.train()
+    sync(device)
+    t0 = t_steady = time.perf_counter()
+    steady_images, resume_at = 0, st.step
+    for i, (images, labels) in enumerate(loader):
+        if i < resume_at:
+            continue
+        if i == resume_at + warmup_steps and warmup_steps:
+            sync(device)
+            t_steady, steady_images = time.perf_counter(), 0
+        loss_sum, correct = train_step(model, optimizer, images, labels, preprocess, accelerator, autocast,
+                                       channels_last)
+        st.loss_sum += loss_sum
+        st.correct += correct
+        st.seen += labels.shape[0]
+        steady_images += labels.shape[0]
+        st.step = i + 1
+        if progress is not None:
+            progress.update(1)
+        if stop_flag is not None and (not distributed or st.step % STOP_CHECK_EVERY == 0) \
+                and stop_agreed(stop_flag, accelerator, distributed):
+            st.stopped = True
+            break
+    sync(device)
+    t1 = time.perf_counter()
+    st.train_seconds += t1 - t0
+    if not warmup_steps or t_steady > t0:  # with a warm-up, only epochs that got past it count
+        st.steady_seconds += t1 - t_steady
+        st.steady_images += steady_images
+    return st
+
+
+def stop_agreed(stop_flag, accelerator, distributed: bool) -> bool:
+    """Whether to stop now: this process's flag, or in DDP mode any rank's (all ranks must call it together)."""
+    if not distributed:
+        return bool(stop_flag())
+    flag = torch.tensor([float(bool(stop_flag()))], device=accelerator.device)
+    return accelerator.reduce(flag, "sum").item() > 0
+
+
+@torch.no_grad()
+def evaluate(model, loader, preprocess, accelerator, *, autocast=None, channels_last=False,
+             distributed: bool = False) -> tuple[int, int, float]:
+    """(correct, seen, seconds) over the whole split. With `distributed`, each rank sees its own shard (each image
+    once, no padding: the loaders' contract) and the counts are summed over ranks; callers assert seen == N."""
+    model.eval()
+    device = accelerator.device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
+    sync(device)
+    t0 = time.perf_counter()
+    for images, labels in loader:
+        x = _prepare_input(images, preprocess, channels_last)
+        with accelerator.autocast(autocast):
+            logits = model(x)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += labels.shape[0]
+    sync(device)
+    seconds = time.perf_counter() - t0
+    counts = torch.stack([correct, seen])
+    if distributed:
+        counts = accelerator.reduce(counts, "sum")
+    correct_n, seen_n = (int(v) for v in counts.tolist())
+    return correct_n, seen_n, seconds
+
+
+def check_replicas(net, accelerator) -> None:
+    """DDP keeps every rank's weights identical; raise if they are not (a launch that did not synchronise)."""
+    sums = torch.stack([p.detach().double().sum() for p in net.parameters()])
+    every = accelerator.gather(sums[None])
+    if not bool((every == every[0]).all()):
+        raise RuntimeError("DDP ranks ended with different weights: gradients were not synchronised")
+
+
+def measure_step_rate(model, optimizer, images, labels, preprocess, accelerator, autocast=None,
+                      channels_last=False, steps: int = 3) -> float:
+    """Training images/s of `train_step` on one batch, after one warm-up step (for an ETA, not a benchmark)."""
+    train_step(model, optimizer, images, labels, preprocess, accelerator, autocast, channels_last)
+    sync(accelerator.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, optimizer, images, labels, preprocess, accelerator, autocast, channels_last)
+    sync(accelerator.device)
+    return steps * labels.shape[0] / (time.perf_counter() - t0)
+
+
+# ---- checkpoints: one file per run, written atomically by the main process ----
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoch_state: EpochState | None,
+                    history: list, extra: dict, distributed: bool) -> None:
+    """Model, optimizer, grad scaler, every rank's RNG state, the epoch (the LR schedule is a function of it), a
+    part-done epoch's sums, and the history. Every rank must call it in DDP mode (the RNG states are gathered);
+    only the main process (or, in grid mode, the process running the run) writes: temporary file + rename."""
+    rngs = gather_object([rng_state()]) if distributed else [rng_state()]
+    if distributed and not accelerator.is_main_process:
+        return
+    scaler = getattr(accelerator, "scaler", None)
+    blob = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "epoch": epoch,
+            "epoch_state": epoch_state.to_dict() if epoch_state is not None else None,
+            "history": history, "extra": extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(blob, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world: int) -> dict | None:
+    """Restore what `save_checkpoint` wrote into a freshly built model and optimizer (before any DDP wrapping);
+    returns the checkpoint's epoch, epoch_state, history and extra, or None without a checkpoint. The RNG state is
+    this rank's when the world size matches, else the caller's seeding stands (the run stays valid, not
+    bit-identical). `rank` and `world` are the run's own (0 and 1 for a grid-mode run)."""
+    if not path.is_file():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    net.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])  # torch moves the state to each parameter's device
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and blob["scaler"] is not None:
+        scaler.load_state_dict(blob["scaler"])
+    if len(blob["rng"]) == world:
+        set_rng_state(blob["rng"][rank])
+    es = blob["epoch_state"]
+    blob["epoch_state"] = EpochState(**es) if es is not None else None
+    return blob
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory of this run on CUDA; on CPU the process's peak resident set (across runs)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+

@@ -1,0 +1,252 @@
+"""bench/run_all.py end to end on CPU: the 2-process gloo grid, SIGKILL/SIGTERM resume, divergence, bad inputs.
+
+Runs use the session's prepared 10-images-per-class data (conftest.smoke_data_dir) and tiny model/LR subsets so
+the file stays near two minutes on 2 cores. Every training run is a subprocess: the Accelerator state is
+per process, and an interrupted run needs a process to kill.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import results
+from bench.run_all import main
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+SCHEMA = {
+    "run_key", "status", "error", "model", "display_name", "family", "variant", "lr", "seed", "epochs",
+    "epochs_completed", "preset", "bn", "dropout", "final_relu", "init", "optimizer", "weight_decay", "momentum",
+    "batch_size", "augment", "preprocess", "train_split", "val_split", "precision", "backend", "mode",
+    "channels_last", "compile", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
+    "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
+    "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
+    "finished_at", "history",
+}  # bench/results.py's docstring, field by field
+HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def data(smoke_data_dir, jpeg_tarball):
+    """(data_dir, source) for run_all: the prepared session data, named by the tarball it came from."""
+    return smoke_data_dir, str(jpeg_tarball)
+
+
+def args(data, out, *extra) -> list[str]:
+    data_dir, source = data
+    return ["--preset", "smoke", "--source", source, "--data-dir", str(data_dir), "--subset-per-class", "10",
+            "--out", str(out), "--no-progress", "--batch-size", "32", *extra]
+
+
+def env(**extra) -> dict:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK"))}
+    e.update(PYTHONUNBUFFERED="1", **extra)
+    return e
+
+
+def launch(argv, nproc: int, port: int, timeout=240, cpu=True) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes N`: with ACCELERATE_USE_CPU=1, N ranks of DDP over gloo.
+    `port`: conftest's free_port (the default 29500 collides with other launches running at the same time)."""
+    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", "1",
+           "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+           "bench/run_all.py", *argv]
+    return subprocess.run(cmd, cwd=ROOT, env=env(**({"ACCELERATE_USE_CPU": "1"} if cpu else {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_py(argv, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "bench/run_all.py", *argv], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def check_sane(record: dict) -> None:
+    assert set(record) == SCHEMA
+    assert record["status"] == "completed" and record["error"] is None
+    assert record["epochs_completed"] == record["epochs"] == len(record["history"])
+    assert all(set(h) == HISTORY for h in record["history"])
+    assert 0 <= record["test_error_pct"] <= 100 and record["best_test_error_pct"] <= record["test_error_pct"]
+    assert record["data"]["num_test"] == 100 and record["data"]["num_train"] == 100
+    assert record["train_images_per_s"] > 0 and record["eval_images_per_s"] > 0 and record["wall_time_s"] > 0
+    assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
+                                                 ("out", "source", "data_dir", "progress", "log_with",
+                                                  "checkpoint_every", "mode", "num_workers", "channels_last",
+                                                  "compile")})
+    assert record["versions"]["torch"] and record["precision"] == "bf16" and record["preset"] == "smoke"
+
+
+def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):
+    """2 models x 2 LRs over 2 gloo ranks in grid mode, FFCV backend: four completed, sane, distinct records."""
+    out = tmp_path / "out"
+    p = launch(args(data, out, "--models", "strided-a", "allcnn-c", "--lrs", "0.05", "0.01", "--epochs", "1",
+                    "--backend", "ffcv"), 2, free_port)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "mode grid on 2 process(es)" in p.stdout
+    records = results.read_records(out)
+    assert sorted((r["model"], r["lr"]) for r in records) == [
+        ("allcnn-c", 0.01), ("allcnn-c", 0.05), ("strided-a", 0.01), ("strided-a", 0.05)]
+    for r in records:
+        check_sane(r)
+        assert r["mode"] == "grid" and r["world_size"] == 2 and r["device_count"] == 1 and r["backend"] == "ffcv"
+    assert not list((out / "checkpoints").glob("*.pt"))
+    again = launch(args(data, out, "--models", "strided-a", "allcnn-c", "--lrs", "0.05", "0.01", "--epochs", "1",
+                        "--backend", "ffcv"), 2, free_port)
+    assert again.returncode == 0 and "4 already in" in again.stdout and "0 to train" in again.stdout
+    assert len(results.read_records(out)) == 4
+
+
+def test_two_process_ddp_run_is_synchronised(data, tmp_path, free_port):
+    """DDP mode: one run on both ranks (global batch 32 = 2 x 16); run_all checks the replicas agree and that
+    evaluation counted exactly the 100 test images over the two shards."""
+    out = tmp_path / "out"
+    p = launch(args(data, out, "--models", "strided-a", "--lrs", "0.05", "--mode", "ddp", "--backend", "tensor"), 2,
+               free_port)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (record,) = results.read_records(out)
+    check_sane(record)
+    assert record["mode"] == "ddp" and record["world_size"] == 2 and record["device_count"] == 2
+
+
+RESUME = ("--models", "strided-a", "model-a", "--lrs", "0.05", "--epochs", "3", "--checkpoint-every", "1",
+          "--backend", "tensor", "--precision", "no")
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """The resume grid run without interruption."""
+    out = tmp_path_factory.mktemp("reference")
+    p = run_py(args(data, out, *RESUME))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return {r["model"]: r for r in results.read_records(out)}
+
+
+def start_and_interrupt(data, out, sig) -> tuple[subprocess.Popen, str]:
+    """Start the resume grid and send `sig` once the second run has written a checkpoint (mid-grid, mid-run)."""
+    log = out.parent / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([PYTHON, "bench/run_all.py", *args(data, out, *RESUME)], cwd=ROOT, env=env(),
+                                stdout=f, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(results.read_records(out)) == 1 and list((out / "checkpoints").glob("*.pt")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=120)
+    assert len(results.read_records(out)) == 1, "the grid ended before it could be interrupted"
+    return proc, log.read_text()
+
+
+def check_resumed(data, out, reference) -> None:
+    p = run_py(args(data, out, *RESUME))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "1 already in" in p.stdout
+    records = results.read_records(out)
+    assert sorted(r["model"] for r in records) == ["model-a", "strided-a"]  # none lost, none twice
+    for r in records:
+        ref = reference[r["model"]]
+        assert r["run_key"] == ref["run_key"] and r["status"] == "completed"
+        for field in ("test_error_pct", "best_test_error_pct", "best_epoch", "epochs_completed"):
+            assert r[field] == ref[field], field
+        for mine, theirs in zip(r["history"], ref["history"], strict=True):
+            for field in ("loss", "train_acc_pct", "test_error_pct", "lr"):
+                assert mine[field] == theirs[field], (r["model"], mine["epoch"], field)
+    assert not list((out / "checkpoints").glob("*.pt"))
+
+
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(data, tmp_path, reference):
+    out = tmp_path / "out"
+    proc, _ = start_and_interrupt(data, out, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    check_resumed(data, out, reference)
+
+
+def test_sigterm_checkpoints_and_exits_then_rerun_matches(data, tmp_path, reference):
+    out = tmp_path / "out"
+    proc, log = start_and_interrupt(data, out, signal.SIGTERM)
+    assert proc.returncode == 143 and "checkpointed" in log, log[-2000:]
+    check_resumed(data, out, reference)
+
+
+def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path):
+    out = tmp_path / "out"
+    p = run_py(args(data, out, "--models", "strided-a", "--lrs", "1e9", "0.01", "--epochs", "1", "--backend",
+                    "tensor"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    by_lr = {r["lr"]: r for r in results.read_records(out)}
+    assert by_lr[1e9]["status"] == "diverged" and "loss is" in by_lr[1e9]["error"]
+    assert by_lr[1e9]["history"][-1]["loss"] is None
+    assert by_lr[0.01]["status"] == "completed"
+
+
+# ---- bad inputs: one line on stderr starting "error: ", exit status 2, no record ----
+
+BAD = {
+    "unknown model": ["--models", "allcnn-z"],
+    "lr not a number": ["--lrs", "fast"],
+    "lr <= 0": ["--lrs", "0.1", "0"],
+    "lr nan": ["--lrs", "nan"],
+    "unknown preset": ["--preset", "tiny"],
+    "unknown ablation": ["--ablations", "bn-dropout,dropconnect"],
+    "epochs < 1": ["--epochs", "0"],
+    "lr drop after the end": ["--epochs", "2", "--lr-drops", "2"],
+    "bad precision": ["--precision", "fp8"],
+    "bad backend": ["--backend", "dali"],
+    "bad mode": ["--mode", "pipeline"],
+    "batch size 0": ["--batch-size", "0"],
+    "unknown option": ["--learning-rate", "0.1"],
+    "negative weight decay": ["--weight-decay", "-1"],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_no_record(case, data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(args(data, out, *BAD[case])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert results.read_records(out) == []
+
+
+def test_missing_data_and_unwritable_out(data, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv in (["--source", str(tmp_path / "no-such.tar.gz"), "--data-dir", str(tmp_path / "d")],
+                 ["--out", str(blocker / "out")]):
+        assert main([*args(data, tmp_path / "out"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+    assert results.read_records(tmp_path / "out") == []
+
+
+def test_cli_errors_through_the_command_line(data, tmp_path):
+    """The exit status as a shell sees it, for a usage error, a config error, and fp16 where Accelerate would
+    silently train in fp32 (CPU)."""
+    import torch
+
+    cases = [["--models", "nope"], ["--lrs", "-0.1"]] + ([] if torch.cuda.is_available() else [["--precision", "fp16"]])
+    for extra in cases:
+        p = run_py(args(data, tmp_path / "out", *extra), timeout=60)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
+    assert results.read_records(tmp_path / "out") == []
+
+
+def test_multi_process_launch_errors(data, tmp_path, free_port):
+    """Two processes that Accelerate does not distribute (--multi_gpu without CUDA or the CPU flag) are refused
+    with the CPU recipe; a global batch that 2 DDP ranks cannot split is refused too."""
+    p = launch(args(data, tmp_path / "out", "--models", "strided-a", "--lrs", "0.1"), 2, free_port, cpu=False,
+               timeout=120)
+    assert p.returncode != 0
+    assert "error: launched 2 processes but Accelerate is not distributed" in p.stderr
+    assert "ACCELERATE_USE_CPU=1" in p.stderr
+    p = launch(args(data, tmp_path / "out", "--models", "strided-a", "--lrs", "0.1", "--mode", "ddp",
+                    "--batch-size", "33", "--backend", "tensor"), 2, free_port, timeout=120)
+    assert p.returncode != 0 and "error: --batch-size 33 is not divisible by 2 processes" in p.stderr
+    assert results.read_records(tmp_path / "out") == []

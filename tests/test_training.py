@@ -1,0 +1,168 @@
+"""The training pieces: config and run keys (bench/config.py), the LR schedule, checkpoints and evaluation counts
+(bench/engine.py). Evaluation is checked at world sizes 1, 2 and 3 by launching this file as a worker:
+
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 3 tests/test_training.py eval-count DATA
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # the worker below runs as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+
+from bench import ablations, config, engine  # noqa: E402
+from bench.config import PRESETS, RunConfig, expand, parse_args  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_field_is_one_option_with_help():
+    parser = config.build_parser()
+    options = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(options) == {f.name for f in dataclasses.fields(RunConfig)}
+    for f in dataclasses.fields(RunConfig):
+        assert f.metadata["help"] and options[f.name].option_strings[0] == "--" + f.name.replace("_", "-")
+
+
+def test_choices_match_the_modules_that_implement_them():
+    import allconv
+
+    assert config.INITS == allconv.INITS and PRESETS["paper"].init == allconv.DEFAULT_INIT
+
+
+def test_paper_preset_is_the_papers_protocol():
+    cfg = PRESETS["paper"]
+    assert (cfg.epochs, cfg.lr_drops, cfg.lrs) == (350, (200, 250, 300), (0.25, 0.1, 0.05, 0.01))
+    assert (cfg.momentum, cfg.weight_decay, cfg.optimizer, cfg.augment, cfg.preprocess) == (
+        0.9, 1e-3, "sgd", "none", "gcn-zca")
+    assert (cfg.dropout, cfg.final_relu, cfg.bn, cfg.batch_size, cfg.init) == (True, True, False, 256, "caffe-xavier")
+    assert {k: getattr(cfg, k) for k in ablations.BASELINE} == ablations.BASELINE
+    assert len(expand(cfg)) == len(expand(PRESETS["smoke"])) == 48  # the smoke grid has the paper's shape
+
+
+def test_options_replace_the_presets_fields():
+    cfg = parse_args(["--preset", "smoke", "--lrs", "0.1", "0.05", "--no-dropout", "--lr-drops", "--epochs", "3",
+                      "--subset-per-class", "none", "--ablations", "all"])
+    assert cfg.preset == "smoke" and cfg.lrs == (0.1, 0.05) and cfg.dropout is False and cfg.epochs == 3
+    assert cfg.lr_drops == () and cfg.subset_per_class is None and cfg.ablations == tuple(ablations.ABLATIONS)
+    assert cfg.batch_size == PRESETS["smoke"].batch_size
+
+
+def test_run_key_ignores_where_and_how_but_not_what():
+    cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05"])
+    (run,) = expand(cfg, "sha")
+    same = dataclasses.replace(cfg, out="/elsewhere", progress=False, data_dir="/d", mode="ddp", log_with="x",
+                               checkpoint_every=1, num_workers=3, channels_last=False, source="/s.tar.gz")
+    assert expand(same, "sha")[0].key("sha") == run.key("sha")
+    for change in ({"epochs": 349}, {"precision": "no"}, {"batch_size": 128}, {"backend": "torch"},
+                   {"subset_per_class": 10}, {"preset": "smoke"}):
+        assert expand(dataclasses.replace(cfg, **change), "sha")[0].key("sha") != run.key("sha"), change
+    assert run.key("other data") != run.key("sha")
+
+
+def test_ablations_add_their_arms_once_and_arm_of_finds_them():
+    cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--ablations", "all"])
+    runs = expand(cfg)
+    assert len({r.key() for r in runs}) == len(runs)
+    for name, ablation in ablations.ABLATIONS.items():
+        for arm in ablation.arms:
+            members = [r for r in runs if ablations.arm_of(r.config(), name) == arm]
+            lrs = ablation.arms[arm].get("lrs", (0.05,))
+            assert len(members) == len(ablation.models) * len(lrs), (name, arm)
+    adam = [r for r in runs if r.cfg.optimizer == "adam"]
+    assert sorted(r.lr for r in adam) == sorted(ablations.ABLATIONS["optimizer"].arms["Adam"]["lrs"])
+
+
+def test_lr_schedule_drops_tenfold_at_each_drop_epoch():
+    drops = (200, 250, 300)
+    assert [engine.lr_at(e, 0.1, drops) for e in (0, 199)] == [0.1, 0.1]
+    assert engine.lr_at(200, 0.1, drops) == pytest.approx(0.01)
+    assert engine.lr_at(250, 0.1, drops) == pytest.approx(0.001)
+    assert engine.lr_at(349, 0.1, drops) == pytest.approx(1e-4)
+
+
+def test_checkpoint_round_trip_restores_model_optimizer_rng_and_epoch(tmp_path):
+    import torch
+    from accelerate.utils import set_seed
+
+    class Acc:  # the two things save/load use from an Accelerator
+        scaler, num_processes, is_main_process = None, 1, True
+
+    def build():
+        set_seed(0)
+        net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 3))
+        return net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+    net, opt = build()
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.ones(5, 4)).sum().backward()
+        opt.step()
+    state = engine.EpochState(step=3, loss_sum=torch.tensor(1.5), correct=torch.tensor(4), seen=torch.tensor(9))
+    path = tmp_path / "ckpt.pt"
+    engine.save_checkpoint(path, Acc(), net, opt, epoch=7, epoch_state=state, history=[{"epoch": 7}],
+                           extra={"x": 1}, distributed=False)
+    expected = net(torch.ones(5, 4))  # consumes dropout randomness after the save
+
+    net2, opt2 = build()
+    blob = engine.load_checkpoint(path, Acc(), net2, opt2, rank=0, world=1)
+    assert blob["epoch"] == 7 and blob["history"] == [{"epoch": 7}] and blob["epoch_state"].step == 3
+    assert torch.equal(net2(torch.ones(5, 4)), expected)  # same weights and the same dropout mask
+    momentum = [o.state_dict()["state"][1]["momentum_buffer"] for o in (opt, opt2)]
+    assert torch.equal(*momentum)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_evaluation_counts_each_test_image_once(world, smoke_data_dir, free_port):
+    """100 test images over 1, 2, 3 gloo ranks (3 does not divide 100): the summed count is exactly 100, and
+    the number correct equals the single-process count."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    cmd = [sys.executable, __file__, "eval-count", str(smoke_data_dir)]
+    if world > 1:
+        env["ACCELERATE_USE_CPU"] = "1"
+        cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+               str(world), "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision", "no",
+               "--dynamo_backend", "no", *cmd[1:]]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["world"] == world and result["seen"] == 100
+    assert result["correct"] == EXPECTED_CORRECT.setdefault("value", result["correct"])
+    assert 0 <= result["correct"] <= 100
+
+
+EXPECTED_CORRECT: dict = {}
+
+
+def _eval_count_worker(data_dir: str) -> None:
+    """Evaluate one fixed-seed Strided-CNN-A on the test split over however many ranks this was launched with."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    import allconv
+    import loaders
+    from loaders.preprocess import build_preprocess
+
+    acc = Accelerator(mixed_precision="no")
+    set_seed(0)
+    net = allconv.build("strided-a").to(acc.device)
+    distributed = acc.num_processes > 1
+    loader = loaders.make("test", 32, data_dir=data_dir, backend="tensor", device=acc.device, distributed=distributed)
+    pre = build_preprocess("gcn-zca", data_dir).to(acc.device)
+    correct, seen, _ = engine.evaluate(net, loader, pre, acc, distributed=distributed)
+    if acc.is_main_process:
+        print(json.dumps({"world": acc.num_processes, "seen": seen, "correct": correct}))
+    acc.end_training()  # a rank that exits with the gloo group alive can abort ("terminate called ...")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["eval-count"]:
+        _eval_count_worker(sys.argv[2])
