@@ -1,0 +1,244 @@
+"""Tests for the throughput benchmark (issue 6): FLOP and MFU arithmetic, the peak table, the CLI on CPU.
+
+Nothing here asserts on time (STYLE section 6): timings on a shared CPU are noise. The CLI runs on tiny
+settings (batch 4, one step) so the whole file takes seconds.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import allconv
+from bench import devices, throughput
+
+ROOT = Path(__file__).resolve().parents[1]
+H100_SXM = "NVIDIA H100 80GB HBM3"  # what torch.cuda.get_device_name() says on an H100 SXM5
+
+
+# ---- FLOP and MFU arithmetic ---------------------------------------------------------------------------------
+
+def test_flop_per_image_counts_training_as_three_forward_passes():
+    macs = allconv.macs("allcnn-c")
+    assert macs == 270_798_336
+    assert devices.eval_flop_per_image(macs) == 541_596_672  # 2 FLOP per MAC
+    assert devices.train_flop_per_image(macs) == 1_624_790_016  # forward + backward = 3x forward
+
+
+def test_tflops_and_mfu_on_known_numbers():
+    # 1000 img/s of All-CNN-C training is 1.6248 TFLOP/s
+    assert devices.tflops(1000, devices.train_flop_per_image(270_798_336)) == pytest.approx(1.62479, rel=1e-5)
+    assert devices.tflops(None, 1) is None
+    assert devices.mfu(296.7, H100_SXM, "bf16") == pytest.approx(0.3)
+    assert devices.mfu(33.5, H100_SXM, "fp32") == pytest.approx(0.5)
+    assert devices.mfu(33.5, H100_SXM, "no") == devices.mfu(33.5, H100_SXM, "fp32")  # Accelerate's name
+    assert devices.mfu(1.0, "CPU: AMD EPYC", "bf16") is None
+    assert devices.mfu(None, H100_SXM, "bf16") is None
+    assert devices.mfu(593.4, H100_SXM, "bf16", count=2) == pytest.approx(0.3)  # two GPUs' summed rate
+
+
+def test_device_name_of_this_cpu_is_what_records_and_benchmarks_share():
+    import torch
+
+    from bench import results
+    name = devices.device_name(torch.device("cpu"))
+    assert name.startswith("CPU: ") and len(name) > 5
+    assert results.environment(torch.device("cpu"))["device_name"] == name
+
+
+# ---- the peak table ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, precision, peak", [
+    (H100_SXM, "bf16", 989.0), (H100_SXM, "fp32", 67.0), ("NVIDIA H100 SXM5 80GB", "fp16", 989.0),
+    ("NVIDIA H100 PCIe", "bf16", 756.0), ("NVIDIA H100 PCIe", "fp32", 51.0),
+    ("NVIDIA H200", "bf16", 989.0), ("NVIDIA H200", "fp32", 67.0), ("NVIDIA H200 NVL", "bf16", 835.5),
+    ("NVIDIA GH200 480GB", "bf16", 989.0),
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0), ("NVIDIA A100 80GB PCIe", "fp32", 19.5),
+    ("NVIDIA L4", "bf16", 121.0), ("NVIDIA L4", "fp32", 30.3), ("NVIDIA L40S", "bf16", 362.0),
+    ("NVIDIA A10", "bf16", 125.0), ("Tesla T4", "fp16", 65.0),
+])
+def test_peak_table_lookups(name, precision, peak):
+    assert devices.peak_tflops(name, precision) == peak
+
+
+@pytest.mark.parametrize("name", [None, "", "CPU: AMD EPYC", "NVIDIA A10G", "NVIDIA H100 NVL", "NVIDIA GeForce RTX 4090"])
+def test_unknown_devices_have_no_peak(name):
+    assert devices.peak_tflops(name, "bf16") is None
+    assert devices.mfu(100.0, name, "bf16") is None
+
+
+def test_no_tensor_core_precision_has_no_peak():
+    assert devices.peak_tflops("Tesla T4", "bf16") is None  # Turing has no bf16 tensor cores
+    assert devices.peak_tflops("Tesla V100-SXM2-16GB", "fp16") == 125.0
+
+
+def test_fp32_with_tf32_convolutions_is_compared_with_the_tf32_peak():
+    assert devices.peak_tflops("NVIDIA A100-SXM4-40GB", "fp32", tf32=True) == 156.0
+    assert devices.peak_precision("NVIDIA A100-SXM4-40GB", "fp32", tf32=True) == "tf32"
+    assert devices.peak_tflops("Tesla T4", "fp32", tf32=True) == 8.1  # no TF32 there: plain fp32
+    assert devices.peak_tflops(H100_SXM, "bf16", tf32=True) == 989.0  # tf32 only concerns fp32 runs
+
+
+def test_unknown_precision_raises():
+    with pytest.raises(ValueError, match="unknown precision"):
+        devices.peak_tflops(H100_SXM, "fp64")
+
+
+def test_devices_imports_no_torch():
+    code = "import sys, bench.devices; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+# ---- timing helpers and the step ------------------------------------------------------------------------------
+
+def test_time_windows_excludes_warmup_and_times_each_window():
+    import torch
+    calls = []
+    seconds, cpu_share = throughput.time_windows(lambda: calls.append(1), torch.device("cpu"), steps=3, warmup=2,
+                                                 repeats=4)
+    assert len(calls) == 2 + 3 * 4 and len(seconds) == 4 and all(s > 0 for s in seconds)
+    assert cpu_share >= 0
+    median, spread = throughput.images_per_s([1.0, 2.0, 4.0], images_per_window=100)
+    assert median == 50.0 and spread == pytest.approx(150.0)
+
+
+def _params_after_steps(sgd: str, item_every_step: bool = False, steps: int = 2):
+    import torch
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = throughput.build_model("strided-c", device, channels_last=True, compile=False)
+    step = throughput.make_train_step(model, throughput.build_optimizer(model, sgd, device), "fp32", device,
+                                      channels_last=True)
+    images, labels = throughput.synthetic_batch(4, device, channels_last=True)
+    call = throughput.accumulating(step, lambda: (images, labels), device, item_every_step)
+    for _ in range(steps):
+        call()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_sgd_implementations_and_host_sync_change_nothing_but_speed():
+    """The fast-path switches the benchmark measures must give the same weights (up to rounding)."""
+    import torch
+    reference = _params_after_steps("for-loop")
+    for sgd, item in (("foreach", False), ("fused", False), ("engine", True)):
+        for ref, got in zip(reference, _params_after_steps(sgd, item)):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(reference[0], _params_after_steps("for-loop", steps=0)[0])  # the step did train
+
+
+# ---- the CLI -------------------------------------------------------------------------------------------------
+
+def test_resolve_models_takes_names_and_patterns_in_table_order():
+    assert throughput.resolve_models(["*-c"]) == ["model-c", "strided-c", "convpool-c", "allcnn-c"]
+    assert throughput.resolve_models(["allcnn-c,model-a"]) == ["model-a", "allcnn-c"]
+    assert len(throughput.resolve_models(["*"])) == 12
+
+
+def test_cli_on_cpu_writes_json_and_csv(tmp_path):
+    out_json, out_csv = tmp_path / "tp.json", tmp_path / "sub" / "tp.csv"
+    argv = ["--device", "cpu", "--models", "strided-c", "model-a", "--precision", "fp32", "bf16",
+            "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2",
+            "--json", str(out_json), "--csv", str(out_csv)]
+    assert throughput.main(argv) == 0
+    rows = json.loads(out_json.read_text())
+    assert [(r["model"], r["precision"]) for r in rows] == [
+        ("model-a", "fp32"), ("model-a", "bf16"), ("strided-c", "fp32"), ("strided-c", "bf16")]
+    for row in rows:
+        assert list(row) == throughput.COLUMNS
+        assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+        flop = devices.train_flop_per_image(allconv.macs(row["model"]))
+        assert row["train_tflops"] == pytest.approx(row["train_images_per_s"] * flop / 1e12)
+        assert row["display_name"] == allconv.VARIANTS[row["model"]]
+        assert (row["device"], row["backend"], row["batch_size"], row["repeats"]) == ("cpu", "synthetic", 4, 2)
+        assert row["peak_tflops"] is None and row["mfu"] is None  # a CPU: unknown peak
+        assert row["torch_version"] and row["date"]
+    with open(out_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == throughput.COLUMNS
+        table = list(reader)
+    assert [r["model"] for r in table] == [r["model"] for r in rows]
+    assert float(table[0]["train_images_per_s"]) == pytest.approx(rows[0]["train_images_per_s"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "allcnn-z"], "no model matches 'allcnn-z'"),
+    (["--precision", "fp64"], "unknown precision fp64"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--steps", "x"], "invalid int value"),
+    (["--loaders", "torch"], "--loaders needs --data-dir"),
+    (["--loaders", "tensor", "--data-dir", "/nonexistent"], "is not a folder"),
+    (["--frobnicate"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message):
+    result = subprocess.run([sys.executable, "bench/throughput.py", *argv], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("throughput.py: error:") and message in lines[0]
+
+
+def test_cuda_requested_without_cuda_is_exit_2(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert throughput.main(["--device", "cuda", "--models", "strided-c"]) == 2
+    assert capsys.readouterr().err.strip() == "throughput.py: error: --device cuda but CUDA is not available here"
+
+
+# ---- end-to-end rows ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tmp_path_factory):
+    """A prepared CIFAR-10 look-alike: 3 PNG images per class and split, through loaders.prepare."""
+    np = pytest.importorskip("numpy")
+    Image = pytest.importorskip("PIL.Image")
+    prepare = pytest.importorskip("loaders.prepare")
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in prepare.CLASSES:
+            (root / "src" / split / cls).mkdir(parents=True)
+            for i in range(3):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / "src" / split / cls / f"{i}.png")
+    with pytest.MonkeyPatch.context() as mp:  # importing ffcv to write .beton files costs ~5 s; no ffcv rows here
+        if hasattr(prepare, "_ffcv_available"):
+            mp.setattr(prepare, "_ffcv_available", lambda: False)
+        prepare.prepare_cifar10(str(root / "src"), root / "data", subset_per_class=3)
+    return root / "data"
+
+
+def test_end_to_end_rows_per_backend(tmp_path, tiny_data_dir):
+    """A loader row next to the synthetic row, through the same engine step with preprocessing. The tensor backend
+    only: FFCV JIT-compiles each new loader for 5-9 s and the torch backend forks workers every epoch."""
+    out_json = tmp_path / "e2e.json"
+    argv = ["--device", "cpu", "--models", "strided-c", "--precision", "bf16", "--batch-size", "8", "--steps", "2",
+            "--warmup", "1", "--repeats", "2", "--loaders", "tensor", "--data-dir", str(tiny_data_dir),
+            "--preprocess", "meanstd", "--json", str(out_json)]
+    assert throughput.main(argv) == 0
+    rows = json.loads(out_json.read_text())
+    assert [r["backend"] for r in rows] == ["synthetic", "tensor"]
+    for row in rows:
+        assert row["train_images_per_s"] > 0 and row["eval_images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path):
+    """Under `accelerate launch` (2 CPU ranks on gloo) each rank times its own copy and the rates are summed."""
+    out_json = tmp_path / "two.json"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "bench/throughput.py", "--device", "cpu", "--models", "strided-c", "--precision", "fp32",
+           "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2", "--json", str(out_json)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    [row] = json.loads(out_json.read_text())
+    assert row["world_size"] == row["device_count"] == 2 and row["train_images_per_s"] > 0
+    assert result.stdout.count("strided-c") == 1  # only the main process prints
