@@ -1,0 +1,12 @@
+"""Reports from the ledger alone: Table 3 beside the paper, the ablations, throughput and plots.
+
+    python -m reports --results results --out report [--preset smoke] [--throughput bench.json]
+
+Reads bench.results records and allconv.specs; never imports torch, accelerate or ffcv, never trains.
+"""
+from reports.ledger import Ledger, LedgerError, load_ledger
+from reports.report import write_report
+from reports.tables import ablation_table, best_over_lr, select_on_val, table3, throughput_table
+
+__all__ = ["Ledger", "LedgerError", "ablation_table", "best_over_lr", "load_ledger", "select_on_val", "table3",
+           "throughput_table", "write_report"]

@@ -1,0 +1,375 @@
+"""Reports from a small hand-made ledger whose right answers are known (bench.results schema, written with
+bench.results.write_record): protocols, seeds, diverged / failed / missing runs, ablations, every output file."""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from allconv.specs import SPECS, macs
+from bench import results
+from reports import formats
+from reports.ledger import LedgerError, load_ledger
+from reports.report import write_report
+from reports.tables import ablation_table, best_over_lr, select_on_val, table3, throughput_table
+
+ROOT = Path(__file__).resolve().parents[1]
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def record(model="allcnn-c", lr=0.05, seed=0, status="completed", test=None, val=None, preset="paper", epochs=3,
+           finished="2026-11-20T10:00:00+00:00", img_s=20000.0, **fields) -> dict:
+    """One ledger record with every schema field; `fields` override BASELINE-type fields (bn, precision, ...)."""
+    config = {"model": model, "lr": lr, "seed": seed, "preset": preset, "epochs": epochs,
+              "bn": False, "dropout": True, "final_relu": True, "optimizer": "sgd", "augment": "none",
+              "train_split": "train", "precision": "bf16", **fields}
+    done = epochs if status == "completed" else 1
+    history = [{"epoch": e, "loss": 1.0 / e, "train_acc_pct": 50.0, "lr": lr, "seconds": 10.0 + e,
+                "test_error_pct": (test if test is not None else 90.0) + (epochs - e), "val_error_pct": val}
+               for e in range(1, done + 1)]
+    spec = SPECS[model]
+    rec = {
+        "run_key": results.run_key(config), "status": status,
+        "error": None if status == "completed" else f"{status} at epoch 1",
+        "model": model, "display_name": spec.paper_name, "family": spec.family, "variant": spec.variant,
+        "lr": lr, "seed": seed, "epochs": epochs, "epochs_completed": done, "preset": preset,
+        "init": "xavier", "weight_decay": 1e-3, "momentum": 0.9, "batch_size": 256,
+        "preprocess": "gcn-zca", "val_split": "val5k" if config["train_split"] == "train45k" else None,
+        "backend": "ffcv", "mode": "grid", "channels_last": True, "compile": False,
+        "test_error_pct": test if status == "completed" else None, "best_test_error_pct": test,
+        "best_epoch": epochs, "val_error_pct": val if status == "completed" else None,
+        "params": spec.num_params, "macs": macs(model),
+        "train_images_per_s": img_s if status == "completed" else None, "eval_images_per_s": 2 * img_s,
+        "wall_time_s": 100.0, "peak_memory_mb": 1000.0, "device_name": H100, "device_count": 1, "world_size": 1,
+        "versions": {"python": "3.11.9", "torch": "2.14.1", "accelerate": "1.2.0", "ffcv": "1.0.2"},
+        "git_commit": "519e8c2aaaaabbbbcccc", "git_dirty": False,
+        "data": {"source": "cifar10-jpeg.tar.gz", "source_sha256": "ab", "manifest_sha256": "cd",
+                 "num_train": 50000, "num_test": 10000},
+        "config": config, "started_at": "2026-11-20T09:00:00+00:00", "finished_at": finished, "history": history,
+    }
+    rec.update({k: v for k, v in config.items() if k in ("bn", "dropout", "final_relu", "optimizer", "augment",
+                                                          "train_split", "precision")})
+    return rec
+
+
+def small_ledger() -> list[dict]:
+    r = record
+    return [
+        # All-CNN-C, 2 seeds: LR 0.1 holds the single best run (9.00) but 0.05 has the best seed mean (9.30).
+        r(lr=0.25, seed=0, status="diverged"), r(lr=0.25, seed=1, status="diverged"),
+        r(lr=0.1, seed=0, test=9.0), r(lr=0.1, seed=1, test=10.0),
+        r(lr=0.05, seed=0, test=9.2), r(lr=0.05, seed=1, test=9.4, finished="2026-11-21T12:34:56+00:00"),
+        r(lr=0.01, seed=0, test=11.0), r(lr=0.01, seed=1, test=11.2),
+        # ... trained on train45k: lowest val at 0.05 (test 9.8), lowest test at 0.01 (not selected).
+        r(lr=0.1, train_split="train45k", test=9.9, val=10.0), r(lr=0.05, train_split="train45k", test=9.8, val=9.5),
+        r(lr=0.01, train_split="train45k", test=9.1, val=12.0),
+        # ... one arm of every ablation.
+        r(lr=0.1, bn=True, test=8.5), r(lr=0.05, bn=True, test=8.9),
+        r(lr=1e-3, optimizer="adam", test=9.9),
+        r(lr=0.05, augment="flip-translate", test=7.5),
+        r(lr=0.05, precision="no", test=9.35, img_s=5000.0),
+        r(lr=0.1, final_relu=False, test=9.0),
+        r(model="model-c", lr=0.1, final_relu=False, test=9.6),
+        # Model A: one failed LR; best 12.5 at 0.1.
+        r(model="model-a", lr=0.25, test=12.9), r(model="model-a", lr=0.1, test=12.5),
+        r(model="model-a", lr=0.05, test=12.6), r(model="model-a", lr=0.01, status="failed"),
+        # Strided-A: every LR diverged. ConvPool-A: its one run failed. All-CNN-A: no records at all.
+        *(r(model="strided-a", lr=lr, status="diverged") for lr in (0.25, 0.1, 0.05, 0.01)),
+        r(model="convpool-a", lr=0.1, status="failed"),
+        # Model B: only LR 0.1 ran. Model C: exactly the paper's 9.74.
+        r(model="model-b", lr=0.1, test=10.0),
+        r(model="model-c", lr=0.1, test=10.0), r(model="model-c", lr=0.05, test=9.74),
+        # Left out: another preset, and a run of another length.
+        r(preset="smoke", epochs=1, test=80.0, finished="2026-11-25T00:00:00+00:00"),
+        r(model="model-c", lr=0.01, epochs=1, test=50.0),
+    ]
+
+
+def write_ledger(folder: Path, records: list[dict]) -> Path:
+    for rec in records:
+        results.write_record(folder, rec)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ledger_dir(tmp_path_factory) -> Path:
+    return write_ledger(tmp_path_factory.mktemp("results"), small_ledger())
+
+
+@pytest.fixture(scope="module")
+def led(ledger_dir):
+    return load_ledger(ledger_dir)
+
+
+@pytest.fixture(scope="module")
+def t3(led):
+    return table3(led.df, led.precision).set_index("model")
+
+
+@pytest.fixture(scope="module")
+def report_dir(ledger_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report"
+    write_report(ledger_dir, out)
+    return out
+
+
+def test_ledger_picks_one_preset_and_epoch_count(led):
+    assert led.preset == "paper" and led.epochs == 3 and led.precision == "bf16"
+    assert set(led.df["preset"]) == {"paper"} and set(led.df["epochs"]) == {3}
+    assert any("other presets: smoke (1)" in n for n in led.notes)
+    assert any("Epochs are mixed" in n for n in led.notes)
+
+
+def test_table3_rows_in_paper_order(t3):
+    assert list(t3.index) == list(SPECS)
+    assert list(t3["paper_error_pct"]) == [s.paper_error_pct for s in SPECS.values()]
+    assert t3.loc["allcnn-c", "params"] == 1_369_738 and t3.loc["allcnn-c", "paper_params"] == "1.4 M"
+    assert t3.loc["allcnn-c", "macs"] == 270_798_336
+
+
+def test_seeds_are_averaged_before_the_lr_is_chosen(t3):
+    row = t3.loc["allcnn-c"]
+    assert row["lr"] == 0.05 and row["n_seeds"] == 2
+    assert row["error_pct"] == 9.3
+    assert row["error_std"] == round(math.sqrt(0.02), 6)  # sample std of 9.2, 9.4 (ddof=1)
+    assert row["diff_pp"] == 0.22
+    assert row["diverged_lrs"] == "0.25" and row["status"] == "ok"
+
+
+def test_best_over_lr_is_the_minimum_over_lrs(t3):
+    row = t3.loc["model-a"]
+    assert (row["error_pct"], row["lr"], row["n_seeds"]) == (12.5, 0.1, 1)
+    assert math.isnan(row["error_std"])
+    assert row["diff_pp"] == 0.03 and row["status"] == "partial" and row["not_measured"] == "0.01 failed"
+    assert t3.loc["model-c", "error_pct"] == 9.74 and t3.loc["model-c", "diff_pp"] == 0.0
+
+
+def test_select_on_val_reports_the_test_error_at_the_best_val_lr(t3):
+    row = t3.loc["allcnn-c"]
+    assert (row["val_error_pct"], row["val_lr"], row["val_n_seeds"]) == (9.8, 0.05, 1)
+    assert row["val_diff_pp"] == 0.72 and row["val_status"] == "partial" and row["val_not_measured"] == "0.25 missing"
+    assert t3.loc["model-a", "val_status"] == "missing" and pd.isna(t3.loc["model-a", "val_not_measured"])
+
+
+def test_protocols_directly():
+    runs = pd.DataFrame([{"lr": lr, "outcome": "completed", "test_error_pct": t, "val_error_pct": v, "config": None}
+                         for lr, t, v in ((0.1, 9.0, 11.0), (0.05, 9.5, 10.0), (0.01, 8.0, 12.0))])
+    assert best_over_lr(runs)["error_pct"] == 8.0 and best_over_lr(runs)["lr"] == 0.01
+    assert select_on_val(runs)["error_pct"] == 9.5 and select_on_val(runs)["lr"] == 0.05
+
+
+def test_diverged_failed_missing_are_shown_not_filled(t3):
+    assert t3.loc["strided-a", "status"] == "diverged"
+    assert t3.loc["strided-a", "diverged_lrs"] == "0.25, 0.1, 0.05, 0.01"
+    assert t3.loc["convpool-a", "status"] == "failed"
+    assert t3.loc["allcnn-a", "status"] == "missing"
+    assert t3.loc["model-b", "status"] == "partial"
+    assert t3.loc["model-b", "not_measured"] == "0.25 missing, 0.05 missing, 0.01 missing"
+    for name in ("strided-a", "convpool-a", "allcnn-a"):
+        assert math.isnan(t3.loc[name, "error_pct"]) and math.isnan(t3.loc[name, "diff_pp"])
+    shown = formats.display_table3(t3.reset_index()).set_index("Model")
+    assert shown.loc["Strided-CNN-A", "Ours % (LR on test)"] == "diverged"
+    assert shown.loc["ConvPool-CNN-A", "Ours % (LR on test)"] == "failed"
+    assert shown.loc["All-CNN-A", "Ours % (LR on test)"] == "missing"
+    assert shown.loc["All-CNN-C", "Ours % (LR on test)"] == "9.30 ± 0.14 (n=2)"
+    assert shown.loc["Model A", "Ours % (LR on test)"] == "12.50"  # no ± with one seed
+    assert shown.loc["All-CNN-C", "Δ pp"] == "+0.22" and shown.loc["Model C", "Δ pp"] == "0.00"
+
+
+def test_ablations(led):
+    bn = ablation_table(led.df, "bn-dropout", led.precision).set_index("arm")
+    assert bn.loc["dropout, no BN (paper)", "error_pct"] == 9.3
+    assert bn.loc["BN + dropout", "error_pct"] == 8.5 and bn.loc["BN + dropout", "diff_vs_baseline_pp"] == -0.8
+    assert bn.loc["neither", "status"] == "missing"
+    aug = ablation_table(led.df, "augmentation", led.precision).set_index("arm")
+    flip = aug.loc["flip + translate 5 px (Table 4)"]
+    assert (flip["paper_error_pct"], flip["error_pct"], flip["diff_vs_paper_pp"]) == (7.25, 7.5, 0.25)
+    lrsel = ablation_table(led.df, "lr-selection", led.precision).set_index("arm")
+    assert lrsel.loc["judged on val5k, trained on train45k", "error_pct"] == 9.8
+    assert lrsel.loc["judged on val5k, trained on train45k", "diff_vs_baseline_pp"] == 0.5
+    prec = ablation_table(led.df, "precision", led.precision).set_index("arm")
+    assert prec.loc["fp32", "error_pct"] == 9.35 and prec.loc["fp32", "diff_vs_baseline_pp"] == 0.05
+    opt = ablation_table(led.df, "optimizer", led.precision).set_index("arm")
+    assert opt.loc["Adam", "lr"] == 1e-3 and pd.isna(opt.loc["Adam", "not_measured"])  # its own grid, not SGD's
+    head = ablation_table(led.df, "head", led.precision)
+    assert list(head["model"]) == ["model-c", "model-c", "allcnn-c", "allcnn-c"]
+    assert list(head["error_pct"]) == [9.74, 9.6, 9.3, 9.0]
+
+
+def test_precision_rule_uses_the_most_common_precision(tmp_path):
+    recs = [record(model="allcnn-c", lr=lr, test=t, precision="no") for lr, t in ((0.1, 9.5), (0.05, 9.4))]
+    recs.append(record(model="allcnn-c", lr=0.05, test=8.0, precision="bf16"))
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert led.precision == "no"
+    row = table3(led.df, led.precision).set_index("model").loc["allcnn-c"]
+    assert (row["error_pct"], row["lr"]) == (9.4, 0.05)
+
+
+def test_throughput_from_ledger_and_benchmark(led):
+    tp = throughput_table(led.df).set_index(["model", "precision"])
+    row = tp.loc[("allcnn-c", "bf16")]
+    assert row["train_images_per_s"] == 20000.0 and row["source"] == "ledger"
+    assert row["train_tflops"] == round(20000 * 270_798_336 * 6 / 1e12, 6)
+    assert row["peak_tflops"] == 989.0 and row["train_peak_pct"] == round(100 * row["train_tflops"] / 989.0, 6)
+    assert tp.loc[("allcnn-c", "no"), "peak_basis"] == "tf32"
+    bench = pd.DataFrame([{"model": "model-c", "precision": "bf16", "device_name": "cpu", "batch_size": 256,
+                           "train_images_per_s": 400.0, "eval_images_per_s": 900.0}])
+    tb = throughput_table(led.df, bench)
+    assert len(tb) == 1 and tb.loc[0, "source"] == "benchmark" and math.isnan(tb.loc[0, "train_peak_pct"])
+
+
+def test_share_of_peak_counts_the_devices_a_run_used(led):
+    """A grid run on 8 processes used one GPU (device_count 1): its share is against one peak. A DDP run over 2
+    GPUs and a 2-process benchmark row are against two."""
+    df = led.df[(led.df["model"] == "allcnn-c") & (led.df["precision"] == "bf16")
+                & led.df["train_images_per_s"].notna()].copy()
+    one = throughput_table(df).loc[0]
+    grid = throughput_table(df.assign(world_size=8, device_count=1)).loc[0]
+    ddp = throughput_table(df.assign(world_size=2, device_count=2)).loc[0]
+    assert grid["train_peak_pct"] == one["train_peak_pct"] and grid["devices"] == 1
+    assert ddp["devices"] == 2 and ddp["train_peak_pct"] == round(100 * ddp["train_tflops"] / (2 * 989.0), 6)
+    bench = pd.DataFrame([{"model": "allcnn-c", "precision": "bf16", "device_name": H100, "world_size": 2,
+                           "train_images_per_s": 20000.0, "eval_images_per_s": 40000.0}])
+    assert throughput_table(df, bench).loc[0, "train_peak_pct"] == ddp["train_peak_pct"]
+
+
+EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throughput.csv", "throughput.tex",
+                  "curves.png", "error_vs_params.png", "throughput.png",
+                  *(f"ablation-{n}.{ext}" for n in ("bn-dropout", "optimizer", "head", "augmentation",
+                                                    "lr-selection", "precision") for ext in ("csv", "tex"))}
+
+
+def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
+    assert {p.name for p in report_dir.iterdir()} == EXPECTED_FILES
+    assert_frame_equal_csv(report_dir / "table3.csv", table3(led.df, led.precision))
+    assert_frame_equal_csv(report_dir / "ablation-bn-dropout.csv", ablation_table(led.df, "bn-dropout"))
+    assert_frame_equal_csv(report_dir / "throughput.csv", throughput_table(led.df))
+    assert set(pd.read_csv(report_dir / "table3.csv")["ledger_sha256"]) == {results.ledger_sha256(ledger_dir)}
+    for png in ("curves.png", "error_vs_params.png", "throughput.png"):
+        data = (report_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in data
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 300 and height > 200
+    md = (report_dir / "report.md").read_text()
+    assert results.ledger_sha256(ledger_dir) in md and "2026-11-25T00:00:00+00:00" in md
+    assert "cifar10-jpeg.tar.gz (lossy JPEG" in md and "| All-CNN-C | 9.08 | 9.30 ± 0.14 (n=2) | +0.22 |" in md
+    rows = TableRows()
+    rows.feed((report_dir / "report.html").read_text())
+    assert rows.rows["table3"] == 12 and rows.images == 3
+    assert all(rows.rows[f"ablation-{n}"] >= 2 for n in ("bn-dropout", "precision"))
+    for tex in report_dir.glob("*.tex"):
+        lines = tex.read_text().splitlines()
+        body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+        spec = next(x for x in lines if x.startswith(r"\begin{tabular}"))[len(r"\begin{tabular}{"):-1]
+        cols = len(spec)
+        assert r"\toprule" in lines and r"\end{tabular}" in lines
+        for line in body:
+            assert line.endswith(r"\\") and line.replace(r"\&", "").count("&") == cols - 1
+    t3_tex = (report_dir / "table3.tex").read_text()
+    assert t3_tex.count(r"\\") == 13 and r"9.30 $\pm$ 0.14" in t3_tex
+
+
+def assert_frame_equal_csv(path: Path, table: pd.DataFrame) -> None:
+    back = formats.read_csv(path)
+    assert list(back.columns) == list(table.columns)
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+
+
+class TableRows(HTMLParser):
+    """Counts body rows per <table id=...> and embedded PNGs."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.images, self.table, self.in_body = {}, 0, None, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.table = attrs["id"]
+            self.rows[self.table] = 0
+        elif tag == "tbody":
+            self.in_body = True
+        elif tag == "tr" and self.in_body:
+            self.rows[self.table] += 1
+        elif tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,"):
+            self.images += 1
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self.in_body = False
+
+
+def test_same_ledger_same_bytes(report_dir, ledger_dir, tmp_path):
+    again = tmp_path / "again"
+    write_report(ledger_dir, again)
+    for p in report_dir.iterdir():
+        assert (again / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_bad_input_exits_2_without_output(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(LedgerError):
+        write_report(tmp_path / "nothing", out)
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    with pytest.raises(LedgerError, match="empty"):
+        write_report(tmp_path / "empty", out)
+    assert not out.exists() and not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
+
+
+NO_TORCH = """
+import runpy, sys
+for name in ("torch", "accelerate", "ffcv"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+sys.argv = ["reports"] + sys.argv[1:]
+try:
+    runpy.run_module("reports", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+loaded = [m for m in sys.modules if m.split(".")[0] in ("torch", "accelerate", "ffcv") and sys.modules[m] is not None]
+print("LOADED", loaded)
+sys.exit(code if not loaded else 3)
+"""
+
+
+def test_cli_runs_without_torch(ledger_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    ok = subprocess.run([sys.executable, "-c", NO_TORCH, "--results", str(ledger_dir), "--out", str(tmp_path / "r")],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "LOADED []" in ok.stdout and (tmp_path / "r" / "report.html").is_file()
+    bad = subprocess.run([sys.executable, "-m", "reports", "--results", str(tmp_path / "none"), "--out",
+                          str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_an_lr_where_one_seed_diverged_is_not_selected():
+    runs = pd.DataFrame([{"lr": lr, "outcome": o, "test_error_pct": t, "val_error_pct": None, "config": None}
+                         for lr, o, t in ((0.1, "completed", 8.0), (0.1, "diverged", None),
+                                          (0.05, "completed", 9.0), (0.05, "unfinished", None))])
+    sel = best_over_lr(runs)
+    assert (sel["lr"], sel["error_pct"], sel["n_seeds"], sel["status"]) == (0.05, 9.0, 1, "partial")
+    assert sel["diverged_lrs"] == "0.1 (1/2 seeds)" and sel["not_measured"] == "0.05 unfinished (1/2 seeds)"
+
+
+def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text('[{"model": "allcnn-c", "precision": "fp32", "device_name": "NVIDIA A100-SXM4-80GB", '
+                          '"batch_size": 256, "train_images_per_s": 10000.0, "eval_images_per_s": 30000.0, '
+                          '"backend": "synthetic", "peak_precision": "fp32", "world_size": 1}]')
+    out = tmp_path / "smoke-report"
+    write_report(ledger_dir, out, preset="smoke", throughput=bench_json)
+    tp = formats.read_csv(out / "throughput.csv")
+    assert list(tp["source"]) == ["benchmark"] and tp.loc[0, "peak_tflops"] == 19.5  # A100 plain fp32
+    md = (out / "report.md").read_text()
+    assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (31)" in md
+    with pytest.raises(LedgerError, match="preset 'nope' has no records"):
+        write_report(ledger_dir, tmp_path / "x", preset="nope")
