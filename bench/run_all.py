@@ -319,13 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             results.write_record(cfg.out, record)
             (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
         acc.free_memory()
+        error_pct = "-" if record["test_error_pct"] is None else f"{record['test_error_pct']:.2f}%"
         if grid_bar is not None:
             grid_bar.update(1)
-            grid_bar.set_postfix_str(f"{run.model} lr={run.lr:g}: {record['status']} "
-                                     f"{record['test_error_pct'] if record['test_error_pct'] is not None else '-'}")
+            grid_bar.set_postfix_str(f"{run.model} lr={run.lr:g}: {record['status']} {error_pct}")
         elif acc.is_main_process:
-            acc.print(f"{key} {run.model} lr={run.lr:g} seed={run.seed}: {record['status']}, test error "
-                      f"{record['test_error_pct']}")
+            acc.print(f"{key} {run.model} lr={run.lr:g} seed={run.seed}: {record['status']}, test error {error_pct}")
     if grid_bar is not None:
         grid_bar.close()
     acc.end_training()  # closes trackers and the process group: without it gloo ranks can abort at exit
