@@ -62,6 +62,30 @@ def make_accelerator(cfg: RunConfig):
     return acc
 
 
+FINISH_TIMEOUT = datetime.timedelta(days=7)
+"""How long a process that has finished its share of the grid waits for the others before the last barrier."""
+
+
+def finish_group(acc):
+    """A gloo group with a long timeout for the barrier at the end, or None with one process. In grid mode
+    processes finish hours apart, and the default group's timeout (10-30 min) would kill the first to finish;
+    without the barrier, a process that destroys its group while a peer still talks to it can abort."""
+    if acc.num_processes == 1:
+        return None
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
+
+
+def finish(acc, group) -> None:
+    """Wait for every process, then close the trackers and the process group (so no rank aborts at exit)."""
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group=group)
+    acc.end_training()
+
+
 def check_writable(out: str) -> None:
     probe = Path(out) / f".write-probe.{os.getpid()}"
     try:
@@ -265,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"data: source not found: {cfg.source}")
         check_writable(cfg.out)
         acc = make_accelerator(cfg)
+        group = finish_group(acc)
         manifest = prepare_data(cfg, acc)
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -327,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             acc.print(f"{key} {run.model} lr={run.lr:g} seed={run.seed}: {record['status']}, test error {error_pct}")
     if grid_bar is not None:
         grid_bar.close()
-    acc.end_training()  # closes trackers and the process group: without it gloo ranks can abort at exit
+    finish(acc, group)
     return 0
 
 

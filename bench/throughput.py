@@ -414,7 +414,8 @@ def run(args) -> list[dict]:
                                   f"{fmt(share, '.0f'):>6}")
     if accelerator.is_main_process:
         write_outputs(rows, args.json, args.csv)
-    accelerator.end_training()  # destroys the process group so no rank aborts at exit
+    accelerator.wait_for_everyone()  # then destroy the group: a rank that exits while a peer still talks aborts
+    accelerator.end_training()
     return rows
 
 

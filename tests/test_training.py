@@ -160,7 +160,8 @@ def _eval_count_worker(data_dir: str) -> None:
     correct, seen, _ = engine.evaluate(net, loader, pre, acc, distributed=distributed)
     if acc.is_main_process:
         print(json.dumps({"world": acc.num_processes, "seen": seen, "correct": correct}))
-    acc.end_training()  # a rank that exits with the gloo group alive can abort ("terminate called ...")
+    acc.wait_for_everyone()  # a rank that exits while the gloo group is alive can abort ("terminate called ...")
+    acc.end_training()
 
 
 if __name__ == "__main__":
