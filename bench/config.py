@@ -28,9 +28,11 @@ INITS = ("caffe-xavier", "xavier", "kaiming", "torch")  # allconv.INITS, which i
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_every", "mode", "num_workers",
-              "channels_last", "compile")
+              "channels_last", "compile", "backend")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
-layout): left out of the run key so a rerun with other values of them skips and resumes the same runs. The data
+layout, the loader backend: the three yield identical batches, tests/test_loaders.py): left out of the run key
+so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
+machine and finished with the tensor backend on a GPU machine without ffcv) and never records a run twice. The data
 enters the key as the prepared source's sha256 instead of its path."""
 
 
