@@ -37,7 +37,13 @@ enters the key as the prepared source's sha256 instead of its path."""
 
 
 def _default_backend() -> str:
-    """FFCV when it is importable (fastest, ../shared/FACTS.md), else whole-dataset tensors on the device."""
+    """On a GPU, `tensor`: the whole split resident on the device and augmented there in batch, so a step does
+    no host work and no copy (airbench's way; CIFAR-10 is 150 MB). Elsewhere FFCV when importable (the fastest on
+    CPU: reports/measured/cpu-loader-bench-2026-11-26.txt), else `tensor`."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "tensor"
     return "ffcv" if importlib.util.find_spec("ffcv") else "tensor"
 
 
@@ -70,7 +76,7 @@ class RunConfig:
     train_split: str = _f("train", "train (50k, LR judged on test as the paper does) | train45k (judged on val5k)",
                           choices=tuple(TRAIN_SPLITS))
     precision: str = _f("bf16", "no (fp32) | bf16 | fp16 autocast, passed to Accelerator", choices=PRECISIONS)
-    backend: str = _f(_default_backend(), "data loader backend (default ffcv when importable)", choices=BACKENDS)
+    backend: str = _f(_default_backend(), "data loader backend (default: tensor on a GPU, else ffcv when importable)", choices=BACKENDS)
     source: str = _f("torchvision", "CIFAR-10 source for loaders.prepare: torchvision | archive | folder")
     data_dir: str = _f("data", "prepared data directory")
     subset_per_class: int | None = _f(None, "keep N seeded images per class and split (smoke tests)")
