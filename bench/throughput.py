@@ -281,9 +281,16 @@ def loader_batches(backend: str, split: str, args, device, world_size: int):
         print(f"skipping the {backend} backend: {error}", file=sys.stderr)
         return None
 
-    def forever():
+    def forever():  # full batches only: the rate counts steps x --batch-size images
         while True:
-            yield from loader
+            full = 0
+            for images, labels in loader:
+                if len(labels) == args.batch_size:
+                    full += 1
+                    yield images, labels
+            if not full:
+                raise CliError(f"the {split} split in {args.data_dir} has fewer images per process than "
+                               f"--batch-size {args.batch_size}: lower it or prepare more data")
     stream = forever()
     return lambda: next(stream)
 

@@ -242,3 +242,21 @@ def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path):
     [row] = json.loads(out_json.read_text())
     assert row["world_size"] == row["device_count"] == 2 and row["train_images_per_s"] > 0
     assert result.stdout.count("strided-c") == 1  # only the main process prints
+
+
+def test_loader_rows_time_full_batches_only(tiny_data_dir, capsys):
+    """The rate is steps x --batch-size images, so a short last batch must not be timed: 30 images per split give
+    3 full batches of 8 and none of 64, which is a one-line error, not a rate inflated by short batches."""
+    stream = throughput.loader_batches("tensor", "train", throughput.parse_args(
+        ["--batch-size", "8", "--data-dir", str(tiny_data_dir)]), torch_device_cpu(), 1)
+    assert all(len(stream()[1]) == 8 for _ in range(10))  # 10 batches over 3+ epochs, the short ones skipped
+    argv = ["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "--batch-size", "64", "--steps", "1",
+            "--warmup", "1", "--repeats", "2", "--loaders", "tensor", "--data-dir", str(tiny_data_dir)]
+    assert throughput.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fewer images per process than --batch-size 64" in err[0]
+
+
+def torch_device_cpu():
+    import torch
+    return torch.device("cpu")
