@@ -23,7 +23,6 @@ identical pixels, with or without augmentation. batch_size is per process.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +36,30 @@ FFCV_MISSING = ("the ffcv backend needs ffcv, which is not installed here: use -
                 "(same data, same order) or install ffcv")
 
 
+class BackendUnavailable(ValueError):
+    """The backend asked for cannot run here (ffcv is not installed): callers may skip it or say so."""
+
+
 def stored_split(split: str) -> str:
     """Which stored array a split reads: train45k and val5k are index sets into train."""
     return "test" if split == "test" else "train"
 
 
-def split_indices(data_dir, split: str) -> np.ndarray:
-    """Indices into the stored array of `split` (all of it for train and test)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    data_dir = Path(data_dir)
-    manifest = json.loads((data_dir / "manifest.json").read_text()) if (data_dir / "manifest.json").is_file() else None
+def load_arrays(data_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The stored uint8 N x 32 x 32 x 3 images and int64 labels that `split` indexes into."""
+    name = stored_split(split)
+    return np.load(Path(data_dir) / f"{name}_images.npy"), np.load(Path(data_dir) / f"{name}_labels.npy")
+
+
+def split_indices(data_dir, split: str, manifest: dict | None = None) -> np.ndarray:
+    """Indices into the stored array of `split` (all of it for train and test). `manifest`: data_dir's, when the
+    caller has already read it (else it is read here, and an unprepared data_dir raises ValueError)."""
     if manifest is None:
-        raise ValueError(f"{data_dir} is not prepared (no manifest.json): run python -m loaders.prepare "
-                         f"--source SRC --data-dir {data_dir}")
+        from .prepare import load_manifest
+
+        manifest = load_manifest(data_dir)
     if split in ("train45k", "val5k"):
-        with np.load(data_dir / "splits.npz") as z:
+        with np.load(Path(data_dir) / "splits.npz") as z:
             return z[split].astype(np.int64)
     return np.arange(manifest["num_images"][split], dtype=np.int64)
 
@@ -133,15 +140,18 @@ def make(split: str, batch_size: int, *, data_dir="data", backend: str = "ffcv",
         rank, world_size = dist.get_rank(), dist.get_world_size()
     kwargs = dict(augment=augment, device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                   drop_last=bool(drop_last))
-    indices = split_indices(data_dir, split)
+    from .prepare import load_manifest
+
+    manifest = load_manifest(data_dir)
+    indices = split_indices(data_dir, split, manifest)
     if backend == "ffcv":
         try:
             from .ffcv_loaders import FFCVLoader
         except ImportError as e:
             if "ffcv" not in str(e):
                 raise
-            raise ValueError(FFCV_MISSING) from None
-        return FFCVLoader(data_dir, split, batch_size, indices, num_workers=num_workers, **kwargs)
+            raise BackendUnavailable(FFCV_MISSING) from None
+        return FFCVLoader(data_dir, split, batch_size, indices, manifest=manifest, num_workers=num_workers, **kwargs)
     from .torch_loaders import TensorLoader, TorchLoader
 
     if backend == "torch":
@@ -157,4 +167,4 @@ def __getattr__(attr):  # `loaders.preprocess` / `loaders.prepare` without impor
     raise AttributeError(f"module 'loaders' has no attribute {attr!r}")
 
 
-__all__ = ["SPLITS", "BACKENDS", "AUGMENTS", "PREPROCESS", "Loader", "make", "split_indices"]
+__all__ = ["SPLITS", "BACKENDS", "AUGMENTS", "PREPROCESS", "BackendUnavailable", "Loader", "make", "split_indices"]

@@ -59,11 +59,12 @@ _kernel = None
 
 
 def flip_translate_numpy(src: np.ndarray, dst: np.ndarray, flip, dy, dx) -> np.ndarray:
-    """Apply the augmentation to a uint8 NHWC numpy batch with a parallel numba kernel (the FFCV backend's path)."""
+    """Apply the augmentation to a uint8 NHWC numpy batch with a parallel numba kernel (the FFCV backend's path).
+    flip, dy, dx: as flip_translate_params returns them for int64 numpy indices (bool, int64, int64)."""
     global _kernel
     if _kernel is None:
         _kernel = _compile_kernel()
-    _kernel(src, dst, flip, dy.astype(np.int64), dx.astype(np.int64))
+    _kernel(src, dst, flip, dy, dx)
     return dst
 
 

@@ -7,7 +7,6 @@ sampler is never involved and every backend sees the same images in the same ord
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from ffcv.pipeline.operation import Operation
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from . import Loader, stored_split
-from .augment import MAX_SHIFT_PX, flip_translate_numpy, flip_translate_params
+from .augment import flip_translate_numpy, flip_translate_params
 
 
 class FlipTranslate(Operation):
@@ -31,13 +30,13 @@ class FlipTranslate(Operation):
     without recompiling the pipeline. FFCV's own RandomHorizontalFlip / RandomTranslate draw from per-thread
     RNGs nobody seeds: not reproducible, hence this op. Set `key` before each epoch."""
 
-    def __init__(self, pad: int = MAX_SHIFT_PX):
+    def __init__(self):
         super().__init__()
-        self.pad, self.key = pad, 0
+        self.key = 0
 
     def generate_code(self):
         def flip_translate(images, dst, indices):
-            flip, dy, dx = flip_translate_params(self.key, np.asarray(indices, dtype=np.int64), self.pad)
+            flip, dy, dx = flip_translate_params(self.key, np.asarray(indices, dtype=np.int64))
             return flip_translate_numpy(images, dst[:len(images)], flip, dy, dx)
 
         flip_translate.with_indices = True
@@ -64,10 +63,10 @@ def default_num_workers() -> int:
 
 
 class FFCVLoader(Loader):
-    def __init__(self, data_dir, split, batch_size, indices, *, num_workers=None, **kwargs):
+    def __init__(self, data_dir, split, batch_size, indices, *, manifest, num_workers=None, **kwargs):
         super().__init__(split, batch_size, indices, **kwargs)
         beton = f"{stored_split(split)}.beton"
-        if beton not in json.loads((Path(data_dir) / "manifest.json").read_text())["files"]:
+        if beton not in manifest["files"]:
             raise ValueError(f"{data_dir} was prepared without ffcv (no {beton}): run python -m loaders.prepare "
                              "again here to add it, or use --backend torch|tensor")
         self.flip_translate = FlipTranslate() if self.augment == "flip-translate" else None

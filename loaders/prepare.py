@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import load_arrays
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 COUNTS_PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10: 50,000 training and 10,000 test images
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
@@ -129,6 +131,12 @@ def _tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
     return official, folder
 
 
+def _official_dir(path: Path) -> Path | None:
+    """The folder holding the official batches when `path` is that folder or holds cifar-10-batches-py/, else None."""
+    batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    return batches if (batches / "data_batch_1").is_file() else None
+
+
 def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
     """Returns (splits, source description, sha256 of the source). Raises ValueError with one line on bad input."""
     if source == "torchvision":
@@ -146,8 +154,8 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
     if not path.exists():
         raise ValueError(f"source not found: {source}")
     if path.is_dir():
-        batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
-        if (batches / "data_batch_1").is_file():
+        batches = _official_dir(path)
+        if batches is not None:
             names = OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]
             missing = [n for n in names if not (batches / n).is_file()]
             if missing:
@@ -290,8 +298,7 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
                 print(f"prepare: {data_dir} already holds this source and options; nothing to do")
                 return old
             print(f"prepare: {data_dir} is up to date; adding the FFCV files now that ffcv is importable")
-            arrays = {s: (np.load(data_dir / f"{s}_images.npy"), np.load(data_dir / f"{s}_labels.npy"))
-                      for s in COUNTS_PER_CLASS}
+            arrays = {s: load_arrays(data_dir, s) for s in COUNTS_PER_CLASS}
             return _write_all(data_dir, arrays, old["source"], old["source_sha256"], options, only_betons=True)
     splits, described, digest = read_source(source, data_dir)
     splits = check_and_subset(splits, subset_per_class, seed)
@@ -301,8 +308,7 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
 def _source_sha(source: str) -> str:
     path = Path(source).expanduser()
     if path.is_dir():
-        batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
-        return _sha256_tree(batches if (batches / "data_batch_1").is_file() else path)
+        return _sha256_tree(_official_dir(path) or path)
     return sha256_file(path)
 
 

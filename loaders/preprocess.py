@@ -19,8 +19,6 @@ always runs in float32 with autocast disabled: whitening amplifies low-variance 
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -40,22 +38,25 @@ def gcn(x: torch.Tensor, scale: float = GCN_SCALE) -> torch.Tensor:
     return x * scale / torch.where(norm < GCN_MIN_DIVISOR, torch.ones_like(norm), norm)
 
 
-def _flat_chunks(data_dir: Path, fit_split: str):
-    """The fit split's images as float32 N x 3072 rows in CHW order (as the module flattens NCHW), in chunks.
-    Sums within a chunk run in float32 (fast), across chunks in float64."""
-    from . import split_indices
-    from .torch_loaders import load_arrays
+def _fit_data(data_dir: Path, fit_split: str, manifest: dict | None = None):
+    """(stored images, the fit split's indices into them), read once per fit."""
+    from . import load_arrays, split_indices
 
-    images, _ = load_arrays(data_dir, fit_split)
-    idx = split_indices(data_dir, fit_split)
+    return load_arrays(data_dir, fit_split)[0], split_indices(data_dir, fit_split, manifest)
+
+
+def _flat_chunks(images, idx):
+    """images[idx] as float32 N x 3072 rows in CHW order (as the module flattens NCHW), in chunks.
+    Sums within a chunk run in float32 (fast), across chunks in float64."""
     for s in range(0, len(idx), _CHUNK):
         chunk = torch.from_numpy(images[idx[s:s + _CHUNK]]).permute(0, 3, 1, 2)
         yield chunk.reshape(len(chunk), -1).float()
 
 
-def fit_meanstd(data_dir: Path, fit_split: str) -> dict:
+def fit_meanstd(data_dir: Path, fit_split: str, manifest: dict | None = None) -> dict:
+    images, idx = _fit_data(data_dir, fit_split, manifest)
     total, total_sq, count = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0
-    for x in _flat_chunks(data_dir, fit_split):
+    for x in _flat_chunks(images, idx):
         x = x.view(len(x), 3, -1) / 255
         total += x.sum(dim=(0, 2)).double()
         total_sq += (x * x).sum(dim=(0, 2)).double()
@@ -83,18 +84,19 @@ def zca_from_rows(rows: torch.Tensor, filter_bias: float = ZCA_FILTER_BIAS) -> t
     return (u * ((eigvals + filter_bias).rsqrt() - c)) @ u.T + c * torch.eye(d, dtype=rows.dtype)
 
 
-def fit_gcn_zca(data_dir: Path, fit_split: str) -> dict:
+def fit_gcn_zca(data_dir: Path, fit_split: str, manifest: dict | None = None) -> dict:
+    images, idx = _fit_data(data_dir, fit_split, manifest)
     total, count = torch.zeros(3072, dtype=torch.float64), 0
-    for x in _flat_chunks(data_dir, fit_split):  # pass 1: the mean, so pass 2 sums centred (small) products
+    for x in _flat_chunks(images, idx):  # pass 1: the mean, so pass 2 sums centred (small) products
         total += gcn(x).sum(dim=0).double()
         count += len(x)
     mean = total / count
     if count < 3072:  # fewer images than dimensions: C has rank < N, the Gram route is exact and far cheaper
-        rows = torch.cat([gcn(x).double() - mean for x in _flat_chunks(data_dir, fit_split)])
+        rows = torch.cat([gcn(x).double() - mean for x in _flat_chunks(images, idx)])
         return {"zca_mean": mean.float(), "zca_matrix": zca_from_rows(rows).float()}
-    cov = torch.zeros(3072, 3072, dtype=torch.float64)
-    for x in _flat_chunks(data_dir, fit_split):
-        x = gcn(x) - mean.float()
+    cov, mean32 = torch.zeros(3072, 3072, dtype=torch.float64), mean.float()
+    for x in _flat_chunks(images, idx):
+        x = gcn(x) - mean32
         cov += (x.T @ x).double()
     return {"zca_mean": mean.float(), "zca_matrix": zca_from_covariance(cov / count).float()}
 
@@ -125,19 +127,18 @@ class Preprocess(nn.Module):
 def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preprocess:
     """The preprocessing module, its statistics fitted on `fit_split` (loaded from the cache when it matches)."""
     from . import PREPROCESS
+    from .prepare import MANIFEST, _publish, load_manifest, sha256_file
 
     if kind not in PREPROCESS:
         raise ValueError(f"preprocess must be one of {PREPROCESS}, got {kind!r}")
     if fit_split not in FIT_SPLITS:
         raise ValueError(f"statistics are fitted on a training split {FIT_SPLITS}, never on {fit_split!r}")
     data_dir = Path(data_dir)
-    manifest = data_dir / "manifest.json"
-    if not manifest.is_file():
-        raise ValueError(f"{data_dir} is not prepared (no manifest.json): run python -m loaders.prepare")
+    manifest = load_manifest(data_dir)
     params = {"gcn_scale": GCN_SCALE, "gcn_min_divisor": GCN_MIN_DIVISOR, "zca_filter_bias": ZCA_FILTER_BIAS,
               "pixel_range": "0..255"} if kind == "gcn-zca" else {}
     fitted_on = {"kind": kind, "fit_split": fit_split, "params": params,
-                 "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+                 "manifest_sha256": sha256_file(data_dir / MANIFEST)}
     if kind == "none":
         return Preprocess(kind, {}, fitted_on)
     cache = data_dir / f"preprocess_{kind}_{fit_split}.pt"
@@ -145,8 +146,7 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
         saved = torch.load(cache, map_location="cpu", weights_only=True)
         if saved["fitted_on"] == fitted_on:
             return Preprocess(kind, saved["stats"], fitted_on)
-    stats = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data_dir, fit_split)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    torch.save({"fitted_on": fitted_on, "stats": stats}, tmp)
-    os.replace(tmp, cache)  # atomic: concurrent ranks may both fit; either file is the same
+    stats = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data_dir, fit_split, manifest)
+    # atomic: concurrent ranks may both fit; either file is the same
+    _publish(cache, lambda tmp: torch.save({"fitted_on": fitted_on, "stats": stats}, tmp))
     return Preprocess(kind, stats, fitted_on)

@@ -8,20 +8,15 @@ tensor: the whole split resident on the device as uint8, batches gathered and au
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from . import Loader, stored_split
-from .augment import MAX_SHIFT_PX, flip_translate_params, gather_flip_translate
-
-
-def load_arrays(data_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The stored uint8 N x 32 x 32 x 3 images and int64 labels that `split` indexes into."""
-    name = stored_split(split)
-    return np.load(Path(data_dir) / f"{name}_images.npy"), np.load(Path(data_dir) / f"{name}_labels.npy")
+from . import Loader, load_arrays, stored_split
+from .augment import flip_translate_params, gather_flip_translate
 
 
 def shift_one(image: torch.Tensor, flip: bool, dy: int, dx: int) -> torch.Tensor:
@@ -48,7 +43,7 @@ class _ImageDataset(Dataset):
         i, key = item
         image = torch.from_numpy(self.images[i])
         if key is not None:
-            flip, dy, dx = flip_translate_params(key, i, MAX_SHIFT_PX)
+            flip, dy, dx = flip_translate_params(key, i)
             image = shift_one(image, bool(flip), int(dy), int(dx))
         return image, int(self.labels[i])
 
@@ -82,12 +77,39 @@ class TorchLoader(Loader):
                    labels.to(self.device, non_blocking=True))
 
 
+class _Resident:
+    """One stored split's images (NHWC uint8) and labels on one device, shared by every TensorLoader using it."""
+
+    __slots__ = ("images", "labels", "__weakref__")
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+
+# (device, then each .npy's path, inode and st_mtime_ns) -> _Resident; an entry lives while a loader holds it
+_resident: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def resident_arrays(data_dir, split: str, device: torch.device) -> _Resident:
+    """The stored arrays `split` indexes into, on `device`: read and copied once, whatever the split, seed or
+    augmentation, as long as some loader holds them (a rewritten file is read again). Never written in place."""
+    key = (device,)
+    for kind in ("images", "labels"):
+        path = (Path(data_dir) / f"{stored_split(split)}_{kind}.npy").resolve()
+        st = path.stat()
+        key += (str(path), st.st_ino, st.st_mtime_ns)
+    held = _resident.get(key)
+    if held is None:
+        images, labels = load_arrays(data_dir, split)
+        held = _resident[key] = _Resident(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
+    return held
+
+
 class TensorLoader(Loader):
     def __init__(self, data_dir, split, batch_size, indices, **kwargs):
         super().__init__(split, batch_size, indices, **kwargs)
-        images, labels = load_arrays(data_dir, split)
-        self.images = torch.from_numpy(images).to(self.device)  # NHWC: batches come out channels_last
-        self.labels = torch.from_numpy(labels).to(self.device)
+        self._resident = resident_arrays(data_dir, split, self.device)  # holds the shared tensors alive
+        self.images, self.labels = self._resident.images, self._resident.labels  # NHWC: batches are channels_last
 
     def _batches(self, order, key):
         order = torch.from_numpy(np.asarray(order, dtype=np.int64)).to(self.device)
@@ -96,5 +118,5 @@ class TensorLoader(Loader):
             if key is None:
                 images = self.images[idx]
             else:
-                images = gather_flip_translate(self.images, idx, *flip_translate_params(key, idx, MAX_SHIFT_PX))
+                images = gather_flip_translate(self.images, idx, *flip_translate_params(key, idx))
             yield images.permute(0, 3, 1, 2), self.labels[idx]

@@ -14,16 +14,9 @@ import torch
 
 import loaders
 from loaders.augment import epoch_key, flip_translate_params
+from loaders.prepare import _ffcv_available
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _ffcv_importable() -> bool:
-    try:
-        import ffcv  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +27,14 @@ def stored(full_data_dir):
 
 @pytest.fixture(scope="module")
 def ffcv_test(full_data_dir):
-    if not _ffcv_importable():
+    if not _ffcv_available():
         pytest.skip("ffcv is not installed")
     return loaders.make("test", 1000, data_dir=full_data_dir, backend="ffcv")
 
 
 @pytest.fixture(scope="module")
 def ffcv_train_aug(full_data_dir):
-    if not _ffcv_importable():
+    if not _ffcv_available():
         pytest.skip("ffcv is not installed")
     return loaders.make("train", 500, data_dir=full_data_dir, backend="ffcv", augment="flip-translate", seed=7)
 

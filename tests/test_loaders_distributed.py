@@ -6,7 +6,6 @@ so each rank reports what it actually yielded, not what it planned to yield.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -54,18 +53,12 @@ def _rank(rank, world, port, data_dir, backends, out):
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 3])
-def test_shards(world, witness_dir, tmp_path):
+def test_shards(world, witness_dir, tmp_path, free_port):
     import loaders
 
     backends = ["tensor", "torch"]  # ffcv follows the same plan: test_loaders checks it yields exactly that plan
-    mp.spawn(_rank, args=(world, _free_port(), str(witness_dir), backends, str(tmp_path)), nprocs=world)
+    mp.spawn(_rank, args=(world, free_port, str(witness_dir), backends, str(tmp_path)), nprocs=world)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     sizes = {"train": 610, "test": 610, "train45k": 550, "val5k": 60}
     stored_train_ids = set(range(610))
