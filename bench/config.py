@@ -14,6 +14,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
+from allconv.network import DEFAULT_INIT, INITS  # config imports torch anyway (_default_backend)
 from allconv.specs import SPECS
 from bench import ablations as ablations_mod
 from bench import results
@@ -23,7 +24,7 @@ PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names; "no" is fp32
 OPTIMIZERS = ("sgd", "adam")
 TRAIN_SPLITS = {"train": None, "train45k": "val5k"}  # train split -> the split its LR is judged on
 MODES = ("auto", "ddp", "grid")
-INITS = ("caffe-xavier", "xavier", "kaiming", "torch")  # allconv.INITS, which imports torch (a test checks both)
+PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from the class below
 
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
@@ -48,14 +49,12 @@ def _default_backend() -> str:
 
 
 def _f(default, help: str, **kw):
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("mutable default")
     return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    preset: str = _f("paper", "base configuration: " + " | ".join(("paper", "smoke")))
+    preset: str = _f("paper", "base configuration: " + " | ".join(PRESETS_NAMES))
     models: tuple[str, ...] = _f(tuple(SPECS), "allconv API names (Table 3 order by default)")
     lrs: tuple[float, ...] = _f((0.25, 0.1, 0.05, 0.01), "learning rates (the paper's gamma grid)")
     seeds: tuple[int, ...] = _f((0,), "one run per seed; seeds the model, dropout and the loader order")
@@ -70,7 +69,7 @@ class RunConfig:
     bn: bool = _f(False, "batch norm after every conv (not in the paper)")
     dropout: bool = _f(True, "20%% input dropout, 50%% after each downsampling step (paper)")
     final_relu: bool = _f(True, "ReLU after the last 1x1 conv, before averaging (Table 1)")
-    init: str = _f("caffe-xavier", "weight init (paper: unstated; see allconv.DEFAULT_INIT)", choices=INITS)
+    init: str = _f(DEFAULT_INIT, "weight init (paper: unstated; see allconv.DEFAULT_INIT)", choices=INITS)
     preprocess: str = _f("gcn-zca", "GCN + ZCA whitening (paper), meanstd or none", choices=PREPROCESS)
     augment: str = _f("none", "none (Table 3) | flip-translate (Table 4)", choices=AUGMENTS)
     train_split: str = _f("train", "train (50k, LR judged on test as the paper does) | train45k (judged on val5k)",
@@ -172,7 +171,6 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
     return unique
 
 
-PRESETS_NAMES = ("paper", "smoke")
 PRESETS: dict[str, RunConfig] = {
     # The paper's protocol (Section 3.2.1): all 12 models, the gamma grid, 350 epochs, x0.1 at 200/250/300.
     "paper": RunConfig(),
@@ -232,8 +230,8 @@ def parse_args(argv: list[str] | None) -> RunConfig:
     """The preset's config with every given option replacing its field. Bad input raises UsageError/ValueError."""
     given = vars(build_parser().parse_args(argv))
     preset = given.pop("preset", "paper")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if preset not in PRESETS_NAMES:
+        raise UsageError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS_NAMES)}")
     for name in ("models", "lrs", "seeds", "lr_drops", "ablations"):
         if name in given:
             given[name] = tuple(given[name])

@@ -148,6 +148,16 @@ def stop_agreed(stop_flag, accelerator, distributed: bool) -> bool:
 
 
 @torch.no_grad()
+def eval_step(model, images, labels, preprocess, accelerator, autocast: AutocastKwargs | None = None,
+              channels_last: bool = False) -> torch.Tensor:
+    """One evaluation batch: the number correct, still on the device."""
+    x = _prepare_input(images, preprocess, channels_last)
+    with accelerator.autocast(autocast):
+        logits = model(x)
+    return (logits.argmax(1) == labels).sum()
+
+
+@torch.no_grad()
 def evaluate(model, loader, preprocess, accelerator, *, autocast=None, channels_last=False,
              distributed: bool = False) -> tuple[int, int, float]:
     """(correct, seen, seconds) over the whole split. With `distributed`, each rank sees its own shard (each image
@@ -159,10 +169,7 @@ def evaluate(model, loader, preprocess, accelerator, *, autocast=None, channels_
     sync(device)
     t0 = time.perf_counter()
     for images, labels in loader:
-        x = _prepare_input(images, preprocess, channels_last)
-        with accelerator.autocast(autocast):
-            logits = model(x)
-        correct += (logits.argmax(1) == labels).sum()
+        correct += eval_step(model, images, labels, preprocess, accelerator, autocast, channels_last)
         seen += labels.shape[0]
     sync(device)
     seconds = time.perf_counter() - t0

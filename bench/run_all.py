@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
 import signal
@@ -28,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 from bench import engine, results  # noqa: E402
-from bench.config import Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
+from bench.config import TRAIN_SPLITS, Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
 
 CHANCE_MARGIN_PCT = 1.0  # a run whose training accuracy stays within this of 1/num_classes has diverged
 NUM_CLASSES = 10
@@ -148,6 +147,16 @@ class Data:
         return self._cache[key]
 
 
+def build_net(run: Run, device):
+    """The run's network on the device in its memory format, and its optimizer."""
+    import torch
+
+    c = run.cfg
+    net = allconv.build(run.model, NUM_CLASSES, bn=c.bn, dropout=c.dropout, final_relu=c.final_relu, init=c.init)
+    net.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
+    return net, engine.make_optimizer(c.optimizer, net.parameters(), run.lr, c.momentum, c.weight_decay, device)
+
+
 def train_one(run: Run, key: str, acc, data: Data, ddp: bool, bar_epochs) -> dict:
     """Train and evaluate one run, resuming its checkpoint if there is one. Returns the record's result fields."""
     import torch
@@ -156,11 +165,9 @@ def train_one(run: Run, key: str, acc, data: Data, ddp: bool, bar_epochs) -> dic
     c, device, world = run.cfg, acc.device, acc.num_processes if ddp else 1
     autocast = engine.autocast_for(c.precision, acc)
     set_seed(run.seed)  # the same initial weights on every rank
-    net = allconv.build(run.model, NUM_CLASSES, bn=c.bn, dropout=c.dropout, final_relu=c.final_relu, init=c.init)
-    net.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
+    net, optimizer = build_net(run, device)
     if ddp:
         set_seed(run.seed, device_specific=True)  # each rank its own dropout masks
-    optimizer = engine.make_optimizer(c.optimizer, net.parameters(), run.lr, c.momentum, c.weight_decay, device)
     ckpt_path = Path(c.out) / "checkpoints" / f"{key}.pt"
     ckpt = engine.load_checkpoint(ckpt_path, acc, net, optimizer, rank=acc.process_index if ddp else 0, world=world)
     model = net
@@ -174,8 +181,8 @@ def train_one(run: Run, key: str, acc, data: Data, ddp: bool, bar_epochs) -> dic
     train = data.loader(c.train_split, augment=c.augment, seed=run.seed)
     preprocess = data.preprocess(c.preprocess, c.train_split)
     evals = {"test": data.loader("test")}
-    if run.config()["val_split"]:
-        evals["val"] = data.loader(run.config()["val_split"])
+    if TRAIN_SPLITS[c.train_split]:
+        evals["val"] = data.loader(TRAIN_SPLITS[c.train_split])
     num = {"test": data.manifest["num_images"]["test"], "val": data.manifest["num_images"].get("val5k")}
 
     history = ckpt["history"] if ckpt else []
@@ -254,7 +261,7 @@ def train_one(run: Run, key: str, acc, data: Data, ddp: bool, bar_epochs) -> dic
             "precision": "no" if not autocast.enabled else acc.mixed_precision}
 
 
-def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int, acc,
+def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,
                 started_at: str, outcome: dict) -> dict:
     spec = allconv.get_spec(run.model)
     cfg = run.config(data_sha)
@@ -267,7 +274,7 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "best_epoch": None, "val_error_pct": None, "params": None, "macs": allconv.macs(run.model),
               "train_images_per_s": None, "eval_images_per_s": None, "wall_time_s": None, "peak_memory_mb": None,
               "device_name": env["device_name"], "device_count": world if mode == "ddp" else 1,
-              "world_size": acc.num_processes,
+              "world_size": world,
               "versions": env["versions"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
               "data": {"source": manifest["source"], "source_sha256": manifest["source_sha256"],
                        "manifest_sha256": manifest["manifest_sha256"],
@@ -276,10 +283,6 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "config": cfg, "started_at": started_at, "finished_at": now(), "history": []}
     record.update(outcome)
     return record
-
-
-def status_of(out: str, key: str) -> str | None:
-    return json.loads((results.runs_dir(out) / f"{key}.json").read_text()).get("status")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)
     keys = [r.key(data_sha) for r in runs]
-    done = {k for k in keys if results.has_record(cfg.out, k) and status_of(cfg.out, k) != "failed"}
+    done = {r["run_key"] for r in results.read_records(cfg.out) if r.get("status") != "failed"} & set(keys)
     acc.wait_for_everyone()  # every process has listed the ledger before anyone adds to it
     world = acc.num_processes
     mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(runs) >= world else "ddp")
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             return 143
         except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
             outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-        record = make_record(run, key, data_sha, manifest, env, mode, world, acc, started_at, outcome)
+        record = make_record(run, key, data_sha, manifest, env, mode, world, started_at, outcome)
         if ddp:
             acc.wait_for_everyone()
         if acc.is_main_process or not ddp:
@@ -358,12 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure_rate(run: Run, acc, data: Data) -> float:
     """Training images/s of this process on a few steps of the first pending run, for the ETA."""
-    import torch
-
     c = run.cfg
-    net = allconv.build(run.model, NUM_CLASSES, bn=c.bn, dropout=c.dropout, final_relu=c.final_relu, init=c.init)
-    net.to(acc.device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
-    opt = engine.make_optimizer(c.optimizer, net.parameters(), run.lr, c.momentum, c.weight_decay, acc.device)
+    net, opt = build_net(run, acc.device)
     images, labels = next(iter(data.loader(c.train_split, augment=c.augment, seed=run.seed)))
     return engine.measure_step_rate(net, opt, images, labels, data.preprocess(c.preprocess, c.train_split), acc,
                                     engine.autocast_for(c.precision, acc), c.channels_last)

@@ -24,13 +24,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402  (specs only: no torch until a network is built)
 from bench import devices  # noqa: E402
+from loaders import BACKENDS, PREPROCESS  # noqa: E402  (loaders/__init__ imports no torch)
 
 PRECISIONS = {"fp32": None, "no": None, "bf16": "bfloat16", "fp16": "float16"}  # name -> autocast dtype
 SGD_IMPLS = ("engine", "for-loop", "foreach", "fused")
 """How torch.optim.SGD applies the update: "engine" as bench/engine.py trains (fused on CUDA, torch's default,
 the for-loop, on CPU); the others force one implementation, to measure what it buys."""
-BACKENDS = ("ffcv", "torch", "tensor")  # loaders.BACKENDS
-PREPROCESS = ("gcn-zca", "meanstd", "none")  # loaders.PREPROCESS (not imported: --help needs no loader import)
 SGD_SETTINGS = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3}  # the paper's SGD; lr does not change speed
 
 COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "batch_size",
@@ -107,13 +106,6 @@ def resolve_models(patterns: list[str]) -> list[str]:
 
 # ---- timing -------------------------------------------------------------------------------------------------
 
-def synchronize(device) -> None:
-    """Wait for queued device work, so that the clock measures it."""
-    if device.type == "cuda":
-        import torch
-        torch.cuda.synchronize(device)
-
-
 def time_windows(step, device, steps: int, warmup: int, repeats: int) -> tuple[list[float], float | None]:
     """Seconds for each of `repeats` windows of `steps` calls, after `warmup` untimed calls. CUDA is timed with
     events (what the GPU did between them); the CPU with the wall clock after a synchronize.
@@ -121,9 +113,11 @@ def time_windows(step, device, steps: int, warmup: int, repeats: int) -> tuple[l
     Also returns, on the CPU, the share of the cores this process got while timed: its CPU time over wall time
     x torch threads. Well below 1 means other processes took cores and the figure is low by about that much."""
     import torch
+
+    from bench.engine import sync
     for _ in range(warmup):
         step()
-    synchronize(device)
+    sync(device)
     seconds, cpu0, wall0 = [], time.process_time(), time.perf_counter()
     for _ in range(repeats):
         if device.type == "cuda":
@@ -138,7 +132,7 @@ def time_windows(step, device, steps: int, warmup: int, repeats: int) -> tuple[l
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
-            synchronize(device)
+            sync(device)
             seconds.append(time.perf_counter() - t0)
     if device.type == "cuda":
         return seconds, None
@@ -157,20 +151,18 @@ def images_per_s(seconds: list[float], images_per_window: int) -> tuple[float, f
 def build_model(name: str, device, channels_last: bool, compile: bool):
     """The network as training builds it (paper defaults: dropout, final ReLU), on the device."""
     import torch
-    model = allconv.build(name).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = allconv.build(name).to(device, memory_format=torch.channels_last if channels_last else
+                                   torch.contiguous_format)
     return torch.compile(model) if compile else model
 
 
-def build_optimizer(model, sgd: str, device=None):
+def build_optimizer(model, sgd: str, device):
     """SGD with momentum 0.9 and weight decay 1e-3 (the paper). "engine": what bench/engine.py's training uses
     (fused on CUDA, torch's default elsewhere); the others force one implementation, to measure it."""
     import torch
     if sgd == "engine":
         from bench import engine
-        return engine.make_optimizer("sgd", model.parameters(), device=device or torch.device("cpu"),
-                                     **SGD_SETTINGS)
+        return engine.make_optimizer("sgd", model.parameters(), device=device, **SGD_SETTINGS)
     impl = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}[sgd]
     return torch.optim.SGD(model.parameters(), **SGD_SETTINGS, **impl)
 
@@ -227,18 +219,13 @@ def make_train_step(model, optimizer, precision: str, device, channels_last: boo
 
 
 def make_eval_step(model, precision: str, device, channels_last: bool, preprocess=None):
-    """One batch of bench/engine.py's `evaluate`: no gradients, autocast forward, number correct (on the device)."""
-    import torch
+    """bench/engine.py's `eval_step`: no gradients, autocast forward, number correct (on the device)."""
+    from bench import engine
     amp = Precision(precision, device)
     preprocess = preprocess or (lambda images: images)
 
     def step(images, labels):
-        with torch.no_grad():
-            x = preprocess(images)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp.autocast():
-                return (model(x).argmax(1) == labels).sum()
+        return engine.eval_step(model, images, labels, preprocess, amp, channels_last=channels_last)
     return step
 
 
@@ -271,13 +258,11 @@ def synthetic_batch(batch_size: int, device, channels_last: bool):
 def loader_batches(backend: str, split: str, args, device, world_size: int):
     """An endless stream of (uint8 images, labels) batches from a real loader, epoch after epoch; None when the
     backend cannot load here (FFCV is not installed on the GPU machines)."""
+    import loaders
     try:
-        import loaders
         loader = loaders.make(split, args.batch_size, data_dir=args.data_dir, backend=backend, augment="none",
                               device=device, distributed=world_size > 1, seed=0)
-    except (ImportError, ValueError) as error:  # loaders raise ValueError when ffcv is not installed
-        if isinstance(error, ValueError) and "not installed" not in str(error):
-            raise
+    except loaders.BackendUnavailable as error:  # ffcv is not installed on the GPU machines
         print(f"skipping the {backend} backend: {error}", file=sys.stderr)
         return None
 
@@ -297,23 +282,29 @@ def loader_batches(backend: str, split: str, args, device, world_size: int):
 
 # ---- one row ------------------------------------------------------------------------------------------------
 
-def measure(name: str, precision: str, args, device, backend: str = "synthetic", world_size: int = 1) -> dict | None:
+def data_source(backend: str, args, device, world_size: int):
+    """(train batches, test batches or None, preprocess) for one loader backend, built once for all rows; None
+    when the backend cannot load here."""
+    train_batch = loader_batches(backend, "train", args, device, world_size)
+    if train_batch is None:
+        return None
+    eval_batch = None if args.no_eval else loader_batches(backend, "test", args, device, world_size)
+    from loaders.preprocess import build_preprocess
+    return train_batch, eval_batch, build_preprocess(args.preprocess, args.data_dir).to(device)
+
+
+def measure(name: str, precision: str, args, device, backend: str = "synthetic", source=None) -> dict:
     """Time training (and evaluation) of one network at one precision; returns this process's row. End-to-end
-    rows include the loader and the GCN + ZCA preprocessing, as in training."""
+    rows take their batches and preprocessing from `source` (`data_source`), as in training."""
     import torch
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    preprocess = None
-    if backend == "synthetic":
+    if source is None:
         images, labels = synthetic_batch(args.batch_size, device, args.channels_last)
         train_batch = eval_batch = lambda: (images, labels)
+        preprocess = None
     else:
-        train_batch = loader_batches(backend, "train", args, device, world_size)
-        eval_batch = loader_batches(backend, "test", args, device, world_size) if not args.no_eval else None
-        if train_batch is None:
-            return None
-        from loaders.preprocess import build_preprocess
-        preprocess = build_preprocess(args.preprocess, args.data_dir).to(device)
+        train_batch, eval_batch, preprocess = source
     model = build_model(name, device, args.channels_last, args.compile).train()
     optimizer = build_optimizer(model, args.sgd, device)
     train_step = accumulating(make_train_step(model, optimizer, precision, device, args.channels_last, preprocess),
@@ -403,13 +394,16 @@ def run(args) -> list[dict]:
                       f"sgd={args.sgd}, {args.repeats} x {args.steps} steps after {args.warmup} warm-up")
     accelerator.print(f"{'model':<16}{'prec':<6}{'backend':<10}{'train img/s':>12}{'eval img/s':>12}"
                       f"{'train TFLOP/s':>15}{'MFU%':>7}{'spread%':>9}{'cpu%':>6}")
+    sources = {"synthetic": None}
+    for backend in args.loaders:
+        source = data_source(backend, args, device, world_size)
+        if source is not None:
+            sources[backend] = source
     rows = []
     for name in args.models:
         for precision in args.precision:
-            for backend in ["synthetic", *args.loaders]:
-                row = measure(name, precision, args, device, backend, world_size)
-                if row is None:
-                    continue
+            for backend, source in sources.items():
+                row = measure(name, precision, args, device, backend, source)
                 row = complete_row(sum_over_processes(row, accelerator), args, device, name_of_device,
                                    world_size, tf32)
                 rows.append(row)

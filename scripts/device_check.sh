@@ -62,9 +62,10 @@ rm -rf "$OUT/data"  # prepared arrays are 180 MB and reproducible; the ledger an
 "$PY" - "$OUT/results" >> "$log" 2>&1 <<'EOF'
 import sys
 from bench import results
+n = lambda v: "-" if v is None else f"{v:.0f}"  # a failed or early-diverged run has no timings
 for r in results.read_records(sys.argv[1]):
     print(f"# {r['display_name']} lr={r['lr']} {r['status']}: test error {r['test_error_pct']}% after "
-          f"{r['epochs_completed']} epochs, {r['wall_time_s']:.0f} s, train {r['train_images_per_s']:.0f} img/s, "
-          f"eval {r['eval_images_per_s']:.0f} img/s, {r['device_name']}, precision {r['precision']}")
+          f"{r['epochs_completed']} epochs, {n(r['wall_time_s'])} s, train {n(r['train_images_per_s'])} img/s, "
+          f"eval {n(r['eval_images_per_s'])} img/s, {r['device_name']}, precision {r['precision']}")
 EOF
 cat "$log"
