@@ -56,9 +56,7 @@ def outcome(record: dict) -> str:
 
 def _known(value) -> bool:
     """Not None, NaN or pd.NA (lists and dicts count as known)."""
-    if value is None or isinstance(value, (list, dict)):
-        return value is not None
-    return not bool(pd.isna(value))
+    return isinstance(value, (list, dict)) or not bool(pd.isna(value))
 
 
 def choose_preset(df: pd.DataFrame, preset: str | None) -> tuple[str, list[str]]:
@@ -110,10 +108,9 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     """The ledger in `results_dir` (bench.results layout), narrowed to one preset and one epoch count."""
     if not os.path.isdir(results_dir):
         raise LedgerError(f"no results folder at {results_dir}")
-    records = results.read_records(results_dir)
-    if not records:
+    all_df = results.load(results_dir)
+    if len(all_df) == 0:
         raise LedgerError(f"the ledger in {results_dir} is empty (no {results.runs_dir(results_dir)}/*.json)")
-    all_df = pd.DataFrame.from_records(records)
     for column in COLUMNS:
         if column not in all_df.columns:
             all_df[column] = None

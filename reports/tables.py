@@ -71,9 +71,11 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     An LR is a candidate only when none of its runs diverged: an LR that diverges for some seeds is not a stable
     choice, and averaging only the survivors would flatter it. Failed or unfinished seeds were not measured; they
     are listed, and the LR is judged on the seeds that completed."""
-    rows = per_lr(runs, grid)
+    base = {"error_pct": float("nan"), "error_std": float("nan"), "n_seeds": 0, "lr": float("nan")}
+    if len(runs) == 0:  # "missing" says it all: no LR list
+        return {**base, "diverged_lrs": None, "not_measured": None, "status": "missing"}
     diverged, unmeasured, candidates = [], [], []
-    for r in rows:
+    for r in per_lr(runs, grid):
         c, n = r["outcomes"], r["n"]
         if n == 0:
             unmeasured.append(f"{lr_text(r['lr'])} missing")
@@ -87,10 +89,7 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
             unmeasured.append(f"{lr_text(r['lr'])} no val error")
         if not c["diverged"] and r["test"] and (judge == "test" or len(r["val"]) == len(r["test"])):
             candidates.append(r)
-    base = {"error_pct": float("nan"), "error_std": float("nan"), "n_seeds": 0, "lr": float("nan"),
-            "diverged_lrs": ", ".join(diverged) or None, "not_measured": ", ".join(unmeasured) or None}
-    if len(runs) == 0:  # "missing" says it all: no LR list
-        return {**base, "status": "missing", "not_measured": None}
+    base = {**base, "diverged_lrs": ", ".join(diverged) or None, "not_measured": ", ".join(unmeasured) or None}
     if not candidates:
         ended = Counter(runs["outcome"])
         status = "diverged" if ended["diverged"] == len(runs) else ("failed" if not ended["diverged"] else
@@ -139,14 +138,10 @@ def baseline_runs(df: pd.DataFrame, precision: str, train_split: str = "train") 
     return df[matches(df, {**BASELINE, "precision": precision, "train_split": train_split})]
 
 
-def table3(df: pd.DataFrame, precision: str | None = None) -> pd.DataFrame:
+def table3(df: pd.DataFrame, precision: str) -> pd.DataFrame:
     """Table 3 beside the paper: the 12 models in the paper's order. `error_pct` is `best_over_lr` on the baseline
     runs (train split "train"); `val_error_pct` is the test error of `select_on_val` on train45k runs. Differences
-    are ours minus the paper's, in percentage points. `precision`: default `reports.ledger.table3_precision`."""
-    if precision is None:
-        from reports.ledger import table3_precision
-
-        precision = table3_precision(df)
+    are ours minus the paper's, in percentage points. `precision`: Table 3's (`reports.ledger.table3_precision`)."""
     runs, val_runs = baseline_runs(df, precision), baseline_runs(df, precision, "train45k")
     grid = lr_grid(runs)
     val_grid = sorted(set(grid) | set(lr_grid(val_runs)), reverse=True)  # the same gamma grid, on train45k
@@ -193,19 +188,23 @@ def ablation_table(df: pd.DataFrame, name: str, precision: str = BASELINE["preci
     with `select_on_val`, the others with `best_over_lr`; each arm has its own LR grid (Adam has its own)."""
     ablation = ABLATIONS[name]
     runs = ablation_runs(df, name, precision)
+    first = next(iter(ablation.arms))
+    arms = []  # per arm, the same for every model: its runs, LR grid, protocol and whether it is augmented
+    for arm in ablation.arms:
+        arm_runs, values = runs[runs["arm"] == arm], arm_values(ablation, arm)
+        arms.append((arm, arm_runs, lr_grid(arm_runs), values["train_split"] == "train45k",
+                     values["augment"] != "none"))
     rows = []
     for model in ablation.models:
         baseline = None
-        for arm in ablation.arms:
-            arm_runs = runs[runs["arm"] == arm]
-            on_val = arm_values(ablation, arm)["train_split"] == "train45k"
+        for arm, arm_runs, grid, on_val, augmented in arms:
             pick = select_on_val if on_val else best_over_lr
-            sel = pick(arm_runs[arm_runs["model"] == model], lr_grid(arm_runs))
+            sel = pick(arm_runs[arm_runs["model"] == model], grid)
             baseline = sel["error_pct"] if baseline is None else baseline
             paper = ablation.paper_error_pct.get(arm)
-            if paper is None and arm == next(iter(ablation.arms)):
+            if paper is None and arm == first:
                 paper = SPECS[model].paper_error_pct
-            if paper is None and arm_values(ablation, arm)["augment"] != "none":
+            if paper is None and augmented:
                 paper = PAPER_AUGMENTED_ERROR_PCT.get(model)
             paper = float("nan") if paper is None else paper
             rows.append({"ablation": name, "model": model, "paper_name": SPECS[model].paper_name, "arm": arm,
@@ -257,8 +256,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         group, row = groups[key], dict(zip(THROUGHPUT_KEYS, key))
         train, evals = (_median(r.get(k) for r in group) for k in ("train_images_per_s", "eval_images_per_s"))
         flop = macs(row["model"])
-        train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop))) if train == train else train
-        eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop))) if evals == evals else evals
+        train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
+        eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
         precision = str(row["precision"]) if row["precision"] is not None else None
         stated = [r["peak_precision"] for r in group if _known(r.get("peak_precision"))]  # the benchmark says
         tf32 = stated[0] == "tf32" if stated else True  # the ledger does not: PyTorch's default for convolutions
@@ -267,7 +266,9 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
             basis = devices.peak_precision(row["device_name"], precision, tf32=tf32) if peak else None
         except ValueError:  # a precision bench.devices does not know
             peak = basis = None
-        share = (lambda tf: _round(100 * tf / (peak * row["devices"])) if peak and tf == tf else float("nan"))
+        # mfu of 100 x tf: the share in %, by the same float operations as 100 * tf / (peak * devices)
+        share = (lambda tf: _round(devices.mfu(100 * tf, row["device_name"], precision, tf32, count=row["devices"]))
+                 if peak and tf == tf else float("nan"))
         out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
                     "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
                     "eval_tflops": eval_tf, "peak_tflops": float("nan") if peak is None else peak,

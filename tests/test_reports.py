@@ -15,6 +15,7 @@ import pytest
 
 from allconv.specs import SPECS, macs
 from bench import results
+from bench.ablations import BASELINE
 from reports import formats
 from reports.ledger import LedgerError, load_ledger
 from reports.report import write_report
@@ -27,9 +28,7 @@ H100 = "NVIDIA H100 80GB HBM3"
 def record(model="allcnn-c", lr=0.05, seed=0, status="completed", test=None, val=None, preset="paper", epochs=3,
            finished="2026-11-20T10:00:00+00:00", img_s=20000.0, **fields) -> dict:
     """One ledger record with every schema field; `fields` override BASELINE-type fields (bn, precision, ...)."""
-    config = {"model": model, "lr": lr, "seed": seed, "preset": preset, "epochs": epochs,
-              "bn": False, "dropout": True, "final_relu": True, "optimizer": "sgd", "augment": "none",
-              "train_split": "train", "precision": "bf16", **fields}
+    config = {"model": model, "lr": lr, "seed": seed, "preset": preset, "epochs": epochs, **BASELINE, **fields}
     done = epochs if status == "completed" else 1
     history = [{"epoch": e, "loss": 1.0 / e, "train_acc_pct": 50.0, "lr": lr, "seconds": 10.0 + e,
                 "test_error_pct": (test if test is not None else 90.0) + (epochs - e), "val_error_pct": val}
@@ -54,8 +53,7 @@ def record(model="allcnn-c", lr=0.05, seed=0, status="completed", test=None, val
                  "num_train": 50000, "num_test": 10000},
         "config": config, "started_at": "2026-11-20T09:00:00+00:00", "finished_at": finished, "history": history,
     }
-    rec.update({k: v for k, v in config.items() if k in ("bn", "dropout", "final_relu", "optimizer", "augment",
-                                                          "train_split", "precision")})
+    rec.update({k: v for k, v in config.items() if k in BASELINE})
     return rec
 
 
