@@ -279,22 +279,6 @@ def _check_matches(blob, net, optimizer) -> None:
         raise ValueError("epoch or RNG state malformed")
 
 
-def set_aside(path: Path, reason: str) -> Path:
-    """Move a damaged or foreign checkpoint to `.invalid/` next to it and say so in one line on stderr."""
-    import sys
-
-    aside = path.parent / ".invalid" / path.name
-    try:
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(path, aside)
-        where = f"moved to {aside}"
-    except OSError as e:
-        where = f"left in place ({e.strerror or e})"
-    print(f"warning: checkpoint {path} not resumed, {where}: {reason}; the run starts again from epoch 0",
-          file=sys.stderr)
-    return aside
-
-
 def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world: int) -> dict | None:
     """Restore what `save_checkpoint` wrote into a freshly built model and optimizer (before any DDP wrapping);
     returns the checkpoint's epoch, epoch_state, history and extra, or None without a usable checkpoint. A file that
@@ -303,6 +287,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     epoch 0. The RNG state is this rank's when the world size matches, else the caller's seeding stands (the run
     stays valid, not bit-identical). `rank` and `world` are the run's own (0 and 1 for a grid-mode run)."""
     import copy
+    import sys
 
     if not path.is_file():
         return None
@@ -328,7 +313,10 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
         reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         if rank == 0:
-            set_aside(path, reason)
+            from bench.results import set_aside
+
+            print(f"warning: checkpoint {path} not resumed, {set_aside(path)}: {reason}; the run starts again from "
+                  "epoch 0", file=sys.stderr)
         return None
     return blob
 

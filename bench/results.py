@@ -162,6 +162,18 @@ def write_record(out: str | os.PathLike, record: dict) -> Path:
     return atomic_write(runs_dir(out) / f"{record['run_key']}.json", lambda f: f.write(text.encode()))
 
 
+def set_aside(path: Path) -> str:
+    """Move a damaged or invalid file to `.invalid/` in its folder (never deleted: it may be evidence or be
+    repairable by hand); returns where it went, for the caller's one warning line."""
+    aside = path.parent / ".invalid" / path.name
+    try:
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+    except OSError as e:  # another reader moved it first, or a read-only folder: skipped all the same
+        return f"left in place ({e.strerror or e})"
+    return f"moved to {aside}"
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -189,14 +201,7 @@ def _scan(out: str | os.PathLike) -> tuple[list[dict], list[str]]:
             records.append(record)
             continue
         skipped.append(path.name)
-        aside = folder / ".invalid" / path.name
-        try:
-            aside.parent.mkdir(exist_ok=True)
-            os.replace(path, aside)
-            where = f"moved to {aside}"
-        except OSError as e:  # another reader moved it first, or a read-only ledger: skip it all the same
-            where = f"left in place ({e.strerror or e})"
-        print(f"warning: ledger file {path} skipped, {where}: {reason}; its run counts as not recorded",
+        print(f"warning: ledger file {path} skipped, {set_aside(path)}: {reason}; its run counts as not recorded",
               file=sys.stderr)
     return records, skipped
 
