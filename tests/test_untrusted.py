@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import pickle
 import shlex
 import shutil
@@ -45,8 +46,6 @@ class RunsCode:
         self.marker = marker
 
     def __reduce__(self):
-        import os
-
         return os.system, (shlex.join(["touch", str(self.marker)]),)
 
 
@@ -65,7 +64,7 @@ def crafted_archive(tmp_path: Path, write_official_archive, payload: bytes) -> P
 
 
 def run_all(argv, timeout=300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE"))}
     return subprocess.run([sys.executable, "bench/run_all.py", *argv], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
