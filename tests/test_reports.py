@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import struct
 import subprocess
@@ -282,7 +283,7 @@ def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
         lines = tex.read_text().splitlines()
         body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
         spec = next(x for x in lines if x.startswith(r"\begin{tabular}"))[len(r"\begin{tabular}{"):-1]
-        cols = len(spec)
+        cols = len(re.findall(r"p\{[^}]*\}|[lrc]", spec))
         assert r"\toprule" in lines and r"\end{tabular}" in lines
         for line in body:
             assert line.endswith(r"\\") and line.replace(r"\&", "").count("&") == cols - 1

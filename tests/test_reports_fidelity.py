@@ -170,7 +170,8 @@ def test_welch_t_distribution():
 # ---- LaTeX: only booktabs and LaTeX's own commands; compiled when a TeX toolchain is installed
 
 KNOWN_COMMANDS = {"begin", "end", "centering", "small", "caption", "label", "toprule", "midrule", "bottomrule",
-                  "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum"}
+                  "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum", "footnotesize",
+                  "setlength", "tabcolsep", "linewidth"}
 
 
 def check_latex(text: str) -> None:
@@ -191,7 +192,7 @@ def check_latex(text: str) -> None:
         else:
             assert stack.pop() == env
     assert not stack
-    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", body).group(1)
+    spec = re.findall(r"p\{[^}]*\}|[lrc]", re.search(r"\\begin\{tabular\}\{((?:[lrc]|p\{[^}]*\})+)\}", body).group(1))
     rows = body.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "").splitlines()
     rows = [row for row in rows if row.strip()]
     for row in rows:
