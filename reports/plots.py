@@ -107,7 +107,7 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     """Each model's error against its exact parameter count: the paper's (hollow) and ours (filled; error bar:
     seed std) at the same x. The paper prints rounded counts (its 1.3 M for Model C is 0.95 M), so its points
     are placed at the exact count of the architecture it describes. Colour: family; marker: Table 2 variant."""
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, ax = plt.subplots(figsize=(8, 6.5))
     for r in t3.to_dict("records"):
         spec = SPECS[r["model"]]
         color, marker = FAMILY_COLORS[spec.family], VARIANT_MARKERS[spec.variant]
@@ -122,12 +122,12 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     handles += [matplotlib.patches.Patch(color=c, label=f"family {f}") for f, c in FAMILY_COLORS.items()]
     handles += [plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=VARIANT_NAMES[v])
                 for v, m in VARIANT_MARKERS.items()]
-    ax.legend(handles=handles, fontsize=8, ncol=3, loc="upper right")
+    fig.legend(handles=handles, fontsize=8, ncol=5, loc="lower center", frameon=False)  # outside: hides no point
     ax.set_xlabel("exact parameters (M); the paper prints rounded counts")
     ax.set_ylabel("CIFAR-10 test error % (LR judged on test)")
     ax.set_title("Error vs parameters: the paper's Table 3 (hollow) beside ours (filled)")
     ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.1)
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.2)
     _save(fig, path, sha256)
 
 
