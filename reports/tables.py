@@ -19,8 +19,8 @@ from collections import Counter
 import pandas as pd
 
 from allconv.specs import PAPER_AUGMENTED_ERROR_PCT, SPECS, macs
-from bench.ablations import ABLATIONS, BASELINE, arm_values
-from reports.ledger import _known, differences, matches, requested_grid, same_config
+from bench.ablations import ABLATIONS, arm_values
+from reports.ledger import _known, differences, requested_grid, same_config
 
 DIGITS = 6
 """Stored numbers are rounded to 6 decimals: exact for errors on <= 10^6 test images and seed means, and free of
