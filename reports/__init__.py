@@ -6,7 +6,8 @@ Reads bench.results records and allconv.specs; never imports torch, accelerate o
 """
 from reports.ledger import Ledger, LedgerError, load_ledger
 from reports.report import write_report
-from reports.tables import ablation_table, best_over_lr, select_on_val, table3, throughput_table
+from reports.tables import ablation_table, best_over_lr, select_on_val, table3
+from reports.throughput import throughput_table
 
 __all__ = ["Ledger", "LedgerError", "ablation_table", "best_over_lr", "load_ledger", "select_on_val", "table3",
            "throughput_table", "write_report"]

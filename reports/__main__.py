@@ -1,4 +1,4 @@
-"""CLI: python -m reports --results DIR --out DIR [--preset NAME] [--throughput PATH]
+"""CLI: python -m reports [--results DIR] [--out DIR] [--preset NAME] [--throughput PATH]
 
 Reads the ledger in DIR/runs (bench.results) and writes report.md, report.html, CSV and LaTeX per table and
 three PNG plots into --out. Never trains. Bad input (no ledger, unknown preset): one line on stderr, exit code 2.
@@ -10,9 +10,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reports", description="Write the Table 3 report (Markdown, HTML, CSV, LaTeX, PNG) from a results ledger; never trains.")
-    parser.add_argument("--results", required=True, help="results folder holding the ledger (runs/*.json)")
-    parser.add_argument("--out", required=True, help="folder for the report files (created; files replaced)")
+    parser = argparse.ArgumentParser(
+        prog="python -m reports", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write the Table 3 report (Markdown, HTML, CSV, LaTeX, PNG) from a results ledger; never trains.")
+    parser.add_argument("--results", default="results", help="results folder holding the ledger (runs/*.json), "
+                                                              "as bench/run_all.py --out wrote it")
+    parser.add_argument("--out", default="report", help="folder for the report files (created; files replaced)")
     parser.add_argument("--preset", default=None,
                         help="preset to report (default: the only one, else the one with most records)")
     parser.add_argument("--throughput", default=None,

@@ -3,7 +3,8 @@
     display_table3(t)          -> DataFrame of strings, the columns a reader sees
     markdown_table(d), html_table(d, id), latex_table(d, caption), write_csv(t, path, sha)
 
-Plain code, no tabulate or jinja2, so the report needs only pandas and matplotlib. Numbers are rounded half up
+Plain code, no tabulate or jinja2 (the HTML page renders its prose with `markdown`: reports/report.py).
+Numbers are rounded half up
 (toward +inf) in decimal, so a shown difference always equals the shown error minus the paper's.
 """
 from __future__ import annotations
@@ -13,11 +14,10 @@ from decimal import ROUND_FLOOR, Decimal
 
 import pandas as pd
 
-from reports.ledger import _known
+from allconv.specs import SPECS
+from reports.ledger import PRECISION_LABELS, _known
 from reports.tables import TEXT_COLUMNS, lr_text
 
-PRECISION_LABELS = {"no": "fp32"}
-"""Accelerate's "no" mixed precision is fp32."""
 
 
 def fixed(x, places: int = 2, sign: bool = False) -> str:
@@ -31,11 +31,12 @@ def fixed(x, places: int = 2, sign: bool = False) -> str:
 
 
 def error_cell(mean, std, n, status) -> str:
-    """"9.30 ± 0.14 (n=2)" or "9.30"; the status word when there is no number ("missing", "diverged", ...)."""
+    """"9.30 ± 0.14 (n=2)" ("9.30 ± 0.14" with n=1: the count shown elsewhere), "9.30" with one seed; the status
+    word when there is no number ("missing", "diverged", ...)."""
     if not _known(mean):
         return status
-    if n and int(n) > 1:
-        return f"{fixed(mean)} ± {fixed(std)} (n={int(n)})"
+    if _known(std):
+        return f"{fixed(mean)} ± {fixed(std)}" + (f" (n={int(n)})" if int(n) > 1 else "")
     return fixed(mean)
 
 
@@ -56,41 +57,88 @@ def _sig(x, digits: int = 3) -> str:
 
 
 def display_table3(t: pd.DataFrame) -> pd.DataFrame:
+    """The compact Table 3: the paper's columns, ours (mean ± std), Δ, LR, seeds; the val5k protocol only when
+    some runs trained on train45k. What was not measured is one short note per row."""
+    rows = []
+    for r in t.to_dict("records"):
+        notes = [f"diverged: {r['diverged_lrs']}" if _known(r["diverged_lrs"]) else "", _text(r["not_measured"])]
+        rows.append({
+            "Model": r["paper_name"], "Paper %": fixed(r["paper_error_pct"]),
+            "Ours %": error_cell(r["error_pct"], r["error_std"], 1, r["status"]),
+            "Δ pp": fixed(r["diff_pp"], sign=True), "LR": _lr(r["lr"]), "n": _count(r["n_seeds"]),
+            "Ours % (LR on val5k)": error_cell(r["val_error_pct"], r["val_error_std"], 1, r["val_status"]),
+            "Δ pp (val5k)": fixed(r["val_diff_pp"], sign=True),
+            "Notes": "; ".join(x for x in notes if x)})
+    return drop_empty(pd.DataFrame(rows))
+
+
+def display_details(t: pd.DataFrame) -> pd.DataFrame:
+    """Table 3's second table: sizes and speed (and the val5k protocol's LR and notes when it ran)."""
     rows = []
     for r in t.to_dict("records"):
         rows.append({
-            "Model": r["paper_name"], "Paper %": fixed(r["paper_error_pct"]),
-            "Ours % (LR on test)": error_cell(r["error_pct"], r["error_std"], r["n_seeds"], r["status"]),
-            "Δ pp": fixed(r["diff_pp"], sign=True), "LR": _lr(r["lr"]),
-            "Ours % (LR on val5k)": error_cell(r["val_error_pct"], r["val_error_std"], r["val_n_seeds"],
-                                               r["val_status"]),
-            "Δ pp (val)": fixed(r["val_diff_pp"], sign=True), "LR (val)": _lr(r["val_lr"]),
-            "Diverged LRs": _both(r["diverged_lrs"], r["val_diverged_lrs"]),
-            "Not measured": _both(r["not_measured"], r["val_not_measured"]),
-            "Params": _int(r["params"]), "Paper params": r["paper_params"],
+            "Model": r["paper_name"], "Params": _int(r["params"]), "Paper params": r["paper_params"],
             "MACs (M)": fixed(r["macs"] / 1e6, 1), "Train img/s": _int(r["train_images_per_s"]),
-            "s/epoch": _sig(r["epoch_s"]),
-        })
+            "s/epoch": _sig(r["epoch_s"]), "LR (val5k)": _lr(r["val_lr"]),
+            "val5k: diverged": _text(r["val_diverged_lrs"]), "val5k: not measured": _text(r["val_not_measured"])})
+    return drop_empty(pd.DataFrame(rows))
+
+
+def display_by_lr(t: pd.DataFrame) -> pd.DataFrame:
+    """Every requested (model, LR) cell: "9.30 ± 0.14 (n=2)", or how its runs ended ("missing", "diverged")."""
+    if t.empty:
+        return pd.DataFrame({"Model": []})
+    lrs = sorted(set(t["lr"]), reverse=True)
+    out = {}
+    for r in t.to_dict("records"):
+        cell = error_cell(r["error_pct"], r["error_std"], r["n_seeds"], r["status"])
+        if _known(r["error_pct"]) and r["status"] != "ok":
+            cell += f"; {r['status']}"
+        out.setdefault(r["paper_name"], {"Model": r["paper_name"]})[f"LR {lr_text(r['lr'])}"] = cell
+    return pd.DataFrame(list(out.values()), columns=["Model", *(f"LR {lr_text(lr)}" for lr in lrs)])
+
+
+def display_claims(t: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for r in t.to_dict("records"):
+        y = r["y"] if str(r["y"]).endswith("%") else _side(r["y"], r["y_error_pct"], r["y_n"])
+        rows.append({
+            "Claim (Section 3.2.1)": r["claim"], "Ours %": f"{_side(r['x'], r['x_error_pct'], r['x_n'])} vs {y}",
+            "Δ pp": fixed(r["diff_pp"], sign=True), "Paper Δ pp": fixed(r["paper_diff_pp"], sign=True),
+            "Test": r["test"], "Verdict": r["verdict"]})
     return pd.DataFrame(rows)
 
 
-def _both(test, val) -> str:
-    """A Table 3 note for both protocols: "0.25; val5k: 0.25"."""
-    return "; ".join(x for x in (_text(test), f"val5k: {val}" if _known(val) else "") if x)
+def _side(model, error, n) -> str:
+    """One side of a claim: "Model A 12.50 (n=2)", or "Model A (no number)"."""
+    return f"{_name(model)} {fixed(error)} (n={n})" if _known(error) else f"{_name(model)} (no number)"
+
+
+def _name(model) -> str:
+    return SPECS[model].paper_name if model in SPECS else _text(model)
+
+
+def _count(n) -> str:
+    return str(int(n)) if _known(n) and int(n) > 0 else ""
+
+
+def drop_empty(d: pd.DataFrame) -> pd.DataFrame:
+    """Without the columns that say nothing: every cell empty or "not run"."""
+    return d[[c for c in d.columns if not all(str(x) in ("", "not run") for x in d[c])]]
 
 
 def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in t.to_dict("records"):
+        notes = [f"diverged: {r['diverged_lrs']}" if _known(r["diverged_lrs"]) else "", _text(r["not_measured"])]
         rows.append({
-            "Model": r["paper_name"], "Arm": r["arm"], "Protocol": r["protocol"],
-            "Error %": error_cell(r["error_pct"], r["error_std"], r["n_seeds"], r["status"]), "LR": _lr(r["lr"]),
-            "Δ vs baseline pp": fixed(r["diff_vs_baseline_pp"], sign=True),
-            "Paper %": fixed(r["paper_error_pct"]), "Δ vs paper pp": fixed(r["diff_vs_paper_pp"], sign=True),
-            "Diverged LRs": _text(r["diverged_lrs"]), "Not measured": _text(r["not_measured"]),
-        })
-    return pd.DataFrame(rows, columns=["Model", "Arm", "Protocol", "Error %", "LR", "Δ vs baseline pp", "Paper %",
-                                       "Δ vs paper pp", "Diverged LRs", "Not measured"])
+            "Model": r["paper_name"], "Arm": r["arm"],
+            "Error %": error_cell(r["error_pct"], r["error_std"], 1, r["status"]), "n": _count(r["n_seeds"]),
+            "LR": _lr(r["lr"]), "Δ vs baseline pp": fixed(r["diff_vs_baseline_pp"], sign=True),
+            "Paper %": fixed(r["paper_error_pct"]), "LR judged on": r["protocol"].removeprefix("LR judged on "),
+            "Not measured": "; ".join(x for x in notes if x)})
+    return drop_empty(pd.DataFrame(rows, columns=["Model", "Arm", "Error %", "n", "LR", "Δ vs baseline pp",
+                                                  "Paper %", "LR judged on", "Not measured"]))
 
 
 def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
@@ -128,8 +176,10 @@ def _numeric(column: pd.Series) -> bool:
 
 
 def html_table(d: pd.DataFrame, table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in d.columns)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in row) + "</tr>"
+    """An HTML table; columns of words left-aligned (class "t"), numbers right-aligned (the page's default)."""
+    cls = ["" if _numeric(d[c]) else ' class="t"' for c in d.columns]
+    head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(d.columns, cls))
+    body = "\n".join("<tr>" + "".join(f"<td{k}>{html.escape(str(x))}</td>" for x, k in zip(row, cls)) + "</tr>"
                      for row in d.itertuples(index=False))
     return f'<table id="{table_id}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n'
 
@@ -143,11 +193,22 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
 
 
+LATEX_WRAP_CHARS = 24
+"""A column of words with a longer cell wraps in a paragraph column (p{...}) so the table fits the text width."""
+
+
 def latex_table(d: pd.DataFrame, caption: str, label: str, sha256: str) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}); numeric-looking columns right-aligned."""
-    spec = "".join("r" if _numeric(d[c]) else "l" for c in d.columns)
-    lines = [f"% generated by `python -m reports` from ledger sha256 {sha256}", r"\begin{table}[ht]",
-             r"\centering", f"\\caption{{{latex_escape(caption)}}}", f"\\label{{tab:{label}}}",
+    """A booktabs table: needs only \\usepackage{booktabs} (said in its first lines). Numeric-looking columns
+    right-aligned; long text columns wrap; \\small, or \\footnotesize with tighter column gaps when the cells are
+    wide (Table 3 of the paper's grid fits an article's text width; the wide secondary tables may not)."""
+    wide = [c for c in d.columns if not _numeric(d[c]) and max(len(str(x)) for x in [c, *d[c]]) > LATEX_WRAP_CHARS]
+    width = f"{min(0.3, 0.6 / len(wide)):.2f}" if wide else ""
+    spec = "".join("r" if _numeric(d[c]) else f"p{{{width}\\linewidth}}" if c in wide else "l" for c in d.columns)
+    chars = sum(min(LATEX_WRAP_CHARS, max(len(str(x)) for x in [c, *d[c]])) for c in d.columns)
+    size = [r"\small"] if chars <= 70 else [r"\footnotesize", r"\setlength{\tabcolsep}{3pt}"]
+    lines = [f"% generated by `python -m reports` from ledger sha256 {sha256}",
+             r"% needs \usepackage{booktabs} in the preamble (no other package)", r"\begin{table}[ht]",
+             r"\centering", *size, f"\\caption{{{latex_escape(caption)}}}", f"\\label{{tab:{label}}}",
              f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(latex_escape(c) for c in d.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(latex_escape(x) for x in row) + r" \\" for row in d.itertuples(index=False)]

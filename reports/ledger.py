@@ -1,12 +1,15 @@
-"""Read the ledger for a report: pick one preset and one epoch count, Table 3's precision, and say what was left out.
+"""Read the ledger for a report: one preset, one epoch count, the reference config, and what was left out.
 
     from reports.ledger import load_ledger
-    led = load_ledger("results")          # Ledger: .df (the runs compared), .notes (what was ignored), .preset, ...
+    led = load_ledger("results")   # Ledger: .df (the preset's runs), .reference (the config Table 3 compares), ...
 
 Reads `bench.results` records only (no torch). Nothing is filled in: a field a record lacks stays missing.
+Like with like (issue 10): a run enters Table 3, or an ablation arm, only when its whole resolved `config` equals
+the reference config (with the arm's overrides), except the fields in `NOT_COMPARED`.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,14 +22,26 @@ from bench.ablations import BASELINE
 
 COLUMNS = (
     "run_key", "status", "error", "model", "lr", "seed", "epochs", "epochs_completed", "preset",
-    *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "batch_size",
+    *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "batch_size", "eval_precision",
     "test_error_pct", "best_test_error_pct", "val_error_pct", "train_images_per_s", "eval_images_per_s",
     "wall_time_s", "device_name", "device_count", "world_size", "versions", "git_commit", "git_dirty", "data",
-    "config", "started_at", "finished_at", "history",
+    "config", "grid", "started_at", "finished_at", "history",
 )
 """The record fields the reports read (bench/results.py); a ledger lacking one gets an empty column, not a value."""
 
-PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}
+PRECISION_LABELS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+# TODO(integrator): use bench.devices.PRECISION_LABELS (CONTRACT.md: the one table of precision labels).
+
+NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_every", "mode", "num_workers",
+              "channels_last", "compile", "backend")
+# TODO(integrator): use bench.config.NOT_IN_KEY once bench/config.py imports no torch (issue 15.3); until then a
+# test (tests/test_reports.py) checks that this copy equals it.
+NOT_COMPARED = ("model", "lr", "seed", "val_split", *NOT_IN_KEY)
+"""Config fields a run of Table 3 may differ in: what Table 3 varies (model, lr, seed), `val_split` (follows
+`train_split`) and the fields that do not change results (bench.config.NOT_IN_KEY). Everything else counts,
+`data_sha256` (the exact data), `init`, `epochs`, `lr_drops`, `diverge_after` and `eval_precision` included."""
+
+OUTCOMES = ("completed", "diverged", "stalled", "failed", "unfinished")
 
 
 class LedgerError(ValueError):
@@ -35,13 +50,18 @@ class LedgerError(ValueError):
 
 @dataclass
 class Ledger:
-    df: pd.DataFrame  # the runs a report compares: one preset, one epoch count, models of Table 3
+    df: pd.DataFrame  # the preset's runs of Table 3's models and one epoch count (any config)
     all_df: pd.DataFrame  # every record in the ledger
     sha256: str  # bench.results.ledger_sha256 of the folder
     preset: str
     epochs: int | None
-    precision: str  # Table 3's precision (`table3_precision`)
+    reference: dict | None  # the compared config (`compared`) Table 3 shows; None when no run records one
     notes: list[str] = field(default_factory=list)  # what was left out, and why
+
+    @property
+    def precision(self) -> str:
+        """Table 3's training precision (Accelerate's name), from the reference config."""
+        return str((self.reference or {}).get("precision", BASELINE["precision"]))
 
 
 def outcome(record: dict) -> str:
@@ -51,12 +71,64 @@ def outcome(record: dict) -> str:
     done, planned = record.get("epochs_completed"), record.get("epochs")
     if status == "completed" and _known(done) and _known(planned) and int(done) < int(planned):
         return "unfinished"
-    return status if status in results.STATUSES else "failed"
+    return status if status in OUTCOMES else "failed"
 
 
 def _known(value) -> bool:
     """Not None, NaN or pd.NA (lists and dicts count as known)."""
     return isinstance(value, (list, dict)) or not bool(pd.isna(value))
+
+
+def compared(config) -> dict | None:
+    """The part of a resolved run config that must equal the reference: all but `NOT_COMPARED`."""
+    if not isinstance(config, dict):
+        return None
+    return {k: v for k, v in config.items() if k not in NOT_COMPARED}
+
+
+def _blob(d: dict) -> str:
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def reference_config(df: pd.DataFrame) -> dict | None:
+    """The config Table 3 compares: the most common compared config among runs that are BASELINE in every field
+    but precision (a grid run wholly in fp32 still fills Table 3); ties: BASELINE's precision, then the first in
+    sorted order. Without such runs, the most common config of any run."""
+    configs = [c for c in map(compared, df["config"]) if c is not None]
+    others = {k: v for k, v in BASELINE.items() if k != "precision"}
+    baseline = [c for c in configs if all(c.get(k) == v for k, v in others.items())] or configs
+    if not baseline:
+        return None
+    counts = Counter(_blob(c) for c in baseline)
+    best = sorted(counts, key=lambda b: (-counts[b], json.loads(b).get("precision") != BASELINE["precision"], b))[0]
+    return json.loads(best)
+
+
+def same_config(df: pd.DataFrame, want: dict | None) -> pd.Series:
+    """Boolean mask: rows whose compared config equals `want` (a run without a config never matches)."""
+    blob = None if want is None else _blob(want)
+    return df["config"].map(lambda c: blob is not None and compared(c) is not None and _blob(compared(c)) == blob
+                            ).astype(bool)
+
+
+def differences(config, want: dict) -> str:
+    """The fields where a run's compared config differs from `want`: "init=kaiming, weight_decay=0.0005"."""
+    mine = compared(config)
+    if mine is None:
+        return "config not recorded"
+    keys = sorted(k for k in set(mine) | set(want) if mine.get(k, "<absent>") != want.get(k, "<absent>"))
+    return ", ".join(f"{k}={mine[k] if k in mine else '<absent>'}" for k in keys)
+
+
+def requested_grid(runs: pd.DataFrame) -> dict:
+    """The grid the runs' commands asked for (record field `grid`: models, lrs, seeds), merged over the runs;
+    a key no record states is None (older records: the readers fall back to what ran)."""
+    out: dict[str, list | None] = {"models": None, "lrs": None, "seeds": None}
+    for grid in runs["grid"]:
+        for key in out:
+            if isinstance(grid, dict) and isinstance(grid.get(key), (list, tuple)):
+                out[key] = sorted(set(out[key] or []) | set(grid[key]), key=str)
+    return out
 
 
 def choose_preset(df: pd.DataFrame, preset: str | None) -> tuple[str, list[str]]:
@@ -84,16 +156,6 @@ def choose_epochs(df: pd.DataFrame) -> tuple[int | None, list[str]]:
     notes = ([f"Epochs are mixed: compared the {counts[chosen]} run(s) of {chosen} epochs; ignored "
               f"{sum(others.values())} run(s) of other lengths ({lengths})."] if others else [])
     return chosen, notes
-
-
-def table3_precision(df: pd.DataFrame) -> str:
-    """Table 3's precision: the most common one among runs that are baseline in every other field (BASELINE,
-    train split "train"); ties and an empty ledger go to BASELINE's ("bf16"), then alphabetical. So a grid run
-    wholly in fp32 (`--precision no`) still fills Table 3, and the header says which precision it shows."""
-    others = {k: v for k, v in BASELINE.items() if k != "precision"}
-    counts = Counter(str(p) for p in df.loc[matches(df, others), "precision"])
-    default = BASELINE["precision"]
-    return sorted(counts, key=lambda p: (-counts[p], p != default, p))[0] if counts else default
 
 
 def matches(df: pd.DataFrame, values: dict) -> pd.Series:
@@ -127,62 +189,8 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     if epochs is not None:
         df = df[df["epochs"].map(lambda e: _known(e) and int(e) == epochs).astype(bool)]
     df = df.reset_index(drop=True)
-    return Ledger(df, all_df, results.ledger_sha256(results_dir), chosen, epochs, table3_precision(df), notes)
+    return Ledger(df, all_df, results.ledger_sha256(results_dir), chosen, epochs, reference_config(df), notes)
 
 
 def _counted(counts: dict) -> str:
     return ", ".join(f"{k} ({n})" for k, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
-
-
-def _distinct(values) -> list:
-    seen = []
-    for v in values:
-        if _known(v) and v not in seen:
-            seen.append(v)
-    return seen
-
-
-def data_source(data: dict) -> str:
-    """The data a run trained on, in words: the lossy JPEG copy is not the official archive."""
-    source = str(data.get("source") or "unknown")
-    low = source.lower()
-    if "jpeg" in low or "jpg" in low:
-        kind = "lossy JPEG re-encoding of CIFAR-10 (quality 75), not the official archive"
-    elif "cifar-10-python" in low or "torchvision" in low or "official" in low:
-        kind = "official CIFAR-10 archive"
-    else:
-        kind = "as recorded"
-    counts = f", {data['num_train']} train / {data['num_test']} test images" if data.get("num_train") else ""
-    return f"{source} ({kind}{counts})"
-
-
-def header(led: Ledger) -> list[tuple[str, str]]:
-    """What the numbers are, as (label, text) pairs: data, preset, epochs, precision, devices, versions, date."""
-    df, all_df = led.df, led.all_df
-    sources = _distinct(data_source(d) for d in df["data"] if isinstance(d, dict)) or ["not recorded"]
-    devices = Counter(f"{d} x{c}" if _known(c) else str(d) for d, c in zip(df["device_name"], df["device_count"]))
-    worlds = sorted({int(w) for w in df["world_size"] if _known(w)})
-    versions = Counter(", ".join(f"{k} {v}" for k, v in sorted(x.items())) for x in df["versions"]
-                       if isinstance(x, dict))
-    commits = Counter(f"{str(c)[:12]}{' (dirty)' if d else ''}" for c, d in zip(df["git_commit"], df["git_dirty"])
-                      if _known(c))
-    finished = [str(t) for t in all_df["finished_at"] if _known(t)]
-    statuses = Counter(df["outcome"])
-    rows = [
-        ("Ledger", f"sha256 {led.sha256} ({len(all_df)} records; {len(df)} compared)"),
-        ("Data", "; ".join(sources) + (" -- MIXED SOURCES" if len(sources) > 1 else "")),
-        ("Preset", led.preset),
-        ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),
-        ("Precision", f"Table 3 shows {PRECISION_NAMES.get(led.precision, led.precision)} runs (the most common "
-                      f"precision among baseline runs); the precision ablation compares the others"),
-        ("Runs", ", ".join(f"{s} {n}" for s, n in sorted(statuses.items()))),
-        ("Devices", _counted(devices) if devices else "not recorded"),
-        ("World size", ", ".join(map(str, worlds)) or "not recorded"),
-        ("Setup", "; ".join(f"{k}: {', '.join(map(str, _distinct(df[k]))) or 'not recorded'}"
-                            for k in ("backend", "mode", "batch_size"))),
-        ("Versions", "; ".join(f"{v} ({n} runs)" for v, n in sorted(versions.items())) or "not recorded"),
-        ("Code", _counted(commits) if commits else "not recorded"),
-        ("Date", f"{max(finished)} (latest run finished)" if finished else "not recorded"),
-    ]
-    rows += [("Note", n) for n in led.notes]
-    return rows

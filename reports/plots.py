@@ -1,7 +1,7 @@
 """The report's figures (matplotlib, Agg backend, PNG), byte-identical for the same ledger.
 
-    plot_curves(runs, t3, path)         test error per epoch, one panel per model, one line per LR (seed mean)
-    plot_error_vs_params(t3, path)      our error at the exact parameter count beside the paper's printed point
+    plot_curves(runs, t3, path)         test error per epoch, a panel per model with runs, a colour per LR
+    plot_error_vs_params(t3, path)      our error and the paper's at the exact parameter count
     plot_throughput(tp, path)           training img/s per variant and setting
 
 Fixed figure sizes and DPI, no "Software" PNG tag, and the ledger's sha256 in the figure: nothing varies by run.
@@ -9,6 +9,7 @@ Fixed figure sizes and DPI, no "Software" PNG tag, and the ledger's sha256 in th
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -16,13 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
 
 from allconv.specs import SPECS  # noqa: E402
-from reports.formats import PRECISION_LABELS  # noqa: E402
-from reports.ledger import _known  # noqa: E402
+from reports.ledger import PRECISION_LABELS, _known  # noqa: E402
 from reports.tables import lr_grid, lr_text  # noqa: E402
 
 DPI = 100
 FAMILY_COLORS = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green"}
 VARIANT_MARKERS = {"model": "o", "strided": "v", "convpool": "s", "allcnn": "D"}
+VARIANT_NAMES = {"model": "Model", "strided": "Strided-CNN", "convpool": "ConvPool-CNN", "allcnn": "All-CNN"}
 
 
 def _save(fig, path, sha256: str) -> None:
@@ -42,70 +43,91 @@ def mean_curve(runs: pd.DataFrame) -> list[tuple[int, float]]:
 
 
 def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> None:
-    """Test error per epoch for each of the 12 models (Table 3's runs), one line per LR (the seed mean; LRs with
-    diverged, failed or unfinished runs dashed, up to where they stopped), the selected LR drawn thick, the
-    paper's error dotted. Log scale: 9% vs 10% stays visible beside the first epochs' 90%."""
-    fig, axes = plt.subplots(3, 4, figsize=(14, 9), sharey=False)
+    """Test error per epoch, one panel per model that has runs (Table 3's runs), one colour per LR for every
+    panel (the seed mean; LRs with diverged, stalled, failed or unfinished runs dashed, up to where they stopped),
+    the LR Table 3 selects drawn thick, the paper's error dotted; one legend for the figure. Log scale: 9% vs
+    10% stays visible beside the first epochs' 90%."""
     grid = lr_grid(runs)
     colors = {lr: f"C{i}" for i, lr in enumerate(grid)}
     selected = dict(zip(t3["model"], t3["lr"]))
-    low: dict[str, list[float]] = {}
+    names = [n for n in SPECS if (runs["model"] == n).any()]
+    cols = max(1, min(4, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 0.5, 2.8 * rows + 1.4), squeeze=False)
     last_epoch = max([1, *(int(e) for e in runs["epochs"] if _known(e))])
-    for ax, (name, spec) in zip(axes.flat, SPECS.items()):
-        mine = runs[runs["model"] == name]
+    dashed = False
+    for ax, name in zip(axes.flat, names):
+        mine, spec = runs[runs["model"] == name], SPECS[name]
         ax.set_title(spec.paper_name, fontsize=10)
-        ax.axhline(spec.paper_error_pct, color="0.3", linestyle=":", linewidth=1, label="paper")
+        ax.axhline(spec.paper_error_pct, color="0.3", linestyle=":", linewidth=1)
+        low = [5.0]
         for lr in grid:
             at = mine[mine["lr"].map(lambda x, lr=lr: _known(x) and float(x) == lr).astype(bool)]
             curve = mean_curve(at)
             if not curve:
                 continue
-            low.setdefault(name, []).append(min(v for _, v in curve))
-            ended = sorted(set(at["outcome"]) - {"completed"})  # diverged, failed, unfinished: dashed
+            low.append(0.8 * min(v for _, v in curve))
+            ended = bool(set(at["outcome"]) - {"completed"})
+            dashed |= ended
             ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o" if len(curve) <= 30 else None,
-                    markersize=3, color=colors[lr],
-                    linestyle="--" if ended else "-", linewidth=2.5 if selected.get(name) == lr else 1,
-                    label=f"γ={lr_text(lr)}" + (f" ({', '.join(ended)})" if ended else ""))
-        if mine.empty:
-            ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes, color="0.4")
-        ax.set_yscale("log")  # 9% vs 10% stays visible beside the first epochs' 90%
-        ax.set_ylim(min([5.0, *(0.8 * y for y in low.get(name, []))]), 100)
+                    markersize=3, color=colors[lr], linestyle="--" if ended else "-",
+                    linewidth=2.5 if selected.get(name) == lr else 1)
+        ax.set_yscale("log")
+        ax.set_ylim(min(low), 100)
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([2, 5, 10, 20, 50, 100]))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlim(0.5, last_epoch + 0.5)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("test error %", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper right")
-    fig.suptitle("CIFAR-10 test error per epoch (seed mean per LR; thick: the LR Table 3 selects)")
-    fig.tight_layout(rect=(0, 0.01, 1, 0.97))
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    if not names:
+        axes.flat[0].set_visible(True)
+        axes.flat[0].text(0.5, 0.5, "no runs of Table 3's config", ha="center", va="center")
+    handles = [plt.Line2D([], [], color=colors[lr], label=f"LR {lr_text(lr)}") for lr in grid]
+    handles += [plt.Line2D([], [], color="0.3", linewidth=2.5, label="LR Table 3 selects"),
+                plt.Line2D([], [], color="0.3", linestyle=":", label="paper's error")]
+    if dashed:
+        handles.append(plt.Line2D([], [], color="0.3", linestyle="--", label="not completed"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("CIFAR-10 test error per epoch (seed mean per LR)")
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / fig.get_figheight(),
+                        bottom=0.85 / fig.get_figheight(), hspace=0.55, wspace=0.3)
     _save(fig, path, sha256)
 
 
+JITTER = {"model": -0.012, "strided": 0.012, "convpool": -0.012, "allcnn": 0.012}
+"""M parameters: Model and Strided-CNN (and ConvPool and All-CNN) have the same count; shifted apart to be seen."""
+
+
 def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
-    """Each model's error against its parameters: the paper's point at its printed (rounded) count, ours at the
-    exact count (error bar: seed std), joined by a thin line. Models without a number have no point of ours."""
-    fig, ax = plt.subplots(figsize=(8, 6))
+    """Each model's error against its exact parameter count: the paper's (hollow) and ours (filled; error bar:
+    seed std) at the same x. The paper prints rounded counts (its 1.3 M for Model C is 0.95 M), so its points
+    are placed at the exact count of the architecture it describes. Colour: family; marker: Table 2 variant."""
+    fig, ax = plt.subplots(figsize=(8, 6.5))
     for r in t3.to_dict("records"):
         spec = SPECS[r["model"]]
         color, marker = FAMILY_COLORS[spec.family], VARIANT_MARKERS[spec.variant]
-        px, py = r["paper_params_n"] / 1e6, r["paper_error_pct"]
-        ax.scatter([px], [py], marker=marker, facecolors="none", edgecolors=color, s=50)
+        x = r["params"] / 1e6 + JITTER[spec.variant]
+        ax.scatter([x], [r["paper_error_pct"]], marker=marker, facecolors="none", edgecolors=color, s=50)
         if _known(r["error_pct"]):
-            x, y = r["params"] / 1e6, r["error_pct"]
-            ax.errorbar([x], [y], yerr=[r["error_std"]] if _known(r["error_std"]) else None, fmt=marker,
-                        color=color, markersize=7, capsize=3)
-            ax.plot([px, x], [py, y], color=color, linewidth=0.6, alpha=0.6)
-            ax.annotate(spec.paper_name, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
-    handles = [plt.Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="none", label="paper"),
+            ax.errorbar([x], [r["error_pct"]], yerr=[r["error_std"]] if _known(r["error_std"]) else None,
+                        fmt=marker, color=color, markersize=7, capsize=3)
+    handles = [plt.Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="none",
+                          label="paper (Table 3)"),
                plt.Line2D([], [], color="0.3", marker="o", linestyle="", label="ours")]
-    handles += [plt.Line2D([], [], color=c, linestyle="-", label=f"family {f}") for f, c in FAMILY_COLORS.items()]
-    ax.legend(handles=handles, fontsize=8)
-    ax.set_xlabel("parameters (M): paper as printed, ours exact")
+    handles += [matplotlib.patches.Patch(color=c, label=f"family {f}") for f, c in FAMILY_COLORS.items()]
+    handles += [plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=VARIANT_NAMES[v])
+                for v, m in VARIANT_MARKERS.items()]
+    fig.legend(handles=handles, fontsize=8, ncol=5, loc="lower center", frameon=False)  # outside: hides no point
+    ax.set_xlabel("exact parameters (M); the paper prints rounded counts")
     ax.set_ylabel("CIFAR-10 test error % (LR judged on test)")
-    ax.set_title("Error vs parameters: the paper's Table 3 beside ours")
+    ax.set_title("Error vs parameters: the paper's Table 3 (hollow) beside ours (filled)")
     ax.grid(alpha=0.3)
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.2)
     _save(fig, path, sha256)
 
 
@@ -124,5 +146,5 @@ def plot_throughput(tp: pd.DataFrame, path, sha256: str = "") -> None:
     ax.set_xlabel("training images / s (all ranks)")
     ax.set_title("Training throughput per variant")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.subplots_adjust(left=0.35, right=0.97, top=1 - 0.5 / fig.get_figheight(), bottom=0.7 / fig.get_figheight())
     _save(fig, path, sha256)

@@ -3,8 +3,10 @@
     from reports import write_report
     paths = write_report("results", "report", preset=None, throughput=None)
 
-All files are built in a temporary folder beside `out_dir` and moved in only when every one was written, so bad
-input leaves no partial report. The same ledger (and throughput file) gives byte-identical files.
+The report says what its numbers are (`header`: data, preset, precision, devices, versions) and warns in a banner
+when they cannot be compared with the paper (`banner`: a preset other than "paper", or lossy JPEG data). All files
+are built in a temporary folder beside `out_dir` and moved in only when every one was written, so bad input leaves
+no partial report. The same ledger (and throughput file) gives byte-identical files.
 """
 from __future__ import annotations
 
@@ -15,27 +17,39 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import markdown as md_lib
 import pandas as pd
 
 from bench.ablations import ABLATIONS
 from reports import formats, plots
-from reports.ledger import PRECISION_NAMES, LedgerError, header as ledger_header, load_ledger
-from reports.tables import ablation_table, baseline_runs, table3, throughput_table
+from reports.claims import ALPHA, MARGIN_PP, claims_table
+from reports.ledger import PRECISION_LABELS, Ledger, LedgerError, _counted, _known, load_ledger
+from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
+from reports.throughput import throughput_table
 
 TITLE = "Striving for Simplicity (All-CNN): Table 3 reproduction"
 TABLE3_NOTE = (
-    "CIFAR-10 test error %, no augmentation. *Ours (LR on test)* is the paper's protocol (`best_over_lr`): the LR "
-    "with the lowest final test error, judged on the test set itself. *LR on val5k* (`select_on_val`): trained on "
-    "45k images, the LR with the lowest validation error, and that run's test error. With several seeds: the LR "
-    "with the lowest seed mean, then mean ± sample std (n seeds). An LR where any seed diverged is not selectable "
-    "and is listed under *Diverged LRs*. *Not measured*: LRs of the grid with no run (missing), or whose runs failed "
-    "or stopped early (unfinished). Δ: ours minus the paper, percentage points. Params: exact count; the paper "
-    "prints rounded ones (its 1.3 M for Model C does not match the architecture). MACs: forward, per image. "
-    "s/epoch: median of the ledger's per-epoch seconds (training and that epoch's evaluation), first epoch "
-    "(warm-up) left out. Train img/s: steady-state training throughput, median over the completed runs.")
+    "CIFAR-10 test error %, no augmentation, runs of the reference config only (header). *Ours %* follows the "
+    "paper: the LR with the lowest final test error, judged on the test set itself; with several seeds the LR "
+    "with the lowest seed mean, then mean ± sample std, *n* seeds. An LR where any seed diverged is not "
+    "selectable. *LR on val5k* (when runs trained on 45k images): the LR with the lowest validation error, and "
+    "that run's test error. Δ: ours minus the paper, percentage points. Every requested learning rate is in the "
+    "next table.")
+BY_LR_NOTE = ("Every (model, LR) cell the grid requested (record field `grid`; older records: the LRs that ran): "
+              "the seed mean of the completed runs, or how the runs ended (*missing*: no run; *stalled*: stopped "
+              "early at chance; *unfinished*: stopped before its last epoch).")
+DETAILS_NOTE = ("Params: exact count; the paper prints rounded ones (its 1.3 M for Model C does not match the "
+                "architecture). MACs: forward, per image. s/epoch: median of the per-epoch seconds (training and "
+                "that epoch's evaluation), first epoch left out. Train img/s: median over the completed runs.")
+CLAIMS_NOTE = (
+    f"Each statement of the paper's Section 3.2.1, checked on Table 3's numbers (seeds at the selected LR). "
+    f"Several seeds: Welch's t-test, p < {ALPHA:g} decides an order; *on par* needs the 95% interval of Δ "
+    f"within ±{MARGIN_PP:g} pp. One seed: no noise estimate, so only a gap over {MARGIN_PP:g} pp decides; "
+    f"smaller gaps are *inconclusive*. Paper Δ: the same difference in the paper's Table 3 (one run each).")
 THROUGHPUT_NOTE = (
     "Median over runs of the same setting. TFLOP/s: training 3x the forward pass, 2 FLOP per MAC; share of the "
     "dense peak of the devices that ran it (a grid run: one; a DDP run or a benchmark: one per process) "
@@ -47,9 +61,11 @@ THROUGHPUT_NOTE = (
 class Section:
     stem: str  # file name stem and HTML id
     title: str
-    note: str
+    note: str  # Markdown
     table: pd.DataFrame  # numbers (CSV)
     display: pd.DataFrame  # strings (Markdown, HTML, LaTeX)
+    after: list[str] = field(default_factory=list)  # Markdown list items under the table
+    level: int = 2
 
 
 def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
@@ -67,16 +83,29 @@ def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame.from_records(data)
 
 
-def build_sections(led, benchmark: pd.DataFrame | None = None) -> list[Section]:
-    t3 = table3(led.df, led.precision)
+def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[Section]:
+    ref = led.reference
+    t3 = table3(led.df, ref)
+    excluded = [f"{n} run(s) excluded (config differs from the reference): {diff}"
+                for n, diff in left_out(led.df, ref)]
     out = [Section("table3", "Table 3: CIFAR-10 test error, ours beside the paper", TABLE3_NOTE, t3,
-                   formats.display_table3(t3))]
+                   formats.display_table3(t3), excluded),
+           Section("table3-by-lr", "Table 3 by learning rate", BY_LR_NOTE, by_lr := table3_by_lr(led.df, ref),
+                   formats.display_by_lr(by_lr), level=3),
+           Section("table3-details", "Table 3 details: size and speed", DETAILS_NOTE, t3,
+                   formats.display_details(t3), level=3)]
+    claims = claims_table(led.df, ref)
+    out.append(Section("claims", "The paper's claims (Section 3.2.1)", CLAIMS_NOTE, claims,
+                       formats.display_claims(claims)))
     for name, ablation in ABLATIONS.items():
-        t = ablation_table(led.df, name, led.precision)
-        at = ("Arms as labelled." if name == "precision" else
-              f"All arms at Table 3's precision ({PRECISION_NAMES.get(led.precision, led.precision)}).")
+        if not ablation_has_runs(led.df, name, ref):
+            continue
+        t = ablation_table(led.df, name, ref)
+        label = PRECISION_LABELS.get(led.precision, led.precision)
+        at = "Arms as labelled." if name == "precision" else f"All arms at Table 3's precision ({label})."
         note = " ".join(x for x in (ablation.note, at, "Δ vs baseline: arm minus the first arm, same model, pp.") if x)
-        out.append(Section(f"ablation-{name}", f"Ablation: {ablation.title}", note, t, formats.display_ablation(t)))
+        out.append(Section(f"ablation-{name}", f"Ablation: {ablation.title}", note, t, formats.display_ablation(t),
+                           level=3))
     tp = throughput_table(led.df, benchmark)
     source = "the throughput benchmark file" if benchmark is not None else "the ledger's baseline runs"
     out.append(Section("throughput", "Throughput", f"From {source}. {THROUGHPUT_NOTE}", tp,
@@ -84,34 +113,126 @@ def build_sections(led, benchmark: pd.DataFrame | None = None) -> list[Section]:
     return out
 
 
-FIGURES = (("curves.png", "Test error per epoch"), ("error_vs_params.png", "Error vs parameters"),
+FIGURES = (("curves.png", "Test error per epoch of Table 3's runs: one colour per LR"),
+           ("error_vs_params.png", "Test error against exact parameter count, ours beside the paper's"),
            ("throughput.png", "Training throughput"))
 
 
-def markdown(header, sections) -> str:
-    parts = [f"# {TITLE}\n", "\n".join(f"- **{k}**: {v}" for k, v in header) + "\n"]
+def data_source(data: dict) -> str:
+    """The data a run trained on, in words: the lossy JPEG copy is not the official archive."""
+    source = str(data.get("source") or "unknown")
+    if lossy(source):
+        kind = "lossy JPEG re-encoding of CIFAR-10 (quality 75), not the official archive"
+    elif any(w in source.lower() for w in ("cifar-10-python", "torchvision", "official")):
+        kind = "official CIFAR-10 archive"
+    else:
+        kind = "as recorded"
+    counts = f", {data['num_train']} train / {data['num_test']} test images" if data.get("num_train") else ""
+    return f"{source} ({kind}{counts})"
+
+
+def lossy(source: str) -> bool:
+    return "jpeg" in source.lower() or "jpg" in source.lower()
+
+
+def banner(led: Ledger) -> str | None:
+    """Why this report's numbers cannot be set beside the paper's, or None when they can."""
+    reasons = []
+    if led.preset != "paper":
+        ref = led.reference or {}
+        subset = ref.get("subset_per_class")
+        reasons.append(f"it is of the `{led.preset}` preset ({led.epochs} epochs"
+                       + (f", {subset} images per class" if subset else "") + "), not the paper's protocol")
+    sources = {str(d.get("source")) for d in led.df["data"] if isinstance(d, dict)}
+    if any(lossy(s) for s in sources):
+        reasons.append("it trained on a lossy JPEG copy of CIFAR-10, not the official images")
+    if not reasons:
+        return None
+    return ("**Not comparable with the paper:** " + "; and ".join(reasons)
+            + ". The Δ columns measure this setup, not the method.")
+
+
+def header(led: Ledger) -> list[tuple[str, str]]:
+    """What the numbers are, as (label, text) pairs: data, preset, epochs, precision, devices, versions, date."""
+    df, all_df = led.df, led.all_df
+    sources = _distinct(data_source(d) for d in df["data"] if isinstance(d, dict)) or ["not recorded"]
+    devices = Counter(f"{d} x{c}" if _known(c) else str(d) for d, c in zip(df["device_name"], df["device_count"]))
+    worlds = sorted({int(w) for w in df["world_size"] if _known(w)})
+    versions = Counter(", ".join(f"{k} {v}" for k, v in sorted(x.items())) for x in df["versions"]
+                       if isinstance(x, dict))
+    commits = Counter(f"{str(c)[:12]}{' (dirty)' if d else ''}" for c, d in zip(df["git_commit"], df["git_dirty"])
+                      if _known(c))
+    finished = [str(t) for t in all_df["finished_at"] if _known(t)]
+    evals = Counter(PRECISION_LABELS.get(str(p), str(p)) for p in table3_runs(df, led.reference)["eval_precision"]
+                    if _known(p))
+    ref = led.reference
+    rows = [
+        ("Ledger", f"sha256 {led.sha256} ({len(all_df)} records; {len(df)} of this preset and length)"),
+        ("Data", "; ".join(sources) + (" -- MIXED SOURCES" if len(sources) > 1 else "")),
+        ("Preset", led.preset),
+        ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),
+        ("Precision", f"Table 3 trained in {PRECISION_LABELS.get(led.precision, led.precision)}; "
+                      + (f"evaluated in {_counted(evals)}" if evals else "evaluation precision not recorded")),
+        ("Runs", ", ".join(f"{s} {n}" for s, n in sorted(Counter(df["outcome"]).items()))),
+        ("Reference config", ", ".join(f"{k}={v}" for k, v in sorted(ref.items())) if ref else "not recorded"),
+        ("Devices", _counted(devices) if devices else "not recorded"),
+        ("World size", ", ".join(map(str, worlds)) or "not recorded"),
+        ("Setup", "; ".join(f"{k}: {', '.join(map(str, _distinct(df[k]))) or 'not recorded'}"
+                            for k in ("backend", "mode", "batch_size"))),
+        ("Versions", "; ".join(f"{v} ({n} runs)" for v, n in sorted(versions.items())) or "not recorded"),
+        ("Code", _counted(commits) if commits else "not recorded"),
+        ("Date", f"{max(finished)} (latest run finished)" if finished else "not recorded"),
+    ]
+    return rows + [("Note", n) for n in led.notes]
+
+
+def _distinct(values) -> list:
+    seen = []
+    for v in values:
+        if _known(v) and v not in seen:
+            seen.append(v)
+    return seen
+
+
+def markdown(warning: str | None, header, sections, figures: bool = True) -> str:
+    parts = [f"# {TITLE}\n"] + ([f"> {warning}\n"] if warning else [])
+    parts.append("\n".join(f"- **{k}**: {v}" for k, v in header) + "\n")
+    ablations = [s for s in sections if s.stem.startswith("ablation-")]
     for s in sections:
-        level = "###" if s.stem.startswith("ablation-") else "##"
-        if s.stem == "ablation-" + next(iter(ABLATIONS)):
+        if ablations and s is ablations[0]:
             parts.append("## Ablations\n")
-        parts.append(f"{level} {s.title}\n\n{s.note}\n\n{formats.markdown_table(s.display)}")
-    parts.append("## Figures\n\n" + "\n\n".join(f"![{alt}]({name})" for name, alt in FIGURES) + "\n")
+        after = "".join(f"\n- {x}" for x in s.after)
+        parts.append(f"{'#' * s.level} {s.title}\n\n{s.note}\n\n{formats.markdown_table(s.display)}{after}\n")
+    if figures:
+        parts.append("## Figures\n\n" + "\n\n".join(f"![{alt}]({name})" for name, alt in FIGURES) + "\n")
     return "\n".join(parts)
 
 
 STYLE = ("body{font-family:sans-serif;margin:2em;max-width:100em}table{border-collapse:collapse;margin:1em 0;"
          "font-size:0.85em}th,td{border:1px solid #ccc;padding:0.2em 0.5em;text-align:right}"
-         "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+         "td:first-child,th:first-child{white-space:nowrap}.t{text-align:left}img{max-width:100%}"
+         ".banner{background:#fff3cd;border:2px solid #d39e00;padding:0.6em 1em;font-size:1.1em}"
+         "code{background:#f4f4f4;padding:0 0.2em}")
 
 
-def html_page(header, sections, folder: Path) -> str:
+def _md(text: str) -> str:
+    return md_lib.markdown(text)
+
+
+def html_page(warning: str | None, header, sections, folder: Path) -> str:
     e = html.escape
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(TITLE)}</title>"
-             f"<style>{STYLE}</style></head><body>", f"<h1>{e(TITLE)}</h1>",
-             "<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header) + "</ul>"]
+             f"<style>{STYLE}</style></head><body>", f"<h1>{e(TITLE)}</h1>"]
+    if warning:
+        parts.append(f'<div class="banner">{_md(warning)}</div>')
+    parts.append(_md("\n".join(f"- **{k}**: {v}" for k, v in header)))
+    ablations = [s for s in sections if s.stem.startswith("ablation-")]
     for s in sections:
-        tag = "h3" if s.stem.startswith("ablation-") else "h2"
-        parts.append(f"<{tag}>{e(s.title)}</{tag}>\n<p>{e(s.note)}</p>\n{formats.html_table(s.display, s.stem)}")
+        if ablations and s is ablations[0]:
+            parts.append("<h2>Ablations</h2>")
+        parts.append(f"<h{s.level} id=\"{s.stem}-title\">{e(s.title)}</h{s.level}>\n{_md(s.note)}\n"
+                     f"{formats.html_table(s.display, s.stem)}" + (_md("".join(f"- {x}\n" for x in s.after))
+                                                                   if s.after else ""))
     parts.append("<h2>Figures</h2>")
     for name, alt in FIGURES:
         data = base64.b64encode((folder / name).read_bytes()).decode()
@@ -125,24 +246,26 @@ def write_report(results_dir, out_dir, preset: str | None = None, throughput=Non
     Raises LedgerError on bad input, before anything is written."""
     led = load_ledger(results_dir, preset)
     benchmark = load_throughput(throughput) if throughput is not None else None
-    header = ledger_header(led)
+    rows = header(led)
     if throughput is not None:
         digest = hashlib.sha256(Path(throughput).read_bytes()).hexdigest()
-        header.insert(1, ("Throughput file", f"{Path(throughput).name}, sha256 {digest}"))
+        rows.insert(1, ("Throughput file", f"{Path(throughput).name}, sha256 {digest}"))
     sections = build_sections(led, benchmark)
+    warning = banner(led)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for s in sections:
-            formats.write_csv(s.table, tmp / f"{s.stem}.csv", led.sha256)
+            if s.stem != "table3-details":  # its numbers are table3.csv's
+                formats.write_csv(s.table, tmp / f"{s.stem}.csv", led.sha256)
             (tmp / f"{s.stem}.tex").write_text(formats.latex_table(s.display, s.title, s.stem, led.sha256))
         t3 = sections[0].table
-        plots.plot_curves(baseline_runs(led.df, led.precision), t3, tmp / "curves.png", led.sha256)
+        plots.plot_curves(table3_runs(led.df, led.reference), t3, tmp / "curves.png", led.sha256)
         plots.plot_error_vs_params(t3, tmp / "error_vs_params.png", led.sha256)
         plots.plot_throughput(sections[-1].table, tmp / "throughput.png", led.sha256)
-        (tmp / "report.md").write_text(markdown(header, sections))
-        (tmp / "report.html").write_text(html_page(header, sections, tmp))
+        (tmp / "report.md").write_text(markdown(warning, rows, sections))
+        (tmp / "report.html").write_text(html_page(warning, rows, sections, tmp))
         out.mkdir(exist_ok=True)
         names = sorted(p.name for p in tmp.iterdir())
         for name in names:

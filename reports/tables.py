@@ -1,11 +1,15 @@
 """The report's tables as pandas DataFrames of numbers and status words, from ledger runs (reports.ledger).
 
-    table3(df, precision)      Table 3 beside the paper: one row per model, in the paper's order
-    ablation_table(df, name)   one ablation of bench.ablations: each model x arm, with the difference to the baseline
-    throughput_table(df)       img/s, achieved TFLOP/s and share of the device's peak
+    table3(df, reference)          Table 3 beside the paper: one row per model, in the paper's order
+    table3_by_lr(df, reference)    every requested (model, LR) cell, missing/diverged/failed/stalled named
+    ablation_table(df, name, ref)  one ablation of bench.ablations: each model x arm, the difference to the baseline
+    left_out(df, reference)        runs in no table, grouped by the config fields that differ
+
+Like with like: a run counts only when its whole config equals the reference's (reports.ledger.same_config).
 
 Protocols: `best_over_lr` (the paper's: the LR judged on the test set) and `select_on_val` (the LR judged on the
-val5k split, for runs trained on train45k). Missing, diverged, failed and unfinished runs are named, never filled.
+val5k split, for runs trained on train45k). Missing, diverged, stalled, failed and unfinished runs are named, never
+filled.
 """
 from __future__ import annotations
 
@@ -15,9 +19,8 @@ from collections import Counter
 import pandas as pd
 
 from allconv.specs import PAPER_AUGMENTED_ERROR_PCT, SPECS, macs
-from bench import devices
-from bench.ablations import ABLATIONS, BASELINE, arm_of, arm_values
-from reports.ledger import _known, matches
+from bench.ablations import ABLATIONS, arm_values
+from reports.ledger import _known, differences, requested_grid, same_config
 
 DIGITS = 6
 """Stored numbers are rounded to 6 decimals: exact for errors on <= 10^6 test images and seed means, and free of
@@ -26,7 +29,8 @@ float noise (9.5 - 9.08 is stored as 0.42, not 0.41999999999999993)."""
 
 TEXT_COLUMNS = ("paper_name", "status", "diverged_lrs", "not_measured", "val_status", "val_diverged_lrs",
                 "val_not_measured", "paper_params", "ablation", "model", "arm", "protocol", "source",
-                "device_name", "precision", "backend", "peak_basis")
+                "device_name", "precision", "backend", "peak_basis", "claim", "x", "relation", "y", "test",
+                "verdict")
 """Columns of words: pandas "string" dtype (missing = pd.NA), so a CSV read back with these as "string" equals
 the table, even where a cell looks like a number (diverged LRs "0.25")."""
 
@@ -43,13 +47,12 @@ def lr_text(lr: float) -> str:
     return f"{lr:g}"
 
 
-def lr_grid(runs: pd.DataFrame) -> list[float]:
-    """The LRs a group of runs was meant to cover: every LR run, and every LR of the runs' configs (`lrs`),
-    largest first (the paper's order: 0.25, 0.1, 0.05, 0.01)."""
-    grid = {float(lr) for lr in runs["lr"] if _known(lr)}
-    for config in runs["config"]:
-        if isinstance(config, dict) and isinstance(config.get("lrs"), (list, tuple)):
-            grid |= {float(lr) for lr in config["lrs"]}
+def lr_grid(runs: pd.DataFrame, requested=None) -> list[float]:
+    """The LRs a group of runs was meant to cover: the requested LRs (record field `grid`, or `requested`) and
+    every LR that ran, largest first (the paper's order: 0.25, 0.1, 0.05, 0.01)."""
+    if requested is None and "grid" in runs.columns:
+        requested = requested_grid(runs)["lrs"]
+    grid = {float(lr) for lr in runs["lr"] if _known(lr)} | {float(lr) for lr in requested or ()}
     return sorted(grid, reverse=True)
 
 
@@ -82,7 +85,7 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
             continue
         if c["diverged"]:
             diverged.append(lr_text(r["lr"]) + ("" if c["diverged"] == n else f" ({c['diverged']}/{n} seeds)"))
-        for word in ("failed", "unfinished"):
+        for word in ("stalled", "failed", "unfinished"):
             if c[word]:
                 unmeasured.append(f"{lr_text(r['lr'])} {word}" + ("" if c[word] == n else f" ({c[word]}/{n} seeds)"))
         if judge == "val" and c["completed"] and len(r["val"]) < c["completed"]:
@@ -91,15 +94,12 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
             candidates.append(r)
     base = {**base, "diverged_lrs": ", ".join(diverged) or None, "not_measured": ", ".join(unmeasured) or None}
     if not candidates:
-        ended = Counter(runs["outcome"])
-        status = "diverged" if ended["diverged"] == len(runs) else ("failed" if not ended["diverged"] else
-                                                                    "diverged/failed")
-        return {**base, "status": status}
+        return {**base, "status": "/".join(sorted(set(runs["outcome"]) - {"completed"})) or "failed"}
     best = min(candidates, key=lambda r: (statistics.fmean(r[judge]), -r["lr"]))
     test = best["test"]
     return {**base, "error_pct": _round(statistics.fmean(test)),
             "error_std": _round(statistics.stdev(test)) if len(test) > 1 else float("nan"),
-            "n_seeds": len(test), "lr": best["lr"], "status": "partial" if unmeasured else "ok"}
+            "n_seeds": len(test), "lr": best["lr"], "status": "partial" if unmeasured else "ok", "errors": test}
 
 
 def best_over_lr(runs: pd.DataFrame, grid: list[float] | None = None) -> dict:
@@ -133,22 +133,26 @@ def _median(values) -> float:
     return _round(statistics.median(values)) if values else float("nan")
 
 
-def baseline_runs(df: pd.DataFrame, precision: str, train_split: str = "train") -> pd.DataFrame:
-    """Runs that are baseline in every BASELINE field, at `precision` and on `train_split`."""
-    return df[matches(df, {**BASELINE, "precision": precision, "train_split": train_split})]
+def table3_runs(df: pd.DataFrame, reference: dict | None, train_split: str = "train") -> pd.DataFrame:
+    """Runs whose compared config equals the reference (on `train_split`): like with like (issue 10)."""
+    return df[same_config(df, None if reference is None else {**reference, "train_split": train_split})]
 
 
-def table3(df: pd.DataFrame, precision: str) -> pd.DataFrame:
-    """Table 3 beside the paper: the 12 models in the paper's order. `error_pct` is `best_over_lr` on the baseline
-    runs (train split "train"); `val_error_pct` is the test error of `select_on_val` on train45k runs. Differences
-    are ours minus the paper's, in percentage points. `precision`: Table 3's (`reports.ledger.table3_precision`)."""
-    runs, val_runs = baseline_runs(df, precision), baseline_runs(df, precision, "train45k")
+def table3(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
+    """Table 3 beside the paper: the 12 models in the paper's order. `error_pct` is `best_over_lr` over the
+    requested LR grid on the runs of the reference config (`reports.ledger.reference_config`); `val_error_pct`
+    is the test error of `select_on_val` on the same config trained on train45k. Differences are ours minus the
+    paper's, in percentage points. A model the grid did not request and that has no runs is "not run"."""
+    runs, val_runs = table3_runs(df, reference), table3_runs(df, reference, "train45k")
     grid = lr_grid(runs)
     val_grid = sorted(set(grid) | set(lr_grid(val_runs)), reverse=True)  # the same gamma grid, on train45k
+    requested = requested_grid(runs)["models"]
     rows = []
     for name, spec in SPECS.items():
         mine, val_mine = runs[runs["model"] == name], val_runs[val_runs["model"] == name]
         test, val = best_over_lr(mine, grid), select_on_val(val_mine, val_grid)
+        if mine.empty and requested is not None and name not in requested:
+            test["status"], test["not_measured"] = "not run", None
         done = mine[mine["outcome"] == "completed"]
         rows.append({
             "model": name, "paper_name": spec.paper_name, "paper_error_pct": spec.paper_error_pct,
@@ -167,33 +171,78 @@ def table3(df: pd.DataFrame, precision: str) -> pd.DataFrame:
     return _typed(pd.DataFrame(rows))
 
 
-def ablation_runs(df: pd.DataFrame, name: str, precision: str) -> pd.DataFrame:
-    """The runs of ablation `name`, with their arm (bench.ablations.arm_of). Every ablation but "precision" is
-    compared at Table 3's precision: runs at that precision stand in for BASELINE's, others are left out."""
-    records = df.to_dict("records")
-    arms = []
-    for record in records:
-        if name != "precision":
-            if record.get("precision") != precision:
-                arms.append(None)
-                continue
-            record = {**record, "precision": BASELINE["precision"]}
-        arms.append(arm_of(record, name))
-    out = df.assign(arm=arms)
-    return out[out["arm"].notna()]
+def table3_by_lr(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
+    """Every requested (model, LR) cell of Table 3's runs, one row each: the seed mean, std and count of the
+    completed runs, and how the others ended ("missing" where nothing ran). Models with no runs that the grid
+    did not request are left out."""
+    runs = table3_runs(df, reference)
+    grid, requested = lr_grid(runs), requested_grid(runs)["models"]
+    rows = []
+    for name, spec in SPECS.items():
+        mine = runs[runs["model"] == name]
+        if mine.empty and (requested is None or name not in requested):
+            continue
+        for r in per_lr(mine, grid):
+            ended = {k: n for k, n in sorted(r["outcomes"].items()) if k != "completed"}
+            status = ("missing" if r["n"] == 0 else "ok" if not ended else
+                      ", ".join(f"{k}" + ("" if n == r["n"] else f" {n}/{r['n']}") for k, n in ended.items()))
+            test = r["test"]
+            rows.append({"model": name, "paper_name": spec.paper_name, "lr": r["lr"], "n_runs": r["n"],
+                         "n_seeds": len(test), "error_pct": _round(statistics.fmean(test)) if test else float("nan"),
+                         "error_std": _round(statistics.stdev(test)) if len(test) > 1 else float("nan"),
+                         "status": status})
+    columns = ["model", "paper_name", "lr", "n_runs", "n_seeds", "error_pct", "error_std", "status"]
+    return _typed(pd.DataFrame(rows, columns=columns))
 
 
-def ablation_table(df: pd.DataFrame, name: str, precision: str = BASELINE["precision"]) -> pd.DataFrame:
+def left_out(df: pd.DataFrame, reference: dict | None) -> list[tuple[int, str]]:
+    """Runs of the preset that are in neither Table 3 (either split) nor an ablation arm, grouped by how their
+    config differs from the reference: [(3, "init=kaiming"), ...], largest group first."""
+    used = table3_runs(df, reference).index.union(table3_runs(df, reference, "train45k").index)
+    for name in ABLATIONS:
+        used = used.union(ablation_runs(df, name, reference).index)
+    rest = df.drop(index=used)
+    counts = Counter(differences(c, reference or {}) for c in rest["config"])
+    return sorted(((n, d) for d, n in counts.items()), key=lambda x: (-x[0], x[1]))
+
+
+def arm_config(reference: dict | None, name: str, arm: str) -> dict | None:
+    """The compared config of one arm: the reference with the arm's BASELINE fields; every ablation but
+    "precision" keeps the reference's precision (Table 3's)."""
+    if reference is None:
+        return None
+    values = arm_values(ABLATIONS[name], arm)
+    if name != "precision":
+        values.pop("precision")
+    return {**reference, **values}
+
+
+def ablation_runs(df: pd.DataFrame, name: str, reference: dict | None) -> pd.DataFrame:
+    """The runs of ablation `name` (its models, the config of one of its arms), with their arm."""
+    ablation = ABLATIONS[name]
+    mine = df[df["model"].isin(ablation.models)]
+    parts = [mine[same_config(mine, arm_config(reference, name, arm))].assign(arm=arm) for arm in ablation.arms]
+    return pd.concat(parts) if parts else mine.assign(arm=None)
+
+
+def ablation_has_runs(df: pd.DataFrame, name: str, reference: dict | None) -> bool:
+    """Whether any arm but the first (the baseline, shared with Table 3) has runs: only then is it reported."""
+    runs = ablation_runs(df, name, reference)
+    return bool((runs["arm"] != next(iter(ABLATIONS[name].arms))).any())
+
+
+def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.DataFrame:
     """One ablation: each studied model x arm, the first arm the baseline. Arms trained on train45k are judged
     with `select_on_val`, the others with `best_over_lr`; each arm has its own LR grid (Adam has its own)."""
     ablation = ABLATIONS[name]
-    runs = ablation_runs(df, name, precision)
+    runs = ablation_runs(df, name, reference)
     first = next(iter(ablation.arms))
+    requested = requested_grid(table3_runs(df, reference))["lrs"]
     arms = []  # per arm, the same for every model: its runs, LR grid, protocol and whether it is augmented
-    for arm in ablation.arms:
+    for arm, overrides in ablation.arms.items():
         arm_runs, values = runs[runs["arm"] == arm], arm_values(ablation, arm)
-        arms.append((arm, arm_runs, lr_grid(arm_runs), values["train_split"] == "train45k",
-                     values["augment"] != "none"))
+        arms.append((arm, arm_runs, lr_grid(arm_runs, overrides.get("lrs", requested)),
+                     values["train_split"] == "train45k", values["augment"] != "none"))
     rows = []
     for model in ablation.models:
         baseline = None
@@ -215,64 +264,3 @@ def ablation_table(df: pd.DataFrame, name: str, precision: str = BASELINE["preci
                          "diff_vs_paper_pp": _round(sel["error_pct"] - paper),
                          "diverged_lrs": sel["diverged_lrs"], "not_measured": sel["not_measured"]})
     return _typed(pd.DataFrame(rows))
-
-
-THROUGHPUT_KEYS = ("model", "device_name", "devices", "precision", "backend", "batch_size", "channels_last",
-                   "compile")
-
-
-def _device_count(record: dict) -> int:
-    """How many devices produced a record's images/s: `device_count` (a grid run uses one device whatever the
-    world size; a DDP run all of them), else the world size (benchmark rows: one device per process), else 1."""
-    for key in ("device_count", "world_size"):
-        if _known(record.get(key)):
-            return int(record[key])
-    return 1
-
-
-def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per variant and setting: median training and evaluation img/s (all ranks), achieved TFLOP/s (training
-    3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
-    (`_device_count`). fp32 runs are compared with the TF32 peak, PyTorch's default for
-    convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py rows)
-    when given, else from the ledger's baseline runs of any precision."""
-    if benchmark is not None:
-        source, rows = "benchmark", benchmark.copy()
-    else:
-        others = {k: v for k, v in BASELINE.items() if k not in ("precision", "train_split")}
-        source, rows = "ledger", df[matches(df, others) & df["train_images_per_s"].map(_known).astype(bool)]
-    for key in THROUGHPUT_KEYS:
-        if key not in rows.columns:
-            rows[key] = None
-    rows = rows[rows["model"].isin(list(SPECS))]
-    order = {name: i for i, name in enumerate(SPECS)}
-    groups: dict[tuple, list[dict]] = {}
-    for record in rows.to_dict("records"):
-        record["devices"] = _device_count(record)
-        key = tuple(record[k] if _known(record[k]) else None for k in THROUGHPUT_KEYS)
-        groups.setdefault(key, []).append(record)
-    out = []
-    for key in sorted(groups, key=lambda k: (order[k[0]], *(str(v) for v in k[1:]))):
-        group, row = groups[key], dict(zip(THROUGHPUT_KEYS, key))
-        train, evals = (_median(r.get(k) for r in group) for k in ("train_images_per_s", "eval_images_per_s"))
-        flop = macs(row["model"])
-        train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
-        eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
-        precision = str(row["precision"]) if row["precision"] is not None else None
-        stated = [r["peak_precision"] for r in group if _known(r.get("peak_precision"))]  # the benchmark says
-        tf32 = stated[0] == "tf32" if stated else True  # the ledger does not: PyTorch's default for convolutions
-        try:
-            peak = devices.peak_tflops(row["device_name"], precision, tf32=tf32) if precision else None
-            basis = devices.peak_precision(row["device_name"], precision, tf32=tf32) if peak else None
-        except ValueError:  # a precision bench.devices does not know
-            peak = basis = None
-        # mfu of 100 x tf: the share in %, by the same float operations as 100 * tf / (peak * devices)
-        share = (lambda tf: _round(devices.mfu(100 * tf, row["device_name"], precision, tf32, count=row["devices"]))
-                 if peak and tf == tf else float("nan"))
-        out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
-                    "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
-                    "eval_tflops": eval_tf, "peak_tflops": float("nan") if peak is None else peak,
-                    "peak_basis": basis, "train_peak_pct": share(train_tf), "eval_peak_pct": share(eval_tf)})
-    columns = ["source", *THROUGHPUT_KEYS, "paper_name", "n_runs", "train_images_per_s", "eval_images_per_s",
-               "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "train_peak_pct", "eval_peak_pct"]
-    return _typed(pd.DataFrame(out, columns=columns))

@@ -1,0 +1,171 @@
+"""The claims of Section 3.2.1 of the paper as data, each checked against the ledger's Table 3.
+
+    claims_table(df, reference)   one row per claim: our numbers, the paper's, the test and a verdict
+
+Each model's numbers are its seeds' final test errors at the LR Table 3 selects (`best_over_lr`). A claim compares
+two models (or a model and a number) and gets a verdict:
+- with at least two seeds on both sides, Welch's t-test (unequal variances; p two-sided, ALPHA = 0.05): a claimed
+  order is "reproduced" when the difference has the claimed sign and p < ALPHA, "not reproduced" when it has the
+  opposite sign and p < ALPHA, else "inconclusive"; "on par" is reproduced when the 95% confidence interval of the
+  difference lies within +-MARGIN_PP, not reproduced when it lies wholly outside, else inconclusive;
+- with one seed on a side there is no noise estimate: a gap beyond MARGIN_PP decides, anything smaller is
+  "inconclusive" (and "on par" can then only be refuted, never reproduced);
+- a model without a number makes the claim "inconclusive" (not measured).
+"At least as good" is judged like "better": it is reproduced only when the data show the order beyond noise.
+Vague statements ("the drop in performance is not as dramatic as one might expect") are not claims here.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import pandas as pd
+
+from allconv.specs import SPECS
+from reports.tables import _round, _typed, best_over_lr, lr_grid, table3_runs
+
+ALPHA = 0.05
+MARGIN_PP = 1.0
+"""Percentage points: the gap that decides a claim with one seed, and the tolerance of "on par"."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str  # what the paper says, in brief
+    x: str  # model
+    relation: str  # "better" (x lower error than y) | "on par" | "best" (x lower than every other model)
+    y: str | float | None = None  # model, a number (% error), or None for "best"
+
+
+def _families(text, x, relation, y) -> list[Claim]:
+    return [Claim(text.format(f=f), f"{x}-{f.lower()}", relation, f"{y}-{f.lower()}") for f in "ABC"]
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("Model A already performs remarkably well, achieving 12.5% error", "model-a", "on par", 12.47),
+    *_families("Removing max-pooling and striding the previous layer diminishes performance (family {f})",
+               "model", "better", "strided"),
+    *_families("Replacing pooling by a stride-2 conv stabilises and even improves on the base model (family {f})",
+               "allcnn", "better", "model"),
+    *_families("The ConvPool-CNN is at least as good as the base model (Table 3, family {f})",
+               "convpool", "better", "model"),
+    *_families("Without pooling and with a conv added before pooling perform about on par (family {f})",
+               "allcnn", "on par", "convpool"),
+    Claim("Stacked 3x3 convolutions suffice for the best performance: All-CNN-C is the best of Table 3",
+          "allcnn-c", "best"),
+)
+
+
+def t_sf(t: float, dof: float) -> float:
+    """P(T > t) for Student's t with `dof` degrees of freedom (regularised incomplete beta, continued fraction)."""
+    x = dof / (dof + t * t)
+    tail = 0.5 * _betainc(dof / 2, 0.5, x)
+    return tail if t >= 0 else 1 - tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x))
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _betainc(b, a, 1 - x)
+    c, d, f = 1.0, 1 - (a + b) * x / (a + 1), 0.0  # Lentz's method
+    d = 1 / (d if abs(d) > 1e-300 else 1e-300)
+    f = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > 1e-300 else 1e-300)
+            c = 1 + num / c if abs(1 + num / c) > 1e-300 else 1e-300
+            f *= c * d
+        if abs(c * d - 1) < 1e-14:
+            break
+    return front * f / a
+
+
+def welch(x: list[float], y: list[float]) -> tuple[float, float, float]:
+    """Welch's t-test of mean(x) - mean(y): (t, degrees of freedom, standard error). `y` of one value is a
+    constant (one-sample test)."""
+    vx = statistics.variance(x) / len(x)
+    vy = statistics.variance(y) / len(y) if len(y) > 1 else 0.0
+    se = math.sqrt(vx + vy)
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + (vy ** 2 / (len(y) - 1) if len(y) > 1 else 0.0))
+    diff = statistics.fmean(x) - statistics.fmean(y)
+    return (diff / se if se else math.copysign(math.inf, diff) if diff else 0.0), dof, se
+
+
+def t_quantile(q: float, dof: float) -> float:
+    """The t value with P(T > t) = 1 - q (bisection on `t_sf`)."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_sf(mid, dof) > 1 - q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def verdict(x: list[float], y: list[float], relation: str, y_exact: bool = False) -> tuple[str, str, float]:
+    """(verdict, the test in words, p) for `x` against `y` (lists of seed errors; "better": x lower)."""
+    diff = statistics.fmean(x) - statistics.fmean(y)
+    if len(x) < 2 or (len(y) < 2 and not y_exact):
+        test, p = f"one seed: |Δ| against the {MARGIN_PP:g} pp margin", float("nan")
+        if relation == "on par":
+            return ("not reproduced" if abs(diff) > MARGIN_PP else "inconclusive"), test, p
+        if abs(diff) <= MARGIN_PP:
+            return "inconclusive", test, p
+        return ("reproduced" if diff < 0 else "not reproduced"), test, p
+    t, dof, se = welch(x, y)
+    p = min(1.0, 2 * t_sf(abs(t), dof)) if math.isfinite(t) else 0.0
+    if relation == "on par":
+        half = t_quantile(1 - ALPHA / 2, dof) * se
+        test = f"Welch t: 95% CI of Δ [{diff - half:.2f}, {diff + half:.2f}] against ±{MARGIN_PP:g} pp"
+        if abs(diff) + half <= MARGIN_PP:
+            return "reproduced", test, p
+        return ("not reproduced" if abs(diff) - half > MARGIN_PP else "inconclusive"), test, p
+    test = f"Welch t = {t:.2f}, dof {dof:.1f}, p = {p:.3g}"
+    if p >= ALPHA:
+        return "inconclusive", test, p
+    return ("reproduced" if diff < 0 else "not reproduced"), test, p
+
+
+def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
+    """Every claim of `CLAIMS` with the ledger's numbers and the paper's, its test and verdict."""
+    runs = table3_runs(df, reference)
+    grid = lr_grid(runs)
+    errors = {m: best_over_lr(runs[runs["model"] == m], grid).get("errors", []) for m in SPECS}
+    paper = {m: s.paper_error_pct for m, s in SPECS.items()}
+    rows = []
+    for c in CLAIMS:
+        if c.relation == "best":
+            others = [m for m in SPECS if m != c.x and errors[m]]
+            runner_up = min(others, key=lambda m: statistics.fmean(errors[m])) if others else None
+            y, y_paper = runner_up, min(v for m, v in paper.items() if m != c.x)
+        else:
+            y, y_paper = c.y, paper.get(c.y, c.y)
+        x_err = errors[c.x]
+        y_err = [float(c.y)] if isinstance(c.y, float) else errors.get(y, []) if y else []
+        y_label = y if isinstance(y, str) else f"{y:g} %" if isinstance(y, float) else None
+        row = {"claim": c.text, "x": c.x, "relation": c.relation, "y": y_label,
+               "x_error_pct": _mean(x_err), "x_n": len(x_err), "y_error_pct": _mean(y_err),
+               "y_n": len(y_err) if isinstance(y, str) else 0, "diff_pp": _round(_mean(x_err) - _mean(y_err)),
+               "paper_diff_pp": _round(paper[c.x] - y_paper), "p_value": float("nan")}
+        if not x_err or not y_err:
+            missing = [SPECS[m].paper_name for m in (c.x, y) if isinstance(m, str) and not errors.get(m)]
+            row.update(verdict="inconclusive", test=f"not measured: {', '.join(missing) or 'no other model'}")
+        elif c.relation == "best":
+            found = [verdict(x_err, errors[m], "better") for m in others]
+            words = {v for v, _, _ in found}
+            worst = max(found, key=lambda f: 0 if f[0] == "reproduced" else 1 if f[0] == "inconclusive" else 2)
+            row.update(verdict="not reproduced" if "not reproduced" in words else "reproduced"
+                       if words == {"reproduced"} else "inconclusive",
+                       test=f"against each of {len(others)} models; weakest: {worst[1]}", p_value=_round(worst[2]))
+        else:
+            v, test, p = verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float))
+            row.update(verdict=v, test=test, p_value=_round(p))
+        rows.append(row)
+    return _typed(pd.DataFrame(rows))
+
+
+def _mean(values: list[float]) -> float:
+    return _round(statistics.fmean(values)) if values else float("nan")

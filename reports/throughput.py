@@ -1,0 +1,74 @@
+"""Throughput table: img/s, achieved TFLOP/s and share of the device's peak, from the ledger or a benchmark file.
+
+    throughput_table(df, benchmark=None)
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from allconv.specs import SPECS, macs
+from bench import devices
+from bench.ablations import BASELINE
+from reports.ledger import _known, matches
+from reports.tables import _median, _round, _typed
+
+
+THROUGHPUT_KEYS = ("model", "device_name", "devices", "precision", "backend", "batch_size", "channels_last",
+                   "compile")
+
+
+def _device_count(record: dict) -> int:
+    """How many devices produced a record's images/s: `device_count` (a grid run uses one device whatever the
+    world size; a DDP run all of them), else the world size (benchmark rows: one device per process), else 1."""
+    for key in ("device_count", "world_size"):
+        if _known(record.get(key)):
+            return int(record[key])
+    return 1
+
+
+def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per variant and setting: median training and evaluation img/s (all ranks), achieved TFLOP/s (training
+    3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
+    (`_device_count`). fp32 runs are compared with the TF32 peak, PyTorch's default for
+    convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py rows)
+    when given, else from the ledger's baseline runs of any precision."""
+    if benchmark is not None:
+        source, rows = "benchmark", benchmark.copy()
+    else:
+        others = {k: v for k, v in BASELINE.items() if k not in ("precision", "train_split")}
+        source, rows = "ledger", df[matches(df, others) & df["train_images_per_s"].map(_known).astype(bool)]
+    for key in THROUGHPUT_KEYS:
+        if key not in rows.columns:
+            rows[key] = None
+    rows = rows[rows["model"].isin(list(SPECS))]
+    order = {name: i for i, name in enumerate(SPECS)}
+    groups: dict[tuple, list[dict]] = {}
+    for record in rows.to_dict("records"):
+        record["devices"] = _device_count(record)
+        key = tuple(record[k] if _known(record[k]) else None for k in THROUGHPUT_KEYS)
+        groups.setdefault(key, []).append(record)
+    out = []
+    for key in sorted(groups, key=lambda k: (order[k[0]], *(str(v) for v in k[1:]))):
+        group, row = groups[key], dict(zip(THROUGHPUT_KEYS, key))
+        train, evals = (_median(r.get(k) for r in group) for k in ("train_images_per_s", "eval_images_per_s"))
+        flop = macs(row["model"])
+        train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
+        eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
+        precision = str(row["precision"]) if row["precision"] is not None else None
+        stated = [r["peak_precision"] for r in group if _known(r.get("peak_precision"))]  # the benchmark says
+        tf32 = stated[0] == "tf32" if stated else True  # the ledger does not: PyTorch's default for convolutions
+        try:
+            peak = devices.peak_tflops(row["device_name"], precision, tf32=tf32) if precision else None
+            basis = devices.peak_precision(row["device_name"], precision, tf32=tf32) if peak else None
+        except ValueError:  # a precision bench.devices does not know
+            peak = basis = None
+        # mfu of 100 x tf: the share in %, by the same float operations as 100 * tf / (peak * devices)
+        share = (lambda tf: _round(devices.mfu(100 * tf, row["device_name"], precision, tf32, count=row["devices"]))
+                 if peak and tf == tf else float("nan"))
+        out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
+                    "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
+                    "eval_tflops": eval_tf, "peak_tflops": float("nan") if peak is None else peak,
+                    "peak_basis": basis, "train_peak_pct": share(train_tf), "eval_peak_pct": share(eval_tf)})
+    columns = ["source", *THROUGHPUT_KEYS, "paper_name", "n_runs", "train_images_per_s", "eval_images_per_s",
+               "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "train_peak_pct", "eval_peak_pct"]
+    return _typed(pd.DataFrame(out, columns=columns))

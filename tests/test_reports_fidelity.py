@@ -1,0 +1,219 @@
+"""What a reader of the report relies on (issues 10 and 14): like-with-like Table 3, every requested cell shown,
+the paper's claims judged, HTML without raw Markdown, a compact Table 3, only ablations that ran, LaTeX that
+compiles with the one package it names, and a banner on numbers not comparable with the paper."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from reports import formats
+from reports.claims import claims_table, t_quantile, t_sf
+from reports.ledger import NOT_IN_KEY, load_ledger
+from reports.report import write_report
+from reports.tables import table3, table3_by_lr
+from test_reports import ledger_dir, record, report_dir, write_ledger  # noqa: F401 (fixtures)
+
+GRID = {"models": ["model-a", "strided-a", "allcnn-c"], "lrs": [0.1, 0.05, 0.01], "seeds": [0]}
+JPEG = {"source": "cifar10-jpeg.tar.gz"}
+
+
+def paper_like(**overrides) -> list[dict]:
+    """A paper-preset ledger on the official data: 3 requested models x 3 LRs, LR 0.01 never ran, one stalled
+    cell, and one run with another init that must not enter Table 3."""
+    r = record
+    recs = [r(model=m, lr=lr, test=t, grid=GRID, **overrides)
+            for m, lr, t in (("model-a", 0.1, 12.6), ("model-a", 0.05, 12.4), ("strided-a", 0.1, 13.5),
+                             ("allcnn-c", 0.1, 9.2), ("allcnn-c", 0.05, 9.1))]
+    recs.append(r(model="strided-a", lr=0.05, status="stalled", grid=GRID, **overrides))
+    recs.append(r(model="allcnn-c", lr=0.05, test=8.0, init="kaiming", grid=GRID, **overrides))
+    for rec in recs:
+        rec["data"] = {**rec["data"], "source": "cifar-10-python.tar.gz"}
+    return recs
+
+
+@pytest.fixture(scope="module")
+def paper_report(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("paper-like")
+    results = write_ledger(tmp / "results", paper_like())
+    write_report(results, tmp / "report")
+    return results, tmp / "report"
+
+
+def test_a_run_with_another_config_is_excluded_and_listed(paper_report):
+    results, out = paper_report
+    led = load_ledger(results)
+    assert led.reference["init"] == "caffe-xavier"
+    t3 = table3(led.df, led.reference).set_index("model")
+    assert t3.loc["allcnn-c", "error_pct"] == 9.1  # not the kaiming run's 8.0
+    assert "- 1 run(s) excluded (config differs from the reference): init=kaiming" in (out / "report.md").read_text()
+
+
+def test_every_requested_cell_is_shown(paper_report):
+    results, out = paper_report
+    led = load_ledger(results)
+    cells = table3_by_lr(led.df, led.reference).set_index(["model", "lr"])
+    assert cells.loc[("model-a", 0.01), "status"] == "missing"  # requested, never ran
+    assert cells.loc[("strided-a", 0.05), "status"] == "stalled"
+    assert len(cells) == 3 * 3  # the three requested models, nothing else
+    t3 = table3(led.df, led.reference).set_index("model")
+    assert "0.01 missing" in t3.loc["model-a", "not_measured"]
+    assert "0.05 stalled" in t3.loc["strided-a", "not_measured"]
+    assert t3.loc["model-c", "status"] == "not run" and t3.loc["allcnn-a", "status"] == "not run"
+    shown = formats.display_by_lr(table3_by_lr(led.df, led.reference)).set_index("Model")
+    assert shown.loc["Model A", "LR 0.01"] == "missing" and shown.loc["Strided-CNN-A", "LR 0.05"] == "stalled"
+
+
+def test_no_ablation_runs_no_ablation_section_no_banner(paper_report):
+    _, out = paper_report
+    md = (out / "report.md").read_text()
+    assert "Ablation" not in md and not list(out.glob("ablation-*"))
+    assert "Not comparable" not in md  # paper preset, official data
+
+
+def test_compact_table3_has_no_empty_column(paper_report, report_dir):
+    header = (paper_report[1] / "table3.tex").read_text()
+    assert "val5k" not in header  # no run on train45k: no all-"not run" column
+    for out in (paper_report[1], report_dir):
+        lines = (out / "report.md").read_text().split("## Table 3: CIFAR-10")[1].splitlines()
+        columns = next(line for line in lines if line.startswith("| Model")).count(" | ") + 1
+        assert columns <= 9
+
+
+def test_banner_on_smoke_and_jpeg(tmp_path):
+    recs = [record(preset="smoke", test=80.0, subset_per_class=10)]
+    recs[0]["data"] = {**JPEG, "num_train": 100, "num_test": 100}
+    write_report(write_ledger(tmp_path / "r", recs), tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert '<div class="banner"><p><strong>Not comparable with the paper:</strong>' in html
+    assert "`smoke` preset" not in html and "<code>smoke</code> preset (3 epochs, 10 images per class)" in html
+    assert "lossy JPEG copy" in html
+
+
+class Text(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.text, self.skip = [], False
+
+    def handle_starttag(self, tag, attrs):
+        self.skip = tag in ("style", "script")
+
+    def handle_endtag(self, tag):
+        self.skip = False
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.text.append(data)
+
+
+def test_html_shows_no_raw_markdown(report_dir, paper_report):
+    for out in (report_dir, paper_report[1]):
+        parser = Text()
+        parser.feed((out / "report.html").read_text())
+        text = "".join(parser.text)
+        assert "Ours %" in text and "`" not in text and "**" not in text
+        assert not re.search(r"(^|\s)\*[A-Za-z]", text), re.search(r".{30}(^|\s)\*[A-Za-z].{30}", text)
+        assert "<em>Ours %</em>" in (out / "report.html").read_text()
+
+
+# ---- claims (Section 3.2.1) on hand-made ledgers
+
+def claims_of(tmp_path, seeds: dict[str, list[float]]):
+    recs = [record(model=m, lr=0.05, seed=s, test=t) for m, ts in seeds.items() for s, t in enumerate(ts)]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    return claims_table(led.df, led.reference).set_index("claim")
+
+
+STRIDED_A = "Removing max-pooling and striding the previous layer diminishes performance (family A)"
+ON_PAR_A = "Without pooling and with a conv added before pooling perform about on par (family A)"
+BEST = "Stacked 3x3 convolutions suffice for the best performance: All-CNN-C is the best of Table 3"
+
+
+def test_claims_reproduced_with_seeds(tmp_path):
+    c = claims_of(tmp_path, {"model-a": [12.4, 12.5, 12.6], "strided-a": [14.0, 14.2, 14.1],
+                             "allcnn-a": [10.3, 10.4, 10.2], "convpool-a": [10.25, 10.35, 10.3],
+                             "allcnn-c": [9.0, 9.1, 9.05]})
+    assert c.loc[STRIDED_A, "verdict"] == "reproduced" and c.loc[STRIDED_A, "p_value"] < 0.001
+    assert c.loc[STRIDED_A, "diff_pp"] == -1.6 and c.loc[STRIDED_A, "paper_diff_pp"] == -0.99
+    assert c.loc[ON_PAR_A, "verdict"] == "reproduced"
+    assert c.loc[BEST, "verdict"] == "reproduced" and c.loc[BEST, "y"] in ("allcnn-a", "convpool-a")
+    assert c.loc["Model A already performs remarkably well, achieving 12.5% error", "verdict"] == "reproduced"
+    assert c.loc[STRIDED_A.replace("(family A)", "(family B)"), "verdict"] == "inconclusive"  # not measured
+
+
+def test_claims_not_reproduced_with_seeds(tmp_path):
+    c = claims_of(tmp_path, {"model-a": [12.4, 12.5, 12.6], "strided-a": [11.0, 11.1, 11.2],
+                             "allcnn-a": [12.3, 12.4, 12.2], "convpool-a": [10.25, 10.35, 10.3],
+                             "allcnn-c": [9.0, 9.1, 9.05]})
+    assert c.loc[STRIDED_A, "verdict"] == "not reproduced"
+    assert c.loc[ON_PAR_A, "verdict"] == "not reproduced"  # 2 pp apart, tight seeds
+    assert c.loc[BEST, "verdict"] == "reproduced"
+
+
+def test_claims_with_one_seed_need_the_margin(tmp_path):
+    c = claims_of(tmp_path, {"model-a": [12.5], "strided-a": [12.9], "allcnn-a": [10.3], "convpool-a": [10.4],
+                             "allcnn-c": [9.1], "model-c": [8.0]})
+    assert c.loc[STRIDED_A, "verdict"] == "inconclusive" and "one seed" in c.loc[STRIDED_A, "test"]
+    assert c.loc[ON_PAR_A, "verdict"] == "inconclusive"  # one seed can refute "on par", never confirm it
+    assert c.loc[BEST, "verdict"] == "not reproduced"  # Model C is 1.1 pp better
+
+
+def test_welch_t_distribution():
+    assert abs(t_sf(2.0, 10) - 0.036694017) < 1e-8 and abs(t_sf(1.0, 1) - 0.25) < 1e-12  # tables of Student's t
+    assert abs(t_quantile(0.975, 10) - 2.228139) < 1e-5
+
+
+# ---- LaTeX: only booktabs and LaTeX's own commands; compiled when a TeX toolchain is installed
+
+KNOWN_COMMANDS = {"begin", "end", "centering", "small", "caption", "label", "toprule", "midrule", "bottomrule",
+                  "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum", "footnotesize",
+                  "setlength", "tabcolsep", "linewidth"}
+
+
+def check_latex(text: str) -> None:
+    """A small parser: braces and math balanced, environments nested, every command known, rows complete."""
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("%"))
+    commands = set(re.findall(r"\\([A-Za-z]+)", body))
+    assert commands <= KNOWN_COMMANDS, commands - KNOWN_COMMANDS
+    plain = re.sub(r"\\[&%$#_{}\\]", "", body)
+    depth = 0
+    for ch in plain:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0 and plain.count("$") % 2 == 0
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", body):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack.pop() == env
+    assert not stack
+    spec = re.findall(r"p\{[^}]*\}|[lrc]", re.search(r"\\begin\{tabular\}\{((?:[lrc]|p\{[^}]*\})+)\}", body).group(1))
+    rows = body.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "").splitlines()
+    rows = [row for row in rows if row.strip()]
+    for row in rows:
+        assert row.endswith(r"\\") and row.replace(r"\&", "").count("&") == len(spec) - 1, row
+
+
+def test_latex_parses_and_compiles(report_dir, tmp_path):
+    tex = sorted(report_dir.glob("*.tex"))
+    assert len(tex) >= 5
+    for path in tex:
+        check_latex(path.read_text())
+    if shutil.which("pdflatex") is None:
+        return  # the parser above is the check; a TeX toolchain is not a dependency
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                   + "".join(f"\\input{{{p}}}\n" for p in tex) + "\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_not_in_key_copy_matches_bench_config():
+    config = pytest.importorskip("bench.config")  # imports torch today (issue 15.3 removes that)
+    assert set(NOT_IN_KEY) == set(config.NOT_IN_KEY)
