@@ -181,8 +181,10 @@ class UsageError(ValueError):
     """Bad command-line input: one line on stderr, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print the usage block and exit; we want one line
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line UsageErrors (argparse would print the usage block and exit)."""
+
+    def error(self, message):
         raise UsageError(message)
 
 
@@ -200,7 +202,8 @@ def _ablation_names(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _precision(text: str) -> str:
+def precision_arg(text: str) -> str:
+    """argparse type for a precision: Accelerate's name for a name or label ("fp32" -> "no")."""
     try:
         return precision_name(text)
     except ValueError as e:
@@ -209,7 +212,7 @@ def _precision(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per RunConfig field, same name, type from the annotation, help from the metadata."""
-    p = _Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
+    p = Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
                 argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "ablations":
             p.add_argument(flag, type=_ablation_names, help=help)
         elif f.name == "precision":
-            p.add_argument(flag, type=_precision, help=help)
+            p.add_argument(flag, type=precision_arg, help=help)
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
         elif typing.get_origin(kind) is tuple:
