@@ -139,11 +139,20 @@ class RunState:
         return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc_pct": 100 * correct / seen,
                 "test_error_pct": None, "val_error_pct": None, "lr": lr, "seconds": es.train_seconds}
 
-    def add_eval(self, entry: dict, name: str, correct: int, seen: int, seconds: float) -> None:
-        entry[f"{name}_error_pct"] = 100 * (1 - correct / seen)
-        entry["seconds"] += seconds
-        self.timings["eval_s"] += seconds
-        self.timings["eval_img"] += seen
+    def evaluate(self, entry: dict, net, evals: dict, preprocess, accelerator, *, autocast=None, channels_last=False,
+                 distributed: bool = False) -> None:
+        """Fill the entry's `<name>_error_pct` for each of `evals` (name -> (loader, the split's image count)),
+        adding the time to the epoch's seconds and the evaluation throughput. Evaluates the bare net: DDP's forward
+        syncs buffers, and ranks' batch counts may differ."""
+        for name, (loader, expected) in evals.items():
+            correct, seen, seconds = evaluate(net, loader, preprocess, accelerator, autocast=autocast,
+                                              channels_last=channels_last, distributed=distributed)
+            if seen != expected:
+                raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
+            entry[f"{name}_error_pct"] = 100 * (1 - correct / seen)
+            entry["seconds"] += seconds
+            self.timings["eval_s"] += seconds
+            self.timings["eval_img"] += seen
 
     def append(self, entry: dict) -> None:
         """Add an epoch to the history; a loss that is not finite is stored as None (JSON has no NaN)."""

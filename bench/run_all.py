@@ -72,31 +72,36 @@ def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> str | None:
     return None
 
 
-def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_epochs) -> dict:
-    """Train and evaluate one run, resuming its checkpoint if there is one. Returns the record's result fields."""
+def start_run(run: Run, key: str, acc, ddp: bool, autocast):
+    """The run's bare net, the model that trains (DDP-wrapped and compiled as configured), its optimizer and its
+    `RunState`, restored from the run's checkpoint if there is one."""
     import torch
     from accelerate.utils import set_seed
 
-    c, world = run.cfg, acc.num_processes if ddp else 1
-    train, preprocess = data.loader(c.train_split, augment=c.augment, seed=run.seed), data.preprocess(
-        c.preprocess, c.train_split)
-    evals = {"test": data.loader("test")}
-    if VAL_SPLIT_OF[c.train_split]:
-        evals["val"] = data.loader(VAL_SPLIT_OF[c.train_split])
-    autocast = eval_autocast = engine.autocast_for(c.precision, acc)  # evaluation runs at the training precision
     set_seed(run.seed)  # the same initial weights on every rank
     net, optimizer = build_net(run, acc.device)
     if ddp:
         set_seed(run.seed, device_specific=True)  # each rank its own dropout masks
-    state = engine.RunState.resume(Path(c.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
-                                   rank=acc.process_index if ddp else 0, world=world)
+    state = engine.RunState.resume(Path(run.cfg.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
+                                   rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1)
     model = net
     if ddp:
         acc.autocast_handler = autocast  # prepare() wraps forward in autocast with the handler set now
         model, optimizer = acc.prepare(net, optimizer)
     else:
         optimizer = acc.prepare_optimizer(optimizer)  # the grad scaler (fp16); no DDP wrapper, no gradient sync
-    model = torch.compile(model) if c.compile else model
+    return net, torch.compile(model) if run.cfg.compile else model, optimizer, state
+
+
+def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_epochs) -> dict:
+    """Train and evaluate one run, resuming its checkpoint if there is one. Returns the record's result fields."""
+    c, world = run.cfg, acc.num_processes if ddp else 1
+    train = data.loader(c.train_split, augment=c.augment, seed=run.seed)
+    preprocess = data.preprocess(c.preprocess, c.train_split)
+    evals = {name: (data.loader(split), num_images.get(split))  # name -> (loader, the split's image count)
+             for name, split in (("test", "test"), ("val", VAL_SPLIT_OF[c.train_split])) if split}
+    autocast = eval_autocast = engine.autocast_for(c.precision, acc)  # evaluation runs at the training precision
+    net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
     stop, status, error = (lambda: STOP["requested"]), "completed", None
 
     for epoch in range(state.epoch, c.epochs):
@@ -116,13 +121,8 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
         # the first epoch (JIT, compile, cache warm-up) is not steady state
         entry = state.end_epoch(es, epoch, lr, acc, distributed=ddp, world=world, steady=epoch > 0 or c.epochs == 1)
         if math.isfinite(entry["loss"]) and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs):
-            for name, loader in evals.items():  # the bare net: DDP's forward syncs buffers, ranks' batch counts differ
-                ok, n, secs = engine.evaluate(net, loader, preprocess, acc, autocast=eval_autocast,
-                                              channels_last=c.channels_last, distributed=ddp)
-                if n != num_images.get(loader.split):
-                    raise RuntimeError(f"{name} evaluation counted {n} images, the split has "
-                                       f"{num_images.get(loader.split)}")
-                state.add_eval(entry, name, ok, n, secs)
+            state.evaluate(entry, net, evals, preprocess, acc, autocast=eval_autocast, channels_last=c.channels_last,
+                           distributed=ddp)
         error = stop_reason(entry, epoch + 1, c)
         state.append(entry)
         if acc.trackers:
