@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
-from bench import engine, launch, results  # noqa: E402
+from bench import engine, process, results  # noqa: E402
 from bench.config import VAL_SPLIT_OF, Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
 
 CHANCE_MARGIN_PCT = 1.0  # a run whose training accuracy stays within this of 1/num_classes has diverged
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.source != "torchvision" and not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
         check_writable(cfg.out)
-        acc = launch.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=cfg.out)
-        group = launch.finish_group(acc)
-        manifest = launch.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
+        acc = process.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=cfg.out)
+        group = process.finish_group(acc)
+        manifest = process.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             acc.print(f"{key} {run.model} lr={run.lr:g} seed={run.seed}: {record['status']}, test error {error_pct}")
     if grid_bar is not None:
         grid_bar.close()
-    launch.finish(acc, group)
+    process.finish(acc, group)
     return 0
 
 

@@ -79,10 +79,10 @@ def make_accelerator(precisions: list[str], device_kind: str):
     that benchmarks again in the same process (the tests) starts a fresh one."""
     from accelerate.state import AcceleratorState
 
-    from bench import launch
+    from bench import process
     AcceleratorState._reset_state()
     mixed = [p for p in precisions if p != "no"]
-    return launch.make_accelerator(mixed[0] if mixed else "no", cpu=device_kind == "cpu")
+    return process.make_accelerator(mixed[0] if mixed else "no", cpu=device_kind == "cpu")
 
 
 def make_step(model, accelerator, precision: str, channels_last: bool, preprocess=None, optimizer=None):

@@ -1,4 +1,4 @@
-"""A process under `accelerate launch` (or plain python): its Accelerator at one precision, the data prepared once
+"""This process under `accelerate launch` (or plain python): its Accelerator at one precision, the data prepared
 per machine, and a clean end.
 
     acc = make_accelerator("bf16")      # bench/run_all.py and bench/throughput.py
