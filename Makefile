@@ -1,10 +1,10 @@
 # The README's two commands. Both run scripts/setup.sh first (idempotent: seconds on a ready machine).
-#   make run    set up, then train the Table 3 grid: accelerate launch bench/run_all.py
+#   make run    set up, then train: the paper grid on every GPU here (one process each), or without a GPU the
+#               smoke grid on offline data (bench/launch.py says which and why)
 #   make test   set up, then run the whole test suite
 # ARGS passes options to run_all.py, e.g. make run ARGS="--preset smoke --source ../shared/data/cifar10-jpeg.tar.gz"
-# LAUNCH picks the launcher; the default uses accelerate_config.yaml (multi-GPU DDP, bf16).
+# ALLCONV_GPUS=N uses N GPUs instead of all of them (N=0: as if there were none).
 ARGS ?=
-LAUNCH ?= .venv/bin/accelerate launch --config_file accelerate_config.yaml
 PYTEST_ARGS ?=
 
 .PHONY: setup run test bench report
@@ -12,7 +12,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	$(LAUNCH) bench/run_all.py $(ARGS)
+	.venv/bin/python -m bench.launch $(ARGS)
 
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,15 +1,19 @@
 """The results ledger: one JSON record per run in `<out>/runs/<run_key>.json`, written atomically.
 
     from bench import results
-    df = results.load("results")   # pandas DataFrame, one row per run, the fields below as columns
+    df = results.load("results")   # pandas DataFrame, one row per valid record; df.attrs["skipped"]: files set aside
 
-A record is written once, by the process that ran it, after the run ended (completed, diverged or failed).
-Readers see no file or the whole file. Re-running a command skips run keys already recorded.
+A record is written once, by the process that ran it, after the run ended. Readers see no file or the whole file
+(`atomic_write`). Re-running a command skips run keys already recorded. A ledger is outside input (copied, merged,
+hand-edited): every file is checked against `FIELDS` when read; an unreadable or invalid one is named in one warning
+line on stderr and moved to `<out>/runs/.invalid/`, and its run counts as not recorded (a rerun trains it again).
 
-Fields of a record (units in names; None where a value does not apply or was not measured):
-  run_key            str   hash of the resolved per-run config (`run_key(config)`)
-  status             str   "completed" | "diverged" | "failed"
-  error              str   why it diverged or failed, else None
+Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
+measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None):
+  run_key            str   hash of the resolved per-run config (`run_key(config)`); also the file name
+  status             str   "completed" | "diverged" (loss not finite, or at chance) | "stalled" (opt-in early stop
+                           of a run stuck at chance; trained again on rerun, like "failed") | "failed"
+  error              str   why it diverged, stalled or failed, else None
   model, display_name, family, variant       allconv name ("allcnn-c"), paper name, "A".."C", Table 2 kind
   lr, seed, epochs, epochs_completed
   preset             str   the preset the run's config started from ("paper", "smoke")
@@ -32,15 +36,41 @@ Fields of a record (units in names; None where a value does not apply or was not
   (which ablation arm a run belongs to is derived from these fields: bench.ablations.arm_of)
   history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
                          val_error_pct, lr, seconds
+  grid                   {"models": [...], "lrs": [...], "seeds": [...]}: the grid the command was launched with
+  eval_precision         "no" (fp32) | "bf16" | "fp16": the autocast used for evaluation
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
-STATUSES = ("completed", "diverged", "failed")
+STATUSES = ("completed", "diverged", "stalled", "failed")
+PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names ("no" is fp32)
+
+_NUM, _OPT_NUM, _OPT_STR, _OPT_INT = (int, float), (int, float, type(None)), (str, type(None)), (int, type(None))
+FIELDS: dict[str, tuple[type, ...]] = {
+    "run_key": (str,), "status": (str,), "error": _OPT_STR,
+    "model": (str,), "display_name": (str,), "family": (str,), "variant": (str,),
+    "lr": _NUM, "seed": (int,), "epochs": (int,), "epochs_completed": (int,), "preset": (str,),
+    "bn": (bool,), "dropout": (bool,), "final_relu": (bool,), "init": (str,), "optimizer": (str,),
+    "weight_decay": _NUM, "momentum": _NUM, "batch_size": (int,), "augment": (str,), "preprocess": (str,),
+    "train_split": (str,), "val_split": _OPT_STR, "precision": (str,), "backend": (str,), "mode": (str,),
+    "channels_last": (bool,), "compile": (bool,),
+    "test_error_pct": _OPT_NUM, "best_test_error_pct": _OPT_NUM, "best_epoch": _OPT_INT, "val_error_pct": _OPT_NUM,
+    "params": _OPT_INT, "macs": _OPT_INT, "train_images_per_s": _OPT_NUM, "eval_images_per_s": _OPT_NUM,
+    "wall_time_s": _OPT_NUM, "peak_memory_mb": _OPT_NUM,
+    "device_name": _OPT_STR, "device_count": (int,), "world_size": (int,),
+    "versions": (dict,), "git_commit": _OPT_STR, "git_dirty": (bool,), "data": (dict,), "config": (dict,),
+    "started_at": (str,), "finished_at": (str,), "history": (list,),
+    "grid": (dict, type(None)), "eval_precision": _OPT_STR,
+}
+"""The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
+OPTIONAL = ("grid", "eval_precision")
+"""Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
+VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
 
 
 def environment(device) -> dict:
@@ -83,45 +113,121 @@ def runs_dir(out: str | os.PathLike) -> Path:
     return Path(out) / "runs"
 
 
-def write_record(out: str | os.PathLike, record: dict) -> Path:
-    """Publish one run. Readers see no file or the whole file, never half of one."""
-    if record.get("status") not in STATUSES:
-        raise ValueError(f"record status must be one of {STATUSES}, got {record.get('status')!r}")
-    folder = runs_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record['run_key']}.json"
-    tmp = folder / f".{record['run_key']}.json.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, sort_keys=True, indent=1, allow_nan=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic within one filesystem
+def validate(record) -> str | None:
+    """None when `record` follows `FIELDS` (fields not declared there are allowed: newer writers), else why not."""
+    if not isinstance(record, dict):
+        return f"a record is a JSON object, this is a {type(record).__name__}"
+    for name, types in FIELDS.items():
+        if name not in record:
+            if name in OPTIONAL:
+                continue
+            return f"field {name!r} is missing"
+        value = record[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"field {name!r} is {type(value).__name__} {value!r:.40}, expected " + \
+                " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        if name in VALUES and value not in VALUES[name]:
+            return f"field {name!r} is {value!r:.40}, expected one of {VALUES[name]}"
+    if not all(isinstance(h, dict) for h in record["history"]):
+        return "field 'history' must be a list of objects"
+    return None
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """The one atomic writer: `write(f)` fills a temporary file (binary, same folder), which is fsynced and renamed
+    over `path`. Readers see the old file or the new one, never half of one. On any error (ENOSPC, EIO, an
+    exception in `write`) the temporary file is removed, the previous `path` is left as it was, and the error is
+    raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic within one filesystem
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def has_record(out: str | os.PathLike, key: str) -> bool:
-    return (runs_dir(out) / f"{key}.json").is_file()
+def write_record(out: str | os.PathLike, record: dict) -> Path:
+    """Check `record` against the schema (ValueError with the reason) and publish it atomically."""
+    reason = validate(record)
+    if reason is not None:
+        raise ValueError(f"record {record.get('run_key') if isinstance(record, dict) else ''}: {reason}")
+    text = json.dumps(record, sort_keys=True, indent=1, allow_nan=False, default=str)
+    return atomic_write(runs_dir(out) / f"{record['run_key']}.json", lambda f: f.write(text.encode()))
+
+
+def set_aside(path: Path) -> str:
+    """Move a damaged or invalid file to `.invalid/` in its folder (never deleted: it may be evidence or be
+    repairable by hand); returns where it went, for the caller's one warning line."""
+    aside = path.parent / ".invalid" / path.name
+    try:
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(path, aside)
+    except OSError as e:  # another reader moved it first, or a read-only folder: skipped all the same
+        return f"left in place ({e.strerror or e})"
+    return f"moved to {aside}"
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _read_one(path: Path) -> tuple[dict | None, str | None]:
+    try:
+        record = json.loads(path.read_bytes(), parse_constant=_reject_constant)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    reason = validate(record)
+    if reason is None and record["run_key"] != path.stem:
+        reason = f"run_key {record['run_key']!r:.40} does not match the file name"
+    return (record, None) if reason is None else (None, reason)
+
+
+def _scan(out: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """(valid records sorted by run key, names of the files set aside)."""
+    folder = runs_dir(out)
+    if not folder.is_dir():
+        return [], []
+    records, skipped = [], []
+    for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):
+        record, reason = _read_one(path)
+        if record is not None:
+            records.append(record)
+            continue
+        skipped.append(path.name)
+        print(f"warning: ledger file {path} skipped, {set_aside(path)}: {reason}; its run counts as not recorded",
+              file=sys.stderr)
+    return records, skipped
 
 
 def read_records(out: str | os.PathLike) -> list[dict]:
-    """All records, sorted by run key (temporary files of interrupted writes are ignored)."""
-    folder = runs_dir(out)
-    if not folder.is_dir():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """The valid records, sorted by run key; every other file is set aside as the module docstring says."""
+    return _scan(out)[0]
 
 
 def load(out: str | os.PathLike):
-    """The ledger as a pandas DataFrame, one row per run (columns: the record fields above)."""
+    """The ledger as a pandas DataFrame, one row per valid record (columns: the record fields above);
+    `df.attrs["skipped"]` lists the file names set aside."""
     import pandas as pd
 
-    return pd.DataFrame.from_records(read_records(out))
+    records, skipped = _scan(out)
+    df = pd.DataFrame.from_records(records)
+    df.attrs["skipped"] = skipped
+    return df
 
 
 def ledger_sha256(out: str | os.PathLike) -> str:
-    """One hash of every record, so a report can name the exact ledger it came from."""
+    """One hash of every record file in `<out>/runs/` (files already set aside in `.invalid/` are not part of
+    the ledger), so a report can name the exact ledger it came from. Call it after `load`, which sets invalid
+    files aside: then it covers exactly the records the report read."""
     h = hashlib.sha256()
-    for p in sorted(runs_dir(out).glob("*.json")):
+    for p in sorted(p for p in runs_dir(out).glob("*.json") if not p.name.startswith(".")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()

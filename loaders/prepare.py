@@ -2,7 +2,7 @@
 
     python -m loaders.prepare --source ../shared/data/cifar10-jpeg.tar.gz --data-dir data [--subset-per-class N]
 
-What lands in DATA_DIR (every file written under a temporary name and renamed; manifest.json last):
+What lands in DATA_DIR (every file written by bench.results.atomic_write; manifest.json last):
   train_images.npy, test_images.npy   uint8 N x 32 x 32 x 3 (HWC, RGB), lossless; read by the torch/tensor backends
   train_labels.npy, test_labels.npy   int64 N, in 0..9 (airplane, automobile, bird, cat, deer, dog, frog, horse,
                                       ship, truck: CIFAR-10's own numbering, also ImageFolder's alphabetical order)
@@ -31,6 +31,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+
+from bench.results import atomic_write
 
 from . import load_arrays
 
@@ -68,21 +70,55 @@ def _sha256_tree(folder: Path) -> str:
 
 # ---- reading sources: each returns {"train": (images N,32,32,3 uint8, labels N int64), "test": (...)} ----
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what an official CIFAR-10 batch holds: dicts, lists, bytes, str and ints (native pickle
+    opcodes), numpy arrays (as numpy 1 and 2 pickle them, protocols 0-5) with their dtypes, and `_codecs.encode`
+    (how Python 3 writes bytes at protocol 2; it only encodes a string). Any other global (os.system,
+    builtins.open, subprocess...) is refused before it is looked up, so nothing from the archive is executed."""
+    ALLOWED = {(f"numpy.{core}.{module}", name) for core in ("core", "_core")
+               for module, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))} | \
+              {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _load_batch(name: str, blob: bytes) -> dict:
+    try:
+        d = _BatchUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except _Refused as e:
+        raise ValueError(f"{name}: refused, the batch asks to run {e} (an official CIFAR-10 batch holds only numpy "
+                         "arrays, lists and bytes): not a genuine CIFAR-10 archive, nothing from it was run") from None
+    except Exception as e:
+        raise ValueError(f"{name}: unreadable official batch ({type(e).__name__})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise ValueError(f"{name}: not an official CIFAR-10 batch (no b'data' and b'labels' entries)")
+    return d
+
+
 def _read_official(batches: dict[str, bytes]) -> dict:
-    """The official python pickles: b'data' is N x 3072 (channel-major 32x32 planes), b'labels' N ints."""
+    """The official python pickles: b'data' is N x 3072 (channel-major 32x32 planes), b'labels' N ints. Read with
+    `_BatchUnpickler`: an archive is outside input."""
     out = {}
     for split, names in OFFICIAL_MEMBERS.items():
         xs, ys = [], []
         for name in names:
+            d = _load_batch(name, batches[name])
             try:
-                d = pickle.loads(batches[name], encoding="bytes")
-            except Exception as e:
-                raise ValueError(f"{name}: unreadable official batch ({type(e).__name__})") from None
-            data = np.asarray(d[b"data"], dtype=np.uint8)
+                data = np.asarray(d[b"data"], dtype=np.uint8)
+                labels = np.asarray(d[b"labels"], dtype=np.int64)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"{name}: data or labels are not integer arrays ({type(e).__name__})") from None
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
                 raise ValueError(f"{name}: images are not 32x32 RGB (data shape {data.shape})")
             xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+            ys.append(labels.reshape(-1))
         out[split] = (np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys))
     return out
 
@@ -220,33 +256,12 @@ def stratified_split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
 
 # ---- writing ----
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _publish(path: Path, write) -> None:
-    tmp = _tmp(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    _publish(path, write)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    _publish(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def write_beton(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -261,11 +276,11 @@ def write_beton(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         def __getitem__(self, i):
             return images[i], int(labels[i])
 
-    def write(tmp):
-        writer = DatasetWriter(str(tmp), {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+    def write(f):  # FFCV writes by file name: the temporary file's
+        writer = DatasetWriter(f.name, {"image": RGBImageField(write_mode="raw"), "label": IntField()},
                                num_workers=min(os.cpu_count() or 1, 8))
         writer.from_indexed_dataset(_Pairs(), chunksize=1000)
-    _publish(path, write)
+    atomic_write(path, write)
 
 
 def _load_manifest(data_dir: Path) -> dict | None:
@@ -347,7 +362,7 @@ def _write_all(data_dir: Path, splits: dict, source: str, digest: str, options: 
         "numpy_version": np.__version__, "files": {n: sha256_file(data_dir / n) for n in names},
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _publish(data_dir / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True)))
+    atomic_write(data_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
     print(f"prepare: wrote {data_dir} ({manifest['num_images']['train']} train, "
           f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''})")
     return manifest

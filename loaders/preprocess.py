@@ -126,8 +126,10 @@ class Preprocess(nn.Module):
 
 def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preprocess:
     """The preprocessing module, its statistics fitted on `fit_split` (loaded from the cache when it matches)."""
+    from bench.results import atomic_write
+
     from . import PREPROCESS
-    from .prepare import MANIFEST, _publish, load_manifest, sha256_file
+    from .prepare import MANIFEST, load_manifest, sha256_file
 
     if kind not in PREPROCESS:
         raise ValueError(f"preprocess must be one of {PREPROCESS}, got {kind!r}")
@@ -148,5 +150,5 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
             return Preprocess(kind, saved["stats"], fitted_on)
     stats = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data_dir, fit_split, manifest)
     # atomic: concurrent ranks may both fit; either file is the same
-    _publish(cache, lambda tmp: torch.save({"fitted_on": fitted_on, "stats": stats}, tmp))
+    atomic_write(cache, lambda f: torch.save({"fitted_on": fitted_on, "stats": stats}, f))
     return Preprocess(kind, stats, fitted_on)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import subprocess
 import sys
 import tarfile
@@ -171,3 +172,20 @@ def test_without_ffcv_prepares_arrays_and_later_adds_betons(tmp_path, write_offi
         m = prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=2)
         assert "adding the FFCV files" in capsys.readouterr().out
         assert m["ffcv_version"] and {"train.beton", "test.beton"} <= set(m["files"])
+
+
+def test_official_batches_in_every_pickle_form_and_a_non_batch(tmp_path):
+    """The restricted unpickler reads batches as numpy 1 (Python 2's cPickle, numpy.core) and numpy 2 write them
+    at protocols 0-5, and turns a pickle that is not a batch into one line naming the member."""
+    x, y = synthetic_split(1, 5)
+    data = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(10, -1)
+    batch = {b"batch_label": b"b", b"data": data, b"labels": y.tolist(), b"filenames": [b"a.png"] * 10}
+    blobs = [pickle.dumps(batch, protocol=p) for p in range(6)]
+    blobs.append(blobs[2].replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    for blob in blobs:
+        d = prepare._load_batch("data_batch_1", blob)
+        assert np.array_equal(d[b"data"], data) and d[b"labels"] == y.tolist()
+    with pytest.raises(ValueError, match=r"^test_batch: not an official CIFAR-10 batch"):
+        prepare._load_batch("test_batch", pickle.dumps([data]))
+    with pytest.raises(ValueError, match=r"^test_batch: unreadable official batch"):
+        prepare._load_batch("test_batch", pickle.dumps(batch)[:50])

@@ -1,0 +1,103 @@
+"""`make run`: launch `bench/run_all.py` in the shape this machine can run.
+
+    python -m bench.launch [run_all options]            # what `make run ARGS="..."` calls
+    python -m bench.launch --dry-run [run_all options]  # print the command instead of running it
+
+- With N GPUs (torch.cuda.device_count(); ALLCONV_GPUS=N overrides it, e.g. for tests or to use fewer):
+  `accelerate launch --config_file accelerate_config.yaml --num_processes N bench/run_all.py [options]`,
+  one process per GPU, the paper grid by default.
+- Without a GPU and without an explicit `--preset`: one line saying the paper grid needs GPUs and how long it would
+  take here, then the smoke grid in one process on data that needs no internet: `../shared/data`'s JPEG copy when it
+  is beside the repository, else the 400-image sample shipped in `data-sample/`. `--preset paper` forces the paper
+  grid on the CPU.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import allconv  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_SOURCES = (ROOT.parent / "shared/data/cifar10-jpeg.tar.gz", ROOT / "data-sample/cifar10-jpeg-sample.tar.gz")
+PAPER_RUNS_PER_MODEL = 4  # the paper's LR grid
+PAPER_EPOCHS, TRAIN_IMAGES, TEST_IMAGES = 350, 50_000, 10_000
+
+
+def gpu_count() -> int:
+    override = os.environ.get("ALLCONV_GPUS")
+    if override is not None:
+        if not override.isdigit():
+            raise SystemExit(f"error: ALLCONV_GPUS must be a whole number of GPUs, got {override!r}")
+        return int(override)
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def offline_source() -> Path:
+    return next(p for p in OFFLINE_SOURCES if p.is_file())
+
+
+def paper_grid_cpu_hours(steps: int = 3, batch: int = 32) -> float:
+    """The paper grid's training + evaluation time on this CPU, scaled by MACs from a few measured All-CNN-C steps
+    (bf16 autocast, as the paper preset trains)."""
+    import torch
+    import torch.nn.functional as F
+
+    net = allconv.build("allcnn-c").to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rate = steps * batch / (time.perf_counter() - t0)  # All-CNN-C training images/s
+    per_run = PAPER_EPOCHS * (TRAIN_IMAGES + TEST_IMAGES / 3)  # an evaluated image costs ~1/3 of a trained one
+    work = sum(PAPER_RUNS_PER_MODEL * per_run * allconv.macs(m) / allconv.macs("allcnn-c") for m in allconv.VARIANTS)
+    return work / rate / 3600
+
+
+def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
+    """The command to run and the one line to say first (None: nothing to say)."""
+    run_all = str(ROOT / "bench/run_all.py")
+    if gpus > 0:
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                      str(ROOT / "accelerate_config.yaml"), "--num_processes", str(gpus)]
+        return [*accelerate, run_all, *args], None
+    if any(a == "--preset" or a.startswith("--preset=") for a in args):
+        return [sys.executable, run_all, *args], None
+    extra = [] if any(a == "--source" or a.startswith("--source=") for a in args) else ["--source", str(offline_source())]
+    note = (f"no GPU here: the paper grid (48 runs x 350 epochs) would take ~{paper_grid_cpu_hours():,.0f} h on this "
+            f"CPU, so this runs the smoke grid instead; force the paper grid with "
+            f"`make run ARGS=\"--preset paper --source ...\"`")
+    return [sys.executable, run_all, "--preset", "smoke", *extra, *args], note
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    dry = "--dry-run" in args
+    args = [a for a in args if a != "--dry-run"]
+    cmd, note = command(args, gpu_count())
+    if note:
+        print(note, flush=True)
+    if dry:
+        print(shlex.join(cmd))
+        return 0
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

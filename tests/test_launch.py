@@ -1,0 +1,56 @@
+"""`make run` (bench/launch.py): one process per GPU, or the smoke grid on offline data without one."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dry_run(env_gpus: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.launch", "--dry-run", *args], cwd=ROOT, text=True,
+                          capture_output=True, env={**__import__("os").environ, "ALLCONV_GPUS": env_gpus}, timeout=300)
+
+
+@pytest.mark.parametrize("gpus", ["1", "2", "8"])
+def test_one_process_per_gpu(gpus):
+    p = dry_run(gpus, "--lrs", "0.1")
+    assert p.returncode == 0, p.stderr
+    cmd = p.stdout.split()
+    assert cmd[cmd.index("--num_processes") + 1] == gpus
+    assert "accelerate.commands.launch" in cmd and cmd[-3:] == [str(ROOT / "bench/run_all.py"), "--lrs", "0.1"]
+    assert "smoke" not in p.stdout
+
+
+def test_no_gpu_runs_the_smoke_grid_on_offline_data_and_says_why():
+    p = dry_run("0")
+    assert p.returncode == 0, p.stderr
+    note, cmd = p.stdout.strip().splitlines()
+    assert note.startswith("no GPU here: the paper grid") and " h on this CPU" in note
+    assert "--preset smoke --source" in cmd and Path(cmd.split("--source ")[1].split()[0]).is_file()
+
+
+def test_no_gpu_keeps_an_explicit_preset_and_source():
+    cmd, note = launch.command(["--preset", "paper", "--lrs", "0.1"], gpus=0)
+    assert note is None and cmd[-4:] == ["--preset", "paper", "--lrs", "0.1"]
+    cmd, note = launch.command(["--source", "x.tar.gz"], gpus=0)
+    assert note.startswith("no GPU here") and cmd.count("--source") == 1 and cmd[-2:] == ["--source", "x.tar.gz"]
+
+
+def test_bad_gpu_override_is_one_line():
+    p = dry_run("two")
+    assert p.returncode != 0 and p.stderr.strip() == "error: ALLCONV_GPUS must be a whole number of GPUs, got 'two'"
+
+
+def test_the_shipped_sample_prepares_for_the_smoke_grid(tmp_path):
+    """The 400-image sample (20 per class and split) is enough for the smoke preset's 10 per class."""
+    from loaders.prepare import load_manifest, prepare_cifar10
+
+    prepare_cifar10(str(launch.OFFLINE_SOURCES[-1]), tmp_path, subset_per_class=10, seed=0)
+    assert load_manifest(tmp_path)["num_images"]["train"] == 100
+    assert load_manifest(tmp_path)["num_images"]["test"] == 100

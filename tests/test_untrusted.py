@@ -1,0 +1,303 @@
+"""Untrusted and damaged inputs (issue 16): a crafted archive or checkpoint runs no code, a damaged ledger file or
+checkpoint is set aside and its run trained again, a failed write (full disk) leaves the previous file intact.
+
+The payloads below really run code when unpickled freely: each test first shows that on a throw-away marker,
+then checks the code under test never creates its own marker.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import pickle
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench import engine, results
+from loaders.prepare import prepare_cifar10
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ("--models", "strided-a", "--lrs", "0.1", "0.05", "0.02", "0.01", "--epochs", "1", "--backend", "tensor",
+        "--precision", "no")
+
+
+def payloads(marker: Path) -> dict[str, bytes]:
+    """Protocol-0 pickles that create `marker` when loaded with pickle.loads."""
+    m = str(marker).encode()
+    cmd = shlex.join(["touch", str(marker)]).encode()
+    return {"os.system": b"cos\nsystem\n(V" + cmd + b"\ntR.",
+            "builtins.open": b"cbuiltins\nopen\n(V" + m + b"\nVw\ntR.",
+            "subprocess.call": b"csubprocess\ncall\n((Vtouch\nV" + m + b"\nltR."}
+
+
+class RunsCode:
+    """An object whose unpickling runs `touch marker` (torch.load with weights_only=False would run it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (shlex.join(["touch", str(self.marker)]),)
+
+
+def crafted_archive(tmp_path: Path, write_official_archive, payload: bytes) -> Path:
+    """A genuine-looking official archive whose data_batch_1 is `payload`."""
+    rng = np.random.default_rng(0)
+    split = lambda n: (rng.integers(0, 256, (10 * n, 32, 32, 3), dtype=np.uint8), np.tile(np.arange(10), n))  # noqa: E731
+    genuine = write_official_archive(tmp_path / "genuine.tar.gz", split(5), split(2))
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(genuine) as src, tarfile.open(path, "w:gz") as dst:
+        for m in src:
+            blob = payload if m.name.endswith("data_batch_1") else src.extractfile(m).read()
+            m.size = len(blob)
+            dst.addfile(m, io.BytesIO(blob))
+    return path
+
+
+def run_all(argv, timeout=300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE"))}
+    return subprocess.run([sys.executable, "bench/run_all.py", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def smoke_args(data_dir, source, out, *extra) -> list[str]:
+    return ["--preset", "smoke", "--source", str(source), "--data-dir", str(data_dir), "--subset-per-class", "10",
+            "--out", str(out), "--no-progress", "--batch-size", "32", *extra]
+
+
+# ---- archives ----
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.open", "subprocess.call"])
+def test_crafted_archive_is_refused_and_runs_nothing(kind, tmp_path, write_official_archive):
+    proof = tmp_path / "proof"
+    pickle.loads(payloads(proof)[kind])  # the payload is real: unpickled freely, it creates its file
+    assert proof.exists()
+    marker = tmp_path / "pwned"
+    archive = crafted_archive(tmp_path, write_official_archive, payloads(marker)[kind])
+    with pytest.raises(ValueError) as e:
+        prepare_cifar10(str(archive), tmp_path / "data")
+    msg = str(e.value)
+    assert "data_batch_1" in msg and "refused" in msg and kind.split(".")[-1] in msg and "\n" not in msg
+    assert not marker.exists() and not (tmp_path / "data" / "manifest.json").exists()
+
+
+def test_crafted_archive_through_prepare_and_run_all(tmp_path, write_official_archive):
+    marker = tmp_path / "pwned"
+    archive = crafted_archive(tmp_path, write_official_archive, payloads(marker)["os.system"])
+    p = subprocess.run([sys.executable, "-m", "loaders.prepare", "--source", str(archive), "--data-dir",
+                        str(tmp_path / "d1")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "data_batch_1" in p.stderr, p.stderr
+    p = run_all(smoke_args(tmp_path / "d2", archive, tmp_path / "out", "--models", "strided-a", "--lrs", "0.1"),
+                timeout=180)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.startswith("error: data: data_batch_1: refused") and p.stderr.count("\n") == 1, p.stderr
+    assert not marker.exists() and results.read_records(tmp_path / "out") == []
+
+
+# ---- checkpoints (in process) ----
+
+class Acc:  # the parts of an Accelerator that save/load use
+    scaler, num_processes, is_main_process = None, 1, True
+
+
+def build(out_features=3):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, out_features))
+    return net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+
+def trained_checkpoint(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    net, opt = build()
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.ones(5, 4)).sum().backward()
+        opt.step()
+    engine.save_checkpoint(path, Acc(), net, opt, epoch=3, epoch_state=None, history=[{"epoch": 3}],
+                           extra={"wall_s": 1.0}, distributed=False)
+    return net, opt
+
+
+def assert_set_aside(path: Path, capsys, fresh, net):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "epoch 0" in err, err
+    assert not path.exists() and (path.parent / ".invalid" / path.name).is_file()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.values(), net.state_dict().values()))  # untouched
+
+
+def test_checkpoint_that_runs_code_is_not_executed(tmp_path, capsys):
+    proof, marker = tmp_path / "proof", tmp_path / "pwned"
+    torch.save({"model": RunsCode(proof)}, tmp_path / "proof.pt")
+    torch.load(tmp_path / "proof.pt", weights_only=False)  # the payload is real
+    assert proof.exists()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": RunsCode(marker), "optimizer": {}, "rng": [], "epoch": 9, "history": [], "extra": {}}, path)
+    net, opt = build()
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    assert engine.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert not marker.exists()
+    assert_set_aside(path, capsys, fresh, net)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other model", "not a checkpoint"])
+def test_damaged_or_foreign_checkpoint_is_set_aside(damage, tmp_path, capsys):
+    path = tmp_path / "ckpt.pt"
+    trained_checkpoint(path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "not a checkpoint":
+        torch.save([1, 2, 3], path)
+    net, opt = build(out_features=5 if damage == "other model" else 3)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert engine.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert torch.equal(rng, torch.get_rng_state()) and not opt.state_dict()["state"]
+    assert_set_aside(path, capsys, fresh, net)
+
+
+def test_checkpoint_with_eight_cuda_rng_states_resumes_on_cpu(tmp_path):
+    """A checkpoint written on an 8-GPU machine (an older one held every GPU's CUDA RNG state) resumes here."""
+    path = tmp_path / "ckpt.pt"
+    saved, _ = trained_checkpoint(path)
+    blob = torch.load(path, weights_only=True)
+    assert "cuda" not in blob["rng"][0]  # CPU run: no CUDA state stored
+    blob["rng"][0]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8
+    torch.save(blob, path)
+    expected = saved(torch.ones(5, 4))  # the dropout mask drawn right after the save
+    net, opt = build()
+    resumed = engine.load_checkpoint(path, Acc(), net, opt, rank=0, world=1)
+    assert resumed is not None and resumed["epoch"] == 3 and path.is_file()
+    assert torch.equal(net(torch.ones(5, 4)), expected)  # weights and the torch RNG restored
+
+
+# ---- full disk ----
+
+def test_enospc_in_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    trained_checkpoint(path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    net, opt = build()
+    with pytest.raises(OSError) as e:
+        engine.save_checkpoint(path, Acc(), net, opt, epoch=4, epoch_state=None, history=[], extra={},
+                               distributed=False)
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+# ---- the ledger ----
+
+@pytest.fixture(scope="module")
+def grid(smoke_data_dir, jpeg_tarball, tmp_path_factory):
+    """Four 1-epoch runs (strided-a, four LRs) recorded by run_all: (ledger folder, its records by lr)."""
+    out = tmp_path_factory.mktemp("grid") / "out"
+    p = run_all(smoke_args(smoke_data_dir, jpeg_tarball, out, *GRID))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, {r["lr"]: r for r in results.read_records(out)}
+
+
+def test_enospc_in_write_record_keeps_the_previous_one(grid, tmp_path, monkeypatch):
+    record = grid[1][0.1]
+    path = results.write_record(tmp_path, record)
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.os, "fsync", full_disk)
+    with pytest.raises(OSError) as e:
+        results.write_record(tmp_path, dict(record, status="failed", error="again"))
+    assert e.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_write_record_refuses_an_invalid_record(grid, tmp_path):
+    with pytest.raises(ValueError, match="test_error_pct"):
+        results.write_record(tmp_path, dict(grid[1][0.1], test_error_pct="9.5"))
+    assert not results.runs_dir(tmp_path).exists() or not list(results.runs_dir(tmp_path).iterdir())
+
+
+def damage(out: Path, records: dict) -> dict[float, str]:
+    """Damage three of the four record files: truncated, a JSON list, a wrong field type. Returns lr -> name."""
+    names = {lr: f"{records[lr]['run_key']}.json" for lr in (0.1, 0.05, 0.02)}
+    runs = results.runs_dir(out)
+    text = (runs / names[0.1]).read_text()
+    (runs / names[0.1]).write_text(text[: len(text) // 2])
+    (runs / names[0.05]).write_text(json.dumps([records[0.05]]))
+    (runs / names[0.02]).write_text(json.dumps(dict(records[0.02], test_error_pct="9.5")))
+    return names
+
+
+def test_validate_names_what_is_wrong(grid):
+    record = grid[1][0.01]
+    assert results.validate(record) is None
+    assert results.validate({k: v for k, v in record.items() if k not in results.OPTIONAL}) is None  # old ledgers
+    assert "list" in results.validate([record])
+    assert "'lr'" in results.validate(dict(record, lr=True))
+    assert "'status'" in results.validate(dict(record, status="done"))
+    assert "'history'" in results.validate({k: v for k, v in record.items() if k != "history"})
+    assert results.validate(dict(record, status="stalled", grid={"models": ["strided-a"]}, eval_precision="no")) \
+        is None
+
+
+def test_damaged_ledger_loads_the_valid_rows(grid, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(grid[0], out)
+    names = damage(out, grid[1])
+    before = results.ledger_sha256(out)
+    df = results.load(out)
+    assert list(df["lr"]) == [0.01] and df.attrs["skipped"] == sorted(names.values())
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(any(n in line for line in err) for n in names.values())
+    assert "JSONDecodeError" in "".join(err) and "list" in "".join(err) and "test_error_pct" in "".join(err)
+    invalid = results.runs_dir(out) / ".invalid"
+    assert sorted(p.name for p in invalid.iterdir()) == sorted(names.values())
+    assert results.ledger_sha256(out) != before  # the hash covers the records left, the ones a report reads
+    assert [r["lr"] for r in results.read_records(out)] == [0.01] and capsys.readouterr().err == ""
+
+
+def test_rerun_trains_the_damaged_runs_and_restarts_bad_checkpoints(grid, smoke_data_dir, jpeg_tarball, tmp_path):
+    """Three damaged record files, two of whose runs also left a checkpoint: one crafted to run code on
+    unpickling, one truncated. The rerun trains exactly those three again, from epoch 0, to the results of the
+    first time, keeps the intact record, and executes nothing."""
+    out, records = tmp_path / "out", grid[1]
+    shutil.copytree(grid[0], out)
+    names = damage(out, records)
+    intact = results.runs_dir(out) / f"{records[0.01]['run_key']}.json"
+    intact_bytes = intact.read_bytes()
+    ckpts = out / "checkpoints"
+    ckpts.mkdir(exist_ok=True)
+    marker = tmp_path / "pwned"
+    crafted, truncated = (ckpts / f"{records[lr]['run_key']}.pt" for lr in (0.05, 0.1))
+    torch.save({"model": RunsCode(marker)}, crafted)
+    blob = io.BytesIO()
+    torch.save({"model": {"w": torch.ones(100)}, "epoch": 1}, blob)
+    truncated.write_bytes(blob.getvalue()[:200])
+    p = run_all(smoke_args(smoke_data_dir, jpeg_tarball, out, *GRID))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "1 already in" in p.stdout and "3 to train" in p.stdout, p.stdout[-2000:]
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 5, p.stderr[-3000:]  # three ledger files, two checkpoints
+    assert not marker.exists() and intact.read_bytes() == intact_bytes
+    again = {r["lr"]: r for r in results.read_records(out)}
+    assert sorted(again) == sorted(records)
+    for lr, r in again.items():
+        assert r["status"] == "completed" and r["run_key"] == records[lr]["run_key"]
+        assert [h["loss"] for h in r["history"]] == [h["loss"] for h in records[lr]["history"]]  # from epoch 0
+        assert r["test_error_pct"] == records[lr]["test_error_pct"]
+    assert sorted(p.name for p in (ckpts / ".invalid").iterdir()) == sorted([crafted.name, truncated.name])
+    assert not list(ckpts.glob("*.pt"))
+    assert {p.name for p in (results.runs_dir(out) / ".invalid").iterdir()} == set(names.values())
