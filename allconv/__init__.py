@@ -18,4 +18,5 @@ def __getattr__(attr):  # torch is imported only when a network is built
     raise AttributeError(f"module 'allconv' has no attribute {attr!r}")
 
 
-__all__ = ["DEFAULT_INIT", "INITS", "SPECS", "VARIANTS", "ModelSpec", "build", "get_spec", "list_models", "macs", "num_params"]
+__all__ = ["DEFAULT_INIT", "INITS", "SPECS", "VARIANTS", "ModelSpec", "build", "get_spec", "list_models", "macs",
+           "num_params"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .specs import (DEFAULT_INIT, INITS, INPUT_DROPOUT, POOL_KERNEL, POOL_PADDING, POOL_STRIDE, STAGE_DROPOUT,  # noqa: F401
-                    Conv, Pool, get_spec, stages)
+from .specs import (DEFAULT_INIT, INITS, INPUT_DROPOUT, POOL_KERNEL, POOL_PADDING, POOL_STRIDE,  # noqa: F401
+                    STAGE_DROPOUT, Conv, Pool, get_spec, stages)
 
 def init_weights(model: nn.Module, init: str = DEFAULT_INIT) -> None:
     """Our one rule for the initialisation the paper leaves open (see DEFAULT_INIT)."""

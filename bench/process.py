@@ -1,4 +1,4 @@
-"""This process under `accelerate launch` (or plain python): its Accelerator at one precision, the data prepared
+"""This process under `accelerate launch` (or plain python): its Accelerator at one precision, the data prepared once
 per machine, and a clean end.
 
     acc = make_accelerator("bf16")      # bench/run_all.py and bench/throughput.py
