@@ -7,15 +7,16 @@
 
 `allconv.specs` holds the tables and imports no torch; `python -m allconv` prints them.
 """
-from .specs import (SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs, num_params)
+from .specs import (DEFAULT_INIT, INITS, SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs, num_params)
 
 
 def __getattr__(attr):  # torch is imported only when a network is built
-    if attr in ("build", "init_weights", "INITS", "DEFAULT_INIT"):
+    if attr in ("build", "init_weights"):
         from . import network  # a module named "build" would shadow the function of that name
 
         return getattr(network, attr)
     raise AttributeError(f"module 'allconv' has no attribute {attr!r}")
 
 
-__all__ = ["SPECS", "VARIANTS", "ModelSpec", "build", "get_spec", "list_models", "macs", "num_params"]
+__all__ = ["DEFAULT_INIT", "INITS", "SPECS", "VARIANTS", "ModelSpec", "build", "get_spec", "list_models", "macs",
+           "num_params"]

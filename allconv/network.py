@@ -8,22 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .specs import (INPUT_DROPOUT, POOL_KERNEL, POOL_PADDING, POOL_STRIDE, STAGE_DROPOUT, Conv, Pool,
-                    get_spec, stages)
-
-INITS = ("caffe-xavier", "xavier", "kaiming", "torch")
-DEFAULT_INIT = "caffe-xavier"
-"""Weight initialisation, which the paper does not state. Default "caffe-xavier": Caffe's XavierFiller
-(uniform on +-sqrt(3 / fan_in), zero biases), what the Caffe port of All-CNN-C that reached 90.25% used
-(../shared/FACTS.md). "xavier" is Glorot-uniform (fan_in + fan_out), "kaiming" He-normal for ReLU,
-"torch" leaves PyTorch's default (kaiming-uniform with a=sqrt(5), uniform biases).
-Measured at initialisation on GCN+ZCA-whitened CIFAR-10 (5,000 images, All-CNN-C, eval mode): with
-caffe-xavier each conv's output std is about 1/sqrt(2) of the previous one (0.46 -> 0.03 over 9 layers; logits
-std 0.013), with kaiming it stays near 0.5-0.7 (logits 0.16). So caffe-xavier runs start slowly: in CPU probes at
-LR 0.05 the loss stayed near ln 10 for 100+ SGD steps (All-CNN-C, 5 epochs on 5,000 images; Strided-CNN-A fitting
-100 images without dropout), where kaiming had it at 1.8 after 30. That matches the Caffe port's "training
-unstable" note; `init="kaiming"` is the switch to try when a run stalls at chance."""
-
+from .specs import (DEFAULT_INIT, INITS, INPUT_DROPOUT, POOL_KERNEL, POOL_PADDING, POOL_STRIDE,  # noqa: F401
+                    STAGE_DROPOUT, Conv, Pool, get_spec, stages)
 
 def init_weights(model: nn.Module, init: str = DEFAULT_INIT) -> None:
     """Our one rule for the initialisation the paper leaves open (see DEFAULT_INIT)."""

@@ -17,6 +17,19 @@ FAMILIES: dict[str, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {
 }
 VARIANT_KINDS = ("model", "strided", "convpool", "allcnn")
 
+INITS = ("caffe-xavier", "xavier", "kaiming", "torch")
+DEFAULT_INIT = "caffe-xavier"
+"""Weight initialisation, which the paper does not state. Default "caffe-xavier": Caffe's XavierFiller
+(uniform on +-sqrt(3 / fan_in), zero biases), what the Caffe port of All-CNN-C that reached 90.25% used
+(../shared/FACTS.md). "xavier" is Glorot-uniform (fan_in + fan_out), "kaiming" He-normal for ReLU,
+"torch" leaves PyTorch's default (kaiming-uniform with a=sqrt(5), uniform biases).
+Measured at initialisation on GCN+ZCA-whitened CIFAR-10 (5,000 images, All-CNN-C, eval mode): with
+caffe-xavier each conv's output std is about 1/sqrt(2) of the previous one (0.46 -> 0.03 over 9 layers; logits
+std 0.013), with kaiming it stays near 0.5-0.7 (logits 0.16). So caffe-xavier runs start slowly: in CPU probes at
+LR 0.05 the loss stayed near ln 10 for 100+ SGD steps (All-CNN-C, 5 epochs on 5,000 images; Strided-CNN-A fitting
+100 images without dropout), where kaiming had it at 1.8 after 30. That matches the Caffe port's "training
+unstable" note; `init="kaiming"` is the switch to try when a run stalls at chance."""
+
 POOL_KERNEL = 3
 """Max-pool 3x3, stride 2 (Table 1). Padding 1 takes 32 -> 16 -> 8, as Caffe's ceil-mode pooling does;
 plain `MaxPool2d(3, 2)` would give 15 and 7 and a 5x5 map at the top instead of the paper's 6x6."""

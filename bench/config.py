@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
 
-from allconv.network import DEFAULT_INIT, INITS  # config imports torch anyway (_default_backend)
-from allconv.specs import SPECS
-from bench import ablations as ablations_mod
+from allconv.specs import DEFAULT_INIT, INITS, SPECS  # noqa: F401  (INITS: also read from here)
 from bench import results
+from bench.devices import PRECISION_LABELS, precision_name
 from loaders import AUGMENTS, BACKENDS, PREPROCESS  # loaders/__init__ imports no torch
 
-PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names; "no" is fp32
+# No torch import here (the reports read bench/ablations.py, which builds its BASELINE from RunConfig()); the
+# ablations are imported where a config names some (`bench.ablations` imports this module).
 OPTIMIZERS = ("sgd", "adam")
-TRAIN_SPLITS = {"train": None, "train45k": "val5k"}  # train split -> the split its LR is judged on
+VAL_SPLIT_OF = {"train": None, "train45k": "val5k"}  # train split -> the split its LR is judged on
 MODES = ("auto", "ddp", "grid")
 PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from the class below
 
@@ -35,17 +34,6 @@ layout, the loader backend: the three yield identical batches, tests/test_loader
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
 machine and finished with the tensor backend on a GPU machine without ffcv) and never records a run twice. The data
 enters the key as the prepared source's sha256 instead of its path."""
-
-
-def _default_backend() -> str:
-    """On a GPU, `tensor`: the whole split resident on the device and augmented there in batch, so a step does
-    no host work and no copy (airbench's way; CIFAR-10 is 150 MB). Elsewhere FFCV when importable (the fastest on
-    CPU: reports/measured/cpu-loader-bench-2026-11-26.txt), else `tensor`."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "tensor"
-    return "ffcv" if importlib.util.find_spec("ffcv") else "tensor"
 
 
 def _f(default, help: str, **kw):
@@ -73,9 +61,11 @@ class RunConfig:
     preprocess: str = _f("gcn-zca", "GCN + ZCA whitening (paper), meanstd or none", choices=PREPROCESS)
     augment: str = _f("none", "none (Table 3) | flip-translate (Table 4)", choices=AUGMENTS)
     train_split: str = _f("train", "train (50k, LR judged on test as the paper does) | train45k (judged on val5k)",
-                          choices=tuple(TRAIN_SPLITS))
-    precision: str = _f("bf16", "no (fp32) | bf16 | fp16 autocast, passed to Accelerator", choices=PRECISIONS)
-    backend: str = _f(_default_backend(), "data loader backend (default: tensor on a GPU, else ffcv when importable)", choices=BACKENDS)
+                          choices=tuple(VAL_SPLIT_OF))
+    precision: str = _f("bf16", "no (alias fp32) | bf16 | fp16 autocast, passed to Accelerator",
+                        choices=tuple(PRECISION_LABELS))
+    backend: str = _f("auto", "data loader backend; auto: tensor on a GPU, else ffcv when importable "
+                              "(loaders.resolve_backend; the record has the resolved one)", choices=("auto", *BACKENDS))
     source: str = _f("torchvision", "CIFAR-10 source for loaders.prepare: torchvision | archive | folder")
     data_dir: str = _f("data", "prepared data directory")
     subset_per_class: int | None = _f(None, "keep N seeded images per class and split (smoke tests)")
@@ -97,8 +87,8 @@ class RunConfig:
 
         if self.preset not in PRESETS_NAMES:
             bad(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS_NAMES)}")
-        ablations_mod.parse(",".join(self.ablations) or "none")  # unknown names raise
-        for name in (*self.models, *(m for a in self.ablations for m in ablations_mod.ABLATIONS[a].models)):
+        ablations = _ablations().parse(",".join(self.ablations)) if self.ablations else []  # unknown names raise
+        for name in (*self.models, *(m for a in ablations for m in _ablations().ABLATIONS[a].models)):
             if name not in SPECS:
                 bad(f"unknown model {name!r}; valid: {', '.join(SPECS)}")
         for group in ("models", "lrs", "seeds"):
@@ -127,8 +117,8 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        for name in self.ablations:  # ablation arms may only turn autocast off: one Accelerator per process
-            for arm in ablations_mod.ABLATIONS[name].arms.values():
+        for name in ablations:  # ablation arms may only turn autocast off: one Accelerator per process
+            for arm in _ablations().ABLATIONS[name].arms.values():
                 if arm.get("precision", self.precision) not in (self.precision, "no"):
                     bad(f"ablation {name} needs --precision {arm['precision']}")
 
@@ -144,7 +134,7 @@ class Run:
     def config(self, data_sha256: str | None = None) -> dict:
         """The resolved per-run config: what the run key hashes and the record stores."""
         d = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in GRID_FIELDS}
-        d.update(model=self.model, lr=self.lr, seed=self.seed, val_split=TRAIN_SPLITS[self.cfg.train_split])
+        d.update(model=self.model, lr=self.lr, seed=self.seed, val_split=VAL_SPLIT_OF[self.cfg.train_split])
         d["data_sha256"] = data_sha256
         return d
 
@@ -157,7 +147,7 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
     lrs), in that order; a run that two of them share (every ablation's baseline arm) appears once."""
     runs = [Run(m, lr, s, cfg) for m in cfg.models for lr in cfg.lrs for s in cfg.seeds]
     for name in cfg.ablations:
-        ablation = ablations_mod.ABLATIONS[name]
+        ablation = _ablations().ABLATIONS[name]
         for overrides in ablation.arms.values():
             arm_cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k != "lrs"})
             lrs = overrides.get("lrs", cfg.lrs)
@@ -181,12 +171,20 @@ PRESETS: dict[str, RunConfig] = {
 }
 
 
+def _ablations():
+    from bench import ablations  # not at the top: ablations imports this module for RunConfig
+
+    return ablations
+
+
 class UsageError(ValueError):
     """Bad command-line input: one line on stderr, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print the usage block and exit; we want one line
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line UsageErrors (argparse would print the usage block and exit)."""
+
+    def error(self, message):
         raise UsageError(message)
 
 
@@ -199,14 +197,22 @@ def _none_or(kind):
 
 def _ablation_names(text: str) -> list[str]:
     try:
-        return ablations_mod.parse(text)
+        return _ablations().parse(text)
     except ValueError as e:  # argparse shows an ArgumentTypeError's own message, not "invalid value"
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def precision_arg(text: str) -> str:
+    """argparse type for a precision: Accelerate's name for a name or label ("fp32" -> "no")."""
+    try:
+        return precision_name(text)
+    except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per RunConfig field, same name, type from the annotation, help from the metadata."""
-    p = _Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
+    p = Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
                 argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
@@ -214,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         help = f"{f.metadata['help']} (default: {f.default!r})"
         if f.name == "ablations":
             p.add_argument(flag, type=_ablation_names, help=help)
+        elif f.name == "precision":
+            p.add_argument(flag, type=precision_arg, help=help)
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
         elif typing.get_origin(kind) is tuple:

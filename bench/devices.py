@@ -16,9 +16,18 @@ which plain convolutions never use). fp32: plain (non-tensor-core) FP32. Note th
 on Ampere and newer GPUs in TF32 by default (`torch.backends.cudnn.allow_tf32` is True), so an "fp32" run there
 is measured against the tf32 column: see `peak_precision`."""
 
-PRECISION_ALIASES = {"no": "fp32", "fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
-                     "fp16": "fp16", "float16": "fp16", "tf32": "tf32"}
-"""Accelerate calls full precision "no"; the benchmark calls it "fp32". Both mean the fp32 column."""
+PRECISION_LABELS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+"""The one precision vocabulary: Accelerate's names (every config, CLI and record) -> the label people read (reports,
+throughput rows, the peak table's columns). Every CLI also accepts a label for its name ("fp32" for "no")."""
+
+
+def precision_name(text: str) -> str:
+    """Accelerate's name for a precision given by name or label: "fp32" -> "no", "bf16" -> "bf16"; unknown raise."""
+    names = {**{label: name for name, label in PRECISION_LABELS.items()}, **{name: name for name in PRECISION_LABELS}}
+    if text not in names:
+        raise ValueError(f"unknown precision {text}; valid: no (or fp32), bf16, fp16")
+    return names[text]
+
 
 PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
     # regex on the device name -> dense TFLOP/s per precision, from NVIDIA's datasheets (per GPU, boost clock).
@@ -43,11 +52,8 @@ cards (GeForce halves the fp32-accumulate tensor rate), AMD and Blackwell parts.
 
 
 def normalise_precision(precision: str) -> str:
-    """"no"/"fp32"/"float32" -> "fp32", "bfloat16" -> "bf16", ...; unknown names raise a ValueError."""
-    key = str(precision).lower()
-    if key not in PRECISION_ALIASES:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISION_ALIASES)}")
-    return PRECISION_ALIASES[key]
+    """The peak table's column for a precision name or label ("no"/"fp32" -> "fp32"; "tf32" as itself)."""
+    return "tf32" if precision == "tf32" else PRECISION_LABELS[precision_name(precision)]
 
 
 def match_device(device_name: str | None) -> str | None:

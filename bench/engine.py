@@ -1,4 +1,5 @@
-"""The training loop's pieces for `bench/run_all.py`: one step, one epoch, evaluation, checkpoints.
+"""The training loop's pieces for `bench/run_all.py`: one step, one epoch, evaluation, a run's state (`RunState`)
+and its checkpoints.
 
     loss, correct = train_step(model, optimizer, images, labels, preprocess, accelerator)  # also bench/throughput.py
     stats = train_one_epoch(model, optimizer, loader, preprocess, accelerator, ...)
@@ -8,10 +9,11 @@ Losses and accuracies accumulate on the device and are read once per epoch: no `
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,68 @@ class EpochState:
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k != "stopped"}
+
+
+@dataclass
+class RunState:
+    """A run's state across epochs: its history, timing sums, the first epoch still to train and a part-done
+    epoch, restored from and saved to its checkpoint file (`save_checkpoint`: one file per run)."""
+    path: Path
+    history: list = field(default_factory=list)
+    timings: dict = field(default_factory=lambda: {"steady_s": 0.0, "steady_img": 0, "eval_s": 0.0, "eval_img": 0,
+                                                   "wall_s": 0.0})
+    epoch: int = 0
+    epoch_state: EpochState | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def resume(cls, path: Path, accelerator, net, optimizer, *, rank: int, world: int) -> RunState:
+        """The checkpointed state, restoring net and optimizer, or a fresh one without a checkpoint."""
+        ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world)
+        if ckpt is None:
+            return cls(path)
+        return cls(path, ckpt["history"], ckpt["extra"], ckpt["epoch"], ckpt["epoch_state"])
+
+    def wall_seconds(self) -> float:
+        return self.timings["wall_s"] + time.perf_counter() - self.started
+
+    def save(self, accelerator, net, optimizer, epoch: int, epoch_state: EpochState | None = None, *,
+             distributed: bool) -> None:
+        save_checkpoint(self.path, accelerator, net, optimizer, epoch=epoch, epoch_state=epoch_state,
+                        history=self.history, extra=dict(self.timings, wall_s=self.wall_seconds()),
+                        distributed=distributed)
+
+    def end_epoch(self, es: EpochState, epoch: int, lr: float, accelerator, *, distributed: bool, world: int,
+                  steady: bool) -> dict:
+        """The epoch's history entry from its sums (over all ranks in DDP mode); `steady` epochs add to the
+        training throughput. Evaluation fills the error fields later."""
+        sums = torch.stack([es.loss_sum.float(), es.correct.float(), es.seen.float()])
+        loss_sum, correct, seen = (accelerator.reduce(sums, "sum") if distributed else sums).tolist()
+        if steady:
+            self.timings["steady_s"] += es.steady_seconds
+            self.timings["steady_img"] += es.steady_images * world
+        self.epoch_state = None
+        return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc_pct": 100 * correct / seen,
+                "test_error_pct": None, "val_error_pct": None, "lr": lr, "seconds": es.train_seconds}
+
+    def evaluate(self, entry: dict, net, evals: dict, preprocess, accelerator, *, autocast=None, channels_last=False,
+                 distributed: bool = False) -> None:
+        """Fill the entry's `<name>_error_pct` for each of `evals` (name -> (loader, the split's image count)),
+        adding the time to the epoch's seconds and the evaluation throughput. Evaluates the bare net: DDP's forward
+        syncs buffers, and ranks' batch counts may differ."""
+        for name, (loader, expected) in evals.items():
+            correct, seen, seconds = evaluate(net, loader, preprocess, accelerator, autocast=autocast,
+                                              channels_last=channels_last, distributed=distributed)
+            if seen != expected:
+                raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
+            entry[f"{name}_error_pct"] = 100 * (1 - correct / seen)
+            entry["seconds"] += seconds
+            self.timings["eval_s"] += seconds
+            self.timings["eval_img"] += seen
+
+    def append(self, entry: dict) -> None:
+        """Add an epoch to the history; a loss that is not finite is stored as None (JSON has no NaN)."""
+        self.history.append(dict(entry, loss=entry["loss"] if math.isfinite(entry["loss"]) else None))
 
 
 def train_one_epoch(model, optimizer, loader, preprocess, accelerator, *, autocast=None, channels_last=False,

@@ -159,6 +159,58 @@ def make(split: str, batch_size: int, *, data_dir="data", backend: str = "ffcv",
     return TensorLoader(data_dir, split, batch_size, indices, **kwargs)
 
 
+def resolve_backend(backend: str) -> str:
+    """"auto" -> on a GPU `tensor`: the whole split resident on the device and augmented there in batch, so a step
+    does no host work and no copy (airbench's way; CIFAR-10 is 150 MB). Elsewhere FFCV when importable (the
+    fastest on CPU: reports/measured/cpu-loader-bench-2026-11-26.txt), else `tensor`. Other names as given."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return "tensor"
+    return "ffcv" if importlib.util.find_spec("ffcv") else "tensor"
+
+
+def workers_per_process() -> int:
+    """This process's share of the machine's cores (FFCV sets torch's thread count to its worker count at every
+    epoch, so processes on one machine share the cores rather than each taking all)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+class Cache:
+    """Loaders and preprocessing built once per process from plain values and shared by every run that asks for
+    the same (split, augment, seed) or (kind, fit split): an FFCV Loader compiles its pipeline for 5-9 s, once per
+    process, not once per run. `batch_size` is per process, as in `make`."""
+
+    def __init__(self, data_dir, *, backend: str, device, distributed: bool, batch_size: int,
+                 num_workers: int | None = None):
+        self.data_dir, self.backend, self.device, self.distributed = data_dir, backend, device, distributed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._loaders, self._preprocess = {}, {}
+
+    def loader(self, split: str, *, augment: str = "none", seed: int = 0) -> Loader:
+        key = (split, augment, seed)
+        if key not in self._loaders:
+            self._loaders[key] = make(split, self.batch_size, data_dir=self.data_dir, backend=self.backend,
+                                      augment=augment, device=self.device, distributed=self.distributed, seed=seed,
+                                      num_workers=self.num_workers)
+        return self._loaders[key]
+
+    def preprocess(self, kind: str, fit_split: str = "train"):
+        """The preprocessing module (loaders/preprocess.py) fitted on `fit_split`, on the device."""
+        if (kind, fit_split) not in self._preprocess:
+            from .preprocess import build_preprocess
+
+            self._preprocess[kind, fit_split] = build_preprocess(kind, self.data_dir, fit_split).to(self.device)
+        return self._preprocess[kind, fit_split]
+
+
 def __getattr__(attr):  # `loaders.preprocess` / `loaders.prepare` without importing torch up front
     if attr in ("preprocess", "prepare"):
         import importlib
@@ -167,4 +219,5 @@ def __getattr__(attr):  # `loaders.preprocess` / `loaders.prepare` without impor
     raise AttributeError(f"module 'loaders' has no attribute {attr!r}")
 
 
-__all__ = ["SPLITS", "BACKENDS", "AUGMENTS", "PREPROCESS", "BackendUnavailable", "Loader", "make", "split_indices"]
+__all__ = ["SPLITS", "BACKENDS", "AUGMENTS", "PREPROCESS", "BackendUnavailable", "Cache", "Loader", "make",
+           "resolve_backend", "split_indices", "workers_per_process"]

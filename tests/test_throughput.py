@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 import allconv
-from bench import devices, throughput
+import loaders
+from bench import devices, throughput, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_SXM = "NVIDIA H100 80GB HBM3"  # what torch.cuda.get_device_name() says on an H100 SXM5
@@ -94,41 +95,17 @@ def test_devices_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
-# ---- timing helpers and the step ------------------------------------------------------------------------------
+# ---- timing helpers -------------------------------------------------------------------------------------------
 
 def test_time_windows_excludes_warmup_and_times_each_window():
     import torch
     calls = []
-    seconds, cpu_share = throughput.time_windows(lambda: calls.append(1), torch.device("cpu"), steps=3, warmup=2,
-                                                 repeats=4)
+    seconds, cpu_share = timing.time_windows(lambda: calls.append(1), torch.device("cpu"), steps=3, warmup=2,
+                                             repeats=4)
     assert len(calls) == 2 + 3 * 4 and len(seconds) == 4 and all(s > 0 for s in seconds)
     assert cpu_share >= 0
-    median, spread = throughput.images_per_s([1.0, 2.0, 4.0], images_per_window=100)
+    median, spread = timing.images_per_s([1.0, 2.0, 4.0], images_per_window=100)
     assert median == 50.0 and spread == pytest.approx(150.0)
-
-
-def _params_after_steps(sgd: str, item_every_step: bool = False, steps: int = 2):
-    import torch
-    torch.manual_seed(0)
-    device = torch.device("cpu")
-    model = throughput.build_model("strided-c", device, channels_last=True, compile=False)
-    step = throughput.make_train_step(model, throughput.build_optimizer(model, sgd, device), "fp32", device,
-                                      channels_last=True)
-    images, labels = throughput.synthetic_batch(4, device, channels_last=True)
-    call = throughput.accumulating(step, lambda: (images, labels), device, item_every_step)
-    for _ in range(steps):
-        call()
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def test_sgd_implementations_and_host_sync_change_nothing_but_speed():
-    """The fast-path switches the benchmark measures must give the same weights (up to rounding)."""
-    import torch
-    reference = _params_after_steps("for-loop")
-    for sgd, item in (("foreach", False), ("fused", False), ("engine", True)):
-        for ref, got in zip(reference, _params_after_steps(sgd, item)):
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(reference[0], _params_after_steps("for-loop", steps=0)[0])  # the step did train
 
 
 # ---- the CLI -------------------------------------------------------------------------------------------------
@@ -247,8 +224,9 @@ def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path):
 def test_loader_rows_time_full_batches_only(tiny_data_dir, capsys):
     """The rate is steps x --batch-size images, so a short last batch must not be timed: 30 images per split give
     3 full batches of 8 and none of 64, which is a one-line error, not a rate inflated by short batches."""
-    stream = throughput.loader_batches("tensor", "train", throughput.parse_args(
-        ["--batch-size", "8", "--data-dir", str(tiny_data_dir)]), torch_device_cpu(), 1)
+    cache = loaders.Cache(tiny_data_dir, backend="tensor", device=torch_device_cpu(), distributed=False, batch_size=8)
+    stream = throughput.loader_batches(cache, "train", throughput.parse_args(
+        ["--batch-size", "8", "--data-dir", str(tiny_data_dir)]))
     assert all(len(stream()[1]) == 8 for _ in range(10))  # 10 batches over 3+ epochs, the short ones skipped
     argv = ["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "--batch-size", "64", "--steps", "1",
             "--warmup", "1", "--repeats", "2", "--loaders", "tensor", "--data-dir", str(tiny_data_dir)]
