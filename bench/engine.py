@@ -10,16 +10,15 @@ Losses and accuracies accumulate on the device and are read once per epoch: no `
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import AutocastKwargs, gather_object
+from accelerate.utils import AutocastKwargs
+
+from bench.checkpoint import load_checkpoint, save_checkpoint
 
 STOP_CHECK_EVERY = 25
 """In DDP mode the ranks agree on a SIGTERM stop with one all-reduce of a flag every this many steps (a host sync
@@ -112,7 +111,7 @@ class RunState:
     @classmethod
     def resume(cls, path: Path, accelerator, net, optimizer, *, rank: int, world: int) -> RunState:
         """The checkpointed state, restoring net and optimizer, or a fresh one without a checkpoint."""
-        ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world)
+        ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world, epoch_state=EpochState)
         if ckpt is None:
             return cls(path)
         return cls(path, ckpt["history"], ckpt["extra"], ckpt["epoch"], ckpt["epoch_state"])
@@ -122,7 +121,8 @@ class RunState:
 
     def save(self, accelerator, net, optimizer, epoch: int, epoch_state: EpochState | None = None, *,
              distributed: bool) -> None:
-        save_checkpoint(self.path, accelerator, net, optimizer, epoch=epoch, epoch_state=epoch_state,
+        save_checkpoint(self.path, accelerator, net, optimizer, epoch=epoch,
+                        epoch_state=epoch_state.to_dict() if epoch_state is not None else None,
                         history=self.history, extra=dict(self.timings, wall_s=self.wall_seconds()),
                         distributed=distributed)
 
@@ -262,127 +262,6 @@ def measure_step_rate(model, optimizer, images, labels, preprocess, accelerator,
         train_step(model, optimizer, images, labels, preprocess, accelerator, autocast, channels_last)
     sync(accelerator.device)
     return steps * labels.shape[0] / (time.perf_counter() - t0)
-
-
-# ---- checkpoints: one file per run, written atomically by the main process ----
-# A checkpoint is outside input (a shared results folder): it is read with torch.load(weights_only=True), so it
-# holds only tensors, lists, dicts, numbers and strings (RNG states included), and unpickling it runs no code.
-
-def rng_state(device: torch.device | None = None) -> dict:
-    """This process's RNG states in forms `torch.load(weights_only=True)` accepts. Only the run's own CUDA device
-    (not every visible GPU), so a checkpoint resumes with another GPU count or on CPU."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                       has_gauss, gauss],
-             "python": [version, list(internal), gauss_next]}
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device | None = None) -> None:
-    """Restore `rng_state`'s output. A CUDA state is restored only on a CUDA device (a list, as older checkpoints
-    held for every GPU, gives this device's entry when it has one); on CPU it is ignored."""
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    cuda = state.get("cuda")
-    if isinstance(cuda, list):
-        index = (device.index or 0) if device is not None else 0
-        cuda = cuda[index] if index < len(cuda) else None
-    if cuda is not None and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def _device_of(net) -> torch.device:
-    return next(net.parameters()).device
-
-
-def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoch_state: EpochState | None,
-                    history: list, extra: dict, distributed: bool) -> None:
-    """Model, optimizer, grad scaler, every rank's RNG state, the epoch (the LR schedule is a function of it), a
-    part-done epoch's sums, and the history. Every rank must call it in DDP mode (the RNG states are gathered);
-    only the main process (or, in grid mode, the process running the run) writes, with `results.atomic_write`
-    (a failed write, e.g. a full disk, leaves the previous checkpoint and raises the OSError)."""
-    from bench.results import atomic_write
-
-    state = rng_state(_device_of(net))
-    rngs = gather_object([state]) if distributed else [state]
-    if distributed and not accelerator.is_main_process:
-        return
-    scaler = getattr(accelerator, "scaler", None)
-    blob = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "epoch": epoch,
-            "epoch_state": epoch_state.to_dict() if epoch_state is not None else None,
-            "history": history, "extra": extra}
-    atomic_write(path, lambda f: torch.save(blob, f))
-
-
-def _check_matches(blob, net, optimizer) -> None:
-    """Raise ValueError unless `blob` is a checkpoint of this run: its parts present, the model's keys and shapes,
-    the optimizer's parameter groups and its per-parameter state shapes the same as the freshly built ones."""
-    if not isinstance(blob, dict) or not {"model", "optimizer", "rng", "epoch", "history", "extra"} <= set(blob):
-        raise ValueError("not a run checkpoint (parts missing)")
-    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in blob["model"].items()} if isinstance(blob["model"], dict) else {}
-    if have != want:
-        raise ValueError("model weights do not match this run's model (keys or shapes differ)")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    groups = blob["optimizer"]["param_groups"]
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
-        raise ValueError("optimizer state does not match this run's parameters")
-    ids = [i for g in groups for i in g["params"]]
-    for i, s in blob["optimizer"]["state"].items():
-        p = params[ids.index(i)]
-        if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in s.values()):
-            raise ValueError("optimizer state does not match this run's parameter shapes")
-    if not isinstance(blob["epoch"], int) or not isinstance(blob["rng"], list):
-        raise ValueError("epoch or RNG state malformed")
-
-
-def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world: int) -> dict | None:
-    """Restore what `save_checkpoint` wrote into a freshly built model and optimizer (before any DDP wrapping);
-    returns the checkpoint's epoch, epoch_state, history and extra, or None without a usable checkpoint. A file that
-    cannot be loaded safely (weights_only refuses it), is truncated, or does not match the run is set aside
-    (rank 0 moves it) and None returned, with the model, optimizer and RNGs as they were: the run starts again from
-    epoch 0. The RNG state is this rank's when the world size matches, else the caller's seeding stands (the run
-    stays valid, not bit-identical). `rank` and `world` are the run's own (0 and 1 for a grid-mode run)."""
-    import copy
-    import sys
-
-    if not path.is_file():
-        return None
-    device = _device_of(net)
-    before = copy.deepcopy((net.state_dict(), optimizer.state_dict())), rng_state(device)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        _check_matches(blob, net, optimizer)
-        if len(blob["rng"]) == world:
-            set_rng_state(blob["rng"][rank], device)
-        net.load_state_dict(blob["model"])
-        optimizer.load_state_dict(blob["optimizer"])  # torch moves the state to each parameter's device
-        scaler = getattr(accelerator, "scaler", None)
-        if scaler is not None and blob.get("scaler"):
-            scaler.load_state_dict(blob["scaler"])
-        es = blob.get("epoch_state")
-        blob["epoch_state"] = EpochState(**es) if es is not None else None
-    except Exception as e:  # untrusted input: whatever is wrong with it, the run restarts rather than fails
-        (model_state, optimizer_state), rng = before
-        net.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
-        set_rng_state(rng, device)
-        reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
-        reason = reason if len(reason) <= 160 else reason[:157] + "..."
-        if rank == 0:
-            from bench.results import set_aside
-
-            print(f"warning: checkpoint {path} not resumed, {set_aside(path)}: {reason}; the run starts again from "
-                  "epoch 0", file=sys.stderr)
-        return None
-    return blob
 
 
 def peak_memory_mb(device: torch.device) -> float:

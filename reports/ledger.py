@@ -19,6 +19,8 @@ import pandas as pd
 from allconv.specs import SPECS
 from bench import results
 from bench.ablations import BASELINE
+from bench.config import NOT_IN_KEY
+from bench.devices import PRECISION_LABELS  # noqa: F401 (reports import it from here)
 
 COLUMNS = (
     "run_key", "status", "error", "model", "lr", "seed", "epochs", "epochs_completed", "preset",
@@ -29,13 +31,6 @@ COLUMNS = (
 )
 """The record fields the reports read (bench/results.py); a ledger lacking one gets an empty column, not a value."""
 
-PRECISION_LABELS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
-# TODO(integrator): use bench.devices.PRECISION_LABELS (CONTRACT.md: the one table of precision labels).
-
-NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_every", "mode", "num_workers",
-              "channels_last", "compile", "backend")
-# TODO(integrator): use bench.config.NOT_IN_KEY once bench/config.py imports no torch (issue 15.3); until then a
-# test (tests/test_reports.py) checks that this copy equals it.
 NOT_COMPARED = ("model", "lr", "seed", "val_split", *NOT_IN_KEY)
 """Config fields a run of Table 3 may differ in: what Table 3 varies (model, lr, seed), `val_split` (follows
 `train_split`) and the fields that do not change results (bench.config.NOT_IN_KEY). Everything else counts,

@@ -13,7 +13,7 @@ import pytest
 
 from reports import formats
 from reports.claims import claims_table, t_quantile, t_sf
-from reports.ledger import NOT_IN_KEY, load_ledger
+from reports.ledger import load_ledger
 from reports.report import write_report
 from reports.tables import table3, table3_by_lr
 from test_reports import ledger_dir, record, report_dir, write_ledger  # noqa: F401 (fixtures)
@@ -212,8 +212,3 @@ def test_latex_parses_and_compiles(report_dir, tmp_path):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
-
-
-def test_not_in_key_copy_matches_bench_config():
-    config = pytest.importorskip("bench.config")  # imports torch today (issue 15.3 removes that)
-    assert set(NOT_IN_KEY) == set(config.NOT_IN_KEY)

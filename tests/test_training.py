@@ -17,7 +17,7 @@ if __name__ == "__main__":  # the worker below runs as a script
 
 import pytest  # noqa: E402
 
-from bench import ablations, config, engine  # noqa: E402
+from bench import ablations, checkpoint, config, engine  # noqa: E402
 from bench.config import PRESETS, RunConfig, expand, parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,12 +108,12 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_epoch(tmp_path):
         opt.step()
     state = engine.EpochState(step=3, loss_sum=torch.tensor(1.5), correct=torch.tensor(4), seen=torch.tensor(9))
     path = tmp_path / "ckpt.pt"
-    engine.save_checkpoint(path, Acc(), net, opt, epoch=7, epoch_state=state, history=[{"epoch": 7}],
-                           extra={"x": 1}, distributed=False)
+    checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=7, epoch_state=state.to_dict(),
+                               history=[{"epoch": 7}], extra={"x": 1}, distributed=False)
     expected = net(torch.ones(5, 4))  # consumes dropout randomness after the save
 
     net2, opt2 = build()
-    blob = engine.load_checkpoint(path, Acc(), net2, opt2, rank=0, world=1)
+    blob = checkpoint.load_checkpoint(path, Acc(), net2, opt2, rank=0, world=1, epoch_state=engine.EpochState)
     assert blob["epoch"] == 7 and blob["history"] == [{"epoch": 7}] and blob["epoch_state"].step == 3
     assert torch.equal(net2(torch.ones(5, 4)), expected)  # same weights and the same dropout mask
     momentum = [o.state_dict()["state"][1]["momentum_buffer"] for o in (opt, opt2)]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import engine, results
+from bench import checkpoint, results
 from loaders.prepare import prepare_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def trained_checkpoint(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimiz
         opt.zero_grad()
         net(torch.ones(5, 4)).sum().backward()
         opt.step()
-    engine.save_checkpoint(path, Acc(), net, opt, epoch=3, epoch_state=None, history=[{"epoch": 3}],
+    checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=3, epoch_state=None, history=[{"epoch": 3}],
                            extra={"wall_s": 1.0}, distributed=False)
     return net, opt
 
@@ -142,7 +142,7 @@ def test_checkpoint_that_runs_code_is_not_executed(tmp_path, capsys):
     torch.save({"model": RunsCode(marker), "optimizer": {}, "rng": [], "epoch": 9, "history": [], "extra": {}}, path)
     net, opt = build()
     fresh = {k: v.clone() for k, v in net.state_dict().items()}
-    assert engine.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
     assert not marker.exists()
     assert_set_aside(path, capsys, fresh, net)
 
@@ -158,7 +158,7 @@ def test_damaged_or_foreign_checkpoint_is_set_aside(damage, tmp_path, capsys):
     net, opt = build(out_features=5 if damage == "other model" else 3)
     fresh = {k: v.clone() for k, v in net.state_dict().items()}
     rng = torch.get_rng_state()
-    assert engine.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
     assert torch.equal(rng, torch.get_rng_state()) and not opt.state_dict()["state"]
     assert_set_aside(path, capsys, fresh, net)
 
@@ -173,7 +173,7 @@ def test_checkpoint_with_eight_cuda_rng_states_resumes_on_cpu(tmp_path):
     torch.save(blob, path)
     expected = saved(torch.ones(5, 4))  # the dropout mask drawn right after the save
     net, opt = build()
-    resumed = engine.load_checkpoint(path, Acc(), net, opt, rank=0, world=1)
+    resumed = checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1)
     assert resumed is not None and resumed["epoch"] == 3 and path.is_file()
     assert torch.equal(net(torch.ones(5, 4)), expected)  # weights and the torch RNG restored
 
@@ -192,7 +192,7 @@ def test_enospc_in_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "save", full_disk)
     net, opt = build()
     with pytest.raises(OSError) as e:
-        engine.save_checkpoint(path, Acc(), net, opt, epoch=4, epoch_state=None, history=[], extra={},
+        checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=4, epoch_state=None, history=[], extra={},
                                distributed=False)
     assert e.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
