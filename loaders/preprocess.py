@@ -19,6 +19,7 @@ always runs in float32 with autocast disabled: whitening amplifies low-variance 
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -145,9 +146,12 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
         return Preprocess(kind, {}, fitted_on)
     cache = data_dir / f"preprocess_{kind}_{fit_split}.pt"
     if cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        if saved["fitted_on"] == fitted_on:
-            return Preprocess(kind, saved["stats"], fitted_on)
+        try:  # a cache is only a shortcut: a damaged or foreign one is refitted and overwritten
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            if saved["fitted_on"] == fitted_on:
+                return Preprocess(kind, saved["stats"], fitted_on)
+        except Exception as e:
+            print(f"warning: {cache} unreadable ({type(e).__name__}); fitting the statistics again", file=sys.stderr)
     stats = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data_dir, fit_split, manifest)
     # atomic: concurrent ranks may both fit; either file is the same
     atomic_write(cache, lambda f: torch.save({"fitted_on": fitted_on, "stats": stats}, f))

@@ -135,3 +135,16 @@ def test_float32_under_autocast_any_memory_format_and_moves_with_to(real_small):
     assert inside.dtype == torch.float32 and inside.is_contiguous() and torch.equal(inside, plain)
     assert {n for n, _ in pre.named_buffers()} == {"zca_mean", "zca_matrix"}
     assert pre.to("meta").zca_matrix.device.type == "meta"
+
+
+def test_a_damaged_cache_is_refitted_not_a_crash(real_small, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(real_small, data)
+    fitted = build_preprocess("meanstd", data)
+    cache = data / "preprocess_meanstd_train.pt"
+    cache.write_bytes(cache.read_bytes()[:40])  # truncated, as by a full disk or a killed copy
+    again = build_preprocess("meanstd", data)
+    assert "unreadable" in capsys.readouterr().err and torch.equal(again.mean, fitted.mean)
+    assert build_preprocess("meanstd", data).mean.equal(fitted.mean) and cache.stat().st_size > 40  # rewritten
