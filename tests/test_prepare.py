@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import loaders
-from loaders import prepare
+from loaders import prepare, sources
 from loaders.prepare import prepare_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,9 +183,9 @@ def test_official_batches_in_every_pickle_form_and_a_non_batch(tmp_path):
     blobs = [pickle.dumps(batch, protocol=p) for p in range(6)]
     blobs.append(blobs[2].replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     for blob in blobs:
-        d = prepare._load_batch("data_batch_1", blob)
+        d = sources._load_batch("data_batch_1", blob)
         assert np.array_equal(d[b"data"], data) and d[b"labels"] == y.tolist()
     with pytest.raises(ValueError, match=r"^test_batch: not an official CIFAR-10 batch"):
-        prepare._load_batch("test_batch", pickle.dumps([data]))
+        sources._load_batch("test_batch", pickle.dumps([data]))
     with pytest.raises(ValueError, match=r"^test_batch: unreadable official batch"):
-        prepare._load_batch("test_batch", pickle.dumps(batch)[:50])
+        sources._load_batch("test_batch", pickle.dumps(batch)[:50])

@@ -1,0 +1,182 @@
+"""Reading CIFAR-10 from its sources (for `loaders.prepare`, the only caller): the official python archive or its
+folder, or an ImageFolder tree or tarball (train/<class>/*, test/<class>/*). Each reader returns
+{"train": (images N x 32 x 32 x 3 uint8, labels N int64), "test": (...)}. Sources are outside input: the official
+pickles are read with a restricted unpickler, archives in memory, and every problem is a one-line ValueError.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+COUNTS_PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10: 50,000 training and 10,000 test images
+OFFICIAL_MEMBERS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_tree(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(folder)).encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what an official CIFAR-10 batch holds: dicts, lists, bytes, str and ints (native pickle
+    opcodes), numpy arrays (as numpy 1 and 2 pickle them, protocols 0-5) with their dtypes, and `_codecs.encode`
+    (how Python 3 writes bytes at protocol 2; it only encodes a string). Any other global (os.system,
+    builtins.open, subprocess...) is refused before it is looked up, so nothing from the archive is executed."""
+    ALLOWED = {(f"numpy.{core}.{module}", name) for core in ("core", "_core")
+               for module, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))} | \
+              {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+def _load_batch(name: str, blob: bytes) -> dict:
+    try:
+        d = _BatchUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except _Refused as e:
+        raise ValueError(f"{name}: refused, the batch asks to run {e} (an official CIFAR-10 batch holds only numpy "
+                         "arrays, lists and bytes): not a genuine CIFAR-10 archive, nothing from it was run") from None
+    except Exception as e:
+        raise ValueError(f"{name}: unreadable official batch ({type(e).__name__})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise ValueError(f"{name}: not an official CIFAR-10 batch (no b'data' and b'labels' entries)")
+    return d
+
+
+def _read_official(batches: dict[str, bytes]) -> dict:
+    """The official python pickles: b'data' is N x 3072 (channel-major 32x32 planes), b'labels' N ints. Read with
+    `_BatchUnpickler`: an archive is outside input."""
+    out = {}
+    for split, names in OFFICIAL_MEMBERS.items():
+        xs, ys = [], []
+        for name in names:
+            d = _load_batch(name, batches[name])
+            try:
+                data = np.asarray(d[b"data"], dtype=np.uint8)
+                labels = np.asarray(d[b"labels"], dtype=np.int64)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"{name}: data or labels are not integer arrays ({type(e).__name__})") from None
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"{name}: images are not 32x32 RGB (data shape {data.shape})")
+            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(labels.reshape(-1))
+        out[split] = (np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys))
+    return out
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except OSError as e:
+        raise ValueError(f"{name}: unreadable image ({e})") from None
+    if img.shape != (32, 32, 3):
+        raise ValueError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
+    return img
+
+
+def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
+    """files: (split, class, name) -> encoded image. Labels are the classes' alphabetical ranks."""
+    out = {}
+    for split in COUNTS_PER_CLASS:
+        classes = sorted({c for s, c, _ in files if s == split})
+        if len(classes) != len(CLASSES):
+            raise ValueError(f"{split}/ has {len(classes)} class folders, CIFAR-10 needs {len(CLASSES)}")
+        keys = sorted(k for k in files if k[0] == split)
+        images = np.stack([_decode_image(files[k], "/".join(k)) for k in keys])
+        labels = np.array([classes.index(k[1]) for k in keys], dtype=np.int64)
+        out[split] = (images, labels)
+    return out
+
+
+def _folder_files(root: Path) -> dict:
+    return {(s, p.parent.name, p.name): p.read_bytes() for s in COUNTS_PER_CLASS if (root / s).is_dir()
+            for p in (root / s).glob("*/*") if p.suffix.lower() in IMAGE_EXTS}
+
+
+def _tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
+    official, folder = {}, {}
+    for m in tf:
+        if not m.isfile():
+            continue
+        parts = Path(m.name).parts
+        if parts[-1] in OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]:
+            official[parts[-1]] = tf.extractfile(m).read()
+        elif len(parts) >= 3 and parts[-3] in COUNTS_PER_CLASS and Path(m.name).suffix.lower() in IMAGE_EXTS:
+            folder[(parts[-3], parts[-2], parts[-1])] = tf.extractfile(m).read()
+    return official, folder
+
+
+def _official_dir(path: Path) -> Path | None:
+    """The folder holding the official batches when `path` is that folder or holds cifar-10-batches-py/, else None."""
+    batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    return batches if (batches / "data_batch_1").is_file() else None
+
+
+def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
+    """Returns (splits, source description, sha256 of the source). Raises ValueError with one line on bad input."""
+    if source == "torchvision":
+        from torchvision.datasets import CIFAR10
+
+        download_dir = data_dir / "downloads"
+        download_dir.mkdir(parents=True, exist_ok=True)
+        try:  # the official archive, checked against its md5
+            CIFAR10(str(download_dir), train=True, download=True)
+        except Exception as e:
+            raise ValueError(f"torchvision download failed ({type(e).__name__}: {e}); pass --source PATH "
+                             "(e.g. ../shared/data/cifar10-jpeg.tar.gz)") from None
+        source = str(download_dir / "cifar-10-python.tar.gz")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(f"source not found: {source}")
+    if path.is_dir():
+        batches = _official_dir(path)
+        if batches is not None:
+            names = OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]
+            missing = [n for n in names if not (batches / n).is_file()]
+            if missing:
+                raise ValueError(f"{source}: official batches missing: {', '.join(missing)}")
+            splits = _read_official({n: (batches / n).read_bytes() for n in names})
+            return splits, str(path.resolve()), _sha256_tree(batches)
+        files = _folder_files(path)
+        if not files:
+            raise ValueError(f"{source}: neither official CIFAR-10 batches nor train/<class>/ and test/<class>/ images")
+        return _read_imagefolder(files), str(path.resolve()), _sha256_tree(path)
+    try:
+        with tarfile.open(path) as tf:
+            official, folder = _tar_files(tf)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    digest = sha256_file(path)
+    if len(official) == 6:
+        return _read_official(official), str(path.resolve()), digest
+    if folder:
+        return _read_imagefolder(folder), str(path.resolve()), digest
+    raise ValueError(f"{source}: archive holds neither the 6 official batches nor train/<class>/ and "
+                     "test/<class>/ images")
