@@ -132,7 +132,8 @@ class FusedRuns:
     def _sgd(self, grads: list[torch.Tensor]) -> None:
         """torch.optim.SGD (momentum, L2 weight decay, no dampening/nesterov) over the stacked weights with a
         per-run LR: d = g + wd * p; buf = m * buf + d (buf = d at the first step); p -= lr * buf. A masked-out
-        run gets g = 0 and lr = 0: its weights stay as they were before the step that went non-finite."""
+        run's weights are no longer updated: they stay as they were at the step whose loss was not finite (its
+        momentum buffer goes on decaying and is meaningless; the run's record says "diverged")."""
         dead = [(~self.alive).view(v) for v in self._views]
         for g, d in zip(grads, dead):
             g.masked_fill_(d, 0.0)  # a NaN gradient times 0 would stay NaN
@@ -143,8 +144,11 @@ class FusedRuns:
         else:
             torch._foreach_mul_(self.momentum_buffers, self.momentum)
             torch._foreach_add_(self.momentum_buffers, grads)
-        neg_lr = -(self.lr * self.alive)
-        torch._foreach_addcmul_(self.params, self.momentum_buffers, [neg_lr.view(v) for v in self._views])
+        neg_lr = torch.where(self.alive, -self.lr, 0.0)
+        steps = torch._foreach_mul(self.momentum_buffers, [neg_lr.view(v) for v in self._views])
+        for s, d in zip(steps, dead):
+            s.masked_fill_(d, 0.0)  # a dead run's buffer may hold inf: 0 * inf would be NaN
+        torch._foreach_add_(self.params, steps)
 
     # ---- schedule, divergence, state ----
 
