@@ -213,3 +213,23 @@ def test_refuses_what_it_does_not_implement():
         FusedRuns(nets, [opts[0], other])
     with pytest.raises(ValueError, match="one architecture"):
         FusedRuns([nets[0], allconv.build("allcnn-a")], opts)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dropout_masks_match_a_separate_run_on_cuda():
+    """On CUDA eager dropout is the fused native_dropout kernel; vmap's randomness="same" must still draw the same
+    masks as a separate run (checked on CPU above, unmeasured on CUDA when this was written)."""
+    dev = torch.device("cuda")
+    nets, opts = zip(*(build("strided-a", lr) for lr in LRS))
+    group = FusedRuns([n.to(dev) for n in nets], opts)
+    twin = build("strided-a", LRS[0])[0].to(dev).train()
+    x = torch.randn(64, 3, 32, 32, device=dev)
+    torch.manual_seed(1)
+    fused = group.forward(x, train=True)
+    after_fused = torch.cuda.get_rng_state()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        want = twin(x)
+    torch.testing.assert_close(fused[0].detach(), want, rtol=1e-2, atol=1e-3)  # TF32 convolutions allowed
+    assert torch.equal(after_fused, torch.cuda.get_rng_state())  # the same amount of the stream consumed
