@@ -35,6 +35,8 @@ Precision: `torch.autocast` is NOT applied inside `torch.vmap` (torch 2.11-2.14:
 casts the stacked weights and the preprocessed input to bf16 for the forward (what autocast does for
 convolutions; ReLU, pooling and dropout then run in bf16 as under autocast) and computes the loss in fp32 from
 fp32 logits. Master weights, gradients and SGD stay fp32. "fp16" is refused (it would need one loss scale per run).
+channels_last: the global average pool then hits functorch's slow fallback for `as_strided_` (a per-run loop and a
+UserWarning, torch 2.14 CPU); measure it against channels_last=False on the device before choosing.
 """
 from __future__ import annotations
 
