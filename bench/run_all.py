@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 failure = e
             if failure is None and record["status"] in workqueue.DONE:  # a failed run keeps its checkpoint
                 (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+            claim.release()
         failure = workqueue.agree(failure, acc, ddp)
         if failure is not None:
             return write_failed(failure, acc, ddp)

@@ -189,7 +189,10 @@ def claimed(pending: list, out, num_images: dict, *, lease_s: float, stop=lambda
         if stop_agreed(stop, acc, ddp):  # in DDP mode a stop on any rank stops all, before the next collective
             return
         claim = None
-        if (not ddp or acc.is_main_process) and not recorded(out, key):
+        if (not ddp or acc.is_main_process) and recorded(out, key):
+            if (claims_dir(out) / f"{key}.json").exists():  # its owner died between record and release
+                (try_claim(out, key, lease_s) or Claim(None)).release()  # clears a stale claim, leaves a live one
+        elif not ddp or acc.is_main_process:
             claim = try_claim(out, key, lease_s)
             if claim is not None and recorded(out, key):  # finished by another process since the check above
                 claim.release()

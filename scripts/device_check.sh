@@ -2,7 +2,7 @@
 # The GPU check as one script, sized for the lent GPU machines (FACTS.md: torch 2.11, no ffcv, no internet, `python3`,
 # <= 10 minutes a call, and only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
 #   1. bench/throughput.py: the models at bf16 and fp32 (one process), fp16 (its own process), synthetic data;
-#   2. run_all.py: All-CNN-C on the real JPEG data (tensor backend) for a short schedule, and its test error;
+#   2. run_all.py: All-CNN-C (TRAIN_MODEL) on the real JPEG data (tensor backend) for a short schedule, and its test error;
 #   3. the tensor loader end to end, and the report.
 # Scratch data, the ledger and the report live under /tmp ($SCRATCH); every step runs under `timeout` within a total
 # budget (TOTAL seconds, default 450: under 8 minutes); $OUT gets at most 6 flat files: device_check.txt (the log),
@@ -10,8 +10,8 @@
 # report.tar.gz. A training step stopped by its timeout checkpoints on SIGTERM; the checkpoint is in the ledger.
 # On the device (the JPEG tarball is ignored by git: copy it to data/ and pass carry=["data"]):
 #   OUT=$OUT bash scripts/device_check.sh
-# Tiny, on CPU (tests/test_device_check.py): DEVICE=cpu MODELS=strided-a STEPS=1 REPEATS=1 EPOCHS=1 DROPS= SUBSET=10 \
-#   BATCH=32 DATA=<prepared dir> OUT=/tmp/dc bash scripts/device_check.sh
+# Tiny, on CPU (tests/test_device_check.py): DEVICE=cpu MODELS=strided-a TRAIN_MODEL=strided-a STEPS=1 REPEATS=1 \
+#   WARMUP=1 EPOCHS=1 DROPS= SUBSET=10 BATCH=32 DATA=<prepared dir> OUT=/tmp/dc bash scripts/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -19,7 +19,7 @@ OUT=${OUT:?set OUT to the folder that comes back}
 own_scratch=${SCRATCH:+no}
 SCRATCH=${SCRATCH:-$(mktemp -d /tmp/device_check.XXXXXX)}
 DATA=${DATA:-$SCRATCH/data}
-TOTAL=${TOTAL:-450}
+TOTAL=${TOTAL:-450}  # seconds for all steps; each also has its own limit (see `step`)
 DEVICE=${DEVICE:-cuda}
 MODELS=${MODELS:-all}
 STEPS=${STEPS:-20}
@@ -28,6 +28,8 @@ BATCH=${BATCH:-256}
 EPOCHS=${EPOCHS:-20}
 DROPS=${DROPS-12 16}
 LR=${LR:-0.05}
+TRAIN_MODEL=${TRAIN_MODEL:-allcnn-c}
+WARMUP=${WARMUP:-5}
 SUBSET=${SUBSET:-none}
 SRC=${SRC:-}
 if [ -z "$SRC" ]; then
@@ -45,7 +47,7 @@ start=$SECONDS
 } > "$log" 2>&1
 
 step() {  # step SECONDS CMD...: run under timeout (SIGTERM, then SIGKILL 20 s later) within what is left of TOTAL
-  local want=$1; shift
+  local want=${STEP_MAX:-$1}; shift  # STEP_MAX: one limit for every step (a slow CPU in the test suite)
   local left=$((TOTAL - (SECONDS - start)))
   local limit=$(( want < left ? want : left ))
   if [ "$limit" -lt 10 ]; then echo "# skipped (time budget spent): $*" >> "$log"; return; fi
@@ -57,18 +59,18 @@ step() {  # step SECONDS CMD...: run under timeout (SIGTERM, then SIGKILL 20 s l
 
 models=()
 [ "$MODELS" != all ] && models=(--models $MODELS)
-common=(--device "$DEVICE" "${models[@]}" --batch-size "$BATCH" --steps "$STEPS" --repeats "$REPEATS")
-step 120 "$PY" bench/throughput.py "${common[@]}" --precision bf16 fp32 --json "$OUT/throughput.json"
-[ "$DEVICE" = cuda ] && step 60 "$PY" bench/throughput.py "${common[@]}" --precision fp16 \
+common=(--device "$DEVICE" --batch-size "$BATCH" --steps "$STEPS" --repeats "$REPEATS" --warmup "$WARMUP")
+step 120 "$PY" bench/throughput.py "${common[@]}" "${models[@]}" --precision bf16 fp32 --json "$OUT/throughput.json"
+[ "$DEVICE" = cuda ] && step 60 "$PY" bench/throughput.py "${common[@]}" "${models[@]}" --precision fp16 \
   --json "$OUT/throughput-fp16.json"  # its own process; Accelerate has no fp16 autocast on CPU
 
 if [ -n "$SRC" ]; then
   diverge=()  # a short schedule must not stop early as "diverged"
   "$PY" bench/run_all.py --help 2>/dev/null | grep -q -- --diverge-after && diverge=(--diverge-after 351)
-  step 200 "$PY" bench/run_all.py --models allcnn-c --lrs "$LR" --epochs "$EPOCHS" --lr-drops $DROPS \
+  step 200 "$PY" bench/run_all.py --models "$TRAIN_MODEL" --lrs "$LR" --epochs "$EPOCHS" --lr-drops $DROPS \
     --backend tensor --subset-per-class "$SUBSET" --source "$SRC" --data-dir "$DATA" --out "$SCRATCH/results" \
     --no-progress "${diverge[@]}"
-  step 45 "$PY" bench/throughput.py "${common[@]}" --models allcnn-c --precision bf16 --loaders tensor \
+  step 45 "$PY" bench/throughput.py "${common[@]}" --models "$TRAIN_MODEL" --precision bf16 --loaders tensor \
     --data-dir "$DATA" --json "$OUT/throughput-loader.json"
 else
   echo "# no CIFAR-10 source found (set SRC=...): training skipped" >> "$log"

@@ -206,7 +206,8 @@ def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_
     assert [line[5] for line in took] == held and took[0][-1] == str(first.pid)
     cost = {r["run_key"]: r["epochs"] * r["data"]["num_train"] * r["macs"] for r in records}
     claimed = [line[4] for line in lines if line[3] == "claimed"]
-    assert len(claimed) == 13 and set(claimed) == set(cost)  # 12 runs, the killed one's twice
+    twice = {k for k in claimed if claimed.count(k) > 1}
+    assert set(claimed) == set(cost) and twice <= set(held)  # only the killed process's run was claimed again
     for pid in {line[2] for line in lines}:  # each process took its runs longest first
         mine = [cost[line[4]] for line in lines if line[2] == pid and line[3] == "claimed"]
         assert mine == sorted(mine, reverse=True), pid
@@ -260,7 +261,7 @@ def test_killing_the_launcher_leaves_no_rank_running_and_a_rerun_resumes(data, t
     assert len(list((out / "checkpoints").glob("*.pt"))) == 2, log.read_text()[-3000:]
     again = subprocess.run([sys.executable, "bench/run_all.py", *args(data, out, *grid)], cwd=ROOT, env=env(),
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0 and "not resumed" not in again.stderr, again.stderr[-3000:]
     records = results.read_records(out)
     assert len(records) == 2 and all(r["status"] == "completed" and r["epochs_completed"] == 3 for r in records)
     assert not list((out / "checkpoints").glob("*.pt"))
