@@ -55,19 +55,26 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
     """Model, optimizer, grad scaler, every rank's RNG state, the epoch (the LR schedule is a function of it), a
     part-done epoch's sums, and the history. Every rank must call it in DDP mode (the RNG states are gathered);
     only the main process (or, in grid mode, the process running the run) writes, with `results.atomic_write`
-    (a failed write, e.g. a full disk, leaves the previous checkpoint and raises the OSError)."""
-    from bench.results import atomic_write
+    (a failed write, e.g. a full disk, leaves the previous checkpoint and raises `results.WriteError` on every rank)."""
+    from bench.results import WriteError, atomic_write
 
     state = rng_state(_device_of(net))
     rngs = gather_object([state]) if distributed else [state]
-    if distributed and not accelerator.is_main_process:
-        return
-    scaler = getattr(accelerator, "scaler", None)
-    blob = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "epoch": epoch,
-            "epoch_state": epoch_state,
-            "history": history, "extra": extra}
-    atomic_write(path, lambda f: torch.save(blob, f))
+    error = None
+    if accelerator.is_main_process or not distributed:
+        scaler = getattr(accelerator, "scaler", None)
+        blob = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "epoch": epoch,
+                "epoch_state": epoch_state,
+                "history": history, "extra": extra}
+        try:
+            atomic_write(path, lambda f: torch.save(blob, f))
+        except WriteError as e:
+            error = (e.errno, e.strerror, e.filename)
+    if distributed:  # every rank learns of a failed write before the next collective, so none waits forever
+        error = next((e for e in gather_object([error]) if e), None)
+    if error:
+        raise WriteError(*error)
 
 
 def _check_matches(blob, net, optimizer) -> None:

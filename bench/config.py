@@ -27,8 +27,8 @@ PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from t
 
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
-NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_every", "mode", "num_workers",
-              "channels_last", "compile", "backend")
+NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
+              "num_workers", "channels_last", "compile", "backend")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
 layout, the loader backend: the three yield identical batches, tests/test_loaders.py): left out of the run key
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
@@ -72,14 +72,23 @@ class RunConfig:
     out: str = _f("results", "ledger folder: <out>/runs/*.json, <out>/checkpoints/")
     mode: str = _f("auto", "ddp: every run on all processes | grid: one run per process | auto: grid when there "
                            "are at least as many runs as processes", choices=MODES)
-    eval_every: int = _f(1, "evaluate on test (and val) every N epochs; always after the last")
-    checkpoint_every: int = _f(5, "checkpoint every N epochs (and on SIGTERM)")
+    eval_every: int = _f(10, "evaluate on test (and val) every N epochs, plus each of the last --eval-last epochs "
+                             "and always the last (the paper preset's cost: under 2%% of a run on a GPU)")
+    eval_last: int = _f(10, "evaluate each of the last N epochs (the final ones: where the best error is)")
+    checkpoint_minutes: float = _f(10.0, "checkpoint every N minutes of wall-clock time, at an epoch's end (0: after "
+                                         "every epoch), and always on SIGTERM")
+    claim_lease_minutes: float = _f(60.0, "grid mode: a run claimed by a process on another host whose claim was not "
+                                          "refreshed for this long (no epoch ended) is taken over (bench/queue.py)")
     diverge_after: int = _f(10, "a run still at chance training accuracy after this many epochs is 'diverged'")
     channels_last: bool = _f(True, "NHWC memory format for model and batch")
     compile: bool = _f(False, "torch.compile the model")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress bars on the main process")
     log_with: str | None = _f(None, "Accelerate tracker, e.g. tensorboard (logs under <out>)")
+
+    def evaluates(self, epochs_done: int) -> bool:
+        """Whether the epoch that brings the run to `epochs_done` is evaluated (the last one always is)."""
+        return epochs_done % self.eval_every == 0 or epochs_done > self.epochs - max(self.eval_last, 1)
 
     def __post_init__(self):
         def bad(msg):
@@ -97,9 +106,12 @@ class RunConfig:
         for lr in self.lrs:
             if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
                 bad(f"learning rates must be finite and > 0, got {lr!r}")
-        for name in ("epochs", "batch_size", "eval_every", "checkpoint_every", "diverge_after"):
+        for name in ("epochs", "batch_size", "eval_every", "diverge_after"):
             if getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_last", "checkpoint_minutes", "claim_lease_minutes"):
+            if not getattr(self, name) >= 0:
+                bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if any(s < 0 for s in self.seeds):
             bad(f"seeds must be >= 0, got {self.seeds}")
         if any(not 0 < d < self.epochs for d in self.lr_drops) or list(self.lr_drops) != sorted(set(self.lr_drops)):
@@ -167,7 +179,7 @@ PRESETS: dict[str, RunConfig] = {
     # The same 12 x 4 grid shape on 10 images per class and split, 2 epochs, no drops: the whole path in minutes
     # on 2 CPU cores. Its own data_dir, so it never replaces a full prepared copy in data/.
     "smoke": RunConfig(preset="smoke", epochs=2, lr_drops=(), batch_size=64, subset_per_class=10,
-                       data_dir="data/smoke", checkpoint_every=1, diverge_after=10),
+                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1, diverge_after=10),
 }
 
 

@@ -19,12 +19,56 @@ import torch
 from bench.config import UsageError
 
 
+class LaunchError(UsageError):
+    """A launch this machine cannot run as asked: rank 0 prints it, every rank exits with the same status."""
+
+
+def check_launch() -> None:
+    """Before any Accelerator: refuse a launch with more processes on this machine than it has GPUs, or a
+    MULTI_GPU launch without CUDA and without ACCELERATE_USE_CPU (torchrun would start unsynchronised copies),
+    naming the command that fits this machine."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if local <= 1 or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return
+    gpus = torch.cuda.device_count()
+    script = os.path.basename(sys.argv[0]) or "run_all.py"
+    if gpus == 0:
+        raise LaunchError(f"launched {local} processes but Accelerate is not distributed (no CUDA here): run "
+                          f"`make run`, or for {local}-rank DDP on CPU `ACCELERATE_USE_CPU=1 accelerate launch "
+                          f"--multi_gpu --num_processes {local} bench/{script} ...`")
+    if local > gpus:
+        raise LaunchError(f"launched {local} processes on a machine with {gpus} GPU(s): run `make run`, or "
+                          f"`accelerate launch --num_processes {gpus} bench/{script} ...`")
+
+
+def is_rank0() -> bool:
+    """Rank 0 of the launch (or no launcher), readable before the process group exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def die_with_launcher() -> None:
+    """Under a launcher (accelerate launch / torchrun: LOCAL_RANK set), ask Linux for SIGTERM when the launcher
+    dies (e.g. SIGKILLed): run_all's SIGTERM handler then checkpoints and exits instead of training on as an
+    orphan beside a rerun. If the launcher is already gone, SIGTERM now."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def make_accelerator(precision: str, *, log_with: str | None = None, project_dir: str | None = None,
                      cpu: bool = False):
     """The process's Accelerator at one mixed precision ("no" | "bf16" | "fp16"), checked: a launch that did not
     form one process group, or a precision Accelerate cannot autocast to here, is a UsageError."""
     from accelerate import Accelerator
 
+    check_launch()
     acc = Accelerator(mixed_precision=precision, log_with=log_with, project_dir=project_dir, cpu=cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and acc.num_processes != launched:
@@ -37,6 +81,30 @@ def make_accelerator(precision: str, *, log_with: str | None = None, project_dir
         raise UsageError(f"--precision {precision} is not supported on {acc.device.type} by Accelerate; "
                          "use --precision bf16 or no")
     return acc
+
+
+def check_writable(out: str) -> list[Path]:
+    """Create <out>/runs (checking it is writable); returns the folders it created, for `remove_empty`."""
+    runs = Path(out) / "runs"
+    created = [p for p in (runs, *runs.parents) if not p.exists()][::-1]
+    probe = Path(out) / f".write-probe.{os.getpid()}"
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        remove_empty(created)
+        raise UsageError(f"--out {out} is not writable ({e.strerror or e})") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this command created if they stayed empty (a refused command leaves nothing behind)."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 FINISH_TIMEOUT = datetime.timedelta(days=7)

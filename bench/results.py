@@ -139,18 +139,26 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     exception in `write`) the temporary file is removed, the previous `path` is left as it was, and the error is
     raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic within one filesystem
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class WriteError(OSError):
+    """`atomic_write` could not write `filename` (full disk, read-only folder): an OSError that names the file it
+    was writing, so a caller tells a failed write (stop, rerun later) from a failed run."""
 
 
 def write_record(out: str | os.PathLike, record: dict) -> Path:

@@ -16,17 +16,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import signal
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # and not bench/, whose modules are not top-level
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
-from bench import engine, process, results  # noqa: E402
+from bench import engine, process, results, workqueue  # noqa: E402
 from bench.config import VAL_SPLIT_OF, Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
 
 CHANCE_MARGIN_PCT = 1.0  # a run whose training accuracy stays within this of 1/num_classes has diverged
@@ -40,16 +39,6 @@ class Interrupted(Exception):
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def check_writable(out: str) -> None:
-    probe = Path(out) / f".write-probe.{os.getpid()}"
-    try:
-        results.runs_dir(out).mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--out {out} is not writable ({e.strerror or e})") from None
 
 
 def build_net(run: Run, device):
@@ -93,7 +82,7 @@ def start_run(run: Run, key: str, acc, ddp: bool, autocast):
     return net, torch.compile(model) if run.cfg.compile else model, optimizer, state
 
 
-def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_epochs) -> dict:
+def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_epochs, claim=None) -> dict:
     """Train and evaluate one run, resuming its checkpoint if there is one. Returns the record's result fields."""
     c, world = run.cfg, acc.num_processes if ddp else 1
     train = data.loader(c.train_split, augment=c.augment, seed=run.seed)
@@ -103,6 +92,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
     autocast = eval_autocast = engine.autocast_for(c.precision, acc)  # evaluation runs at the training precision
     net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
     stop, status, error = (lambda: STOP["requested"]), "completed", None
+    checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, claim, acc, ddp)
 
     for epoch in range(state.epoch, c.epochs):
         lr = engine.lr_at(epoch, run.lr, c.lr_drops)
@@ -120,7 +110,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
             raise Interrupted
         # the first epoch (JIT, compile, cache warm-up) is not steady state
         entry = state.end_epoch(es, epoch, lr, acc, distributed=ddp, world=world, steady=epoch > 0 or c.epochs == 1)
-        if math.isfinite(entry["loss"]) and ((epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs):
+        if math.isfinite(entry["loss"]) and c.evaluates(epoch + 1):
             state.evaluate(entry, net, evals, preprocess, acc, autocast=eval_autocast, channels_last=c.channels_last,
                            distributed=ddp)
         error = stop_reason(entry, epoch + 1, c)
@@ -134,7 +124,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
         if engine.stop_agreed(stop, acc, ddp):
             state.save(acc, net, optimizer, epoch + 1, distributed=ddp)
             raise Interrupted
-        if (epoch + 1) % c.checkpoint_every == 0 and epoch + 1 < c.epochs:
+        if checkpoints.due(epoch + 1, c.epochs):
             state.save(acc, net, optimizer, epoch + 1, distributed=ddp)
 
     if ddp and status == "completed":
@@ -184,33 +174,35 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
 
 
 def main(argv: list[str] | None = None) -> int:
+    process.die_with_launcher()
+    created = []
     try:
         cfg = parse_args(argv)
         cfg = dataclasses.replace(cfg, backend=loaders.resolve_backend(cfg.backend))  # recorded resolved
         if cfg.source != "torchvision" and not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
-        check_writable(cfg.out)
         acc = process.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=cfg.out)
+        world = acc.num_processes
+        mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(expand(cfg)) >= world else "ddp")
+        if mode == "ddp" and cfg.batch_size % world:
+            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes")
+        created = process.check_writable(cfg.out)
         group = process.finish_group(acc)
         manifest = process.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
     except (UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        process.remove_empty(created)
+        if process.is_rank0():  # once per launch, not once per rank
+            print(f"error: {e}", file=sys.stderr)
         return 2
     from tqdm.auto import tqdm
 
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)
     keys = [r.key(data_sha) for r in runs]
-    done = {r["run_key"] for r in results.read_records(cfg.out) if r.get("status") != "failed"} & set(keys)
-    acc.wait_for_everyone()  # every process has listed the ledger before anyone adds to it
-    world = acc.num_processes
-    mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(runs) >= world else "ddp")
-    if mode == "ddp" and cfg.batch_size % world:
-        print(f"error: --batch-size {cfg.batch_size} is not divisible by {world} processes", file=sys.stderr)
-        return 2
     ddp = mode == "ddp" and world > 1
+    done = workqueue.agree(workqueue.done_keys(cfg.out) & set(keys), acc, ddp)  # DDP: rank 0's list for all
     pending = [(r, k) for r, k in zip(runs, keys) if k not in done]
-    mine = pending if mode == "ddp" else pending[acc.process_index::world]
+    mine = workqueue.longest_first(pending, manifest["num_images"])  # claimed one by one below
 
     show = cfg.progress and acc.is_main_process
     acc.print("resolved configuration:\n" + "\n".join(f"  {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()))
@@ -224,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     env = results.environment(acc.device)
     if mine and acc.is_main_process:
         rate = measure_rate(mine[0][0], acc, data)
-        acc.print(f"ETA {eta_seconds(pending, manifest, rate, world) / 3600:.2f} h "
+        acc.print(f"ETA {workqueue.eta_seconds(mine, manifest['num_images'], rate, world) / 3600:.2f} h "
                   f"(measured {rate:.0f} img/s per process on {mine[0][0].model})")
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
 
@@ -232,22 +224,31 @@ def main(argv: list[str] | None = None) -> int:
         return tqdm(total=total, desc=desc, leave=False, unit="step") if show else None
 
     grid_bar = tqdm(total=len(mine), desc="grid", unit="run") if show else None
-    for run, key in mine:
+    for run, key, claim in workqueue.claimed(mine, cfg.out, manifest["num_images"], stop=lambda: STOP["requested"],
+                                             lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
         started_at = now()
         try:
-            outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, bar_epochs)
+            outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, bar_epochs, claim)
         except Interrupted:
             acc.print(f"stopped by SIGTERM: {key} checkpointed; rerun the same command to resume")
             return 143
+        except results.WriteError as e:  # full disk: not the run's fault, so not recorded as failed
+            return write_failed(e, acc, ddp)
         except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
             outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         record = make_record(run, key, data_sha, manifest, env, mode, world, started_at, outcome)
-        if ddp:
-            acc.wait_for_everyone()
+        failure = None
         if acc.is_main_process or not ddp:
-            results.write_record(cfg.out, record)
-            if record["status"] in ("completed", "diverged"):  # a failed run keeps its checkpoint for the retry
+            try:
+                results.write_record(cfg.out, record)
+            except results.WriteError as e:
+                failure = e
+            if failure is None and record["status"] in workqueue.DONE:  # a failed run keeps its checkpoint
                 (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+            claim.release()
+        failure = workqueue.agree(failure, acc, ddp)
+        if failure is not None:
+            return write_failed(failure, acc, ddp)
         acc.free_memory()
         error_pct = "-" if record["test_error_pct"] is None else f"{record['test_error_pct']:.2f}%"
         if grid_bar is not None:
@@ -257,8 +258,17 @@ def main(argv: list[str] | None = None) -> int:
             acc.print(f"{key} {run.model} lr={run.lr:g} seed={run.seed}: {record['status']}, test error {error_pct}")
     if grid_bar is not None:
         grid_bar.close()
+    if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
+        return 143
     process.finish(acc, group)
     return 0
+
+
+def write_failed(e: OSError, acc, ddp: bool) -> int:
+    """A write failed (full disk): one line, exit 1 (the claim is released as the queue is closed)."""
+    if acc.is_main_process or not ddp:
+        print(workqueue.write_failed(e), file=sys.stderr)
+    return 1
 
 
 def measure_rate(run: Run, acc, data: loaders.Cache) -> float:
@@ -268,15 +278,6 @@ def measure_rate(run: Run, acc, data: loaders.Cache) -> float:
     images, labels = next(iter(data.loader(c.train_split, augment=c.augment, seed=run.seed)))
     return engine.measure_step_rate(net, opt, images, labels, data.preprocess(c.preprocess, c.train_split), acc,
                                     engine.autocast_for(c.precision, acc), c.channels_last)
-
-
-def eta_seconds(pending, manifest: dict, rate: float, world: int) -> float:
-    """Pending training + evaluation work, scaled from the measured model by forward MACs (an evaluation image
-    costs about a third of a training image), spread over all processes."""
-    first = allconv.macs(pending[0][0].model)
-    work = sum(r.cfg.epochs * (manifest["num_images"][r.cfg.train_split] + manifest["num_images"]["test"] / 3)
-               * allconv.macs(r.model) / first for r, _ in pending)
-    return work / (rate * world)
 
 
 if __name__ == "__main__":

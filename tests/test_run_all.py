@@ -77,8 +77,8 @@ def check_sane(record: dict) -> None:
     assert record["train_images_per_s"] > 0 and record["eval_images_per_s"] > 0 and record["wall_time_s"] > 0
     assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
                                                  ("out", "source", "data_dir", "progress", "log_with",
-                                                  "checkpoint_every", "mode", "num_workers", "channels_last",
-                                                  "compile", "backend")})
+                                                  "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
+                                                  "channels_last", "compile", "backend")})
     assert record["versions"]["torch"] and record["precision"] == "bf16" and record["preset"] == "smoke"
 
 
@@ -115,7 +115,7 @@ def test_two_process_ddp_run_is_synchronised(data, tmp_path, free_port):
     assert record["mode"] == "ddp" and record["world_size"] == 2 and record["device_count"] == 2
 
 
-RESUME = ("--models", "strided-a", "model-a", "--lrs", "0.05", "--epochs", "3", "--checkpoint-every", "1",
+RESUME = ("--models", "strided-a", "model-a", "--lrs", "0.05", "--epochs", "3", "--checkpoint-minutes", "0",
           "--backend", "tensor", "--precision", "no")
 
 
@@ -245,9 +245,11 @@ def test_multi_process_launch_errors(data, tmp_path, free_port):
     p = launch(args(data, tmp_path / "out", "--models", "strided-a", "--lrs", "0.1"), 2, free_port, cpu=False,
                timeout=120)
     assert p.returncode != 0
-    assert "error: launched 2 processes but Accelerate is not distributed" in p.stderr
-    assert "ACCELERATE_USE_CPU=1" in p.stderr
+    assert p.stderr.count("error: launched 2 processes but Accelerate is not distributed") == 1, p.stderr
+    assert "`make run`" in p.stderr and "ACCELERATE_USE_CPU=1" in p.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was created
     p = launch(args(data, tmp_path / "out", "--models", "strided-a", "--lrs", "0.1", "--mode", "ddp",
                     "--batch-size", "33", "--backend", "tensor"), 2, free_port, timeout=120)
-    assert p.returncode != 0 and "error: --batch-size 33 is not divisible by 2 processes" in p.stderr
+    assert p.returncode != 0 and p.stderr.count("error: --batch-size 33 is not divisible by 2 processes") == 1
+    assert not (tmp_path / "out").exists()
     assert results.read_records(tmp_path / "out") == []

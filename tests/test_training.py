@@ -59,8 +59,8 @@ def test_run_key_ignores_where_and_how_but_not_what():
     cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05"])
     (run,) = expand(cfg, "sha")
     same = dataclasses.replace(cfg, out="/elsewhere", progress=False, data_dir="/d", mode="ddp", log_with="x",
-                               checkpoint_every=1, num_workers=3, channels_last=False, source="/s.tar.gz",
-                               backend="torch")
+                               checkpoint_minutes=0, claim_lease_minutes=1, num_workers=3, channels_last=False,
+                               source="/s.tar.gz", backend="torch")
     assert expand(same, "sha")[0].key("sha") == run.key("sha")
     for change in ({"epochs": 349}, {"precision": "no"}, {"batch_size": 128},
                    {"subset_per_class": 10}, {"preset": "smoke"}):

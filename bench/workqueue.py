@@ -1,0 +1,258 @@
+"""The grid's work queue: each process claims the next pending run, longest first, with a claim file in the ledger
+folder, so any number of processes started at any time (one `accelerate launch`, a SLURM job array, several
+machines on one shared filesystem) share one `--out` without a static split and without waiting on each other.
+
+    for run, key, claim in claimed(pending, out, num_images, lease_s=3600, stop=stopped):
+        ... train, claim.heartbeat() at each epoch end, write the record ...
+    # each claim is released (deleted) when the loop asks for the next run or is left (SIGTERM, a failed write)
+
+A claim is `<out>/claims/<run_key>.json` created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+),
+holding host, pid, the pid's start time and the claim's start time; its mtime is the owner's heartbeat. A claim is
+stale when its process is gone: same host and that process no longer exists (pid dead, or reused by another
+process), or another host and no heartbeat for `lease_s` (set the lease above the longest epoch). A stale claim is
+taken over race-free: it is renamed to a name unique to the taker, and only the taker whose rename moved the very
+file it judged stale (same inode) goes on to claim the run. `<out>/claims/log.txt` has one line per claim and
+takeover: the order in which the grid was handed out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import allconv
+from bench import results
+
+HOST = socket.gethostname()
+DONE = ("completed", "diverged")
+"""Statuses that end a run for good; "failed" and "stalled" runs are trained again on a rerun."""
+
+
+def claims_dir(out) -> Path:
+    return Path(out) / "claims"
+
+
+def done_keys(out) -> set[str]:
+    """Run keys with a final record in the ledger."""
+    return {r["run_key"] for r in results.read_records(out) if r.get("status") in DONE}
+
+
+def recorded(out, key: str) -> bool:
+    """Whether `key` has a final record now (another process may have finished it since the ledger was listed)."""
+    try:
+        record = json.loads((results.runs_dir(out) / f"{key}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return results.validate(record) is None and record.get("status") in DONE
+
+
+def cost(run, num_images: dict) -> float:
+    """A run's training work: epochs x training images x forward MACs per image (allconv.macs)."""
+    return run.cfg.epochs * num_images[run.cfg.train_split] * allconv.macs(run.model)
+
+
+def longest_first(pending: list, num_images: dict) -> list:
+    """(run, key) pairs, the most work first (ties keep grid order): the grid ends soonest when the longest runs
+    start first and the short ones fill the gaps at the end."""
+    return sorted(pending, key=lambda rk: -cost(rk[0], num_images))
+
+
+def _pid_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), telling a live pid from a reused one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False  # exited, not yet reaped
+    except (OSError, IndexError):
+        pass
+    now = _pid_start(pid)
+    return start is None or now is None or now == start
+
+
+def stale(info: dict, mtime: float, lease_s: float, now: float | None = None) -> bool:
+    """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone."""
+    if info.get("host") == HOST and isinstance(info.get("pid"), int):
+        return not _alive(info["pid"], info.get("pid_start"))
+    return (time.time() if now is None else now) - mtime > lease_s
+
+
+@dataclass
+class Claim:
+    """This process's claim on one run; a context manager that releases it. `path` None: a no-op claim (the
+    non-main ranks of a DDP run, whose main process holds the claim)."""
+    path: Path | None
+    inode: int = 0
+
+    def _mine(self) -> bool:
+        try:
+            return self.path is not None and os.stat(self.path).st_ino == self.inode
+        except OSError:
+            return False
+
+    def heartbeat(self) -> None:
+        """Refresh the claim's mtime: the owner is alive (other hosts judge it by this)."""
+        if self._mine():
+            os.utime(self.path)
+
+    def release(self) -> None:
+        if self._mine():
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def log(out, line: str) -> None:
+    """Append one line to the claims log (O_APPEND: lines from many processes do not interleave)."""
+    try:
+        with open(claims_dir(out) / "log.txt", "a") as f:
+            f.write(f"{time.time():.3f} {HOST} {os.getpid()} {line}\n")
+    except OSError:
+        pass  # the log is for people; a claim works without it
+
+
+def try_claim(out, key: str, lease_s: float) -> Claim | None:
+    """Claim run `key` for this process, taking over a stale claim; None when a live process holds it."""
+    path = claims_dir(out) / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+                       "started_at": time.time()}).encode()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.write(fd, body)
+                os.fsync(fd)
+                inode = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+            return Claim(path, inode)
+        try:
+            st = os.stat(path)
+            info = json.loads(path.read_text() or "{}")
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        except (OSError, ValueError):
+            info = {}  # half-written (its owner died between create and write) or damaged: judged by its age
+            st = os.stat(path) if path.exists() else None
+            if st is None:
+                continue
+        if not isinstance(info, dict) or not stale(info, st.st_mtime, lease_s if info else min(lease_s, 60)):
+            return None
+        grave = path.with_name(f".{key}.stale.{HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, grave)
+        except FileNotFoundError:
+            continue  # another process took it over first
+        if os.stat(grave).st_ino != st.st_ino:  # we moved a fresh claim another taker made meanwhile: put it back
+            try:
+                os.link(grave, path)
+            except FileExistsError:
+                pass
+            grave.unlink(missing_ok=True)
+            return None
+        grave.unlink(missing_ok=True)
+        log(out, f"took over {key} from {info.get('host')} pid {info.get('pid')}")
+    return None
+
+
+def claimed(pending: list, out, num_images: dict, *, lease_s: float, stop=lambda: False, acc=None,
+            ddp: bool = False):
+    """Yield (run, key, claim) for each pending run this process claims, longest first, skipping runs held by a
+    live process or recorded meanwhile. In DDP mode (every rank trains every run) the main process claims and the
+    ranks follow its decision; `acc` is needed then."""
+    from bench.engine import stop_agreed
+
+    for run, key in longest_first(pending, num_images):
+        if stop_agreed(stop, acc, ddp):  # in DDP mode a stop on any rank stops all, before the next collective
+            return
+        claim = None
+        if (not ddp or acc.is_main_process) and recorded(out, key):
+            if (claims_dir(out) / f"{key}.json").exists():  # its owner died between record and release
+                (try_claim(out, key, lease_s) or Claim(None)).release()  # clears a stale claim, leaves a live one
+        elif not ddp or acc.is_main_process:
+            claim = try_claim(out, key, lease_s)
+            if claim is not None and recorded(out, key):  # finished by another process since the check above
+                claim.release()
+                claim = None
+            if claim is not None:
+                log(out, f"claimed {key}")
+        if ddp:
+            from accelerate.utils import broadcast_object_list
+
+            take = broadcast_object_list([claim is not None])[0]
+            claim = claim if acc.is_main_process else (Claim(None) if take else None)
+        if claim is not None:
+            try:
+                yield run, key, claim
+            finally:  # the caller asks for the next run, or leaves the loop (SIGTERM, a failed write)
+                claim.release()
+
+
+class Checkpoints:
+    """When to checkpoint at an epoch's end: every `minutes` of wall-clock time (0: every epoch), never after the
+    last epoch (the record follows). Each epoch's end is also the claim's heartbeat. In DDP mode the main process's
+    clock decides for every rank (a checkpoint gathers from all ranks)."""
+
+    def __init__(self, minutes: float, claim: Claim | None, acc=None, ddp: bool = False):
+        self.interval, self.claim, self.acc, self.ddp = minutes * 60, claim, acc, ddp
+        self.last = time.monotonic()
+
+    def due(self, epochs_done: int, epochs: int) -> bool:
+        if self.claim is not None:
+            self.claim.heartbeat()
+        due = epochs_done < epochs and time.monotonic() - self.last >= self.interval
+        if self.ddp:
+            from accelerate.utils import broadcast_object_list
+
+            due = broadcast_object_list([due])[0]
+        if due:
+            self.last = time.monotonic()
+        return due
+
+
+def eta_seconds(pending: list, num_images: dict, rate: float, world: int) -> float:
+    """Pending training + evaluation work, scaled from the measured model (the first pending run) by forward MACs
+    (an evaluation image costs about a third of a training image), spread over all processes."""
+    first = allconv.macs(pending[0][0].model)
+    work = sum(r.cfg.epochs * (num_images[r.cfg.train_split] + num_images["test"] / 3) * allconv.macs(r.model) / first
+               for r, _ in pending)
+    return work / (rate * world)
+
+
+def agree(error, acc, ddp: bool):
+    """The main process's write error on every rank (DDP mode), so all stop before the next collective."""
+    if not ddp:
+        return error
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([error])[0]
+
+
+def write_failed(e: OSError) -> str:
+    """The one line for a write that failed (full disk): nothing recorded as failed, nothing lost."""
+    hint = "free space" if e.errno in (28, 122) else "make it writable"  # ENOSPC, EDQUOT
+    return (f"error: cannot write {e.filename}: {e.strerror}; earlier records and checkpoints are intact; {hint} and "
+            "rerun the same command")
