@@ -7,7 +7,8 @@
 
 `allconv.specs` holds the tables and imports no torch; `python -m allconv` prints them.
 """
-from .specs import (DEFAULT_INIT, INITS, SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs, num_params)
+from .specs import (DEFAULT_INIT, INITS, SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs, num_params,
+                    resolve_models)
 
 
 def __getattr__(attr):  # torch is imported only when a network is built
@@ -19,4 +20,4 @@ def __getattr__(attr):  # torch is imported only when a network is built
 
 
 __all__ = ["DEFAULT_INIT", "INITS", "SPECS", "VARIANTS", "ModelSpec", "build", "get_spec", "list_models", "macs",
-           "num_params"]
+           "num_params", "resolve_models"]

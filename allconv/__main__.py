@@ -1,8 +1,9 @@
-"""`python -m allconv [PATTERN]`: the 12 networks with exact parameters, the paper's printed count,
+"""`python -m allconv [PATTERN ...]`: the 12 networks with exact parameters, the paper's printed count,
 forward MACs and the layer list, computed from the spec."""
+import argparse
 import sys
 
-from .specs import SPECS, list_models, macs, num_params, stages, Conv, Pool
+from .specs import SPECS, macs, num_params, resolve_models, stages, Conv, Pool
 
 
 def describe(name: str) -> str:
@@ -17,9 +18,14 @@ def describe(name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    names = list_models(argv[0] if argv else "*")
-    if not names:
-        print(f"error: no model matches {argv[0]!r}; valid names: {', '.join(SPECS)}", file=sys.stderr)
+    p = argparse.ArgumentParser(prog="python -m allconv", description="The 12 networks of Table 3: exact and printed parameter counts, forward MACs, layers.")
+    p.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN",
+                   help="API names or fnmatch patterns ('*-c', 'model-*,allcnn-c'), as run_all and throughput "
+                        "--models take them (default: all 12)")
+    try:
+        names = resolve_models(p.parse_args(argv).patterns)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{'model':<16}{'params':>11}{'paper':>8}{'MMACs':>9}{'error%':>8}  layers")
     for name in names:

@@ -117,6 +117,19 @@ def list_models(pattern: str = "*") -> list[str]:
     return [name for name in SPECS if fnmatch.fnmatchcase(name, pattern)]
 
 
+def resolve_models(patterns) -> list[str]:
+    """API names or fnmatch patterns (also comma-separated: "model-*,allcnn-c") -> API names in Table 3 order, each
+    once. One helper for `python -m allconv`, bench/run_all.py and bench/throughput.py; a pattern that matches
+    nothing raises a ValueError naming the valid names."""
+    chosen = set()
+    for pattern in (p.strip() for arg in patterns for p in arg.split(",") if p.strip()):
+        hits = list_models(pattern)
+        if not hits:
+            raise ValueError(f"no model matches {pattern!r}; valid names: {', '.join(SPECS)}")
+        chosen.update(hits)
+    return [name for name in SPECS if name in chosen]
+
+
 def downsample_stage(convs: list[tuple[int, int]], variant: str) -> list[Layer]:
     """Table 2 as one function: how each variant ends a stage of Table 1 convolutions."""
     *rest, (k, width) = convs

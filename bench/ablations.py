@@ -15,8 +15,10 @@ BASELINE_FIELDS = ("bn", "dropout", "final_relu", "optimizer", "augment", "train
 """The fields an ablation varies. Their BASELINE values are RunConfig's defaults, the paper's protocol: no batch
 norm; dropout 20% on the input and 50% after each downsampling step; the ReLU after the last 1x1 conv (Table 1);
 SGD with momentum 0.9 and weight decay 1e-3; no augmentation (Table 3); all 50k training images with the LR judged
-on the test set, as the paper does; bf16 autocast (our default for speed; the precision ablation checks it changes
-nothing)."""
+on the test set, as the paper does; bf16 autocast in training (our default for speed; the precision ablation checks
+it changes nothing), evaluation in fp32 (`eval_precision` "no"). The precision ablation's "fp32" arm is full fp32:
+autocast off in training and evaluation and, on CUDA, TF32 off for its convolutions and matmuls
+(`bench.engine.full_fp32`: cuDNN would otherwise run "fp32" convolutions in TF32 on Ampere and later)."""
 BASELINE: dict[str, object] = {k: getattr(RunConfig(), k) for k in BASELINE_FIELDS}
 
 
@@ -55,7 +57,8 @@ ABLATIONS: dict[str, Ablation] = {
         note="The honest protocol trains on 45k images and picks the LR on the 5k held out."),
     "precision": Ablation(
         "Precision",
-        {"bf16 autocast (default)": {}, "fp32": {"precision": "no"}}),
+        {"bf16 autocast (default)": {}, "fp32": {"precision": "no"}},
+        note="fp32 = autocast off and TF32 off on CUDA (bench.engine.full_fp32); both arms evaluate in fp32."),
 }
 
 

@@ -13,7 +13,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from allconv.specs import DEFAULT_INIT, INITS, SPECS  # noqa: F401  (INITS: also read from here)
+from allconv.specs import DEFAULT_INIT, INITS, SPECS, resolve_models  # noqa: F401  (INITS: also read from here)
 from bench import results
 from bench.devices import PRECISION_LABELS, precision_name
 from loaders import AUGMENTS, BACKENDS, PREPROCESS  # loaders/__init__ imports no torch
@@ -28,12 +28,13 @@ PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from t
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
-              "num_workers", "channels_last", "compile", "backend")
+              "num_workers", "channels_last", "compile", "backend", "stall_after", "verbose")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
 layout, the loader backend: the three yield identical batches, tests/test_loaders.py): left out of the run key
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
 machine and finished with the tensor backend on a GPU machine without ffcv) and never records a run twice. The data
-enters the key as the prepared source's sha256 instead of its path."""
+enters the key as the prepared source's sha256 instead of its path. `stall_after` only decides whether a run stops
+early (as "stalled", never a result): a stalled run retried without it resumes under the same key."""
 
 
 def _f(default, help: str, **kw):
@@ -43,14 +44,16 @@ def _f(default, help: str, **kw):
 @dataclass(frozen=True)
 class RunConfig:
     preset: str = _f("paper", "base configuration: " + " | ".join(PRESETS_NAMES))
-    models: tuple[str, ...] = _f(tuple(SPECS), "allconv API names (Table 3 order by default)")
+    models: tuple[str, ...] = _f(tuple(SPECS), "allconv API names or fnmatch patterns ('*-c'), trained in Table 3 order")
     lrs: tuple[float, ...] = _f((0.25, 0.1, 0.05, 0.01), "learning rates (the paper's gamma grid)")
     seeds: tuple[int, ...] = _f((0,), "one run per seed; seeds the model, dropout and the loader order")
     ablations: tuple[str, ...] = _f((), "none | all | NAME,... from bench/ablations.py (each adds its arms' runs)")
     epochs: int = _f(350, "training epochs (paper: 350)")
     lr_drops: tuple[int, ...] = _f((200, 250, 300), "epochs at which the LR is multiplied by 0.1 (paper: 200 250 300)")
-    batch_size: int = _f(256, "GLOBAL batch, independent of the process count (paper: unstated; the Caffe port "
-                              "that reached 90.25%% used 256)")
+    batch_size: int = _f(256, "images per SGD step of one run, whatever the process count: --mode grid trains each "
+                              "run at this batch on one process, --mode ddp splits it over the processes (as "
+                              "bench/throughput.py --batch-size; paper: unstated, the Caffe port that reached "
+                              "90.25%% used 256)")
     optimizer: str = _f("sgd", "sgd (paper) | adam", choices=OPTIMIZERS)
     momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
     weight_decay: float = _f(1e-3, "L2 weight decay (paper: 0.001)")
@@ -62,8 +65,10 @@ class RunConfig:
     augment: str = _f("none", "none (Table 3) | flip-translate (Table 4)", choices=AUGMENTS)
     train_split: str = _f("train", "train (50k, LR judged on test as the paper does) | train45k (judged on val5k)",
                           choices=tuple(VAL_SPLIT_OF))
-    precision: str = _f("bf16", "no (alias fp32) | bf16 | fp16 autocast, passed to Accelerator",
-                        choices=tuple(PRECISION_LABELS))
+    precision: str = _f("bf16", "training autocast: no (alias fp32; TF32 off on CUDA) | bf16 | fp16, passed to "
+                                "Accelerator (as bench/throughput.py --precision)", choices=tuple(PRECISION_LABELS))
+    eval_precision: str = _f("no", "evaluation autocast: no (fp32, as the paper; default) or the training precision",
+                             choices=tuple(PRECISION_LABELS))
     backend: str = _f("auto", "data loader backend; auto: tensor on a GPU, else ffcv when importable "
                               "(loaders.resolve_backend; the record has the resolved one)", choices=("auto", *BACKENDS))
     source: str = _f("torchvision", "CIFAR-10 source for loaders.prepare: torchvision | archive | folder")
@@ -78,12 +83,15 @@ class RunConfig:
     checkpoint_minutes: float = _f(10.0, "checkpoint every N minutes of wall-clock time, at an epoch's end (0: after "
                                          "every epoch), and always on SIGTERM")
     claim_lease_minutes: float = _f(60.0, "grid mode: a run claimed by a process on another host whose claim was not "
-                                          "refreshed for this long (no epoch ended) is taken over (bench/queue.py)")
-    diverge_after: int = _f(10, "a run still at chance training accuracy after this many epochs is 'diverged'")
+                                          "refreshed for this long (no epoch ended) is taken over (bench/workqueue.py)")
+    stall_after: int | None = _f(None, "opt-in early stop: a run whose training accuracy is still within 1 pp of "
+                                       "chance after N epochs stops as 'stalled' (retried on rerun); default off: "
+                                       "only a NaN/inf loss stops a run early ('diverged')")
     channels_last: bool = _f(True, "NHWC memory format for model and batch")
     compile: bool = _f(False, "torch.compile the model")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
-    progress: bool = _f(True, "progress bars on the main process")
+    progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
+    verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")
     log_with: str | None = _f(None, "Accelerate tracker, e.g. tensorboard (logs under <out>)")
 
     def evaluates(self, epochs_done: int) -> bool:
@@ -106,8 +114,8 @@ class RunConfig:
         for lr in self.lrs:
             if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
                 bad(f"learning rates must be finite and > 0, got {lr!r}")
-        for name in ("epochs", "batch_size", "eval_every", "diverge_after"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "eval_every", "stall_after"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_last", "checkpoint_minutes", "claim_lease_minutes"):
             if not getattr(self, name) >= 0:
@@ -129,6 +137,8 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if self.eval_precision not in ("no", self.precision):
+            bad(f"--eval-precision must be no or the training precision {self.precision}, got {self.eval_precision}")
         for name in ablations:  # ablation arms may only turn autocast off: one Accelerator per process
             for arm in _ablations().ABLATIONS[name].arms.values():
                 if arm.get("precision", self.precision) not in (self.precision, "no"):
@@ -161,7 +171,10 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
     for name in cfg.ablations:
         ablation = _ablations().ABLATIONS[name]
         for overrides in ablation.arms.values():
-            arm_cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if k != "lrs"})
+            arm = {k: v for k, v in overrides.items() if k != "lrs"}
+            if arm.get("precision") == "no":  # an fp32 arm evaluates in fp32 too
+                arm["eval_precision"] = "no"
+            arm_cfg = dataclasses.replace(cfg, **arm)
             lrs = overrides.get("lrs", cfg.lrs)
             runs += [Run(m, lr, s, arm_cfg) for m in ablation.models for lr in lrs for s in cfg.seeds]
     seen, unique = set(), []
@@ -179,7 +192,7 @@ PRESETS: dict[str, RunConfig] = {
     # The same 12 x 4 grid shape on 10 images per class and split, 2 epochs, no drops: the whole path in minutes
     # on 2 CPU cores. Its own data_dir, so it never replaces a full prepared copy in data/.
     "smoke": RunConfig(preset="smoke", epochs=2, lr_drops=(), batch_size=64, subset_per_class=10,
-                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1, diverge_after=10),
+                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1),
 }
 
 
@@ -222,17 +235,23 @@ def precision_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One option per RunConfig field, same name, type from the annotation, help from the metadata."""
+def build_parser(preset: str = "paper") -> argparse.ArgumentParser:
+    """One option per RunConfig field, same name, type from the annotation, help from the metadata; the defaults
+    shown are the given preset's."""
+    base = PRESETS[preset]
     p = Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
-                argument_default=argparse.SUPPRESS)
+               epilog=f"Defaults shown are those of --preset {preset} (bench/config.py PRESETS; `--preset smoke "
+                      f"--help` shows another's). --models takes names or fnmatch patterns ('*-c').",
+               argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
-        help = f"{f.metadata['help']} (default: {f.default!r})"
+        default = getattr(base, f.name)
+        shown = (" ".join(map(str, default)) or "none") if isinstance(default, tuple) else default
+        help = f"{f.metadata['help']} (default: {shown})"
         if f.name == "ablations":
             p.add_argument(flag, type=_ablation_names, help=help)
-        elif f.name == "precision":
+        elif f.name in ("precision", "eval_precision"):
             p.add_argument(flag, type=precision_arg, help=help)
         elif kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
@@ -240,19 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
             item = typing.get_args(kind)[0]
             p.add_argument(flag, type=item, nargs="*" if f.name == "lr_drops" else "+", help=help)
         else:
-            base = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
-            parse = _none_or(base[0]) if type(None) in typing.get_args(kind) else base[0]
+            base_type = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
+            parse = _none_or(base_type[0]) if type(None) in typing.get_args(kind) else base_type[0]
             p.add_argument(flag, type=parse, choices=f.metadata.get("choices"), help=help)
     return p
 
 
 def parse_args(argv: list[str] | None) -> RunConfig:
     """The preset's config with every given option replacing its field. Bad input raises UsageError/ValueError."""
-    given = vars(build_parser().parse_args(argv))
-    preset = given.pop("preset", "paper")
+    pre = Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    pre.add_argument("--preset")
+    preset = getattr(pre.parse_known_args(argv)[0], "preset", "paper")
     if preset not in PRESETS_NAMES:
         raise UsageError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS_NAMES)}")
+    given = vars(build_parser(preset).parse_args(argv))
+    given.pop("preset", None)
     for name in ("models", "lrs", "seeds", "lr_drops", "ablations"):
         if name in given:
             given[name] = tuple(given[name])
+    if "models" in given:
+        given["models"] = tuple(resolve_models(given["models"]))  # names or fnmatch patterns, as allconv's CLI
     return dataclasses.replace(PRESETS[preset], **given)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,22 @@ def autocast_for(precision: str, accelerator) -> AutocastKwargs:
     """A run's autocast setting. The Accelerator's mixed precision is fixed per process, so an fp32 run
     ("no", the precision ablation) under a bf16 Accelerator turns autocast off instead."""
     return AutocastKwargs(enabled=precision != "no" and accelerator.native_amp)
+
+
+@contextmanager
+def full_fp32(device: torch.device, on: bool):
+    """With `on` and on CUDA: TF32 off for convolutions and matmuls while the block runs, restored after. cuDNN's
+    default lets "fp32" convolutions run in TF32 (10-bit mantissa) on Ampere and later; the paper trained in fp32,
+    so a run at precision "no" (the precision ablation's fp32 arm) is fp32 throughout."""
+    if not (on and device.type == "cuda"):
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def sync(device: torch.device) -> None:

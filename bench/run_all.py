@@ -27,8 +27,9 @@ import allconv  # noqa: E402
 import loaders  # noqa: E402
 from bench import engine, process, results, workqueue  # noqa: E402
 from bench.config import VAL_SPLIT_OF, Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
+from bench.progress import Progress  # noqa: E402
 
-CHANCE_MARGIN_PCT = 1.0  # a run whose training accuracy stays within this of 1/num_classes has diverged
+CHANCE_MARGIN_PCT = 1.0  # --stall-after: training accuracy within this of 1/num_classes is "at chance"
 NUM_CLASSES = 10
 STOP = {"requested": False}  # set by SIGTERM; the loop checkpoints at the next step boundary and exits
 
@@ -51,13 +52,17 @@ def build_net(run: Run, device):
     return net, engine.make_optimizer(c.optimizer, net.parameters(), run.lr, c.momentum, c.weight_decay, device)
 
 
-def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> str | None:
-    """Why a run stops early as "diverged", else None: the one place for early-stop rules. A loss that is not
-    finite (the epoch is then not evaluated), or training accuracy still at chance after `diverge_after` epochs."""
+def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> tuple[str, str] | None:
+    """(status, why) when a run stops early, else None: the one place for early-stop rules. Only a loss that is
+    not finite stops a run by default ("diverged"; the epoch is then not evaluated). A finite run at chance trains
+    its whole schedule and its error is recorded as measured: at chance may mean not yet started (a slow init) or
+    dead (ReLUs before the global average), neither is divergence. Opt-in `--stall-after N`: training accuracy
+    still within CHANCE_MARGIN_PCT of chance after N epochs stops the run as "stalled", retried on rerun."""
     if not math.isfinite(entry["loss"]):
-        return f"loss is {entry['loss']} in epoch {epochs_done}"
-    if epochs_done >= c.diverge_after and entry["train_acc_pct"] <= 100 / NUM_CLASSES + CHANCE_MARGIN_PCT:
-        return f"training accuracy {entry['train_acc_pct']:.1f}% (chance) after epoch {epochs_done}"
+        return "diverged", f"loss is {entry['loss']} in epoch {epochs_done}"
+    if c.stall_after is not None and epochs_done >= c.stall_after \
+            and entry["train_acc_pct"] <= 100 / NUM_CLASSES + CHANCE_MARGIN_PCT:
+        return "stalled", f"training accuracy {entry['train_acc_pct']:.1f}% (chance) after epoch {epochs_done}"
     return None
 
 
@@ -82,14 +87,26 @@ def start_run(run: Run, key: str, acc, ddp: bool, autocast):
     return net, torch.compile(model) if run.cfg.compile else model, optimizer, state
 
 
-def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_epochs, claim=None) -> dict:
-    """Train and evaluate one run, resuming its checkpoint if there is one. Returns the record's result fields."""
+def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, claim=None) -> dict:
+    """Train and evaluate one run, resuming its checkpoint if there is one, with its own tracker run. Returns the
+    record's result fields. A run at precision "no" is full fp32 (TF32 off on CUDA, `engine.full_fp32`)."""
+    tracker, outcome = show.tracker(run, key), None
+    try:
+        with engine.full_fp32(acc.device, run.cfg.precision == "no"):
+            outcome = _train(run, key, acc, data, num_images, ddp, show, tracker, claim)
+        return outcome
+    finally:
+        tracker.finish(outcome)
+
+
+def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, tracker, claim) -> dict:
     c, world = run.cfg, acc.num_processes if ddp else 1
     train = data.loader(c.train_split, augment=c.augment, seed=run.seed)
     preprocess = data.preprocess(c.preprocess, c.train_split)
     evals = {name: (data.loader(split), num_images.get(split))  # name -> (loader, the split's image count)
              for name, split in (("test", "test"), ("val", VAL_SPLIT_OF[c.train_split])) if split}
-    autocast = eval_autocast = engine.autocast_for(c.precision, acc)  # evaluation runs at the training precision
+    autocast = engine.autocast_for(c.precision, acc)
+    eval_autocast = engine.autocast_for(c.eval_precision, acc)  # fp32 unless --eval-precision says otherwise
     net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
     stop, status, error = (lambda: STOP["requested"]), "completed", None
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, claim, acc, ddp)
@@ -98,7 +115,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
         lr = engine.lr_at(epoch, run.lr, c.lr_drops)
         engine.set_lr(optimizer, lr)
         train.set_epoch(epoch)
-        bar = bar_epochs(len(train), f"{run.model} lr={run.lr:g} epoch {epoch + 1}/{c.epochs}")
+        bar = show.epoch_bar(run, epoch, len(train), state.history[-1] if state.history else None)
         es = engine.train_one_epoch(model, optimizer, train, preprocess, acc, autocast=autocast,
                                     channels_last=c.channels_last, state=state.epoch_state, stop_flag=stop,
                                     warmup_steps=min(5, len(train) // 4) if c.epochs == 1 else 0,  # time 1 epoch
@@ -113,13 +130,14 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
         if math.isfinite(entry["loss"]) and c.evaluates(epoch + 1):
             state.evaluate(entry, net, evals, preprocess, acc, autocast=eval_autocast, channels_last=c.channels_last,
                            distributed=ddp)
-        error = stop_reason(entry, epoch + 1, c)
+        stopped = stop_reason(entry, epoch + 1, c)
         state.append(entry)
-        if acc.trackers:
-            acc.log({f"{key}/{k}": v for k, v in state.history[-1].items() if v is not None and k != "epoch"},
-                    step=epoch + 1)
-        if error:
-            status = "diverged"
+        tracker.log(state.history[-1])
+        show.epoch_done(run, state.history[-1])
+        if stopped:
+            status, error = stopped
+            if status == "stalled":  # a retry (e.g. without --stall-after) resumes here
+                state.save(acc, net, optimizer, epoch + 1, distributed=ddp)
             break
         if engine.stop_agreed(stop, acc, ddp):
             state.save(acc, net, optimizer, epoch + 1, distributed=ddp)
@@ -129,11 +147,11 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, bar_ep
 
     if ddp and status == "completed":
         engine.check_replicas(net, acc)
-    return summary(state, status, error, net, acc, autocast)
+    return summary(state, status, error, net, acc, autocast, eval_autocast)
 
 
-def summary(state, status: str, error: str | None, net, acc, autocast) -> dict:
-    """The result fields of a finished (completed or diverged) run, from its state."""
+def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast) -> dict:
+    """The result fields of a finished (completed, diverged or stalled) run, from its state."""
     history, t = state.history, state.timings
     evaluated = [h for h in history if h["test_error_pct"] is not None]
     best = min(evaluated, key=lambda h: h["test_error_pct"]) if evaluated else None
@@ -146,7 +164,8 @@ def summary(state, status: str, error: str | None, net, acc, autocast) -> dict:
             "train_images_per_s": t["steady_img"] / t["steady_s"] if t["steady_s"] else None,
             "eval_images_per_s": t["eval_img"] / t["eval_s"] if t["eval_s"] else None,
             "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
-            "precision": "no" if not autocast.enabled else acc.mixed_precision}
+            "precision": "no" if not autocast.enabled else acc.mixed_precision,
+            "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision}
 
 
 def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,
@@ -168,7 +187,9 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
                        "manifest_sha256": manifest["manifest_sha256"],
                        "num_train": manifest["num_images"][run.cfg.train_split],
                        "num_test": manifest["num_images"]["test"]},
-              "config": cfg, "started_at": started_at, "finished_at": now(), "history": []}
+              "config": cfg, "started_at": started_at, "finished_at": now(), "history": [],
+              "grid": {"models": list(run.cfg.models), "lrs": list(run.cfg.lrs), "seeds": list(run.cfg.seeds)},
+              "eval_precision": run.cfg.eval_precision}
     record.update(outcome)
     return record
 
@@ -181,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, backend=loaders.resolve_backend(cfg.backend))  # recorded resolved
         if cfg.source != "torchvision" and not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
-        acc = process.make_accelerator(cfg.precision, log_with=cfg.log_with, project_dir=cfg.out)
+        acc = process.make_accelerator(cfg.precision, project_dir=cfg.out)  # trackers: one per run (progress.py)
         world = acc.num_processes
         mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(expand(cfg)) >= world else "ddp")
         if mode == "ddp" and cfg.batch_size % world:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes")
         created = process.check_writable(cfg.out)
+        show = Progress(cfg, acc)
         group = process.finish_group(acc)
         manifest = process.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
     except (UsageError, ValueError) as e:
@@ -194,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         if process.is_rank0():  # once per launch, not once per rank
             print(f"error: {e}", file=sys.stderr)
         return 2
-    from tqdm.auto import tqdm
-
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)
     keys = [r.key(data_sha) for r in runs]
@@ -204,33 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     pending = [(r, k) for r, k in zip(runs, keys) if k not in done]
     mine = workqueue.longest_first(pending, manifest["num_images"])  # claimed one by one below
 
-    show = cfg.progress and acc.is_main_process
-    acc.print("resolved configuration:\n" + "\n".join(f"  {k} = {v!r}" for k, v in dataclasses.asdict(cfg).items()))
-    acc.print(f"{len(runs)} runs: {len(done)} already in {results.runs_dir(cfg.out)} (skipped), {len(pending)} to "
-              f"train (failed ones again); mode {mode} on {world} process(es)")
-    if cfg.log_with:
-        acc.init_trackers("run_all", config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+    show.plan(runs, done, pending, mine, mode, world, ddp)
     data = loaders.Cache(cfg.data_dir, backend=cfg.backend, device=acc.device, distributed=ddp,
                          batch_size=cfg.batch_size // (world if ddp else 1),
                          num_workers=cfg.num_workers or loaders.workers_per_process())
     env = results.environment(acc.device)
     if mine and acc.is_main_process:
         rate = measure_rate(mine[0][0], acc, data)
-        acc.print(f"ETA {workqueue.eta_seconds(mine, manifest['num_images'], rate, world) / 3600:.2f} h "
-                  f"(measured {rate:.0f} img/s per process on {mine[0][0].model})")
+        show.eta(workqueue.eta_seconds(mine, manifest["num_images"], rate, world), rate, mine[0][0].model)
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
 
-    def bar_epochs(total, desc):
-        return tqdm(total=total, desc=desc, leave=False, unit="step") if show else None
-
-    grid_bar = tqdm(total=len(mine), desc="grid", unit="run") if show else None
     for run, key, claim in workqueue.claimed(mine, cfg.out, manifest["num_images"], stop=lambda: STOP["requested"],
                                              lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
         started_at = now()
         try:
-            outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, bar_epochs, claim)
+            outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
         except Interrupted:
-            acc.print(f"stopped by SIGTERM: {key} checkpointed; rerun the same command to resume")
+            show.interrupted(key)
             return 143
         except results.WriteError as e:  # full disk: not the run's fault, so not recorded as failed
             return write_failed(e, acc, ddp)
@@ -243,24 +253,18 @@ def main(argv: list[str] | None = None) -> int:
                 results.write_record(cfg.out, record)
             except results.WriteError as e:
                 failure = e
-            if failure is None and record["status"] in workqueue.DONE:  # a failed run keeps its checkpoint
+            if failure is None and record["status"] in workqueue.DONE:  # failed/stalled keep their checkpoint
                 (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
             claim.release()
         failure = workqueue.agree(failure, acc, ddp)
         if failure is not None:
             return write_failed(failure, acc, ddp)
         acc.free_memory()
-        error_pct = "-" if record["test_error_pct"] is None else f"{record['test_error_pct']:.2f}%"
-        if grid_bar is not None:
-            grid_bar.update(1)
-            grid_bar.set_postfix_str(f"{run.model} lr={run.lr:g}: {record['status']} {error_pct}")
-        elif acc.is_main_process:
-            acc.print(f"{key} {run.model} lr={run.lr:g} seed={run.seed}: {record['status']}, test error {error_pct}")
-    if grid_bar is not None:
-        grid_bar.close()
+        show.run_done(run, key, record)
     if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
         return 143
     process.finish(acc, group)
+    show.summary(keys)
     return 0
 
 

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import allconv  # noqa: E402  (specs only: no torch until a network is built)
+from allconv import resolve_models  # noqa: E402  (one helper for names and patterns)
 import loaders  # noqa: E402  (loaders/__init__ imports no torch)
 from bench import devices, timing  # noqa: E402  (timing: the step and its clock, also for tests/benchmarks)
 from bench.config import Parser, UsageError, precision_arg  # noqa: E402
@@ -41,11 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="bench/throughput.py", description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["*"], help="API names or fnmatch patterns ('*-c'); default all 12")
     p.add_argument("--precision", nargs="+", type=precision_arg, default=["no", "bf16"],
-                   help="fp32 (alias no), bf16, fp16: bf16 and fp16 need a process each")
+                   help="no (alias fp32) | bf16 | fp16 autocast, as run_all's --precision; bf16 and fp16 need a "
+                        "process each (default: no bf16)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model and the batch (default on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per step and per process")
+    p.add_argument("--batch-size", type=int, default=256, help="images per SGD step of one model, as run_all's --batch-size: each process times its own "
+                        "model at this batch, like run_all --mode grid (default 256, the paper preset's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before the first window")
@@ -67,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.precision = list(dict.fromkeys(args.precision))
     if {"bf16", "fp16"} <= set(args.precision):
         raise UsageError("--precision bf16 and fp16 need a process each (Accelerate fixes it per process)")
-    args.models = resolve_models(args.models)
+    try:
+        args.models = resolve_models(args.models)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if args.loaders and args.data_dir is None:
         raise UsageError("--loaders needs --data-dir (a folder written by loaders.prepare)")
     if args.data_dir is not None and not args.data_dir.is_dir():
@@ -76,18 +82,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"--data-dir {args.data_dir} is not prepared (no manifest.json): "
                          "run python -m loaders.prepare")
     return args
-
-
-def resolve_models(patterns: list[str]) -> list[str]:
-    """Names or fnmatch patterns (also comma-separated) -> API names in Table 3 order."""
-    patterns = [p.strip() for arg in patterns for p in arg.split(",") if p.strip()]
-    chosen = set()
-    for pattern in patterns:
-        hits = allconv.list_models(pattern)
-        if not hits:
-            raise UsageError(f"no model matches {pattern!r}; valid names: {', '.join(allconv.VARIANTS)}")
-        chosen.update(hits)
-    return [name for name in allconv.VARIANTS if name in chosen]
 
 
 def loader_batches(cache, split: str, args):

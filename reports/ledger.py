@@ -34,7 +34,7 @@ COLUMNS = (
 NOT_COMPARED = ("model", "lr", "seed", "val_split", *NOT_IN_KEY)
 """Config fields a run of Table 3 may differ in: what Table 3 varies (model, lr, seed), `val_split` (follows
 `train_split`) and the fields that do not change results (bench.config.NOT_IN_KEY). Everything else counts,
-`data_sha256` (the exact data), `init`, `epochs`, `lr_drops`, `diverge_after` and `eval_precision` included."""
+`data_sha256` (the exact data), `init`, `epochs`, `lr_drops`, `eval_every` and `eval_precision` included."""
 
 OUTCOMES = ("completed", "diverged", "stalled", "failed", "unfinished")
 

@@ -65,11 +65,9 @@ step 120 "$PY" bench/throughput.py "${common[@]}" "${models[@]}" --precision bf1
   --json "$OUT/throughput-fp16.json"  # its own process; Accelerate has no fp16 autocast on CPU
 
 if [ -n "$SRC" ]; then
-  diverge=()  # a short schedule must not stop early as "diverged"
-  "$PY" bench/run_all.py --help 2>/dev/null | grep -q -- --diverge-after && diverge=(--diverge-after 351)
   step 200 "$PY" bench/run_all.py --models "$TRAIN_MODEL" --lrs "$LR" --epochs "$EPOCHS" --lr-drops $DROPS \
     --backend tensor --subset-per-class "$SUBSET" --source "$SRC" --data-dir "$DATA" --out "$SCRATCH/results" \
-    --no-progress "${diverge[@]}"
+    --no-progress
   step 45 "$PY" bench/throughput.py "${common[@]}" --models "$TRAIN_MODEL" --precision bf16 --loaders tensor \
     --data-dir "$DATA" --json "$OUT/throughput-loader.json"
 else

@@ -5,7 +5,7 @@
         --data-dir /tmp/probe/data --out /tmp/probe/out --subset-per-class 500 --epochs 6
 
 Drives bench/run_all.py in this one process, once per (LR, init) (its `--init` takes one value), with the paper preset
-and no LR drops, nothing stopped early (`--diverge-after` beyond the last epoch) and test evaluation only after
+and no LR drops (nothing stops early: only a NaN loss would) and test evaluation only after
 the last epoch. Every option this script does not know goes to run_all unchanged. After each call it prints the
 table of every record in --out so far (partial results survive an interrupted probe; a rerun skips recorded runs).
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for lr, init in ((lr, init) for lr in args.lrs for init in args.inits):
         t0 = time.perf_counter()
         code = run_all.main(["--preset", "paper", "--init", init, "--lrs", lr, "--epochs", str(args.epochs), "--lr-drops",
-                             "--eval-every", str(args.epochs), "--diverge-after", str(args.epochs + 1),
+                             "--eval-every", str(args.epochs), "--eval-last", "0",
                              "--out", args.out, "--no-progress", *rest])
         print(f"lr {lr} init {init}: run_all exited {code} after {time.perf_counter() - t0:.0f} s", flush=True)
         if code:

@@ -29,7 +29,7 @@ SCHEMA = {
     "channels_last", "compile", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
-    "finished_at", "history",
+    "finished_at", "history", "grid", "eval_precision",
 }  # bench/results.py's docstring, field by field
 HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
 
@@ -78,8 +78,9 @@ def check_sane(record: dict) -> None:
     assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
                                                  ("out", "source", "data_dir", "progress", "log_with",
                                                   "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
-                                                  "channels_last", "compile", "backend")})
+                                                  "channels_last", "compile", "backend", "stall_after", "verbose")})
     assert record["versions"]["torch"] and record["precision"] == "bf16" and record["preset"] == "smoke"
+    assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
 
 def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):

@@ -1,0 +1,258 @@
+"""How runs are judged and shown (issues 10 and 14): training learns, a finite run at chance trains its whole
+schedule, NaN is "diverged", `--stall-after` is opt-in and retried, evaluation runs in fp32, one TensorBoard run
+per training run, plain output off a terminal, and `--help` on every entry point.
+
+run_all runs are subprocesses (the Accelerator's state is per process) on real CIFAR-10 images from the session's
+JPEG tarball: conftest's 10-per-class data, and 300 per class prepared once here for the learning test.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # the eval-precision worker below runs as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest  # noqa: E402
+
+from bench import results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def run_py(argv, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "bench/run_all.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def paper(data_dir, source, out, *extra, per_class=10) -> list[str]:
+    """The paper preset's defaults on a prepared subset (`per_class` as it was prepared: the data directory is
+    read-only), without the LR drops (they lie past the few epochs)."""
+    return ["--preset", "paper", "--source", str(source), "--data-dir", str(data_dir), "--subset-per-class",
+            str(per_class), "--out", str(out), "--lr-drops", "--no-progress", "--backend", "tensor", *extra]
+
+
+@pytest.fixture(scope="module")
+def data300(jpeg_tarball, tmp_path_factory) -> Path:
+    """300 real images per class and split (3,000 train, 3,000 test), prepared once for this file."""
+    from loaders.prepare import prepare_cifar10
+
+    data_dir = tmp_path_factory.mktemp("data300")
+    prepare_cifar10(str(jpeg_tarball), data_dir, subset_per_class=300, seed=0)
+    return data_dir
+
+
+LEARN_EPOCHS = 2  # x 12 steps of 256 images
+LEARN_ACC_PCT, LEARN_TEST_ERROR_PCT = 20.0, 85.0
+
+
+@pytest.mark.xfail(strict=True, reason="measured on this CPU: under the paper preset's caffe-xavier init Strided-CNN-A "
+                   "stays at 10% training accuracy for 60 steps (LR 0.1, batch 256) and 160 steps (LR 0.25, batch "
+                   "64); kaiming and torch init too (60 steps, LR 0.05). The init choice (issue 10) should make this "
+                   "pass: strict, so the mark must then be removed")
+def test_strided_a_learns_under_the_paper_defaults(data300, jpeg_tarball, tmp_path):
+    """Strided-CNN-A, paper preset (its init, GCN+ZCA, dropout, SGD 0.9, wd 1e-3, batch 256; fp32 for speed on
+    CPU), LR 0.1, on 3,000 real images: within LEARN_EPOCHS epochs (24 steps) it leaves chance."""
+    out = tmp_path / "out"
+    p = run_py(paper(data300, jpeg_tarball, out, "--models", "strided-a", "--lrs", "0.1", "--epochs",
+                     str(LEARN_EPOCHS), "--eval-every", str(LEARN_EPOCHS), "--precision", "no", per_class=300))
+    assert p.returncode == 0, p.stderr[-3000:]
+    (r,) = results.read_records(out)
+    accs = [h["train_acc_pct"] for h in r["history"]]
+    assert r["status"] == "completed" and len(accs) == LEARN_EPOCHS
+    assert max(accs) > LEARN_ACC_PCT or r["test_error_pct"] < LEARN_TEST_ERROR_PCT, (accs, r["test_error_pct"])
+
+
+def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg_tarball, tmp_path):
+    """Paper defaults: LR 1e-6 cannot learn (finite loss, chance accuracy) and still trains all 3 epochs, recorded
+    "completed"; LR 1e6 turns the loss NaN: "diverged" where it did, and the grid goes on."""
+    out = tmp_path / "out"
+    p = run_py(paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e6", "1e-6",
+                     "--epochs", "3"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    by_lr = {r["lr"]: r for r in results.read_records(out)}
+    slow, nan = by_lr[1e-6], by_lr[1e6]
+    assert slow["status"] == "completed" and slow["epochs_completed"] == 3 and slow["error"] is None
+    assert all(h["loss"] is not None and h["train_acc_pct"] <= 11 for h in slow["history"]), slow["history"]
+    assert nan["status"] == "diverged" and "loss is nan" in nan["error"] and nan["history"][-1]["loss"] is None
+    for r in (slow, nan):
+        assert r["grid"] == {"models": ["strided-a"], "lrs": [1e6, 1e-6], "seeds": [0]}
+        assert r["eval_precision"] == "no" and r["precision"] == "bf16"
+        assert results.validate(r) is None
+    assert "1 completed, 1 diverged" in p.stdout
+
+
+def test_stall_after_is_opt_in_and_a_rerun_retries(smoke_data_dir, jpeg_tarball, tmp_path):
+    """--stall-after 1 stops the chance-level run after epoch 1 as "stalled" (checkpoint kept); the same command
+    retries it; without the option it resumes under the same run key and completes its 3 epochs."""
+    out = tmp_path / "out"
+    argv = paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e-6", "--epochs", "3",
+                 "--precision", "no")  # fp32: twice as fast on CPU
+    p = run_py([*argv, "--stall-after", "1"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    (stalled,) = results.read_records(out)
+    assert stalled["status"] == "stalled" and stalled["epochs_completed"] == 1 and "chance" in stalled["error"]
+    assert list((out / "checkpoints").glob("*.pt"))
+    again = run_py([*argv, "--stall-after", "1"])
+    assert again.returncode == 0 and "0 already in" in again.stdout and "1 to train" in again.stdout, again.stdout
+    p = run_py(argv)
+    assert p.returncode == 0 and "1 to train" in p.stdout, p.stderr[-3000:]
+    (done,) = results.read_records(out)
+    assert done["run_key"] == stalled["run_key"] and done["status"] == "completed"
+    assert [h["epoch"] for h in done["history"]] == [1, 2, 3]
+    assert done["history"][0] == stalled["history"][0]  # resumed, not restarted
+    assert not list((out / "checkpoints").glob("*.pt"))
+
+
+def test_evaluation_runs_in_fp32_under_bf16_training(smoke_data_dir, jpeg_tarball, tmp_path):
+    """A spy on every train and eval step: under the bf16 default, training steps run in autocast and
+    evaluation steps do not (fp32 logits), and the record says eval_precision "no"; --eval-precision bf16 asks
+    for bf16 evaluation and the record says so."""
+    p = subprocess.run([PYTHON, __file__, "eval-spy", str(smoke_data_dir), str(jpeg_tarball), str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    default, asked = seen["default"], seen["bf16"]
+    assert set(default["train"]) == {"bfloat16"} and set(default["eval"]) == {"float32"}
+    assert default["eval_precision"] == "no" and default["precision"] == "bf16"
+    assert set(asked["eval"]) == {"bfloat16"} and asked["eval_precision"] == "bf16"
+    assert default["run_key"] != asked["run_key"]  # the evaluation precision changes the measured error
+
+
+def _eval_spy_worker(data_dir: str, source: str, tmp: str) -> None:
+    from bench import engine, run_all
+
+    dtypes = {"train": [], "eval": []}
+
+    def spying(original, kind):
+        def step(model, *args, **kwargs):
+            def forward(x):
+                logits = model(x)
+                dtypes[kind].append(str(logits.dtype).removeprefix("torch."))
+                return logits
+            return original(forward, *args, **kwargs)
+        return step
+
+    engine.train_step = spying(engine.train_step, "train")
+    engine.eval_step = spying(engine.eval_step, "eval")
+    seen = {}
+    for name, extra in (("default", []), ("bf16", ["--eval-precision", "bf16"])):
+        dtypes["train"].clear(), dtypes["eval"].clear()
+        out = Path(tmp) / name
+        argv = ["--preset", "smoke", "--source", source, "--data-dir", data_dir, "--out", str(out), "--models",
+                "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", *extra]
+        assert run_all.main(argv) == 0
+        (r,) = results.read_records(out)
+        seen[name] = {"train": sorted(set(dtypes["train"])), "eval": sorted(set(dtypes["eval"])),
+                      "eval_precision": r["eval_precision"], "precision": r["precision"], "run_key": r["run_key"]}
+    print(json.dumps(seen))
+
+
+def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_path):
+    """A 2-run grid with --log-with tensorboard: two runs with readable names, plain scalar tags, typed hparams with
+    the final metrics (what TensorBoard's HParams view reads); a rerun with nothing to train writes nothing. The
+    output captured here is not a terminal: plain lines, no bars or control codes, and the end-of-grid summary."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
+
+    out = tmp_path / "out"
+    argv = ["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(smoke_data_dir), "--out", str(out),
+            "--models", "strided-a", "--lrs", "0.05", "0.01", "--epochs", "2", "--backend", "tensor", "--log-with",
+            "tensorboard", "--batch-size", "32"]
+    p = run_py(argv)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "\r" not in p.stdout and "\x1b" not in p.stdout
+    assert "resolved configuration" not in p.stdout and "preset smoke; differs: models=strided-a" in p.stdout
+    assert "strided-a lr=0.05 seed=0 epoch 2/2: loss" in p.stdout  # a plain line per evaluated epoch
+    assert "grid of 2 runs: 2 completed" in p.stdout
+    assert f"next: python -m reports --results {out} --out {out / 'report'}" in p.stdout
+    assert p.stdout.count(f"tensorboard --logdir {out / 'logs'}") == 1
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(out / "logs"))
+    mux.Reload()
+    assert sorted(mux.Runs()) == ["strided-a_lr0.01_seed0", "strided-a_lr0.05_seed0"]
+    hparams = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    for run in mux.Runs():
+        tags = set(mux.GetAccumulator(run).Tags()["scalars"])
+        assert {"train/loss", "train/acc", "test/error", "lr", "final/test_error"} <= tags, tags
+        assert [e.step for e in mux.Scalars(run, "train/loss")] == [1, 2]
+        info = metadata.parse_session_start_info_plugin_data(hparams[run][metadata.SESSION_START_INFO_TAG])
+        assert info.hparams["lr"].number_value == float(run.split("_lr")[1].split("_")[0])
+        assert info.hparams["epochs"].number_value == 2 and info.hparams["model"].string_value == "strided-a"
+        assert info.hparams["status"].string_value == "completed"
+    files = sorted(p.name for p in (out / "logs").rglob("*"))
+    again = run_py([*argv, "--verbose"])
+    assert again.returncode == 0 and "resolved configuration:" in again.stdout
+    assert sorted(p.name for p in (out / "logs").rglob("*")) == files
+
+
+def test_tracker_names_say_what_an_ablation_arm_changes():
+    from bench.config import expand, parse_args
+    from bench.progress import tracker_name
+
+    cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--ablations", "bn-dropout,precision"])
+    names = {tracker_name(r, cfg) for r in expand(cfg)}
+    assert names == {"allcnn-c_lr0.05_seed0", "allcnn-c_lr0.05_seed0_bn", "allcnn-c_lr0.05_seed0_no-dropout",
+                     "allcnn-c_lr0.05_seed0_bn_no-dropout", "allcnn-c_lr0.05_seed0_precision-fp32"}
+
+
+def test_stall_after_is_off_in_both_presets_and_outside_the_run_key():
+    import dataclasses
+
+    from bench.config import PRESETS, expand, parse_args
+
+    assert PRESETS["paper"].stall_after is None and PRESETS["smoke"].stall_after is None
+    assert PRESETS["paper"].eval_precision == "no"
+    cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05"])
+    (run,) = expand(cfg, "sha")
+    for same in ({"stall_after": 3}, {"verbose": True}):
+        assert expand(dataclasses.replace(cfg, **same), "sha")[0].key("sha") == run.key("sha")
+    assert expand(dataclasses.replace(cfg, eval_precision="bf16"), "sha")[0].key("sha") != run.key("sha")
+    with pytest.raises(ValueError, match="eval-precision"):
+        parse_args(["--precision", "no", "--eval-precision", "bf16"])
+
+
+def test_run_all_takes_model_patterns_as_allconv_does(capsys):
+    import allconv
+    from bench.config import parse_args
+    from bench.run_all import main
+
+    assert parse_args(["--models", "*-c"]).models == ("model-c", "strided-c", "convpool-c", "allcnn-c")
+    assert parse_args(["--models", "allcnn-c,model-a", "strided-*"]).models == (
+        "model-a", "strided-a", "strided-b", "strided-c", "allcnn-c")
+    assert allconv.resolve_models(["*-c"]) == list(parse_args(["--models", "*-c"]).models)
+    assert main(["--models", "*-z"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no model matches '*-z'") and err.count("\n") == 1
+
+
+HELP = {
+    "allconv": ["-m", "allconv", "--help"],
+    "run_all": ["bench/run_all.py", "--help"],
+    "throughput": ["bench/throughput.py", "--help"],
+    "launch": ["bench/launch.py", "--help"],
+    "reports": ["-m", "reports", "--help"],
+    "prepare": ["-m", "loaders.prepare", "--help"],
+}
+
+
+@pytest.mark.parametrize("name", list(HELP))
+def test_help_exits_0_on_every_entry_point(name):
+    p = subprocess.run([PYTHON, *HELP[name]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "usage:" in p.stdout, p.stderr[-2000:]
+
+
+def test_run_all_help_shows_the_defaults_of_the_preset_in_use():
+    from bench.config import build_parser
+
+    smoke, paper_help = build_parser("smoke").format_help(), build_parser("paper").format_help()
+    assert "--preset smoke" in smoke and "(default: 2)" in smoke and "(default: 350)" not in smoke
+    assert "(default: 350)" in paper_help and "--batch-size" in paper_help and "per SGD step" in paper_help
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["eval-spy"]:
+        _eval_spy_worker(*sys.argv[2:5])
