@@ -11,7 +11,7 @@ line on stderr and moved to `<out>/runs/.invalid/`, and its run counts as not re
 Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
 measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None):
   run_key            str   hash of the resolved per-run config (`run_key(config)`); also the file name
-  status             str   "completed" | "diverged" (loss not finite, or at chance) | "stalled" (opt-in early stop
+  status             str   "completed" | "diverged" (loss not finite) | "stalled" (opt-in early stop
                            of a run stuck at chance; trained again on rerun, like "failed") | "failed"
   error              str   why it diverged, stalled or failed, else None
   model, display_name, family, variant       allconv name ("allcnn-c"), paper name, "A".."C", Table 2 kind
