@@ -88,6 +88,9 @@ def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:  # this launcher's own words, then run_all's options (which it passes on)
+        print(__doc__.strip() + "\n\nrun_all's options:\n", flush=True)
+        return subprocess.call([sys.executable, str(ROOT / "bench/run_all.py"), "--help"])
     dry = "--dry-run" in args
     args = [a for a in args if a != "--dry-run"]
     cmd, note = command(args, gpu_count())

@@ -86,19 +86,19 @@ def check_sane(record: dict) -> None:
 def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):
     """2 models x 2 LRs over 2 gloo ranks in grid mode, FFCV backend: four completed, sane, distinct records."""
     out = tmp_path / "out"
-    p = launch(args(data, out, "--models", "strided-a", "allcnn-c", "--lrs", "0.05", "0.01", "--epochs", "1",
+    p = launch(args(data, out, "--models", "strided-a", "strided-b", "--lrs", "0.05", "0.01", "--epochs", "1",
                     "--backend", "ffcv"), 2, free_port)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "mode grid on 2 process(es)" in p.stdout
     records = results.read_records(out)
     assert sorted((r["model"], r["lr"]) for r in records) == [
-        ("allcnn-c", 0.01), ("allcnn-c", 0.05), ("strided-a", 0.01), ("strided-a", 0.05)]
+        ("strided-a", 0.01), ("strided-a", 0.05), ("strided-b", 0.01), ("strided-b", 0.05)]
     for r in records:
         check_sane(r)
         assert r["mode"] == "grid" and r["world_size"] == 2 and r["device_count"] == 1 and r["backend"] == "ffcv"
     assert not list((out / "checkpoints").glob("*.pt"))
     # the same grid on a machine without ffcv (the tensor backend yields the same batches): nothing to redo
-    again = launch(args(data, out, "--models", "strided-a", "allcnn-c", "--lrs", "0.05", "0.01", "--epochs", "1",
+    again = launch(args(data, out, "--models", "strided-a", "strided-b", "--lrs", "0.05", "0.01", "--epochs", "1",
                         "--backend", "tensor"), 2, free_port)
     assert again.returncode == 0 and "4 already in" in again.stdout and "0 to train" in again.stdout
     assert len(results.read_records(out)) == 4
