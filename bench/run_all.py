@@ -18,6 +18,7 @@ import datetime
 import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as e:
         process.remove_empty(created)
         if process.is_rank0():  # once per launch, not once per rank
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        else:  # the launcher kills every rank when the first exits: let rank 0 say why before this one does
+            time.sleep(3)
         return 2
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)
