@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         show.eta(workqueue.eta_seconds(mine, manifest["num_images"], rate, world), rate, mine[0][0].model)
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
 
-    for run, key, claim in workqueue.claimed(mine, cfg.out, manifest["num_images"], stop=lambda: STOP["requested"],
+    for run, key, claim in workqueue.claimed(mine, cfg.out, stop=lambda: STOP["requested"],
                                              lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
         started_at = now()
         try:

@@ -178,14 +178,13 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
     return None
 
 
-def claimed(pending: list, out, num_images: dict, *, lease_s: float, stop=lambda: False, acc=None,
-            ddp: bool = False):
-    """Yield (run, key, claim) for each pending run this process claims, longest first, skipping runs held by a
+def claimed(ordered: list, out, *, lease_s: float, stop=lambda: False, acc=None, ddp: bool = False):
+    """Yield (run, key, claim) for each run of `ordered` (`longest_first`) this process claims, skipping runs held by a
     live process or recorded meanwhile. In DDP mode (every rank trains every run) the main process claims and the
     ranks follow its decision; `acc` is needed then."""
     from bench.engine import stop_agreed
 
-    for run, key in longest_first(pending, num_images):
+    for run, key in ordered:
         if stop_agreed(stop, acc, ddp):  # in DDP mode a stop on any rank stops all, before the next collective
             return
         claim = None
