@@ -71,8 +71,9 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
             atomic_write(path, lambda f: torch.save(blob, f))
         except WriteError as e:
             error = (e.errno, e.strerror, e.filename)
-    if distributed:  # every rank learns of a failed write before the next collective, so none waits forever
-        error = next((e for e in gather_object([error]) if e), None)
+    from bench.workqueue import agree
+
+    error = agree(error, accelerator, distributed)  # every rank learns of a failed write before the next collective
     if error:
         raise WriteError(*error)
 

@@ -186,7 +186,8 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _read_one(path: Path) -> tuple[dict | None, str | None]:
+def read_one(path: Path) -> tuple[dict | None, str | None]:
+    """One ledger file: (record, None) when it is valid JSON, matches `FIELDS` and its file name, else (None, why)."""
     try:
         record = json.loads(path.read_bytes(), parse_constant=_reject_constant)
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -204,7 +205,7 @@ def _scan(out: str | os.PathLike) -> tuple[list[dict], list[str]]:
         return [], []
     records, skipped = [], []
     for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):
-        record, reason = _read_one(path)
+        record, reason = read_one(path)
         if record is not None:
             records.append(record)
             continue

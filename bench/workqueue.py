@@ -2,7 +2,7 @@
 folder, so any number of processes started at any time (one `accelerate launch`, a SLURM job array, several
 machines on one shared filesystem) share one `--out` without a static split and without waiting on each other.
 
-    for run, key, claim in claimed(pending, out, num_images, lease_s=3600, stop=stopped):
+    for run, key, claim in claimed(longest_first(pending, num_images), out, lease_s=3600, stop=stopped):
         ... train, claim.heartbeat() at each epoch end, write the record ...
     # each claim is released (deleted) when the loop asks for the next run or is left (SIGTERM, a failed write)
 
@@ -43,11 +43,8 @@ def done_keys(out) -> set[str]:
 
 def recorded(out, key: str) -> bool:
     """Whether `key` has a final record now (another process may have finished it since the ledger was listed)."""
-    try:
-        record = json.loads((results.runs_dir(out) / f"{key}.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return results.validate(record) is None and record.get("status") in DONE
+    record, _ = results.read_one(results.runs_dir(out) / f"{key}.json")
+    return record is not None and record["status"] in DONE
 
 
 def cost(run, num_images: dict) -> float:
@@ -85,16 +82,16 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
-def stale(info: dict, mtime: float, lease_s: float, now: float | None = None) -> bool:
+def stale(info: dict, mtime: float, lease_s: float) -> bool:
     """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone."""
     if info.get("host") == HOST and isinstance(info.get("pid"), int):
         return not _alive(info["pid"], info.get("pid_start"))
-    return (time.time() if now is None else now) - mtime > lease_s
+    return time.time() - mtime > lease_s
 
 
 @dataclass
 class Claim:
-    """This process's claim on one run; a context manager that releases it. `path` None: a no-op claim (the
+    """This process's claim on one run. `path` None: a no-op claim (the
     non-main ranks of a DDP run, whose main process holds the claim)."""
     path: Path | None
     inode: int = 0
@@ -113,12 +110,6 @@ class Claim:
     def release(self) -> None:
         if self._mine():
             self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> Claim:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def log(out, line: str) -> None:
@@ -188,15 +179,12 @@ def claimed(ordered: list, out, *, lease_s: float, stop=lambda: False, acc=None,
         if stop_agreed(stop, acc, ddp):  # in DDP mode a stop on any rank stops all, before the next collective
             return
         claim = None
-        if (not ddp or acc.is_main_process) and recorded(out, key):
-            if (claims_dir(out) / f"{key}.json").exists():  # its owner died between record and release
-                (try_claim(out, key, lease_s) or Claim(None)).release()  # clears a stale claim, leaves a live one
-        elif not ddp or acc.is_main_process:
-            claim = try_claim(out, key, lease_s)
-            if claim is not None and recorded(out, key):  # finished by another process since the check above
+        if not ddp or acc.is_main_process:
+            claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
+            if claim is not None and recorded(out, key):  # finished by another process meanwhile
                 claim.release()
                 claim = None
-            if claim is not None:
+            elif claim is not None:
                 log(out, f"claimed {key}")
         if ddp:
             from accelerate.utils import broadcast_object_list

@@ -165,13 +165,13 @@ def resolve_backend(backend: str) -> str:
     fastest on CPU: reports/measured/cpu-loader-bench-2026-11-26.txt), else `tensor`. Other names as given."""
     if backend != "auto":
         return backend
-    import importlib.util
-
     import torch
+
+    from .prepare import _ffcv_available  # the one test of ffcv (it imports it: a broken install counts as absent)
 
     if torch.cuda.is_available():
         return "tensor"
-    return "ffcv" if importlib.util.find_spec("ffcv") else "tensor"
+    return "ffcv" if _ffcv_available() else "tensor"
 
 
 def workers_per_process() -> int:

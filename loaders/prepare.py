@@ -30,7 +30,7 @@ import numpy as np
 from bench.results import atomic_write
 
 from . import load_arrays
-from .sources import CLASSES, COUNTS_PER_CLASS, read_source, sha256_file  # noqa: F401 (CLASSES: API)
+from .sources import CLASSES, COUNTS_PER_CLASS, read_source, sha256_file, source_sha256  # noqa: F401 (CLASSES: API)
 
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
 MANIFEST = "manifest.json"
@@ -136,7 +136,7 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
     options = {"subset_per_class": subset_per_class, "seed": seed}
     want_source = source if source == "torchvision" else str(Path(source).expanduser().resolve())
     if old and old["source"] == want_source and old["options"] == options and _files_intact(data_dir, old):
-        if source == "torchvision" or not Path(source).exists() or old["source_sha256"] == _source_sha(source):
+        if source == "torchvision" or not Path(source).exists() or old["source_sha256"] == source_sha256(source):
             if old["ffcv_version"] is not None or not _ffcv_available():
                 print(f"prepare: {data_dir} already holds this source and options; nothing to do")
                 return old
@@ -146,13 +146,6 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
     splits, described, digest = read_source(source, data_dir)
     splits = check_and_subset(splits, subset_per_class, seed)
     return _write_all(data_dir, splits, described if source != "torchvision" else "torchvision", digest, options)
-
-
-def _source_sha(source: str) -> str:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return _sha256_tree(_official_dir(path) or path)
-    return sha256_file(path)
 
 
 def _write_all(data_dir: Path, splits: dict, source: str, digest: str, options: dict, only_betons=False) -> dict:

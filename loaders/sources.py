@@ -139,6 +139,15 @@ def _official_dir(path: Path) -> Path | None:
     return batches if (batches / "data_batch_1").is_file() else None
 
 
+def source_sha256(source: str) -> str:
+    """The digest a prepared copy records for its source: of the official batches' folder or the image tree for a
+    directory, of the file for an archive."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _sha256_tree(_official_dir(path) or path)
+    return sha256_file(path)
+
+
 def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
     """Returns (splits, source description, sha256 of the source). Raises ValueError with one line on bad input."""
     if source == "torchvision":
@@ -163,11 +172,11 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
             if missing:
                 raise ValueError(f"{source}: official batches missing: {', '.join(missing)}")
             splits = _read_official({n: (batches / n).read_bytes() for n in names})
-            return splits, str(path.resolve()), _sha256_tree(batches)
+            return splits, str(path.resolve()), source_sha256(source)
         files = _folder_files(path)
         if not files:
             raise ValueError(f"{source}: neither official CIFAR-10 batches nor train/<class>/ and test/<class>/ images")
-        return _read_imagefolder(files), str(path.resolve()), _sha256_tree(path)
+        return _read_imagefolder(files), str(path.resolve()), source_sha256(source)
     try:
         with tarfile.open(path) as tf:
             official, folder = _tar_files(tf)
