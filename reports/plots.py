@@ -53,7 +53,8 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     names = [n for n in SPECS if (runs["model"] == n).any()]
     cols = max(1, min(4, len(names)))
     rows = max(1, -(-len(names) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols + 0.5, 2.8 * rows + 1.4), squeeze=False)
+    # at least 8 in wide: the title and the one-row legend must fit over a single panel too
+    fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 3.5 * cols + 0.5), 2.8 * rows + 1.4), squeeze=False)
     last_epoch = max([1, *(int(e) for e in runs["epochs"] if _known(e))])
     dashed = False
     for ax, name in zip(axes.flat, names):

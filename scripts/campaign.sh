@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # The GPU campaign (issue 13) as one script, sized for the lent GPU machines (FACTS.md: torch 2.11, no ffcv, no
 # internet, `python3`, <= 10 minutes a call, only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
-#   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about a minute;
-#   2. bench/run_all.py with the paper preset (350 epochs, x0.1 at 200/250/300, bf16, GCN+ZCA, tensor backend),
+#   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200;
+#   2. scripts/concurrency_probe.py (PARALLEL=auto): whether K run_all processes at once train more images per
+#      second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
+#   3. scripts/init_probe.py (INIT_PROBE): All-CNN-C and ConvPool-CNN-C x LR 0.05, 0.01 x caffe-xavier, kaiming for
+#      6 epochs each, how soon each leaves chance (issue 10's init evidence), about 2 minutes;
+#   4. bench/run_all.py with the paper preset (350 epochs, x0.1 at 200/250/300, bf16, GCN+ZCA, tensor backend),
 #      continuing the committed ledger ($LEDGER: runs/ and checkpoints/, skipped or resumed), one model at a time in
-#      $ORDER (All-CNN-C first), each at the LRs in $LRS order, until TOTAL - RESERVE seconds are used; the run
-#      still training then is checkpointed on SIGTERM (run_all) and its checkpoint travels back with the ledger;
-#   3. $OUT: campaign.txt (the log), throughput.json, ledger.tar.gz (runs/ and checkpoints/, no claims).
-# The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign):
-# device time buys training only. Work files live in $WORK (git-ignored, so a warm machine keeps them between
-# calls and a second call goes on where the first stopped). A failed run stops the campaign at once (fail fast:
-# the call returns early and leaves time to fix and rerun).
+#      $ORDER (All-CNN-C first), its LRs in $LRS order, K processes sharing the ledger (bench/workqueue.py claims:
+#      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
+#      on SIGTERM (run_all) and their checkpoints travel back with the ledger;
+#   5. $OUT: campaign.txt (the log), throughput.json, concurrency.json, init-probe.txt, ledger.tar.gz (runs/ and
+#      checkpoints/).
+# The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
+# python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
+# $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
+# A failed run stops the campaign at once (fail fast: the call returns early, leaving time to fix and rerun).
 # On the device (copy ../shared/data/cifar10-jpeg.tar.gz to data-src/, which is git-ignored, and carry it):
 #   OUT=$OUT bash scripts/campaign.sh                      # run(command=..., carry=["data-src"])
-# Tiny, on CPU (tests/test_campaign.py): DEVICE=cpu ORDER=strided-a LRS=0.05 EXTRA="--epochs 2 --lr-drops 1 ..."
+# Tiny, on CPU: tests/test_campaign.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -26,8 +32,12 @@ WORK=${WORK:-campaign-work}
 ORDER=${ORDER:-allcnn-c model-c convpool-c strided-c allcnn-b model-b convpool-b strided-b \
 allcnn-a model-a convpool-a strided-a}
 LRS=${LRS:-0.05 0.01 0.1 0.25}  # all four of the paper's; the ones that trained the Caffe/neon ports first
-THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}
-EXTRA=${EXTRA:-}  # more run_all options (tiny CPU tests: --epochs, --subset-per-class, --batch-size)
+THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}  # empty: skip step 1
+PARALLEL=${PARALLEL:-auto}  # run_all processes training at once; auto: step 2 decides
+PROBE=${PROBE:-"--model allcnn-c --procs 1 4"}
+INIT_PROBE=${INIT_PROBE-"--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"}
+SUBSET=${SUBSET:-}  # N images per class and split (tiny CPU tests); empty: all 60,000
+EXTRA=${EXTRA:-}    # more run_all options (tiny CPU tests: --epochs, --batch-size, --eval-every)
 SRC=${SRC:-}
 if [ -z "$SRC" ]; then
   for f in data-src/cifar10-jpeg.tar.gz ../shared/data/cifar10-jpeg.tar.gz; do [ -f "$f" ] && SRC=$f && break; done
@@ -38,7 +48,8 @@ log="$OUT/campaign.txt"
 start=$SECONDS
 {
   echo "# scripts/campaign.sh $(date -u +%FT%TZ)"
-  echo "# DEVICE=$DEVICE TOTAL=$TOTAL RESERVE=$RESERVE LEDGER=$LEDGER ORDER=$ORDER LRS=$LRS SRC=$SRC EXTRA=$EXTRA"
+  echo "# DEVICE=$DEVICE TOTAL=$TOTAL RESERVE=$RESERVE LEDGER=$LEDGER ORDER=$ORDER LRS=$LRS PARALLEL=$PARALLEL"
+  echo "# SRC=$SRC SUBSET=$SUBSET EXTRA=$EXTRA"
   git log -1 --format='# commit %H %s' 2>/dev/null || true
   timeout 20 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null \
     || echo "# no nvidia-smi"
@@ -47,6 +58,7 @@ torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.ver
 accelerate.__version__)"
 } > "$log" 2>&1
 left() { echo $((TOTAL - RESERVE - (SECONDS - start))); }
+upto() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }  # upto N: N seconds, or what is left if less
 
 # the committed ledger first; a warm machine's newer files (same names) are kept
 for sub in runs checkpoints; do
@@ -55,17 +67,48 @@ done
 echo "# continuing: $(ls "$WORK/results/runs" | grep -c '\.json$') records, \
 $(ls "$WORK/results/checkpoints" | grep -c '\.pt$') checkpoints" >> "$log"
 
-if [ -n "$THROUGHPUT" ]; then
-  limit=$(( $(left) < 90 ? $(left) : 90 ))
-  echo "\$ timeout $limit bench/throughput.py --device $DEVICE --precision bf16 $THROUGHPUT" >> "$log"
+step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
+  echo "\$ timeout $1 ${*:2}" >> "$log"
+  local t0=$SECONDS rc
+  timeout -k 10 "$@" >> "$log" 2>&1
+  rc=$?
+  echo "# exit $rc after $((SECONDS - t0)) s" >> "$log"
+  return $rc
+}
+
+# shellcheck disable=SC2086  # word splitting of the option strings is wanted throughout
+[ -n "$THROUGHPUT" ] && step "$(upto 90)" "$PY" bench/throughput.py --device "$DEVICE" --precision bf16 \
+  $THROUGHPUT --json "$OUT/throughput.json"
+
+# once, before any run_all: concurrent run_all processes must not prepare the same folder at the same time
+step "$(upto 120)" "$PY" -m loaders.prepare --source "$SRC" --data-dir "$WORK/data" \
+  ${SUBSET:+--subset-per-class $SUBSET} || { echo "# stopping: prepare failed" >> "$log"; ORDER=; }
+
+if [ "$PARALLEL" = auto ]; then
+  PARALLEL=1
+  # shellcheck disable=SC2086
+  step "$(upto 120)" "$PY" scripts/concurrency_probe.py --device "$DEVICE" $PROBE --json "$OUT/concurrency.json" \
+    && PARALLEL=$("$PY" - "$OUT/concurrency.json" <<'EOF'
+import json, sys
+rows = sorted(json.load(open(sys.argv[1])), key=lambda r: r["processes"])
+one, best = rows[0], max(rows, key=lambda r: r["images_per_s"])
+print(best["processes"] if one["processes"] == 1 and best["images_per_s"] >= 1.25 * one["images_per_s"] else 1)
+EOF
+)
+  echo "# PARALLEL=$PARALLEL (more than 1 only when the probe measured >= 1.25x the images/s in all)" >> "$log"
+fi
+
+if [ -n "$INIT_PROBE" ]; then  # issue 10: how soon each init leaves chance (a few epochs; empty: skip)
+  limit=$(upto 150)
+  echo "\$ timeout $limit scripts/init_probe.py $INIT_PROBE  # output: init-probe.txt" >> "$log"
   t0=$SECONDS
-  # shellcheck disable=SC2086  # word splitting wanted
-  timeout -k 10 "$limit" "$PY" bench/throughput.py --device "$DEVICE" --precision bf16 $THROUGHPUT \
-    --json "$OUT/throughput.json" >> "$log" 2>&1
+  # shellcheck disable=SC2086
+  timeout -k 10 "$limit" "$PY" -u scripts/init_probe.py $INIT_PROBE --source "$SRC" --data-dir "$WORK/data" \
+    --out "$WORK/init-probe" --backend tensor ${SUBSET:+--subset-per-class $SUBSET} > "$OUT/init-probe.txt" 2>&1
   echo "# exit $? after $((SECONDS - t0)) s" >> "$log"
 fi
 
-failed() {  # records of this model in the work ledger whose status is failed
+failed() {  # how many records of this model in the work ledger failed
   "$PY" - "$WORK/results" "$1" <<'EOF'
 import sys
 from bench import results
@@ -76,16 +119,24 @@ EOF
 for model in $ORDER; do
   limit=$(left)
   if [ "$limit" -lt 30 ]; then echo "# time budget spent before $model" >> "$log"; break; fi
+  # shellcheck disable=SC2206
   cmd=("$PY" bench/run_all.py --preset paper --models "$model" --lrs $LRS --backend tensor --source "$SRC"
-       --data-dir "$WORK/data" --out "$WORK/results" $EXTRA)
-  echo "\$ timeout $limit ${cmd[*]}" >> "$log"
+       --data-dir "$WORK/data" --out "$WORK/results" ${SUBSET:+--subset-per-class $SUBSET} $EXTRA)
+  echo "\$ timeout $limit ${cmd[*]}  # x $PARALLEL, sharing the ledger" >> "$log"
   t0=$SECONDS
-  timeout -k 30 "$limit" "${cmd[@]}" >> "$log" 2>&1
-  rc=$?
-  echo "# exit $rc after $((SECONDS - t0)) s" >> "$log"
-  [ "$rc" = 124 ] && break  # time is up: the run in progress checkpointed on SIGTERM
+  pids=()
+  for _ in $(seq "$PARALLEL"); do
+    timeout -k 30 "$limit" "${cmd[@]}" >> "$log" 2>&1 &
+    pids+=($!)
+  done
+  rcs=()
+  for pid in "${pids[@]}"; do wait "$pid"; rcs+=($?); done
+  echo "# exit ${rcs[*]} after $((SECONDS - t0)) s" >> "$log"
+  [[ " ${rcs[*]} " == *" 124 "* ]] && break  # time is up: the runs in progress checkpointed on SIGTERM
   n=$(failed "$model")
-  if [ "$rc" != 0 ] || [ "$n" != 0 ]; then echo "# stopping: exit $rc, $n failed runs of $model" >> "$log"; break; fi
+  if [[ " ${rcs[*]} " =~ [^0\ ] ]] || [ "$n" != 0 ]; then
+    echo "# stopping: exit ${rcs[*]}, $n failed runs of $model" >> "$log"; break
+  fi
 done
 
 # a finished run's checkpoint copied in from the committed ledger is stale: keep only unfinished runs' checkpoints

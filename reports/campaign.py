@@ -1,0 +1,134 @@
+"""The README's "Measured so far" table, made from the committed GPU campaign ledger (issue 13), so it stays true.
+
+    python -m reports.campaign            # rewrite README.md's block from reports/measured/campaign
+    python -m reports.campaign --check    # exit 1 when README.md's block differs (tests/test_reports.py runs it)
+
+One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrote them) and one per unfinished run
+whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model,
+LR, how it ended, its final test error beside the paper's (Table 3: the best LR's), epochs, seconds, training
+images/s, GPU and data. A checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under
+a recorded run's config; its epoch and last test error are read from the checkpoint (torch, weights_only: nothing
+in it runs; without torch the row still appears, without them). The full report (Table 3, claims, plots) is
+`python -m reports --results reports/measured/campaign`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from allconv.specs import SPECS
+from bench import results
+from bench.config import NOT_IN_KEY, RunConfig
+from reports.report import lossy
+
+RESULTS = Path("reports/measured/campaign")
+BEGIN, END = "<!-- measured-table:begin (python -m reports.campaign) -->", "<!-- measured-table:end -->"
+COLUMNS = ("Model", "LR", "Status", "Test error %", "Paper % (best LR)", "Epochs", "Seconds", "Train img/s", "GPU",
+           "Data")
+
+
+def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]:
+    """(epochs done, last evaluated history entry, seconds so far) of a checkpoint, or Nones when it cannot be
+    read here."""
+    try:
+        import torch
+
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        evaluated = [h for h in blob.get("history", []) if h.get("test_error_pct") is not None]
+        return int(blob["epoch"]), (evaluated[-1] if evaluated else None), (blob.get("extra") or {}).get("wall_s")
+    except Exception:  # no torch, or a damaged file: run_all sets those aside when it resumes
+        return None, None, None
+
+
+def run_of_key(records: list[dict]) -> dict[str, tuple[str, float]]:
+    """run_key -> (model, lr) for every Table 3 cell under each recorded run's config (the campaign's grid)."""
+    found = {}
+    for r in records:
+        for model in SPECS:
+            for lr in RunConfig().lrs:
+                cfg = {**r["config"], "model": model, "lr": lr}
+                found[results.run_key({k: v for k, v in cfg.items() if k not in NOT_IN_KEY})] = (model, lr)
+    return found
+
+
+def rows(results_dir: Path) -> list[list[str]]:
+    records = results.read_records(results_dir)
+    out = []
+    for r in records:
+        spec, epochs = SPECS[r["model"]], r["config"]["epochs"]
+        out.append((list(SPECS).index(r["model"]), -r["lr"], [
+            spec.paper_name, f"{r['lr']:g}", r["status"], _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}",
+            f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
+            r["device_name"], _data(r["data"]["source"])]))
+    cells = run_of_key(records)
+    for path in sorted((results_dir / "checkpoints").glob("*.pt")):
+        model, lr = cells.get(path.stem, (None, None))
+        epoch, last, seconds = checkpoint_state(path)
+        name = SPECS[model].paper_name if model else f"run {path.stem}"
+        error = f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else ""
+        out.append((list(SPECS).index(model) if model else len(SPECS), -(lr or 0), [
+            name, f"{lr:g}" if lr else "?", "unfinished: checkpointed, resumed by the next campaign", error,
+            f"{SPECS[model].paper_error_pct:.2f}" if model else "", f"{epoch}/{records[0]['config']['epochs']}"
+            if epoch is not None and records else "", f"{_int(seconds)} so far" if seconds else "", "",
+            records[0]["device_name"] if records else "",
+            _data(records[0]["data"]["source"]) if records else ""]))
+    return [row for *_, row in sorted(out, key=lambda t: t[:2])]
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def _int(v) -> str:
+    return "" if v is None else f"{v:,.0f}"
+
+
+def _data(source: str) -> str:
+    return "CIFAR-10 JPEG q75 (lossy)" if lossy(source) else Path(source).name
+
+
+def table(results_dir: Path = RESULTS) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(results_dir)]
+    return "\n".join(lines)
+
+
+def block(results_dir: Path = RESULTS) -> str:
+    return f"{BEGIN}\n{table(results_dir)}\n{END}"
+
+
+def updated(readme: str, results_dir: Path = RESULTS) -> str:
+    """README text with its measured-table block replaced (ValueError when the markers are missing)."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no measured-table block: add the lines {BEGIN!r} and {END!r}")
+    return readme[:start] + block(results_dir) + readme[end + len(END):]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.campaign", description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=RESULTS, help="campaign ledger (runs/, checkpoints/)")
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--check", action="store_true", help="only compare; exit 1 when the README's block is stale")
+    args = p.parse_args(argv)
+    try:
+        text = args.readme.read_text()
+        new = updated(text, args.results)
+    except (OSError, ValueError) as e:
+        print(f"reports.campaign: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            print(f"reports.campaign: {args.readme}'s measured table is stale: run python -m reports.campaign",
+                  file=sys.stderr)
+            return 1
+        return 0
+    args.readme.write_text(new)
+    print(f"reports.campaign: {args.readme}'s measured table {'was already' if new == text else 'is now'} "
+          f"up to date with {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""scripts/campaign.sh, tiny on CPU: two processes share one grid without training a run twice, what comes back
+fits the GPU machines' limits (<= 8 plain files of <= 16 MiB), and a second campaign continues the first's ledger
+(recorded runs skipped) after the concurrency probe has picked the process count and the init probe has run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def campaign(tmp_path: Path, name: str, jpeg_tarball, **env) -> tuple[str, dict]:
+    """Run the script once; returns (log, {run_key: record}) from the ledger archive it left in OUT."""
+    out = tmp_path / name
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK"))}
+    settings = {"PY": sys.executable, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "OUT": str(out),
+                "WORK": str(tmp_path / f"work-{name}"), "SRC": str(jpeg_tarball), "SUBSET": "10", "THROUGHPUT": "",
+                "INIT_PROBE": "", "ORDER": "strided-a", "TOTAL": "400",
+                "EXTRA": "--epochs 1 --lr-drops --batch-size 32 --num-workers 1", **env}
+    p = subprocess.run(["bash", "scripts/campaign.sh"], cwd=ROOT, env={**base, **settings}, capture_output=True,
+                       text=True, timeout=450)
+    assert p.returncode == 0, p.stderr[-2000:]
+    files = sorted(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() and f.stat().st_size <= 16 * 2**20 for f in files), files
+    log = (out / "campaign.txt").read_text()
+    with tarfile.open(out / "ledger.tar.gz") as tf:
+        names = tf.getnames()
+        assert not [n for n in names if "claim" in n], names  # claims belong to the machine that made them
+        records = {Path(n).stem: json.load(tf.extractfile(n)) for n in names
+                   if n.startswith("runs/") and n.endswith(".json")}
+        tf.extractall(tmp_path / f"ledger-{name}", filter="data")
+    return log, records
+
+
+def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp_path):
+    for name in ("first", "second"):  # the prepared subset: prepare then says there is nothing to do
+        shutil.copytree(smoke_data_dir, tmp_path / f"work-{name}" / "data")
+
+    log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
+                          LEDGER=str(tmp_path / "no-ledger-yet"))
+    assert "x 2, sharing the ledger" in log and "# exit 0 0 after" in log, log[-3000:]
+    assert sorted(r["lr"] for r in first.values()) == [0.01, 0.05], log[-3000:]  # each run once, by either process
+    assert all(r["status"] == "completed" and r["epochs_completed"] == 1 for r in first.values())
+
+    log, second = campaign(tmp_path, "second", jpeg_tarball, PARALLEL="auto", LRS="0.05 0.01 0.1",
+                           LEDGER=str(tmp_path / "ledger-first"),
+                           PROBE="--model strided-a --procs 1 2 --steps 1 --warmup 0 --batch-size 4 --precision no",
+                           INIT_PROBE="--models strided-a --lrs 0.05 --inits kaiming --epochs 1 --batch-size 32")
+    assert "# continuing: 2 records" in log and "2 already in" in log, log[-3000:]
+    assert "# PARALLEL=" in log and (tmp_path / "second" / "concurrency.json").is_file(), log[-3000:]
+    assert {k: v["finished_at"] for k, v in second.items() if k in first} == \
+        {k: v["finished_at"] for k, v in first.items()}  # the first campaign's records, untouched
+    probe = (tmp_path / "second" / "init-probe.txt").read_text()
+    assert "strided-a   lr=0.05  init=kaiming" in probe, probe[-2000:]  # its table, from its own ledger
+    (new,) = [r for k, r in second.items() if k not in first]
+    assert new["lr"] == 0.1 and new["status"] == "completed"
+
+
+def test_readme_measured_table_is_made_from_the_committed_ledger():
+    """The README's "Measured so far" table is what `python -m reports.campaign` makes of the committed ledger."""
+    from reports import campaign
+
+    readme = ROOT / "README.md"
+    assert campaign.main(["--check", "--results", str(ROOT / campaign.RESULTS), "--readme", str(readme)]) == 0
+    assert campaign.block(ROOT / campaign.RESULTS) in readme.read_text()
+
+
+def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
+    """A record gives a finished row; a checkpoint beside it is found by its run key (the same config at another
+    LR) with its epoch, last test error and seconds; a damaged one still gets a row; a stale README is refused."""
+    import torch
+
+    from bench import results
+    from bench.config import NOT_IN_KEY
+    from reports import campaign
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    record = json.loads(next((ROOT / campaign.RESULTS / "runs").glob("*.json")).read_text())
+    (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
+    other = {**record["config"], "lr": 0.1}
+    key = results.run_key({k: v for k, v in other.items() if k not in NOT_IN_KEY})
+    torch.save({"epoch": 5, "extra": {"wall_s": 12.0},
+                "history": [{"epoch": e, "test_error_pct": 50.0 - e if e % 2 else None} for e in range(1, 6)]},
+               tmp_path / "checkpoints" / f"{key}.pt")
+    (tmp_path / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"not a checkpoint")
+    rows = campaign.rows(tmp_path)
+    assert [r[:3] for r in rows] == [[record["display_name"], "0.1", rows[0][2]],
+                                     [record["display_name"], f"{record['lr']:g}", record["status"]],
+                                     ["run 0123456789abcdef", "?", rows[2][2]]]
+    assert rows[0][2].startswith("unfinished") and rows[0][3] == "45.00 (epoch 5)" and rows[0][5:7] == ["5/350",
+                                                                                                     "12 so far"]
+    assert rows[2][5] == "" and rows[2][3] == ""  # damaged: listed, nothing read from it
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{campaign.BEGIN}\nold table\n{campaign.END}\nafter\n")
+    assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 1
+    assert campaign.main(["--results", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nafter\n") and "old table" not in text and "12 so far" in text
+    assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 0
