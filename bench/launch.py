@@ -5,7 +5,10 @@
 
 - With N GPUs (torch.cuda.device_count(); ALLCONV_GPUS=N overrides it, e.g. for tests or to use fewer):
   `accelerate launch --config_file accelerate_config.yaml --num_processes N bench/run_all.py [options]`,
-  one process per GPU, the paper grid by default.
+  one process per GPU, the paper grid by default. ALLCONV_RUNS_PER_GPU=K (default 1) starts K such launches at
+  once, each on its own rendezvous port, sharing the ledger like machines do (bench/workqueue.py claims): K runs
+  train on each GPU at a time. On the H200 a step is bound by launching kernels, not by the GPU
+  (reports/measured/campaign); scripts/concurrency_probe.py measures what K buys before you choose it.
 - Without a GPU and without an explicit `--preset`: one line saying the paper grid needs GPUs and how long it would
   take here, then the smoke grid in one process on data that needs no internet: `../shared/data`'s JPEG copy when it
   is beside the repository, else the 400-image sample shipped in `data-sample/`. `--preset paper` forces the paper
@@ -40,6 +43,13 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def runs_per_gpu() -> int:
+    value = os.environ.get("ALLCONV_RUNS_PER_GPU", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"error: ALLCONV_RUNS_PER_GPU must be a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def offline_source() -> Path:
@@ -86,6 +96,14 @@ def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
     return [sys.executable, run_all, "--preset", "smoke", *extra, *args], note
 
 
+def concurrent(cmd: list[str], k: int, port: int = 29500) -> list[list[str]]:
+    """K copies of an accelerate launch, each with its own rendezvous port (k = 1: the command itself)."""
+    if k == 1:
+        return [cmd]
+    at = cmd.index("--num_processes")
+    return [[*cmd[:at], "--main_process_port", str(port + i), *cmd[at:]] for i in range(k)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if "-h" in args or "--help" in args:  # this launcher's own words, then run_all's options (which it passes on)
@@ -93,13 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, str(ROOT / "bench/run_all.py"), "--help"])
     dry = "--dry-run" in args
     args = [a for a in args if a != "--dry-run"]
-    cmd, note = command(args, gpu_count())
+    gpus = gpu_count()
+    cmd, note = command(args, gpus)
+    cmds = concurrent(cmd, runs_per_gpu() if gpus > 0 else 1)
     if note:
         print(note, flush=True)
     if dry:
-        print(shlex.join(cmd))
+        print("\n".join(shlex.join(c) for c in cmds))
         return 0
-    return subprocess.call(cmd)
+    if len(cmds) > 1:  # the launches would all prepare the same folder at once: prepare it once, here
+        from bench.config import UsageError, parse_args
+        from loaders.prepare import prepare_cifar10
+        try:
+            cfg = parse_args(args)
+            prepare_cifar10(cfg.source, cfg.data_dir, subset_per_class=cfg.subset_per_class, seed=0)
+        except (UsageError, ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    procs = [subprocess.Popen(c) for c in cmds]
+    return max(p.wait() for p in procs)
 
 
 if __name__ == "__main__":

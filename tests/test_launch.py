@@ -27,6 +27,22 @@ def test_one_process_per_gpu(gpus):
     assert "smoke" not in p.stdout
 
 
+def test_runs_per_gpu_starts_k_launches_on_their_own_ports():
+    """ALLCONV_RUNS_PER_GPU=3: three launches of the same command (one process per GPU each), ports 29500-29502;
+    without a GPU it changes nothing; a bad value is one line."""
+    env = {**__import__("os").environ, "ALLCONV_GPUS": "2", "ALLCONV_RUNS_PER_GPU": "3"}
+    p = subprocess.run([sys.executable, "-m", "bench.launch", "--dry-run", "--lrs", "0.1"], cwd=ROOT, text=True,
+                       capture_output=True, env=env, timeout=300)
+    cmds = [line.split() for line in p.stdout.splitlines()]
+    assert p.returncode == 0 and len(cmds) == 3, p.stdout + p.stderr
+    assert [c[c.index("--main_process_port") + 1] for c in cmds] == ["29500", "29501", "29502"]
+    assert all(c[c.index("--num_processes") + 1] == "2" and c[-2:] == ["--lrs", "0.1"] for c in cmds)
+    assert launch.concurrent(["a", "--num_processes", "1"], 1) == [["a", "--num_processes", "1"]]
+    p = subprocess.run([sys.executable, "-m", "bench.launch", "--dry-run"], cwd=ROOT, text=True, capture_output=True,
+                       env={**env, "ALLCONV_RUNS_PER_GPU": "0"}, timeout=300)
+    assert p.returncode != 0 and p.stderr.strip() == "error: ALLCONV_RUNS_PER_GPU must be a whole number >= 1, got '0'"
+
+
 def test_no_gpu_runs_the_smoke_grid_on_offline_data_and_says_why():
     p = dry_run("0")
     assert p.returncode == 0, p.stderr
