@@ -28,7 +28,7 @@ PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from t
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
-              "num_workers", "channels_last", "compile", "backend", "stall_after", "verbose")
+              "num_workers", "channels_last", "compile", "cuda_graphs", "backend", "stall_after", "verbose")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
 layout, the loader backend: the three yield identical batches, tests/test_loaders.py): left out of the run key
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
@@ -89,6 +89,8 @@ class RunConfig:
                                        "only a NaN/inf loss stops a run early ('diverged')")
     channels_last: bool = _f(True, "NHWC memory format for model and batch")
     compile: bool = _f(False, "torch.compile the model")
+    cuda_graphs: bool = _f(False, "replay each full training batch's step from one CUDA graph (bench/graphs.py; "
+                                  "CUDA, one process per run)")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
     verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")

@@ -178,8 +178,9 @@ class RunState:
 
 def train_one_epoch(model, optimizer, loader, preprocess, accelerator, *, autocast=None, channels_last=False,
                     state: EpochState | None = None, warmup_steps: int = 0, stop_flag=None,
-                    distributed: bool = False, progress=None) -> EpochState:
-    """Train over `loader` once (its epoch already set). `state` resumes a checkpointed epoch: its first
+                    distributed: bool = False, progress=None, step=None) -> EpochState:
+    """Train over `loader` once (its epoch already set); `step(images, labels)` replaces `train_step` (a
+    bench.graphs.GraphedStep). `state` resumes a checkpointed epoch: its first
     `state.step` batches are skipped (the loader order is a function of seed and epoch). Between steps, a set
     `stop_flag()` ends the epoch early with `stopped=True` (agreed by all ranks in DDP mode)."""
     device = accelerator.device
@@ -198,8 +199,8 @@ def train_one_epoch(model, optimizer, loader, preprocess, accelerator, *, autoca
         if i == resume_at + warmup_steps and warmup_steps:
             sync(device)
             t_steady, steady_images = time.perf_counter(), 0
-        loss_sum, correct = train_step(model, optimizer, images, labels, preprocess, accelerator, autocast,
-                                       channels_last)
+        loss_sum, correct = step(images, labels) if step else train_step(
+            model, optimizer, images, labels, preprocess, accelerator, autocast, channels_last)
         st.loss_sum += loss_sum
         st.correct += correct
         st.seen += labels.shape[0]

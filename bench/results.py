@@ -19,7 +19,7 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
   preset             str   the preset the run's config started from ("paper", "smoke")
   bn, dropout, final_relu, init, optimizer, weight_decay, momentum, batch_size, augment, preprocess,
   train_split ("train" | "train45k"), val_split ("val5k" | None), precision ("no" | "bf16" | "fp16"),
-  backend ("ffcv" | "torch" | "tensor"), mode ("ddp" | "grid"), channels_last, compile
+  backend ("ffcv" | "torch" | "tensor"), mode ("ddp" | "grid"), channels_last, compile, cuda_graphs
   test_error_pct         final test error, %
   best_test_error_pct, best_epoch   lowest test error over the evaluated epochs and its epoch
   val_error_pct          final validation error (when val_split), %
@@ -58,7 +58,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "bn": (bool,), "dropout": (bool,), "final_relu": (bool,), "init": (str,), "optimizer": (str,),
     "weight_decay": _NUM, "momentum": _NUM, "batch_size": (int,), "augment": (str,), "preprocess": (str,),
     "train_split": (str,), "val_split": _OPT_STR, "precision": (str,), "backend": (str,), "mode": (str,),
-    "channels_last": (bool,), "compile": (bool,),
+    "channels_last": (bool,), "compile": (bool,), "cuda_graphs": (bool,),
     "test_error_pct": _OPT_NUM, "best_test_error_pct": _OPT_NUM, "best_epoch": _OPT_INT, "val_error_pct": _OPT_NUM,
     "params": _OPT_INT, "macs": _OPT_INT, "train_images_per_s": _OPT_NUM, "eval_images_per_s": _OPT_NUM,
     "wall_time_s": _OPT_NUM, "peak_memory_mb": _OPT_NUM,
@@ -68,7 +68,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "grid": (dict, type(None)), "eval_precision": _OPT_STR,
 }
 """The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
-OPTIONAL = ("grid", "eval_precision")
+OPTIONAL = ("grid", "eval_precision", "cuda_graphs")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
 

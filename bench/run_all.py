@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
-from bench import engine, process, results, workqueue  # noqa: E402
+from bench import engine, graphs, process, results, workqueue  # noqa: E402
 from bench.config import VAL_SPLIT_OF, Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
 
@@ -109,6 +109,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     autocast = engine.autocast_for(c.precision, acc)
     eval_autocast = engine.autocast_for(c.eval_precision, acc)  # fp32 unless --eval-precision says otherwise
     net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
+    step = graphs.GraphedStep(model, optimizer, preprocess, acc, autocast, c.channels_last) if c.cuda_graphs else None
     stop, status, error = (lambda: STOP["requested"]), "completed", None
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, claim, acc, ddp)
 
@@ -120,7 +121,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
         es = engine.train_one_epoch(model, optimizer, train, preprocess, acc, autocast=autocast,
                                     channels_last=c.channels_last, state=state.epoch_state, stop_flag=stop,
                                     warmup_steps=min(5, len(train) // 4) if c.epochs == 1 else 0,  # time 1 epoch
-                                    distributed=ddp, progress=bar)
+                                    distributed=ddp, progress=bar, step=step)
         if bar is not None:
             bar.close()
         if es.stopped:
@@ -175,7 +176,8 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
     cfg = run.config(data_sha)
     baseline = {k: cfg[k] for k in ("epochs", "preset", "bn", "dropout", "final_relu", "init", "optimizer",
                                     "weight_decay", "momentum", "batch_size", "augment", "preprocess",
-                                    "train_split", "val_split", "precision", "backend", "channels_last", "compile")}
+                                    "train_split", "val_split", "precision", "backend", "channels_last", "compile",
+                                    "cuda_graphs")}
     record = {"run_key": key, "status": "failed", "error": None, "model": run.model, "lr": run.lr, "seed": run.seed,
               "display_name": spec.paper_name, "family": spec.family, "variant": spec.variant, **baseline,
               "mode": mode, "epochs_completed": 0, "test_error_pct": None, "best_test_error_pct": None,
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         acc = process.make_accelerator(cfg.precision, project_dir=cfg.out)  # trackers: one per run (progress.py)
         world = acc.num_processes
         mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(expand(cfg)) >= world else "ddp")
+        if cfg.cuda_graphs and (acc.device.type != "cuda" or mode == "ddp"):
+            raise UsageError("--cuda-graphs needs a CUDA device and --mode grid (one process per run); "
+                             f"here: {acc.device.type}, mode {mode}")
         if mode == "ddp" and cfg.batch_size % world:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes")
         created = process.check_writable(cfg.out)

@@ -28,7 +28,8 @@ import loaders  # noqa: E402  (loaders/__init__ imports no torch)
 from bench import devices, timing  # noqa: E402  (timing: the step and its clock, also for tests/benchmarks)
 from bench.config import Parser, UsageError, precision_arg  # noqa: E402
 
-COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "batch_size",
+COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "cuda_graphs",
+           "batch_size",
            "train_images_per_s", "eval_images_per_s", "train_tflops", "eval_tflops", "peak_tflops", "mfu",
            "eval_mfu", "repeats", "backend", "steps", "warmup", "world_size", "device_count", "threads",
            "peak_precision", "train_spread_pct", "train_cpu_share", "peak_memory_mb", "torch_version", "date"]
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model and the batch (default on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="training step replayed from a CUDA graph (bench/graphs.py; captured in the warm-up, >= 4)")
     p.add_argument("--batch-size", type=int, default=256, help="images per SGD step of one model, as run_all's --batch-size: each process times its own "
                         "model at this batch, like run_all --mode grid (default 256, the paper preset's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
@@ -135,7 +138,7 @@ def measure(name: str, precision: str, args, accelerator, backend: str = "synthe
     model = timing.build_model(name, device, args.channels_last, args.compile).train()
     optimizer = timing.build_optimizer(model, device)
     train_step = timing.accumulating(timing.make_step(model, accelerator, precision, args.channels_last, preprocess,
-                                                      optimizer), train_batch, device)
+                                                      optimizer, args.cuda_graphs), train_batch, device)
     seconds, cpu_share = timing.time_windows(train_step, device, args.steps, args.warmup, args.repeats)
     train_ips, spread = timing.images_per_s(seconds, args.steps * args.batch_size)
     eval_ips = None
@@ -159,7 +162,8 @@ def complete_row(row: dict, args, device, name_of_device: str, world_size: int, 
     eval_tflops = devices.tflops(row["eval_images_per_s"], devices.eval_flop_per_image(macs))
     precision = row["precision"]
     out = {"display_name": allconv.VARIANTS[row["model"]], "device": device.type, "device_name": name_of_device,
-           "channels_last": args.channels_last, "compile": args.compile, "batch_size": args.batch_size,
+           "channels_last": args.channels_last, "compile": args.compile, "cuda_graphs": args.cuda_graphs,
+           "batch_size": args.batch_size,
            "train_tflops": train_tflops, "eval_tflops": eval_tflops,
            "peak_tflops": devices.peak_tflops(name_of_device, precision, tf32),
            "mfu": devices.mfu(train_tflops, name_of_device, precision, tf32, count=world_size),
@@ -206,12 +210,15 @@ def run(args) -> list[dict]:
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but CUDA is not available here")
+    if args.cuda_graphs and (args.device == "cpu" or not torch.cuda.is_available()):
+        raise UsageError("--cuda-graphs needs a CUDA device")
     accelerator = timing.make_accelerator(args.precision, args.device or ("cpu", "cuda")[torch.cuda.is_available()])
     world_size, device = accelerator.num_processes, accelerator.device
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     name_of_device = devices.device_name(device)
     accelerator.print(f"# {name_of_device} x{world_size}, torch {torch.__version__}, {torch.get_num_threads()} "
                       f"threads, batch {args.batch_size}, channels_last={args.channels_last}, compile={args.compile}, "
+                      f"cuda_graphs={args.cuda_graphs}, "
                       f"{args.repeats} x {args.steps} steps after {args.warmup} warm-up")
     accelerator.print(f"{'model':<16}{'prec':<6}{'backend':<10}{'train img/s':>12}{'eval img/s':>12}"
                       f"{'train TFLOP/s':>15}{'MFU%':>7}{'spread%':>9}{'cpu%':>6}")

@@ -85,11 +85,13 @@ def make_accelerator(precisions: list[str], device_kind: str):
     return process.make_accelerator(mixed[0] if mixed else "no", cpu=device_kind == "cpu")
 
 
-def make_step(model, accelerator, precision: str, channels_last: bool, preprocess=None, optimizer=None):
+def make_step(model, accelerator, precision: str, channels_last: bool, preprocess=None, optimizer=None,
+              cuda_graphs: bool = False):
     """bench/engine.py's step at `precision` ("no" | the Accelerator's) as `step(images, labels)`. With an optimizer,
     `train_step` (preprocess in float32 outside autocast, forward under autocast, cross-entropy, backward, scaled
     for fp16, update), returning the summed loss; without, `eval_step`, returning the number correct. Both stay on
-    the device: nothing waits for it. `preprocess` None: the batch is already float (synthetic)."""
+    the device: nothing waits for it. `preprocess` None: the batch is already float (synthetic). `cuda_graphs`:
+    the training step replayed from a CUDA graph (bench/graphs.py; captured within the first 4 calls)."""
     from bench import engine
     autocast = engine.autocast_for(precision, accelerator)
     preprocess = preprocess or (lambda images: images)
@@ -97,6 +99,10 @@ def make_step(model, accelerator, precision: str, channels_last: bool, preproces
         return lambda images, labels: engine.eval_step(model, images, labels, preprocess, accelerator, autocast,
                                                        channels_last)
     optimizer = accelerator.prepare_optimizer(optimizer)  # the grad scaler (fp16); no DDP wrapper
+    if cuda_graphs:
+        from bench.graphs import GraphedStep
+        graphed = GraphedStep(model, optimizer, preprocess, accelerator, autocast, channels_last)
+        return lambda images, labels: graphed(images, labels)[0]
     return lambda images, labels: engine.train_step(model, optimizer, images, labels, preprocess, accelerator,
                                                     autocast, channels_last)[0]
 

@@ -14,7 +14,7 @@ from reports.tables import _median, _round, _typed
 
 
 THROUGHPUT_KEYS = ("model", "device_name", "devices", "precision", "backend", "batch_size", "channels_last",
-                   "compile")
+                   "compile", "cuda_graphs")
 
 
 def _device_count(record: dict) -> int:
@@ -40,6 +40,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     for key in THROUGHPUT_KEYS:
         if key not in rows.columns:
             rows[key] = None
+    # rows from before bench/graphs.py existed did not replay graphs
+    rows["cuda_graphs"] = rows["cuda_graphs"].map(lambda v: _known(v) and bool(v))
     rows = rows[rows["model"].isin(list(SPECS))]
     order = {name: i for i, name in enumerate(SPECS)}
     groups: dict[tuple, list[dict]] = {}

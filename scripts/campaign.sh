@@ -2,6 +2,8 @@
 # The GPU campaign (issue 13) as one script, sized for the lent GPU machines (FACTS.md: torch 2.11, no ffcv, no
 # internet, `python3`, <= 10 minutes a call, only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
 #   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200;
+#   1b. tests/test_graphs.py's GPU tests (GRAPHS=auto): when the CUDA-graphed step matches the eager one here,
+#      training uses --cuda-graphs (bench/graphs.py) and the throughput is measured again graphed;
 #   2. scripts/concurrency_probe.py (PARALLEL=auto): whether K run_all processes at once train more images per
 #      second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
 #   3. scripts/init_probe.py (INIT_PROBE): All-CNN-C and ConvPool-CNN-C x LR 0.05, 0.01 x caffe-xavier, kaiming for
@@ -11,8 +13,8 @@
 #      $ORDER (All-CNN-C first), its LRs in $LRS order, K processes sharing the ledger (bench/workqueue.py claims:
 #      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
 #      on SIGTERM (run_all) and their checkpoints travel back with the ledger;
-#   5. $OUT: campaign.txt (the log), throughput.json, concurrency.json, init-probe.txt, ledger.tar.gz (runs/ and
-#      checkpoints/).
+#   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
+#      ledger.tar.gz (runs/ and checkpoints/).
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
 # python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
 # $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
@@ -33,7 +35,8 @@ ORDER=${ORDER:-allcnn-c model-c convpool-c strided-c allcnn-b model-b convpool-b
 allcnn-a model-a convpool-a strided-a}
 LRS=${LRS:-0.05 0.01 0.1 0.25}  # all four of the paper's; the ones that trained the Caffe/neon ports first
 THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}  # empty: skip step 1
-PARALLEL=${PARALLEL:-auto}  # run_all processes training at once; auto: step 2 decides
+GRAPHS=${GRAPHS:-auto}      # --cuda-graphs for training; auto: on when tests/test_graphs.py passes on this GPU
+PARALLEL=${PARALLEL:-auto}  # run_all processes training at once; auto: the concurrency probe decides
 PROBE=${PROBE:-"--model allcnn-c --procs 1 4"}
 INIT_PROBE=${INIT_PROBE-"--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"}
 SUBSET=${SUBSET:-}  # N images per class and split (tiny CPU tests); empty: all 60,000
@@ -84,10 +87,23 @@ step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit
 step "$(upto 120)" "$PY" -m loaders.prepare --source "$SRC" --data-dir "$WORK/data" \
   ${SUBSET:+--subset-per-class $SUBSET} || { echo "# stopping: prepare failed" >> "$log"; ORDER=; }
 
+if [ "$GRAPHS" = auto ]; then  # the graphed step must match eager here before any result depends on it
+  GRAPHS=0
+  step "$(upto 150)" env ALLCONV_TEST_TARBALL="$SRC" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
+    tests/test_graphs.py && tail -3 "$log" | grep -q "2 passed" && ! tail -3 "$log" | grep -q skipped && GRAPHS=1
+  echo "# GRAPHS=$GRAPHS (1: tests/test_graphs.py's GPU tests passed here, so training uses --cuda-graphs)" >> "$log"
+  # shellcheck disable=SC2086
+  [ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && step "$(upto 60)" "$PY" bench/throughput.py --device "$DEVICE" \
+    --precision bf16 $THROUGHPUT --cuda-graphs --json "$OUT/throughput-graphs.json"
+fi
+graphed=()
+[ "$GRAPHS" = 1 ] && graphed=(--cuda-graphs)
+
 if [ "$PARALLEL" = auto ]; then
   PARALLEL=1
   # shellcheck disable=SC2086
-  step "$(upto 120)" "$PY" scripts/concurrency_probe.py --device "$DEVICE" $PROBE --json "$OUT/concurrency.json" \
+  step "$(upto 120)" "$PY" scripts/concurrency_probe.py --device "$DEVICE" $PROBE "${graphed[@]}" \
+    --json "$OUT/concurrency.json" \
     && PARALLEL=$("$PY" - "$OUT/concurrency.json" <<'EOF'
 import json, sys
 rows = sorted(json.load(open(sys.argv[1])), key=lambda r: r["processes"])
@@ -104,7 +120,8 @@ if [ -n "$INIT_PROBE" ]; then  # issue 10: how soon each init leaves chance (a f
   t0=$SECONDS
   # shellcheck disable=SC2086
   timeout -k 10 "$limit" "$PY" -u scripts/init_probe.py $INIT_PROBE --source "$SRC" --data-dir "$WORK/data" \
-    --out "$WORK/init-probe" --backend tensor ${SUBSET:+--subset-per-class $SUBSET} > "$OUT/init-probe.txt" 2>&1
+    --out "$WORK/init-probe" --backend tensor ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" \
+    > "$OUT/init-probe.txt" 2>&1
   echo "# exit $? after $((SECONDS - t0)) s" >> "$log"
 fi
 
@@ -121,7 +138,7 @@ for model in $ORDER; do
   if [ "$limit" -lt 30 ]; then echo "# time budget spent before $model" >> "$log"; break; fi
   # shellcheck disable=SC2206
   cmd=("$PY" bench/run_all.py --preset paper --models "$model" --lrs $LRS --backend tensor --source "$SRC"
-       --data-dir "$WORK/data" --out "$WORK/results" ${SUBSET:+--subset-per-class $SUBSET} $EXTRA)
+       --data-dir "$WORK/data" --out "$WORK/results" ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" $EXTRA)
   echo "\$ timeout $limit ${cmd[*]}  # x $PARALLEL, sharing the ledger" >> "$log"
   t0=$SECONDS
   pids=()

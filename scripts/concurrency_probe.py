@@ -26,7 +26,8 @@ def worker(rank: int, args, barrier, spans) -> None:
 
     acc = timing.make_accelerator([args.precision], args.device)
     model = timing.build_model(args.model, acc.device, channels_last=True, compile=False)
-    step = timing.make_step(model, acc, args.precision, True, optimizer=timing.build_optimizer(model, acc.device))
+    step = timing.make_step(model, acc, args.precision, True, optimizer=timing.build_optimizer(model, acc.device),
+                            cuda_graphs=args.cuda_graphs)
     images, labels = timing.synthetic_batch(args.batch_size, acc.device, True)
     run = timing.accumulating(step, lambda: (images, labels), acc.device)
     for _ in range(args.warmup):
@@ -56,7 +57,7 @@ def measure(args, procs: int) -> dict:
     span = max(end for _, end in spans.values()) - min(start for start, _ in spans.values())
     total = procs * args.steps * args.batch_size / span
     return {"model": args.model, "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
-            "processes": procs, "steps": args.steps, "images_per_s": total, "per_process_images_per_s": total / procs}
+            "processes": procs, "steps": args.steps, "cuda_graphs": args.cuda_graphs, "images_per_s": total, "per_process_images_per_s": total / procs}
 
 
 def main() -> None:
@@ -68,8 +69,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--cuda-graphs", action="store_true", help="the graphed step (bench/graphs.py), as run_all's")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    if args.cuda_graphs and args.device != "cuda":
+        p.error("--cuda-graphs needs --device cuda")
     rows = [measure(args, k) for k in args.procs]
     for r in rows:
         print(f"{r['model']} {r['precision']} batch {r['batch_size']}, {r['processes']} process(es): "

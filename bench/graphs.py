@@ -1,0 +1,93 @@
+"""A whole training step as one CUDA graph (issue 12, `--cuda-graphs`): gather-side copy, whitening, forward,
+backward and the fused SGD update replayed with one launch instead of ~150.
+
+Why: on the lent H200 every Table 3 variant trains at 43-65k img/s whatever its size (1.7-10.7% of the bf16 peak,
+reports/measured/campaign): the eager step is bound by launching small kernels from Python, not by the GPU.
+
+    step = GraphedStep(model, optimizer, preprocess, accelerator, autocast, channels_last=True)
+    loss_sum, correct = step(images, labels)   # as engine.train_step, same results up to dropout's random stream
+
+How (PyTorch's whole-network capture recipe): the first WARMUP full-size steps run eagerly on a side stream (cuDNN
+autotuning, momentum buffers, workspaces), then the step is captured once on static input buffers and replayed for
+every later batch of that size; a batch of another size (the short last batch, 50,000 mod 256 = 80 images) runs
+eagerly. The LR is a constant inside the captured fused SGD kernel, so an LR change (the paper's drops at epochs
+200/250/300, or a resumed run) captures again. Autocast runs with its weight-cast cache off, as capture requires.
+Dropout draws from the graph-safe Philox stream: masks differ from an eager run's, their distribution does not.
+Not under DDP (the gradient all-reduce is not captured). `capture` is injectable: tests on CPU pass
+`capture_eagerly`, which replays by running the step again on the static buffers.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from bench import engine
+
+WARMUP = 3  # eager full-size steps before the capture (the recipe uses 3)
+
+
+def capture_cuda(fn, pool):
+    """Capture `fn()` into a CUDA graph: (replay, the static tensors it returned)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = fn()
+    return graph.replay, outputs
+
+
+def capture_eagerly(fn, pool):
+    """CPU stand-in for tests: replay runs `fn()` again and copies its results into the same output tensors."""
+    outputs = (torch.zeros(()), torch.zeros((), dtype=torch.long))
+
+    def replay():
+        for out, value in zip(outputs, fn()):
+            out.copy_(value)
+    return replay, outputs
+
+
+class GraphedStep:
+    def __init__(self, model, optimizer, preprocess, accelerator, autocast, channels_last: bool, capture=None):
+        self.model, self.optimizer, self.preprocess, self.acc = model, optimizer, preprocess, accelerator
+        self.autocast = dataclasses.replace(autocast, cache_enabled=False)  # capture needs the cast cache off
+        self.channels_last = channels_last
+        self.capture = capture or capture_cuda
+        cuda = accelerator.device.type == "cuda"
+        self.side = torch.cuda.Stream(accelerator.device) if cuda else None
+        self.pool = torch.cuda.graph_pool_handle() if cuda else None
+        self.full, self.warm, self.replay, self.lr = None, 0, None, None
+        self.captures = 0  # how many times the step was captured (tests, logs)
+
+    def _eager(self, images, labels):
+        return engine.train_step(self.model, self.optimizer, images, labels, self.preprocess, self.acc, self.autocast,
+                                 self.channels_last)
+
+    def _warm_step(self, images, labels):
+        """An eager step on the side stream, as the recipe warms up before capture."""
+        if self.side is None:
+            return self._eager(images, labels)
+        self.side.wait_stream(torch.cuda.current_stream(self.acc.device))
+        with torch.cuda.stream(self.side):
+            out = self._eager(images, labels)
+        torch.cuda.current_stream(self.acc.device).wait_stream(self.side)
+        return out
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor):
+        lr = [group["lr"] for group in self.optimizer.param_groups]
+        if self.replay is not None and lr != self.lr:
+            self.replay = None  # the old LR is baked into the captured update
+        if self.full is None:
+            self.full = images.shape[0]
+        if images.shape[0] != self.full:
+            return self._eager(images, labels)
+        if self.replay is None and self.warm < WARMUP:
+            self.warm += 1
+            return self._warm_step(images, labels)
+        if self.replay is None:
+            self.images, self.labels = images.clone(), labels.clone()
+            self.replay, self.outputs = self.capture(lambda: self._eager(self.images, self.labels), self.pool)
+            self.lr, self.captures = lr, self.captures + 1
+        else:
+            self.images.copy_(images)
+            self.labels.copy_(labels)
+        self.replay()
+        return self.outputs

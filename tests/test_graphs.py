@@ -1,0 +1,92 @@
+"""bench/graphs.py (`--cuda-graphs`): the graphed step trains exactly like the eager one. On CPU its bookkeeping is
+checked with `capture_eagerly` (warm-up, capture on a full batch, static buffers refilled, the short last batch
+eager, a new capture when the LR drops): bit-identical weights. The real CUDA graph is checked on a GPU (marked
+`gpu`; scripts/campaign.sh runs these before it trains with graphs)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import allconv
+import loaders
+from bench import engine, graphs, run_all, timing
+from loaders.preprocess import build_preprocess
+
+
+def train(data_dir, device, precision: str, capture=None, dropout: bool = True, epochs=(0.05, 0.005)):
+    """Strided-CNN-A on 100 real images, batch 16 (6 full batches and one of 4 per epoch), one epoch per LR.
+    Returns (per-epoch summed losses, final weights, the GraphedStep or None)."""
+    acc = timing.make_accelerator([precision], device)
+    torch.manual_seed(0)
+    net = allconv.build("strided-a", dropout=dropout).to(acc.device, memory_format=torch.channels_last)
+    optimizer = acc.prepare_optimizer(engine.make_optimizer("sgd", net.parameters(), epochs[0], 0.9, 1e-3,
+                                                            acc.device))
+    loader = loaders.make("train", 16, data_dir=data_dir, backend="tensor", device=acc.device)
+    preprocess = build_preprocess("gcn-zca", data_dir).to(acc.device)
+    autocast = engine.autocast_for(precision, acc)
+    step = graphs.GraphedStep(net, optimizer, preprocess, acc, autocast, True, capture=capture) \
+        if capture else None
+    losses = []
+    for epoch, lr in enumerate(epochs):
+        engine.set_lr(optimizer, lr)
+        loader.set_epoch(epoch)
+        st = engine.train_one_epoch(net, optimizer, loader, preprocess, acc, autocast=autocast, channels_last=True,
+                                    step=step)
+        losses.append(st.loss_sum.item())
+    return losses, [p.detach().cpu().clone() for p in net.parameters()], step
+
+
+def test_graphed_bookkeeping_trains_exactly_like_eager(smoke_data_dir):
+    eager_losses, eager_weights, _ = train(smoke_data_dir, "cpu", "no")
+    losses, weights, step = train(smoke_data_dir, "cpu", "no", capture=graphs.capture_eagerly)
+    assert step.captures == 2  # in epoch 1 after 3 warm-up steps, and again at the new LR
+    assert losses == eager_losses  # dropout included: the same ops in the same order draw the same masks
+    assert all(torch.equal(a, b) for a, b in zip(weights, eager_weights))
+
+
+def fresh_state():
+    """run_all makes its own Accelerator: forget the one an earlier test in this process made."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+
+
+def test_cuda_graphs_refused_without_cuda(jpeg_tarball, tmp_path, capsys):
+    fresh_state()
+    code = run_all.main(["--preset", "smoke", "--cuda-graphs", "--source", str(jpeg_tarball),
+                         "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --cuda-graphs needs a CUDA device") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_matches_eager_on_gpu(smoke_data_dir):
+    """Without dropout (whose graph-safe stream differs from eager's) the replayed graph gives eager's losses and
+    weights up to bf16 kernel noise, across the short last batch and a re-capture at the new LR."""
+    eager_losses, eager_weights, _ = train(smoke_data_dir, "cuda", "bf16", dropout=False)
+    losses, weights, step = train(smoke_data_dir, "cuda", "bf16", capture=graphs.capture_cuda, dropout=False)
+    assert step.captures == 2
+    torch.testing.assert_close(losses, eager_losses, rtol=2e-3, atol=1e-3)
+    for a, b in zip(weights, eager_weights):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_run_all_with_cuda_graphs_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path):
+    """A real run with --cuda-graphs (dropout on) completes, learns the same way in distribution, and says so."""
+    import shutil
+
+    from bench import results
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data_dir, data)
+    args = ["--preset", "smoke", "--models", "strided-a", "--lrs", "0.05", "--epochs", "3", "--lr-drops", "2",
+            "--batch-size", "16", "--source", str(jpeg_tarball), "--data-dir", str(data), "--backend", "tensor",
+            "--subset-per-class", "10", "--precision", "bf16"]
+    fresh_state()
+    assert run_all.main([*args, "--out", str(tmp_path / "graphs"), "--cuda-graphs"]) == 0
+    (record,) = results.read_records(tmp_path / "graphs")
+    assert record["status"] == "completed" and record["cuda_graphs"] is True and record["epochs_completed"] == 3
+    assert all(h["loss"] == h["loss"] for h in record["history"])  # finite
