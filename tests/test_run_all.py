@@ -26,7 +26,7 @@ SCHEMA = {
     "run_key", "status", "error", "model", "display_name", "family", "variant", "lr", "seed", "epochs",
     "epochs_completed", "preset", "bn", "dropout", "final_relu", "init", "optimizer", "weight_decay", "momentum",
     "batch_size", "augment", "preprocess", "train_split", "val_split", "precision", "backend", "mode",
-    "channels_last", "compile", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
+    "channels_last", "compile", "cuda_graphs", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
     "finished_at", "history", "grid", "eval_precision",
@@ -78,7 +78,8 @@ def check_sane(record: dict) -> None:
     assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
                                                  ("out", "source", "data_dir", "progress", "log_with",
                                                   "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
-                                                  "channels_last", "compile", "backend", "stall_after", "verbose")})
+                                                  "channels_last", "compile", "cuda_graphs", "backend", "stall_after",
+                                                  "verbose")})
     assert record["versions"]["torch"] and record["precision"] == "bf16" and record["preset"] == "smoke"
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
