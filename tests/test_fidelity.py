@@ -78,9 +78,10 @@ def test_stall_after_is_opt_in_and_a_rerun_retries(smoke_data_dir, jpeg_tarball,
 
 
 def test_evaluation_runs_in_fp32_under_bf16_training(smoke_data_dir, jpeg_tarball, tmp_path):
-    """A spy on every train and eval step: under the bf16 default, training steps run in autocast and
-    evaluation steps do not (fp32 logits), and the record says eval_precision "no"; --eval-precision bf16 asks
-    for bf16 evaluation and the record says so."""
+    """A spy on every train and eval step: under --precision bf16 (the paper preset's default; the smoke preset
+    trains in fp32), training steps run in autocast and evaluation steps do not (fp32 logits), and the record says
+    eval_precision "no"; --eval-precision bf16 asks for bf16 evaluation and the record says so. With the
+    paper-preset runs above, this keeps training under bf16 autocast (what the GPU runs use) covered."""
     p = subprocess.run([PYTHON, __file__, "eval-spy", str(smoke_data_dir), str(jpeg_tarball), str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -113,7 +114,8 @@ def _eval_spy_worker(data_dir: str, source: str, tmp: str) -> None:
         dtypes["train"].clear(), dtypes["eval"].clear()
         out = Path(tmp) / name
         argv = ["--preset", "smoke", "--source", source, "--data-dir", data_dir, "--out", str(out), "--models",
-                "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", *extra]
+                "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", "--precision", "bf16",
+                *extra]
         assert run_all.main(argv) == 0
         (r,) = results.read_records(out)
         seen[name] = {"train": sorted(set(dtypes["train"])), "eval": sorted(set(dtypes["eval"])),
