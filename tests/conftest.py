@@ -83,3 +83,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def fresh_accelerator():
+    """For tests that run `bench/run_all.py`'s main in the pytest process: Accelerate keeps one state per process
+    and refuses a second mixed precision, and an earlier test (the step benchmarks, throughput) may have left a bf16
+    one where run_all now asks for its preset's. Starts with none and leaves none, as bench/timing.py does."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()

@@ -214,7 +214,8 @@ def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_
     assert cost[claimed[0]] == max(cost.values())
 
 
-def test_full_disk_stops_the_grid_keeps_the_checkpoint_and_records_nothing(data, tmp_path, monkeypatch, capsys):
+def test_full_disk_stops_the_grid_keeps_the_checkpoint_and_records_nothing(data, tmp_path, monkeypatch, capsys,
+                                                                       fresh_accelerator):
     """ENOSPC while writing the record: one line, exit 1, the claim released, the run's checkpoint kept, no
     "failed" record; the same command then finishes the run."""
     from bench import run_all

@@ -218,14 +218,14 @@ def test_bad_input_is_one_line_exit_2_no_record(case, data, tmp_path, capsys):
     assert results.read_records(out) == []
 
 
-def test_missing_data_and_unwritable_out(data, tmp_path, capsys):
+def test_missing_data_and_unwritable_out(data, tmp_path, capsys, fresh_accelerator):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    for argv in (["--source", str(tmp_path / "no-such.tar.gz"), "--data-dir", str(tmp_path / "d")],
-                 ["--out", str(blocker / "out")]):
+    for argv, says in ((["--source", str(tmp_path / "no-such.tar.gz"), "--data-dir", str(tmp_path / "d")],
+                        "source not found"), (["--out", str(blocker / "out")], "is not writable")):
         assert main([*args(data, tmp_path / "out"), *argv]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and "\n" not in err, err
+        assert err.startswith("error: ") and says in err and "\n" not in err, err
     assert results.read_records(tmp_path / "out") == []
 
 
