@@ -271,7 +271,7 @@ def check_replicas(net, accelerator) -> None:
 
 
 def measure_step_rate(model, optimizer, images, labels, preprocess, accelerator, autocast=None,
-                      channels_last=False, steps: int = 3) -> float:
+                      channels_last=False, steps: int = 2) -> float:
     """Training images/s of `train_step` on one batch, after one warm-up step (for an ETA, not a benchmark)."""
     train_step(model, optimizer, images, labels, preprocess, accelerator, autocast, channels_last)
     sync(accelerator.device)

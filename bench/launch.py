@@ -56,7 +56,7 @@ def offline_source() -> Path:
     return next(p for p in OFFLINE_SOURCES if p.is_file())
 
 
-def paper_grid_cpu_hours(steps: int = 3, batch: int = 32) -> float:
+def paper_grid_cpu_hours(steps: int = 2, batch: int = 16) -> float:
     """The paper grid's training + evaluation time on this CPU, scaled by MACs from a few measured All-CNN-C steps
     (bf16 autocast, as the paper preset trains)."""
     import torch

@@ -44,14 +44,7 @@ def test_graphed_bookkeeping_trains_exactly_like_eager(smoke_data_dir):
     assert all(torch.equal(a, b) for a, b in zip(weights, eager_weights))
 
 
-def fresh_state():
-    """run_all makes its own Accelerator: forget the one an earlier test in this process made."""
-    from accelerate.state import AcceleratorState
-    AcceleratorState._reset_state(True)
-
-
-def test_cuda_graphs_refused_without_cuda(jpeg_tarball, tmp_path, capsys):
-    fresh_state()
+def test_cuda_graphs_refused_without_cuda(jpeg_tarball, tmp_path, capsys, fresh_accelerator):
     code = run_all.main(["--preset", "smoke", "--cuda-graphs", "--source", str(jpeg_tarball),
                          "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")])
     err = capsys.readouterr().err.strip()
@@ -74,7 +67,7 @@ def test_cuda_graph_step_matches_eager_on_gpu(smoke_data_dir):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_run_all_with_cuda_graphs_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path):
+def test_run_all_with_cuda_graphs_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path, fresh_accelerator):
     """A real run with --cuda-graphs (dropout on) completes, learns the same way in distribution, and says so."""
     import shutil
 
@@ -85,7 +78,6 @@ def test_run_all_with_cuda_graphs_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path)
     args = ["--preset", "smoke", "--models", "strided-a", "--lrs", "0.05", "--epochs", "3", "--lr-drops", "2",
             "--batch-size", "16", "--source", str(jpeg_tarball), "--data-dir", str(data), "--backend", "tensor",
             "--subset-per-class", "10", "--precision", "bf16"]
-    fresh_state()
     assert run_all.main([*args, "--out", str(tmp_path / "graphs"), "--cuda-graphs"]) == 0
     (record,) = results.read_records(tmp_path / "graphs")
     assert record["status"] == "completed" and record["cuda_graphs"] is True and record["epochs_completed"] == 3

@@ -28,7 +28,7 @@ def smoke_command(data_dir: Path, results_dir: Path) -> list[str]:
     12 models x 4 LRs for 2 epochs on 20 images per class)."""
     grid = [] if FULL else ["--models", *SMALL_MODELS, "--lrs", "0.05"]
     return [sys.executable, str(RUN_ALL), "--preset", "smoke", "--source", str(SOURCE), "--data-dir",
-            str(data_dir), "--out", str(results_dir), "--no-progress", *grid]
+            str(data_dir), "--out", str(results_dir), "--no-progress", "--backend", "tensor", *grid]
 
 
 FULL = os.environ.get("ALLCONV_SMOKE_FULL") == "1"  # a given ledger counts as full only with this too
