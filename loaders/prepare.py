@@ -62,7 +62,7 @@ def check_and_subset(splits: dict, subset_per_class: int | None, seed: int) -> d
             if (counts != COUNTS_PER_CLASS[split]).any():
                 raise ValueError(f"{split}: {counts.tolist()} images per class, CIFAR-10 has "
                                  f"{COUNTS_PER_CLASS[split]} each (use --subset-per-class for a subset)")
-            out[split] = (images, labels)
+            out[split] = (np.asarray(images), labels)
             continue
         if counts.min() < subset_per_class:
             raise ValueError(f"{split}: --subset-per-class {subset_per_class} but a class has only {counts.min()}")

@@ -101,15 +101,34 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
     return img
 
 
+class EncodedImages:
+    """One split's encoded images, decoded when indexed with an array of positions (`np.asarray` decodes all): a
+    subset (`--subset-per-class`) decodes only the images it keeps, not all 60,000."""
+
+    def __init__(self, blobs: list[tuple[str, bytes]]):
+        self.blobs = blobs  # (name for errors, encoded image), in source order
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def __getitem__(self, positions) -> np.ndarray:
+        return np.stack([_decode_image(self.blobs[i][1], self.blobs[i][0]) for i in np.asarray(positions)])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = self[np.arange(len(self))]
+        return images if dtype is None else images.astype(dtype)
+
+
 def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
-    """files: (split, class, name) -> encoded image. Labels are the classes' alphabetical ranks."""
+    """files: (split, class, name) -> encoded image. Labels are the classes' alphabetical ranks; images are
+    `EncodedImages`, decoded when the split is subset or stored."""
     out = {}
     for split in COUNTS_PER_CLASS:
         classes = sorted({c for s, c, _ in files if s == split})
         if len(classes) != len(CLASSES):
             raise ValueError(f"{split}/ has {len(classes)} class folders, CIFAR-10 needs {len(CLASSES)}")
         keys = sorted(k for k in files if k[0] == split)
-        images = np.stack([_decode_image(files[k], "/".join(k)) for k in keys])
+        images = EncodedImages([("/".join(k), files[k]) for k in keys])
         labels = np.array([classes.index(k[1]) for k in keys], dtype=np.int64)
         out[split] = (images, labels)
     return out

@@ -49,7 +49,7 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
 
     log, second = campaign(tmp_path, "second", jpeg_tarball, PARALLEL="auto", LRS="0.05 0.01 0.1",
                            LEDGER=str(tmp_path / "ledger-first"),
-                           PROBE="--model strided-a --procs 1 2 --steps 1 --warmup 0 --batch-size 4 --precision no",
+                           PROBE="--model strided-a --procs 2 --steps 1 --warmup 0 --batch-size 4 --precision no",
                            INIT_PROBE="--models strided-a --lrs 0.05 --inits kaiming --epochs 1 --batch-size 32")
     assert "# continuing: 2 records" in log and "2 already in" in log, log[-3000:]
     assert "# PARALLEL=" in log and (tmp_path / "second" / "concurrency.json").is_file(), log[-3000:]

@@ -8,6 +8,7 @@ the whole 48-run smoke grid (about 8 minutes there) and, with a given ledger, re
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ SMALL_MODELS = ("model-c", "allcnn-c")
 
 
 @pytest.fixture(scope="module")
-def smoke_ledger(tmp_path_factory) -> Path:
+def smoke_ledger(tmp_path_factory, request) -> Path:
     given = os.environ.get("ALLCONV_SMOKE_LEDGER")
     if given:
         return Path(given)
@@ -46,6 +47,8 @@ def smoke_ledger(tmp_path_factory) -> Path:
     if not SOURCE.is_file():
         pytest.skip(f"no CIFAR-10 JPEG copy at {SOURCE}")
     tmp = tmp_path_factory.mktemp("smoke")
+    # the session's prepared subset (10 per class, the smoke preset's): prepare then has nothing to do
+    shutil.copytree(request.getfixturevalue("smoke_data_dir"), tmp / "data")
     done = subprocess.run(smoke_command(tmp / "data", tmp / "results"), cwd=ROOT, capture_output=True, text=True,
                           timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
