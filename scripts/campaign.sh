@@ -53,7 +53,8 @@ start=$SECONDS
   echo "# scripts/campaign.sh $(date -u +%FT%TZ)"
   echo "# DEVICE=$DEVICE TOTAL=$TOTAL RESERVE=$RESERVE LEDGER=$LEDGER ORDER=$ORDER LRS=$LRS PARALLEL=$PARALLEL"
   echo "# SRC=$SRC SUBSET=$SUBSET EXTRA=$EXTRA"
-  git log -1 --format='# commit %H %s' 2>/dev/null || true
+  git log -1 --format='# commit %H %s (as the device copy says; it was stale on 2026-11-27)' 2>/dev/null || true
+  echo "# CODE=${CODE:-unset} (the commit the caller says this tree is: CODE=\$(git rev-parse HEAD), filled in)"
   timeout 20 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null \
     || echo "# no nvidia-smi"
   timeout 60 "$PY" -c "import torch, sys, accelerate; print('# python', sys.version.split()[0], 'torch', \
