@@ -21,6 +21,12 @@ PRECISION_LABELS = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 throughput rows, the peak table's columns). Every CLI also accepts a label for its name ("fp32" for "no")."""
 
 
+def precision_label(value):
+    """The label people read for a precision name ("no" -> "fp32"); a label, or a value an old file holds that is
+    neither, as given."""
+    return PRECISION_LABELS.get(value, value)
+
+
 def precision_name(text: str) -> str:
     """Accelerate's name for a precision given by name or label: "fp32" -> "no", "bf16" -> "bf16"; unknown raise."""
     names = {**{label: name for name, label in PRECISION_LABELS.items()}, **{name: name for name in PRECISION_LABELS}}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import results
 from bench.config import GRID_FIELDS, NOT_IN_KEY, PRESETS, Run, RunConfig, UsageError
-from bench.devices import PRECISION_LABELS
+from bench.devices import precision_label
 
 SCALARS = {"loss": "train/loss", "train_acc_pct": "train/acc", "test_error_pct": "test/error",
            "val_error_pct": "val/error", "lr": "lr"}
@@ -83,7 +83,7 @@ def tracker_name(run: Run, launched: RunConfig) -> str:
         if isinstance(value, bool):
             parts.append(f.name if value else f"no-{f.name}")
         else:
-            parts.append(f"{f.name}-{PRECISION_LABELS.get(value, value) if 'precision' in f.name else value}")
+            parts.append(f"{f.name}-{precision_label(value) if 'precision' in f.name else value}")
     return "_".join(parts).replace("/", "-")
 
 

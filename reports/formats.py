@@ -15,7 +15,7 @@ from decimal import ROUND_FLOOR, Decimal
 import pandas as pd
 
 from allconv.specs import SPECS
-from reports.ledger import PRECISION_LABELS, _known
+from reports.ledger import _known, precision_label
 from reports.tables import TEXT_COLUMNS, lr_text
 
 
@@ -147,7 +147,7 @@ def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
         peak = f"{fixed(r['peak_tflops'], 1)} ({r['peak_basis']})" if _known(r["peak_tflops"]) else "unknown"
         rows.append({
             "Model": r["paper_name"], "Device": _text(r["device_name"]), "Devices": _text(r["devices"]),
-            "Precision": PRECISION_LABELS.get(_text(r["precision"]), _text(r["precision"])),
+            "Precision": precision_label(_text(r["precision"])),
             "Backend": _text(r["backend"]), "Batch": _text(r["batch_size"]),
             "Runs": str(r["n_runs"]), "Train img/s": _int(r["train_images_per_s"]),
             "Eval img/s": _int(r["eval_images_per_s"]), "Train TFLOP/s": fixed(r["train_tflops"], 2),

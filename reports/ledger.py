@@ -20,7 +20,7 @@ from allconv.specs import SPECS
 from bench import results
 from bench.ablations import BASELINE
 from bench.config import NOT_IN_KEY
-from bench.devices import PRECISION_LABELS  # noqa: F401 (reports import it from here)
+from bench.devices import precision_label  # noqa: F401 (reports import it from here)
 
 COLUMNS = (
     "run_key", "status", "error", "model", "lr", "seed", "epochs", "epochs_completed", "preset",

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
 
 from allconv.specs import SPECS  # noqa: E402
-from reports.ledger import PRECISION_LABELS, _known  # noqa: E402
+from reports.ledger import _known, precision_label  # noqa: E402
 from reports.tables import lr_grid, lr_text  # noqa: E402
 
 DPI = 100
@@ -136,7 +136,7 @@ def plot_throughput(tp: pd.DataFrame, path, sha256: str = "") -> None:
     """Horizontal bars of training img/s, one per row of the throughput table (model, device, precision...)."""
     fig, ax = plt.subplots(figsize=(9, max(3.0, 0.35 * len(tp) + 1.5)))
     rows = tp[tp["train_images_per_s"].map(_known).astype(bool)].to_dict("records")
-    labels = [f"{r['paper_name']} · {PRECISION_LABELS.get(r['precision'], r['precision'])} · {r['device_name']} "
+    labels = [f"{r['paper_name']} · {precision_label(r['precision'])} · {r['device_name']} "
               f"x{r['devices']}" for r in rows]
     ax.barh(range(len(rows)), [r["train_images_per_s"] for r in rows],
             color=[FAMILY_COLORS[SPECS[r["model"]].family] for r in rows])

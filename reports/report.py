@@ -27,7 +27,7 @@ import pandas as pd
 from bench.ablations import ABLATIONS
 from reports import formats, plots
 from reports.claims import ALPHA, MARGIN_PP, claims_table
-from reports.ledger import PRECISION_LABELS, Ledger, LedgerError, _counted, _known, load_ledger
+from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
 from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
 from reports.throughput import throughput_table
 
@@ -101,7 +101,7 @@ def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[S
         if not ablation_has_runs(led.df, name, ref):
             continue
         t = ablation_table(led.df, name, ref)
-        label = PRECISION_LABELS.get(led.precision, led.precision)
+        label = precision_label(led.precision)
         at = "Arms as labelled." if name == "precision" else f"All arms at Table 3's precision ({label})."
         note = " ".join(x for x in (ablation.note, at, "Δ vs baseline: arm minus the first arm, same model, pp.") if x)
         out.append(Section(f"ablation-{name}", f"Ablation: {ablation.title}", note, t, formats.display_ablation(t),
@@ -163,7 +163,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
     commits = Counter(f"{str(c)[:12]}{' (dirty)' if d else ''}" for c, d in zip(df["git_commit"], df["git_dirty"])
                       if _known(c))
     finished = [str(t) for t in all_df["finished_at"] if _known(t)]
-    evals = Counter(PRECISION_LABELS.get(str(p), str(p)) for p in table3_runs(df, led.reference)["eval_precision"]
+    evals = Counter(precision_label(str(p)) for p in table3_runs(df, led.reference)["eval_precision"]
                     if _known(p))
     ref = led.reference
     rows = [
@@ -171,7 +171,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("Data", "; ".join(sources) + (" -- MIXED SOURCES" if len(sources) > 1 else "")),
         ("Preset", led.preset),
         ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),
-        ("Precision", f"Table 3 trained in {PRECISION_LABELS.get(led.precision, led.precision)}; "
+        ("Precision", f"Table 3 trained in {precision_label(led.precision)}; "
                       + (f"evaluated in {_counted(evals)}" if evals else "evaluation precision not recorded")),
         ("Runs", ", ".join(f"{s} {n}" for s, n in sorted(Counter(df["outcome"]).items()))),
         ("Reference config", ", ".join(f"{k}={v}" for k, v in sorted(ref.items())) if ref else "not recorded"),
