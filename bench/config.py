@@ -163,7 +163,13 @@ class Run:
         return d
 
     def key(self, data_sha256: str | None = None) -> str:
-        return results.run_key({k: v for k, v in self.config(data_sha256).items() if k not in NOT_IN_KEY})
+        return config_key(self.config(data_sha256))
+
+
+def config_key(config: dict) -> str:
+    """The run key of a resolved per-run config (`Run.config`, or a record's `config`): a hash of what changes
+    results, so the same run on another machine, backend or output folder has the same key."""
+    return results.run_key({k: v for k, v in config.items() if k not in NOT_IN_KEY})
 
 
 def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:

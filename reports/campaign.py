@@ -19,7 +19,7 @@ from pathlib import Path
 
 from allconv.specs import SPECS
 from bench import results
-from bench.config import NOT_IN_KEY, RunConfig
+from bench.config import RunConfig, config_key
 from reports.report import lossy
 
 RESULTS = Path("reports/measured/campaign")
@@ -47,8 +47,7 @@ def run_of_key(records: list[dict]) -> dict[str, tuple[str, float]]:
     for r in records:
         for model in SPECS:
             for lr in RunConfig().lrs:
-                cfg = {**r["config"], "model": model, "lr": lr}
-                found[results.run_key({k: v for k, v in cfg.items() if k not in NOT_IN_KEY})] = (model, lr)
+                found[config_key({**r["config"], "model": model, "lr": lr})] = (model, lr)
     return found
 
 
@@ -61,18 +60,20 @@ def rows(results_dir: Path) -> list[list[str]]:
             spec.paper_name, f"{r['lr']:g}", r["status"], _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}",
             f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             r["device_name"], _data(r["data"]["source"])]))
+    first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
     cells = run_of_key(records)
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
         model, lr = cells.get(path.stem, (None, None))
+        spec = SPECS.get(model)
         epoch, last, seconds = checkpoint_state(path)
-        name = SPECS[model].paper_name if model else f"run {path.stem}"
-        error = f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else ""
-        out.append((list(SPECS).index(model) if model else len(SPECS), -(lr or 0), [
-            name, f"{lr:g}" if lr else "?", "unfinished: checkpointed, resumed by the next campaign", error,
-            f"{SPECS[model].paper_error_pct:.2f}" if model else "", f"{epoch}/{records[0]['config']['epochs']}"
-            if epoch is not None and records else "", f"{_int(seconds)} so far" if seconds else "", "",
-            records[0]["device_name"] if records else "",
-            _data(records[0]["data"]["source"]) if records else ""]))
+        out.append((list(SPECS).index(model) if spec else len(SPECS), -(lr or 0), [
+            spec.paper_name if spec else f"run {path.stem}", f"{lr:g}" if lr else "?",
+            "unfinished: checkpointed, resumed by the next campaign",
+            f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else "",
+            f"{spec.paper_error_pct:.2f}" if spec else "",
+            f"{epoch}/{first['config']['epochs']}" if epoch is not None and first else "",
+            f"{_int(seconds)} so far" if seconds else "", "",
+            first["device_name"] if first else "", _data(first["data"]["source"]) if first else ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:2])]
 
 

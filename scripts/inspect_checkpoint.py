@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import allconv  # noqa: E402
+import loaders  # noqa: E402
 from loaders.preprocess import build_preprocess  # noqa: E402
 
 
@@ -38,8 +39,7 @@ def main() -> None:
     whiten = build_preprocess("gcn-zca", args.data_dir)
     relus = [(name, m) for name, m in net.named_modules() if isinstance(m, torch.nn.ReLU)]
     for split in ("train", "test"):
-        images = np.load(f"{args.data_dir}/{split}_images.npy", mmap_mode="r")
-        labels = np.load(f"{args.data_dir}/{split}_labels.npy")
+        images, labels = loaders.load_arrays(args.data_dir, split)
         pick = np.sort(np.random.default_rng(0).choice(len(images), min(args.images, len(images)), replace=False))
         peak = {name: None for name, _ in relus}  # per channel, the largest activation seen
         hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: peak.__setitem__(
@@ -48,7 +48,7 @@ def main() -> None:
         wrong = 0
         with torch.no_grad():
             for chunk in np.array_split(pick, max(1, len(pick) // 250)):
-                x = whiten(torch.from_numpy(np.ascontiguousarray(images[chunk])).permute(0, 3, 1, 2))
+                x = whiten(torch.from_numpy(images[chunk]).permute(0, 3, 1, 2))
                 wrong += (net(x).argmax(1) != torch.from_numpy(labels[chunk])).sum().item()
         for h in hooks:
             h.remove()

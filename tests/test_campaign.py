@@ -75,16 +75,14 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     LR) with its epoch, last test error and seconds; a damaged one still gets a row; a stale README is refused."""
     import torch
 
-    from bench import results
-    from bench.config import NOT_IN_KEY
+    from bench.config import config_key
     from reports import campaign
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "checkpoints").mkdir()
     record = json.loads(next((ROOT / campaign.RESULTS / "runs").glob("*.json")).read_text())
     (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
-    other = {**record["config"], "lr": 0.1}
-    key = results.run_key({k: v for k, v in other.items() if k not in NOT_IN_KEY})
+    key = config_key({**record["config"], "lr": 0.1})
     torch.save({"epoch": 5, "extra": {"wall_s": 12.0},
                 "history": [{"epoch": e, "test_error_pct": 50.0 - e if e % 2 else None} for e in range(1, 6)]},
                tmp_path / "checkpoints" / f"{key}.pt")
