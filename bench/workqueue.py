@@ -9,18 +9,20 @@ machines on one shared filesystem) share one `--out` without a static split and 
 A claim is `<out>/claims/<run_key>.json` created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+),
 holding host, pid, the pid's start time and the claim's start time; its mtime is the owner's heartbeat. A claim is
 stale when its process is gone: same host and that process no longer exists (pid dead, or reused by another
-process), or another host and no heartbeat for `lease_s` (set the lease above the longest epoch). A stale claim is
-taken over race-free: it is renamed to a name unique to the taker, and only the taker whose rename moved the very
-file it judged stale (same inode) goes on to claim the run. `<out>/claims/log.txt` has one line per claim and
-takeover: the order in which the grid was handed out.
+process), or another host and no heartbeat for `lease_s` (set the lease above the longest epoch). Claims are judged,
+taken over and created under one exclusive lock (`<out>/claims/.lock`, flock), so of many processes that find the
+same stale claim exactly one takes the run. (A first version renamed the stale file and compared inodes: a freed
+inode number reused by the winner's new claim let a second taker win too.) `<out>/claims/log.txt` has one line per
+claim and takeover: the order in which the grid was handed out.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import time
-import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,52 +123,46 @@ def log(out, line: str) -> None:
         pass  # the log is for people; a claim works without it
 
 
+@contextmanager
+def _locked(folder: Path):
+    """Hold `<folder>/.lock` exclusively (flock; POSIX locks on NFS): only one process at a time judges and creates
+    claims. The kernel drops the lock when its holder dies, so a killed process never blocks the grid."""
+    fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def try_claim(out, key: str, lease_s: float) -> Claim | None:
     """Claim run `key` for this process, taking over a stale claim; None when a live process holds it."""
     path = claims_dir(out) / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
-                       "started_at": time.time()}).encode()
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pass
-        else:
-            try:
-                os.write(fd, body)
-                os.fsync(fd)
-                inode = os.fstat(fd).st_ino
-            finally:
-                os.close(fd)
-            return Claim(path, inode)
+    with _locked(path.parent):
         try:
             st = os.stat(path)
-            info = json.loads(path.read_text() or "{}")
         except FileNotFoundError:
-            continue  # released meanwhile: try again
-        except (OSError, ValueError):
-            info = {}  # half-written (its owner died between create and write) or damaged: judged by its age
-            st = os.stat(path) if path.exists() else None
-            if st is None:
-                continue
-        if not isinstance(info, dict) or not stale(info, st.st_mtime, lease_s if info else min(lease_s, 60)):
-            return None
-        grave = path.with_name(f".{key}.stale.{HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(path, grave)
-        except FileNotFoundError:
-            continue  # another process took it over first
-        if os.stat(grave).st_ino != st.st_ino:  # we moved a fresh claim another taker made meanwhile: put it back
+            st = None
+        if st is not None:
             try:
-                os.link(grave, path)
-            except FileExistsError:
-                pass
-            grave.unlink(missing_ok=True)
-            return None
-        grave.unlink(missing_ok=True)
-        log(out, f"took over {key} from {info.get('host')} pid {info.get('pid')}")
-    return None
+                info = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                info = {}
+            if not isinstance(info, dict):
+                info = {}  # damaged, or its owner died between create and write: judged by its age
+            if not stale(info, st.st_mtime, lease_s if info else min(lease_s, 60)):
+                return None
+            path.unlink()
+            log(out, f"took over {key} from {info.get('host')} pid {info.get('pid')}")
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no one else creates while we hold the lock
+        try:
+            os.write(fd, json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+                                     "started_at": time.time()}).encode())
+            os.fsync(fd)
+            return Claim(path, os.fstat(fd).st_ino)
+        finally:
+            os.close(fd)
 
 
 def claimed(ordered: list, out, *, lease_s: float, stop=lambda: False, acc=None, ddp: bool = False):
