@@ -6,6 +6,9 @@
 # ALLCONV_GPUS=N uses N GPUs instead of all of them (N=0: as if there were none).
 ARGS ?=
 PYTEST_ARGS ?=
+# The suite runs in TEST_WORKERS pytest-xdist processes of one thread each (test files stay whole: their module
+# fixtures are built once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test bench report
 setup:
@@ -15,7 +18,7 @@ run: setup
 	.venv/bin/python -m bench.launch $(ARGS)
 
 test: setup
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	.venv/bin/python -m pytest tests/benchmarks --benchmark-enable --benchmark-autosave $(PYTEST_ARGS)

@@ -4,8 +4,8 @@ accuracy (dropout on) over the last 25 steps, every 25 steps (issue 10's questio
     DATA=/tmp/probe/data PYTHONPATH=$PWD .venv/bin/python scripts/learning_start.py strided-a caffe-xavier 0.05 1 1 150 64
 
 Arguments: model init lr final_relu(0/1) dropout(0/1) steps batch. DATA: a `python -m loaders.prepare` output.
-The paper's optimizer (momentum 0.9, weight decay 1e-3), GCN+ZCA fitted on the training split, bf16 autocast, one
-thread, batches drawn with replacement from a seeded generator. Output: reports/measured/cpu-learning-start-*.txt.
+The paper's optimizer (momentum 0.9, weight decay 1e-3), GCN+ZCA fitted on the training split, bf16 autocast
+(PRECISION=fp32: none), one thread, batches drawn with replacement from a seeded generator. Output: reports/measured/cpu-learning-start-*.txt.
 """
 import os
 import sys
@@ -36,7 +36,7 @@ def main(model: str, init: str, lr: float, final_relu: bool, dropout: bool, step
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(images), (batch,), generator=draw)
         x = whiten(images[idx]).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", torch.bfloat16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=os.environ.get("PRECISION", "bf16") == "bf16"):
             out = net(x)
         loss = F.cross_entropy(out.float(), labels[idx])
         opt.zero_grad()
@@ -44,7 +44,7 @@ def main(model: str, init: str, lr: float, final_relu: bool, dropout: bool, step
         opt.step()
         hits.append((out.argmax(1) == labels[idx]).float().mean().item())
         if step % 25 == 0:
-            print(f"{model} {init} lr={lr} relu={final_relu} drop={dropout} step {step}: loss {loss.item():.3f} "
+            print(f"{model} {init} lr={lr} relu={final_relu} drop={dropout} batch={batch} step {step}: loss {loss.item():.3f} "
                   f"acc(last25) {100 * np.mean(hits[-25:]):.1f}% {time.time() - t0:.0f}s", flush=True)
 
 

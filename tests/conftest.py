@@ -19,26 +19,41 @@ def jpeg_tarball() -> Path:
     return JPEG_TARBALL
 
 
+def _prepared_once(tmp_path_factory, name: str, **subset) -> Path:
+    """A data directory prepared from the JPEG tarball once per test session, shared by pytest-xdist's workers
+    (the first to arrive prepares it under a file lock; the others wait, then find it prepared)."""
+    from filelock import FileLock
+
+    from loaders.prepare import prepare_cifar10
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder all workers' temp folders share
+    data_dir = root / name
+    with FileLock(str(data_dir) + ".lock"):
+        prepare_cifar10(str(JPEG_TARBALL), data_dir, **subset)  # a no-op when prepared already
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def smoke_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
     """A prepared data directory: 10 seeded images per class and split from the JPEG tarball (100 train, 100
     test), prepared once per test session. Read-only for tests: copy it before changing anything."""
-    from loaders.prepare import prepare_cifar10
+    return _prepared_once(tmp_path_factory, "smoke-data", subset_per_class=10, seed=0)
 
-    data_dir = tmp_path_factory.mktemp("smoke-data")
-    prepare_cifar10(str(jpeg_tarball), data_dir, subset_per_class=10, seed=0)
-    return data_dir
+
+@pytest.fixture(scope="session")
+def learning_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
+    """300 seeded images per class and split (3,000 train, 3,000 test), prepared once per test session: enough for
+    a small network to leave chance (tests/test_fidelity.py). Read-only for tests."""
+    return _prepared_once(tmp_path_factory, "learning-data", subset_per_class=300, seed=0)
 
 
 @pytest.fixture(scope="session")
 def full_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
     """All 60,000 real images from the JPEG tarball, prepared once per test session (npy arrays, splits, and the
     .beton files when ffcv is importable). Read-only for tests: copy it before changing anything."""
-    from loaders.prepare import prepare_cifar10
-
-    data_dir = tmp_path_factory.mktemp("full-data")
-    prepare_cifar10(str(jpeg_tarball), data_dir)
-    return data_dir
+    return _prepared_once(tmp_path_factory, "full-data")
 
 
 def _write_official_archive(path: Path, train: tuple, test: tuple, *, members=None) -> Path:

@@ -21,7 +21,7 @@ def campaign(tmp_path: Path, name: str, jpeg_tarball, **env) -> tuple[str, dict]
     settings = {"PY": sys.executable, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "OUT": str(out),
                 "WORK": str(tmp_path / f"work-{name}"), "SRC": str(jpeg_tarball), "SUBSET": "10", "THROUGHPUT": "",
                 "INIT_PROBE": "", "GRAPHS": "0", "ORDER": "strided-a", "TOTAL": "400",
-                "EXTRA": "--epochs 1 --lr-drops --batch-size 32 --num-workers 1", **env}
+                "EXTRA": "--epochs 1 --lr-drops --batch-size 32 --num-workers 1 --backend tensor --precision no", **env}
     p = subprocess.run(["bash", "scripts/campaign.sh"], cwd=ROOT, env={**base, **settings}, capture_output=True,
                        text=True, timeout=450)
     assert p.returncode == 0, p.stderr[-2000:]

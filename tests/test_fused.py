@@ -145,8 +145,10 @@ def test_resume_from_checkpoints_is_exact(runs, data):
 
 def test_evaluation_equals_separate_evaluation(runs, data):
     _, dtype, seps, group, _, _ = runs
+    if dtype != torch.float64:
+        pytest.skip("checked on the fp64 twins (in fp32 only within atol 1e-2, for 23 s of the suite)")
     _, test, pre = data
-    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float64 else dict(rtol=0.0, atol=1e-2)
+    tol = dict(rtol=1e-6, atol=1e-7)
     fused, twins = torch.zeros(len(LRS), dtype=torch.long), torch.zeros(len(LRS), dtype=torch.long)
     for images, labels in test:
         fused += group.eval_step(images, labels)
@@ -159,7 +161,7 @@ def test_evaluation_equals_separate_evaluation(runs, data):
             assert torch.equal(logits[k], group.forward(images, train=False)[k])  # eval mode: no dropout
             twins[k] += (want.argmax(1) == labels).sum()
     assert int(fused.sum()) > 0
-    assert torch.equal(fused, twins) if dtype == torch.float64 else (fused - twins).abs().max() <= 2
+    assert torch.equal(fused, twins)
 
 
 def test_non_finite_run_is_masked_and_others_go_on(runs, data):

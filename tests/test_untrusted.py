@@ -71,7 +71,7 @@ def run_all(argv, timeout=300) -> subprocess.CompletedProcess:
 
 def smoke_args(data_dir, source, out, *extra) -> list[str]:
     return ["--preset", "smoke", "--source", str(source), "--data-dir", str(data_dir), "--subset-per-class", "10",
-            "--out", str(out), "--no-progress", "--batch-size", "32", *extra]
+            "--out", str(out), "--no-progress", "--batch-size", "32", "--backend", "tensor", *extra]
 
 
 # ---- archives ----
