@@ -93,14 +93,15 @@ def stale(info: dict, mtime: float, lease_s: float) -> bool:
 
 @dataclass
 class Claim:
-    """This process's claim on one run. `path` None: a no-op claim (the
-    non-main ranks of a DDP run, whose main process holds the claim)."""
+    """This process's claim on one run: the file and the exact bytes this process wrote into it (host, pid and a
+    start time: no other claim has the same). `path` None: a no-op claim (the non-main ranks of a DDP run, whose
+    main process holds the claim)."""
     path: Path | None
-    inode: int = 0
+    body: bytes = b""
 
     def _mine(self) -> bool:
         try:
-            return self.path is not None and os.stat(self.path).st_ino == self.inode
+            return self.path is not None and self.path.read_bytes() == self.body
         except OSError:
             return False
 
@@ -110,8 +111,11 @@ class Claim:
             os.utime(self.path)
 
     def release(self) -> None:
-        if self._mine():
-            self.path.unlink(missing_ok=True)
+        if self.path is None:
+            return
+        with _locked(self.path.parent):  # a claim taken over meanwhile (lease expired) is the new owner's
+            if self._mine():
+                self.path.unlink(missing_ok=True)
 
 
 def log(out, line: str) -> None:
@@ -155,14 +159,15 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
                 return None
             path.unlink()
             log(out, f"took over {key} from {info.get('host')} pid {info.get('pid')}")
+        body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+                           "started_at": time.time()}).encode()
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no one else creates while we hold the lock
         try:
-            os.write(fd, json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
-                                     "started_at": time.time()}).encode())
+            os.write(fd, body)
             os.fsync(fd)
-            return Claim(path, os.fstat(fd).st_ino)
         finally:
             os.close(fd)
+        return Claim(path, body)
 
 
 def claimed(ordered: list, out, *, lease_s: float, stop=lambda: False, acc=None, ddp: bool = False):

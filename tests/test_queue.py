@@ -105,6 +105,21 @@ def test_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     assert not path.exists() and sorted(p.name for p in path.parent.iterdir()) == [".lock", "log.txt"]
 
 
+def test_a_claim_taken_over_is_not_released_by_its_old_owner(tmp_path):
+    """An owner whose lease expired while it lived (another host took the run over) leaves the new claim alone,
+    even when the new file has the same inode number as its own had."""
+    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    path = claim.path
+    theirs = json.dumps({"host": "other-host", "pid": 1, "started_at": 0}).encode()
+    path.write_bytes(theirs)  # same inode, another owner's claim
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    claim.heartbeat()
+    assert path.stat().st_mtime == old  # not refreshed: not ours
+    claim.release()
+    assert path.read_bytes() == theirs
+
+
 def test_live_claims_are_not_taken(tmp_path):
     me = {"host": workqueue.HOST, "pid": os.getppid(), "pid_start": workqueue._pid_start(os.getppid())}
     write_claim(tmp_path, "here", **me)
