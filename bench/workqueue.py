@@ -113,9 +113,12 @@ class Claim:
     def release(self) -> None:
         if self.path is None:
             return
-        with _locked(self.path.parent):  # a claim taken over meanwhile (lease expired) is the new owner's
-            if self._mine():
-                self.path.unlink(missing_ok=True)
+        try:
+            with _locked(self.path.parent):  # a claim taken over meanwhile (lease expired) is the new owner's
+                if self._mine():
+                    self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # folder gone or read-only: a claim left behind is stale once this process has exited
 
 
 def log(out, line: str) -> None:
