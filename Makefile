@@ -7,7 +7,7 @@
 ARGS ?=
 PYTEST_ARGS ?=
 # The suite runs in TEST_WORKERS pytest-xdist processes of one thread each (test files stay whole: their module
-# fixtures are built once); TEST_WORKERS=0 runs it in this process.
+# fixtures are built once); TEST_WORKERS=0 runs it in this process, with torch's default threads.
 TEST_WORKERS ?= 2
 
 .PHONY: setup run test bench report
@@ -18,7 +18,8 @@ run: setup
 	.venv/bin/python -m bench.launch $(ARGS)
 
 test: setup
-	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) .venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
+		$(PYTEST_ARGS)
 
 bench: setup
 	.venv/bin/python -m pytest tests/benchmarks --benchmark-enable --benchmark-autosave $(PYTEST_ARGS)

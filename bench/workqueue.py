@@ -155,7 +155,7 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
             try:
                 info = json.loads(path.read_text() or "{}")
             except (OSError, ValueError):
-                info = {}
+                info = None
             if not isinstance(info, dict):
                 info = {}  # damaged, or its owner died between create and write: judged by its age
             if not stale(info, st.st_mtime, lease_s if info else min(lease_s, 60)):
