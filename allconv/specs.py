@@ -25,8 +25,8 @@ DEFAULT_INIT = "caffe-xavier"
 "torch" leaves PyTorch's default (kaiming-uniform with a=sqrt(5), uniform biases).
 Measured at initialisation on GCN+ZCA-whitened CIFAR-10 (5,000 images, All-CNN-C, eval mode): with
 caffe-xavier each conv's output std is about 1/sqrt(2) of the previous one (0.46 -> 0.03 over 9 layers; logits
-std 0.013), with kaiming it stays near 0.5-0.7 (logits 0.16). So caffe-xavier runs start slowly (loss near ln 10 for the
-first ~100-300 steps), but they live. Chosen on the measured start of the C family under the paper's defaults
+std 0.013), with kaiming it stays near 0.5-0.7 (logits 0.16). So caffe-xavier runs start slowly (loss near ln 10
+for the first ~100-300 steps). Chosen on the measured start of the C family under the paper's defaults
 (reports/measured/cpu-init-c-family-2026-11-28.txt: CPU, fp32, batch 256, 50,000 real images, one seed): at
 LR 0.05 kaiming kills All-CNN-C and ConvPool-CNN-C (loss at ln 10 from the start: the final ReLU outputs zeros)
 while caffe-xavier leaves chance in both (All-CNN-C by step 100 and trained 350 epochs on the GPU; ConvPool-CNN-C
