@@ -28,15 +28,18 @@ separate run (torch.manual_seed(seed), allconv.build, torch.optim.SGD, same batc
 the grouped convolution; write_back + a fresh group resumes bit-exactly. RNG: vmap's randomness="same" draws
 one dropout mask per layer of the unbatched shape from the global generator, in the same order and amount as
 the separate run's eager forward (checked on CPU; on CUDA eager dropout uses the fused native_dropout kernel:
-the mask equality there is unmeasured).
+the mask equality there is unmeasured). The masks are filled in contiguous (NCHW) order, while a separate run in
+channels_last fills its own in NHWC order: there the runs get equally random but different masks (Strided-CNN-C's
+first loss differs by 0.2%, tests/test_throughput.py), so mask-for-mask equality needs the contiguous format.
 
 Precision: `torch.autocast` is NOT applied inside `torch.vmap` (torch 2.11-2.14: conv2d decomposes to
 `convolution` in the batching layer before the autocast key sees it, so everything stays fp32). So "bf16"
 casts the stacked weights and the preprocessed input to bf16 for the forward (what autocast does for
 convolutions; ReLU, pooling and dropout then run in bf16 as under autocast) and computes the loss in fp32 from
 fp32 logits. Master weights, gradients and SGD stay fp32. "fp16" is refused (it would need one loss scale per run).
-channels_last: the global average pool then hits functorch's slow fallback for `as_strided_` (a per-run loop and a
-UserWarning, torch 2.14 CPU); measure it against channels_last=False on the device before choosing.
+channels_last: adaptive_avg_pool2d restores the channels_last strides with `as_strided_`, which vmap has no batching
+rule for (functorch's per-run fallback loop and a UserWarning, torch 2.14), so the group computes the global
+average pool as the plain mean over height and width that it is (`_GlobalMean`).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, stack_module_state
 
 DTYPES = {"no": None, "bf16": torch.bfloat16}  # Accelerate's precision names
@@ -91,6 +95,9 @@ class FusedRuns:
         self.momentum_buffers = ([torch.stack(bs).to(self.device) for bs in zip(*states)] if have == {True}
                                  else None)  # None: the first step sets buf = d, as torch.optim.SGD does
         self.base = copy.deepcopy(nets[0]).to("meta")  # structure only, for functional_call
+        for name, module in self.base.named_children():
+            if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+                setattr(self.base, name, _GlobalMean())
         self._views = [(self.k,) + (1,) * (p.dim() - 1) for p in self.params]
 
     # ---- forward / steps ----
@@ -179,6 +186,13 @@ class FusedRuns:
                 buf.copy_(self.buffers[name][k])
             for g in opt.param_groups:
                 g["lr"] = self.lrs[k]
+
+
+class _GlobalMean(nn.Module):
+    """nn.AdaptiveAvgPool2d(1) as the mean it is, without the `as_strided_` that vmap cannot batch (module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
 
 
 def _sgd_group(optimizer, net) -> dict:
