@@ -31,12 +31,15 @@ from bench.config import Parser, UsageError, precision_arg  # noqa: E402
 COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "cuda_graphs",
            "batch_size",
            "train_images_per_s", "eval_images_per_s", "train_tflops", "eval_tflops", "peak_tflops", "mfu",
-           "eval_mfu", "repeats", "backend", "steps", "warmup", "world_size", "device_count", "threads",
+           "eval_mfu", "fused_runs", "fused_train_images_per_s", "fused_train_tflops", "fused_mfu",
+           "fused_over_separate", "repeats", "backend", "steps", "warmup", "world_size", "device_count", "threads",
            "peak_precision", "train_spread_pct", "train_cpu_share", "peak_memory_mb", "torch_version", "date"]
 """One row per (model, precision, backend). Images/s are summed over processes (one device each); `mfu` is
 the training step's share of the dense peak of all `device_count` devices (a fraction); `train_spread_pct` is
 (max - min) / median of the timed windows; `train_cpu_share` (CPU only) is the share of its cores the process got
-while timed (see `timing.time_windows`)."""
+while timed (see `timing.time_windows`). With `--fused K`: `fused_train_images_per_s` is the images a K-run
+bench.fused group trains per second summed over its K runs (each run sees every image), timed in the same process
+right after the separate step, and `fused_over_separate` its ratio to `train_images_per_s` (> 1: fusing pays)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="training step replayed from a CUDA graph (bench/graphs.py; captured in the warm-up, >= 4)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per SGD step of one model, as run_all's --batch-size: each process times its own "
+    p.add_argument("--fused", type=int, default=0, metavar="K",
+                   help="also time K runs as one fused model (bench/fused.py: eager, fp32 or bf16; issue 12) and "
+                        "report its images/s over the K runs against the separate step's (default 0: off)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="images per SGD step of one model, as run_all's --batch-size: each process times its own "
                         "model at this batch, like run_all --mode grid (default 256, the paper preset's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
@@ -68,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("batch_size", "steps", "repeats"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        raise UsageError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.warmup < 0 or args.fused < 0 or args.fused == 1:
+        raise UsageError(f"--warmup must be 0 or more and --fused 0 (off) or at least 2, got {args.warmup} and "
+                         f"{args.fused}")
     args.precision = list(dict.fromkeys(args.precision))
     if {"bf16", "fp16"} <= set(args.precision):
         raise UsageError("--precision bf16 and fp16 need a process each (Accelerate fixes it per process)")
@@ -148,8 +156,16 @@ def measure(name: str, precision: str, args, accelerator, backend: str = "synthe
                                                          preprocess), eval_batch, device)
         seconds, _ = timing.time_windows(eval_step, device, args.steps, args.warmup, args.repeats)
         eval_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size)
+    fused_ips = None
+    fused_step = args.fused and timing.make_fused_step(name, accelerator, precision, args.channels_last, args.fused,
+                                                       preprocess)
+    if fused_step:
+        seconds, _ = timing.time_windows(timing.accumulating(fused_step, train_batch, device), device, args.steps,
+                                         args.warmup, args.repeats)
+        fused_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size * args.fused)
     return {"model": name, "precision": devices.PRECISION_LABELS[precision], "backend": backend,
             "train_images_per_s": train_ips, "eval_images_per_s": eval_ips, "train_spread_pct": spread,
+            "fused_runs": args.fused if fused_step else None, "fused_train_images_per_s": fused_ips,
             "train_cpu_share": cpu_share,
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
 
@@ -160,6 +176,7 @@ def complete_row(row: dict, args, device, name_of_device: str, world_size: int, 
     macs = allconv.macs(row["model"])
     train_tflops = devices.tflops(row["train_images_per_s"], devices.train_flop_per_image(macs))
     eval_tflops = devices.tflops(row["eval_images_per_s"], devices.eval_flop_per_image(macs))
+    fused_tflops = devices.tflops(row["fused_train_images_per_s"], devices.train_flop_per_image(macs))
     precision = row["precision"]
     out = {"display_name": allconv.VARIANTS[row["model"]], "device": device.type, "device_name": name_of_device,
            "channels_last": args.channels_last, "compile": args.compile, "cuda_graphs": args.cuda_graphs,
@@ -168,6 +185,10 @@ def complete_row(row: dict, args, device, name_of_device: str, world_size: int, 
            "peak_tflops": devices.peak_tflops(name_of_device, precision, tf32),
            "mfu": devices.mfu(train_tflops, name_of_device, precision, tf32, count=world_size),
            "eval_mfu": devices.mfu(eval_tflops, name_of_device, precision, tf32, count=world_size),
+           "fused_train_tflops": fused_tflops,
+           "fused_mfu": devices.mfu(fused_tflops, name_of_device, precision, tf32, count=world_size),
+           "fused_over_separate": None if fused_tflops is None else row["fused_train_images_per_s"] /
+           row["train_images_per_s"],
            "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "world_size": world_size,
            "device_count": world_size, "threads": torch.get_num_threads(),
            "peak_precision": devices.peak_precision(name_of_device, precision, tf32),
@@ -181,7 +202,7 @@ def sum_over_processes(row: dict, accelerator) -> dict:
     if accelerator.num_processes == 1:
         return row
     import torch
-    keys = ("train_images_per_s", "eval_images_per_s")
+    keys = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s")
     local = torch.tensor([math.nan if row[k] is None else row[k] for k in keys], dtype=torch.float64,
                          device=accelerator.device)
     total = accelerator.reduce(local, "sum").tolist()
@@ -221,7 +242,8 @@ def run(args) -> list[dict]:
                       f"cuda_graphs={args.cuda_graphs}, "
                       f"{args.repeats} x {args.steps} steps after {args.warmup} warm-up")
     accelerator.print(f"{'model':<16}{'prec':<6}{'backend':<10}{'train img/s':>12}{'eval img/s':>12}"
-                      f"{'train TFLOP/s':>15}{'MFU%':>7}{'spread%':>9}{'cpu%':>6}")
+                      f"{'train TFLOP/s':>15}{'MFU%':>7}{'spread%':>9}{'cpu%':>6}"
+                      + (f"{f'fused x{args.fused} img/s':>18}{'fused/sep':>10}" if args.fused else ""))
     sources = {"synthetic": None}
     for backend in args.loaders:
         source = data_source(backend, args, device, world_size)
@@ -241,7 +263,9 @@ def run(args) -> list[dict]:
                 accelerator.print(f"{name:<16}{row['precision']:<6}{backend:<10}{row['train_images_per_s']:>12.1f}"
                                   f"{fmt(row['eval_images_per_s'], '.1f'):>12}{row['train_tflops']:>15.4f}"
                                   f"{fmt(mfu, '.1f'):>7}{row['train_spread_pct']:>9.1f}"
-                                  f"{fmt(share, '.0f'):>6}")
+                                  f"{fmt(share, '.0f'):>6}" + (f"{fmt(row['fused_train_images_per_s'], '.1f'):>18}"
+                                                                f"{fmt(row['fused_over_separate'], '.2f'):>10}"
+                                                                if args.fused else ""))
     if accelerator.is_main_process:
         write_outputs(rows, args.json, args.csv)
     accelerator.wait_for_everyone()  # then destroy the group: a rank that exits while a peer still talks aborts

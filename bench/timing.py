@@ -107,6 +107,26 @@ def make_step(model, accelerator, precision: str, channels_last: bool, preproces
                                                     autocast, channels_last)[0]
 
 
+def make_fused_step(name: str, accelerator, precision: str, channels_last: bool, runs: int, preprocess=None):
+    """`runs` copies of the network (one seed, each its own SGD, LRs 0.01 apart: the LR does not change speed) as one
+    bench.fused.FusedRuns group, as `step(images, labels)` returning the group's summed loss on the device: one
+    call trains every run on the batch. Eager always (no CUDA graph), at precision "no" or "bf16" (FusedRuns casts
+    to bf16 itself: autocast does not reach inside vmap); None at fp16, which FusedRuns refuses."""
+    import torch
+
+    from bench.fused import DTYPES, FusedRuns
+    if precision not in DTYPES:
+        return None
+    nets, optimizers = [], []
+    for k in range(runs):
+        torch.manual_seed(0)
+        nets.append(build_model(name, accelerator.device, channels_last, compile=False).train())
+        optimizers.append(build_optimizer(nets[-1], accelerator.device))
+        optimizers[-1].param_groups[0]["lr"] = SGD_SETTINGS["lr"] * (k + 1)
+    group = FusedRuns(nets, optimizers, preprocess=preprocess, precision=precision, channels_last=channels_last)
+    return lambda images, labels: group.train_step(images, labels)[0].sum()
+
+
 def accumulating(step, batch, device):
     """A no-argument call for `time_windows` that keeps the running sum on the device, as training does (a read
     per step would wait for the device each time)."""

@@ -142,10 +142,48 @@ def test_cli_on_cpu_writes_json_and_csv(tmp_path):
     assert float(table[0]["train_images_per_s"]) == pytest.approx(rows[0]["train_images_per_s"])
 
 
+def test_fused_rows_time_k_runs_against_the_separate_step(tmp_path):
+    """--fused K: each row also times a K-run bench.fused group in the same process; its images/s count every run's
+    images, and the ratio and TFLOP/s follow from the two rates."""
+    out_json = tmp_path / "fused.json"
+    argv = ["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "bf16", "--batch-size", "4",
+            "--steps", "1", "--warmup", "1", "--repeats", "2", "--no-eval", "--fused", "3", "--json", str(out_json)]
+    assert throughput.main(argv) == 0
+    rows = json.loads(out_json.read_text())
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    for row in rows:
+        assert row["fused_runs"] == 3 and row["fused_train_images_per_s"] > 0
+        assert row["fused_over_separate"] == pytest.approx(row["fused_train_images_per_s"] / row["train_images_per_s"])
+        flop = devices.train_flop_per_image(allconv.macs("strided-c"))
+        assert row["fused_train_tflops"] == pytest.approx(row["fused_train_images_per_s"] * flop / 1e12)
+    assert throughput.main(argv[:-4] + ["--json", str(out_json)]) == 0  # without --fused: no fused figures
+    assert all(r["fused_runs"] is None and r["fused_over_separate"] is None for r in json.loads(out_json.read_text()))
+
+
+def test_fused_step_trains_every_run_on_the_batch():
+    """The timed fused step is a real training step of K runs: its first loss is K x a separate run's (the same
+    initial weights, batch and dropout masks), and fp16, which FusedRuns refuses, has no fused step. Contiguous
+    format: under channels_last a separate run draws its dropout masks in NHWC order, the group in NCHW order."""
+    import torch
+    acc = timing.make_accelerator(["no"], "cpu")
+    images, labels = timing.synthetic_batch(8, acc.device, channels_last=False)
+    fused = timing.make_fused_step("strided-c", acc, "no", False, runs=3)
+    torch.manual_seed(5)
+    group_loss = fused(images, labels)
+    torch.manual_seed(0)
+    model = timing.build_model("strided-c", acc.device, channels_last=False, compile=False).train()
+    step = timing.make_step(model, acc, "no", False, optimizer=timing.build_optimizer(model, acc.device))
+    torch.manual_seed(5)
+    assert float(group_loss) == pytest.approx(3 * float(step(images, labels)), rel=1e-5)
+    assert float(fused(images, labels)) != pytest.approx(float(group_loss), rel=1e-5)  # the runs were updated
+    assert timing.make_fused_step("strided-c", acc, "fp16", True, runs=3) is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--models", "allcnn-z"], "no model matches 'allcnn-z'"),
     (["--precision", "fp64"], "unknown precision fp64"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--fused", "1"], "--fused 0 (off) or at least 2"),
     (["--steps", "x"], "invalid int value"),
     (["--loaders", "torch"], "--loaders needs --data-dir"),
     (["--loaders", "tensor", "--data-dir", "/nonexistent"], "is not a folder"),
