@@ -142,6 +142,7 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
+    """The throughput table as shown; the fused-group columns only when some row measured one (--fused K)."""
     rows = []
     for r in t.to_dict("records"):
         peak = f"{fixed(r['peak_tflops'], 1)} ({r['peak_basis']})" if _known(r["peak_tflops"]) else "unknown"
@@ -153,10 +154,14 @@ def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
             "Eval img/s": _int(r["eval_images_per_s"]), "Train TFLOP/s": fixed(r["train_tflops"], 2),
             "Eval TFLOP/s": fixed(r["eval_tflops"], 2), "Peak TFLOP/s": peak,
             "Train % of peak": fixed(r["train_peak_pct"], 1), "Eval % of peak": fixed(r["eval_peak_pct"], 1),
+            "Fused runs": _int(r["fused_runs"]), "Fused img/s (all runs)": _int(r["fused_train_images_per_s"]),
+            "Fused / separate": fixed(r["fused_over_separate"], 2),
         })
-    return pd.DataFrame(rows, columns=["Model", "Device", "Devices", "Precision", "Backend", "Batch", "Runs",
-                                       "Train img/s", "Eval img/s", "Train TFLOP/s", "Eval TFLOP/s",
-                                       "Peak TFLOP/s", "Train % of peak", "Eval % of peak"])
+    columns = ["Model", "Device", "Devices", "Precision", "Backend", "Batch", "Runs", "Train img/s", "Eval img/s",
+               "Train TFLOP/s", "Eval TFLOP/s", "Peak TFLOP/s", "Train % of peak", "Eval % of peak"]
+    if t["fused_over_separate"].map(_known).any():
+        columns += ["Fused runs", "Fused img/s (all runs)", "Fused / separate"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def markdown_table(d: pd.DataFrame) -> str:

@@ -31,7 +31,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
     (`_device_count`). fp32 runs are compared with the TF32 peak, PyTorch's default for
     convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py rows)
-    when given, else from the ledger's baseline runs of any precision."""
+    when given, else from the ledger's baseline runs of any precision. Benchmark rows made with `--fused K` add
+    the K-run fused group's images/s over its K runs and its ratio to the separate step (medians; NaN without)."""
     if benchmark is not None:
         source, rows = "benchmark", benchmark.copy()
     else:
@@ -52,7 +53,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     out = []
     for key in sorted(groups, key=lambda k: (order[k[0]], *(str(v) for v in k[1:]))):
         group, row = groups[key], dict(zip(THROUGHPUT_KEYS, key))
-        train, evals = (_median(r.get(k) for r in group) for k in ("train_images_per_s", "eval_images_per_s"))
+        train, evals, fused, ratio = (_median(r.get(k) for r in group) for k in (
+            "train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate"))
         flop = macs(row["model"])
         train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
         eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
@@ -70,7 +72,10 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
                     "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
                     "eval_tflops": eval_tf, "peak_tflops": float("nan") if peak is None else peak,
-                    "peak_basis": basis, "train_peak_pct": share(train_tf), "eval_peak_pct": share(eval_tf)})
+                    "peak_basis": basis, "train_peak_pct": share(train_tf), "eval_peak_pct": share(eval_tf),
+                    "fused_runs": _median(r.get("fused_runs") for r in group), "fused_train_images_per_s": fused,
+                    "fused_over_separate": ratio})
     columns = ["source", *THROUGHPUT_KEYS, "paper_name", "n_runs", "train_images_per_s", "eval_images_per_s",
-               "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "train_peak_pct", "eval_peak_pct"]
+               "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "train_peak_pct", "eval_peak_pct",
+               "fused_runs", "fused_train_images_per_s", "fused_over_separate"]
     return _typed(pd.DataFrame(out, columns=columns))

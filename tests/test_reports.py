@@ -375,6 +375,19 @@ def test_an_lr_where_one_seed_diverged_is_not_selected():
     assert sel["diverged_lrs"] == "0.1 (1/2 seeds)" and sel["not_measured"] == "0.05 unfinished (1/2 seeds)"
 
 
+def test_fused_columns_are_shown_only_when_measured():
+    """bench/throughput.py --fused K rows: the report shows the fused group's images/s and its ratio to the
+    separate step; rows without them add no empty columns."""
+    row = {"model": "allcnn-c", "precision": "bf16", "device_name": "NVIDIA H200", "batch_size": 256,
+           "train_images_per_s": 40000.0, "eval_images_per_s": 60000.0, "backend": "synthetic", "world_size": 1}
+    fused = dict(row, fused_runs=4, fused_train_images_per_s=100000.0, fused_over_separate=2.5)
+    shown = formats.display_throughput(throughput_table(pd.DataFrame(), pd.DataFrame([fused, fused])))
+    assert shown.loc[0, ["Fused runs", "Fused img/s (all runs)", "Fused / separate"]].tolist() == ["4", "100,000",
+                                                                                                   "2.50"]
+    plain = formats.display_throughput(throughput_table(pd.DataFrame(), pd.DataFrame([row])))
+    assert plain.loc[0, "Train img/s"] == "40,000" and not any(c.startswith("Fused") for c in plain.columns)
+
+
 def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
     bench_json = tmp_path / "bench.json"
     bench_json.write_text('[{"model": "allcnn-c", "precision": "fp32", "device_name": "NVIDIA A100-SXM4-80GB", '
