@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU campaign (issue 13) as one script, sized for the lent GPU machines (FACTS.md: torch 2.11, no ffcv, no
 # internet, `python3`, <= 10 minutes a call, only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
-#   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200;
+#   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200, and each as
+#      FUSED runs trained as one model (bench/fused.py, issue 12: does fusing the LR grid pay on this GPU?);
 #   1b. tests/test_graphs.py's GPU tests (GRAPHS=auto): when the CUDA-graphed step matches the eager one here,
 #      training uses --cuda-graphs (bench/graphs.py) and the throughput is measured again graphed;
 #   2. scripts/concurrency_probe.py (PARALLEL=auto): whether K run_all processes at once train more images per
@@ -35,6 +36,7 @@ ORDER=${ORDER:-allcnn-c model-c convpool-c strided-c allcnn-b model-b convpool-b
 allcnn-a model-a convpool-a strided-a}
 LRS=${LRS:-0.05 0.01 0.1 0.25}  # all four of the paper's; the ones that trained the Caffe/neon ports first
 THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}  # empty: skip step 1
+FUSED=${FUSED-4}            # step 1's fused group size (4: the LR grid); empty: no fused rows
 GRAPHS=${GRAPHS:-auto}      # --cuda-graphs for training; auto: on when tests/test_graphs.py passes on this GPU
 PARALLEL=${PARALLEL:-auto}  # run_all processes training at once; auto: the concurrency probe decides
 PROBE=${PROBE:-"--model allcnn-c --procs 1 4"}
@@ -52,6 +54,7 @@ start=$SECONDS
 {
   echo "# scripts/campaign.sh $(date -u +%FT%TZ)"
   echo "# DEVICE=$DEVICE TOTAL=$TOTAL RESERVE=$RESERVE LEDGER=$LEDGER ORDER=$ORDER LRS=$LRS PARALLEL=$PARALLEL"
+  echo "# FUSED=$FUSED GRAPHS=$GRAPHS"
   echo "# SRC=$SRC SUBSET=$SUBSET EXTRA=$EXTRA"
   git log -1 --format='# commit %H %s (as the device copy says; it was stale on 2026-11-27)' 2>/dev/null || true
   echo "# CODE=${CODE:-unset} (the commit the caller says this tree is: CODE=\$(git rev-parse HEAD), filled in)"
@@ -82,7 +85,7 @@ step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit
 
 # shellcheck disable=SC2086  # word splitting of the option strings is wanted throughout
 [ -n "$THROUGHPUT" ] && step "$(upto 90)" "$PY" bench/throughput.py --device "$DEVICE" --precision bf16 \
-  $THROUGHPUT --json "$OUT/throughput.json"
+  $THROUGHPUT ${FUSED:+--fused $FUSED} --json "$OUT/throughput.json"
 
 # once, before any run_all: concurrent run_all processes must not prepare the same folder at the same time
 step "$(upto 120)" "$PY" -m loaders.prepare --source "$SRC" --data-dir "$WORK/data" \
