@@ -28,9 +28,10 @@ PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from t
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
-              "num_workers", "channels_last", "compile", "cuda_graphs", "backend", "stall_after", "verbose")
+              "num_workers", "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after", "verbose")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
-layout, the loader backend: the three yield identical batches, tests/test_loaders.py): left out of the run key
+layout, the loader backend: the three yield identical batches, tests/test_loaders.py; fusing the LRs, whose runs
+equal separate ones up to float rounding, tests/test_fused_train.py): left out of the run key
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
 machine and finished with the tensor backend on a GPU machine without ffcv) and never records a run twice. The data
 enters the key as the prepared source's sha256 instead of its path. `stall_after` only decides whether a run stops
@@ -91,6 +92,9 @@ class RunConfig:
     compile: bool = _f(False, "torch.compile the model")
     cuda_graphs: bool = _f(False, "replay each full training batch's step from one CUDA graph (bench/graphs.py; "
                                   "CUDA, one process per run)")
+    fuse_lrs: bool = _f(False, "train the LRs of one model and seed in lockstep as one fused model (bench/fused.py; "
+                               "grid mode, SGD with momentum, no BN, fp32 or bf16; other runs train alone): each "
+                               "run's record and checkpoint as if trained alone, up to float rounding")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
     verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")
@@ -139,12 +143,21 @@ class RunConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if self.fuse_lrs and not fusable(self):
+            bad("--fuse-lrs trains SGD with momentum, without --bn, at --precision no or bf16, without --compile or "
+                "--cuda-graphs (bench/fused.py): drop --fuse-lrs or those options")
         if self.eval_precision not in ("no", self.precision):
             bad(f"--eval-precision must be no or the training precision {self.precision}, got {self.eval_precision}")
         for name in ablations:  # ablation arms may only turn autocast off: one Accelerator per process
             for arm in _ablations().ABLATIONS[name].arms.values():
                 if arm.get("precision", self.precision) not in (self.precision, "no"):
                     bad(f"ablation {name} needs --precision {arm['precision']}")
+
+
+def fusable(c: RunConfig) -> bool:
+    """Whether runs under config `c` can train in lockstep as one fused model (bench/fused.py's FusedRuns)."""
+    return (c.optimizer == "sgd" and c.momentum > 0 and not c.bn and c.precision in ("no", "bf16")
+            and not c.compile and not c.cuda_graphs)
 
 
 @dataclass(frozen=True)
@@ -182,6 +195,8 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
             arm = {k: v for k, v in overrides.items() if k != "lrs"}
             if arm.get("precision") == "no":  # an fp32 arm evaluates in fp32 too
                 arm["eval_precision"] = "no"
+            if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
+                arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
             arm_cfg = dataclasses.replace(cfg, **arm)
             lrs = overrides.get("lrs", cfg.lrs)
             runs += [Run(m, lr, s, arm_cfg) for m in ablation.models for lr in lrs for s in cfg.seeds]

@@ -168,6 +168,10 @@ class FusedRuns:
         self.lrs = [float(v) for v in lrs]
         self.lr.copy_(torch.tensor(self.lrs, dtype=torch.float32))
 
+    def drop(self, k: int) -> None:
+        """Mask run k out from now on, as a run whose loss was not finite is (it stopped early for another reason)."""
+        self.alive[k] = False
+
     def diverged(self) -> list[int]:
         """Indices of the runs masked out so far because their loss was not finite (reads the device once)."""
         return [i for i, ok in enumerate(self.alive.tolist()) if not ok]

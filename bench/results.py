@@ -38,6 +38,8 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
                          val_error_pct, lr, seconds
   grid                   {"models": [...], "lrs": [...], "seeds": [...]}: the grid the command was launched with
   eval_precision         "no" (fp32) | "bf16" | "fp16": the autocast used for evaluation
+  fused_runs             how many runs trained in lockstep as one model, this one included (--fuse-lrs;
+                         bench/fused_train.py): 1 alone; train_images_per_s is then this run's share
 """
 from __future__ import annotations
 
@@ -65,10 +67,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "device_name": _OPT_STR, "device_count": (int,), "world_size": (int,),
     "versions": (dict,), "git_commit": _OPT_STR, "git_dirty": (bool,), "data": (dict,), "config": (dict,),
     "started_at": (str,), "finished_at": (str,), "history": (list,),
-    "grid": (dict, type(None)), "eval_precision": _OPT_STR,
+    "grid": (dict, type(None)), "eval_precision": _OPT_STR, "fused_runs": (int,),
 }
 """The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
-OPTIONAL = ("grid", "eval_precision", "cuda_graphs")
+OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
 

@@ -26,45 +26,16 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
-from bench import engine, graphs, process, results, workqueue  # noqa: E402
-from bench.config import VAL_SPLIT_OF, Run, RunConfig, UsageError, expand, parse_args  # noqa: E402
+from bench import engine, fused_train, graphs, process, results, workqueue  # noqa: E402
+from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
+from bench.runs import Interrupted, build_net, eval_loaders, failed, stop_reason, summary  # noqa: E402
 
-CHANCE_MARGIN_PCT = 1.0  # --stall-after: training accuracy within this of 1/num_classes is "at chance"
-NUM_CLASSES = 10
 STOP = {"requested": False}  # set by SIGTERM; the loop checkpoints at the next step boundary and exits
-
-
-class Interrupted(Exception):
-    """SIGTERM: the run was checkpointed; the process exits non-zero without a record."""
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def build_net(run: Run, device):
-    """The run's network on the device in its memory format, and its optimizer."""
-    import torch
-
-    c = run.cfg
-    net = allconv.build(run.model, NUM_CLASSES, bn=c.bn, dropout=c.dropout, final_relu=c.final_relu, init=c.init)
-    net.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
-    return net, engine.make_optimizer(c.optimizer, net.parameters(), run.lr, c.momentum, c.weight_decay, device)
-
-
-def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> tuple[str, str] | None:
-    """(status, why) when a run stops early, else None: the one place for early-stop rules. Only a loss that is
-    not finite stops a run by default ("diverged"; the epoch is then not evaluated). A finite run at chance trains
-    its whole schedule and its error is recorded as measured: at chance may mean not yet started (a slow init) or
-    dead (ReLUs before the global average), neither is divergence. Opt-in `--stall-after N`: training accuracy
-    still within CHANCE_MARGIN_PCT of chance after N epochs stops the run as "stalled", retried on rerun."""
-    if not math.isfinite(entry["loss"]):
-        return "diverged", f"loss is {entry['loss']} in epoch {epochs_done}"
-    if c.stall_after is not None and epochs_done >= c.stall_after \
-            and entry["train_acc_pct"] <= 100 / NUM_CLASSES + CHANCE_MARGIN_PCT:
-        return "stalled", f"training accuracy {entry['train_acc_pct']:.1f}% (chance) after epoch {epochs_done}"
-    return None
 
 
 def start_run(run: Run, key: str, acc, ddp: bool, autocast):
@@ -104,14 +75,13 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     c, world = run.cfg, acc.num_processes if ddp else 1
     train = data.loader(c.train_split, augment=c.augment, seed=run.seed)
     preprocess = data.preprocess(c.preprocess, c.train_split)
-    evals = {name: (data.loader(split), num_images.get(split))  # name -> (loader, the split's image count)
-             for name, split in (("test", "test"), ("val", VAL_SPLIT_OF[c.train_split])) if split}
+    evals = eval_loaders(data, c, num_images)
     autocast = engine.autocast_for(c.precision, acc)
     eval_autocast = engine.autocast_for(c.eval_precision, acc)  # fp32 unless --eval-precision says otherwise
     net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
     step = graphs.GraphedStep(model, optimizer, preprocess, acc, autocast, c.channels_last) if c.cuda_graphs else None
     stop, status, error = (lambda: STOP["requested"]), "completed", None
-    checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, claim, acc, ddp)
+    checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim] if claim is not None else [], acc, ddp)
 
     for epoch in range(state.epoch, c.epochs):
         lr = engine.lr_at(epoch, run.lr, c.lr_drops)
@@ -152,24 +122,6 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     return summary(state, status, error, net, acc, autocast, eval_autocast)
 
 
-def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast) -> dict:
-    """The result fields of a finished (completed, diverged or stalled) run, from its state."""
-    history, t = state.history, state.timings
-    evaluated = [h for h in history if h["test_error_pct"] is not None]
-    best = min(evaluated, key=lambda h: h["test_error_pct"]) if evaluated else None
-    return {"status": status, "error": error, "history": history, "epochs_completed": len(history),
-            "test_error_pct": history[-1]["test_error_pct"] if history else None,
-            "best_test_error_pct": best["test_error_pct"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "val_error_pct": history[-1]["val_error_pct"] if history else None,
-            "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
-            "train_images_per_s": t["steady_img"] / t["steady_s"] if t["steady_s"] else None,
-            "eval_images_per_s": t["eval_img"] / t["eval_s"] if t["eval_s"] else None,
-            "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
-            "precision": "no" if not autocast.enabled else acc.mixed_precision,
-            "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision}
-
-
 def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,
                 started_at: str, outcome: dict) -> dict:
     spec = allconv.get_spec(run.model)
@@ -183,6 +135,7 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "mode": mode, "epochs_completed": 0, "test_error_pct": None, "best_test_error_pct": None,
               "best_epoch": None, "val_error_pct": None, "params": None, "macs": allconv.macs(run.model),
               "train_images_per_s": None, "eval_images_per_s": None, "wall_time_s": None, "peak_memory_mb": None,
+              "fused_runs": 1,
               "device_name": env["device_name"], "device_count": world if mode == "ddp" else 1,
               "world_size": world,
               "versions": env["versions"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
@@ -211,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.cuda_graphs and (acc.device.type != "cuda" or mode == "ddp"):
             raise UsageError("--cuda-graphs needs a CUDA device and --mode grid (one process per run); "
                              f"here: {acc.device.type}, mode {mode}")
+        if cfg.fuse_lrs and mode == "ddp" and world > 1:
+            raise UsageError(f"--fuse-lrs needs --mode grid (each process trains its own runs); here: {world} "
+                             "processes in mode ddp")
         if mode == "ddp" and cfg.batch_size % world:
             raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes")
         created = process.check_writable(cfg.out)
@@ -242,33 +198,50 @@ def main(argv: list[str] | None = None) -> int:
         show.eta(workqueue.eta_seconds(mine, manifest["num_images"], rate, world), rate, mine[0][0].model)
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
 
-    for run, key, claim in workqueue.claimed(mine, cfg.out, stop=lambda: STOP["requested"],
-                                             lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
+    items = workqueue.work_items(mine)  # one run each, or with --fuse-lrs one model's LRs together
+    for members in workqueue.claimed(items, cfg.out, stop=lambda: STOP["requested"],
+                                     lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
         started_at = now()
+
+        def finished(run, key, claim, outcome):
+            """Write the run's record, drop its checkpoint when it is done, release its claim; raises WriteError."""
+            record = make_record(run, key, data_sha, manifest, env, mode, world, started_at, outcome)
+            failure = None
+            if acc.is_main_process or not ddp:
+                try:
+                    results.write_record(cfg.out, record)
+                except results.WriteError as e:
+                    failure = e
+                if failure is None and record["status"] in workqueue.DONE:  # failed/stalled keep their checkpoint
+                    (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+                claim.release()
+            failure = workqueue.agree(failure, acc, ddp)
+            if failure is not None:
+                raise failure
+            show.run_done(run, key, record)
+
+        def alone(run, key, claim):
+            """Train one run by itself and record it."""
+            try:
+                outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
+            except (Interrupted, results.WriteError):
+                raise
+            except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
+                outcome = failed(e)
+            finished(run, key, claim, outcome)
+
         try:
-            outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
+            if len(members) > 1:
+                fused_train.train_group(members, acc, data, manifest["num_images"], show,
+                                        stop=lambda: STOP["requested"], alone=alone, finished=finished)
+            else:
+                alone(*members[0])
         except Interrupted:
-            show.interrupted(key)
+            show.interrupted(", ".join(key for _, key, _ in members))
             return 143
         except results.WriteError as e:  # full disk: not the run's fault, so not recorded as failed
             return write_failed(e, acc, ddp)
-        except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
-            outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-        record = make_record(run, key, data_sha, manifest, env, mode, world, started_at, outcome)
-        failure = None
-        if acc.is_main_process or not ddp:
-            try:
-                results.write_record(cfg.out, record)
-            except results.WriteError as e:
-                failure = e
-            if failure is None and record["status"] in workqueue.DONE:  # failed/stalled keep their checkpoint
-                (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
-            claim.release()
-        failure = workqueue.agree(failure, acc, ddp)
-        if failure is not None:
-            return write_failed(failure, acc, ddp)
         acc.free_memory()
-        show.run_done(run, key, record)
     if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
         return 143
     process.finish(acc, group)

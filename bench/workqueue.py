@@ -2,8 +2,8 @@
 folder, so any number of processes started at any time (one `accelerate launch`, a SLURM job array, several
 machines on one shared filesystem) share one `--out` without a static split and without waiting on each other.
 
-    for run, key, claim in claimed(longest_first(pending, num_images), out, lease_s=3600, stop=stopped):
-        ... train, claim.heartbeat() at each epoch end, write the record ...
+    for members in claimed(work_items(longest_first(pending, num_images)), out, lease_s=3600, stop=stopped):
+        for run, key, claim in members: ... train, claim.heartbeat() at each epoch end, write the record ...
     # each claim is released (deleted) when the loop asks for the next run or is left (SIGTERM, a failed write)
 
 A claim is `<out>/claims/<run_key>.json` created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+),
@@ -173,47 +173,72 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
         return Claim(path, body)
 
 
-def claimed(ordered: list, out, *, lease_s: float, stop=lambda: False, acc=None, ddp: bool = False):
-    """Yield (run, key, claim) for each run of `ordered` (`longest_first`) this process claims, skipping runs held by a
-    live process or recorded meanwhile. In DDP mode (every rank trains every run) the main process claims and the
-    ranks follow its decision; `acc` is needed then."""
+def work_items(ordered: list) -> list[list]:
+    """The units a process claims and trains, in the order of `ordered` ((run, key) pairs): each run alone, except
+    that runs under --fuse-lrs that differ only in their LR (one model, seed and config) make one item, trained in
+    lockstep (bench/fused_train.py)."""
+    items, where = [], {}
+    for run, key in ordered:
+        unit = (run.model, run.seed, run.cfg) if run.cfg.fuse_lrs else key
+        if unit not in where:
+            where[unit] = len(items)
+            items.append([])
+        items[where[unit]].append((run, key))
+    return items
+
+
+def claimed(items: list, out, *, lease_s: float, stop=lambda: False, acc=None, ddp: bool = False):
+    """For each item of `items` (`work_items`), yield the [(run, key, claim), ...] of its runs this process claims,
+    skipping runs held by a live process or recorded meanwhile, and items with none left. In DDP mode (every rank
+    trains every run) the main process claims and the ranks follow its decision; `acc` is needed then."""
     from bench.engine import stop_agreed
 
-    for run, key in ordered:
+    for item in items:
         if stop_agreed(stop, acc, ddp):  # in DDP mode a stop on any rank stops all, before the next collective
             return
-        claim = None
-        if not ddp or acc.is_main_process:
-            claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
-            if claim is not None and recorded(out, key):  # finished by another process meanwhile
+        members = []
+        try:
+            for run, key in item:
+                claim = _claim(out, key, lease_s, acc, ddp)
+                if claim is not None:
+                    members.append((run, key, claim))
+            if members:
+                yield members
+        finally:  # the caller asks for the next item, or leaves the loop (SIGTERM, a failed write)
+            for _, _, claim in members:
                 claim.release()
-                claim = None
-            elif claim is not None:
-                log(out, f"claimed {key}")
-        if ddp:
-            from accelerate.utils import broadcast_object_list
 
-            take = broadcast_object_list([claim is not None])[0]
-            claim = claim if acc.is_main_process else (Claim(None) if take else None)
-        if claim is not None:
-            try:
-                yield run, key, claim
-            finally:  # the caller asks for the next run, or leaves the loop (SIGTERM, a failed write)
-                claim.release()
+
+def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
+    """This process's claim on run `key`, or None (held by a live process, or recorded meanwhile)."""
+    claim = None
+    if not ddp or acc.is_main_process:
+        claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
+        if claim is not None and recorded(out, key):  # finished by another process meanwhile
+            claim.release()
+            claim = None
+        elif claim is not None:
+            log(out, f"claimed {key}")
+    if ddp:
+        from accelerate.utils import broadcast_object_list
+
+        take = broadcast_object_list([claim is not None])[0]
+        claim = claim if acc.is_main_process else (Claim(None) if take else None)
+    return claim
 
 
 class Checkpoints:
     """When to checkpoint at an epoch's end: every `minutes` of wall-clock time (0: every epoch), never after the
-    last epoch (the record follows). Each epoch's end is also the claim's heartbeat. In DDP mode the main process's
-    clock decides for every rank (a checkpoint gathers from all ranks)."""
+    last epoch (the record follows). Each epoch's end is also the heartbeat of the claims (one per run trained). In
+    DDP mode the main process's clock decides for every rank (a checkpoint gathers from all ranks)."""
 
-    def __init__(self, minutes: float, claim: Claim | None, acc=None, ddp: bool = False):
-        self.interval, self.claim, self.acc, self.ddp = minutes * 60, claim, acc, ddp
+    def __init__(self, minutes: float, claims: list, acc=None, ddp: bool = False):
+        self.interval, self.claims, self.acc, self.ddp = minutes * 60, claims, acc, ddp
         self.last = time.monotonic()
 
     def due(self, epochs_done: int, epochs: int) -> bool:
-        if self.claim is not None:
-            self.claim.heartbeat()
+        for claim in self.claims:
+            claim.heartbeat()
         due = epochs_done < epochs and time.monotonic() - self.last >= self.interval
         if self.ddp:
             from accelerate.utils import broadcast_object_list

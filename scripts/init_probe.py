@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allconv.network import INITS  # noqa: E402
-from bench import results, run_all  # noqa: E402
+from bench import results, run_all, runs  # noqa: E402
 
-CHANCE_PCT = 100 / run_all.NUM_CLASSES
+CHANCE_PCT = 100 / runs.NUM_CLASSES
 
 
 def summary(record: dict, threshold: float) -> dict:
@@ -36,7 +36,7 @@ def summary(record: dict, threshold: float) -> dict:
     accs = [h["train_acc_pct"] for h in hist]
     steps_per_epoch = math.ceil(record["data"]["num_train"] / record["batch_size"])
     left = next((h["epoch"] for h in hist if h["train_acc_pct"] > threshold), None)
-    died = left is not None and accs[-1] <= CHANCE_PCT + run_all.CHANCE_MARGIN_PCT and hist[-1]["loss"] is not None
+    died = left is not None and accs[-1] <= CHANCE_PCT + runs.CHANCE_MARGIN_PCT and hist[-1]["loss"] is not None
     return {"model": record["model"], "lr": record["lr"], "init": record["init"], "status": record["status"],
             "batch": record["batch_size"], "n_train": record["data"]["num_train"],
             "left_epoch": left, "left_step": left * steps_per_epoch if left else None, "died": died,

@@ -172,9 +172,9 @@ def test_cadences():
     assert evaluated[:3] == [10, 20, 30] and evaluated[-11:] == [340, *range(341, 351)] and len(evaluated) == 44
     smoke = PRESETS["smoke"]
     assert all(smoke.evaluates(e) for e in range(1, smoke.epochs + 1)) and smoke.checkpoint_minutes == 0
-    every_epoch = workqueue.Checkpoints(0, None)
+    every_epoch = workqueue.Checkpoints(0, [])
     assert [every_epoch.due(e, 3) for e in (1, 2, 3)] == [True, True, False]
-    assert not workqueue.Checkpoints(10, None).due(1, 3)
+    assert not workqueue.Checkpoints(10, []).due(1, 3)
 
 
 def test_more_processes_than_gpus_names_the_command(monkeypatch):

@@ -29,7 +29,7 @@ SCHEMA = {
     "channels_last", "compile", "cuda_graphs", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
-    "finished_at", "history", "grid", "eval_precision",
+    "finished_at", "history", "grid", "eval_precision", "fused_runs",
 }  # bench/results.py's docstring, field by field
 HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
 
@@ -78,7 +78,7 @@ def check_sane(record: dict) -> None:
     assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
                                                  ("out", "source", "data_dir", "progress", "log_with",
                                                   "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
-                                                  "channels_last", "compile", "cuda_graphs", "backend", "stall_after",
+                                                  "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after",
                                                   "verbose")})
     assert record["versions"]["torch"] and record["precision"] == "no" and record["preset"] == "smoke"
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}

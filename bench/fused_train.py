@@ -1,0 +1,177 @@
+"""`--fuse-lrs` (issue 12): the runs of one model and seed that differ only in LR, trained in lockstep as one fused
+model (bench/fused.py's FusedRuns) through the same epochs, evaluations, checkpoints and records as run_all's
+one run at a time (bench/run_all.py `_train`), so that each run's record and checkpoint read as if it had trained
+alone, up to float rounding (tests/test_fused_train.py).
+
+    train_group([(run, key, claim), ...], acc, data, num_images, show, stop=..., alone=..., finished=...)
+
+Each run keeps its own checkpoint file (a fused group resumes from separate runs' checkpoints and the other way
+round), history, early stop (a run whose loss is not finite is recorded "diverged" at that epoch and masked out of
+the group; the others go on) and timings: its train_images_per_s is its own images over the group's time, so the
+group's throughput is the sum over its runs (`fused_runs` in each record says how many). A run is recorded as
+soon as it ends (`finished(run, key, claim, outcome)`), so an interrupted group never trains a finished run again.
+Runs whose checkpoints are at different points (epoch and step) cannot share steps: `alone(run, key, claim)`
+trains and records each by itself.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from bench import engine, workqueue
+from bench.engine import EpochState, RunState
+from bench.fused import FusedRuns
+from bench.results import WriteError
+from bench.runs import Interrupted, build_net, eval_loaders, failed, stop_reason, summary
+
+
+def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone, finished) -> None:
+    """Train the runs of `members` ([(run, key, claim), ...]: one model, seed and config, LRs differ) together,
+    recording each with `finished` when it ends. Raises Interrupted after checkpointing every run still training
+    when `stop()` turns true. When training raises, every run not yet recorded is recorded "failed" (retried on
+    rerun) and the grid goes on, as for a run trained alone."""
+    runs = [run for run, _, _ in members]
+    c = runs[0].cfg
+    with engine.full_fp32(acc.device, c.precision == "no"):
+        nets, optimizers, states = [], [], []
+        for run, key, _ in members:
+            set_seed(run.seed)  # as run_all's start_run: each run's initial weights and, after the last, the RNG
+            net, optimizer = build_net(run, acc.device)
+            path = Path(c.out) / "checkpoints" / f"{key}.pt"
+            states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1))
+            nets.append(net)
+            optimizers.append(optimizer)
+        if len({(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states}) > 1:
+            for member in members:
+                alone(*member)
+            return
+        trackers = [show.tracker(run, key) for run, key, _ in members]
+        outcomes = [None] * len(members)
+
+        def done(k, outcome):
+            outcomes[k] = outcome
+            trackers[k].finish(outcome)
+            finished(*members[k], outcome)
+
+        try:
+            group = FusedRuns(nets, optimizers, preprocess=data.preprocess(c.preprocess, c.train_split),
+                              precision=c.precision, eval_precision=c.eval_precision, channels_last=c.channels_last)
+            _train(group, members, states, acc, data, num_images, show, trackers, stop, done)
+        except (Interrupted, WriteError):
+            for k, tracker in enumerate(trackers):
+                if outcomes[k] is None:
+                    tracker.finish(None)
+            raise
+        except Exception as e:  # as run_all's one run: recorded, and the grid goes on
+            for k in range(len(members)):
+                if outcomes[k] is None:
+                    done(k, failed(e))
+
+
+def _train(group: FusedRuns, members, states, acc, data, num_images, show, trackers, stop, done) -> None:
+    runs = [run for run, _, _ in members]
+    c, k_all = runs[0].cfg, range(len(members))
+    train = data.loader(c.train_split, augment=c.augment, seed=runs[0].seed)
+    evals = eval_loaders(data, c, num_images)
+    autocast, eval_autocast = engine.autocast_for(c.precision, acc), engine.autocast_for(c.eval_precision, acc)
+    checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim for _, _, claim in members])
+    live = list(k_all)
+
+    def finish(k, status, error):
+        done(k, summary(states[k], status, error, group.nets[k], acc, autocast, eval_autocast,
+                        fused_runs=len(members)))
+
+    def save(epoch, split=None):
+        group.write_back()
+        for k in live:
+            states[k].save(acc, group.nets[k], group.optimizers[k], epoch, split[k] if split else None,
+                           distributed=False)
+
+    for epoch in range(states[0].epoch, c.epochs):
+        lrs = [engine.lr_at(epoch, run.lr, c.lr_drops) for run in runs]
+        group.set_lrs(lrs)
+        train.set_epoch(epoch)
+        bar = show.epoch_bar(runs[live[0]], epoch, len(train), states[live[0]].history[-1]
+                             if states[live[0]].history else None)
+        es = engine.train_one_epoch(group.base, None, train, None, acc, state=_joined(states, acc.device),
+                                    stop_flag=stop, warmup_steps=min(5, len(train) // 4) if c.epochs == 1 else 0,
+                                    progress=bar, step=group.train_step)  # group.base: train() only
+        if bar is not None:
+            bar.close()
+        split = _split(es, len(members))
+        if es.stopped:
+            save(epoch, split)
+            raise Interrupted
+        entries = {k: states[k].end_epoch(split[k], epoch, lrs[k], acc, distributed=False, world=1,
+                                          steady=epoch > 0 or c.epochs == 1) for k in live}
+        if c.evaluates(epoch + 1):
+            _evaluate(group, {k: e for k, e in entries.items() if math.isfinite(e["loss"])}, states, evals, acc)
+        for k, entry in entries.items():
+            stopped = stop_reason(entry, epoch + 1, c)
+            states[k].append(entry)
+            trackers[k].log(states[k].history[-1])
+            show.epoch_done(runs[k], states[k].history[-1])
+            if stopped:
+                group.drop(k)
+                live.remove(k)
+                if stopped[0] == "stalled":  # a retry resumes here, as run_all's
+                    group.write_back()
+                    states[k].save(acc, group.nets[k], group.optimizers[k], epoch + 1, distributed=False)
+                finish(k, *stopped)
+        if not live:
+            return
+        if engine.stop_agreed(stop, acc, False):
+            save(epoch + 1)
+            raise Interrupted
+        if checkpoints.due(epoch + 1, c.epochs):
+            save(epoch + 1)
+    group.write_back()
+    for k in list(live):
+        finish(k, "completed", None)
+
+
+def _joined(states, device) -> EpochState | None:
+    """The runs' part-done epochs (all at one step: train_group checks) as one EpochState whose sums are [K]."""
+    parts = [s.epoch_state or EpochState() for s in states]
+    zero, first = torch.zeros((), device=device), parts[0]
+    return EpochState(step=first.step, seen=first.seen, train_seconds=first.train_seconds,
+                      steady_seconds=first.steady_seconds, steady_images=first.steady_images,
+                      loss_sum=torch.stack([zero if p.loss_sum is None else p.loss_sum.to(device) for p in parts]),
+                      correct=torch.stack([zero.long() if p.correct is None else p.correct.to(device) for p in parts]))
+
+
+def _split(es: EpochState, k: int) -> list[EpochState]:
+    """The group's epoch as each run's own EpochState: its loss and correct sums, the shared count and time."""
+    return [EpochState(step=es.step, loss_sum=es.loss_sum[i].clone(), correct=es.correct[i].clone(), seen=es.seen,
+                       train_seconds=es.train_seconds, steady_seconds=es.steady_seconds,
+                       steady_images=es.steady_images, stopped=es.stopped) for i in range(k)]
+
+
+@torch.no_grad()
+def _evaluate(group: FusedRuns, entries: dict, states, evals: dict, acc) -> None:
+    """RunState.evaluate for the runs of `entries` (index -> history entry) at once: every run in one pass over
+    each split; the time is each run's."""
+    if not entries:
+        return
+    for name, (loader, expected) in evals.items():
+        correct = torch.zeros(len(group.nets), dtype=torch.long, device=acc.device)
+        seen = 0
+        engine.sync(acc.device)
+        t0 = time.perf_counter()
+        for images, labels in loader:
+            correct += group.eval_step(images, labels)
+            seen += labels.shape[0]
+        engine.sync(acc.device)
+        seconds = time.perf_counter() - t0
+        if seen != expected:
+            raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
+        counts = correct.tolist()
+        for k, entry in entries.items():
+            entry[f"{name}_error_pct"] = 100 * (1 - counts[k] / seen)
+            entry["seconds"] += seconds
+            states[k].timings["eval_s"] += seconds
+            states[k].timings["eval_img"] += seen

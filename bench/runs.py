@@ -1,0 +1,72 @@
+"""One run's pieces that its two ways of training share: bench/run_all.py's one run at a time and
+bench/fused_train.py's runs in lockstep. Its network and optimizer, when it stops early, its result fields.
+"""
+from __future__ import annotations
+
+import math
+
+import allconv
+from bench import engine
+from bench.config import VAL_SPLIT_OF, Run, RunConfig
+
+CHANCE_MARGIN_PCT = 1.0  # --stall-after: training accuracy within this of 1/num_classes is "at chance"
+NUM_CLASSES = 10
+
+
+class Interrupted(Exception):
+    """SIGTERM: the run was checkpointed; the process exits non-zero without a record."""
+
+
+def build_net(run: Run, device):
+    """The run's network on the device in its memory format, and its optimizer."""
+    import torch
+
+    c = run.cfg
+    net = allconv.build(run.model, NUM_CLASSES, bn=c.bn, dropout=c.dropout, final_relu=c.final_relu, init=c.init)
+    net.to(device, memory_format=torch.channels_last if c.channels_last else torch.contiguous_format)
+    return net, engine.make_optimizer(c.optimizer, net.parameters(), run.lr, c.momentum, c.weight_decay, device)
+
+
+def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> tuple[str, str] | None:
+    """(status, why) when a run stops early, else None: the one place for early-stop rules. Only a loss that is
+    not finite stops a run by default ("diverged"; the epoch is then not evaluated). A finite run at chance trains
+    its whole schedule and its error is recorded as measured: at chance may mean not yet started (a slow init) or
+    dead (ReLUs before the global average), neither is divergence. Opt-in `--stall-after N`: training accuracy
+    still within CHANCE_MARGIN_PCT of chance after N epochs stops the run as "stalled", retried on rerun."""
+    if not math.isfinite(entry["loss"]):
+        return "diverged", f"loss is {entry['loss']} in epoch {epochs_done}"
+    if c.stall_after is not None and epochs_done >= c.stall_after \
+            and entry["train_acc_pct"] <= 100 / NUM_CLASSES + CHANCE_MARGIN_PCT:
+        return "stalled", f"training accuracy {entry['train_acc_pct']:.1f}% (chance) after epoch {epochs_done}"
+    return None
+
+
+def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast, fused_runs: int = 1) -> dict:
+    """The result fields of a finished (completed, diverged or stalled) run, from its state; `fused_runs`: how many
+    runs trained in lockstep with it as one model, itself included (bench/fused_train.py; 1: alone)."""
+    history, t = state.history, state.timings
+    evaluated = [h for h in history if h["test_error_pct"] is not None]
+    best = min(evaluated, key=lambda h: h["test_error_pct"]) if evaluated else None
+    return {"status": status, "error": error, "history": history, "epochs_completed": len(history),
+            "test_error_pct": history[-1]["test_error_pct"] if history else None,
+            "best_test_error_pct": best["test_error_pct"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "val_error_pct": history[-1]["val_error_pct"] if history else None,
+            "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+            "train_images_per_s": t["steady_img"] / t["steady_s"] if t["steady_s"] else None,
+            "eval_images_per_s": t["eval_img"] / t["eval_s"] if t["eval_s"] else None,
+            "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
+            "precision": "no" if not autocast.enabled else acc.mixed_precision,
+            "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision, "fused_runs": fused_runs}
+
+
+def eval_loaders(data, c: RunConfig, num_images: dict) -> dict:
+    """name -> (loader, the split's image count) for each split a run is evaluated on: test, and val5k under
+    train45k (its LR is judged there)."""
+    return {name: (data.loader(split), num_images.get(split))
+            for name, split in (("test", "test"), ("val", VAL_SPLIT_OF[c.train_split])) if split}
+
+
+def failed(e: Exception) -> dict:
+    """The result fields of a run that raised (recorded "failed"; trained again on rerun)."""
+    return {"status": "failed", "error": f"{type(e).__name__}: {e}"}

@@ -1,0 +1,150 @@
+"""`run_all --fuse-lrs` (bench/fused_train.py, issue 12) on real images: the LRs of one model trained in lockstep
+give each run the record a separate run gets (float rounding aside); a run that diverges in the group is recorded
+and masked out while the others go on; a group killed by SIGTERM resumes exactly; a group resumes from
+separately trained checkpoints, and runs whose checkpoints are at different points train alone.
+
+Contiguous memory format throughout: under channels_last a separate run draws its dropout masks in NHWC order,
+the group in NCHW order (bench/fused.py), so only the contiguous runs are mask-for-mask the same.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import results, run_all
+
+ROOT = Path(__file__).resolve().parents[1]
+LRS = ("1e9", "0.05", "0.01")  # 1e9 diverges in epoch 1
+
+
+def args(data, out, *extra) -> list[str]:
+    data_dir, source = data
+    return ["--preset", "smoke", "--source", source, "--data-dir", str(data_dir), "--subset-per-class", "10",
+            "--out", str(out), "--no-progress", "--batch-size", "32", "--models", "strided-a", "--epochs", "2",
+            "--backend", "tensor", "--no-channels-last", *extra]
+
+
+def main(argv) -> dict:
+    """run_all in this process (a fresh Accelerate state each time); the records by LR."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    try:
+        assert run_all.main(argv) == 0
+    finally:
+        AcceleratorState._reset_state()
+    out = Path(argv[argv.index("--out") + 1])
+    return {r["lr"]: r for r in results.read_records(out)}
+
+
+@pytest.fixture(scope="module")
+def data(smoke_data_dir, jpeg_tarball):
+    return smoke_data_dir, str(jpeg_tarball)
+
+
+@pytest.fixture(scope="module")
+def separate(data, tmp_path_factory):
+    return main(args(data, tmp_path_factory.mktemp("separate") / "out", "--lrs", *LRS))
+
+
+def same_runs(got: dict, want: dict, exact: bool) -> None:
+    """The same runs with the same outcomes; histories equal (exact) or within float rounding."""
+    assert sorted(got) == sorted(want)
+    for lr, r in got.items():
+        w = want[lr]
+        assert (r["run_key"], r["status"], r["error"], r["epochs_completed"]) == \
+            (w["run_key"], w["status"], w["error"], w["epochs_completed"]), lr
+        if r["status"] == "diverged":  # a masked-out run keeps its last finite weights, a separate one goes NaN
+            assert r["history"][-1]["loss"] is None is w["history"][-1]["loss"]
+            continue
+        for mine, theirs in zip(r["history"], w["history"], strict=True):
+            for field in ("loss", "train_acc_pct", "test_error_pct", "lr"):
+                if exact:
+                    assert mine[field] == theirs[field], (lr, mine["epoch"], field)
+                else:
+                    assert mine[field] == pytest.approx(theirs[field], rel=1e-5), (lr, mine["epoch"], field)
+
+
+def test_fused_group_records_equal_separate_runs(data, separate, tmp_path):
+    fused = main(args(data, tmp_path / "out", "--lrs", *LRS, "--fuse-lrs"))
+    same_runs(fused, separate, exact=False)
+    assert [fused[lr]["fused_runs"] for lr in sorted(fused)] == [3, 3, 3]
+    assert all(r["fused_runs"] == 1 and not r["config"]["fuse_lrs"] for r in separate.values())
+    assert fused[1e9]["status"] == "diverged" and fused[0.05]["status"] == "completed"
+    assert fused[0.05]["train_images_per_s"] > 0 and fused[0.05]["history"][1]["loss"] is not None
+
+
+def by_subprocess(argv) -> dict:
+    """run_all in a process of its own, as the interrupted one is: bit-exact comparisons need the same kind of
+    process (in-process and subprocess runs of one group measured 1e-7 apart in fp32 on this CPU)."""
+    p = subprocess.run([sys.executable, "bench/run_all.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                       timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return {r["lr"]: r for r in results.read_records(Path(argv[argv.index("--out") + 1]))}
+
+
+def test_sigterm_mid_group_then_rerun_matches_uninterrupted(data, tmp_path):
+    """Exact: the same group (LRs 0.05 and 0.01), uninterrupted and interrupted after its first checkpoint."""
+    grid = ("--lrs", "0.05", "0.01", "--fuse-lrs", "--epochs", "3", "--checkpoint-minutes", "0")
+    reference = by_subprocess(args(data, tmp_path / "reference", *grid))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "bench/run_all.py", *args(data, out, *grid)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "checkpoints").glob("*.pt"))) == 2:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "checkpointed" in log, log[-2000:]
+    assert not results.read_records(out)
+    resumed = by_subprocess(args(data, out, *grid))
+    same_runs(resumed, reference, exact=True)
+    assert not list((out / "checkpoints").glob("*.pt"))
+
+
+def test_group_resumes_separate_checkpoints_and_mismatched_ones_train_alone(data, separate, tmp_path):
+    """--stall-after 1 stops both (separate) runs at chance after epoch 1 with a checkpoint each; a fused rerun
+    resumes them as one group. With one checkpoint removed the runs are at different points and train alone."""
+    grid = ("--lrs", "0.05", "0.01")
+    stalled = main(args(data, tmp_path / "out", *grid, "--stall-after", "1"))
+    assert [r["status"] for r in stalled.values()] == ["stalled", "stalled"]
+    shutil.copytree(tmp_path / "out", tmp_path / "mismatched")
+    want = {lr: separate[lr] for lr in (0.05, 0.01)}
+    fused = main(args(data, tmp_path / "out", *grid, "--fuse-lrs"))
+    same_runs(fused, want, exact=False)
+    assert [r["fused_runs"] for r in fused.values()] == [2, 2]
+    next((tmp_path / "mismatched" / "checkpoints").glob("*.pt")).unlink()
+    alone = main(args(data, tmp_path / "mismatched", *grid, "--fuse-lrs"))
+    same_runs(alone, want, exact=False)
+    assert [r["fused_runs"] for r in alone.values()] == [1, 1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--optimizer", "adam"), "--fuse-lrs trains SGD with momentum"),
+    (("--bn",), "without --bn"),
+    (("--precision", "fp16"), "at --precision no or bf16"),
+])
+def test_fuse_lrs_refuses_what_it_cannot_fuse(data, tmp_path, capsys, extra, message):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    assert run_all.main(args(data, tmp_path / "out", "--fuse-lrs", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "out").exists()
+
+
+def test_ablation_arms_that_cannot_fuse_train_alone():
+    """--fuse-lrs with ablations: the BN arm (and any other that FusedRuns cannot run) is expanded without it."""
+    from bench.config import expand, parse_args
+
+    runs = expand(parse_args(["--models", "allcnn-c", "--ablations", "bn-dropout", "--fuse-lrs"]))
+    assert {r.cfg.fuse_lrs for r in runs if r.cfg.bn} == {False}
+    assert {r.cfg.fuse_lrs for r in runs if not r.cfg.bn} == {True}
