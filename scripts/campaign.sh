@@ -5,6 +5,9 @@
 #      FUSED runs trained as one model (bench/fused.py, issue 12: does fusing the LR grid pay on this GPU?);
 #   1b. tests/test_graphs.py's GPU tests (GRAPHS=auto): when the CUDA-graphed step matches the eager one here,
 #      training uses --cuda-graphs (bench/graphs.py) and the throughput is measured again graphed;
+#   1c. FUSE=auto: training fuses each model's LRs into one model (run_all --fuse-lrs, without --cuda-graphs) when
+#      tests/test_fused.py's GPU test passes here and step 1 measured the fused All-CNN-C group >= 1.25x the best
+#      separate step (eager or graphed) in images/s;
 #   2. scripts/concurrency_probe.py (PARALLEL=auto): whether K run_all processes at once train more images per
 #      second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
 #   3. scripts/init_probe.py (INIT_PROBE): All-CNN-C and ConvPool-CNN-C x LR 0.05, 0.01 x caffe-xavier, kaiming for
@@ -37,6 +40,7 @@ allcnn-a model-a convpool-a strided-a}
 LRS=${LRS:-0.05 0.01 0.1 0.25}  # all four of the paper's; the ones that trained the Caffe/neon ports first
 THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}  # empty: skip step 1
 FUSED=${FUSED-4}            # step 1's fused group size (4: the LR grid); empty: no fused rows
+FUSE=${FUSE:-auto}          # run_all --fuse-lrs; auto: step 1c decides; 0: off; 1: on
 GRAPHS=${GRAPHS:-auto}      # --cuda-graphs for training; auto: on when tests/test_graphs.py passes on this GPU
 PARALLEL=${PARALLEL:-auto}  # run_all processes training at once; auto: the concurrency probe decides
 PROBE=${PROBE:-"--model allcnn-c --procs 1 4"}
@@ -54,7 +58,7 @@ start=$SECONDS
 {
   echo "# scripts/campaign.sh $(date -u +%FT%TZ)"
   echo "# DEVICE=$DEVICE TOTAL=$TOTAL RESERVE=$RESERVE LEDGER=$LEDGER ORDER=$ORDER LRS=$LRS PARALLEL=$PARALLEL"
-  echo "# FUSED=$FUSED GRAPHS=$GRAPHS"
+  echo "# FUSED=$FUSED FUSE=$FUSE GRAPHS=$GRAPHS"
   echo "# SRC=$SRC SUBSET=$SUBSET EXTRA=$EXTRA"
   git log -1 --format='# commit %H %s (as the device copy says; it was stale on 2026-11-27)' 2>/dev/null || true
   echo "# CODE=${CODE:-unset} (the commit the caller says this tree is: CODE=\$(git rev-parse HEAD), filled in)"
@@ -103,6 +107,24 @@ fi
 graphed=()
 [ "$GRAPHS" = 1 ] && graphed=(--cuda-graphs)
 
+if [ "$FUSE" = auto ]; then  # fused runs must match separate ones here, and pay, before any result depends on them
+  FUSE=0
+  [ -f "$OUT/throughput.json" ] && step "$(upto 90)" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
+    tests/test_fused.py && tail -3 "$log" | grep -q "1 passed" && ! tail -3 "$log" | grep -q skipped \
+    && FUSE=$("$PY" - "$OUT"/throughput*.json <<'EOF'
+import json, sys
+rows = [r for f in sys.argv[1:] for r in json.load(open(f)) if r["model"] == "allcnn-c"]
+fused = max((r.get("fused_train_images_per_s") or 0 for r in rows), default=0)
+separate = max((r["train_images_per_s"] or 0 for r in rows), default=0)
+print(1 if separate and fused >= 1.25 * separate else 0)
+EOF
+)
+  echo "# FUSE=$FUSE (1: the fused group passed its GPU test and trained >= 1.25x the images/s of separate runs)" \
+    >> "$log"
+fi
+fused=()
+[ "$FUSE" = 1 ] && fused=(--fuse-lrs) && graphed=()  # bench/fused.py runs eager: one or the other
+
 if [ "$PARALLEL" = auto ]; then
   PARALLEL=1
   # shellcheck disable=SC2086
@@ -142,7 +164,8 @@ for model in $ORDER; do
   if [ "$limit" -lt 30 ]; then echo "# time budget spent before $model" >> "$log"; break; fi
   # shellcheck disable=SC2206
   cmd=("$PY" bench/run_all.py --preset paper --models "$model" --lrs $LRS --backend tensor --source "$SRC"
-       --data-dir "$WORK/data" --out "$WORK/results" ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" $EXTRA)
+       --data-dir "$WORK/data" --out "$WORK/results" ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}"
+       "${fused[@]}" $EXTRA)
   echo "\$ timeout $limit ${cmd[*]}  # x $PARALLEL, sharing the ledger" >> "$log"
   t0=$SECONDS
   pids=()
