@@ -142,14 +142,15 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
-    """The throughput table as shown; the fused-group columns only when some row measured one (--fused K)."""
+    """The throughput table as shown; "Runs per step" only when some row trained a fused group (--fuse-lrs), the
+    fused-group columns only when some benchmark row measured one (--fused K)."""
     rows = []
     for r in t.to_dict("records"):
         peak = f"{fixed(r['peak_tflops'], 1)} ({r['peak_basis']})" if _known(r["peak_tflops"]) else "unknown"
         rows.append({
             "Model": r["paper_name"], "Device": _text(r["device_name"]), "Devices": _text(r["devices"]),
             "Precision": precision_label(_text(r["precision"])),
-            "Backend": _text(r["backend"]), "Batch": _text(r["batch_size"]),
+            "Backend": _text(r["backend"]), "Batch": _text(r["batch_size"]), "Runs per step": _int(r["runs_per_step"]),
             "Runs": str(r["n_runs"]), "Train img/s": _int(r["train_images_per_s"]),
             "Eval img/s": _int(r["eval_images_per_s"]), "Train TFLOP/s": fixed(r["train_tflops"], 2),
             "Eval TFLOP/s": fixed(r["eval_tflops"], 2), "Peak TFLOP/s": peak,
@@ -157,8 +158,9 @@ def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
             "Fused runs": _int(r["fused_runs"]), "Fused img/s (all runs)": _int(r["fused_train_images_per_s"]),
             "Fused / separate": fixed(r["fused_over_separate"], 2),
         })
-    columns = ["Model", "Device", "Devices", "Precision", "Backend", "Batch", "Runs", "Train img/s", "Eval img/s",
-               "Train TFLOP/s", "Eval TFLOP/s", "Peak TFLOP/s", "Train % of peak", "Eval % of peak"]
+    together = ["Runs per step"] if (t["runs_per_step"].map(lambda v: _known(v) and v > 1)).any() else []
+    columns = ["Model", "Device", "Devices", "Precision", "Backend", "Batch", *together, "Runs", "Train img/s",
+               "Eval img/s", "Train TFLOP/s", "Eval TFLOP/s", "Peak TFLOP/s", "Train % of peak", "Eval % of peak"]
     if t["fused_over_separate"].map(_known).any():
         columns += ["Fused runs", "Fused img/s (all runs)", "Fused / separate"]
     return pd.DataFrame(rows, columns=columns)

@@ -55,6 +55,8 @@ THROUGHPUT_NOTE = (
     "dense peak of the devices that ran it (a grid run: one; a DDP run or a benchmark: one per process) "
     "(bench/devices.py; fp32 against the TF32 peak, PyTorch's default for "
     "convolutions); blank where the device's peak is unknown (CPUs).")
+RUNS_PER_STEP_NOTE = (" Runs per step: runs trained in lockstep as one fused model (--fuse-lrs); img/s count all "
+                      "their images.")
 
 
 @dataclass
@@ -107,9 +109,10 @@ def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[S
         out.append(Section(f"ablation-{name}", f"Ablation: {ablation.title}", note, t, formats.display_ablation(t),
                            level=3))
     tp = throughput_table(led.df, benchmark)
+    shown = formats.display_throughput(tp)
     source = "the throughput benchmark file" if benchmark is not None else "the ledger's baseline runs"
-    out.append(Section("throughput", "Throughput", f"From {source}. {THROUGHPUT_NOTE}", tp,
-                       formats.display_throughput(tp)))
+    note = THROUGHPUT_NOTE + (RUNS_PER_STEP_NOTE if "Runs per step" in shown.columns else "")
+    out.append(Section("throughput", "Throughput", f"From {source}. {note}", tp, shown))
     return out
 
 

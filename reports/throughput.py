@@ -13,8 +13,10 @@ from reports.ledger import _known, matches
 from reports.tables import _median, _round, _typed
 
 
-THROUGHPUT_KEYS = ("model", "device_name", "devices", "precision", "backend", "batch_size", "channels_last",
-                   "compile", "cuda_graphs")
+THROUGHPUT_KEYS = ("model", "device_name", "devices", "precision", "backend", "batch_size", "runs_per_step",
+                   "channels_last", "compile", "cuda_graphs")
+"""`runs_per_step`: how many runs one training step trained (a record's `fused_runs`: --fuse-lrs); the row's img/s
+count every run's images. A benchmark row's own figures are one run's (its fused_* columns a K-run group's)."""
 
 
 def _device_count(record: dict) -> int:
@@ -31,13 +33,19 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
     (`_device_count`). fp32 runs are compared with the TF32 peak, PyTorch's default for
     convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py rows)
-    when given, else from the ledger's baseline runs of any precision. Benchmark rows made with `--fused K` add
-    the K-run fused group's images/s over its K runs and its ratio to the separate step (medians; NaN without)."""
+    when given, else from the ledger's baseline runs of any precision (a fused group's: all its runs' images,
+    `runs_per_step`). Benchmark rows made with `--fused K` add the K-run fused group's images/s over its K runs
+    and its ratio to the separate step (medians; NaN without)."""
     if benchmark is not None:
         source, rows = "benchmark", benchmark.copy()
+        rows["runs_per_step"] = 1
     else:
         others = {k: v for k, v in BASELINE.items() if k not in ("precision", "train_split")}
-        source, rows = "ledger", df[matches(df, others) & df["train_images_per_s"].map(_known).astype(bool)]
+        source, rows = "ledger", df[matches(df, others) & df["train_images_per_s"].map(_known).astype(bool)].copy()
+        together = rows["fused_runs"] if "fused_runs" in rows.columns else pd.Series(1, index=rows.index)
+        rows["runs_per_step"] = together.map(lambda v: int(v) if _known(v) else 1)  # older ledgers: alone
+        for k in ("train_images_per_s", "eval_images_per_s"):  # a fused run recorded its share of the group's
+            rows[k] = rows[k] * rows["runs_per_step"]
     for key in THROUGHPUT_KEYS:
         if key not in rows.columns:
             rows[key] = None

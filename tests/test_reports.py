@@ -388,6 +388,26 @@ def test_fused_columns_are_shown_only_when_measured():
     assert plain.loc[0, "Train img/s"] == "40,000" and not any(c.startswith("Fused") for c in plain.columns)
 
 
+def test_fused_runs_in_the_ledger_count_the_whole_group(tmp_path):
+    """A run trained in a fused group (--fuse-lrs) recorded its share of the group's img/s: the ledger's throughput
+    row counts the group's, as "Runs per step" says. CUDA-graphed runs get a row of their own."""
+    alone = record(lr=0.1, test=9.0, img_s=20000.0)
+    group = [record(lr=lr, test=9.5, img_s=15000.0, fuse_lrs=True, fused_runs=4) for lr in (0.25, 0.1, 0.05, 0.01)]
+    for rec in group:  # the config says what was asked; the top-level field what happened
+        rec["fused_runs"] = rec["config"].pop("fused_runs")
+    graphed = dict(record(lr=0.05, test=9.1, img_s=50000.0), cuda_graphs=True)  # a row of its own too
+    led = load_ledger(write_ledger(tmp_path / "results", [alone, *group, graphed]))
+    assert throughput_table(led.df).query("cuda_graphs")["train_images_per_s"].tolist() == [50000.0]
+    tp = throughput_table(led.df).query("not cuda_graphs").set_index("runs_per_step")
+    assert tp.loc[1, "train_images_per_s"] == 20000.0 and tp.loc[4, "train_images_per_s"] == 60000.0
+    assert tp.loc[4, "eval_images_per_s"] == 120000.0 and tp.loc[4, "n_runs"] == 4
+    shown = formats.display_throughput(throughput_table(led.df))
+    assert shown["Runs per step"].tolist() == ["1", "1", "4"]
+    assert shown["Train img/s"].tolist() == ["20,000", "50,000", "60,000"]
+    assert "Runs per step" not in formats.display_throughput(throughput_table(load_ledger(
+        write_ledger(tmp_path / "alone", [alone])).df)).columns
+
+
 def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
     bench_json = tmp_path / "bench.json"
     bench_json.write_text('[{"model": "allcnn-c", "precision": "fp32", "device_name": "NVIDIA A100-SXM4-80GB", '
