@@ -93,8 +93,9 @@ class RunConfig:
     cuda_graphs: bool = _f(False, "replay each full training batch's step from one CUDA graph (bench/graphs.py; "
                                   "CUDA, one process per run)")
     fuse_lrs: bool = _f(False, "train the LRs of one model and seed in lockstep as one fused model (bench/fused.py; "
-                               "grid mode, SGD with momentum, no BN, fp32 or bf16; other runs train alone): each "
-                               "run's record and checkpoint as if trained alone, up to float rounding")
+                               "grid mode, SGD with momentum, no BN, fp32 or bf16, with or without --cuda-graphs; "
+                               "other runs train alone): each run's record and checkpoint as if trained alone, up to "
+                               "float rounding")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
     verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")
@@ -144,8 +145,8 @@ class RunConfig:
             if choices and getattr(self, f.name) not in choices:
                 bad(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         if self.fuse_lrs and not fusable(self):
-            bad("--fuse-lrs trains SGD with momentum, without --bn, at --precision no or bf16, without --compile or "
-                "--cuda-graphs (bench/fused.py): drop --fuse-lrs or those options")
+            bad("--fuse-lrs trains SGD with momentum, without --bn, at --precision no or bf16, without --compile "
+                "(bench/fused.py): drop --fuse-lrs or those options")
         if self.eval_precision not in ("no", self.precision):
             bad(f"--eval-precision must be no or the training precision {self.precision}, got {self.eval_precision}")
         for name in ablations:  # ablation arms may only turn autocast off: one Accelerator per process
@@ -156,8 +157,7 @@ class RunConfig:
 
 def fusable(c: RunConfig) -> bool:
     """Whether runs under config `c` can train in lockstep as one fused model (bench/fused.py's FusedRuns)."""
-    return (c.optimizer == "sgd" and c.momentum > 0 and not c.bn and c.precision in ("no", "bf16")
-            and not c.compile and not c.cuda_graphs)
+    return c.optimizer == "sgd" and c.momentum > 0 and not c.bn and c.precision in ("no", "bf16") and not c.compile
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from bench import engine, workqueue
+from bench import engine, graphs, workqueue
 from bench.engine import EpochState, RunState
 from bench.fused import FusedRuns
 from bench.results import WriteError
@@ -80,6 +80,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
     autocast, eval_autocast = engine.autocast_for(c.precision, acc), engine.autocast_for(c.eval_precision, acc)
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim for _, _, claim in members])
     live = list(k_all)
+    step = graphs.GraphedStep(group.train_step, acc.device) if c.cuda_graphs else group.train_step
 
     def finish(k, status, error):
         done(k, summary(states[k], status, error, group.nets[k], acc, autocast, eval_autocast,
@@ -99,7 +100,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
                              if states[live[0]].history else None)
         es = engine.train_one_epoch(group.base, None, train, None, acc, state=_joined(states, acc.device),
                                     stop_flag=stop, warmup_steps=min(5, len(train) // 4) if c.epochs == 1 else 0,
-                                    progress=bar, step=group.train_step)  # group.base: train() only
+                                    progress=bar, step=step)  # group.base: train() only
         if bar is not None:
             bar.close()
         split = _split(es, len(members))

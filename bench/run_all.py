@@ -79,7 +79,8 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     autocast = engine.autocast_for(c.precision, acc)
     eval_autocast = engine.autocast_for(c.eval_precision, acc)  # fp32 unless --eval-precision says otherwise
     net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
-    step = graphs.GraphedStep(model, optimizer, preprocess, acc, autocast, c.channels_last) if c.cuda_graphs else None
+    step = graphs.graphed_train_step(model, optimizer, preprocess, acc, autocast, c.channels_last) \
+        if c.cuda_graphs else None
     stop, status, error = (lambda: STOP["requested"]), "completed", None
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim] if claim is not None else [], acc, ddp)
 

@@ -54,8 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="training step replayed from a CUDA graph (bench/graphs.py; captured in the warm-up, >= 4)")
     p.add_argument("--fused", type=int, default=0, metavar="K",
-                   help="also time K runs as one fused model (bench/fused.py: eager, fp32 or bf16; issue 12) and "
-                        "report its images/s over the K runs against the separate step's (default 0: off)")
+                   help="also time K runs as one fused model (bench/fused.py: fp32 or bf16, graphed with "
+                        "--cuda-graphs; issue 12) and report its images/s over the K runs against the separate "
+                        "step's (default 0: off)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per SGD step of one model, as run_all's --batch-size: each process times its own "
                         "model at this batch, like run_all --mode grid (default 256, the paper preset's)")
@@ -158,7 +159,7 @@ def measure(name: str, precision: str, args, accelerator, backend: str = "synthe
         eval_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size)
     fused_ips = None
     fused_step = args.fused and timing.make_fused_step(name, accelerator, precision, args.channels_last, args.fused,
-                                                       preprocess)
+                                                       preprocess, args.cuda_graphs)
     if fused_step:
         seconds, _ = timing.time_windows(timing.accumulating(fused_step, train_batch, device), device, args.steps,
                                          args.warmup, args.repeats)

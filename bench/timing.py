@@ -100,18 +100,20 @@ def make_step(model, accelerator, precision: str, channels_last: bool, preproces
                                                        channels_last)
     optimizer = accelerator.prepare_optimizer(optimizer)  # the grad scaler (fp16); no DDP wrapper
     if cuda_graphs:
-        from bench.graphs import GraphedStep
-        graphed = GraphedStep(model, optimizer, preprocess, accelerator, autocast, channels_last)
+        from bench.graphs import graphed_train_step
+        graphed = graphed_train_step(model, optimizer, preprocess, accelerator, autocast, channels_last)
         return lambda images, labels: graphed(images, labels)[0]
     return lambda images, labels: engine.train_step(model, optimizer, images, labels, preprocess, accelerator,
                                                     autocast, channels_last)[0]
 
 
-def make_fused_step(name: str, accelerator, precision: str, channels_last: bool, runs: int, preprocess=None):
+def make_fused_step(name: str, accelerator, precision: str, channels_last: bool, runs: int, preprocess=None,
+                    cuda_graphs: bool = False):
     """`runs` copies of the network (one seed, each its own SGD, LRs 0.01 apart: the LR does not change speed) as one
     bench.fused.FusedRuns group, as `step(images, labels)` returning the group's summed loss on the device: one
-    call trains every run on the batch. Eager always (no CUDA graph), at precision "no" or "bf16" (FusedRuns casts
-    to bf16 itself: autocast does not reach inside vmap); None at fp16, which FusedRuns refuses."""
+    call trains every run on the batch (replayed from a CUDA graph with `cuda_graphs`, as run_all --fuse-lrs
+    --cuda-graphs does). At precision "no" or "bf16" (FusedRuns casts to bf16 itself: autocast does not reach inside
+    vmap); None at fp16, which FusedRuns refuses."""
     import torch
 
     from bench.fused import DTYPES, FusedRuns
@@ -124,7 +126,11 @@ def make_fused_step(name: str, accelerator, precision: str, channels_last: bool,
         optimizers.append(build_optimizer(nets[-1], accelerator.device))
         optimizers[-1].param_groups[0]["lr"] = SGD_SETTINGS["lr"] * (k + 1)
     group = FusedRuns(nets, optimizers, preprocess=preprocess, precision=precision, channels_last=channels_last)
-    return lambda images, labels: group.train_step(images, labels)[0].sum()
+    step = group.train_step
+    if cuda_graphs:
+        from bench.graphs import GraphedStep
+        step = GraphedStep(group.train_step, accelerator.device)
+    return lambda images, labels: step(images, labels)[0].sum()
 
 
 def accumulating(step, batch, device):

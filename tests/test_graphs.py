@@ -1,6 +1,6 @@
 """bench/graphs.py (`--cuda-graphs`): the graphed step trains exactly like the eager one. On CPU its bookkeeping is
 checked with `capture_eagerly` (warm-up, capture on a full batch, static buffers refilled, the short last batch
-eager, a new capture when the LR drops): bit-identical weights. The real CUDA graph is checked on a GPU (marked
+eager, a new capture when the LR drops; a fused group's step too): bit-identical weights. The real CUDA graph is checked on a GPU (marked
 `gpu`; scripts/campaign.sh runs these before it trains with graphs)."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def train(data_dir, device, precision: str, capture=None, dropout: bool = True, 
     loader = loaders.make("train", 16, data_dir=data_dir, backend="tensor", device=acc.device)
     preprocess = build_preprocess("gcn-zca", data_dir).to(acc.device)
     autocast = engine.autocast_for(precision, acc)
-    step = graphs.GraphedStep(net, optimizer, preprocess, acc, autocast, True, capture=capture) \
+    step = graphs.graphed_train_step(net, optimizer, preprocess, acc, autocast, True, capture=capture) \
         if capture else None
     losses = []
     for epoch, lr in enumerate(epochs):
@@ -41,6 +41,42 @@ def test_graphed_bookkeeping_trains_exactly_like_eager(smoke_data_dir):
     losses, weights, step = train(smoke_data_dir, "cpu", "no", capture=graphs.capture_eagerly)
     assert step.captures == 2  # in epoch 1 after 3 warm-up steps, and again at the new LR
     assert losses == eager_losses  # dropout included: the same ops in the same order draw the same masks
+    assert all(torch.equal(a, b) for a, b in zip(weights, eager_weights))
+
+
+def train_fused(data_dir, device, capture=None, dropout: bool = True, epochs=((0.05, 0.01), (0.005, 0.001))):
+    """Two Strided-CNN-A runs as one bench.fused group (run_all --fuse-lrs's step), one epoch per pair of LRs, fp32.
+    Returns (per-epoch summed losses [epochs, 2], final stacked weights, the GraphedStep or None)."""
+    from bench.fused import FusedRuns
+
+    acc = timing.make_accelerator(["no"], device)
+    nets, optimizers = [], []
+    for lr in epochs[0]:
+        torch.manual_seed(0)
+        nets.append(allconv.build("strided-a", dropout=dropout).to(acc.device))
+        optimizers.append(engine.make_optimizer("sgd", nets[-1].parameters(), lr, 0.9, 1e-3, acc.device))
+    loader = loaders.make("train", 16, data_dir=data_dir, backend="tensor", device=acc.device)
+    group = FusedRuns(nets, optimizers, preprocess=build_preprocess("gcn-zca", data_dir).to(acc.device))
+    step = graphs.GraphedStep(group.train_step, acc.device, capture=capture) if capture else group.train_step
+    losses = []
+    for epoch, lrs in enumerate(epochs):
+        group.set_lrs(lrs)
+        loader.set_epoch(epoch)
+        st = engine.train_one_epoch(group.base, None, loader, None, acc, step=step,
+                                    state=engine.EpochState(loss_sum=torch.zeros(2, device=acc.device),
+                                                            correct=torch.zeros(2, dtype=torch.long,
+                                                                                device=acc.device)))
+        losses.append(st.loss_sum.cpu())
+    return torch.stack(losses), [p.detach().cpu().clone() for p in group.params], step
+
+
+def test_graphed_fused_group_trains_exactly_like_eager(smoke_data_dir):
+    """run_all --fuse-lrs --cuda-graphs: the group's LRs live in a device tensor, so one capture serves both LR
+    pairs (no re-capture at the drop), and the [K] outputs come back through the static buffers."""
+    eager_losses, eager_weights, _ = train_fused(smoke_data_dir, "cpu")
+    losses, weights, step = train_fused(smoke_data_dir, "cpu", capture=graphs.capture_eagerly)
+    assert step.captures == 1 and losses.shape == (2, 2)
+    assert torch.equal(losses, eager_losses) and not torch.equal(losses[:, 0], losses[:, 1])
     assert all(torch.equal(a, b) for a, b in zip(weights, eager_weights))
 
 
@@ -82,3 +118,16 @@ def test_run_all_with_cuda_graphs_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path,
     (record,) = results.read_records(tmp_path / "graphs")
     assert record["status"] == "completed" and record["cuda_graphs"] is True and record["epochs_completed"] == 3
     assert all(h["loss"] == h["loss"] for h in record["history"])  # finite
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_of_a_fused_group_matches_eager_on_gpu(smoke_data_dir):
+    """The fused group's step (vmap, autograd.grad, the per-run SGD) captured and replayed on CUDA gives the eager
+    group's losses and weights (no dropout; TF32 convolutions allowed), across the short last batch and an LR drop."""
+    eager_losses, eager_weights, _ = train_fused(smoke_data_dir, "cuda", dropout=False)
+    losses, weights, step = train_fused(smoke_data_dir, "cuda", capture=graphs.capture_cuda, dropout=False)
+    assert step.captures == 1
+    torch.testing.assert_close(losses, eager_losses, rtol=2e-3, atol=1e-3)
+    for a, b in zip(weights, eager_weights):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)
