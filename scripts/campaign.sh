@@ -4,10 +4,11 @@
 #   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200, and each as
 #      FUSED runs trained as one model (bench/fused.py, issue 12: does fusing the LR grid pay on this GPU?);
 #   1b. tests/test_graphs.py's GPU tests (GRAPHS=auto): when the CUDA-graphed step matches the eager one here,
-#      training uses --cuda-graphs (bench/graphs.py) and the throughput is measured again graphed;
-#   1c. FUSE=auto: training fuses each model's LRs into one model (run_all --fuse-lrs, without --cuda-graphs) when
-#      tests/test_fused.py's GPU test passes here and step 1 measured the fused All-CNN-C group >= 1.25x the best
-#      separate step (eager or graphed) in images/s;
+#      training uses --cuda-graphs (bench/graphs.py) and the throughput is measured again graphed (the fused group
+#      too);
+#   1c. FUSE=auto: training fuses each model's LRs into one model (run_all --fuse-lrs) when tests/test_fused.py's
+#      GPU test passes here and step 1 measured the fused All-CNN-C group (eager or graphed) >= 1.25x the best
+#      separate step in images/s;
 #   2. scripts/concurrency_probe.py (PARALLEL=auto): whether K run_all processes at once train more images per
 #      second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
 #   3. scripts/init_probe.py (INIT_PROBE): All-CNN-C and ConvPool-CNN-C x LR 0.05, 0.01 x caffe-xavier, kaiming for
@@ -78,6 +79,10 @@ done
 echo "# continuing: $(ls "$WORK/results/runs" | grep -c '\.json$') records, \
 $(ls "$WORK/results/checkpoints" | grep -c '\.pt$') checkpoints" >> "$log"
 
+passed() {  # whether the pytest just logged passed every selected test, none skipped
+  tail -3 "$log" | grep -q " passed" && ! tail -3 "$log" | grep -qE "failed|skipped|error"
+}
+
 step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
   echo "\$ timeout $1 ${*:2}" >> "$log"
   local t0=$SECONDS rc
@@ -98,11 +103,11 @@ step "$(upto 120)" "$PY" -m loaders.prepare --source "$SRC" --data-dir "$WORK/da
 if [ "$GRAPHS" = auto ]; then  # the graphed step must match eager here before any result depends on it
   GRAPHS=0
   step "$(upto 150)" env ALLCONV_TEST_TARBALL="$SRC" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
-    tests/test_graphs.py && tail -3 "$log" | grep -q "2 passed" && ! tail -3 "$log" | grep -q skipped && GRAPHS=1
+    tests/test_graphs.py && passed && GRAPHS=1
   echo "# GRAPHS=$GRAPHS (1: tests/test_graphs.py's GPU tests passed here, so training uses --cuda-graphs)" >> "$log"
   # shellcheck disable=SC2086
-  [ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && step "$(upto 60)" "$PY" bench/throughput.py --device "$DEVICE" \
-    --precision bf16 $THROUGHPUT --cuda-graphs --json "$OUT/throughput-graphs.json"
+  [ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && step "$(upto 90)" "$PY" bench/throughput.py --device "$DEVICE" \
+    --precision bf16 $THROUGHPUT --cuda-graphs ${FUSED:+--fused $FUSED} --json "$OUT/throughput-graphs.json"
 fi
 graphed=()
 [ "$GRAPHS" = 1 ] && graphed=(--cuda-graphs)
@@ -110,8 +115,7 @@ graphed=()
 if [ "$FUSE" = auto ]; then  # fused runs must match separate ones here, and pay, before any result depends on them
   FUSE=0
   [ -f "$OUT/throughput.json" ] && step "$(upto 90)" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
-    tests/test_fused.py && tail -3 "$log" | grep -q "1 passed" && ! tail -3 "$log" | grep -q skipped \
-    && FUSE=$("$PY" - "$OUT"/throughput*.json <<'EOF'
+    tests/test_fused.py && passed && FUSE=$("$PY" - "$OUT"/throughput*.json <<'EOF'
 import json, sys
 rows = [r for f in sys.argv[1:] for r in json.load(open(f)) if r["model"] == "allcnn-c"]
 fused = max((r.get("fused_train_images_per_s") or 0 for r in rows), default=0)
@@ -123,7 +127,7 @@ EOF
     >> "$log"
 fi
 fused=()
-[ "$FUSE" = 1 ] && fused=(--fuse-lrs) && graphed=()  # bench/fused.py runs eager: one or the other
+[ "$FUSE" = 1 ] && fused=(--fuse-lrs)
 
 if [ "$PARALLEL" = auto ]; then
   PARALLEL=1
