@@ -12,10 +12,11 @@ How (PyTorch's whole-network capture recipe): the first WARMUP full-size steps r
 autotuning, momentum buffers, workspaces), then the step is captured once on static input buffers and replayed for
 every later batch of that size; a batch of another size (the short last batch, 50,000 mod 256 = 80 images) runs
 eagerly. The LR is a constant inside the captured fused SGD kernel, so an LR change (the paper's drops at epochs
-200/250/300, or a resumed run) captures again (a fused group reads its LRs from a device tensor: one capture). Autocast runs with its weight-cast cache off, as capture requires.
-Dropout draws from the graph-safe Philox stream: masks differ from an eager run's, their distribution does not.
-Not under DDP (the gradient all-reduce is not captured). `capture` is injectable: tests on CPU pass
-`capture_eagerly`, which replays by running the step again on the static buffers.
+200/250/300, or a resumed run) captures again (a fused group reads its LRs from a device tensor: one capture).
+Autocast runs with its weight-cast cache off, as capture requires. Dropout draws from the graph-safe Philox stream:
+masks differ from an eager run's, their distribution does not. Not under DDP (the gradient all-reduce is not
+captured). `capture` is injectable: tests on CPU pass `capture_eagerly`, which replays by running the step again on
+the static buffers.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """bench/graphs.py (`--cuda-graphs`): the graphed step trains exactly like the eager one. On CPU its bookkeeping is
 checked with `capture_eagerly` (warm-up, capture on a full batch, static buffers refilled, the short last batch
-eager, a new capture when the LR drops; a fused group's step too): bit-identical weights. The real CUDA graph is checked on a GPU (marked
-`gpu`; scripts/campaign.sh runs these before it trains with graphs)."""
+eager, a new capture when the LR drops; a fused group's step too): bit-identical weights. The real CUDA graph is
+checked on a GPU (marked `gpu`; scripts/campaign.sh runs these before it trains with graphs)."""
 from __future__ import annotations
 
 import pytest
