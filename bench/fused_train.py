@@ -8,10 +8,12 @@ alone, up to float rounding (tests/test_fused_train.py).
 Each run keeps its own checkpoint file (a fused group resumes from separate runs' checkpoints and the other way
 round), history, early stop (a run whose loss is not finite is recorded "diverged" at that epoch and masked out of
 the group; the others go on) and timings: its train_images_per_s is its own images over the group's time, so the
-group's throughput is the sum over its runs (`fused_runs` in each record says how many). A run is recorded as
-soon as it ends (`finished(run, key, claim, outcome)`), so an interrupted group never trains a finished run again.
-Runs whose checkpoints are at different points (epoch and step) cannot share steps: `alone(run, key, claim)`
-trains and records each by itself.
+group's throughput is the sum over its runs (`fused_runs` in each record says how many; wall time and peak memory
+are the group's). A run that diverges keeps its last finite weights in the group, so the training accuracy of its
+diverged epoch counts their predictions where a separate run's counts NaN logits: that one figure may differ. A run
+is recorded as soon as it ends (`finished(run, key, claim, outcome)`), so an interrupted group never trains a
+finished run again. Runs whose checkpoints are at different points (epoch and step) cannot share steps: each trains
+and records itself (`alone`).
 """
 from __future__ import annotations
 
@@ -32,32 +34,35 @@ from bench.runs import Interrupted, build_net, eval_loaders, failed, stop_reason
 def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone, finished) -> None:
     """Train the runs of `members` ([(run, key, claim), ...]: one model, seed and config, LRs differ) together,
     recording each with `finished` when it ends. Raises Interrupted after checkpointing every run still training
-    when `stop()` turns true. When training raises, every run not yet recorded is recorded "failed" (retried on
-    rerun) and the grid goes on, as for a run trained alone."""
-    runs = [run for run, _, _ in members]
-    c = runs[0].cfg
-    with engine.full_fp32(acc.device, c.precision == "no"):
-        nets, optimizers, states = [], [], []
-        for run, key, _ in members:
-            set_seed(run.seed)  # as run_all's start_run: each run's initial weights and, after the last, the RNG
-            net, optimizer = build_net(run, acc.device)
-            path = Path(c.out) / "checkpoints" / f"{key}.pt"
-            states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1))
-            nets.append(net)
-            optimizers.append(optimizer)
-        if len({(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states}) > 1:
-            for member in members:
-                alone(*member)
-            return
-        trackers = [show.tracker(run, key) for run, key, _ in members]
-        outcomes = [None] * len(members)
+    when `stop()` turns true. When building or training raises, every run not yet recorded is recorded "failed"
+    (retried on rerun) and the grid goes on, as for a run trained alone."""
+    c = members[0][0].cfg
+    outcomes, trackers = [None] * len(members), []
 
-        def done(k, outcome):
-            outcomes[k] = outcome
+    def done(k, outcome):
+        outcomes[k] = outcome
+        if trackers:
             trackers[k].finish(outcome)
-            finished(*members[k], outcome)
+        finished(*members[k], outcome)
 
+    with engine.full_fp32(acc.device, c.precision == "no"):
         try:
+            nets, optimizers, states = [], [], []
+            for run, key, _ in members:
+                set_seed(run.seed)  # as run_all's start_run: each run's initial weights; after the last, the RNG
+                net, optimizer = build_net(run, acc.device)
+                path = Path(c.out) / "checkpoints" / f"{key}.pt"
+                states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1))
+                nets.append(net)
+                optimizers.append(optimizer)
+            if len({(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states}) > 1:
+                for k, (run, key, claim) in enumerate(members):  # one by one: a waiting claim may go stale
+                    if claim.held():
+                        claim.heartbeat()
+                        alone(run, key, claim)  # records the run itself
+                    outcomes[k] = "trained alone or by another process"
+                return
+            trackers.extend(show.tracker(run, key) for run, key, _ in members)
             group = FusedRuns(nets, optimizers, preprocess=data.preprocess(c.preprocess, c.train_split),
                               precision=c.precision, eval_precision=c.eval_precision, channels_last=c.channels_last)
             _train(group, members, states, acc, data, num_images, show, trackers, stop, done)
@@ -98,12 +103,13 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         train.set_epoch(epoch)
         bar = show.epoch_bar(runs[live[0]], epoch, len(train), states[live[0]].history[-1]
                              if states[live[0]].history else None)
-        es = engine.train_one_epoch(group.base, None, train, None, acc, state=_joined(states, acc.device),
+        parts = [s.epoch_state or EpochState() for s in states]  # a part-done epoch per run, or a fresh one
+        es = engine.train_one_epoch(group.base, None, train, None, acc, state=_joined(parts, acc.device),
                                     stop_flag=stop, warmup_steps=min(5, len(train) // 4) if c.epochs == 1 else 0,
                                     progress=bar, step=step)  # group.base: train() only
         if bar is not None:
             bar.close()
-        split = _split(es, len(members))
+        split = _split(es, parts)
         if es.stopped:
             save(epoch, split)
             raise Interrupted
@@ -135,21 +141,23 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         finish(k, "completed", None)
 
 
-def _joined(states, device) -> EpochState | None:
-    """The runs' part-done epochs (all at one step: train_group checks) as one EpochState whose sums are [K]."""
-    parts = [s.epoch_state or EpochState() for s in states]
+def _joined(parts: list[EpochState], device) -> EpochState:
+    """The runs' part-done epochs (all at one step: train_group checks) as one EpochState whose sums are [K]; its
+    times start at 0 and are added to each run's own (`_split`)."""
     zero, first = torch.zeros((), device=device), parts[0]
-    return EpochState(step=first.step, seen=first.seen, train_seconds=first.train_seconds,
-                      steady_seconds=first.steady_seconds, steady_images=first.steady_images,
+    return EpochState(step=first.step, seen=first.seen,
                       loss_sum=torch.stack([zero if p.loss_sum is None else p.loss_sum.to(device) for p in parts]),
                       correct=torch.stack([zero.long() if p.correct is None else p.correct.to(device) for p in parts]))
 
 
-def _split(es: EpochState, k: int) -> list[EpochState]:
-    """The group's epoch as each run's own EpochState: its loss and correct sums, the shared count and time."""
+def _split(es: EpochState, parts: list[EpochState]) -> list[EpochState]:
+    """The group's epoch as each run's own EpochState: its loss and correct sums, the shared image count, and the
+    group's time added to the time the run had spent in this epoch before (a checkpoint of its own)."""
     return [EpochState(step=es.step, loss_sum=es.loss_sum[i].clone(), correct=es.correct[i].clone(), seen=es.seen,
-                       train_seconds=es.train_seconds, steady_seconds=es.steady_seconds,
-                       steady_images=es.steady_images, stopped=es.stopped) for i in range(k)]
+                       train_seconds=p.train_seconds + es.train_seconds,
+                       steady_seconds=p.steady_seconds + es.steady_seconds,
+                       steady_images=p.steady_images + es.steady_images, stopped=es.stopped)
+            for i, p in enumerate(parts)]
 
 
 @torch.no_grad()

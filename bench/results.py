@@ -26,7 +26,7 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
   params, macs           exact trainable parameters; forward MACs per image
   train_images_per_s     steady-state training throughput (no evaluation, no first epoch / warm-up), all ranks
   eval_images_per_s      evaluation throughput, all ranks
-  wall_time_s, peak_memory_mb
+  wall_time_s, peak_memory_mb   (a fused run's: its group's, which trained all its runs at once)
   device_name, device_count, world_size
   versions               {"python", "torch", "accelerate", "ffcv"}
   git_commit, git_dirty

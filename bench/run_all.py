@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                                      lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
         started_at = now()
 
-        def finished(run, key, claim, outcome):
+        def finished(run, key, claim, outcome, started=started_at):
             """Write the run's record, drop its checkpoint when it is done, release its claim; raises WriteError."""
-            record = make_record(run, key, data_sha, manifest, env, mode, world, started_at, outcome)
+            record = make_record(run, key, data_sha, manifest, env, mode, world, started, outcome)
             failure = None
             if acc.is_main_process or not ddp:
                 try:
@@ -223,13 +223,14 @@ def main(argv: list[str] | None = None) -> int:
 
         def alone(run, key, claim):
             """Train one run by itself and record it."""
+            started = now()
             try:
                 outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
             except (Interrupted, results.WriteError):
                 raise
             except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
                 outcome = failed(e)
-            finished(run, key, claim, outcome)
+            finished(run, key, claim, outcome, started)
 
         try:
             if len(members) > 1:

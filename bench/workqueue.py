@@ -99,7 +99,8 @@ class Claim:
     path: Path | None
     body: bytes = b""
 
-    def _mine(self) -> bool:
+    def held(self) -> bool:
+        """Whether this process still holds the claim (a stale one may have been taken over by another host)."""
         try:
             return self.path is not None and self.path.read_bytes() == self.body
         except OSError:
@@ -107,7 +108,7 @@ class Claim:
 
     def heartbeat(self) -> None:
         """Refresh the claim's mtime: the owner is alive (other hosts judge it by this)."""
-        if self._mine():
+        if self.held():
             os.utime(self.path)
 
     def release(self) -> None:
@@ -115,7 +116,7 @@ class Claim:
             return
         try:
             with _locked(self.path.parent):  # a claim taken over meanwhile (lease expired) is the new owner's
-                if self._mine():
+                if self.held():
                     self.path.unlink(missing_ok=True)
         except OSError:
             pass  # folder gone or read-only: a claim left behind is stale once this process has exited
