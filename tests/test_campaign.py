@@ -1,7 +1,7 @@
 """scripts/campaign.sh, tiny on CPU: two processes share one grid without training a run twice, what comes back
 fits the GPU machines' limits (<= 8 plain files of <= 16 MiB), and a second campaign continues the first's ledger
-(recorded runs skipped) after the concurrency probe has picked the process count and the init probe has run, with
-FUSE=1 training the new LRs as one fused group (run_all --fuse-lrs)."""
+(recorded runs skipped) after the concurrency probe has picked the process count and the init probe has run; a
+third with FUSE=1 trains the new LRs as one fused group (run_all --fuse-lrs) in one process."""
 from __future__ import annotations
 
 import json
@@ -39,7 +39,7 @@ def campaign(tmp_path: Path, name: str, jpeg_tarball, **env) -> tuple[str, dict]
 
 
 def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp_path):
-    for name in ("first", "second"):  # the prepared subset: prepare then says there is nothing to do
+    for name in ("first", "second", "third"):  # the prepared subset: prepare then says there is nothing to do
         shutil.copytree(smoke_data_dir, tmp_path / f"work-{name}" / "data")
 
     log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
@@ -48,7 +48,7 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     assert sorted(r["lr"] for r in first.values()) == [0.01, 0.05], log[-3000:]  # each run once, by either process
     assert all(r["status"] == "completed" and r["epochs_completed"] == 1 for r in first.values())
 
-    log, second = campaign(tmp_path, "second", jpeg_tarball, PARALLEL="auto", LRS="0.05 0.01 0.1 0.25", FUSE="1",
+    log, second = campaign(tmp_path, "second", jpeg_tarball, PARALLEL="auto", LRS="0.05 0.01 0.1",
                            LEDGER=str(tmp_path / "ledger-first"),
                            PROBE="--model strided-a --procs 2 --steps 1 --warmup 0 --batch-size 4 --precision no",
                            INIT_PROBE="--models strided-a --lrs 0.05 --inits kaiming --epochs 1 --batch-size 32")
@@ -58,9 +58,14 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
         {k: v["finished_at"] for k, v in first.items()}  # the first campaign's records, untouched
     probe = (tmp_path / "second" / "init-probe.txt").read_text()
     assert "strided-a   lr=0.05  init=kaiming" in probe, probe[-2000:]  # its table, from its own ledger
-    new = sorted((r for k, r in second.items() if k not in first), key=lambda r: r["lr"])
-    assert [(r["lr"], r["status"], r["fused_runs"]) for r in new] == [(0.1, "completed", 2), (0.25, "completed", 2)]
-    assert "--fuse-lrs" in log, log[-3000:]
+    (new,) = [r for k, r in second.items() if k not in first]
+    assert new["lr"] == 0.1 and new["status"] == "completed" and new["fused_runs"] == 1
+
+    log, third = campaign(tmp_path, "third", jpeg_tarball, PARALLEL="auto", FUSE="1", LRS="0.05 0.01 0.1 0.25 0.5",
+                          LEDGER=str(tmp_path / "ledger-second"))
+    assert "# PARALLEL=1 (FUSE=1" in log and "--fuse-lrs" in log, log[-3000:]
+    new = sorted((r for k, r in third.items() if k not in second), key=lambda r: r["lr"])
+    assert [(r["lr"], r["status"], r["fused_runs"]) for r in new] == [(0.25, "completed", 2), (0.5, "completed", 2)]
 
 
 def test_readme_measured_table_is_made_from_the_committed_ledger():
