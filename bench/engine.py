@@ -164,12 +164,16 @@ class RunState:
         for name, (loader, expected) in evals.items():
             correct, seen, seconds = evaluate(net, loader, preprocess, accelerator, autocast=autocast,
                                               channels_last=channels_last, distributed=distributed)
-            if seen != expected:
-                raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
-            entry[f"{name}_error_pct"] = 100 * (1 - correct / seen)
-            entry["seconds"] += seconds
-            self.timings["eval_s"] += seconds
-            self.timings["eval_img"] += seen
+            self.add_evaluation(entry, name, correct, seen, expected, seconds)
+
+    def add_evaluation(self, entry: dict, name: str, correct: int, seen: int, expected: int, seconds: float) -> None:
+        """One split's evaluation into the entry (`<name>_error_pct`, its seconds) and the evaluation throughput."""
+        if seen != expected:
+            raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
+        entry[f"{name}_error_pct"] = 100 * (1 - correct / seen)
+        entry["seconds"] += seconds
+        self.timings["eval_s"] += seconds
+        self.timings["eval_img"] += seen
 
     def append(self, entry: dict) -> None:
         """Add an epoch to the history; a loss that is not finite is stored as None (JSON has no NaN)."""
@@ -241,9 +245,10 @@ def eval_step(model, images, labels, preprocess, accelerator, autocast: Autocast
 
 @torch.no_grad()
 def evaluate(model, loader, preprocess, accelerator, *, autocast=None, channels_last=False,
-             distributed: bool = False) -> tuple[int, int, float]:
+             distributed: bool = False, step=None) -> tuple[int | list[int], int, float]:
     """(correct, seen, seconds) over the whole split. With `distributed`, each rank sees its own shard (each image
-    once, no padding: the loaders' contract) and the counts are summed over ranks; callers assert seen == N."""
+    once, no padding: the loaders' contract) and the counts are summed over ranks; callers assert seen == N.
+    `step(images, labels)` replaces `eval_step` (a bench.fused group's, counting per run: `correct` is then a list)."""
     model.eval()
     device = accelerator.device
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -251,15 +256,16 @@ def evaluate(model, loader, preprocess, accelerator, *, autocast=None, channels_
     sync(device)
     t0 = time.perf_counter()
     for images, labels in loader:
-        correct += eval_step(model, images, labels, preprocess, accelerator, autocast, channels_last)
+        correct = correct + (step(images, labels) if step else
+                             eval_step(model, images, labels, preprocess, accelerator, autocast, channels_last))
         seen += labels.shape[0]
     sync(device)
     seconds = time.perf_counter() - t0
-    counts = torch.stack([correct, seen])
+    counts = torch.cat([correct.reshape(-1), seen.reshape(1)])
     if distributed:
         counts = accelerator.reduce(counts, "sum")
-    correct_n, seen_n = (int(v) for v in counts.tolist())
-    return correct_n, seen_n, seconds
+    *correct_n, seen_n = (int(v) for v in counts.tolist())
+    return (correct_n if correct.dim() else correct_n[0]), seen_n, seconds
 
 
 def check_replicas(net, accelerator) -> None:

@@ -18,7 +18,6 @@ and records itself (`alone`).
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -37,10 +36,10 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
     when `stop()` turns true. When building or training raises, every run not yet recorded is recorded "failed"
     (retried on rerun) and the grid goes on, as for a run trained alone."""
     c = members[0][0].cfg
-    outcomes, trackers = [None] * len(members), []
+    ended, trackers = set(), []  # the members already recorded (or left to another process)
 
     def done(k, outcome):
-        outcomes[k] = outcome
+        ended.add(k)
         if trackers:
             trackers[k].finish(outcome)
         finished(*members[k], outcome)
@@ -60,7 +59,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                     if claim.held():
                         claim.heartbeat()
                         alone(run, key, claim)  # records the run itself
-                    outcomes[k] = "trained alone or by another process"
+                    ended.add(k)
                 return
             trackers.extend(show.tracker(run, key) for run, key, _ in members)
             group = FusedRuns(nets, optimizers, preprocess=data.preprocess(c.preprocess, c.train_split),
@@ -68,23 +67,23 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
             _train(group, members, states, acc, data, num_images, show, trackers, stop, done)
         except (Interrupted, WriteError):
             for k, tracker in enumerate(trackers):
-                if outcomes[k] is None:
+                if k not in ended:
                     tracker.finish(None)
             raise
         except Exception as e:  # as run_all's one run: recorded, and the grid goes on
             for k in range(len(members)):
-                if outcomes[k] is None:
+                if k not in ended:
                     done(k, failed(e))
 
 
 def _train(group: FusedRuns, members, states, acc, data, num_images, show, trackers, stop, done) -> None:
     runs = [run for run, _, _ in members]
-    c, k_all = runs[0].cfg, range(len(members))
+    c = runs[0].cfg
     train = data.loader(c.train_split, augment=c.augment, seed=runs[0].seed)
     evals = eval_loaders(data, c, num_images)
     autocast, eval_autocast = engine.autocast_for(c.precision, acc), engine.autocast_for(c.eval_precision, acc)
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim for _, _, claim in members])
-    live = list(k_all)
+    live = list(range(len(members)))
     step = graphs.GraphedStep(group.train_step, acc.device) if c.cuda_graphs else group.train_step
 
     def finish(k, status, error):
@@ -160,27 +159,12 @@ def _split(es: EpochState, parts: list[EpochState]) -> list[EpochState]:
             for i, p in enumerate(parts)]
 
 
-@torch.no_grad()
 def _evaluate(group: FusedRuns, entries: dict, states, evals: dict, acc) -> None:
     """RunState.evaluate for the runs of `entries` (index -> history entry) at once: every run in one pass over
     each split; the time is each run's."""
     if not entries:
         return
     for name, (loader, expected) in evals.items():
-        correct = torch.zeros(len(group.nets), dtype=torch.long, device=acc.device)
-        seen = 0
-        engine.sync(acc.device)
-        t0 = time.perf_counter()
-        for images, labels in loader:
-            correct += group.eval_step(images, labels)
-            seen += labels.shape[0]
-        engine.sync(acc.device)
-        seconds = time.perf_counter() - t0
-        if seen != expected:
-            raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
-        counts = correct.tolist()
+        correct, seen, seconds = engine.evaluate(group.base, loader, None, acc, step=group.eval_step)
         for k, entry in entries.items():
-            entry[f"{name}_error_pct"] = 100 * (1 - counts[k] / seen)
-            entry["seconds"] += seconds
-            states[k].timings["eval_s"] += seconds
-            states[k].timings["eval_img"] += seen
+            states[k].add_evaluation(entry, name, correct[k], seen, expected, seconds)
