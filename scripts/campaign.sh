@@ -3,29 +3,34 @@
 # internet, `python3`, <= 10 minutes a call, only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
 #   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200, and each as
 #      FUSED runs trained as one model (bench/fused.py, issue 12: does fusing the LR grid pay on this GPU?);
-#   1b. tests/test_graphs.py's GPU tests (GRAPHS=auto): when the CUDA-graphed step matches the eager one here,
-#      training uses --cuda-graphs (bench/graphs.py) and the throughput is measured again graphed (the fused group
-#      too);
+#   1b. the GPU tests (marked gpu) of tests/test_graphs.py (GRAPHS=auto) and tests/test_fused.py (FUSE=auto), in one
+#      pytest call: when the CUDA-graphed step matches the eager one here, training uses --cuda-graphs
+#      (bench/graphs.py) and the throughput of $GRAPHED (All-CNN-C: what the next choice needs) is measured again
+#      graphed, the fused group too;
 #   1c. FUSE=auto: training fuses each model's LRs into one model (run_all --fuse-lrs; one process, no probe) when
-#      tests/test_fused.py's GPU test passes here and the fused All-CNN-C group trained >= 1.25x the images/s of
+#      tests/test_fused.py's GPU test passed here and the fused All-CNN-C group trained >= 1.25x the images/s of
 #      the separate step, both as training will run (graphed when GRAPHS=1);
-#   2. scripts/concurrency_probe.py (PARALLEL=auto): whether K run_all processes at once train more images per
-#      second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
-#   3. scripts/init_probe.py (INIT_PROBE): All-CNN-C and ConvPool-CNN-C x LR 0.05, 0.01 x caffe-xavier, kaiming for
-#      6 epochs each, how soon each leaves chance (issue 10's init evidence), about 2 minutes;
+#   2. scripts/concurrency_probe.py (PARALLEL=auto, not with FUSE=1): whether K run_all processes at once train more
+#      images per second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
+#      the choices of 1b-2 are kept in $WORK/decided: a later call on the same warm machine takes them for every
+#      switch still auto and skips step 1 (unless THROUGHPUT is given), so it trains at once;
+#   3. scripts/init_probe.py, only when INIT_PROBE is given (issue 10's init evidence, repeated on the GPU; about 2
+#      minutes for "--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"): off
+#      by default, because every minute before step 4 is a minute less of Table 3;
 #   4. bench/run_all.py with the paper preset (350 epochs, x0.1 at 200/250/300, bf16, GCN+ZCA, tensor backend),
 #      continuing the committed ledger ($LEDGER: runs/ and checkpoints/, skipped or resumed), one model at a time in
 #      $ORDER (All-CNN-C first), its LRs in $LRS order, K processes sharing the ledger (bench/workqueue.py claims:
 #      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
 #      on SIGTERM (run_all) and their checkpoints travel back with the ledger;
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
-#      ledger.tar.gz (runs/ and checkpoints/).
+#      ledger.tar.gz (runs/ and checkpoints/), each when its step ran.
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
 # python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
 # $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
 # A failed run stops the campaign at once (fail fast: the call returns early, leaving time to fix and rerun).
 # On the device (copy ../shared/data/cifar10-jpeg.tar.gz to data-src/, which is git-ignored, and carry it):
-#   OUT=$OUT bash scripts/campaign.sh                      # run(command=..., carry=["data-src"])
+#   OUT=$OUT CODE=<local HEAD> bash scripts/campaign.sh    # run(command=..., carry=["data-src"])
+# and at once, while the machine is warm, a second call with the same command and a smaller TOTAL.
 # Tiny, on CPU: tests/test_campaign.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,13 +44,21 @@ WORK=${WORK:-campaign-work}
 ORDER=${ORDER:-allcnn-c model-c convpool-c strided-c allcnn-b model-b convpool-b strided-b \
 allcnn-a model-a convpool-a strided-a}
 LRS=${LRS:-0.05 0.01 0.1 0.25}  # all four of the paper's; the ones that trained the Caffe/neon ports first
-THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}  # empty: skip step 1
-FUSED=${FUSED-4}            # step 1's fused group size (4: the LR grid); empty: no fused rows
 FUSE=${FUSE:-auto}          # run_all --fuse-lrs; auto: step 1c decides; 0: off; 1: on
 GRAPHS=${GRAPHS:-auto}      # --cuda-graphs for training; auto: on when tests/test_graphs.py passes on this GPU
 PARALLEL=${PARALLEL:-auto}  # run_all processes training at once; auto: the concurrency probe decides
+decided="$WORK/decided"     # what an earlier call on this machine chose for the three switches above
+if [ -f "$decided" ]; then
+  while IFS='=' read -r k v; do  # plain KEY=digits lines only: nothing in the file is executed
+    [[ $k =~ ^(GRAPHS|FUSE|PARALLEL)$ && $v =~ ^[0-9]+$ && ${!k} == auto ]] && printf -v "$k" '%s' "$v"
+  done < "$decided"
+  THROUGHPUT=${THROUGHPUT-}  # measured by that call already
+fi
+THROUGHPUT=${THROUGHPUT-"--batch-size 256 --steps 15 --repeats 3 --warmup 5"}  # empty: skip step 1
+FUSED=${FUSED-4}            # step 1's fused group size (4: the LR grid); empty: no fused rows
+GRAPHED=${GRAPHED-allcnn-c} # the variants whose throughput step 1b measures again graphed ('*': all 12)
 PROBE=${PROBE:-"--model allcnn-c --procs 1 4"}
-INIT_PROBE=${INIT_PROBE-"--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"}
+INIT_PROBE=${INIT_PROBE-}   # scripts/init_probe.py options (step 3); empty: skip
 SUBSET=${SUBSET:-}  # N images per class and split (tiny CPU tests); empty: all 60,000
 EXTRA=${EXTRA:-}    # more run_all options (tiny CPU tests: --epochs, --batch-size, --eval-every)
 SRC=${SRC:-}
@@ -59,7 +72,8 @@ start=$SECONDS
 {
   echo "# scripts/campaign.sh $(date -u +%FT%TZ)"
   echo "# DEVICE=$DEVICE TOTAL=$TOTAL RESERVE=$RESERVE LEDGER=$LEDGER ORDER=$ORDER LRS=$LRS PARALLEL=$PARALLEL"
-  echo "# FUSED=$FUSED FUSE=$FUSE GRAPHS=$GRAPHS"
+  echo "# FUSED=$FUSED FUSE=$FUSE GRAPHS=$GRAPHS GRAPHED=$GRAPHED THROUGHPUT=$THROUGHPUT INIT_PROBE=$INIT_PROBE"
+  [ -f "$decided" ] && echo "# $decided (an earlier call on this machine): $(tr '\n' ' ' < "$decided")"
   echo "# SRC=$SRC SUBSET=$SUBSET EXTRA=$EXTRA"
   git log -1 --format='# commit %H %s (as the device copy says; it was stale on 2026-11-27)' 2>/dev/null || true
   echo "# CODE=${CODE:-unset} (the commit the caller says this tree is: CODE=\$(git rev-parse HEAD), filled in)"
@@ -79,8 +93,8 @@ done
 echo "# continuing: $(ls "$WORK/results/runs" | grep -c '\.json$') records, \
 $(ls "$WORK/results/checkpoints" | grep -c '\.pt$') checkpoints" >> "$log"
 
-passed() {  # whether the pytest just logged passed every selected test, none skipped
-  tail -3 "$log" | grep -q " passed" && ! tail -3 "$log" | grep -qE "failed|skipped|error"
+passed() {  # passed FROM FILE: whether the pytest -rA logged after line FROM passed FILE's tests, none skipped
+  tail -n +"$1" "$log" | grep -q "^PASSED $2::" && ! tail -n +"$1" "$log" | grep -qE "^(FAILED|ERROR|SKIPPED).*$2"
 }
 
 step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
@@ -100,35 +114,42 @@ step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit
 step "$(upto 120)" "$PY" -m loaders.prepare --source "$SRC" --data-dir "$WORK/data" \
   ${SUBSET:+--subset-per-class $SUBSET} || { echo "# stopping: prepare failed" >> "$log"; ORDER=; }
 
-if [ "$GRAPHS" = auto ]; then  # the graphed step must match eager here before any result depends on it
+gates=()  # the GPU tests that must pass here before any result depends on the graphed or the fused step
+[ "$GRAPHS" = auto ] && gates+=(tests/test_graphs.py)
+[ "$FUSE" = auto ] && [ -f "$OUT/throughput.json" ] && gates+=(tests/test_fused.py)
+from=$(($(wc -l < "$log") + 1))
+[ ${#gates[@]} -gt 0 ] && step "$(upto 150)" env ALLCONV_TEST_TARBALL="$SRC" "$PY" -m pytest -q -rA -m gpu \
+  -p no:cacheprovider "${gates[@]}"
+if [ "$GRAPHS" = auto ]; then
   GRAPHS=0
-  step "$(upto 150)" env ALLCONV_TEST_TARBALL="$SRC" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
-    tests/test_graphs.py && passed && GRAPHS=1
+  passed "$from" tests/test_graphs.py && GRAPHS=1
   echo "# GRAPHS=$GRAPHS (1: tests/test_graphs.py's GPU tests passed here, so training uses --cuda-graphs)" >> "$log"
   # shellcheck disable=SC2086
-  [ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && step "$(upto 90)" "$PY" bench/throughput.py --device "$DEVICE" \
-    --precision bf16 $THROUGHPUT --cuda-graphs ${FUSED:+--fused $FUSED} --json "$OUT/throughput-graphs.json"
+  [ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && step "$(upto 60)" "$PY" bench/throughput.py --device "$DEVICE" \
+    --precision bf16 $THROUGHPUT --models $GRAPHED --cuda-graphs ${FUSED:+--fused $FUSED} \
+    --json "$OUT/throughput-graphs.json"
 fi
 graphed=()
 [ "$GRAPHS" = 1 ] && graphed=(--cuda-graphs)
 
 if [ "$FUSE" = auto ]; then  # fused runs must match separate ones here, and pay, before any result depends on them
   FUSE=0
-  [ -f "$OUT/throughput.json" ] && step "$(upto 90)" "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider \
-    tests/test_fused.py && passed && FUSE=$("$PY" - "$OUT/throughput$([ "$GRAPHS" = 1 ] && echo -graphs).json" <<'EOF'
-import json, sys  # the fused group against the separate step, both as training will run (graphed or not)
+  measured="$OUT/throughput$([ "$GRAPHS" = 1 ] && echo -graphs).json"  # as training will run: graphed or not
+  passed "$from" tests/test_fused.py && [ -f "$measured" ] && FUSE=$("$PY" - "$measured" 2>> "$log" <<'EOF'
+import json, sys  # the fused All-CNN-C group against its separate step
 rows = [r for r in json.load(open(sys.argv[1])) if r["model"] == "allcnn-c"]
 print(1 if rows and (rows[0].get("fused_over_separate") or 0) >= 1.25 else 0)
 EOF
 )
+  FUSE=${FUSE:-0}
   echo "# FUSE=$FUSE (1: the fused group passed its GPU test and trained >= 1.25x the images/s of separate runs)" \
     >> "$log"
 fi
 fused=()
 if [ "$FUSE" = 1 ]; then
   fused=(--fuse-lrs)
-  [ "$PARALLEL" = auto ] && PARALLEL=1 && echo "# PARALLEL=1 (FUSE=1: one process trains each model's LRs as one \
-group; several would split it)" >> "$log"
+  PARALLEL=1
+  echo "# PARALLEL=1 (FUSE=1: one process trains each model's LRs as one group; several would split it)" >> "$log"
 fi
 
 if [ "$PARALLEL" = auto ]; then
@@ -143,8 +164,10 @@ one, best = rows[0], max(rows, key=lambda r: r["images_per_s"])
 print(best["processes"] if one["processes"] == 1 and best["images_per_s"] >= 1.25 * one["images_per_s"] else 1)
 EOF
 )
+  PARALLEL=${PARALLEL:-1}
   echo "# PARALLEL=$PARALLEL (more than 1 only when the probe measured >= 1.25x the images/s in all)" >> "$log"
 fi
+printf 'GRAPHS=%s\nFUSE=%s\nPARALLEL=%s\n' "$GRAPHS" "$FUSE" "$PARALLEL" > "$decided"
 
 if [ -n "$INIT_PROBE" ]; then  # issue 10: how soon each init leaves chance (a few epochs; empty: skip)
   limit=$(upto 150)

@@ -1,7 +1,8 @@
 """scripts/campaign.sh, tiny on CPU: two processes share one grid without training a run twice, what comes back
 fits the GPU machines' limits (<= 8 plain files of <= 16 MiB), and a second campaign continues the first's ledger
-(recorded runs skipped) after the concurrency probe has picked the process count and the init probe has run; a
-third with FUSE=1 trains the new LRs as one fused group (run_all --fuse-lrs) in one process."""
+(recorded runs skipped) after the GPU tests (skipped here, so no CUDA graphs) and the concurrency probe have
+decided and the init probe has run; a third on the second's warm work folder takes those decisions without
+measuring again and, with FUSE=1, trains the new LRs as one fused group (run_all --fuse-lrs) in one process."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def campaign(tmp_path: Path, name: str, jpeg_tarball, **env) -> tuple[str, dict]:
+def campaign(tmp_path: Path, name: str, jpeg_tarball, work: str = "", **env) -> tuple[str, dict]:
     """Run the script once; returns (log, {run_key: record}) from the ledger archive it left in OUT."""
     out = tmp_path / name
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK"))}
     settings = {"PY": sys.executable, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "OUT": str(out),
-                "WORK": str(tmp_path / f"work-{name}"), "SRC": str(jpeg_tarball), "SUBSET": "10", "THROUGHPUT": "",
+                "WORK": str(tmp_path / f"work-{work or name}"), "SRC": str(jpeg_tarball), "SUBSET": "10", "THROUGHPUT": "",
                 "INIT_PROBE": "", "GRAPHS": "0", "ORDER": "strided-a", "TOTAL": "400",
                 "EXTRA": "--epochs 1 --lr-drops --batch-size 32 --num-workers 1 --backend tensor --precision no", **env}
     p = subprocess.run(["bash", "scripts/campaign.sh"], cwd=ROOT, env={**base, **settings}, capture_output=True,
@@ -39,7 +40,7 @@ def campaign(tmp_path: Path, name: str, jpeg_tarball, **env) -> tuple[str, dict]
 
 
 def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp_path):
-    for name in ("first", "second", "third"):  # the prepared subset: prepare then says there is nothing to do
+    for name in ("first", "second"):  # the prepared subset: prepare then says there is nothing to do
         shutil.copytree(smoke_data_dir, tmp_path / f"work-{name}" / "data")
 
     log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
@@ -48,11 +49,12 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     assert sorted(r["lr"] for r in first.values()) == [0.01, 0.05], log[-3000:]  # each run once, by either process
     assert all(r["status"] == "completed" and r["epochs_completed"] == 1 for r in first.values())
 
-    log, second = campaign(tmp_path, "second", jpeg_tarball, PARALLEL="auto", LRS="0.05 0.01 0.1",
+    log, second = campaign(tmp_path, "second", jpeg_tarball, PARALLEL="auto", GRAPHS="auto", LRS="0.05 0.01 0.1",
                            LEDGER=str(tmp_path / "ledger-first"),
                            PROBE="--model strided-a --procs 2 --steps 1 --warmup 0 --batch-size 4 --precision no",
                            INIT_PROBE="--models strided-a --lrs 0.05 --inits kaiming --epochs 1 --batch-size 32")
     assert "# continuing: 2 records" in log and "2 already in" in log, log[-3000:]
+    assert "# GRAPHS=0 (" in log and "SKIPPED [1] tests/test_graphs.py" in log, log[-3000:]  # no CUDA here
     assert "# PARALLEL=" in log and (tmp_path / "second" / "concurrency.json").is_file(), log[-3000:]
     assert {k: v["finished_at"] for k, v in second.items() if k in first} == \
         {k: v["finished_at"] for k, v in first.items()}  # the first campaign's records, untouched
@@ -61,8 +63,10 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     (new,) = [r for k, r in second.items() if k not in first]
     assert new["lr"] == 0.1 and new["status"] == "completed" and new["fused_runs"] == 1
 
-    log, third = campaign(tmp_path, "third", jpeg_tarball, PARALLEL="auto", FUSE="1", LRS="0.05 0.01 0.1 0.25 0.5",
-                          LEDGER=str(tmp_path / "ledger-second"))
+    log, third = campaign(tmp_path, "third", jpeg_tarball, work="second", PARALLEL="auto", GRAPHS="auto", FUSE="1",
+                          LRS="0.05 0.01 0.1 0.25 0.5", LEDGER=str(tmp_path / "ledger-second"))
+    assert "(an earlier call on this machine): GRAPHS=0 FUSE=0 PARALLEL=" in log, log[-3000:]
+    assert "-m pytest" not in log and "concurrency_probe" not in log, log[-3000:]  # decided already: not measured again
     assert "# PARALLEL=1 (FUSE=1" in log and "--fuse-lrs" in log, log[-3000:]
     new = sorted((r for k, r in third.items() if k not in second), key=lambda r: r["lr"])
     assert [(r["lr"], r["status"], r["fused_runs"]) for r in new] == [(0.25, "completed", 2), (0.5, "completed", 2)]
