@@ -132,20 +132,50 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     _save(fig, path, sha256)
 
 
+SETTINGS = {  # throughput-table column -> how a bar's label names its value
+    "source": str, "precision": precision_label, "batch_size": lambda b: f"batch {b}",
+    "channels_last": lambda c: "channels_last" if c else "contiguous", "compile": lambda c: "compiled" if c else "",
+    "cuda_graphs": lambda g: "CUDA graphs" if g else "eager", "runs_per_step": lambda k: f"{k:g} runs/step" if k != 1 else ""}
+
+
+def bar_labels(rows: list[dict]) -> tuple[list[str], str]:
+    """Each bar's label names its variant and only the settings that differ between bars; the settings all bars
+    share go once into the subtitle (the device name alone is longer than the plot's margin)."""
+    named = [{"variant": r["paper_name"], "device": f"{r['device_name']} x{r['devices']}",
+              **{c: SETTINGS[c](r[c]) for c in SETTINGS if c in r}} for r in rows]
+    varies = [c for c in (named[0] if named else {}) if c == "variant" or len({n[c] for n in named}) > 1]
+    common = [v for c, v in (named[0].items() if named else ()) if c not in varies and v]
+    return [" · ".join(n[c] for c in varies if n[c]) for n in named], " · ".join(common)
+
+
 def plot_throughput(tp: pd.DataFrame, path, sha256: str = "") -> None:
-    """Horizontal bars of training img/s, one per row of the throughput table (model, device, precision...)."""
-    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.35 * len(tp) + 1.5)))
+    """Horizontal bars of training img/s, one per row of the throughput table (model, device, precision...), and
+    beside each, when the benchmark timed it, the same variant's LR grid trained as one fused model (all its runs'
+    images)."""
     rows = tp[tp["train_images_per_s"].map(_known).astype(bool)].to_dict("records")
-    labels = [f"{r['paper_name']} · {precision_label(r['precision'])} · {r['device_name']} "
-              f"x{r['devices']}" for r in rows]
-    ax.barh(range(len(rows)), [r["train_images_per_s"] for r in rows],
-            color=[FAMILY_COLORS[SPECS[r["model"]].family] for r in rows])
-    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    fused = [r.get("fused_train_images_per_s") for r in rows]
+    has_fused = any(_known(f) for f in fused)
+    fig, ax = plt.subplots(figsize=(9, max(3.0, (0.5 if has_fused else 0.35) * len(rows) + 1.7)), layout="constrained")
+    labels, common = bar_labels(rows)
+    at = [float(i) for i in range(len(rows))]
+    colors = [FAMILY_COLORS[SPECS[r["model"]].family] for r in rows]
+    height = 0.4 if has_fused else 0.8
+    ax.barh([y - (height / 2 if has_fused else 0) for y in at], [r["train_images_per_s"] for r in rows],
+            height=height, color=colors)
+    if has_fused:
+        runs = {int(r["fused_runs"]) for r, f in zip(rows, fused) if _known(f)}
+        ax.barh([y + height / 2 for y in at], [f if _known(f) else 0 for f in fused], height=height, color=colors,
+                alpha=0.45, hatch="//", edgecolor="white")
+        ax.legend(handles=[matplotlib.patches.Patch(color="0.4", label="one run"),
+                           matplotlib.patches.Patch(facecolor="0.4", alpha=0.45, hatch="//", edgecolor="white",
+                                                    label=f"{'/'.join(map(str, sorted(runs)))} runs fused "
+                                                          "(all runs' images)")],
+                  fontsize=7, loc="lower right")
+    ax.set_yticks(at, labels, fontsize=7)
     ax.invert_yaxis()
     if not rows:
         ax.text(0.5, 0.5, "no throughput measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("training images / s (all ranks)")
-    ax.set_title("Training throughput per variant")
+    ax.set_title("Training throughput per variant" + (f"\n{common}" if common else ""), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.subplots_adjust(left=0.35, right=0.97, top=1 - 0.5 / fig.get_figheight(), bottom=0.7 / fig.get_figheight())
     _save(fig, path, sha256)

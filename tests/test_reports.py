@@ -387,6 +387,13 @@ def test_fused_columns_are_shown_only_when_measured():
     plain = formats.display_throughput(throughput_table(pd.DataFrame(), pd.DataFrame([row])))
     assert plain.loc[0, "Train img/s"] == "40,000" and not any(c.startswith("Fused") for c in plain.columns)
 
+    from reports import plots
+    table = throughput_table(pd.DataFrame(), pd.DataFrame([fused, dict(fused, model="strided-c",
+                                                                        device_name="NVIDIA H100 80GB HBM3")]))
+    labels, common = plots.bar_labels(table.to_dict("records"))  # only what differs labels a bar
+    assert sorted(labels) == ["All-CNN-C · NVIDIA H200 x1", "Strided-CNN-C · NVIDIA H100 80GB HBM3 x1"], labels
+    assert "bf16" in common and "batch 256" in common and "H200" not in common, common
+
 
 def test_fused_runs_in_the_ledger_count_the_whole_group(tmp_path):
     """A run trained in a fused group (--fuse-lrs) recorded its share of the group's img/s: the ledger's throughput
