@@ -28,7 +28,8 @@ PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from t
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
-              "num_workers", "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after", "verbose")
+              "num_workers", "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after", "verbose",
+              "diagnose")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
 layout, the loader backend: the three yield identical batches, tests/test_loaders.py; fusing the LRs, whose runs
 equal separate ones up to float rounding, tests/test_fused_train.py): left out of the run key
@@ -96,6 +97,9 @@ class RunConfig:
                                "grid mode, SGD with momentum, no BN, fp32 or bf16, with or without --cuda-graphs; "
                                "other runs train alone): each run's record and checkpoint as if trained alone, up to "
                                "float rounding")
+    diagnose: bool = _f(True, "when a run ends (completed or stalled), record its eval-mode training error, test "
+                              "error per class and dead ReLU channels per layer (bench/diagnose.py; about 1.2 "
+                              "evaluations)")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
     verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")
@@ -219,7 +223,7 @@ PRESETS: dict[str, RunConfig] = {
     # with bench/throughput.py). A fixed choice, not one per machine, so a run's key does not depend on the CPU;
     # `--precision bf16` still asks for bf16 (tests/test_fidelity.py trains with it).
     "smoke": RunConfig(preset="smoke", epochs=2, lr_drops=(), batch_size=64, subset_per_class=10,
-                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1, precision="no"),
+                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1, precision="no", diagnose=False),
 }
 
 

@@ -76,7 +76,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare_input(images: torch.Tensor, preprocess, channels_last: bool) -> torch.Tensor:
+def prepare_input(images: torch.Tensor, preprocess, channels_last: bool) -> torch.Tensor:
     x = preprocess(images)  # float32, outside autocast: ZCA amplifies any rounding of low-variance directions
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -84,7 +84,7 @@ def _prepare_input(images: torch.Tensor, preprocess, channels_last: bool) -> tor
 def train_step(model, optimizer, images, labels, preprocess, accelerator, autocast: AutocastKwargs | None = None,
                channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on one batch. Returns (summed loss, number correct), detached, still on the device."""
-    x = _prepare_input(images, preprocess, channels_last)
+    x = prepare_input(images, preprocess, channels_last)
     with accelerator.autocast(autocast):
         logits = model(x)
         loss = F.cross_entropy(logits, labels)
@@ -237,7 +237,7 @@ def stop_agreed(stop_flag, accelerator, distributed: bool) -> bool:
 def eval_step(model, images, labels, preprocess, accelerator, autocast: AutocastKwargs | None = None,
               channels_last: bool = False) -> torch.Tensor:
     """One evaluation batch: the number correct, still on the device."""
-    x = _prepare_input(images, preprocess, channels_last)
+    x = prepare_input(images, preprocess, channels_last)
     with accelerator.autocast(autocast):
         logits = model(x)
     return (logits.argmax(1) == labels).sum()

@@ -58,7 +58,7 @@ class FusedRuns:
 
     Takes each net's weights and buffers and each optimizer's LR, momentum, weight decay and momentum buffers (so a
     group can be built from K resumed checkpoints). `preprocess` (uint8 batch -> float32, e.g. the GCN+ZCA
-    module) runs in fp32 before the cast, as engine._prepare_input does. The nets keep their (stale) weights
+    module) runs in fp32 before the cast, as engine.prepare_input does. The nets keep their (stale) weights
     until `write_back`."""
 
     def __init__(self, nets, optimizers, *, preprocess=None, precision: str = "no", eval_precision: str = "no",

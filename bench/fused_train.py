@@ -27,7 +27,7 @@ from bench import engine, graphs, workqueue
 from bench.engine import EpochState, RunState
 from bench.fused import FusedRuns
 from bench.results import WriteError
-from bench.runs import Interrupted, build_net, eval_loaders, failed, stop_reason, summary
+from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary
 
 
 def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone, finished) -> None:
@@ -88,7 +88,8 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
 
     def finish(k, status, error):
         done(k, summary(states[k], status, error, group.nets[k], acc, autocast, eval_autocast,
-                        fused_runs=len(members)))
+                        fused_runs=len(members),
+                        diagnosis=diagnosed(status, group.nets[k], data, c, acc, eval_autocast)))
 
     def save(epoch, split=None):
         group.write_back()

@@ -40,6 +40,8 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
   eval_precision         "no" (fp32) | "bf16" | "fp16": the autocast used for evaluation
   fused_runs             how many runs trained in lockstep as one model, this one included (--fuse-lrs;
                          bench/fused_train.py): 1 alone; train_images_per_s is then this run's share
+  diagnosis              {"train_error_pct", "test_error_by_class_pct": [10], "dead_relu_channels": {layer: [dead,
+                         channels]}} of the network when the run ended (bench/diagnose.py), None when not measured
 """
 from __future__ import annotations
 
@@ -68,9 +70,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "versions": (dict,), "git_commit": _OPT_STR, "git_dirty": (bool,), "data": (dict,), "config": (dict,),
     "started_at": (str,), "finished_at": (str,), "history": (list,),
     "grid": (dict, type(None)), "eval_precision": _OPT_STR, "fused_runs": (int,),
+    "diagnosis": (dict, type(None)),
 }
 """The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
-OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs")
+OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
 

@@ -29,7 +29,7 @@ import loaders  # noqa: E402
 from bench import engine, fused_train, graphs, process, results, workqueue  # noqa: E402
 from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
-from bench.runs import Interrupted, build_net, eval_loaders, failed, stop_reason, summary  # noqa: E402
+from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary  # noqa: E402
 
 STOP = {"requested": False}  # set by SIGTERM; the loop checkpoints at the next step boundary and exits
 
@@ -120,7 +120,8 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
 
     if ddp and status == "completed":
         engine.check_replicas(net, acc)
-    return summary(state, status, error, net, acc, autocast, eval_autocast)
+    return summary(state, status, error, net, acc, autocast, eval_autocast,
+                   diagnosis=diagnosed(status, net, data, c, acc, eval_autocast, distributed=ddp))
 
 
 def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,

@@ -41,9 +41,11 @@ def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> tuple[str, str] 
     return None
 
 
-def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast, fused_runs: int = 1) -> dict:
+def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast, fused_runs: int = 1,
+            diagnosis: dict | None = None) -> dict:
     """The result fields of a finished (completed, diverged or stalled) run, from its state; `fused_runs`: how many
-    runs trained in lockstep with it as one model, itself included (bench/fused_train.py; 1: alone)."""
+    runs trained in lockstep with it as one model, itself included (bench/fused_train.py; 1: alone); `diagnosis`:
+    `diagnosed`'s."""
     history, t = state.history, state.timings
     evaluated = [h for h in history if h["test_error_pct"] is not None]
     best = min(evaluated, key=lambda h: h["test_error_pct"]) if evaluated else None
@@ -57,7 +59,19 @@ def summary(state, status: str, error: str | None, net, acc, autocast, eval_auto
             "eval_images_per_s": t["eval_img"] / t["eval_s"] if t["eval_s"] else None,
             "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
             "precision": "no" if not autocast.enabled else acc.mixed_precision,
-            "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision, "fused_runs": fused_runs}
+            "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision, "fused_runs": fused_runs,
+            "diagnosis": diagnosis}
+
+
+def diagnosed(status: str, net, data, c: RunConfig, acc, eval_autocast, distributed: bool = False) -> dict | None:
+    """bench/diagnose.py's look at a run's network when it ends, or None (--no-diagnose; a diverged or failed run,
+    whose weights are not finite or not there)."""
+    if not c.diagnose or status not in ("completed", "stalled"):
+        return None
+    from bench.diagnose import diagnose
+
+    return diagnose(net, data.loader(c.train_split), data.loader("test"), data.preprocess(c.preprocess, c.train_split),
+                    acc, autocast=eval_autocast, channels_last=c.channels_last, distributed=distributed)
 
 
 def eval_loaders(data, c: RunConfig, num_images: dict) -> dict:

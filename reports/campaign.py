@@ -6,7 +6,8 @@
 One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrote them) and one per unfinished run
 whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model,
 LR, how it ended, its final test error beside the paper's (Table 3: the best LR's), epochs, seconds, training
-images/s, GPU and data. A checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under
+images/s, GPU, data, and what bench/diagnose.py saw when the run ended (eval-mode training error: under- or
+over-fitting; dead ReLU channels: capacity lost), where the record has it. A checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under
 a recorded run's config; its epoch and last test error are read from the checkpoint (torch, weights_only: nothing
 in it runs; without torch the row still appears, without them). The full report (Table 3, claims, plots) is
 `python -m reports --results reports/measured/campaign`.
@@ -25,7 +26,7 @@ from reports.report import lossy
 RESULTS = Path("reports/measured/campaign")
 BEGIN, END = "<!-- measured-table:begin (python -m reports.campaign) -->", "<!-- measured-table:end -->"
 COLUMNS = ("Model", "LR", "Status", "Test error %", "Paper % (best LR)", "Epochs", "Seconds", "Train img/s", "GPU",
-           "Data")
+           "Data", "At the end")
 
 
 def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]:
@@ -59,7 +60,7 @@ def rows(results_dir: Path) -> list[list[str]]:
         out.append((list(SPECS).index(r["model"]), -r["lr"], [
             spec.paper_name, f"{r['lr']:g}", r["status"], _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}",
             f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
-            r["device_name"], _data(r["data"]["source"])]))
+            r["device_name"], _data(r["data"]["source"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
     cells = run_of_key(records)
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
@@ -73,7 +74,7 @@ def rows(results_dir: Path) -> list[list[str]]:
             f"{spec.paper_error_pct:.2f}" if spec else "",
             f"{epoch}/{first['config']['epochs']}" if epoch is not None and first else "",
             f"{_int(seconds)} so far" if seconds else "", "",
-            first["device_name"] if first else "", _data(first["data"]["source"]) if first else ""]))
+            first["device_name"] if first else "", _data(first["data"]["source"]) if first else "", ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:2])]
 
 
@@ -83,6 +84,14 @@ def _pct(v) -> str:
 
 def _int(v) -> str:
     return "" if v is None else f"{v:,.0f}"
+
+
+def _diagnosis(d: dict | None) -> str:
+    """"train error 0.15% (eval mode), 0 of 1,162 ReLU channels dead" from a record's diagnosis."""
+    if not d:
+        return ""
+    dead, channels = (sum(v[i] for v in d["dead_relu_channels"].values()) for i in (0, 1))
+    return f"train error {d['train_error_pct']:.2f}% (eval mode), {dead:,} of {channels:,} ReLU channels dead"
 
 
 def _data(source: str) -> str:

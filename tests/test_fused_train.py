@@ -27,7 +27,7 @@ def args(data, out, *extra) -> list[str]:
     data_dir, source = data
     return ["--preset", "smoke", "--source", source, "--data-dir", str(data_dir), "--subset-per-class", "10",
             "--out", str(out), "--no-progress", "--batch-size", "32", "--models", "strided-a", "--epochs", "2",
-            "--backend", "tensor", "--no-channels-last", *extra]
+            "--backend", "tensor", "--no-channels-last", "--diagnose", *extra]
 
 
 def main(argv) -> dict:
@@ -62,7 +62,9 @@ def same_runs(got: dict, want: dict, exact: bool) -> None:
             (w["run_key"], w["status"], w["error"], w["epochs_completed"]), lr
         if r["status"] == "diverged":  # a masked-out run keeps its last finite weights, a separate one goes NaN
             assert r["history"][-1]["loss"] is None is w["history"][-1]["loss"]
+            assert r["diagnosis"] is None is w["diagnosis"]  # nothing to look at in a diverged network
             continue
+        assert r["diagnosis"] == w["diagnosis"], lr  # the fused group's nets, written back, are the runs' own
         for mine, theirs in zip(r["history"], w["history"], strict=True):
             for field in ("loss", "train_acc_pct", "test_error_pct", "lr"):
                 if exact:

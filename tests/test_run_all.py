@@ -29,7 +29,7 @@ SCHEMA = {
     "channels_last", "compile", "cuda_graphs", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
-    "finished_at", "history", "grid", "eval_precision", "fused_runs",
+    "finished_at", "history", "grid", "eval_precision", "fused_runs", "diagnosis",
 }  # bench/results.py's docstring, field by field
 HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
 
@@ -79,7 +79,7 @@ def check_sane(record: dict) -> None:
                                                  ("out", "source", "data_dir", "progress", "log_with",
                                                   "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
                                                   "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after",
-                                                  "verbose")})
+                                                  "verbose", "diagnose")})
     assert record["versions"]["torch"] and record["precision"] == "no" and record["preset"] == "smoke"
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
@@ -107,14 +107,18 @@ def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):
 
 def test_two_process_ddp_run_is_synchronised(data, tmp_path, free_port):
     """DDP mode: one run on both ranks (global batch 32 = 2 x 16); run_all checks the replicas agree and that
-    evaluation counted exactly the 100 test images over the two shards."""
+    evaluation counted exactly the 100 test images over the two shards. --diagnose sums both shards too: its
+    per-class test errors (10 images a class) average to the recorded test error."""
     out = tmp_path / "out"
-    p = launch(args(data, out, "--models", "strided-a", "--lrs", "0.05", "--mode", "ddp", "--backend", "tensor"), 2,
-               free_port)
+    p = launch(args(data, out, "--models", "strided-a", "--lrs", "0.05", "--mode", "ddp", "--backend", "tensor",
+                    "--diagnose"), 2, free_port)
     assert p.returncode == 0, p.stderr[-3000:]
     (record,) = results.read_records(out)
     check_sane(record)
     assert record["mode"] == "ddp" and record["world_size"] == 2 and record["device_count"] == 2
+    diagnosis = record["diagnosis"]
+    assert sum(diagnosis["test_error_by_class_pct"]) / 10 == pytest.approx(record["test_error_pct"], abs=1e-9)
+    assert 0 <= diagnosis["train_error_pct"] <= 100 and diagnosis["dead_relu_channels"]["top.conv3_relu"][1] == 10
 
 
 RESUME = ("--models", "strided-a", "model-a", "--lrs", "0.05", "--epochs", "3", "--checkpoint-minutes", "0",
