@@ -98,8 +98,8 @@ class RunConfig:
                                "other runs train alone): each run's record and checkpoint as if trained alone, up to "
                                "float rounding")
     diagnose: bool = _f(True, "when a run ends (completed or stalled), record its eval-mode training error, test "
-                              "error per class and dead ReLU channels per layer (bench/diagnose.py; about 1.2 "
-                              "evaluations)")
+                              "error per class and dead ReLU channels per layer (bench/diagnose.py; one pass over the "
+                              "training and the test split)")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
     verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")

@@ -9,8 +9,9 @@
                              ReLU (FACTS.md: Table 1's last layer) also caps the accuracy: that class can only win a
                              tie at 0.
 
-One pass over the training split and one over the test split, in eval mode at the run's evaluation precision, with
-a forward hook on every ReLU (about 1.2 evaluations' time). With DDP each rank counts its shard and the counts are
+One pass over the training split and one over the test split (60,000 images: six test evaluations' worth, about a
+second on a GPU, under 0.5% of a 350-epoch run), in eval mode at the run's evaluation precision, with a forward hook
+on every ReLU. With DDP each rank counts its shard and the counts are
 summed. `scripts/inspect_checkpoint.py` reports the same for a checkpoint, on CPU.
 """
 from __future__ import annotations

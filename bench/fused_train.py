@@ -86,10 +86,13 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
     live = list(range(len(members)))
     step = graphs.GraphedStep(group.train_step, acc.device) if c.cuda_graphs else group.train_step
 
-    def finish(k, status, error):
-        done(k, summary(states[k], status, error, group.nets[k], acc, autocast, eval_autocast,
-                        fused_runs=len(members),
-                        diagnosis=diagnosed(status, group.nets[k], data, c, acc, eval_autocast)))
+    def finish(ks, status, error):
+        """Record the runs `ks` as ended: every summary first (no run's time includes another's diagnosis)."""
+        outcomes = {k: summary(states[k], status, error, group.nets[k], acc, autocast, eval_autocast,
+                               fused_runs=len(members)) for k in ks}
+        for k in ks:
+            outcomes[k]["diagnosis"] = diagnosed(status, group.nets[k], data, c, acc, eval_autocast)
+            done(k, outcomes[k])
 
     def save(epoch, split=None):
         group.write_back()
@@ -128,7 +131,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
                 if stopped[0] == "stalled":  # a retry resumes here, as run_all's
                     group.write_back()
                     states[k].save(acc, group.nets[k], group.optimizers[k], epoch + 1, distributed=False)
-                finish(k, *stopped)
+                finish([k], *stopped)
         if not live:
             return
         if engine.stop_agreed(stop, acc, False):
@@ -137,8 +140,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         if checkpoints.due(epoch + 1, c.epochs):
             save(epoch + 1)
     group.write_back()
-    for k in list(live):
-        finish(k, "completed", None)
+    finish(list(live), "completed", None)
 
 
 def _joined(parts: list[EpochState], device) -> EpochState:

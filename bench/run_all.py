@@ -120,8 +120,9 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
 
     if ddp and status == "completed":
         engine.check_replicas(net, acc)
-    return summary(state, status, error, net, acc, autocast, eval_autocast,
-                   diagnosis=diagnosed(status, net, data, c, acc, eval_autocast, distributed=ddp))
+    outcome = summary(state, status, error, net, acc, autocast, eval_autocast)
+    outcome["diagnosis"] = diagnosed(status, net, data, c, acc, eval_autocast, distributed=ddp)
+    return outcome
 
 
 def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,

@@ -4,6 +4,7 @@ bench/fused_train.py's runs in lockstep. Its network and optimizer, when it stop
 from __future__ import annotations
 
 import math
+import sys
 
 import allconv
 from bench import engine
@@ -41,11 +42,10 @@ def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> tuple[str, str] 
     return None
 
 
-def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast, fused_runs: int = 1,
-            diagnosis: dict | None = None) -> dict:
+def summary(state, status: str, error: str | None, net, acc, autocast, eval_autocast, fused_runs: int = 1) -> dict:
     """The result fields of a finished (completed, diverged or stalled) run, from its state; `fused_runs`: how many
-    runs trained in lockstep with it as one model, itself included (bench/fused_train.py; 1: alone); `diagnosis`:
-    `diagnosed`'s."""
+    runs trained in lockstep with it as one model, itself included (bench/fused_train.py; 1: alone). Its
+    `diagnosis` is None: callers fill it in with `diagnosed` afterwards, so that its time is not the run's."""
     history, t = state.history, state.timings
     evaluated = [h for h in history if h["test_error_pct"] is not None]
     best = min(evaluated, key=lambda h: h["test_error_pct"]) if evaluated else None
@@ -60,18 +60,23 @@ def summary(state, status: str, error: str | None, net, acc, autocast, eval_auto
             "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
             "precision": "no" if not autocast.enabled else acc.mixed_precision,
             "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision, "fused_runs": fused_runs,
-            "diagnosis": diagnosis}
+            "diagnosis": None}
 
 
 def diagnosed(status: str, net, data, c: RunConfig, acc, eval_autocast, distributed: bool = False) -> dict | None:
     """bench/diagnose.py's look at a run's network when it ends, or None (--no-diagnose; a diverged or failed run,
-    whose weights are not finite or not there)."""
+    whose weights are not finite or not there; or the look itself failed: a warning, and the run keeps its result)."""
     if not c.diagnose or status not in ("completed", "stalled"):
         return None
     from bench.diagnose import diagnose
 
-    return diagnose(net, data.loader(c.train_split), data.loader("test"), data.preprocess(c.preprocess, c.train_split),
-                    acc, autocast=eval_autocast, channels_last=c.channels_last, distributed=distributed)
+    try:
+        return diagnose(net, data.loader(c.train_split), data.loader("test"),
+                        data.preprocess(c.preprocess, c.train_split), acc, autocast=eval_autocast,
+                        channels_last=c.channels_last, distributed=distributed)
+    except Exception as e:  # e.g. out of memory: the trained run is worth more than its diagnosis
+        print(f"warning: no diagnosis for this run: {type(e).__name__}: {e}", file=sys.stderr)
+        return None
 
 
 def eval_loaders(data, c: RunConfig, num_images: dict) -> dict:

@@ -133,7 +133,7 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
 
 
 SETTINGS = {  # throughput-table column -> how a bar's label names its value
-    "source": str, "precision": precision_label, "batch_size": lambda b: f"batch {b}",
+    "source": str, "precision": precision_label, "backend": str, "batch_size": lambda b: f"batch {b}",
     "channels_last": lambda c: "channels_last" if c else "contiguous", "compile": lambda c: "compiled" if c else "",
     "cuda_graphs": lambda g: "CUDA graphs" if g else "eager", "runs_per_step": lambda k: f"{k:g} runs/step" if k != 1 else ""}
 

@@ -3,17 +3,17 @@
 # internet, `python3`, <= 10 minutes a call, only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
 #   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200, and each as
 #      FUSED runs trained as one model (bench/fused.py, issue 12: does fusing the LR grid pay on this GPU?);
-#   1b. the GPU tests (marked gpu) of tests/test_graphs.py (GRAPHS=auto) and tests/test_fused.py (FUSE=auto), in one
-#      pytest call: when the CUDA-graphed step matches the eager one here, training uses --cuda-graphs
-#      (bench/graphs.py) and the throughput of $GRAPHED (All-CNN-C: what the next choice needs) is measured again
-#      graphed, the fused group too;
+#   1b. tests/test_graphs.py's GPU tests (marked gpu; GRAPHS=auto): when the CUDA-graphed step matches the eager one
+#      here, training uses --cuda-graphs (bench/graphs.py) and the throughput of $GRAPHED (All-CNN-C: what the next
+#      choice needs) is measured again graphed, the fused group too;
 #   1c. FUSE=auto: training fuses each model's LRs into one model (run_all --fuse-lrs; one process, no probe) when
 #      tests/test_fused.py's GPU test passed here and the fused All-CNN-C group trained >= 1.25x the images/s of
 #      the separate step, both as training will run (graphed when GRAPHS=1);
 #   2. scripts/concurrency_probe.py (PARALLEL=auto, not with FUSE=1): whether K run_all processes at once train more
 #      images per second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
-#      the choices of 1b-2 are kept in $WORK/decided: a later call on the same warm machine takes them for every
-#      switch still auto and skips step 1 (unless THROUGHPUT is given), so it trains at once;
+#      what 1b-2 measured is kept in $WORK/decided (a switch whose test or probe ran out of time is not): a later
+#      call on the same warm machine takes it for every switch still auto and skips step 1 (unless THROUGHPUT is
+#      given), so it trains at once;
 #   3. scripts/init_probe.py, only when INIT_PROBE is given (issue 10's init evidence, repeated on the GPU; about 2
 #      minutes for "--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"): off
 #      by default, because every minute before step 4 is a minute less of Table 3;
@@ -93,9 +93,6 @@ done
 echo "# continuing: $(ls "$WORK/results/runs" | grep -c '\.json$') records, \
 $(ls "$WORK/results/checkpoints" | grep -c '\.pt$') checkpoints" >> "$log"
 
-passed() {  # passed FROM FILE: whether the pytest -rA logged after line FROM passed FILE's tests, none skipped
-  tail -n +"$1" "$log" | grep -q "^PASSED $2::" && ! tail -n +"$1" "$log" | grep -qE "^(FAILED|ERROR|SKIPPED).*$2"
-}
 
 step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
   echo "\$ timeout $1 ${*:2}" >> "$log"
@@ -106,6 +103,20 @@ step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit
   return $rc
 }
 
+gate() {  # gate FILE: FILE's GPU tests, alone; 0: all passed here (none failed, errored or skipped), 1: not,
+  local from rc  # 2: unfinished (timed out: nothing was learnt)
+  from=$(($(wc -l < "$log") + 1))
+  step "$(upto 120)" env ALLCONV_TEST_TARBALL="$SRC" "$PY" -m pytest -q -rA -m gpu -p no:cacheprovider "$1"
+  rc=$?
+  { [ "$rc" = 124 ] || [ "$rc" = 137 ]; } && return 2
+  tail -n +"$from" "$log" > "$WORK/gate.txt"  # -rA's summary: PASSED/FAILED/ERROR/SKIPPED lines naming FILE
+  grep -q "^PASSED $1::" "$WORK/gate.txt" && ! grep -qE "^(FAILED|ERROR|SKIPPED).*$1" "$WORK/gate.txt"
+}
+
+decide() {  # decide KEY: keep KEY's measured value in $decided for a later call on this machine
+  { grep -v "^$1=" "$decided" 2>/dev/null; echo "$1=${!1}"; } > "$decided.new" && mv "$decided.new" "$decided"
+}
+
 # shellcheck disable=SC2086  # word splitting of the option strings is wanted throughout
 [ -n "$THROUGHPUT" ] && step "$(upto 90)" "$PY" bench/throughput.py --device "$DEVICE" --precision bf16 \
   $THROUGHPUT ${FUSED:+--fused $FUSED} --json "$OUT/throughput.json"
@@ -114,34 +125,36 @@ step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit
 step "$(upto 120)" "$PY" -m loaders.prepare --source "$SRC" --data-dir "$WORK/data" \
   ${SUBSET:+--subset-per-class $SUBSET} || { echo "# stopping: prepare failed" >> "$log"; ORDER=; }
 
-gates=()  # the GPU tests that must pass here before any result depends on the graphed or the fused step
-[ "$GRAPHS" = auto ] && gates+=(tests/test_graphs.py)
-[ "$FUSE" = auto ] && [ -f "$OUT/throughput.json" ] && gates+=(tests/test_fused.py)
-from=$(($(wc -l < "$log") + 1))
-[ ${#gates[@]} -gt 0 ] && step "$(upto 150)" env ALLCONV_TEST_TARBALL="$SRC" "$PY" -m pytest -q -rA -m gpu \
-  -p no:cacheprovider "${gates[@]}"
-if [ "$GRAPHS" = auto ]; then
-  GRAPHS=0
-  passed "$from" tests/test_graphs.py && GRAPHS=1
+if [ "$GRAPHS" = auto ]; then  # the graphed step must match eager here before any result depends on it
+  gate tests/test_graphs.py
+  rc=$?
+  GRAPHS=$([ "$rc" = 0 ] && echo 1 || echo 0)
+  [ "$rc" != 2 ] && decide GRAPHS
   echo "# GRAPHS=$GRAPHS (1: tests/test_graphs.py's GPU tests passed here, so training uses --cuda-graphs)" >> "$log"
-  # shellcheck disable=SC2086
-  [ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && step "$(upto 60)" "$PY" bench/throughput.py --device "$DEVICE" \
-    --precision bf16 $THROUGHPUT --models $GRAPHED --cuda-graphs ${FUSED:+--fused $FUSED} \
-    --json "$OUT/throughput-graphs.json"
 fi
+read -ra graphed_models <<< "$GRAPHED"  # as words, never as file names ('*')
+# shellcheck disable=SC2086
+[ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && [ -n "$GRAPHED" ] && step "$(upto 60)" "$PY" bench/throughput.py --device "$DEVICE" \
+  --precision bf16 $THROUGHPUT --models "${graphed_models[@]}" --cuda-graphs ${FUSED:+--fused $FUSED} \
+  --json "$OUT/throughput-graphs.json"
 graphed=()
 [ "$GRAPHS" = 1 ] && graphed=(--cuda-graphs)
 
 if [ "$FUSE" = auto ]; then  # fused runs must match separate ones here, and pay, before any result depends on them
   FUSE=0
   measured="$OUT/throughput$([ "$GRAPHS" = 1 ] && echo -graphs).json"  # as training will run: graphed or not
-  passed "$from" tests/test_fused.py && [ -f "$measured" ] && FUSE=$("$PY" - "$measured" 2>> "$log" <<'EOF'
+  if [ -f "$measured" ]; then
+    gate tests/test_fused.py
+    rc=$?
+    [ "$rc" = 0 ] && FUSE=$("$PY" - "$measured" 2>> "$log" <<'EOF'
 import json, sys  # the fused All-CNN-C group against its separate step
 rows = [r for r in json.load(open(sys.argv[1])) if r["model"] == "allcnn-c"]
 print(1 if rows and (rows[0].get("fused_over_separate") or 0) >= 1.25 else 0)
 EOF
 )
-  FUSE=${FUSE:-0}
+    FUSE=${FUSE:-0}
+    [ "$rc" != 2 ] && decide FUSE
+  fi
   echo "# FUSE=$FUSE (1: the fused group passed its GPU test and trained >= 1.25x the images/s of separate runs)" \
     >> "$log"
 fi
@@ -163,11 +176,10 @@ rows = sorted(json.load(open(sys.argv[1])), key=lambda r: r["processes"])
 one, best = rows[0], max(rows, key=lambda r: r["images_per_s"])
 print(best["processes"] if one["processes"] == 1 and best["images_per_s"] >= 1.25 * one["images_per_s"] else 1)
 EOF
-)
+) && decide PARALLEL
   PARALLEL=${PARALLEL:-1}
   echo "# PARALLEL=$PARALLEL (more than 1 only when the probe measured >= 1.25x the images/s in all)" >> "$log"
 fi
-printf 'GRAPHS=%s\nFUSE=%s\nPARALLEL=%s\n' "$GRAPHS" "$FUSE" "$PARALLEL" > "$decided"
 
 if [ -n "$INIT_PROBE" ]; then  # issue 10: how soon each init leaves chance (a few epochs; empty: skip)
   limit=$(upto 150)

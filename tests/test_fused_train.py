@@ -64,7 +64,14 @@ def same_runs(got: dict, want: dict, exact: bool) -> None:
             assert r["history"][-1]["loss"] is None is w["history"][-1]["loss"]
             assert r["diagnosis"] is None is w["diagnosis"]  # nothing to look at in a diverged network
             continue
-        assert r["diagnosis"] == w["diagnosis"], lr  # the fused group's nets, written back, are the runs' own
+        mine, theirs = r["diagnosis"], w["diagnosis"]  # the fused group's nets, written back, are the runs' own
+        if exact:
+            assert mine == theirs, lr
+        else:  # float rounding may flip one image near a tie, no more
+            assert mine["train_error_pct"] == pytest.approx(theirs["train_error_pct"], abs=1.0), lr
+            assert sum(abs(a - b) for a, b in zip(mine["test_error_by_class_pct"],
+                                                  theirs["test_error_by_class_pct"])) <= 10.0, lr
+            assert mine["dead_relu_channels"].keys() == theirs["dead_relu_channels"].keys(), lr
         for mine, theirs in zip(r["history"], w["history"], strict=True):
             for field in ("loss", "train_acc_pct", "test_error_pct", "lr"):
                 if exact:
