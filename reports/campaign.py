@@ -87,7 +87,7 @@ def _int(v) -> str:
 
 
 def _diagnosis(d: dict | None) -> str:
-    """"train error 0.15% (eval mode), 0 of 1,162 ReLU channels dead" from a record's diagnosis."""
+    """"train error 0.15% (eval mode), 0 of 1,258 ReLU channels dead" from a record's diagnosis."""
     if not d:
         return ""
     dead, channels = (sum(v[i] for v in d["dead_relu_channels"].values()) for i in (0, 1))
