@@ -11,8 +11,8 @@
 
 One pass over the training split and one over the test split (60,000 images: six test evaluations' worth, about a
 second on a GPU, under 0.5% of a 350-epoch run), in eval mode at the run's evaluation precision, with a forward hook
-on every ReLU. With DDP each rank counts its shard and the counts are
-summed. `scripts/inspect_checkpoint.py` reports the same for a checkpoint, on CPU.
+on every ReLU. With DDP each rank counts its shard and the counts are summed. `scripts/inspect_checkpoint.py`
+reports the same for a checkpoint, on CPU, through `diagnose`.
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from bench import engine
-
-NUM_CLASSES = 10
+from bench.runs import NUM_CLASSES
 
 
 @torch.no_grad()
@@ -30,12 +29,11 @@ def diagnose(net: nn.Module, train_loader, test_loader, preprocess, acc, *, auto
     """The `diagnosis` of a bare (not DDP-wrapped) network; see the module docstring."""
     net.eval()
     relus = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.ReLU)]
-    fired = {name: torch.zeros(0, dtype=torch.long) for name, _ in relus}  # per channel: images it fired on
+    fired = {}  # ReLU name -> per channel, the training images it was positive on
 
     def count(name):
         def hook(_module, _inputs, out):
-            hit = (out > 0).flatten(2).any(2).sum(0)
-            fired[name] = hit if fired[name].numel() == 0 else fired[name] + hit
+            fired[name] = fired.get(name, 0) + (out > 0).flatten(2).any(2).sum(0)
         return hook
 
     handles = [m.register_forward_hook(count(name)) for name, m in relus]
@@ -45,15 +43,12 @@ def diagnose(net: nn.Module, train_loader, test_loader, preprocess, acc, *, auto
         for h in handles:
             h.remove()
     test_wrong, test_seen = _wrong_per_class(net, test_loader, preprocess, acc, autocast, channels_last)
-    parts = [train_wrong, train_seen, test_wrong, test_seen, *fired.values()]
-    counts = torch.cat([p.reshape(-1).to(acc.device) for p in parts])
+    parts = [train_wrong, train_seen, test_wrong, test_seen, *(fired[name] for name, _ in relus)]
+    counts = torch.cat(parts)
     if distributed:
         counts = acc.reduce(counts, "sum")
-    values = counts.tolist()
-    cut = [0]
-    for p in parts:
-        cut.append(cut[-1] + p.numel())
-    train_wrong, train_seen, test_wrong, test_seen, *fired_n = (values[a:b] for a, b in zip(cut, cut[1:]))
+    train_wrong, train_seen, test_wrong, test_seen, *fired_n = (
+        part.tolist() for part in counts.split([p.numel() for p in parts]))
     return {"train_error_pct": 100 * sum(train_wrong) / max(1, sum(train_seen)),
             "test_error_by_class_pct": [100 * w / n if n else None for w, n in zip(test_wrong, test_seen)],
             "dead_relu_channels": {name: [sum(v == 0 for v in f), len(f)] for (name, _), f in zip(relus, fired_n)}}

@@ -7,9 +7,10 @@ One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrot
 whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model,
 LR, how it ended, its final test error beside the paper's (Table 3: the best LR's), epochs, seconds, training
 images/s, GPU, data, and what bench/diagnose.py saw when the run ended (eval-mode training error: under- or
-over-fitting; dead ReLU channels: capacity lost), where the record has it. A checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under
-a recorded run's config; its epoch and last test error are read from the checkpoint (torch, weights_only: nothing
-in it runs; without torch the row still appears, without them). The full report (Table 3, claims, plots) is
+over-fitting; dead ReLU channels: capacity lost), where the record has it. A checkpoint's run is found by
+recomputing the run keys of every Table 3 (model, LR) under a recorded run's config; its epoch and last test error
+are read from the checkpoint (torch, weights_only: nothing in it runs; without torch the row still appears, without
+them). The full report (Table 3, claims, plots) is
 `python -m reports --results reports/measured/campaign`.
 """
 from __future__ import annotations

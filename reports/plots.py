@@ -135,7 +135,8 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
 SETTINGS = {  # throughput-table column -> how a bar's label names its value
     "source": str, "precision": precision_label, "backend": str, "batch_size": lambda b: f"batch {b}",
     "channels_last": lambda c: "channels_last" if c else "contiguous", "compile": lambda c: "compiled" if c else "",
-    "cuda_graphs": lambda g: "CUDA graphs" if g else "eager", "runs_per_step": lambda k: f"{k:g} runs/step" if k != 1 else ""}
+    "cuda_graphs": lambda g: "CUDA graphs" if g else "eager",
+    "runs_per_step": lambda k: f"{k:g} runs/step" if k != 1 else ""}
 
 
 def bar_labels(rows: list[dict]) -> tuple[list[str], str]:
@@ -155,7 +156,8 @@ def plot_throughput(tp: pd.DataFrame, path, sha256: str = "") -> None:
     rows = tp[tp["train_images_per_s"].map(_known).astype(bool)].to_dict("records")
     fused = [r.get("fused_train_images_per_s") for r in rows]
     has_fused = any(_known(f) for f in fused)
-    fig, ax = plt.subplots(figsize=(9, max(3.0, (0.5 if has_fused else 0.35) * len(rows) + 1.7)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(9, max(3.0, (0.5 if has_fused else 0.35) * len(rows) + 1.7)),
+                           layout="constrained")
     labels, common = bar_labels(rows)
     at = [float(i) for i in range(len(rows))]
     colors = [FAMILY_COLORS[SPECS[r["model"]].family] for r in rows]

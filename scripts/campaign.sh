@@ -93,7 +93,6 @@ done
 echo "# continuing: $(ls "$WORK/results/runs" | grep -c '\.json$') records, \
 $(ls "$WORK/results/checkpoints" | grep -c '\.pt$') checkpoints" >> "$log"
 
-
 step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
   echo "\$ timeout $1 ${*:2}" >> "$log"
   local t0=$SECONDS rc
@@ -134,9 +133,9 @@ if [ "$GRAPHS" = auto ]; then  # the graphed step must match eager here before a
 fi
 read -ra graphed_models <<< "$GRAPHED"  # as words, never as file names ('*')
 # shellcheck disable=SC2086
-[ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && [ -n "$GRAPHED" ] && step "$(upto 60)" "$PY" bench/throughput.py --device "$DEVICE" \
-  --precision bf16 $THROUGHPUT --models "${graphed_models[@]}" --cuda-graphs ${FUSED:+--fused $FUSED} \
-  --json "$OUT/throughput-graphs.json"
+[ "$GRAPHS" = 1 ] && [ -n "$THROUGHPUT" ] && [ -n "$GRAPHED" ] && step "$(upto 60)" "$PY" bench/throughput.py \
+  --device "$DEVICE" --precision bf16 $THROUGHPUT --models "${graphed_models[@]}" --cuda-graphs \
+  ${FUSED:+--fused $FUSED} --json "$OUT/throughput-graphs.json"
 graphed=()
 [ "$GRAPHS" = 1 ] && graphed=(--cuda-graphs)
 

@@ -9,7 +9,9 @@ The checkpoint is loaded with weights_only=True (nothing in it is executed); the
 `python -m loaders.prepare` output; GCN+ZCA is fitted on its training split, as run_all does. fp32, CPU.
 """
 import argparse
+import contextlib
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,6 +21,7 @@ import torch  # noqa: E402
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
+from bench.diagnose import diagnose  # noqa: E402
 from loaders.preprocess import build_preprocess  # noqa: E402
 
 
@@ -37,27 +40,23 @@ def main() -> None:
     print(f"{args.checkpoint.name}: {args.model} after epoch {blob['epoch']} (last logged: loss {last.get('loss')}, "
           f"train acc with dropout {last.get('train_acc_pct')}%, lr {last.get('lr')})")
     whiten = build_preprocess("gcn-zca", args.data_dir)
-    relus = [(name, m) for name, m in net.named_modules() if isinstance(m, torch.nn.ReLU)]
+    splits = {}  # split -> (batches of a seeded pick of images, their labels)
     for split in ("train", "test"):
         images, labels = loaders.load_arrays(args.data_dir, split)
         pick = np.sort(np.random.default_rng(0).choice(len(images), min(args.images, len(images)), replace=False))
-        peak = {name: None for name, _ in relus}  # per channel, the largest activation seen
-        hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: peak.__setitem__(
-            name, out.amax((0, 2, 3)) if peak[name] is None else torch.maximum(peak[name], out.amax((0, 2, 3)))))
-            for name, m in relus]
-        wrong = 0
-        with torch.no_grad():
-            for chunk in np.array_split(pick, max(1, len(pick) // 250)):
-                x = whiten(torch.from_numpy(images[chunk]).permute(0, 3, 1, 2))
-                wrong += (net(x).argmax(1) != torch.from_numpy(labels[chunk])).sum().item()
-        for h in hooks:
-            h.remove()
-        print(f"{split}: eval-mode error {100 * wrong / len(pick):.2f}% on {len(pick)} images")
-        if split == "train":
-            for name, m in relus:
-                dead, channels = int((peak[name] <= 0).sum()), peak[name].numel()
-                print(f"  {name:12s} dead channels {dead:4d} / {channels} ({100 * dead / channels:.1f}%)")
-
+        batches = [(torch.from_numpy(images[c]).permute(0, 3, 1, 2), torch.from_numpy(labels[c]).long())
+                   for c in np.array_split(pick, max(1, len(pick) // 250))]
+        splits[split] = batches, labels[pick]
+    acc = SimpleNamespace(device=torch.device("cpu"), autocast=lambda _kwargs=None: contextlib.nullcontext())
+    d = diagnose(net, splits["train"][0], splits["test"][0], whiten, acc)  # bench/diagnose.py, as run_all records
+    print(f"train: eval-mode error {d['train_error_pct']:.2f}% on {len(splits['train'][1])} images")
+    for name, (dead, channels) in d["dead_relu_channels"].items():
+        print(f"  {name:12s} dead channels {dead:4d} / {channels} ({100 * dead / channels:.1f}%)")
+    test_labels = splits["test"][1]
+    per_class = np.bincount(test_labels, minlength=len(d["test_error_by_class_pct"]))
+    wrong = sum(pct * n / 100 for pct, n in zip(d["test_error_by_class_pct"], per_class) if pct is not None)
+    print(f"test: eval-mode error {100 * wrong / len(test_labels):.2f}% on {len(test_labels)} images; per class: "
+          + " ".join("-" if pct is None else f"{pct:.1f}" for pct in d["test_error_by_class_pct"]))
 
 if __name__ == "__main__":
     main()
