@@ -162,12 +162,16 @@ def make(split: str, batch_size: int, *, data_dir="data", backend: str = "ffcv",
 def resolve_backend(backend: str) -> str:
     """"auto" -> on a GPU `tensor`: the whole split resident on the device and augmented there in batch, so a step
     does no host work and no copy (airbench's way; CIFAR-10 is 150 MB). Elsewhere FFCV when importable (the
-    fastest on CPU: reports/measured/cpu-loader-bench-2026-11-26.txt), else `tensor`. Other names as given."""
+    fastest on CPU: reports/measured/cpu-loader-bench-2026-11-26.txt), else `tensor`. Other names as given;
+    `ffcv` where it is not installed raises BackendUnavailable before any run starts (not in the first run's loader,
+    where one DDP rank would fail alone)."""
+    from .prepare import _ffcv_available  # the one test of ffcv (it imports it: a broken install counts as absent)
+
+    if backend == "ffcv" and not _ffcv_available():
+        raise BackendUnavailable(FFCV_MISSING)
     if backend != "auto":
         return backend
     import torch
-
-    from .prepare import _ffcv_available  # the one test of ffcv (it imports it: a broken install counts as absent)
 
     if torch.cuda.is_available():
         return "tensor"

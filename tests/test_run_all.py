@@ -18,6 +18,8 @@ import pytest
 
 from bench import results
 from bench.run_all import main
+import loaders
+from loaders import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -84,6 +86,7 @@ def check_sane(record: dict) -> None:
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
 
+@pytest.mark.skipif(not prepare._ffcv_available(), reason="ffcv is not installed (the GPU machines have none)")
 def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):
     """2 models x 2 LRs over 2 gloo ranks in grid mode, FFCV backend: four completed, sane, distinct records."""
     out = tmp_path / "out"
@@ -231,6 +234,16 @@ def test_missing_data_and_unwritable_out(data, tmp_path, capsys, fresh_accelerat
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and says in err and "\n" not in err, err
     assert results.read_records(tmp_path / "out") == []
+
+
+def test_ffcv_asked_for_where_it_is_missing_is_refused_before_any_run(data, tmp_path, capsys, monkeypatch):
+    """--backend ffcv on a machine without ffcv (the GPU machines): the one-line error that names the other
+    backends, before the output folder exists, rather than a traceback from the first run's loader (where, under
+    DDP, one rank failed alone and the other died in the barrier)."""
+    monkeypatch.setattr(prepare, "_ffcv_available", lambda: False)
+    assert main(args(data, tmp_path / "out", "--backend", "ffcv")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: " + loaders.FFCV_MISSING and not (tmp_path / "out").exists()
 
 
 def test_cli_errors_through_the_command_line(data, tmp_path):
