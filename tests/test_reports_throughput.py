@@ -1,0 +1,98 @@
+"""The throughput table from the ledger and from bench/throughput.py's JSON (reports/throughput.py): TFLOP/s and
+share of peak per device, fused LR groups (--fuse-lrs, --fused K), CUDA-graphed rows, the bar labels. The ledger
+is tests/test_reports.py's small hand-made one."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from reports import formats
+from reports.ledger import LedgerError, load_ledger
+from reports.report import write_report
+from reports.throughput import throughput_table
+from test_reports import H100, led, ledger_dir, record, write_ledger  # noqa: F401 (fixtures)
+
+
+def test_throughput_from_ledger_and_benchmark(led):
+    tp = throughput_table(led.df).set_index(["model", "precision"])
+    row = tp.loc[("allcnn-c", "bf16")]
+    assert row["train_images_per_s"] == 20000.0 and row["source"] == "ledger"
+    assert row["train_tflops"] == round(20000 * 270_798_336 * 6 / 1e12, 6)
+    assert row["peak_tflops"] == 989.0 and row["train_peak_pct"] == round(100 * row["train_tflops"] / 989.0, 6)
+    assert tp.loc[("allcnn-c", "no"), "peak_basis"] == "tf32"
+    bench = pd.DataFrame([{"model": "model-c", "precision": "bf16", "device_name": "cpu", "batch_size": 256,
+                           "train_images_per_s": 400.0, "eval_images_per_s": 900.0}])
+    tb = throughput_table(led.df, bench)
+    assert len(tb) == 1 and tb.loc[0, "source"] == "benchmark" and math.isnan(tb.loc[0, "train_peak_pct"])
+
+
+def test_share_of_peak_counts_the_devices_a_run_used(led):
+    """A grid run on 8 processes used one GPU (device_count 1): its share is against one peak. A DDP run over 2
+    GPUs and a 2-process benchmark row are against two."""
+    df = led.df[(led.df["model"] == "allcnn-c") & (led.df["precision"] == "bf16")
+                & led.df["train_images_per_s"].notna()].copy()
+    one = throughput_table(df).loc[0]
+    grid = throughput_table(df.assign(world_size=8, device_count=1)).loc[0]
+    ddp = throughput_table(df.assign(world_size=2, device_count=2)).loc[0]
+    assert grid["train_peak_pct"] == one["train_peak_pct"] and grid["devices"] == 1
+    assert ddp["devices"] == 2 and ddp["train_peak_pct"] == round(100 * ddp["train_tflops"] / (2 * 989.0), 6)
+    bench = pd.DataFrame([{"model": "allcnn-c", "precision": "bf16", "device_name": H100, "world_size": 2,
+                           "train_images_per_s": 20000.0, "eval_images_per_s": 40000.0}])
+    assert throughput_table(df, bench).loc[0, "train_peak_pct"] == ddp["train_peak_pct"]
+
+
+def test_fused_columns_are_shown_only_when_measured():
+    """bench/throughput.py --fused K rows: the report shows the fused group's images/s and its ratio to the
+    separate step; rows without them add no empty columns."""
+    row = {"model": "allcnn-c", "precision": "bf16", "device_name": "NVIDIA H200", "batch_size": 256,
+           "train_images_per_s": 40000.0, "eval_images_per_s": 60000.0, "backend": "synthetic", "world_size": 1}
+    fused = dict(row, fused_runs=4, fused_train_images_per_s=100000.0, fused_over_separate=2.5)
+    shown = formats.display_throughput(throughput_table(pd.DataFrame(), pd.DataFrame([fused, fused])))
+    assert shown.loc[0, ["Fused runs", "Fused img/s (all runs)", "Fused / separate"]].tolist() == ["4", "100,000",
+                                                                                                   "2.50"]
+    plain = formats.display_throughput(throughput_table(pd.DataFrame(), pd.DataFrame([row])))
+    assert plain.loc[0, "Train img/s"] == "40,000" and not any(c.startswith("Fused") for c in plain.columns)
+
+    from reports import plots
+    table = throughput_table(pd.DataFrame(), pd.DataFrame([fused, dict(fused, model="strided-c",
+                                                                        device_name="NVIDIA H100 80GB HBM3")]))
+    labels, common = plots.bar_labels(table.to_dict("records"))  # only what differs labels a bar
+    assert sorted(labels) == ["All-CNN-C · NVIDIA H200 x1", "Strided-CNN-C · NVIDIA H100 80GB HBM3 x1"], labels
+    assert "bf16" in common and "batch 256" in common and "H200" not in common, common
+
+
+def test_fused_runs_in_the_ledger_count_the_whole_group(tmp_path):
+    """A run trained in a fused group (--fuse-lrs) recorded its share of the group's img/s: the ledger's throughput
+    row counts the group's, as "Runs per step" says. CUDA-graphed runs get a row of their own."""
+    alone = record(lr=0.1, test=9.0, img_s=20000.0)
+    group = [record(lr=lr, test=9.5, img_s=15000.0, fuse_lrs=True, fused_runs=4) for lr in (0.25, 0.1, 0.05, 0.01)]
+    for rec in group:  # the config says what was asked; the top-level field what happened
+        rec["fused_runs"] = rec["config"].pop("fused_runs")
+    graphed = dict(record(lr=0.05, test=9.1, img_s=50000.0), cuda_graphs=True)  # a row of its own too
+    fused_led = load_ledger(write_ledger(tmp_path / "results", [alone, *group, graphed]))
+    assert throughput_table(fused_led.df).query("cuda_graphs")["train_images_per_s"].tolist() == [50000.0]
+    tp = throughput_table(fused_led.df).query("not cuda_graphs").set_index("runs_per_step")
+    assert tp.loc[1, "train_images_per_s"] == 20000.0 and tp.loc[4, "train_images_per_s"] == 60000.0
+    assert tp.loc[4, "eval_images_per_s"] == 120000.0 and tp.loc[4, "n_runs"] == 4
+    shown = formats.display_throughput(throughput_table(fused_led.df))
+    assert shown["Runs per step"].tolist() == ["1", "1", "4"]
+    assert shown["Train img/s"].tolist() == ["20,000", "50,000", "60,000"]
+    assert "Runs per step" not in formats.display_throughput(throughput_table(load_ledger(
+        write_ledger(tmp_path / "alone", [alone])).df)).columns
+
+
+def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text('[{"model": "allcnn-c", "precision": "fp32", "device_name": "NVIDIA A100-SXM4-80GB", '
+                          '"batch_size": 256, "train_images_per_s": 10000.0, "eval_images_per_s": 30000.0, '
+                          '"backend": "synthetic", "peak_precision": "fp32", "world_size": 1}]')
+    out = tmp_path / "smoke-report"
+    write_report(ledger_dir, out, preset="smoke", throughput=bench_json)
+    tp = formats.read_csv(out / "throughput.csv")
+    assert list(tp["source"]) == ["benchmark"] and tp.loc[0, "peak_tflops"] == 19.5  # A100 plain fp32
+    md = (out / "report.md").read_text()
+    assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (31)" in md
+    with pytest.raises(LedgerError, match="preset 'nope' has no records"):
+        write_report(ledger_dir, tmp_path / "x", preset="nope")
