@@ -12,8 +12,10 @@ group's throughput is the sum over its runs (`fused_runs` in each record says ho
 are the group's). A run that diverges keeps its last finite weights in the group, so the training accuracy of its
 diverged epoch counts their predictions where a separate run's counts NaN logits: that one figure may differ. A run
 is recorded as soon as it ends (`finished(run, key, claim, outcome)`), so an interrupted group never trains a
-finished run again. Runs whose checkpoints are at different points (epoch and step) cannot share steps: each trains
-and records itself (`alone`).
+finished run again. Runs whose checkpoints are at different points (epoch and step) cannot share steps: the runs at
+each point train as a group of their own, the furthest along first, and a run alone at its point trains and records
+itself (`alone`). So a grid resumed with one LR's run part-trained (the GPU campaign's All-CNN-C: LR 0.01 at epoch
+223, LR 0.1 and 0.25 not begun) trains that run alone, then the others fused.
 """
 from __future__ import annotations
 
@@ -54,12 +56,19 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                 states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1))
                 nets.append(net)
                 optimizers.append(optimizer)
-            if len({(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states}) > 1:
-                for k, (run, key, claim) in enumerate(members):  # one by one: a waiting claim may go stale
-                    if claim.held():
-                        claim.heartbeat()
-                        alone(run, key, claim)  # records the run itself
-                    ended.add(k)
+            points = [(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states]
+            if len(set(points)) > 1:  # the runs at each point as a group of their own, the furthest along first
+                for point in sorted(set(points), reverse=True):
+                    ks = [k for k, p in enumerate(points) if p == point]
+                    held = [k for k in ks if members[k][2].held()]  # a waiting claim may have gone stale
+                    for k in held:
+                        members[k][2].heartbeat()
+                    if len(held) > 1:
+                        train_group([members[k] for k in held], acc, data, num_images, show, stop=stop,
+                                    alone=alone, finished=finished)
+                    elif held:
+                        alone(*members[held[0]])  # records the run itself
+                    ended.update(ks)
                 return
             trackers.extend(show.tracker(run, key) for run, key, _ in members)
             group = FusedRuns(nets, optimizers, preprocess=data.preprocess(c.preprocess, c.train_split),

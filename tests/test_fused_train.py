@@ -1,7 +1,7 @@
 """`run_all --fuse-lrs` (bench/fused_train.py, issue 12) on real images: the LRs of one model trained in lockstep
 give each run the record a separate run gets (float rounding aside); a run that diverges in the group is recorded
 and masked out while the others go on; a group killed by SIGTERM resumes exactly; a group resumes from
-separately trained checkpoints, and runs whose checkpoints are at different points train alone.
+separately trained checkpoints, and runs at different points train as one group per point.
 
 Contiguous memory format throughout: under channels_last a separate run draws its dropout masks in NHWC order,
 the group in NCHW order (bench/fused.py), so only the contiguous runs are mask-for-mask the same.
@@ -119,9 +119,10 @@ def test_sigterm_mid_group_then_rerun_matches_uninterrupted(data, tmp_path):
     assert not list((out / "checkpoints").glob("*.pt"))
 
 
-def test_group_resumes_separate_checkpoints_and_mismatched_ones_train_alone(data, separate, tmp_path):
+def test_group_resumes_separate_checkpoints_and_runs_at_other_points_group_per_point(data, separate, tmp_path):
     """--stall-after 1 stops both (separate) runs at chance after epoch 1 with a checkpoint each; a fused rerun
-    resumes them as one group. With one checkpoint removed the runs are at different points and train alone."""
+    resumes them as one group. With one checkpoint removed and a new LR added, the runs are at two points: the
+    resumed one trains alone, the two at epoch 0 as a group."""
     grid = ("--lrs", "0.05", "0.01")
     stalled = main(args(data, tmp_path / "out", *grid, "--stall-after", "1"))
     assert [r["status"] for r in stalled.values()] == ["stalled", "stalled"]
@@ -130,10 +131,12 @@ def test_group_resumes_separate_checkpoints_and_mismatched_ones_train_alone(data
     fused = main(args(data, tmp_path / "out", *grid, "--fuse-lrs"))
     same_runs(fused, want, exact=False)
     assert [r["fused_runs"] for r in fused.values()] == [2, 2]
-    next((tmp_path / "mismatched" / "checkpoints").glob("*.pt")).unlink()
-    alone = main(args(data, tmp_path / "mismatched", *grid, "--fuse-lrs"))
-    same_runs(alone, want, exact=False)
-    assert [r["fused_runs"] for r in alone.values()] == [1, 1]
+    removed = next((tmp_path / "mismatched" / "checkpoints").glob("*.pt"))
+    removed.unlink()  # that run starts again at epoch 0, as the new LR 1e9 does: those two train as a group
+    split = main(args(data, tmp_path / "mismatched", "--lrs", *grid[1:], "1e9", "--fuse-lrs"))
+    same_runs(split, separate, exact=False)
+    assert {lr: r["fused_runs"] for lr, r in split.items()} == {
+        lr: 2 if r["run_key"] == removed.stem or lr == 1e9 else 1 for lr, r in split.items()}
 
 
 @pytest.mark.parametrize("extra, message", [
