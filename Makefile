@@ -1,4 +1,4 @@
-# The README's two commands. Both run scripts/setup.sh first (idempotent: seconds on a ready machine).
+# The README's two commands. Both run scripts/setup.sh first (idempotent: under a second on a ready machine).
 #   make run    set up, then train: the paper grid on every GPU here (one process each), or without a GPU the
 #               smoke grid on offline data (bench/launch.py says which and why)
 #   make test   set up, then run the whole test suite

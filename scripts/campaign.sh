@@ -3,6 +3,7 @@
 # internet, `python3`, <= 10 minutes a call, only <= 8 files of <= 16 MiB, <= 2 folders deep under $OUT come back):
 #   1. bench/throughput.py: the 12 variants in bf16 (synthetic data, batch 256), about 30 s on an H200, and each as
 #      FUSED runs trained as one model (bench/fused.py, issue 12: does fusing the LR grid pay on this GPU?);
+#   (then loaders.prepare, once, into $WORK/data: the run_all processes of step 4 share it)
 #   1b. tests/test_graphs.py's GPU tests (marked gpu; GRAPHS=auto): when the CUDA-graphed step matches the eager one
 #      here, training uses --cuda-graphs (bench/graphs.py) and the throughput of $GRAPHED (All-CNN-C: what the next
 #      choice needs) is measured again graphed, the fused group too;
@@ -11,7 +12,7 @@
 #      the separate step, both as training will run (graphed when GRAPHS=1);
 #   2. scripts/concurrency_probe.py (PARALLEL=auto, not with FUSE=1): whether K run_all processes at once train more
 #      images per second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
-#      what 1b-2 measured is kept in $WORK/decided (a switch whose test or probe ran out of time is not): a later
+#      what 1b-2 measured is kept in $WORK/decided (not a switch whose test timed out or whose probe failed): a later
 #      call on the same warm machine takes it for every switch still auto and skips step 1 (unless THROUGHPUT is
 #      given), so it trains at once;
 #   3. scripts/init_probe.py, only when INIT_PROBE is given (issue 10's init evidence, repeated on the GPU; about 2

@@ -19,7 +19,7 @@ if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-echo "setup: installing Python packages into .venv (about 2 minutes on a fresh machine)"
+echo "setup: installing Python packages into .venv (2-3 minutes on a fresh machine)"
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 # The repo root on the venv's path (what an editable install does), so `bench/run_all.py` run as a
 # script and `python -m reports` both import allconv, loaders, bench and reports from this checkout.
