@@ -29,7 +29,7 @@ GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
               "num_workers", "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after", "verbose",
-              "diagnose")
+              "diagnose", "save_weights")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
 layout, the loader backend: the three yield identical batches, tests/test_loaders.py; fusing the LRs, whose runs
 equal separate ones up to float rounding, tests/test_fused_train.py): left out of the run key
@@ -76,7 +76,7 @@ class RunConfig:
     source: str = _f("torchvision", "CIFAR-10 source for loaders.prepare: torchvision | archive | folder")
     data_dir: str = _f("data", "prepared data directory")
     subset_per_class: int | None = _f(None, "keep N seeded images per class and split (smoke tests)")
-    out: str = _f("results", "ledger folder: <out>/runs/*.json, <out>/checkpoints/")
+    out: str = _f("results", "ledger folder: <out>/runs/*.json, <out>/checkpoints/, <out>/weights/")
     mode: str = _f("auto", "ddp: every run on all processes | grid: one run per process | auto: grid when there "
                            "are at least as many runs as processes", choices=MODES)
     eval_every: int = _f(10, "evaluate on test (and val) every N epochs, plus each of the last --eval-last epochs "
@@ -100,6 +100,8 @@ class RunConfig:
     diagnose: bool = _f(True, "when a run ends (completed or stalled), record its eval-mode training error, test "
                               "error per class and dead ReLU channels per layer (bench/diagnose.py; one pass over the "
                               "training and the test split)")
+    save_weights: bool = _f(True, "when a run completes, keep its trained network in <out>/weights/<run key>.pt "
+                                  "(bench/weights.py; bench.weights.load rebuilds it; its checkpoint is deleted)")
     num_workers: int | None = _f(None, "loader worker threads (default: the loader's choice)")
     progress: bool = _f(True, "progress on the main process: bars on a terminal, plain lines otherwise")
     verbose: bool = _f(False, "print the whole resolved configuration (default: the preset and what differs)")
@@ -223,7 +225,8 @@ PRESETS: dict[str, RunConfig] = {
     # with bench/throughput.py). A fixed choice, not one per machine, so a run's key does not depend on the CPU;
     # `--precision bf16` still asks for bf16 (tests/test_fidelity.py trains with it).
     "smoke": RunConfig(preset="smoke", epochs=2, lr_drops=(), batch_size=64, subset_per_class=10,
-                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1, precision="no", diagnose=False),
+                       data_dir="data/smoke", checkpoint_minutes=0, eval_every=1, precision="no", diagnose=False,
+                       save_weights=False),
 }
 
 

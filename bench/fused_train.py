@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from bench import engine, graphs, workqueue
+from bench import engine, graphs, weights, workqueue
 from bench.engine import EpochState, RunState
 from bench.fused import FusedRuns
 from bench.results import WriteError
@@ -101,6 +101,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
                                fused_runs=len(members)) for k in ks}
         for k in ks:
             outcomes[k]["diagnosis"] = diagnosed(status, group.nets[k], data, c, acc, eval_autocast)
+            weights.save(status, runs[k], members[k][1], group.nets[k], outcomes[k])
             done(k, outcomes[k])
 
     def save(epoch, split=None):

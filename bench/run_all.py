@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
-from bench import engine, fused_train, graphs, process, results, workqueue  # noqa: E402
+from bench import engine, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
 from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
 from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary  # noqa: E402
@@ -122,6 +122,8 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
         engine.check_replicas(net, acc)
     outcome = summary(state, status, error, net, acc, autocast, eval_autocast)
     outcome["diagnosis"] = diagnosed(status, net, data, c, acc, eval_autocast, distributed=ddp)
+    if acc.is_main_process or not ddp:
+        weights.save(status, run, key, net, outcome)
     return outcome
 
 

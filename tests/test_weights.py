@@ -1,0 +1,78 @@
+"""bench/weights.py on real images (the smoke subset): a completed run, trained alone or in a fused group, leaves its
+network in <out>/weights/<run key>.pt, and bench.weights.load gives back a network whose test error is the one the
+record holds; a diverged run leaves none; a file that is not ours, or does not fit, is one ValueError line."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import loaders
+from bench import engine, results, run_all, weights
+from bench.config import PRESETS
+
+
+def train(data, out: Path, *extra) -> dict:
+    """run_all in this process (a fresh Accelerate state); the records by LR."""
+    from accelerate.state import AcceleratorState
+
+    data_dir, source = data
+    AcceleratorState._reset_state()
+    try:
+        assert run_all.main(["--preset", "smoke", "--source", source, "--data-dir", str(data_dir), "--out", str(out),
+                             "--no-progress", "--models", "strided-a", "--lrs", "0.05", "1e9", "--epochs", "2",
+                             "--backend", "tensor", "--no-channels-last", *extra]) == 0
+    finally:
+        AcceleratorState._reset_state()
+    return {r["lr"]: r for r in results.read_records(out)}
+
+
+@pytest.fixture(scope="module")
+def data(smoke_data_dir, jpeg_tarball):
+    return smoke_data_dir, str(jpeg_tarball)
+
+
+def test_on_in_the_paper_preset_only():
+    assert PRESETS["paper"].save_weights and not PRESETS["smoke"].save_weights
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["alone", "fused"])
+def trained(data, tmp_path_factory, request) -> tuple[Path, dict, bool]:
+    """(out, records by LR, fused): LRs 0.05 (completes) and 1e9 (diverges), with --save-weights."""
+    out = tmp_path_factory.mktemp("weights") / "out"
+    return out, train(data, out, "--save-weights", *(["--fuse-lrs"] if request.param else [])), request.param
+
+
+def test_a_completed_run_leaves_its_network(data, trained):
+    out, records, fused = trained
+    done, diverged = records[0.05], records[1e9]
+    assert (done["status"], diverged["status"], done["fused_runs"]) == ("completed", "diverged", 2 if fused else 1)
+    assert sorted(p.name for p in (out / "weights").iterdir()) == [f"{done['run_key']}.pt"]
+
+    net = weights.load(weights.path_of(out, done["run_key"]))
+    assert not net.training and sum(p.numel() for p in net.parameters()) == done["params"]
+    cpu = torch.device("cpu")
+    cache = loaders.Cache(data[0], backend="tensor", device=cpu, distributed=False, batch_size=64)
+    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
+    correct, seen, _ = engine.evaluate(net, cache.loader("test"), cache.preprocess("gcn-zca"), acc)
+    assert seen == 100 and 100 * (1 - correct / seen) == pytest.approx(done["test_error_pct"], abs=1.0)  # one image
+
+
+def test_bad_files_are_one_line(trained, tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a torch file")
+    other = tmp_path / "other.pt"
+    torch.save({"model": {}, "optimizer": {}}, other)  # e.g. a checkpoint
+    for path in (text, other, tmp_path / "missing.pt"):
+        with pytest.raises(ValueError, match=r"not a weights file") as e:
+            weights.load(path)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+    [kept] = (trained[0] / "weights").iterdir()
+    blob = torch.load(kept, weights_only=True)
+    torch.save(dict(blob, model="allcnn-c"), tmp_path / "renamed.pt")  # names another network than its weights are
+    with pytest.raises(ValueError, match="do not fit allcnn-c"):
+        weights.load(tmp_path / "renamed.pt")
