@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results
+from bench import results, weights
 from bench.run_all import main
 import loaders
 from loaders import prepare
@@ -81,7 +81,7 @@ def check_sane(record: dict) -> None:
                                                  ("out", "source", "data_dir", "progress", "log_with",
                                                   "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
                                                   "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after",
-                                                  "verbose", "diagnose")})
+                                                  "verbose", "diagnose", "save_weights")})
     assert record["versions"]["torch"] and record["precision"] == "no" and record["preset"] == "smoke"
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
@@ -111,10 +111,11 @@ def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):
 def test_two_process_ddp_run_is_synchronised(data, tmp_path, free_port):
     """DDP mode: one run on both ranks (global batch 32 = 2 x 16); run_all checks the replicas agree and that
     evaluation counted exactly the 100 test images over the two shards. --diagnose sums both shards too: its
-    per-class test errors (10 images a class) average to the recorded test error."""
+    per-class test errors (10 images a class) average to the recorded test error. --save-weights: rank 0 writes
+    the bare network's weights once, under the run key."""
     out = tmp_path / "out"
     p = launch(args(data, out, "--models", "strided-a", "--lrs", "0.05", "--mode", "ddp", "--backend", "tensor",
-                    "--diagnose"), 2, free_port)
+                    "--diagnose", "--save-weights"), 2, free_port)
     assert p.returncode == 0, p.stderr[-3000:]
     (record,) = results.read_records(out)
     check_sane(record)
@@ -122,6 +123,9 @@ def test_two_process_ddp_run_is_synchronised(data, tmp_path, free_port):
     diagnosis = record["diagnosis"]
     assert sum(diagnosis["test_error_by_class_pct"]) / 10 == pytest.approx(record["test_error_pct"], abs=1e-9)
     assert 0 <= diagnosis["train_error_pct"] <= 100 and diagnosis["dead_relu_channels"]["top.conv3_relu"][1] == 10
+    assert [p.name for p in (out / "weights").iterdir()] == [f"{record['run_key']}.pt"]
+    assert sum(p.numel() for p in weights.load(out / "weights" / f"{record['run_key']}.pt").parameters()) == \
+        record["params"]
 
 
 RESUME = ("--models", "strided-a", "model-a", "--lrs", "0.05", "--epochs", "3", "--checkpoint-minutes", "0",
