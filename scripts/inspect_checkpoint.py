@@ -1,9 +1,12 @@
-"""What a checkpoint's network has learned: eval-mode error on train and test images, and its dead ReLU channels
+"""What a checkpoint's (or a kept weights file's) network has learned: eval-mode error on train and test images, and its dead ReLU channels
 (never positive on any of those images), layer by layer. Tells under-fitting (train error high) from over-fitting
 (train low, test high), and shows capacity lost to dead units (a known failure of ReLU nets at high LR).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/inspect_checkpoint.py \
         reports/measured/campaign/checkpoints/489234371f2401e9.pt allcnn-c --data-dir /work/full-data --images 2000
+
+A completed run's weights (results/weights/<run key>.pt, bench/weights.py) need no model name:
+    PYTHONPATH=$PWD .venv/bin/python scripts/inspect_checkpoint.py results/weights/KEY.pt --data-dir data
 
 The checkpoint is loaded with weights_only=True (nothing in it is executed); the data dir is a
 `python -m loaders.prepare` output; GCN+ZCA is fitted on its training split, as run_all does. fp32, CPU.
@@ -21,6 +24,7 @@ import torch  # noqa: E402
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
+from bench import weights  # noqa: E402
 from bench.diagnose import diagnose  # noqa: E402
 from loaders.preprocess import build_preprocess  # noqa: E402
 
@@ -28,17 +32,25 @@ from loaders.preprocess import build_preprocess  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("model", help="allconv API name the checkpoint was trained as, e.g. allcnn-c")
+    p.add_argument("model", nargs="?", help="allconv API name the checkpoint was trained as, e.g. allcnn-c (a "
+                                            "weights file names its own)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--images", type=int, default=2000, help="seeded images per split")
     args = p.parse_args()
     blob = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    net = allconv.build(args.model, 10)
-    net.load_state_dict(blob["model"])
-    net.eval()
-    last = blob["history"][-1] if blob.get("history") else {}
-    print(f"{args.checkpoint.name}: {args.model} after epoch {blob['epoch']} (last logged: loss {last.get('loss')}, "
-          f"train acc with dropout {last.get('train_acc_pct')}%, lr {last.get('lr')})")
+    if "state_dict" in blob:  # a completed run's kept weights
+        net = weights.load(args.checkpoint)
+        print(f"{args.checkpoint.name}: {blob['model']} at LR {blob['lr']}, completed (recorded test error "
+              f"{blob['test_error_pct']}%)")
+    else:
+        if not args.model:
+            p.error("a checkpoint needs the model name it was trained as, e.g. allcnn-c")
+        net = allconv.build(args.model, 10)
+        net.load_state_dict(blob["model"])
+        net.eval()
+        last = blob["history"][-1] if blob.get("history") else {}
+        print(f"{args.checkpoint.name}: {args.model} after epoch {blob['epoch']} (last logged: loss "
+              f"{last.get('loss')}, train acc with dropout {last.get('train_acc_pct')}%, lr {last.get('lr')})")
     whiten = build_preprocess("gcn-zca", args.data_dir)
     splits = {}  # split -> (batches of a seeded pick of images, their labels)
     for split in ("train", "test"):
