@@ -60,6 +60,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
             if len(set(points)) > 1:  # the runs at each point as a group of their own, the furthest along first
                 for point in sorted(set(points), reverse=True):
                     ks = [k for k, p in enumerate(points) if p == point]
+                    ended.update(ks)  # from here on recorded by the calls below (or left to another process)
                     held = [k for k in ks if members[k][2].held()]  # a waiting claim may have gone stale
                     for k in held:
                         members[k][2].heartbeat()
@@ -68,7 +69,6 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                                     alone=alone, finished=finished)
                     elif held:
                         alone(*members[held[0]])  # records the run itself
-                    ended.update(ks)
                 return
             trackers.extend(show.tracker(run, key) for run, key, _ in members)
             group = FusedRuns(nets, optimizers, preprocess=data.preprocess(c.preprocess, c.train_split),

@@ -122,8 +122,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
         engine.check_replicas(net, acc)
     outcome = summary(state, status, error, net, acc, autocast, eval_autocast)
     outcome["diagnosis"] = diagnosed(status, net, data, c, acc, eval_autocast, distributed=ddp)
-    if acc.is_main_process or not ddp:
-        weights.save(status, run, key, net, outcome)
+    weights.save(status, run, key, net, outcome, writer=acc.is_main_process or not ddp)
     return outcome
 
 

@@ -7,7 +7,8 @@ networks for what comes after it (the paper itself goes on to look inside All-CN
 A completed run's checkpoint is deleted (it exists to resume); this file is the network alone, about 4 bytes a
 parameter (All-CNN-C: 5.5 MB). It holds only tensors, strings, numbers and booleans: `torch.load(weights_only=True)`
 reads it and nothing in it is executed. Besides the weights it names what `allconv.build` needs to rebuild the
-network (model, classes, bn, dropout, final_relu), the run key, the LR and the final test error.
+network (model, classes, bn, dropout, final_relu), how its input was prepared (`preprocess`, fitted on
+`train_split`: loaders.Cache.preprocess(preprocess, train_split)), the run key, the LR and the final test error.
 """
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ from pathlib import Path
 
 FORMAT = 1
 BUILD = ("model", "num_classes", "bn", "dropout", "final_relu")  # allconv.build's arguments, as stored
+INPUT = ("preprocess", "train_split")  # the input preparation the network was trained on
 
 
 def path_of(out, key: str) -> Path:
     return Path(out) / "weights" / f"{key}.pt"
 
 
-def save(status: str, run, key: str, net, outcome: dict) -> Path | None:
-    """Write a completed run's network when its config asks for it (--save-weights). A write that fails (a full
+def save(status: str, run, key: str, net, outcome: dict, *, writer: bool = True) -> Path | None:
+    """Write a completed run's network when its config asks for it (--save-weights) and this process is its
+    `writer` (DDP: the main process only; grid mode: the process that trained it). A write that fails (a full
     disk) is a warning: the trained run's record is worth more than this copy of its weights."""
     import torch
 
@@ -31,11 +34,11 @@ def save(status: str, run, key: str, net, outcome: dict) -> Path | None:
     from bench.runs import NUM_CLASSES
 
     c = run.cfg
-    if not c.save_weights or status != "completed":
+    if not (writer and c.save_weights and status == "completed"):
         return None
     blob = {"format": FORMAT, "run_key": key, "model": run.model, "num_classes": NUM_CLASSES, "bn": c.bn,
-            "dropout": c.dropout, "final_relu": c.final_relu, "lr": run.lr,
-            "test_error_pct": outcome.get("test_error_pct"),
+            "dropout": c.dropout, "final_relu": c.final_relu, "preprocess": c.preprocess,
+            "train_split": c.train_split, "lr": run.lr, "test_error_pct": outcome.get("test_error_pct"),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}}
     path = path_of(c.out, key)
     try:
@@ -45,9 +48,8 @@ def save(status: str, run, key: str, net, outcome: dict) -> Path | None:
         return None
 
 
-def load(path):
-    """The network `save` wrote, rebuilt with allconv.build, in eval mode on CPU. ValueError (one line naming the
-    file) for a file that is not one of ours, or whose weights do not fit the network it names."""
+def read(path) -> dict:
+    """The file's contents, checked to be one `save` wrote (ValueError, one line naming the file, otherwise)."""
     import torch
 
     import allconv
@@ -57,8 +59,20 @@ def load(path):
     except Exception as e:  # not a file, not a torch file, or one weights_only refuses: untrusted input
         raise ValueError(f"{path}: not a weights file ({type(e).__name__}: {' '.join(str(e).split())[:120]})") \
             from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not set(BUILD) | {"state_dict"} <= set(blob):
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or not {*BUILD, *INPUT, "state_dict"} <= set(blob):
         raise ValueError(f"{path}: not a weights file written by bench/weights.py (format {FORMAT})")
+    if not isinstance(blob["model"], str) or blob["model"] not in allconv.VARIANTS:
+        raise ValueError(f"{path}: names no known model ({str(blob['model'])[:40]!r}; known: "
+                         f"{', '.join(allconv.VARIANTS)})")
+    return blob
+
+
+def load(path):
+    """The network `save` wrote, rebuilt with allconv.build, in eval mode on CPU. ValueError (one line naming the
+    file) for a file that is not one of ours, or whose weights do not fit the network it names."""
+    import allconv
+
+    blob = read(path)
     try:
         net = allconv.build(blob["model"], blob["num_classes"], bn=blob["bn"], dropout=blob["dropout"],
                             final_relu=blob["final_relu"])

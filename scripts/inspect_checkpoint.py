@@ -9,7 +9,7 @@ A completed run's weights (results/weights/<run key>.pt, bench/weights.py) need 
     PYTHONPATH=$PWD .venv/bin/python scripts/inspect_checkpoint.py results/weights/KEY.pt --data-dir data
 
 The checkpoint is loaded with weights_only=True (nothing in it is executed); the data dir is a
-`python -m loaders.prepare` output; GCN+ZCA is fitted on its training split, as run_all does. fp32, CPU.
+`python -m loaders.prepare` output; the input is prepared as the run's was (a checkpoint: GCN+ZCA fitted on train). fp32, CPU.
 """
 import argparse
 import contextlib
@@ -38,10 +38,15 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help="seeded images per split")
     args = p.parse_args()
     blob = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    if "state_dict" in blob:  # a completed run's kept weights
-        net = weights.load(args.checkpoint)
+    preprocess, fit_split = "gcn-zca", "train"  # a checkpoint's run: the paper's (the checkpoint does not say)
+    if "state_dict" in blob:  # a completed run's kept weights: they say how their input was prepared
+        try:
+            blob, net = weights.read(args.checkpoint), weights.load(args.checkpoint)
+        except ValueError as e:
+            p.error(str(e))
+        preprocess, fit_split = blob["preprocess"], blob["train_split"]
         print(f"{args.checkpoint.name}: {blob['model']} at LR {blob['lr']}, completed (recorded test error "
-              f"{blob['test_error_pct']}%)")
+              f"{blob['test_error_pct']}%); input {preprocess} fitted on {fit_split}")
     else:
         if not args.model:
             p.error("a checkpoint needs the model name it was trained as, e.g. allcnn-c")
@@ -51,7 +56,7 @@ def main() -> None:
         last = blob["history"][-1] if blob.get("history") else {}
         print(f"{args.checkpoint.name}: {args.model} after epoch {blob['epoch']} (last logged: loss "
               f"{last.get('loss')}, train acc with dropout {last.get('train_acc_pct')}%, lr {last.get('lr')})")
-    whiten = build_preprocess("gcn-zca", args.data_dir)
+    whiten = build_preprocess(preprocess, args.data_dir, fit_split)
     splits = {}  # split -> (batches of a seeded pick of images, their labels)
     for split in ("train", "test"):
         images, labels = loaders.load_arrays(args.data_dir, split)

@@ -86,9 +86,10 @@ def check_sane(record: dict) -> None:
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
 
-@pytest.mark.skipif(not prepare._ffcv_available(), reason="ffcv is not installed (the GPU machines have none)")
 def test_two_process_gloo_grid_fills_the_ledger(data, tmp_path, free_port):
     """2 models x 2 LRs over 2 gloo ranks in grid mode, FFCV backend: four completed, sane, distinct records."""
+    if not prepare._ffcv_available():  # checked here, not at collection: importing ffcv takes seconds
+        pytest.skip("ffcv is not installed (the GPU machines have none)")
     out = tmp_path / "out"
     p = launch(args(data, out, "--models", "strided-a", "strided-b", "--lrs", "0.05", "0.01", "--epochs", "1",
                     "--backend", "ffcv"), 2, free_port)

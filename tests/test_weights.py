@@ -12,7 +12,7 @@ import torch
 
 import loaders
 from bench import engine, results, run_all, weights
-from bench.config import PRESETS
+from bench.config import PRESETS, RunConfig
 
 
 def train(data, out: Path, *extra) -> dict:
@@ -52,13 +52,27 @@ def test_a_completed_run_leaves_its_network(data, trained):
     assert (done["status"], diverged["status"], done["fused_runs"]) == ("completed", "diverged", 2 if fused else 1)
     assert sorted(p.name for p in (out / "weights").iterdir()) == [f"{done['run_key']}.pt"]
 
-    net = weights.load(weights.path_of(out, done["run_key"]))
+    path = weights.path_of(out, done["run_key"])
+    net, blob = weights.load(path), weights.read(path)
     assert not net.training and sum(p.numel() for p in net.parameters()) == done["params"]
+    assert (blob["run_key"], blob["lr"], blob["preprocess"], blob["train_split"]) == (done["run_key"], 0.05,
+                                                                                      "gcn-zca", "train")
     cpu = torch.device("cpu")
     cache = loaders.Cache(data[0], backend="tensor", device=cpu, distributed=False, batch_size=64)
     acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
-    correct, seen, _ = engine.evaluate(net, cache.loader("test"), cache.preprocess("gcn-zca"), acc)
+    whiten = cache.preprocess(blob["preprocess"], blob["train_split"])
+    correct, seen, _ = engine.evaluate(net, cache.loader("test"), whiten, acc)
     assert seen == 100 and 100 * (1 - correct / seen) == pytest.approx(done["test_error_pct"], abs=1.0)  # one image
+
+
+def test_only_the_writer_writes_and_only_completed_runs(tmp_path):
+    """DDP: every rank holds the network, the main process alone writes it (run_all passes writer=)."""
+    run = SimpleNamespace(model="strided-a", lr=0.05, cfg=RunConfig(out=str(tmp_path)))
+    net = torch.nn.Linear(2, 2)
+    assert weights.save("completed", run, "k1", net, {}, writer=False) is None
+    assert weights.save("diverged", run, "k2", net, {}) is None
+    assert not (tmp_path / "weights").exists()
+    assert weights.save("completed", run, "k3", net, {}) == weights.path_of(tmp_path, "k3")
 
 
 def test_bad_files_are_one_line(trained, tmp_path):
@@ -76,3 +90,7 @@ def test_bad_files_are_one_line(trained, tmp_path):
     torch.save(dict(blob, model="allcnn-c"), tmp_path / "renamed.pt")  # names another network than its weights are
     with pytest.raises(ValueError, match="do not fit allcnn-c"):
         weights.load(tmp_path / "renamed.pt")
+    torch.save(dict(blob, model="x\ny"), tmp_path / "crafted.pt")  # a name that is no model, with a line break
+    with pytest.raises(ValueError, match="names no known model") as e:
+        weights.load(tmp_path / "crafted.pt")
+    assert "\n" not in str(e.value)
