@@ -80,9 +80,11 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                     tracker.finish(None)
             raise
         except Exception as e:  # as run_all's one run: recorded, and the grid goes on
-            for k in range(len(members)):
-                if k not in ended:
-                    done(k, failed(e))
+            left = [k for k in range(len(members)) if k not in ended]
+            if not left:  # raised outside any run (e.g. by a claim): as it would for a run trained alone
+                raise
+            for k in left:
+                done(k, failed(e))
 
 
 def _train(group: FusedRuns, members, states, acc, data, num_images, show, trackers, stop, done) -> None:
