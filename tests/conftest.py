@@ -7,19 +7,28 @@ from pathlib import Path
 import pytest
 
 # ALLCONV_TEST_TARBALL: the same tarball elsewhere (the GPU machines get it carried in data-src/: scripts/campaign.sh)
-JPEG_TARBALL = Path(os.environ.get("ALLCONV_TEST_TARBALL") or
+FULL_TARBALL = Path(os.environ.get("ALLCONV_TEST_TARBALL") or
                     Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.tar.gz")
+SAMPLE_TARBALL = Path(__file__).resolve().parents[1] / "data-sample/cifar10-jpeg-sample.tar.gz"  # 20 a class, split
+
+
+@pytest.fixture(scope="session")
+def full_tarball() -> Path:
+    """All 60,000 real CIFAR-10 images as an ImageFolder tarball (../shared/data); skips when it is absent."""
+    if not FULL_TARBALL.is_file():
+        pytest.skip(f"{FULL_TARBALL} not found (set ALLCONV_TEST_TARBALL to a copy)")
+    return FULL_TARBALL
 
 
 @pytest.fixture(scope="session")
 def jpeg_tarball() -> Path:
-    """The real CIFAR-10 images as an ImageFolder tarball (../shared/data); skips when it is absent."""
-    if not JPEG_TARBALL.is_file():
-        pytest.skip(f"{JPEG_TARBALL} not found")
-    return JPEG_TARBALL
+    """Real CIFAR-10 images as an ImageFolder tarball: the full one when it is here, else the 400-image sample
+    shipped in data-sample/ (enough for the smoke subset of 10 a class and split), so that a user's machine
+    without ../shared still runs every test that needs no more than that."""
+    return FULL_TARBALL if FULL_TARBALL.is_file() else SAMPLE_TARBALL
 
 
-def _prepared_once(tmp_path_factory, name: str, **subset) -> Path:
+def _prepared_once(tmp_path_factory, tarball: Path, name: str, **subset) -> Path:
     """A data directory prepared from the JPEG tarball once per test session, shared by pytest-xdist's workers
     (the first to arrive prepares it under a file lock; the others wait, then find it prepared)."""
     from filelock import FileLock
@@ -31,29 +40,29 @@ def _prepared_once(tmp_path_factory, name: str, **subset) -> Path:
         root = root.parent  # the folder all workers' temp folders share
     data_dir = root / name
     with FileLock(str(data_dir) + ".lock"):
-        prepare_cifar10(str(JPEG_TARBALL), data_dir, **subset)  # a no-op when prepared already
+        prepare_cifar10(str(tarball), data_dir, **subset)  # a no-op when prepared already
     return data_dir
 
 
 @pytest.fixture(scope="session")
 def smoke_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
-    """A prepared data directory: 10 seeded images per class and split from the JPEG tarball (100 train, 100
+    """A prepared data directory: 10 seeded images per class and split from `jpeg_tarball` (100 train, 100
     test), prepared once per test session. Read-only for tests: copy it before changing anything."""
-    return _prepared_once(tmp_path_factory, "smoke-data", subset_per_class=10, seed=0)
+    return _prepared_once(tmp_path_factory, jpeg_tarball, "smoke-data", subset_per_class=10, seed=0)
 
 
 @pytest.fixture(scope="session")
-def learning_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
+def learning_data_dir(full_tarball, tmp_path_factory) -> Path:
     """300 seeded images per class and split (3,000 train, 3,000 test), prepared once per test session: enough for
     a small network to leave chance (tests/test_fidelity.py). Read-only for tests."""
-    return _prepared_once(tmp_path_factory, "learning-data", subset_per_class=300, seed=0)
+    return _prepared_once(tmp_path_factory, full_tarball, "learning-data", subset_per_class=300, seed=0)
 
 
 @pytest.fixture(scope="session")
-def full_data_dir(jpeg_tarball, tmp_path_factory) -> Path:
+def full_data_dir(full_tarball, tmp_path_factory) -> Path:
     """All 60,000 real images from the JPEG tarball, prepared once per test session (npy arrays, splits, and the
     .beton files when ffcv is importable). Read-only for tests: copy it before changing anything."""
-    return _prepared_once(tmp_path_factory, "full-data")
+    return _prepared_once(tmp_path_factory, full_tarball, "full-data")
 
 
 def _write_official_archive(path: Path, train: tuple, test: tuple, *, members=None) -> Path:

@@ -1,7 +1,8 @@
 """End to end: a `smoke` ledger that the training code produced on real images becomes a full report.
 
 The ledger comes from $ALLCONV_SMOKE_LEDGER (a results folder) when set, else from running
-`bench/run_all.py --preset smoke` on the JPEG copy of CIFAR-10 in ../shared/data; skipped when neither exists.
+`bench/run_all.py --preset smoke` on the session's real images (conftest.jpeg_tarball: the JPEG copy of CIFAR-10
+in ../shared/data, or the sample shipped in data-sample/).
 By default the smoke grid is cut to 2 models x 1 LR (about a minute on 2 CPU cores); ALLCONV_SMOKE_FULL=1 trains
 the whole 48-run smoke grid (about 8 minutes there) and, with a given ledger, requires all 12 models in it.
 """
@@ -21,14 +22,13 @@ from reports import formats
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "bench" / "run_all.py"
-SOURCE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
-def smoke_command(data_dir: Path, results_dir: Path) -> list[str]:
+def smoke_command(source: Path, data_dir: Path, results_dir: Path) -> list[str]:
     """The training command (bench/config.py: every option is a RunConfig field; the smoke preset trains
     12 models x 4 LRs for 2 epochs on 20 images per class)."""
     grid = [] if FULL else ["--models", *SMALL_MODELS, "--lrs", "0.05"]
-    return [sys.executable, str(RUN_ALL), "--preset", "smoke", "--source", str(SOURCE), "--data-dir",
+    return [sys.executable, str(RUN_ALL), "--preset", "smoke", "--source", str(source), "--data-dir",
             str(data_dir), "--out", str(results_dir), "--no-progress", "--backend", "tensor", *grid]
 
 
@@ -44,13 +44,11 @@ def smoke_ledger(tmp_path_factory, request) -> Path:
     if not RUN_ALL.is_file():
         pytest.skip("bench/run_all.py does not exist yet (training issue); set ALLCONV_SMOKE_LEDGER to a smoke "
                     "results folder to run this test on an existing ledger")
-    if not SOURCE.is_file():
-        pytest.skip(f"no CIFAR-10 JPEG copy at {SOURCE}")
     tmp = tmp_path_factory.mktemp("smoke")
     # the session's prepared subset (10 per class, the smoke preset's): prepare then has nothing to do
     shutil.copytree(request.getfixturevalue("smoke_data_dir"), tmp / "data")
-    done = subprocess.run(smoke_command(tmp / "data", tmp / "results"), cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800)
+    command = smoke_command(request.getfixturevalue("jpeg_tarball"), tmp / "data", tmp / "results")
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp / "results"
 
