@@ -48,17 +48,25 @@ def save(status: str, run, key: str, net, outcome: dict, *, writer: bool = True)
         return None
 
 
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+
+
 def read(path) -> dict:
     """The file's contents, checked to be one `save` wrote (ValueError, one line naming the file, otherwise)."""
     import torch
 
-    import allconv
-
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a file, not a torch file, or one weights_only refuses: untrusted input
-        raise ValueError(f"{path}: not a weights file ({type(e).__name__}: {' '.join(str(e).split())[:120]})") \
-            from None
+        raise ValueError(f"{path}: not a weights file ({_one_line(e)})") from None
+    return checked(blob, path)
+
+
+def checked(blob, path) -> dict:
+    """`blob` (a file's torch.load'ed contents) if it is what `save` wrote; else ValueError, one line naming `path`."""
+    import allconv
+
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or not {*BUILD, *INPUT, "state_dict"} <= set(blob):
         raise ValueError(f"{path}: not a weights file written by bench/weights.py (format {FORMAT})")
     if not isinstance(blob["model"], str) or blob["model"] not in allconv.VARIANTS:
@@ -67,17 +75,21 @@ def read(path) -> dict:
     return blob
 
 
-def load(path):
-    """The network `save` wrote, rebuilt with allconv.build, in eval mode on CPU. ValueError (one line naming the
-    file) for a file that is not one of ours, or whose weights do not fit the network it names."""
+def network(blob: dict, path):
+    """The network of a `checked` blob, rebuilt with allconv.build, in eval mode on CPU (ValueError naming `path`
+    when its weights do not fit the network it names)."""
     import allconv
 
-    blob = read(path)
     try:
         net = allconv.build(blob["model"], blob["num_classes"], bn=blob["bn"], dropout=blob["dropout"],
                             final_relu=blob["final_relu"])
         net.load_state_dict(blob["state_dict"])
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{path}: the weights do not fit {blob['model']} ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:120]})") from None
+        raise ValueError(f"{path}: the weights do not fit {blob['model']} ({_one_line(e)})") from None
     return net.eval()
+
+
+def load(path):
+    """The network `save` wrote, rebuilt with allconv.build, in eval mode on CPU. ValueError (one line naming the
+    file) for a file that is not one of ours, or whose weights do not fit the network it names."""
+    return network(read(path), path)

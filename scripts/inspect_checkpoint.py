@@ -1,6 +1,7 @@
-"""What a checkpoint's (or a kept weights file's) network has learned: eval-mode error on train and test images, and its dead ReLU channels
-(never positive on any of those images), layer by layer. Tells under-fitting (train error high) from over-fitting
-(train low, test high), and shows capacity lost to dead units (a known failure of ReLU nets at high LR).
+"""What a checkpoint's (or a kept weights file's) network has learned: eval-mode error on train and test images,
+and its dead ReLU channels (never positive on any of those images), layer by layer. Tells under-fitting (train
+error high) from over-fitting (train low, test high), and shows capacity lost to dead units (a known failure of
+ReLU nets at high LR).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/inspect_checkpoint.py \
         reports/measured/campaign/checkpoints/489234371f2401e9.pt allcnn-c --data-dir /work/full-data --images 2000
@@ -9,7 +10,8 @@ A completed run's weights (results/weights/<run key>.pt, bench/weights.py) need 
     PYTHONPATH=$PWD .venv/bin/python scripts/inspect_checkpoint.py results/weights/KEY.pt --data-dir data
 
 The checkpoint is loaded with weights_only=True (nothing in it is executed); the data dir is a
-`python -m loaders.prepare` output; the input is prepared as the run's was (a checkpoint: GCN+ZCA fitted on train). fp32, CPU.
+`python -m loaders.prepare` output; the input is prepared as the run's was (a checkpoint: GCN+ZCA fitted on
+train). fp32, CPU.
 """
 import argparse
 import contextlib
@@ -41,7 +43,8 @@ def main() -> None:
     preprocess, fit_split = "gcn-zca", "train"  # a checkpoint's run: the paper's (the checkpoint does not say)
     if "state_dict" in blob:  # a completed run's kept weights: they say how their input was prepared
         try:
-            blob, net = weights.read(args.checkpoint), weights.load(args.checkpoint)
+            blob = weights.checked(blob, args.checkpoint)  # read once, above
+            net = weights.network(blob, args.checkpoint)
         except ValueError as e:
             p.error(str(e))
         preprocess, fit_split = blob["preprocess"], blob["train_split"]
