@@ -204,9 +204,11 @@ class Progress:
             self.say(f"{run_label(run)}: {record['status']}, test error {fmt_pct(record['test_error_pct'])}{why} "
                      f"[{key}]", everywhere=True)
 
-    def interrupted(self, key: str) -> None:
+    def interrupted(self, key: str | None) -> None:
+        """SIGTERM: `key` names the run(s) checkpointed mid-run, None a stop between runs (nothing to save)."""
         self.close()
-        self.say(f"stopped by SIGTERM: {key} checkpointed; rerun the same command to resume", everywhere=True)
+        what = f"{key} checkpointed" if key else "between runs, nothing lost"
+        self.say(f"stopped by SIGTERM: {what}; rerun the same command to resume", everywhere=True)
 
     def close(self) -> None:
         if self.grid_bar is not None:

@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             return write_failed(e, acc, ddp)
         acc.free_memory()
     if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
+        show.interrupted(None)
         return 143
     process.finish(acc, group)
     show.summary(keys)
