@@ -98,15 +98,27 @@ def write_official_archive():
     return _write_official_archive
 
 
+_PORTS = iter(range(200))
+
+
 @pytest.fixture
 def free_port() -> int:
     """A TCP port free right now, for `accelerate launch --main_process_port`: the default 29500 collides when
-    several launches (other tests, other users of the machine) run at once."""
+    several launches (other tests, other users of the machine) run at once. Taken below the kernel's ephemeral
+    range (32768+) from a block of this xdist worker's own, so that no other worker, gloo connection or TCPStore
+    is handed it between this check and the launch that binds it seconds later."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    for offset in _PORTS:
+        port = 21000 + 200 * worker + offset
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use on this machine: the next one
+                continue
+        return port
+    raise RuntimeError("no free port left in this worker's block")
 
 
 @pytest.fixture

@@ -244,12 +244,12 @@ def test_end_to_end_rows_per_backend(tmp_path, tiny_data_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path):
+def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path, free_port):
     """Under `accelerate launch` (2 CPU ranks on gloo) each rank times its own copy and the rates are summed."""
     out_json = tmp_path / "two.json"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "bench/throughput.py", "--device", "cpu", "--models", "strided-c", "--precision", "fp32",
+           "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision", "no",
+           "--dynamo_backend", "no", "bench/throughput.py", "--device", "cpu", "--models", "strided-c", "--precision", "fp32",
            "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2", "--json", str(out_json)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "ACCELERATE_USE_CPU": "1"})
