@@ -107,7 +107,7 @@ def test_sigterm_mid_group_then_rerun_matches_uninterrupted(data, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((out / "checkpoints").glob("*.pt"))) == 2:
+        if len(list((out / "checkpoints").glob("*.pt"))) == 2 and not results.read_records(out):  # checkpoints first
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.02)

@@ -30,7 +30,7 @@ GRID = ("--models", "strided-b", "strided-c", "strided-a", "--lrs", "0.25", "0.1
 def data(smoke_data_dir, jpeg_tarball, tmp_path_factory):
     """(data_dir, source): a copy of the session's prepared data, which processes here share at the same time."""
     copy = tmp_path_factory.mktemp("queue-data") / "data"
-    shutil.copytree(smoke_data_dir, copy)
+    shutil.copytree(smoke_data_dir, copy, ignore=shutil.ignore_patterns(".*.tmp"))  # not a cache file another worker is writing
     return copy, str(jpeg_tarball)
 
 
@@ -202,13 +202,17 @@ def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_
     others = [start(args(data, out, *GRID), log)]
     wait_for(lambda: any(c["pid"] == others[0].pid for c in claims(out).values()) or others[0].poll() is not None,
              what="a second claim")
-    while True:  # freeze the first process while it holds a claim, then kill it
+    deadline, held = time.monotonic() + 180, []
+    while first.poll() is None and time.monotonic() < deadline:  # freeze the first while it holds a claim, kill it
         first.send_signal(signal.SIGSTOP)
-        held = [k for k, c in claims(out).items() if c["pid"] == first.pid]
+        # a claim whose run is already recorded is one the process was about to release: not a run it holds
+        held = [k for k, c in claims(out).items()
+                if c["pid"] == first.pid and not (results.runs_dir(out) / f"{k}.json").exists()]
         if held:
             break
         first.send_signal(signal.SIGCONT)
         time.sleep(0.05)
+    assert held, "the first process ended before it could be killed holding a claim"
     first.kill()
     first.wait()
     others += [start(args(data, out, *GRID), log), start(args(data, out, *GRID), log)]  # the third, the restart
@@ -270,7 +274,8 @@ def launcher(port: int, nproc: int = 2, machines: int = 1, rank: int = 0) -> lis
 
 def test_killing_the_launcher_leaves_no_rank_running_and_a_rerun_resumes(data, tmp_path, free_port):
     out, log = tmp_path / "out", tmp_path / "log.txt"
-    grid = ("--models", "strided-a", "--lrs", "0.1", "0.05", "--mode", "grid", "--epochs", "3")
+    # 10 epochs: rank 1 starts training while rank 0 still measures the rate; both must still be training when killed
+    grid = ("--models", "strided-a", "--lrs", "0.1", "0.05", "--mode", "grid", "--epochs", "10")
     proc = start(args(data, out, *grid), log, launcher(free_port), ACCELERATE_USE_CPU="1")
     ranks = wait_for(lambda: len(claims(out)) == 2 and [c["pid"] for c in claims(out).values()],
                      what="both ranks training")
@@ -283,7 +288,7 @@ def test_killing_the_launcher_leaves_no_rank_running_and_a_rerun_resumes(data, t
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "not resumed" not in again.stderr, again.stderr[-3000:]
     records = results.read_records(out)
-    assert len(records) == 2 and all(r["status"] == "completed" and r["epochs_completed"] == 3 for r in records)
+    assert len(records) == 2 and all(r["status"] == "completed" and r["epochs_completed"] == 10 for r in records)
     assert not list((out / "checkpoints").glob("*.pt"))
 
 

@@ -150,9 +150,11 @@ def start_and_interrupt(data, out, sig) -> tuple[subprocess.Popen, str]:
                                 stdout=f, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
+        # run_all writes a run's record, then removes its checkpoint: look at checkpoints first, records second,
+        # and wait for one that is not the first run's (it lives on for a moment after that run's record)
+        checkpoints = {p.stem for p in (out / "checkpoints").glob("*.pt")}
         records = results.read_records(out)
-        # the first run's own checkpoint lives on for a moment after its record is written: wait for the second's
-        if len(records) == 1 and {p.stem for p in (out / "checkpoints").glob("*.pt")} - {records[0]["run_key"]}:
+        if len(records) == 1 and checkpoints - {records[0]["run_key"]}:
             proc.send_signal(sig)
             break
         time.sleep(0.02)
