@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if process.is_rank0():  # once per launch, not once per rank
             print(f"error: {e}", file=sys.stderr, flush=True)
         else:  # the launcher kills every rank when the first exits: let rank 0 say why before this one does
-            time.sleep(3)
+            time.sleep(30)  # (cut short by the launcher as soon as rank 0 has exited)
         return 2
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)

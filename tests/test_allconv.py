@@ -140,6 +140,7 @@ def test_final_relu_switch():
     assert isinstance(list(with_relu.children())[-1], nn.ReLU)
     assert isinstance(list(without.children())[-1], nn.Conv2d)
     assert sum(isinstance(m, nn.ReLU) for m in without) == 2
+    torch.manual_seed(0)
     model = allconv.build("allcnn-c", final_relu=False, dropout=False).eval()
     assert (model(torch.randn(8, 3, 32, 32)) < 0).any()  # logits can be negative only without the ReLU
     model = allconv.build("allcnn-c", dropout=False).eval()
@@ -159,6 +160,7 @@ def test_bn_after_every_conv():
 
 @pytest.mark.parametrize("name", TABLE3_ORDER)
 def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
     model = allconv.build(name, bn=name.endswith("c"))
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 7]))
     loss.backward()

@@ -41,7 +41,7 @@ def campaign(tmp_path: Path, name: str, jpeg_tarball, work: str = "", **env) -> 
 
 def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp_path):
     for name in ("first", "second"):  # the prepared subset: prepare then says there is nothing to do
-        shutil.copytree(smoke_data_dir, tmp_path / f"work-{name}" / "data")
+        shutil.copytree(smoke_data_dir, tmp_path / f"work-{name}" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
 
     log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
                           LEDGER=str(tmp_path / "no-ledger-yet"))

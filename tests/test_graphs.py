@@ -110,7 +110,7 @@ def test_run_all_with_cuda_graphs_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path,
     from bench import results
 
     data = tmp_path / "data"
-    shutil.copytree(smoke_data_dir, data)
+    shutil.copytree(smoke_data_dir, data, ignore=shutil.ignore_patterns(".*.tmp"))
     args = ["--preset", "smoke", "--models", "strided-a", "--lrs", "0.05", "--epochs", "3", "--lr-drops", "2",
             "--batch-size", "16", "--source", str(jpeg_tarball), "--data-dir", str(data), "--backend", "tensor",
             "--subset-per-class", "10", "--precision", "bf16"]

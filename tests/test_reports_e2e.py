@@ -46,7 +46,7 @@ def smoke_ledger(tmp_path_factory, request) -> Path:
                     "results folder to run this test on an existing ledger")
     tmp = tmp_path_factory.mktemp("smoke")
     # the session's prepared subset (10 per class, the smoke preset's): prepare then has nothing to do
-    shutil.copytree(request.getfixturevalue("smoke_data_dir"), tmp / "data")
+    shutil.copytree(request.getfixturevalue("smoke_data_dir"), tmp / "data", ignore=shutil.ignore_patterns(".*.tmp"))
     command = smoke_command(request.getfixturevalue("jpeg_tarball"), tmp / "data", tmp / "results")
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
