@@ -179,6 +179,23 @@ def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_
     assert sorted(p.name for p in (out / "logs").rglob("*")) == files
 
 
+def test_the_next_command_names_the_report_folder_make_report_writes(tmp_path, monkeypatch, capsys):
+    """The default ledger (results/) is followed by the default report folder (report/, as `make report`);
+    another ledger by a report folder inside it."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from bench.config import PRESETS
+    from bench.progress import Progress
+
+    monkeypatch.chdir(tmp_path)
+    acc = SimpleNamespace(is_main_process=True)
+    for out, want in (("results", "next: python -m reports (or make report): Table 3 beside the paper in report/"),
+                      ("abl", f"next: python -m reports --results abl --out {Path('abl') / 'report'}")):
+        Progress(dataclasses.replace(PRESETS["smoke"], out=out, progress=False), acc).summary([])
+        assert want in capsys.readouterr().out
+
+
 def test_tracker_names_say_what_an_ablation_arm_changes():
     from bench.config import expand, parse_args
     from bench.progress import tracker_name
