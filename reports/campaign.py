@@ -1,7 +1,7 @@
 """The README's "Measured so far" table, made from the committed GPU campaign ledger (issue 13), so it stays true.
 
     python -m reports.campaign            # rewrite README.md's block from reports/measured/campaign
-    python -m reports.campaign --check    # exit 1 when README.md's block differs (tests/test_reports.py runs it)
+    python -m reports.campaign --check    # exit 1 when README.md's block differs (tests/test_campaign.py runs it)
 
 One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrote them) and one per unfinished run
 whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model,

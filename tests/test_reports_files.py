@@ -1,0 +1,135 @@
+"""The report's files from tests/test_reports.py's small hand-made ledger: every file written and parseable (CSV
+back to the same frame, PNG headers, HTML tables, LaTeX column counts), the same bytes from the same ledger, bad
+input with no output, and the CLI without torch."""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import results
+from reports import formats
+from reports.ledger import LedgerError
+from reports.report import write_report
+from reports.tables import ablation_table, table3
+from reports.throughput import throughput_table
+from test_reports import ROOT, led, ledger_dir, report_dir  # noqa: F401 (fixtures)
+
+
+EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throughput.csv", "throughput.tex",
+                  "table3-by-lr.csv", "table3-by-lr.tex", "table3-details.tex", "claims.csv", "claims.tex",
+                  "curves.png", "error_vs_params.png", "throughput.png",
+                  *(f"ablation-{n}.{ext}" for n in ("bn-dropout", "optimizer", "head", "augmentation",
+                                                    "lr-selection", "precision") for ext in ("csv", "tex"))}
+
+
+def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
+    assert {p.name for p in report_dir.iterdir()} == EXPECTED_FILES
+    assert_frame_equal_csv(report_dir / "table3.csv", table3(led.df, led.reference))
+    assert_frame_equal_csv(report_dir / "ablation-bn-dropout.csv", ablation_table(led.df, "bn-dropout", led.reference))
+    assert_frame_equal_csv(report_dir / "throughput.csv", throughput_table(led.df))
+    assert set(pd.read_csv(report_dir / "table3.csv")["ledger_sha256"]) == {results.ledger_sha256(ledger_dir)}
+    for png in ("curves.png", "error_vs_params.png", "throughput.png"):
+        data = (report_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in data
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 300 and height > 200
+    md = (report_dir / "report.md").read_text()
+    assert results.ledger_sha256(ledger_dir) in md and "2026-11-25T00:00:00+00:00" in md
+    assert "cifar10-jpeg.tar.gz (lossy JPEG" in md and "| All-CNN-C | 9.08 | 9.30 ± 0.14 | +0.22 | 0.05 | 2 |" in md
+    rows = TableRows()
+    rows.feed((report_dir / "report.html").read_text())
+    assert rows.rows["table3"] == 12 and rows.images == 3
+    assert all(rows.rows[f"ablation-{n}"] >= 2 for n in ("bn-dropout", "precision"))
+    for tex in report_dir.glob("*.tex"):
+        lines = tex.read_text().splitlines()
+        body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+        spec = next(x for x in lines if x.startswith(r"\begin{tabular}"))[len(r"\begin{tabular}{"):-1]
+        cols = len(re.findall(r"p\{[^}]*\}|[lrc]", spec))
+        assert r"\toprule" in lines and r"\end{tabular}" in lines
+        for line in body:
+            assert line.endswith(r"\\") and line.replace(r"\&", "").count("&") == cols - 1
+    t3_tex = (report_dir / "table3.tex").read_text()
+    assert t3_tex.count(r"\\") == 13 and r"9.30 $\pm$ 0.14" in t3_tex and r"\usepackage{booktabs}" in t3_tex
+
+
+def assert_frame_equal_csv(path: Path, table: pd.DataFrame) -> None:
+    back = formats.read_csv(path)
+    assert list(back.columns) == list(table.columns)
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+
+
+class TableRows(HTMLParser):
+    """Counts body rows per <table id=...> and embedded PNGs."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.images, self.table, self.in_body = {}, 0, None, False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.table = attrs["id"]
+            self.rows[self.table] = 0
+        elif tag == "tbody":
+            self.in_body = True
+        elif tag == "tr" and self.in_body:
+            self.rows[self.table] += 1
+        elif tag == "img" and attrs.get("src", "").startswith("data:image/png;base64,"):
+            self.images += 1
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self.in_body = False
+
+
+def test_same_ledger_same_bytes(report_dir, ledger_dir, tmp_path):
+    again = tmp_path / "again"
+    write_report(ledger_dir, again)
+    for p in report_dir.iterdir():
+        assert (again / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_bad_input_exits_2_without_output(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(LedgerError):
+        write_report(tmp_path / "nothing", out)
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    with pytest.raises(LedgerError, match="empty"):
+        write_report(tmp_path / "empty", out)
+    assert not out.exists() and not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
+
+
+NO_TORCH = """
+import runpy, sys
+for name in ("torch", "accelerate", "ffcv"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+sys.argv = ["reports"] + sys.argv[1:]
+try:
+    runpy.run_module("reports", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+loaded = [m for m in sys.modules if m.split(".")[0] in ("torch", "accelerate", "ffcv") and sys.modules[m] is not None]
+print("LOADED", loaded)
+sys.exit(code if not loaded else 3)
+"""
+
+
+def test_cli_runs_without_torch(ledger_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    ok = subprocess.run([sys.executable, "-c", NO_TORCH, "--results", str(ledger_dir), "--out", str(tmp_path / "r")],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "LOADED []" in ok.stdout and (tmp_path / "r" / "report.html").is_file()
+    bad = subprocess.run([sys.executable, "-m", "reports", "--results", str(tmp_path / "none"), "--out",
+                          str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
