@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -146,7 +147,8 @@ def _race(out) -> bool:
 def test_only_one_of_many_takers_wins_a_stale_claim(tmp_path):
     """12 takers race for one dead owner's claim, 10 times over (the rename-and-compare-inodes takeover this replaced
     let two win in ~3% of single rounds)."""
-    with ProcessPoolExecutor(6) as pool:
+    # forkserver, not fork: fork() copies this process's torch threads mid-lock (Python 3.12 warns: deadlock risk)
+    with ProcessPoolExecutor(6, mp_context=multiprocessing.get_context("forkserver")) as pool:
         for round in range(10):
             out = tmp_path / str(round)
             dead = subprocess.Popen(["true"])
