@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import os
 import signal
 import sys
 import time
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
         else:  # the launcher kills every rank when the first exits: let rank 0 say why before this one does
             time.sleep(30)  # (cut short by the launcher as soon as rank 0 has exited)
+            # still here: rank 0 did not fail (an error of this rank only, e.g. its own disk), so say it here
+            print(f"error: {e} (rank {os.environ.get('RANK')})", file=sys.stderr, flush=True)
         return 2
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)

@@ -225,6 +225,19 @@ BAD = {
 }
 
 
+def test_a_rank_whose_rank_0_did_not_fail_says_its_own_error(data, tmp_path, capsys, monkeypatch):
+    """A rank other than 0 waits for rank 0's line (the launcher ends it when rank 0 exits); if it is still there,
+    the error was its own (its disk, its data folder), and it says so itself rather than exiting silently."""
+    import bench.run_all
+
+    waited = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(bench.run_all.time, "sleep", waited.append)
+    assert main(args(data, tmp_path / "out", "--lrs", "fast")) == 2
+    err = capsys.readouterr().err.strip()
+    assert waited == [30] and err.startswith("error: ") and err.endswith("(rank 1)") and "\n" not in err, err
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_exit_2_no_record(case, data, tmp_path, capsys):
     out = tmp_path / "out"
