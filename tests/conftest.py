@@ -98,27 +98,38 @@ def write_official_archive():
     return _write_official_archive
 
 
-_PORTS = iter(range(200))
-
-
 @pytest.fixture
-def free_port() -> int:
-    """A TCP port free right now, for `accelerate launch --main_process_port`: the default 29500 collides when
-    several launches (other tests, other users of the machine) run at once. Taken below the kernel's ephemeral
-    range (32768+) from a block of this xdist worker's own, so that no other worker, gloo connection or TCPStore
-    is handed it between this check and the launch that binds it seconds later."""
+def free_port():
+    """A TCP port free right now and reserved for the test, for `accelerate launch --main_process_port` (the
+    default 29500 collides when several launches run at once). Below the kernel's ephemeral range (32768+), so no
+    gloo connection or TCPStore is handed it between this check and the launch that binds it seconds later; held
+    by a file lock for the whole test, so no other xdist worker or test session on this machine takes it."""
+    import random
     import socket
+    import tempfile
 
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    for offset in _PORTS:
-        port = 21000 + 200 * worker + offset
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:  # in use on this machine: the next one
-                continue
-        return port
-    raise RuntimeError("no free port left in this worker's block")
+    from filelock import FileLock, Timeout
+
+    start = random.randrange(2000)
+    for offset in range(2000):
+        port = 21000 + (start + offset) % 2000
+        lock = FileLock(os.path.join(tempfile.gettempdir(), f"allconv-test-port-{port}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # another test holds it
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("", port))  # all addresses, as the launcher's store binds it
+        except OSError:  # in use on this machine: the next one
+            lock.release()
+            continue
+        try:
+            yield port
+        finally:
+            lock.release()
+        return
+    raise RuntimeError("no free port in 21000-22999")
 
 
 @pytest.fixture
