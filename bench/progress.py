@@ -228,7 +228,7 @@ class Progress:
         out = self.cfg.out
         self.say(f"grid of {len(wanted)} runs: {', '.join(parts) or 'nothing'}; ledger: {results.runs_dir(out)}"
                  + (f"; {self.cfg.log_with} logs: {self.log_dir}" if self.tracker_cls is not None else ""))
-        if Path(out) == Path("results"):  # the defaults of both: results/ -> report/, as `make report` does
+        if Path(out).resolve() == Path("results").resolve():  # both defaults: results/ -> report/ (make report)
             self.say("next: python -m reports (or make report): Table 3 beside the paper in report/")
         else:
             self.say(f"next: python -m reports --results {out} --out {Path(out) / 'report'}")

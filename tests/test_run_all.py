@@ -228,11 +228,13 @@ BAD = {
 def test_a_rank_whose_rank_0_did_not_fail_says_its_own_error(data, tmp_path, capsys, monkeypatch):
     """A rank other than 0 waits for rank 0's line (the launcher ends it when rank 0 exits); if it is still there,
     the error was its own (its disk, its data folder), and it says so itself rather than exiting silently."""
+    from types import SimpleNamespace
+
     import bench.run_all
 
     waited = []
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setattr(bench.run_all.time, "sleep", waited.append)
+    monkeypatch.setattr(bench.run_all, "time", SimpleNamespace(sleep=waited.append))  # this module's only
     assert main(args(data, tmp_path / "out", "--lrs", "fast")) == 2
     err = capsys.readouterr().err.strip()
     assert waited == [30] and err.startswith("error: ") and err.endswith("(rank 1)") and "\n" not in err, err

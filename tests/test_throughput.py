@@ -249,8 +249,8 @@ def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path, 
     out_json = tmp_path / "two.json"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision", "no",
-           "--dynamo_backend", "no", "bench/throughput.py", "--device", "cpu", "--models", "strided-c", "--precision", "fp32",
-           "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2", "--json", str(out_json)]
+           "--dynamo_backend", "no", "bench/throughput.py", "--device", "cpu", "--models", "strided-c",
+           "--precision", "fp32", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2", "--json", str(out_json)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,0 +1,126 @@
+"""Claims on the grid's runs (bench/workqueue.py): taken over only from dead owners (or after the lease, from
+another host), never released by an old owner, won by exactly one of many takers; longest-first order, the
+wall-clock checkpoint and evaluation cadences, and the launch check. Processes sharing a ledger: test_queue.py."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from bench import process, workqueue
+from bench.config import PRESETS, expand, parse_args
+
+GRID = ("--models", "strided-b", "strided-c", "strided-a", "--lrs", "0.25", "0.1", "0.05", "0.01")  # 12 runs
+
+
+def write_claim(out, key, **info) -> Path:
+    path = workqueue.claims_dir(out) / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info))
+    return path
+
+
+def test_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = write_claim(tmp_path, "k", host=workqueue.HOST, pid=dead.pid, started_at=0)
+    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    assert claim is not None and json.loads(path.read_text())["pid"] == os.getpid()
+    workqueue.log(tmp_path, "claimed k")
+    assert "took over k from" in (workqueue.claims_dir(tmp_path) / "log.txt").read_text()
+    assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is None  # now held by a live process: this one
+    claim.release()
+    assert not path.exists() and sorted(p.name for p in path.parent.iterdir()) == [".lock", "log.txt"]
+
+
+def test_a_claim_taken_over_is_not_released_by_its_old_owner(tmp_path):
+    """An owner whose lease expired while it lived (another host took the run over) leaves the new claim alone,
+    even when the new file has the same inode number as its own had."""
+    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    path = claim.path
+    theirs = json.dumps({"host": "other-host", "pid": 1, "started_at": 0}).encode()
+    path.write_bytes(theirs)  # same inode, another owner's claim
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    claim.heartbeat()
+    assert path.stat().st_mtime == old  # not refreshed: not ours
+    claim.release()
+    assert path.read_bytes() == theirs
+
+
+def test_live_claims_are_not_taken(tmp_path):
+    me = {"host": workqueue.HOST, "pid": os.getppid(), "pid_start": workqueue._pid_start(os.getppid())}
+    write_claim(tmp_path, "here", **me)
+    write_claim(tmp_path, "elsewhere", host="other-host", pid=1)  # fresh heartbeat, another host
+    assert workqueue.try_claim(tmp_path, "here", lease_s=3600) is None
+    assert workqueue.try_claim(tmp_path, "elsewhere", lease_s=3600) is None
+    # the same pid number now belonging to another process (reused) is not the owner
+    write_claim(tmp_path, "reused", **dict(me, pid_start="1"))
+    assert workqueue.try_claim(tmp_path, "reused", lease_s=3600) is not None
+
+
+def test_claim_from_another_host_expires_after_the_lease(tmp_path):
+    path = write_claim(tmp_path, "k", host="other-host", pid=os.getpid())
+    two_hours_ago = time.time() - 7200
+    os.utime(path, (two_hours_ago, two_hours_ago))
+    assert workqueue.try_claim(tmp_path, "k", lease_s=3 * 3600) is None
+    assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is not None
+
+
+def _race(out) -> bool:
+    return workqueue.try_claim(out, "k", lease_s=3600) is not None  # kept: the pool's process lives on, holding it
+
+
+def test_only_one_of_many_takers_wins_a_stale_claim(tmp_path):
+    """12 takers race for one dead owner's claim, 10 times over (the rename-and-compare-inodes takeover this replaced
+    let two win in ~3% of single rounds)."""
+    # forkserver, not fork: fork() copies this process's torch threads mid-lock (Python 3.12 warns: deadlock risk)
+    with ProcessPoolExecutor(6, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        for round in range(10):
+            out = tmp_path / str(round)
+            dead = subprocess.Popen(["true"])
+            dead.wait()
+            write_claim(out, "k", host=workqueue.HOST, pid=dead.pid)
+            wins = list(pool.map(_race, [out] * 12))
+            assert sum(wins) == 1, (round, wins)
+            assert sorted(p.name for p in workqueue.claims_dir(out).iterdir()) == [".lock", "k.json", "log.txt"]
+
+
+def test_longest_first_by_epochs_images_and_macs():
+    import allconv
+
+    runs = expand(parse_args(["--preset", "smoke", *GRID]), "sha")
+    order = workqueue.longest_first([(r, r.key("sha")) for r in runs], {"train": 100, "test": 100})
+    assert [r.model for r, _ in order] == ["strided-b"] * 4 + ["strided-c"] * 4 + ["strided-a"] * 4
+    assert allconv.macs("strided-b") > allconv.macs("strided-c") > allconv.macs("strided-a")
+
+
+def test_cadences():
+    paper = PRESETS["paper"]
+    evaluated = [e for e in range(1, paper.epochs + 1) if paper.evaluates(e)]
+    assert evaluated[:3] == [10, 20, 30] and evaluated[-11:] == [340, *range(341, 351)] and len(evaluated) == 44
+    smoke = PRESETS["smoke"]
+    assert all(smoke.evaluates(e) for e in range(1, smoke.epochs + 1)) and smoke.checkpoint_minutes == 0
+    every_epoch = workqueue.Checkpoints(0, [])
+    assert [every_epoch.due(e, 3) for e in (1, 2, 3)] == [True, True, False]
+    assert not workqueue.Checkpoints(10, []).due(1, 3)
+
+
+def test_more_processes_than_gpus_names_the_command(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(process.LaunchError, match=r"4 processes on a machine with 2 GPU\(s\): run `make run`, or "
+                                                  r"`accelerate launch --num_processes 2 "):
+        process.check_launch()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(process.LaunchError, match="ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu"):
+        process.check_launch()
