@@ -168,6 +168,29 @@ def test_full_disk_stops_the_grid_keeps_the_checkpoint_and_records_nothing(data,
     assert record["status"] == "completed" and not list((out / "checkpoints").glob("*.pt"))
 
 
+def test_sigterm_between_runs_says_so_and_loses_nothing(data, tmp_path, monkeypatch, capsys, fresh_accelerator):
+    """A stop requested just as a run is recorded (SIGTERM's handler sets run_all.STOP) ends the grid before the next
+    run with exit 143 and one line; nothing to checkpoint, and the same command trains the rest."""
+    from bench import run_all
+    from bench.progress import Progress
+
+    recorded = Progress.run_done
+
+    def recorded_then_sigterm(self, *a):
+        recorded(self, *a)
+        run_all.STOP["requested"] = True
+
+    monkeypatch.setitem(run_all.STOP, "requested", False)  # and back to False after the test
+    monkeypatch.setattr(Progress, "run_done", recorded_then_sigterm)
+    argv = args(data, tmp_path / "out", "--models", "strided-a", "model-a", "--lrs", "0.05")
+    assert run_all.main(argv) == 143
+    assert "stopped by SIGTERM: between runs, nothing lost; rerun the same command" in capsys.readouterr().out
+    assert len(results.read_records(tmp_path / "out")) == 1 and not list((tmp_path / "out").glob("checkpoints/*"))
+    monkeypatch.setattr(Progress, "run_done", recorded)
+    run_all.STOP["requested"] = False
+    assert run_all.main(argv) == 0 and len(results.read_records(tmp_path / "out")) == 2
+
+
 def launcher(port: int, nproc: int = 2, machines: int = 1, rank: int = 0) -> list[str]:
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", str(machines),
             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
