@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import io
 import json
 import math
 import sys
@@ -211,16 +212,17 @@ def sum_over_processes(row: dict, accelerator) -> dict:
 
 
 def write_outputs(rows: list[dict], json_path: Path | None, csv_path: Path | None) -> None:
-    """JSON: a list of dicts; CSV: the same columns (empty cells for None)."""
+    """JSON: a list of dicts; CSV: the same columns (empty cells for None). Each file replaced atomically."""
+    from bench.results import atomic_write  # bench.results imports no torch
+
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write(json_path, lambda f: f.write((json.dumps(rows, indent=1) + "\n").encode()))
     if csv_path:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(csv_path, lambda f: f.write(text.getvalue().encode()))
 
 
 def fmt(value, spec: str) -> str:
@@ -258,6 +260,8 @@ def run(args) -> list[dict]:
                 row = complete_row(sum_over_processes(row, accelerator), args, device, name_of_device,
                                    world_size, tf32)
                 rows.append(row)
+                if accelerator.is_main_process:  # after every row: a run cut short by a time limit keeps its rows
+                    write_outputs(rows, args.json, args.csv)
                 accelerator.free_memory()  # the prepared optimizer, and with it the model
                 mfu = None if row["mfu"] is None else 100 * row["mfu"]
                 share = None if row["train_cpu_share"] is None else 100 * row["train_cpu_share"]
@@ -267,8 +271,6 @@ def run(args) -> list[dict]:
                                   f"{fmt(share, '.0f'):>6}" + (f"{fmt(row['fused_train_images_per_s'], '.1f'):>18}"
                                                                 f"{fmt(row['fused_over_separate'], '.2f'):>10}"
                                                                 if args.fused else ""))
-    if accelerator.is_main_process:
-        write_outputs(rows, args.json, args.csv)
     accelerator.wait_for_everyone()  # then destroy the group: a rank that exits while a peer still talks aborts
     accelerator.end_training()
     return rows

@@ -142,6 +142,25 @@ def test_cli_on_cpu_writes_json_and_csv(tmp_path):
     assert float(table[0]["train_images_per_s"]) == pytest.approx(rows[0]["train_images_per_s"])
 
 
+def test_rows_measured_before_a_run_is_cut_short_are_kept(tmp_path, monkeypatch):
+    """The JSON is rewritten after every row, so a benchmark killed by a time limit (scripts/campaign.sh's step 1)
+    leaves the rows it measured; here the second model's measurement raises."""
+    out_json = tmp_path / "tp.json"
+    measured = throughput.measure
+
+    def second_fails(name, *a, **k):
+        if name == "strided-c":
+            raise RuntimeError("cut short")
+        return measured(name, *a, **k)
+
+    monkeypatch.setattr(throughput, "measure", second_fails)
+    with pytest.raises(RuntimeError, match="cut short"):
+        throughput.main(["--device", "cpu", "--models", "strided-c", "model-a", "--precision", "fp32", "--batch-size",
+                         "4", "--steps", "1", "--warmup", "1", "--repeats", "1", "--no-eval", "--json", str(out_json)])
+    assert [r["model"] for r in json.loads(out_json.read_text())] == ["model-a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["tp.json"]  # no temporary file left
+
+
 def test_fused_rows_time_k_runs_against_the_separate_step(tmp_path):
     """--fused K: each row also times a K-run bench.fused group in the same process; its images/s count every run's
     images, and the ratio and TFLOP/s follow from the two rates."""
@@ -250,7 +269,8 @@ def test_two_processes_each_time_their_device_and_the_main_one_writes(tmp_path, 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision", "no",
            "--dynamo_backend", "no", "bench/throughput.py", "--device", "cpu", "--models", "strided-c",
-           "--precision", "fp32", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2", "--json", str(out_json)]
+           "--precision", "fp32", "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "2",
+           "--json", str(out_json)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
