@@ -41,9 +41,9 @@ def check_launch() -> None:
                           f"`accelerate launch --num_processes {gpus} bench/{script} ...`")
 
 
-def is_rank0() -> bool:
-    """Rank 0 of the launch (or no launcher), readable before the process group exists."""
-    return os.environ.get("RANK", "0") == "0"
+def launch_rank() -> str:
+    """This process's rank in the launch ("0" without a launcher), readable before the process group exists."""
+    return os.environ.get("RANK", "0")
 
 
 def die_with_launcher() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-import os
 import signal
 import sys
 import time
@@ -180,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         manifest = process.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
     except (UsageError, ValueError) as e:
         process.remove_empty(created)
-        if process.is_rank0():  # once per launch, not once per rank
+        rank = process.launch_rank()
+        if rank == "0":  # once per launch, not once per rank
             print(f"error: {e}", file=sys.stderr, flush=True)
         else:  # the launcher kills every rank when the first exits: let rank 0 say why before this one does
             time.sleep(30)  # (cut short by the launcher as soon as rank 0 has exited)
             # still here: rank 0 did not fail (an error of this rank only, e.g. its own disk), so say it here
-            print(f"error: {e} (rank {os.environ.get('RANK')})", file=sys.stderr, flush=True)
+            print(f"error: {e} (rank {rank})", file=sys.stderr, flush=True)
         return 2
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)
