@@ -144,7 +144,7 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "world_size": world,
               "versions": env["versions"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
               "data": {"source": manifest["source"], "source_sha256": manifest["source_sha256"],
-                       "manifest_sha256": manifest["manifest_sha256"],
+                       "encoding": manifest.get("encoding"), "manifest_sha256": manifest["manifest_sha256"],
                        "num_train": manifest["num_images"][run.cfg.train_split],
                        "num_test": manifest["num_images"]["test"]},
               "config": cfg, "started_at": started_at, "finished_at": now(), "history": [],

@@ -10,8 +10,9 @@ What lands in DATA_DIR (every file written by bench.results.atomic_write; manife
                                       split (10% of each class to val5k) for choosing the LR honestly; the paper
                                       picks it on the test set (Section 3.2.1), so Table 3 runs use train/test.
   train.beton, test.beton             FFCV files (raw RGB, IntField label), only when ffcv is importable
-  manifest.json                       counts per split and class, source and its sha256, options, versions,
-                                      sha256 of every file above, creation time
+  manifest.json                       counts per split and class, source and its sha256, how the source stores
+                                      its images (`encoding`, sources.encoding: JPEG quality and chroma, or
+                                      lossless), options, versions, sha256 of every file above, creation time
 Image order inside a split is fixed: (class, file name) for folder sources, archive order for the official one.
 A prepare killed at any point leaves no manifest (the old one is removed before any file is replaced), and a
 directory without a manifest whose file hashes match is never taken as valid.
@@ -30,7 +31,7 @@ import numpy as np
 from bench.results import atomic_write
 
 from . import load_arrays
-from .sources import CLASSES, COUNTS_PER_CLASS, read_source, sha256_file, source_sha256  # noqa: F401 (CLASSES: API)
+from .sources import CLASSES, COUNTS_PER_CLASS, describe, read_source, sha256_file, source_sha256  # noqa: F401 (CLASSES: API)
 
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
 MANIFEST = "manifest.json"
@@ -135,20 +136,23 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
     old = _load_manifest(data_dir)
     options = {"subset_per_class": subset_per_class, "seed": seed}
     want_source = source if source == "torchvision" else str(Path(source).expanduser().resolve())
-    if old and old["source"] == want_source and old["options"] == options and _files_intact(data_dir, old):
+    if old and old["source"] == want_source and old["options"] == options and "encoding" in old \
+            and _files_intact(data_dir, old):
         if source == "torchvision" or not Path(source).exists() or old["source_sha256"] == source_sha256(source):
             if old["ffcv_version"] is not None or not _ffcv_available():
                 print(f"prepare: {data_dir} already holds this source and options; nothing to do")
                 return old
             print(f"prepare: {data_dir} is up to date; adding the FFCV files now that ffcv is importable")
             arrays = {s: load_arrays(data_dir, s) for s in COUNTS_PER_CLASS}
-            return _write_all(data_dir, arrays, old["source"], old["source_sha256"], options, only_betons=True)
-    splits, described, digest = read_source(source, data_dir)
+            return _write_all(data_dir, arrays, old["source"], old["source_sha256"], old["encoding"], options,
+                              only_betons=True)
+    splits, described, digest, enc = read_source(source, data_dir)
     splits = check_and_subset(splits, subset_per_class, seed)
-    return _write_all(data_dir, splits, described if source != "torchvision" else "torchvision", digest, options)
+    return _write_all(data_dir, splits, described if source != "torchvision" else "torchvision", digest, enc, options)
 
 
-def _write_all(data_dir: Path, splits: dict, source: str, digest: str, options: dict, only_betons=False) -> dict:
+def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict, options: dict,
+               only_betons=False) -> dict:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)  # from here on the directory is invalid until the manifest lands
     train_labels = splits["train"][1]
@@ -176,7 +180,7 @@ def _write_all(data_dir: Path, splits: dict, source: str, digest: str, options: 
     per_class["train45k"] = np.bincount(train_labels[train45k], minlength=len(CLASSES)).tolist()
     per_class["val5k"] = np.bincount(train_labels[val5k], minlength=len(CLASSES)).tolist()
     manifest = {
-        "dataset": "CIFAR-10", "classes": list(CLASSES), "source": source, "source_sha256": digest,
+        "dataset": "CIFAR-10", "classes": list(CLASSES), "source": source, "source_sha256": digest, "encoding": enc,
         "options": options, "seed": options["seed"], "subset_per_class": options["subset_per_class"],
         "num_images": {s: int(sum(c)) for s, c in per_class.items()}, "images_per_class": per_class,
         "image_shape_hwc": [32, 32, 3], "ffcv_version": ffcv_version,
@@ -185,7 +189,8 @@ def _write_all(data_dir: Path, splits: dict, source: str, digest: str, options: 
     }
     atomic_write(data_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
     print(f"prepare: wrote {data_dir} ({manifest['num_images']['train']} train, "
-          f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''})")
+          f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''}); "
+          f"source images: {describe(enc)} ({'lossless' if enc['lossless'] else 'lossy'})")
     return manifest
 
 

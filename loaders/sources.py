@@ -5,6 +5,7 @@ pickles are read with a restricted unpickler, archives in memory, and every prob
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -18,6 +19,20 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 COUNTS_PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10: 50,000 training and 10,000 test images
 OFFICIAL_MEMBERS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+OFFICIAL_FORMAT = "CIFAR-10 python batches"  # the official archive: raw pixels
+LOSSLESS_FORMATS = (OFFICIAL_FORMAT, "PNG", "BMP", "PPM")  # formats that store the pixels exactly (WebP may not)
+CHROMA = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # Pillow's JpegImagePlugin.get_sampling codes
+
+
+def _jpeg(n: int, quality: str, chroma: str) -> dict:
+    return {"formats": {"JPEG": n}, "lossless": False, "jpeg_quality": {quality: n}, "jpeg_chroma": {chroma: n}}
+
+
+KNOWN_ENCODINGS = {  # sha256 -> `encoding` of the copies this project names (tests/test_sources.py measures them),
+    # for records written before the field existed
+    "caee4964ee157074cd166f19fc57801edbb2493096149057c636738291eee788": _jpeg(60000, "75", "4:2:0"),  # ../shared/data
+    "3dab5332f28d684bbd756b795d1ca5a520fff8c062b855d733529daed21380aa": _jpeg(400, "75", "4:2:0"),  # data-sample/
+}
 
 
 def sha256_file(path: Path) -> str:
@@ -119,6 +134,71 @@ class EncodedImages:
         return images if dtype is None else images.astype(dtype)
 
 
+def encoding(blobs) -> dict:
+    """How a source stores its images, read from their headers (nothing is decoded): the manifest's `encoding`,
+    recorded with every run, so a report says what the data was rather than guessing from a file name.
+
+        {"formats": {"JPEG": 60000}, "lossless": false, "jpeg_quality": {"75": 60000}, "jpeg_chroma": {"4:2:0": 60000}}
+
+    `jpeg_quality`: the IJG quality whose tables the image's quantization tables equal ("other" for another
+    encoder's tables); `jpeg_chroma`: the chroma subsampling ("4:2:0": colour at half the resolution each way,
+    16x16 for CIFAR-10). `lossless` only when every image is in a format that stores pixels exactly."""
+    from collections import Counter
+
+    from PIL import Image, JpegImagePlugin
+
+    formats, quality, chroma = Counter(), Counter(), Counter()
+    for name, blob in blobs:
+        try:
+            im = Image.open(io.BytesIO(blob))
+        except OSError as e:
+            raise ValueError(f"{name}: unreadable image ({e})") from None
+        formats[im.format] += 1
+        if im.format == "JPEG":
+            quality[str(_ijg_quality().get(_tables(im), "other"))] += 1
+            chroma[CHROMA.get(JpegImagePlugin.get_sampling(im), "other")] += 1
+    out = {"formats": dict(formats), "lossless": set(formats) <= set(LOSSLESS_FORMATS)}
+    if quality:
+        out.update(jpeg_quality=dict(quality), jpeg_chroma=dict(chroma))
+    return out
+
+
+def describe(enc: dict) -> str:
+    """A manifest's `encoding` in words: "JPEG, quality 75, chroma 4:2:0" (mixed: "quality 75 x59,000, 90 x1,000")."""
+    def counted(c: dict) -> str:
+        return ", ".join(k if len(c) == 1 else f"{k} x{n:,}" for k, n in sorted(c.items()))
+
+    words = counted(enc.get("formats") or {}) or "no images"
+    if enc.get("jpeg_quality"):
+        words += f", quality {counted(enc['jpeg_quality'])}, chroma {counted(enc.get('jpeg_chroma') or {})}"
+    return words
+
+
+def _official_encoding(splits: dict) -> dict:
+    return {"formats": {OFFICIAL_FORMAT: sum(len(labels) for _, labels in splits.values())}, "lossless": True}
+
+
+def _folder_encoding(files: dict) -> dict:
+    return encoding(("/".join(k), blob) for k, blob in sorted(files.items()))
+
+
+def _tables(im) -> tuple:
+    return tuple(tuple(im.quantization[k]) for k in sorted(im.quantization))
+
+
+@functools.cache
+def _ijg_quality() -> dict:
+    """Quantization tables -> the IJG quality (1-100) that writes them: libjpeg's, as Pillow encodes with it."""
+    from PIL import Image
+
+    out = {}
+    for q in range(1, 101):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=q)
+        out.setdefault(_tables(Image.open(buf)), q)
+    return out
+
+
 def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
     """files: (split, class, name) -> encoded image. Labels are the classes' alphabetical ranks; images are
     `EncodedImages`, decoded when the split is subset or stored."""
@@ -167,8 +247,9 @@ def source_sha256(source: str) -> str:
     return sha256_file(path)
 
 
-def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
-    """Returns (splits, source description, sha256 of the source). Raises ValueError with one line on bad input."""
+def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
+    """Returns (splits, source description, sha256 of the source, its `encoding`). Raises ValueError with one line
+    on bad input."""
     if source == "torchvision":
         from torchvision.datasets import CIFAR10
 
@@ -191,11 +272,11 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
             if missing:
                 raise ValueError(f"{source}: official batches missing: {', '.join(missing)}")
             splits = _read_official({n: (batches / n).read_bytes() for n in names})
-            return splits, str(path.resolve()), source_sha256(source)
+            return splits, str(path.resolve()), source_sha256(source), _official_encoding(splits)
         files = _folder_files(path)
         if not files:
             raise ValueError(f"{source}: neither official CIFAR-10 batches nor train/<class>/ and test/<class>/ images")
-        return _read_imagefolder(files), str(path.resolve()), source_sha256(source)
+        return _read_imagefolder(files), str(path.resolve()), source_sha256(source), _folder_encoding(files)
     try:
         with tarfile.open(path) as tf:
             official, folder = _tar_files(tf)
@@ -203,8 +284,9 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str]:
         raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     digest = sha256_file(path)
     if len(official) == 6:
-        return _read_official(official), str(path.resolve()), digest
+        splits = _read_official(official)
+        return splits, str(path.resolve()), digest, _official_encoding(splits)
     if folder:
-        return _read_imagefolder(folder), str(path.resolve()), digest
+        return _read_imagefolder(folder), str(path.resolve()), digest, _folder_encoding(folder)
     raise ValueError(f"{source}: archive holds neither the 6 official batches nor train/<class>/ and "
                      "test/<class>/ images")

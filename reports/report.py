@@ -25,6 +25,7 @@ import markdown as md_lib
 import pandas as pd
 
 from bench.ablations import ABLATIONS
+from loaders.sources import KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe
 from reports import formats, plots
 from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
@@ -122,20 +123,42 @@ FIGURES = (("curves.png", "Test error per epoch of Table 3's runs: one colour pe
 
 
 def data_source(data: dict) -> str:
-    """The data a run trained on, in words: the lossy JPEG copy is not the official archive."""
+    """The data a run trained on, in words, from how its source stored the images (`encoding_of`); a record from
+    before that was recorded, of a source this project does not know, is judged by its source's name."""
     source = str(data.get("source") or "unknown")
-    if lossy(source):
-        kind = "lossy JPEG re-encoding of CIFAR-10 (quality 75), not the official archive"
+    enc = encoding_of(data)
+    if enc and OFFICIAL_FORMAT in enc.get("formats", {}):
+        kind = "official CIFAR-10 archive"
+    elif enc:
+        kind = f"{'lossless' if enc['lossless'] else 'lossy'} copy of CIFAR-10 stored as {describe(enc)}" \
+               + ("" if enc["lossless"] else "; not the official archive")
+    elif lossy(data):
+        kind = "lossy JPEG copy of CIFAR-10 (judged by its name: the record does not say how it was encoded); not " \
+               "the official archive"
     elif any(w in source.lower() for w in ("cifar-10-python", "torchvision", "official")):
         kind = "official CIFAR-10 archive"
     else:
         kind = "as recorded"
-    counts = f", {data['num_train']} train / {data['num_test']} test images" if data.get("num_train") else ""
+    counts = f"; {data['num_train']} train / {data['num_test']} test images" if data.get("num_train") else ""
     return f"{source} ({kind}{counts})"
 
 
-def lossy(source: str) -> bool:
-    return "jpeg" in source.lower() or "jpg" in source.lower()
+def encoding_of(data: dict) -> dict | None:
+    """How a record's source stored its images: the record's `encoding` (loaders.sources.encoding, recorded since
+    2026-12-03), else the measured one of a copy this project names, by the source's sha256; else None."""
+    enc = data.get("encoding")
+    if isinstance(enc, dict) and isinstance(enc.get("lossless"), bool):
+        return enc
+    return KNOWN_ENCODINGS.get(str(data.get("source_sha256")))
+
+
+def lossy(data: dict) -> bool:
+    """Whether a record's data was stored lossily: `encoding_of`, else "jpeg"/"jpg" in its source's name."""
+    enc = encoding_of(data)
+    if enc:
+        return not enc["lossless"]
+    source = str(data.get("source") or "").lower()
+    return "jpeg" in source or "jpg" in source
 
 
 def banner(led: Ledger) -> str | None:
@@ -146,9 +169,11 @@ def banner(led: Ledger) -> str | None:
         subset = ref.get("subset_per_class")
         reasons.append(f"it is of the `{led.preset}` preset ({led.epochs} epochs"
                        + (f", {subset} images per class" if subset else "") + "), not the paper's protocol")
-    sources = {str(d.get("source")) for d in led.df["data"] if isinstance(d, dict)}
-    if any(lossy(s) for s in sources):
-        reasons.append("it trained on a lossy JPEG copy of CIFAR-10, not the official images")
+    lossy_data = [d for d in led.df["data"] if isinstance(d, dict) and lossy(d)]
+    if lossy_data:
+        encodings = _distinct(describe(enc) for enc in map(encoding_of, lossy_data) if enc)
+        reasons.append("it trained on a lossy " + (f"copy of CIFAR-10 ({' / '.join(encodings)})" if encodings
+                                                   else "JPEG copy of CIFAR-10") + ", not the official images")
     if not reasons:
         return None
     return ("**Not comparable with the paper:** " + "; and ".join(reasons)

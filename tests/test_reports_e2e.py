@@ -70,7 +70,7 @@ def test_smoke_ledger_becomes_a_full_report(smoke_ledger, tmp_path):
     assert len(measured) >= 1 and measured["error_pct"].between(0, 100).all()
     assert (measured["diff_pp"] - (measured["error_pct"] - measured["paper_error_pct"])).abs().max() < 1e-6
     md = (out / "report.md").read_text()
-    assert "- **Preset**: smoke" in md and "lossy JPEG" in md
+    assert "- **Preset**: smoke" in md and "lossy copy of CIFAR-10 stored as JPEG, quality 75, chroma 4:2:0" in md
     assert "> **Not comparable with the paper:**" in md and "## Ablations" not in md
     header = next(line for line in md.split("## Table 3: CIFAR-10")[1].splitlines() if line.startswith("| Model"))
     assert header.count(" | ") + 1 <= 9  # compact Table 3 (issue 14)

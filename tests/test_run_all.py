@@ -76,6 +76,7 @@ def check_sane(record: dict) -> None:
     assert all(set(h) == HISTORY for h in record["history"])
     assert 0 <= record["test_error_pct"] <= 100 and record["best_test_error_pct"] <= record["test_error_pct"]
     assert record["data"]["num_test"] == 100 and record["data"]["num_train"] == 100
+    assert record["data"]["encoding"]["jpeg_chroma"].keys() == {"4:2:0"} and not record["data"]["encoding"]["lossless"]
     assert record["train_images_per_s"] > 0 and record["eval_images_per_s"] > 0 and record["wall_time_s"] > 0
     assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
                                                  ("out", "source", "data_dir", "progress", "log_with",

@@ -1,0 +1,94 @@
+"""How a source stores its images (loaders.sources.encoding): read from the headers, kept in the manifest and in
+every run's record, and what the reports say from it instead of guessing from a file name."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loaders import sources
+from loaders.prepare import prepare_cifar10
+from reports.ledger import load_ledger
+from reports.report import banner, data_source, lossy
+from test_reports import record, write_ledger
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoded(fmt: str, seed: int = 0, **kw) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_quality_and_chroma_come_from_the_headers():
+    blobs = [("a.jpg", encoded("JPEG", quality=75)), ("b.jpg", encoded("JPEG", quality=90, subsampling=0)),
+             ("c.jpg", encoded("JPEG", quality=90, subsampling=1)), ("d.png", encoded("PNG")),
+             ("e.jpg", encoded("JPEG", qtables=[[3] * 64, [5] * 64]))]  # not an IJG quality's tables
+    assert sources.encoding(blobs) == {"formats": {"JPEG": 4, "PNG": 1}, "lossless": False,
+                                       "jpeg_quality": {"75": 1, "90": 2, "other": 1},
+                                       "jpeg_chroma": {"4:2:0": 2, "4:4:4": 1, "4:2:2": 1}}
+    assert sources.describe(sources.encoding(blobs)) == \
+        "JPEG x4, PNG x1, quality 75 x1, 90 x2, other x1, chroma 4:2:0 x2, 4:2:2 x1, 4:4:4 x1"
+    assert sources.encoding([("d.png", encoded("PNG")), ("f.bmp", encoded("BMP"))]) == \
+        {"formats": {"PNG": 1, "BMP": 1}, "lossless": True}
+    with pytest.raises(ValueError, match=r"^g\.jpg: unreadable image"):
+        sources.encoding([("g.jpg", b"not an image")])
+
+
+def test_the_shipped_sample_is_what_the_table_says(tmp_path):
+    _, _, digest, enc = sources.read_source(str(REPO / "data-sample" / "cifar10-jpeg-sample.tar.gz"), tmp_path)
+    assert sources.KNOWN_ENCODINGS[digest] == enc
+    assert sources.describe(enc) == "JPEG, quality 75, chroma 4:2:0"
+
+
+def test_the_shared_copy_is_what_the_table_says(full_data_dir):
+    m = json.loads((full_data_dir / "manifest.json").read_text())
+    assert sources.KNOWN_ENCODINGS[m["source_sha256"]] == m["encoding"]
+
+
+def test_the_manifest_keeps_it_and_an_older_manifest_is_rebuilt(tmp_path, write_official_archive, capsys):
+    labels = np.tile(np.arange(10), 2)
+    images = np.random.default_rng(1).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    archive = write_official_archive(tmp_path / "a.tar.gz", (images, labels), (images, labels))
+    m = prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=2)
+    assert m["encoding"] == {"formats": {"CIFAR-10 python batches": 40}, "lossless": True}
+    assert "source images: CIFAR-10 python batches (lossless)" in capsys.readouterr().out
+    path = tmp_path / "data" / "manifest.json"
+    old = json.loads(path.read_text())
+    del old["encoding"]  # as prepared before the field existed
+    path.write_text(json.dumps(old))
+    assert prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=2)["encoding"] == m["encoding"]
+    assert "nothing to do" not in capsys.readouterr().out
+
+
+def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
+    q90 = {"formats": {"JPEG": 60000}, "lossless": False, "jpeg_quality": {"90": 60000},
+           "jpeg_chroma": {"4:4:4": 60000}}
+    png = {"formats": {"PNG": 60000}, "lossless": True}
+    cases = [  # (data, lossy, words in its description)
+        ({"source": "/data/images", "encoding": q90}, True, "lossy copy of CIFAR-10 stored as JPEG, quality 90, chroma 4:4:4"),
+        ({"source": "/data/cifar10-jpeg-as-png", "encoding": png}, False, "lossless copy of CIFAR-10 stored as PNG"),
+        ({"source": "/x/cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
+                                                              "lossless": True}}, False, "official CIFAR-10 archive"),
+        # older records: the measured encoding of a copy this project names, by its digest; else the name
+        ({"source": "/old/copy.tar.gz", "source_sha256": next(iter(sources.KNOWN_ENCODINGS))}, True,
+         "lossy copy of CIFAR-10 stored as JPEG, quality 75, chroma 4:2:0"),
+        ({"source": "/old/cifar10-jpeg.tar.gz", "source_sha256": "ab"}, True, "judged by its name"),
+        ({"source": "/old/images.tar.gz", "source_sha256": "ab"}, False, "as recorded"),
+    ]
+    for data, is_lossy, words in cases:
+        assert lossy(data) is is_lossy and words in data_source(data), data
+    recs = [record(test=9.5), record(lr=0.1, test=9.6)]
+    for rec, enc in zip(recs, (q90, png)):
+        rec["data"] = {**rec["data"], "source": "/data/images", "encoding": enc}
+    assert banner(load_ledger(write_ledger(tmp_path / "mixed", recs))) == (
+        "**Not comparable with the paper:** it trained on a lossy copy of CIFAR-10 (JPEG, quality 90, chroma 4:4:4), "
+        "not the official images. The Δ columns measure this setup, not the method.")
+    recs[0]["data"]["encoding"] = png
+    assert banner(load_ledger(write_ledger(tmp_path / "png", recs))) is None
