@@ -85,7 +85,8 @@ torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.ver
 accelerate.__version__)"
 } > "$log" 2>&1
 left() { echo $((TOTAL - RESERVE - (SECONDS - start))); }
-upto() { local l; l=$(left); echo $(( l < $1 ? l : $1 )); }  # upto N: N seconds, or what is left if less
+upto() { local l; l=$(left); l=$(( l < $1 ? l : $1 )); echo $(( l > 1 ? l : 1 )); }  # upto N: N seconds, or
+# what is left if less, and at least 1 (`timeout 0` would mean no limit at all)
 
 # the committed ledger first; a warm machine's newer files (same names) are kept
 for sub in runs checkpoints; do

@@ -115,3 +115,13 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\nafter\n") and "old table" not in text and "12 so far" in text
     assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 0
+
+
+def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
+    """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
+    cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
+    log, records = campaign(tmp_path, "late", jpeg_tarball, TOTAL="25", RESERVE="25", GRAPHS="auto",
+                            LEDGER=str(tmp_path / "no-ledger"))
+    limits = [int(line.split()[2]) for line in log.splitlines() if line.startswith("$ timeout ")]
+    assert len(limits) == 3 and min(limits) >= 1 and "bench/run_all.py" not in log, log[-3000:]  # prepare, gate, probe
+    assert not records and not (tmp_path / "work-late" / "decided").exists(), log[-3000:]
