@@ -32,7 +32,7 @@ NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_m
               "diagnose", "save_weights")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
 layout, the loader backend: the three yield identical batches, tests/test_loaders.py; fusing the LRs, whose runs
-equal separate ones up to float rounding, tests/test_fused_train.py): left out of the run key
+are separate ones up to float rounding and the draw of their dropout masks, bench/fused.py): left out of the run key
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
 machine and finished with the tensor backend on a GPU machine without ffcv) and never records a run twice. The data
 enters the key as the prepared source's sha256 instead of its path. `stall_after` only decides whether a run stops
@@ -96,7 +96,7 @@ class RunConfig:
     fuse_lrs: bool = _f(False, "train the LRs of one model and seed in lockstep as one fused model (bench/fused.py; "
                                "grid mode, SGD with momentum, no BN, fp32 or bf16, with or without --cuda-graphs; "
                                "other runs train alone): each run's record and checkpoint as if trained alone, up to "
-                               "float rounding")
+                               "float rounding and the draw of the dropout masks")
     diagnose: bool = _f(True, "when a run ends (completed or stalled), record its eval-mode training error, test "
                               "error per class and dead ReLU channels per layer (bench/diagnose.py; one pass over the "
                               "training and the test split)")

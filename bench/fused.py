@@ -26,11 +26,13 @@ its own LR, momentum buffer and weight decay (the paper's SGD, torch.optim.SGD s
 Equivalence (tests/test_fused.py): in fp32 a fused group gives each run the per-step losses and weights of the
 separate run (torch.manual_seed(seed), allconv.build, torch.optim.SGD, same batches) up to float reassociation in
 the grouped convolution; write_back + a fresh group resumes bit-exactly. RNG: vmap's randomness="same" draws
-one dropout mask per layer of the unbatched shape from the global generator, in the same order and amount as
-the separate run's eager forward (checked on CPU; on CUDA eager dropout uses the fused native_dropout kernel:
-the mask equality there is unmeasured). The masks are filled in contiguous (NCHW) order, while a separate run in
-channels_last fills its own in NHWC order: there the runs get equally random but different masks (Strided-CNN-C's
-first loss differs by 0.2%, tests/test_throughput.py), so mask-for-mask equality needs the contiguous format.
+one dropout mask per layer of the unbatched shape from the global generator, shared by the K runs, in the same
+order and amount as the separate run's eager forward. Mask for mask it equals the separate run's only on CPU in
+the contiguous (NCHW) format: in channels_last a separate run fills its masks in NHWC order (Strided-CNN-C's first
+loss differs by 0.2%, tests/test_throughput.py), and on CUDA eager dropout is the fused native_dropout kernel,
+which maps the random stream to elements differently from vmap's bernoulli_. There a fused run gets equally
+random masks, not the same ones: the same protocol, as a second seed would be (tests/test_fused.py checks what
+holds on every device: without dropout the group trains as separate runs do; with it the K runs share a mask).
 
 Precision: `torch.autocast` is NOT applied inside `torch.vmap` (torch 2.11-2.14: conv2d decomposes to
 `convolution` in the batching layer before the autocast key sees it, so everything stays fp32). So "bf16"
@@ -184,8 +186,10 @@ class FusedRuns:
             named = dict(net.named_parameters())
             for i, name in enumerate(self.names):
                 named[name].copy_(self.params[i][k])
-                if self.momentum_buffers is not None:
-                    opt.state[named[name]]["momentum_buffer"] = self.momentum_buffers[i][k].clone()
+                if self.momentum_buffers is not None:  # in its parameter's layout, as SGD's own (fused SGD on CUDA
+                    # refuses a buffer whose strides differ from its parameter's: a run resumed alone would fail)
+                    buf = torch.empty_like(named[name]).copy_(self.momentum_buffers[i][k])
+                    opt.state[named[name]]["momentum_buffer"] = buf
             for name, buf in net.named_buffers():
                 buf.copy_(self.buffers[name][k])
             for g in opt.param_groups:

@@ -1,7 +1,7 @@
 """`--fuse-lrs` (issue 12): the runs of one model and seed that differ only in LR, trained in lockstep as one fused
 model (bench/fused.py's FusedRuns) through the same epochs, evaluations, checkpoints and records as run_all's
 one run at a time (bench/run_all.py `_train`), so that each run's record and checkpoint read as if it had trained
-alone, up to float rounding (tests/test_fused_train.py).
+alone, up to float rounding and the draw of the dropout masks (tests/test_fused_train.py; bench/fused.py).
 
     train_group([(run, key, claim), ...], acc, data, num_images, show, stop=..., alone=..., finished=...)
 
