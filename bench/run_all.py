@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, backend=loaders.resolve_backend(cfg.backend))  # recorded resolved
         if cfg.source != "torchvision" and not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
+        if cfg.cuda_graphs and (cfg.precision == "fp16" or cfg.compile):
+            raise UsageError("--cuda-graphs captures the whole step: not with --precision fp16 (its loss scaler reads "
+                             "the GPU every step) or --compile")
         acc = process.make_accelerator(cfg.precision, project_dir=cfg.out)  # trackers: one per run (progress.py)
         world = acc.num_processes
         mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(expand(cfg)) >= world else "ddp")

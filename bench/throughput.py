@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.precision = list(dict.fromkeys(args.precision))
     if {"bf16", "fp16"} <= set(args.precision):
         raise UsageError("--precision bf16 and fp16 need a process each (Accelerate fixes it per process)")
+    if args.cuda_graphs:
+        from bench.graphs import WARMUP  # eager steps before the capture, which must stay out of the timing
+
+        if args.warmup <= WARMUP or "fp16" in args.precision or args.compile:
+            raise UsageError(f"--cuda-graphs needs --warmup {WARMUP + 1} or more (warm-up and capture), and "
+                             "neither --precision fp16 (its loss scaler reads the GPU every step) nor --compile")
     try:
         args.models = resolve_models(args.models)
     except ValueError as e:

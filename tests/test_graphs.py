@@ -86,6 +86,11 @@ def test_cuda_graphs_refused_without_cuda(jpeg_tarball, tmp_path, capsys, fresh_
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --cuda-graphs needs a CUDA device") and "\n" not in err
     assert not (tmp_path / "out").exists()
+    for bad in (["--precision", "fp16"], ["--compile"]):  # refused before any device is looked at
+        assert run_all.main(["--preset", "smoke", "--cuda-graphs", *bad, "--source", str(jpeg_tarball),
+                             "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --cuda-graphs captures the whole step") and "\n" not in err, err
 
 
 @pytest.mark.gpu

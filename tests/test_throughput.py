@@ -207,6 +207,8 @@ def test_fused_step_trains_every_run_on_the_batch():
     (["--loaders", "torch"], "--loaders needs --data-dir"),
     (["--loaders", "tensor", "--data-dir", "/nonexistent"], "is not a folder"),
     (["--frobnicate"], "unrecognized arguments"),
+    (["--cuda-graphs", "--warmup", "3"], "--cuda-graphs needs --warmup 4 or more"),
+    (["--cuda-graphs", "--precision", "fp16"], "neither --precision fp16"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message):
     result = subprocess.run([sys.executable, "bench/throughput.py", *argv], cwd=ROOT, capture_output=True,
