@@ -145,11 +145,21 @@ def data_source(data: dict) -> str:
 
 def encoding_of(data: dict) -> dict | None:
     """How a record's source stored its images: the record's `encoding` (loaders.sources.encoding, recorded since
-    2026-12-03), else the measured one of a copy this project names, by the source's sha256; else None."""
+    2026-12-03) when it has that shape (a record is outside input), else the measured one of a copy this project
+    names, by the source's sha256; else None."""
     enc = data.get("encoding")
-    if isinstance(enc, dict) and isinstance(enc.get("lossless"), bool):
+    if _well_formed(enc):
         return enc
     return KNOWN_ENCODINGS.get(str(data.get("source_sha256")))
+
+
+def _well_formed(enc) -> bool:
+    """An `encoding` as loaders.sources.encoding writes it: `lossless` a bool, each count a {str: int} dict."""
+    if not (isinstance(enc, dict) and isinstance(enc.get("lossless"), bool)):
+        return False
+    counts = [enc.get(k, {}) for k in ("formats", "jpeg_quality", "jpeg_chroma")]
+    return all(isinstance(c, dict) and all(isinstance(k, str) and type(n) is int for k, n in c.items())
+               for c in counts)
 
 
 def lossy(data: dict) -> bool:

@@ -81,6 +81,11 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
          "lossy copy of CIFAR-10 stored as JPEG, quality 75, chroma 4:2:0"),
         ({"source": "/old/cifar10-jpeg.tar.gz", "source_sha256": "ab"}, True, "judged by its name"),
         ({"source": "/old/images.tar.gz", "source_sha256": "ab"}, False, "as recorded"),
+        # a record is outside input: a malformed encoding is no encoding
+        ({"source": "/x/cifar10-jpeg.tar.gz", "encoding": {"lossless": False, "formats": ["JPEG"]}}, True,
+         "judged by its name"),
+        ({"source": "/x/images", "encoding": {"lossless": "no", "formats": {"JPEG": 1}}}, False, "as recorded"),
+        ({"source": "/x/images", "encoding": {"lossless": True, "formats": {"PNG": "many"}}}, False, "as recorded"),
     ]
     for data, is_lossy, words in cases:
         assert lossy(data) is is_lossy and words in data_source(data), data
