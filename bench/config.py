@@ -92,7 +92,7 @@ class RunConfig:
     channels_last: bool = _f(True, "NHWC memory format for model and batch")
     compile: bool = _f(False, "torch.compile the model")
     cuda_graphs: bool = _f(False, "replay each full training batch's step from one CUDA graph (bench/graphs.py; "
-                                  "CUDA, one process per run)")
+                                  "CUDA, one process per run, not with fp16 or --compile)")
     fuse_lrs: bool = _f(False, "train the LRs of one model and seed in lockstep as one fused model (bench/fused.py; "
                                "grid mode, SGD with momentum, no BN, fp32 or bf16, with or without --cuda-graphs; "
                                "other runs train alone): each run's record and checkpoint as if trained alone, up to "

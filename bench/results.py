@@ -30,7 +30,9 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
   device_name, device_count, world_size
   versions               {"python", "torch", "accelerate", "ffcv"}
   git_commit, git_dirty
-  data                   {"source", "source_sha256", "manifest_sha256", "num_train", "num_test"}
+  data                   {"source", "source_sha256", "encoding", "manifest_sha256", "num_train", "num_test"}
+                         (encoding: how the source stores its images, loaders.sources.encoding; null or absent
+                         in older records)
   config                 the whole resolved per-run config (dict), enough to rerun it
   started_at, finished_at  ISO 8601 UTC
   (which ablation arm a run belongs to is derived from these fields: bench.ablations.arm_of)

@@ -31,7 +31,8 @@ import numpy as np
 from bench.results import atomic_write
 
 from . import load_arrays
-from .sources import CLASSES, COUNTS_PER_CLASS, describe, read_source, sha256_file, source_sha256  # noqa: F401 (CLASSES: API)
+from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe,  # noqa: F401 (CLASSES: API)
+                      read_source, sha256_file, source_sha256)
 
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
 MANIFEST = "manifest.json"
@@ -136,9 +137,10 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
     old = _load_manifest(data_dir)
     options = {"subset_per_class": subset_per_class, "seed": seed}
     want_source = source if source == "torchvision" else str(Path(source).expanduser().resolve())
-    if old and old["source"] == want_source and old["options"] == options and "encoding" in old \
-            and _files_intact(data_dir, old):
+    if old and old["source"] == want_source and old["options"] == options and _files_intact(data_dir, old):
         if source == "torchvision" or not Path(source).exists() or old["source_sha256"] == source_sha256(source):
+            if "encoding" not in old:  # prepared before the field: add it, in place (the files stay)
+                old = _add_encoding(data_dir, old, source)
             if old["ffcv_version"] is not None or not _ffcv_available():
                 print(f"prepare: {data_dir} already holds this source and options; nothing to do")
                 return old
@@ -149,6 +151,22 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
     splits, described, digest, enc = read_source(source, data_dir)
     splits = check_and_subset(splits, subset_per_class, seed)
     return _write_all(data_dir, splits, described if source != "torchvision" else "torchvision", digest, enc, options)
+
+
+def _add_encoding(data_dir: Path, manifest: dict, source: str) -> dict:
+    """An older manifest with `encoding`: read from the source's headers when it is here (the official download:
+    raw pixels), else that of a copy this project knows by its sha256, else None (unknown); rewritten atomically, so
+    a process reading the folder meanwhile still finds a manifest."""
+    enc = KNOWN_ENCODINGS.get(manifest["source_sha256"])
+    if source == "torchvision":
+        enc = {"formats": {OFFICIAL_FORMAT: len(CLASSES) * sum(COUNTS_PER_CLASS.values())}, "lossless": True}
+    elif Path(source).exists():
+        enc = read_source(source, data_dir)[3]
+    manifest = {**manifest, "encoding": enc}
+    atomic_write(data_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    print(f"prepare: {data_dir}: recorded how the source stores its images: "
+          f"{describe(enc) if enc else 'unknown (the source is not here)'}")
+    return manifest
 
 
 def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict, options: dict,

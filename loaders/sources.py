@@ -20,7 +20,7 @@ COUNTS_PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10: 50,000 training an
 OFFICIAL_MEMBERS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 OFFICIAL_FORMAT = "CIFAR-10 python batches"  # the official archive: raw pixels
-LOSSLESS_FORMATS = (OFFICIAL_FORMAT, "PNG", "BMP", "PPM")  # formats that store the pixels exactly (WebP may not)
+LOSSLESS_FORMATS = (OFFICIAL_FORMAT, "PNG", "BMP", "PPM", "WEBP-lossless")  # formats that store pixels exactly
 CHROMA = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # Pillow's JpegImagePlugin.get_sampling codes
 
 
@@ -28,7 +28,7 @@ def _jpeg(n: int, quality: str, chroma: str) -> dict:
     return {"formats": {"JPEG": n}, "lossless": False, "jpeg_quality": {quality: n}, "jpeg_chroma": {chroma: n}}
 
 
-KNOWN_ENCODINGS = {  # sha256 -> `encoding` of the copies this project names (tests/test_sources.py measures them),
+KNOWN_ENCODINGS = {  # sha256 -> `encoding` of the copies this project names (tests/test_encoding.py measures them),
     # for records written before the field existed
     "caee4964ee157074cd166f19fc57801edbb2493096149057c636738291eee788": _jpeg(60000, "75", "4:2:0"),  # ../shared/data
     "3dab5332f28d684bbd756b795d1ca5a520fff8c062b855d733529daed21380aa": _jpeg(400, "75", "4:2:0"),  # data-sample/
@@ -109,7 +109,7 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
 
     try:
         img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise ValueError(f"{name}: unreadable image ({e})") from None
     if img.shape != (32, 32, 3):
         raise ValueError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
@@ -135,14 +135,16 @@ class EncodedImages:
 
 
 def encoding(blobs) -> dict:
-    """How a source stores its images, read from their headers (nothing is decoded): the manifest's `encoding`,
-    recorded with every run, so a report says what the data was rather than guessing from a file name.
+    """How a source stores its images, read from the headers of all of them (nothing is decoded; with
+    --subset-per-class too, so the whole source is described): the manifest's `encoding`, recorded with every run,
+    so a report says what the data was rather than guessing from a file name.
 
         {"formats": {"JPEG": 60000}, "lossless": false, "jpeg_quality": {"75": 60000}, "jpeg_chroma": {"4:2:0": 60000}}
 
     `jpeg_quality`: the IJG quality whose tables the image's quantization tables equal ("other" for another
     encoder's tables); `jpeg_chroma`: the chroma subsampling ("4:2:0": colour at half the resolution each way,
-    16x16 for CIFAR-10). `lossless` only when every image is in a format that stores pixels exactly."""
+    16x16 for CIFAR-10; "gray" for one channel). `lossless` only when every image is in a format that stores pixels
+    exactly (WebP only in its lossless form, "WEBP-lossless")."""
     from collections import Counter
 
     from PIL import Image, JpegImagePlugin
@@ -151,12 +153,14 @@ def encoding(blobs) -> dict:
     for name, blob in blobs:
         try:
             im = Image.open(io.BytesIO(blob))
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"{name}: unreadable image ({e})") from None
-        formats[im.format] += 1
+        lossless_webp = im.format == "WEBP" and (blob[12:16] == b"VP8L" or (blob[12:16] == b"VP8X" and
+                                                                           b"VP8L" in blob and b"VP8 " not in blob))
+        formats["WEBP-lossless" if lossless_webp else im.format] += 1
         if im.format == "JPEG":
             quality[str(_ijg_quality().get(_tables(im), "other"))] += 1
-            chroma[CHROMA.get(JpegImagePlugin.get_sampling(im), "other")] += 1
+            chroma["gray" if im.mode == "L" else CHROMA.get(JpegImagePlugin.get_sampling(im), "other")] += 1
     out = {"formats": dict(formats), "lossless": set(formats) <= set(LOSSLESS_FORMATS)}
     if quality:
         out.update(jpeg_quality=dict(quality), jpeg_chroma=dict(chroma))
@@ -166,7 +170,8 @@ def encoding(blobs) -> dict:
 def describe(enc: dict) -> str:
     """A manifest's `encoding` in words: "JPEG, quality 75, chroma 4:2:0" (mixed: "quality 75 x59,000, 90 x1,000")."""
     def counted(c: dict) -> str:
-        return ", ".join(k if len(c) == 1 else f"{k} x{n:,}" for k, n in sorted(c.items()))
+        order = sorted(c.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0]))
+        return ", ".join(k if len(c) == 1 else f"{k} x{n:,}" for k, n in order)
 
     words = counted(enc.get("formats") or {}) or "no images"
     if enc.get("jpeg_quality"):
@@ -195,7 +200,9 @@ def _ijg_quality() -> dict:
     for q in range(1, 101):
         buf = io.BytesIO()
         Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=q)
-        out.setdefault(_tables(Image.open(buf)), q)
+        tables = _tables(Image.open(buf))
+        out.setdefault(tables, q)
+        out.setdefault(tables[:1], q)  # a grayscale JPEG has the luminance table only
     return out
 
 

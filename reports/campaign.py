@@ -22,8 +22,7 @@ from pathlib import Path
 from allconv.specs import SPECS
 from bench import results
 from bench.config import RunConfig, config_key
-from loaders.sources import describe
-from reports.report import encoding_of, lossy
+from reports.data import short
 
 RESULTS = Path("reports/measured/campaign")
 BEGIN, END = "<!-- measured-table:begin (python -m reports.campaign) -->", "<!-- measured-table:end -->"
@@ -62,7 +61,7 @@ def rows(results_dir: Path) -> list[list[str]]:
         out.append((list(SPECS).index(r["model"]), -r["lr"], [
             spec.paper_name, f"{r['lr']:g}", r["status"], _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}",
             f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
-            r["device_name"], _data(r["data"]), _diagnosis(r.get("diagnosis"))]))
+            r["device_name"], short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
     cells = run_of_key(records)
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
@@ -76,7 +75,7 @@ def rows(results_dir: Path) -> list[list[str]]:
             f"{spec.paper_error_pct:.2f}" if spec else "",
             f"{epoch}/{first['config']['epochs']}" if epoch is not None and first else "",
             f"{_int(seconds)} so far" if seconds else "", "",
-            first["device_name"] if first else "", _data(first["data"]) if first else "", ""]))
+            first["device_name"] if first else "", short(first["data"]) if first else "", ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:2])]
 
 
@@ -94,14 +93,6 @@ def _diagnosis(d: dict | None) -> str:
         return ""
     dead, channels = (sum(v[i] for v in d["dead_relu_channels"].values()) for i in (0, 1))
     return f"train error {d['train_error_pct']:.2f}% (eval mode), {dead:,} of {channels:,} ReLU channels dead"
-
-
-def _data(data: dict) -> str:
-    """The cell's data, short: "CIFAR-10 JPEG, quality 75, chroma 4:2:0 (lossy)" from the record's `encoding`."""
-    enc = encoding_of(data)
-    if enc:
-        return f"CIFAR-10 {describe(enc)} ({'lossless' if enc['lossless'] else 'lossy'})"
-    return "CIFAR-10 JPEG (lossy)" if lossy(data) else Path(str(data.get("source"))).name
 
 
 def table(results_dir: Path = RESULTS) -> str:

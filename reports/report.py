@@ -4,7 +4,7 @@
     paths = write_report("results", "report", preset=None, throughput=None)
 
 The report says what its numbers are (`header`: data, preset, precision, devices, versions) and warns in a banner
-when they cannot be compared with the paper (`banner`: a preset other than "paper", or lossy JPEG data). All files
+when they cannot be compared with the paper (`banner`: a preset other than "paper", or lossy data). All files
 are built in a temporary folder beside `out_dir` and moved in only when every one was written, so bad input leaves
 no partial report. The same ledger (and throughput file) gives byte-identical files.
 """
@@ -25,8 +25,9 @@ import markdown as md_lib
 import pandas as pd
 
 from bench.ablations import ABLATIONS
-from loaders.sources import KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe
+from loaders.sources import describe
 from reports import formats, plots
+from reports.data import data_source, encoding_of, lossy
 from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
 from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
@@ -120,55 +121,6 @@ def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[S
 FIGURES = (("curves.png", "Test error per epoch of Table 3's runs: one colour per LR"),
            ("error_vs_params.png", "Test error against exact parameter count, ours beside the paper's"),
            ("throughput.png", "Training throughput"))
-
-
-def data_source(data: dict) -> str:
-    """The data a run trained on, in words, from how its source stored the images (`encoding_of`); a record from
-    before that was recorded, of a source this project does not know, is judged by its source's name."""
-    source = str(data.get("source") or "unknown")
-    enc = encoding_of(data)
-    if enc and OFFICIAL_FORMAT in enc.get("formats", {}):
-        kind = "official CIFAR-10 archive"
-    elif enc:
-        kind = f"{'lossless' if enc['lossless'] else 'lossy'} copy of CIFAR-10 stored as {describe(enc)}" \
-               + ("" if enc["lossless"] else "; not the official archive")
-    elif lossy(data):
-        kind = "lossy JPEG copy of CIFAR-10 (judged by its name: the record does not say how it was encoded); not " \
-               "the official archive"
-    elif any(w in source.lower() for w in ("cifar-10-python", "torchvision", "official")):
-        kind = "official CIFAR-10 archive"
-    else:
-        kind = "as recorded"
-    counts = f"; {data['num_train']} train / {data['num_test']} test images" if data.get("num_train") else ""
-    return f"{source} ({kind}{counts})"
-
-
-def encoding_of(data: dict) -> dict | None:
-    """How a record's source stored its images: the record's `encoding` (loaders.sources.encoding, recorded since
-    2026-12-03) when it has that shape (a record is outside input), else the measured one of a copy this project
-    names, by the source's sha256; else None."""
-    enc = data.get("encoding")
-    if _well_formed(enc):
-        return enc
-    return KNOWN_ENCODINGS.get(str(data.get("source_sha256")))
-
-
-def _well_formed(enc) -> bool:
-    """An `encoding` as loaders.sources.encoding writes it: `lossless` a bool, each count a {str: int} dict."""
-    if not (isinstance(enc, dict) and isinstance(enc.get("lossless"), bool)):
-        return False
-    counts = [enc.get(k, {}) for k in ("formats", "jpeg_quality", "jpeg_chroma")]
-    return all(isinstance(c, dict) and all(isinstance(k, str) and type(n) is int for k, n in c.items())
-               for c in counts)
-
-
-def lossy(data: dict) -> bool:
-    """Whether a record's data was stored lossily: `encoding_of`, else "jpeg"/"jpg" in its source's name."""
-    enc = encoding_of(data)
-    if enc:
-        return not enc["lossless"]
-    source = str(data.get("source") or "").lower()
-    return "jpeg" in source or "jpg" in source
 
 
 def banner(led: Ledger) -> str | None:

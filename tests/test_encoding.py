@@ -13,7 +13,8 @@ from PIL import Image
 from loaders import sources
 from loaders.prepare import prepare_cifar10
 from reports.ledger import load_ledger
-from reports.report import banner, data_source, lossy
+from reports.data import data_source, lossy, short
+from reports.report import banner
 from test_reports import record, write_ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,18 +28,23 @@ def encoded(fmt: str, seed: int = 0, **kw) -> bytes:
 
 
 def test_quality_and_chroma_come_from_the_headers():
+    gray = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32), dtype=np.uint8)).save(gray, "JPEG", quality=75)
     blobs = [("a.jpg", encoded("JPEG", quality=75)), ("b.jpg", encoded("JPEG", quality=90, subsampling=0)),
-             ("c.jpg", encoded("JPEG", quality=90, subsampling=1)), ("d.png", encoded("PNG")),
-             ("e.jpg", encoded("JPEG", qtables=[[3] * 64, [5] * 64]))]  # not an IJG quality's tables
-    assert sources.encoding(blobs) == {"formats": {"JPEG": 4, "PNG": 1}, "lossless": False,
-                                       "jpeg_quality": {"75": 1, "90": 2, "other": 1},
-                                       "jpeg_chroma": {"4:2:0": 2, "4:4:4": 1, "4:2:2": 1}}
+             ("c.jpg", encoded("JPEG", quality=100, subsampling=1)), ("d.png", encoded("PNG")),
+             ("e.jpg", encoded("JPEG", qtables=[[3] * 64, [5] * 64])),  # not an IJG quality's tables
+             ("f.jpg", gray.getvalue())]
+    assert sources.encoding(blobs) == {"formats": {"JPEG": 5, "PNG": 1}, "lossless": False,
+                                       "jpeg_quality": {"75": 2, "90": 1, "100": 1, "other": 1},
+                                       "jpeg_chroma": {"4:2:0": 2, "4:4:4": 1, "4:2:2": 1, "gray": 1}}
     assert sources.describe(sources.encoding(blobs)) == \
-        "JPEG x4, PNG x1, quality 75 x1, 90 x2, other x1, chroma 4:2:0 x2, 4:2:2 x1, 4:4:4 x1"
-    assert sources.encoding([("d.png", encoded("PNG")), ("f.bmp", encoded("BMP"))]) == \
-        {"formats": {"PNG": 1, "BMP": 1}, "lossless": True}
-    with pytest.raises(ValueError, match=r"^g\.jpg: unreadable image"):
-        sources.encoding([("g.jpg", b"not an image")])
+        "JPEG x5, PNG x1, quality 75 x2, 90 x1, 100 x1, other x1, chroma 4:2:0 x2, 4:2:2 x1, 4:4:4 x1, gray x1"
+    assert sources.encoding([("d.png", encoded("PNG")), ("f.bmp", encoded("BMP")),
+                             ("g.webp", encoded("WEBP", lossless=True))]) == \
+        {"formats": {"PNG": 1, "BMP": 1, "WEBP-lossless": 1}, "lossless": True}
+    assert not sources.encoding([("h.webp", encoded("WEBP", quality=80))])["lossless"]
+    with pytest.raises(ValueError, match=r"^i\.jpg: unreadable image"):
+        sources.encoding([("i.jpg", b"not an image")])
 
 
 def test_the_shipped_sample_is_what_the_table_says(tmp_path):
@@ -52,7 +58,7 @@ def test_the_shared_copy_is_what_the_table_says(full_data_dir):
     assert sources.KNOWN_ENCODINGS[m["source_sha256"]] == m["encoding"]
 
 
-def test_the_manifest_keeps_it_and_an_older_manifest_is_rebuilt(tmp_path, write_official_archive, capsys):
+def test_the_manifest_keeps_it_and_an_older_manifest_gains_it_in_place(tmp_path, write_official_archive, capsys):
     labels = np.tile(np.arange(10), 2)
     images = np.random.default_rng(1).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     archive = write_official_archive(tmp_path / "a.tar.gz", (images, labels), (images, labels))
@@ -60,11 +66,22 @@ def test_the_manifest_keeps_it_and_an_older_manifest_is_rebuilt(tmp_path, write_
     assert m["encoding"] == {"formats": {"CIFAR-10 python batches": 40}, "lossless": True}
     assert "source images: CIFAR-10 python batches (lossless)" in capsys.readouterr().out
     path = tmp_path / "data" / "manifest.json"
-    old = json.loads(path.read_text())
-    del old["encoding"]  # as prepared before the field existed
-    path.write_text(json.dumps(old))
+    files = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir() if p.name != path.name}
+
+    def strip():  # as prepared before the field existed
+        old = json.loads(path.read_text())
+        del old["encoding"]
+        path.write_text(json.dumps(old))
+
+    strip()
     assert prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=2)["encoding"] == m["encoding"]
-    assert "nothing to do" not in capsys.readouterr().out
+    assert "recorded how the source stores its images: CIFAR-10 python batches" in capsys.readouterr().out
+    assert json.loads(path.read_text())["encoding"] == m["encoding"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "data").iterdir() if p.name != path.name} == files
+    strip()
+    archive.unlink()  # an old folder whose source is gone stays usable; its encoding is unknown
+    assert prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=2)["encoding"] is None
+    assert "unknown (the source is not here)" in capsys.readouterr().out
 
 
 def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
@@ -73,7 +90,8 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
     png = {"formats": {"PNG": 60000}, "lossless": True}
     cases = [  # (data, lossy, words in its description)
         ({"source": "/data/images", "encoding": q90}, True, "lossy copy of CIFAR-10 stored as JPEG, quality 90, chroma 4:4:4"),
-        ({"source": "/data/cifar10-jpeg-as-png", "encoding": png}, False, "lossless copy of CIFAR-10 stored as PNG"),
+        ({"source": "/data/cifar10-jpeg-as-png", "encoding": png}, False,
+         "lossless copy of CIFAR-10 stored as PNG; its pixels are not checked against the official archive"),
         ({"source": "/x/cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
                                                               "lossless": True}}, False, "official CIFAR-10 archive"),
         # older records: the measured encoding of a copy this project names, by its digest; else the name
@@ -86,9 +104,13 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
          "judged by its name"),
         ({"source": "/x/images", "encoding": {"lossless": "no", "formats": {"JPEG": 1}}}, False, "as recorded"),
         ({"source": "/x/images", "encoding": {"lossless": True, "formats": {"PNG": "many"}}}, False, "as recorded"),
+        ({"source": "/x/images", "encoding": {"lossless": False, "formats": {"<img src=x>": 1}}}, False, "as recorded"),
     ]
     for data, is_lossy, words in cases:
         assert lossy(data) is is_lossy and words in data_source(data), data
+    assert [short(data) for data, _, _ in cases[:4]] == [
+        "CIFAR-10 JPEG, quality 90, chroma 4:4:4 (lossy)", "CIFAR-10 PNG (lossless)", "CIFAR-10 (official archive)",
+        "CIFAR-10 JPEG, quality 75, chroma 4:2:0 (lossy)"]
     recs = [record(test=9.5), record(lr=0.1, test=9.6)]
     for rec, enc in zip(recs, (q90, png)):
         rec["data"] = {**rec["data"], "source": "/data/images", "encoding": enc}

@@ -285,5 +285,6 @@ def test_the_group_trains_as_separate_runs_do_on_the_device(smoke_data_dir, devi
         evaluated = group.forward(x, train=False)
     for k in range(1, len(LRS)):  # one mask for all K (TF32 grouped convolutions on CUDA: not bit for bit)
         torch.testing.assert_close(first[k], first[0], rtol=1e-3, atol=1e-4)
-    assert (first - second).abs().max() > 1e-2 and (first - evaluated).abs().max() > 1e-2
+    scale = first.abs().max()  # logits of an untrained net are small (~0.08 here): differences relative to them
+    assert (first - second).abs().max() > 0.1 * scale and (first - evaluated).abs().max() > 0.1 * scale
     torch.testing.assert_close(group.forward(x, train=False), evaluated, rtol=1e-5, atol=1e-6)
