@@ -144,7 +144,8 @@ def encoding(blobs) -> dict:
     `jpeg_quality`: the IJG quality whose tables the image's quantization tables equal ("other" for another
     encoder's tables); `jpeg_chroma`: the chroma subsampling ("4:2:0": colour at half the resolution each way,
     16x16 for CIFAR-10; "gray" for one channel). `lossless` only when every image is in a format that stores pixels
-    exactly (WebP only in its lossless form, "WEBP-lossless")."""
+    exactly (WebP only in its lossless form, "WEBP-lossless"); an image whose header cannot be read counts as
+    "unreadable" (a subset may leave it out; one that is kept fails its decoding with a one-line error)."""
     from collections import Counter
 
     from PIL import Image, JpegImagePlugin
@@ -153,8 +154,9 @@ def encoding(blobs) -> dict:
     for name, blob in blobs:
         try:
             im = Image.open(io.BytesIO(blob))
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{name}: unreadable image ({e})") from None
+        except (OSError, Image.DecompressionBombError):  # counted, not refused: decoding refuses it when it is kept
+            formats["unreadable"] += 1
+            continue
         lossless_webp = im.format == "WEBP" and (blob[12:16] == b"VP8L" or (blob[12:16] == b"VP8X" and
                                                                            b"VP8L" in blob and b"VP8 " not in blob))
         formats["WEBP-lossless" if lossless_webp else im.format] += 1

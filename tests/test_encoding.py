@@ -43,8 +43,21 @@ def test_quality_and_chroma_come_from_the_headers():
                              ("g.webp", encoded("WEBP", lossless=True))]) == \
         {"formats": {"PNG": 1, "BMP": 1, "WEBP-lossless": 1}, "lossless": True}
     assert not sources.encoding([("h.webp", encoded("WEBP", quality=80))])["lossless"]
-    with pytest.raises(ValueError, match=r"^i\.jpg: unreadable image"):
-        sources.encoding([("i.jpg", b"not an image")])
+    assert sources.encoding([("i.jpg", b"not an image"), ("d.png", encoded("PNG"))]) == \
+        {"formats": {"unreadable": 1, "PNG": 1}, "lossless": False}  # described; decoding refuses it if kept
+
+
+def test_a_damaged_image_is_counted_then_refused_where_it_is_kept(tmp_path):
+    for split in ("train", "test"):
+        for c, name in enumerate(sources.CLASSES):
+            (tmp_path / "src" / split / name).mkdir(parents=True)
+            for i in range(2):
+                (tmp_path / "src" / split / name / f"{i}.png").write_bytes(encoded("PNG", seed=2 * c + i))
+    (tmp_path / "src" / "train" / "airplane" / "1.png").write_bytes(b"damaged")
+    assert sources.read_source(str(tmp_path / "src"), tmp_path)[3] == \
+        {"formats": {"PNG": 39, "unreadable": 1}, "lossless": False}
+    with pytest.raises(ValueError, match=r"^train/airplane/1\.png: unreadable image"):
+        prepare_cifar10(str(tmp_path / "src"), tmp_path / "out", subset_per_class=2)
 
 
 def test_the_shipped_sample_is_what_the_table_says(tmp_path):
