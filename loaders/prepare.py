@@ -31,8 +31,8 @@ import numpy as np
 from bench.results import atomic_write
 
 from . import load_arrays
-from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe,  # noqa: F401 (CLASSES: API)
-                      read_source, sha256_file, source_sha256)
+from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, OFFICIAL_FORMAT,  # noqa: F401 (CLASSES: API)
+                      describe, read_source, sha256_file, source_sha256)
 
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
 MANIFEST = "manifest.json"
@@ -154,7 +154,7 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
 
 
 def _add_encoding(data_dir: Path, manifest: dict, source: str) -> dict:
-    """An older manifest with `encoding`: read from the source's headers when it is here (the official download:
+    """An older manifest given its `encoding`: read from the source's headers when it is here (the official download:
     raw pixels), else that of a copy this project knows by its sha256, else None (unknown); rewritten atomically, so
     a process reading the folder meanwhile still finds a manifest."""
     enc = KNOWN_ENCODINGS.get(manifest["source_sha256"])

@@ -50,8 +50,8 @@ def data_source(data: dict) -> str:
     if enc and official(enc):
         kind = "official CIFAR-10 archive"
     elif enc and enc["lossless"]:
-        kind = f"lossless copy of CIFAR-10 stored as {describe(enc)}; its pixels are not checked against the official " \
-               "archive"
+        kind = f"lossless copy of CIFAR-10 stored as {describe(enc)}; its pixels are not checked against the " \
+               "official archive"
     elif enc:
         kind = f"lossy copy of CIFAR-10 stored as {describe(enc)}; not the official archive"
     elif lossy(data):

@@ -102,7 +102,8 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
            "jpeg_chroma": {"4:4:4": 60000}}
     png = {"formats": {"PNG": 60000}, "lossless": True}
     cases = [  # (data, lossy, words in its description)
-        ({"source": "/data/images", "encoding": q90}, True, "lossy copy of CIFAR-10 stored as JPEG, quality 90, chroma 4:4:4"),
+        ({"source": "/data/images", "encoding": q90}, True,
+         "lossy copy of CIFAR-10 stored as JPEG, quality 90, chroma 4:4:4"),
         ({"source": "/data/cifar10-jpeg-as-png", "encoding": png}, False,
          "lossless copy of CIFAR-10 stored as PNG; its pixels are not checked against the official archive"),
         ({"source": "/x/cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
