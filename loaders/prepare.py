@@ -31,8 +31,8 @@ import numpy as np
 from bench.results import atomic_write
 
 from . import load_arrays
-from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, OFFICIAL_FORMAT,  # noqa: F401 (CLASSES: API)
-                      describe, read_source, sha256_file, source_sha256)
+from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, describe,  # noqa: F401 (CLASSES: API)
+                      official_encoding, read_source, sha256_file, source_sha256)
 
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
 MANIFEST = "manifest.json"
@@ -157,16 +157,21 @@ def _add_encoding(data_dir: Path, manifest: dict, source: str) -> dict:
     """An older manifest given its `encoding`: read from the source's headers when it is here (the official download:
     raw pixels), else that of a copy this project knows by its sha256, else None (unknown); rewritten atomically, so
     a process reading the folder meanwhile still finds a manifest."""
-    enc = KNOWN_ENCODINGS.get(manifest["source_sha256"])
     if source == "torchvision":
-        enc = {"formats": {OFFICIAL_FORMAT: len(CLASSES) * sum(COUNTS_PER_CLASS.values())}, "lossless": True}
+        enc = official_encoding()
     elif Path(source).exists():
         enc = read_source(source, data_dir)[3]
+    else:
+        enc = KNOWN_ENCODINGS.get(manifest["source_sha256"])
     manifest = {**manifest, "encoding": enc}
-    atomic_write(data_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    _write_manifest(data_dir, manifest)
     print(f"prepare: {data_dir}: recorded how the source stores its images: "
           f"{describe(enc) if enc else 'unknown (the source is not here)'}")
     return manifest
+
+
+def _write_manifest(data_dir: Path, manifest: dict) -> None:
+    atomic_write(data_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
 
 
 def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict, options: dict,
@@ -205,10 +210,10 @@ def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict
         "numpy_version": np.__version__, "files": {n: sha256_file(data_dir / n) for n in names},
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write(data_dir / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+    _write_manifest(data_dir, manifest)
     print(f"prepare: wrote {data_dir} ({manifest['num_images']['train']} train, "
           f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''}); "
-          f"source images: {describe(enc)} ({'lossless' if enc['lossless'] else 'lossy'})")
+          f"source images: {describe(enc, loss=True)}")
     return manifest
 
 

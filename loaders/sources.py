@@ -151,7 +151,7 @@ def encoding(blobs) -> dict:
     from PIL import Image, JpegImagePlugin
 
     formats, quality, chroma = Counter(), Counter(), Counter()
-    for name, blob in blobs:
+    for blob in blobs:  # the encoded images' bytes
         try:
             im = Image.open(io.BytesIO(blob))
         except (OSError, Image.DecompressionBombError):  # counted, not refused: decoding refuses it when it is kept
@@ -169,8 +169,9 @@ def encoding(blobs) -> dict:
     return out
 
 
-def describe(enc: dict) -> str:
-    """A manifest's `encoding` in words: "JPEG, quality 75, chroma 4:2:0" (mixed: "quality 75 x59,000, 90 x1,000")."""
+def describe(enc: dict, *, loss: bool = False) -> str:
+    """A manifest's `encoding` in words: "JPEG, quality 75, chroma 4:2:0" (mixed: "quality 75 x59,000, 90 x1,000");
+    `loss` adds " (lossy)" or " (lossless)"."""
     def counted(c: dict) -> str:
         order = sorted(c.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0]))
         return ", ".join(k if len(c) == 1 else f"{k} x{n:,}" for k, n in order)
@@ -178,15 +179,16 @@ def describe(enc: dict) -> str:
     words = counted(enc.get("formats") or {}) or "no images"
     if enc.get("jpeg_quality"):
         words += f", quality {counted(enc['jpeg_quality'])}, chroma {counted(enc.get('jpeg_chroma') or {})}"
-    return words
+    return words + (f" ({'lossless' if enc.get('lossless') else 'lossy'})" if loss else "")
 
 
-def _official_encoding(splits: dict) -> dict:
-    return {"formats": {OFFICIAL_FORMAT: sum(len(labels) for _, labels in splits.values())}, "lossless": True}
+def official_encoding(num_images: int = len(CLASSES) * sum(COUNTS_PER_CLASS.values())) -> dict:
+    """The `encoding` of the official archive (raw pixels)."""
+    return {"formats": {OFFICIAL_FORMAT: num_images}, "lossless": True}
 
 
-def _folder_encoding(files: dict) -> dict:
-    return encoding(("/".join(k), blob) for k, blob in sorted(files.items()))
+def _count(splits: dict) -> int:
+    return sum(len(labels) for _, labels in splits.values())
 
 
 def _tables(im) -> tuple:
@@ -281,11 +283,11 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
             if missing:
                 raise ValueError(f"{source}: official batches missing: {', '.join(missing)}")
             splits = _read_official({n: (batches / n).read_bytes() for n in names})
-            return splits, str(path.resolve()), source_sha256(source), _official_encoding(splits)
+            return splits, str(path.resolve()), source_sha256(source), official_encoding(_count(splits))
         files = _folder_files(path)
         if not files:
             raise ValueError(f"{source}: neither official CIFAR-10 batches nor train/<class>/ and test/<class>/ images")
-        return _read_imagefolder(files), str(path.resolve()), source_sha256(source), _folder_encoding(files)
+        return _read_imagefolder(files), str(path.resolve()), source_sha256(source), encoding(files.values())
     try:
         with tarfile.open(path) as tf:
             official, folder = _tar_files(tf)
@@ -294,8 +296,8 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
     digest = sha256_file(path)
     if len(official) == 6:
         splits = _read_official(official)
-        return splits, str(path.resolve()), digest, _official_encoding(splits)
+        return splits, str(path.resolve()), digest, official_encoding(_count(splits))
     if folder:
-        return _read_imagefolder(folder), str(path.resolve()), digest, _folder_encoding(folder)
+        return _read_imagefolder(folder), str(path.resolve()), digest, encoding(folder.values())
     raise ValueError(f"{source}: archive holds neither the 6 official batches nor train/<class>/ and "
                      "test/<class>/ images")

@@ -69,6 +69,5 @@ def short(data: dict) -> str:
     """The data in a table cell: "CIFAR-10 JPEG, quality 75, chroma 4:2:0 (lossy)"."""
     enc = encoding_of(data)
     if enc:
-        return "CIFAR-10 (official archive)" if official(enc) else \
-            f"CIFAR-10 {describe(enc)} ({'lossless' if enc['lossless'] else 'lossy'})"
+        return "CIFAR-10 (official archive)" if official(enc) else f"CIFAR-10 {describe(enc, loss=True)}"
     return "CIFAR-10 JPEG (lossy)" if lossy(data) else Path(str(data.get("source"))).name

@@ -27,8 +27,8 @@ import pandas as pd
 from bench.ablations import ABLATIONS
 from loaders.sources import describe
 from reports import formats, plots
-from reports.data import data_source, encoding_of, lossy
 from reports.claims import ALPHA, MARGIN_PP, claims_table
+from reports.data import data_source, encoding_of, lossy
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
 from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
 from reports.throughput import throughput_table

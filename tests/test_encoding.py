@@ -30,20 +30,19 @@ def encoded(fmt: str, seed: int = 0, **kw) -> bytes:
 def test_quality_and_chroma_come_from_the_headers():
     gray = io.BytesIO()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 32), dtype=np.uint8)).save(gray, "JPEG", quality=75)
-    blobs = [("a.jpg", encoded("JPEG", quality=75)), ("b.jpg", encoded("JPEG", quality=90, subsampling=0)),
-             ("c.jpg", encoded("JPEG", quality=100, subsampling=1)), ("d.png", encoded("PNG")),
-             ("e.jpg", encoded("JPEG", qtables=[[3] * 64, [5] * 64])),  # not an IJG quality's tables
-             ("f.jpg", gray.getvalue())]
+    blobs = [encoded("JPEG", quality=75), encoded("JPEG", quality=90, subsampling=0),
+             encoded("JPEG", quality=100, subsampling=1), encoded("PNG"),
+             encoded("JPEG", qtables=[[3] * 64, [5] * 64]),  # not an IJG quality's tables
+             gray.getvalue()]
     assert sources.encoding(blobs) == {"formats": {"JPEG": 5, "PNG": 1}, "lossless": False,
                                        "jpeg_quality": {"75": 2, "90": 1, "100": 1, "other": 1},
                                        "jpeg_chroma": {"4:2:0": 2, "4:4:4": 1, "4:2:2": 1, "gray": 1}}
     assert sources.describe(sources.encoding(blobs)) == \
         "JPEG x5, PNG x1, quality 75 x2, 90 x1, 100 x1, other x1, chroma 4:2:0 x2, 4:2:2 x1, 4:4:4 x1, gray x1"
-    assert sources.encoding([("d.png", encoded("PNG")), ("f.bmp", encoded("BMP")),
-                             ("g.webp", encoded("WEBP", lossless=True))]) == \
+    assert sources.encoding([encoded("PNG"), encoded("BMP"), encoded("WEBP", lossless=True)]) == \
         {"formats": {"PNG": 1, "BMP": 1, "WEBP-lossless": 1}, "lossless": True}
-    assert not sources.encoding([("h.webp", encoded("WEBP", quality=80))])["lossless"]
-    assert sources.encoding([("i.jpg", b"not an image"), ("d.png", encoded("PNG"))]) == \
+    assert not sources.encoding([encoded("WEBP", quality=80)])["lossless"]
+    assert sources.encoding([b"not an image", encoded("PNG")]) == \
         {"formats": {"unreadable": 1, "PNG": 1}, "lossless": False}  # described; decoding refuses it if kept
 
 

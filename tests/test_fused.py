@@ -41,9 +41,9 @@ def data(smoke_data_dir):
     return train, test, build_preprocess("gcn-zca", smoke_data_dir)
 
 
-def build(name: str, lr: float, dtype=torch.float32):
+def build(name: str, lr: float, dtype=torch.float32, dropout: bool = True):
     torch.manual_seed(SEED)
-    net = allconv.build(name).to(dtype)
+    net = allconv.build(name, dropout=dropout).to(dtype)
     return net, torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
 
 
@@ -251,13 +251,9 @@ def test_the_group_trains_as_separate_runs_do_on_the_device(smoke_data_dir, devi
     train = loaders.make("train", 32, data_dir=smoke_data_dir, backend="tensor", seed=SEED, device=dev)
     pre = build_preprocess("gcn-zca", smoke_data_dir).to(dev)
 
-    def nets(dropout: bool):
-        made = []
-        for lr in LRS:
-            torch.manual_seed(SEED)
-            net = allconv.build("strided-a", dropout=dropout).to(dev, memory_format=torch.channels_last)
-            made.append((net, torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)))
-        return made
+    def nets(dropout: bool):  # the optimizer keeps the parameters that .to() moves in place
+        made = [build("strided-a", lr, dropout=dropout) for lr in LRS]
+        return [(net.to(dev, memory_format=torch.channels_last), opt) for net, opt in made]
 
     runs = nets(dropout=False)
     start = flat(runs[0][0])
