@@ -10,8 +10,9 @@ two models (or a model and a number) and gets a verdict:
   difference lies within +-MARGIN_PP, not reproduced when it lies wholly outside, else inconclusive;
 - with one seed on a side there is no noise estimate: a gap beyond MARGIN_PP decides, anything smaller is
   "inconclusive" (and "on par" can then only be refuted, never reproduced);
-- a model without a number makes the claim "inconclusive" (not measured).
-"At least as good" is judged like "better": it is reproduced only when the data show the order beyond noise.
+- a claim with a model that has no number is "not measured" (nothing was tested).
+"The best" is reproduced only when every other model has a number and is beaten; it is refuted by any model that
+beats it. "At least as good" is judged like "better": it is reproduced only when the data show the order beyond noise.
 Vague statements ("the drop in performance is not as dramatic as one might expect") are not claims here.
 """
 from __future__ import annotations
@@ -152,14 +153,18 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
                "paper_diff_pp": _round(paper[c.x] - y_paper), "p_value": float("nan")}
         if not x_err or not y_err:
             missing = [SPECS[m].paper_name for m in (c.x, y) if isinstance(m, str) and not errors.get(m)]
-            row.update(verdict="inconclusive", test=f"not measured: {', '.join(missing) or 'no other model'}")
+            row.update(verdict="not measured", test=f"no number for: {', '.join(missing)}" if missing
+                       else "no other model has a number")
         elif c.relation == "best":
             found = [verdict(x_err, errors[m], "better") for m in others]
             words = {v for v, _, _ in found}
             worst = max(found, key=lambda f: 0 if f[0] == "reproduced" else 1 if f[0] == "inconclusive" else 2)
+            unmeasured = len(SPECS) - 1 - len(others)  # "the best" is shown only against every other model
             row.update(verdict="not reproduced" if "not reproduced" in words else "reproduced"
-                       if words == {"reproduced"} else "inconclusive",
-                       test=f"against each of {len(others)} models; weakest: {worst[1]}", p_value=_round(worst[2]))
+                       if words == {"reproduced"} and not unmeasured else "inconclusive",
+                       test=f"against each of {len(others)} models" + (f" ({unmeasured} not measured)"
+                                                                         if unmeasured else "")
+                       + f"; weakest: {worst[1]}", p_value=_round(worst[2]))
         else:
             v, test, p = verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float))
             row.update(verdict=v, test=test, p_value=_round(p))

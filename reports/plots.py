@@ -26,9 +26,10 @@ VARIANT_MARKERS = {"model": "o", "strided": "v", "convpool": "s", "allcnn": "D"}
 VARIANT_NAMES = {"model": "Model", "strided": "Strided-CNN", "convpool": "ConvPool-CNN", "allcnn": "All-CNN"}
 
 
-def _save(fig, path, sha256: str) -> None:
-    fig.text(0.995, 0.005, f"ledger sha256 {sha256[:16]}", ha="right", va="bottom", fontsize=6, color="0.5")
-    fig.savefig(path, dpi=DPI, metadata={"Software": None, "Source": f"ledger sha256 {sha256}"})
+def _save(fig, path, sha256: str, kind: str = "ledger") -> None:
+    """`kind`: what `sha256` is the hash of, "ledger" or "throughput file"."""
+    fig.text(0.995, 0.005, f"{kind} sha256 {sha256[:16]}", ha="right", va="bottom", fontsize=6, color="0.5")
+    fig.savefig(path, dpi=DPI, metadata={"Software": None, "Source": f"{kind} sha256 {sha256}"})
     plt.close(fig)
 
 
@@ -149,7 +150,7 @@ def bar_labels(rows: list[dict]) -> tuple[list[str], str]:
     return [" · ".join(n[c] for c in varies if n[c]) for n in named], " · ".join(common)
 
 
-def plot_throughput(tp: pd.DataFrame, path, sha256: str = "") -> None:
+def plot_throughput(tp: pd.DataFrame, path, sha256: str = "", kind: str = "ledger") -> None:
     """Horizontal bars of training img/s, one per row of the throughput table (model, device, precision...), and
     beside each, when the benchmark timed it, the same variant's LR grid trained as one fused model (all its runs'
     images)."""
@@ -180,4 +181,4 @@ def plot_throughput(tp: pd.DataFrame, path, sha256: str = "") -> None:
     ax.set_xlabel("training images / s (all ranks)")
     ax.set_title("Training throughput per variant" + (f"\n{common}" if common else ""), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path, sha256)
+    _save(fig, path, sha256, kind)

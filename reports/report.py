@@ -51,7 +51,8 @@ CLAIMS_NOTE = (
     f"Each statement of the paper's Section 3.2.1, checked on Table 3's numbers (seeds at the selected LR). "
     f"Several seeds: Welch's t-test, p < {ALPHA:g} decides an order; *on par* needs the 95% interval of Δ "
     f"within ±{MARGIN_PP:g} pp. One seed: no noise estimate, so only a gap over {MARGIN_PP:g} pp decides; "
-    f"smaller gaps are *inconclusive*. Paper Δ: the same difference in the paper's Table 3 (one run each).")
+    f"smaller gaps are *inconclusive*. *Not measured*: a model in the claim has no number; \"the best\" needs "
+    f"all 12. Paper Δ: the same difference in the paper's Table 3 (one run each).")
 THROUGHPUT_NOTE = (
     "Median over runs of the same setting. TFLOP/s: training 3x the forward pass, 2 FLOP per MAC; share of the "
     "dense peak of the devices that ran it (a grid run: one; a DDP run or a benchmark: one per process) "
@@ -237,9 +238,11 @@ def write_report(results_dir, out_dir, preset: str | None = None, throughput=Non
     led = load_ledger(results_dir, preset)
     benchmark = load_throughput(throughput) if throughput is not None else None
     rows = header(led)
+    tp_source = (led.sha256, "ledger")  # what the throughput table and plot are stamped with: where they came from
     if throughput is not None:
         digest = hashlib.sha256(Path(throughput).read_bytes()).hexdigest()
         rows.insert(1, ("Throughput file", f"{Path(throughput).name}, sha256 {digest}"))
+        tp_source = (digest, "throughput file")
     sections = build_sections(led, benchmark)
     warning = banner(led)
     out = Path(out_dir)
@@ -247,13 +250,14 @@ def write_report(results_dir, out_dir, preset: str | None = None, throughput=Non
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for s in sections:
+            source = tp_source if s.stem == "throughput" else (led.sha256, "ledger")
             if s.stem != "table3-details":  # its numbers are table3.csv's
-                formats.write_csv(s.table, tmp / f"{s.stem}.csv", led.sha256)
-            (tmp / f"{s.stem}.tex").write_text(formats.latex_table(s.display, s.title, s.stem, led.sha256))
+                formats.write_csv(s.table, tmp / f"{s.stem}.csv", *source)
+            (tmp / f"{s.stem}.tex").write_text(formats.latex_table(s.display, s.title, s.stem, *source))
         t3 = sections[0].table
         plots.plot_curves(table3_runs(led.df, led.reference), t3, tmp / "curves.png", led.sha256)
         plots.plot_error_vs_params(t3, tmp / "error_vs_params.png", led.sha256)
-        plots.plot_throughput(sections[-1].table, tmp / "throughput.png", led.sha256)
+        plots.plot_throughput(sections[-1].table, tmp / "throughput.png", *tp_source)
         (tmp / "report.md").write_text(markdown(warning, rows, sections))
         (tmp / "report.html").write_text(html_page(warning, rows, sections, tmp))
         out.mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from allconv.specs import SPECS
 from reports import formats
 from reports.claims import claims_table, t_quantile, t_sf
 from reports.ledger import load_ledger
@@ -140,9 +141,10 @@ def test_claims_reproduced_with_seeds(tmp_path):
     assert c.loc[STRIDED_A, "verdict"] == "reproduced" and c.loc[STRIDED_A, "p_value"] < 0.001
     assert c.loc[STRIDED_A, "diff_pp"] == -1.6 and c.loc[STRIDED_A, "paper_diff_pp"] == -0.99
     assert c.loc[ON_PAR_A, "verdict"] == "reproduced"
-    assert c.loc[BEST, "verdict"] == "reproduced" and c.loc[BEST, "y"] in ("allcnn-a", "convpool-a")
+    assert c.loc[BEST, "verdict"] == "inconclusive" and c.loc[BEST, "y"] in ("allcnn-a", "convpool-a")
+    assert "against each of 4 models (7 not measured)" in c.loc[BEST, "test"]  # beats all 4, yet 7 are unknown
     assert c.loc["Model A already performs remarkably well, achieving 12.5% error", "verdict"] == "reproduced"
-    assert c.loc[STRIDED_A.replace("(family A)", "(family B)"), "verdict"] == "inconclusive"  # not measured
+    assert c.loc[STRIDED_A.replace("(family A)", "(family B)"), "verdict"] == "not measured"
 
 
 def test_claims_not_reproduced_with_seeds(tmp_path):
@@ -151,7 +153,18 @@ def test_claims_not_reproduced_with_seeds(tmp_path):
                              "allcnn-c": [9.0, 9.1, 9.05]})
     assert c.loc[STRIDED_A, "verdict"] == "not reproduced"
     assert c.loc[ON_PAR_A, "verdict"] == "not reproduced"  # 2 pp apart, tight seeds
-    assert c.loc[BEST, "verdict"] == "reproduced"
+    assert c.loc[BEST, "verdict"] == "inconclusive"  # 7 models not measured
+
+
+def test_the_best_of_table3_needs_every_model(tmp_path):
+    others = {m: [10.3 + i / 10, 10.4 + i / 10] for i, m in enumerate(SPECS) if m != "allcnn-c"}
+    c = claims_of(tmp_path, {**others, "allcnn-c": [9.0, 9.1]})
+    assert c.loc[BEST, "verdict"] == "reproduced" and c.loc[BEST, "test"].startswith("against each of 11 models;")
+    c = claims_of(tmp_path / "one-missing", {**{m: e for m, e in others.items() if m != "model-c"},
+                                              "allcnn-c": [9.0, 9.1]})
+    assert c.loc[BEST, "verdict"] == "inconclusive" and "(1 not measured)" in c.loc[BEST, "test"]
+    c = claims_of(tmp_path / "alone", {"allcnn-c": [9.0]})
+    assert tuple(c.loc[BEST, ["verdict", "test"]]) == ("not measured", "no other model has a number")
 
 
 def test_claims_with_one_seed_need_the_margin(tmp_path):

@@ -3,11 +3,14 @@ share of peak per device, fused LR groups (--fuse-lrs, --fused K), CUDA-graphed 
 is tests/test_reports.py's small hand-made one."""
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pandas as pd
 import pytest
+from PIL import Image
 
+from bench import results
 from reports import formats
 from reports.ledger import LedgerError, load_ledger
 from reports.report import write_report
@@ -92,6 +95,13 @@ def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
     write_report(ledger_dir, out, preset="smoke", throughput=bench_json)
     tp = formats.read_csv(out / "throughput.csv")
     assert list(tp["source"]) == ["benchmark"] and tp.loc[0, "peak_tflops"] == 19.5  # A100 plain fp32
+    digest = hashlib.sha256(bench_json.read_bytes()).hexdigest()  # its numbers are stamped with their file
+    assert list(pd.read_csv(out / "throughput.csv")["throughput_file_sha256"]) == [digest]
+    assert f"from throughput file sha256 {digest}" in (out / "throughput.tex").read_text()
+    assert Image.open(out / "throughput.png").text["Source"] == f"throughput file sha256 {digest}"
+    ledger = results.ledger_sha256(ledger_dir)  # and the rest with the ledger
+    assert set(pd.read_csv(out / "table3.csv")["ledger_sha256"]) == {ledger}
+    assert Image.open(out / "curves.png").text["Source"] == f"ledger sha256 {ledger}"
     md = (out / "report.md").read_text()
     assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (31)" in md
     with pytest.raises(LedgerError, match="preset 'nope' has no records"):
