@@ -8,7 +8,8 @@ two models (or a model and a number) and gets a verdict:
   order is "reproduced" when the difference has the claimed sign and p < ALPHA, "not reproduced" when it has the
   opposite sign and p < ALPHA, else "inconclusive"; "on par" is reproduced when the 95% confidence interval of the
   difference lies within +-MARGIN_PP, not reproduced when it lies wholly outside, else inconclusive;
-- with one seed on a side there is no noise estimate: a gap beyond MARGIN_PP decides, anything smaller is
+- with one seed on a side there is no estimate of the training noise: a gap beyond MARGIN_PP decides (or beyond the
+  test set's own sampling noise, when that is larger: a subset of a few hundred images), anything smaller is
   "inconclusive" (and "on par" can then only be refuted, never reproduced);
 - a claim with a model that has no number is "not measured" (nothing was tested).
 "The best" is reproduced only when every other model has a number and is beaten; it is refuted by any model that
@@ -28,7 +29,8 @@ from reports.tables import _round, _typed, best_over_lr, lr_grid, table3_runs
 
 ALPHA = 0.05
 MARGIN_PP = 1.0
-"""Percentage points: the gap that decides a claim with one seed, and the tolerance of "on par"."""
+"""Percentage points: the gap that decides a claim with one seed (at least), and the tolerance of "on par"."""
+Z95 = 1.959964  # the standard normal's 97.5% quantile
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,29 @@ def t_quantile(q: float, dof: float) -> float:
     return (lo + hi) / 2
 
 
-def verdict(x: list[float], y: list[float], relation: str, y_exact: bool = False) -> tuple[str, str, float]:
-    """(verdict, the test in words, p) for `x` against `y` (lists of seed errors; "better": x lower)."""
+def one_seed_margin(x: float, y: float | None, n_test: int | None) -> float:
+    """The gap (pp) that decides with one seed: MARGIN_PP, or more when the test set is small enough for its own
+    sampling noise to exceed it: the 95% half-width of the difference of two error rates on `n_test` images, taken
+    as independent (conservative: both models see the same images). `y` None: a number from the paper, no noise."""
+    if not n_test:
+        return MARGIN_PP
+    var = sum(e / 100 * (1 - e / 100) for e in (x, y) if e is not None) / n_test
+    return max(MARGIN_PP, Z95 * 100 * math.sqrt(var))
+
+
+def verdict(x: list[float], y: list[float], relation: str, y_exact: bool = False,
+            n_test: int | None = None) -> tuple[str, str, float]:
+    """(verdict, the test in words, p) for `x` against `y` (lists of seed errors; "better": x lower), on a test
+    set of `n_test` images (None: unknown)."""
     diff = statistics.fmean(x) - statistics.fmean(y)
     if len(x) < 2 or (len(y) < 2 and not y_exact):
-        test, p = f"one seed: |Δ| against the {MARGIN_PP:g} pp margin", float("nan")
+        margin = one_seed_margin(statistics.fmean(x), None if y_exact else statistics.fmean(y), n_test)
+        test, p = f"one seed: |Δ| against the {margin:.2g} pp margin", float("nan")
+        if margin > MARGIN_PP:
+            test += f" (the noise of {n_test} test images)"
         if relation == "on par":
-            return ("not reproduced" if abs(diff) > MARGIN_PP else "inconclusive"), test, p
-        if abs(diff) <= MARGIN_PP:
+            return ("not reproduced" if abs(diff) > margin else "inconclusive"), test, p
+        if abs(diff) <= margin:
             return "inconclusive", test, p
         return ("reproduced" if diff < 0 else "not reproduced"), test, p
     t, dof, se = welch(x, y)
@@ -136,6 +153,7 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     grid = lr_grid(runs)
     errors = {m: best_over_lr(runs[runs["model"] == m], grid).get("errors", []) for m in SPECS}
     paper = {m: s.paper_error_pct for m, s in SPECS.items()}
+    n_test = test_images(runs)
     rows = []
     for c in CLAIMS:
         if c.relation == "best":
@@ -156,7 +174,7 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             row.update(verdict="not measured", test=f"no number for: {', '.join(missing)}" if missing
                        else "no other model has a number")
         elif c.relation == "best":
-            found = [verdict(x_err, errors[m], "better") for m in others]
+            found = [verdict(x_err, errors[m], "better", n_test=n_test) for m in others]
             words = {v for v, _, _ in found}
             worst = max(found, key=lambda f: 0 if f[0] == "reproduced" else 1 if f[0] == "inconclusive" else 2)
             unmeasured = len(SPECS) - 1 - len(others)  # "the best" is shown only against every other model
@@ -166,10 +184,17 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
                                                                          if unmeasured else "")
                        + f"; weakest: {worst[1]}", p_value=_round(worst[2]))
         else:
-            v, test, p = verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float))
+            v, test, p = verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float), n_test=n_test)
             row.update(verdict=v, test=test, p_value=_round(p))
         rows.append(row)
     return _typed(pd.DataFrame(rows))
+
+
+def test_images(runs: pd.DataFrame) -> int | None:
+    """The fewest test images any of these runs was scored on (records' `data.num_test`); None when unknown."""
+    counts = [d.get("num_test") for d in runs.get("data", []) if isinstance(d, dict)]
+    counts = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return min(counts, default=None)
 
 
 def _mean(values: list[float]) -> float:
