@@ -51,9 +51,10 @@ CLAIMS_NOTE = (
     f"Each statement of the paper's Section 3.2.1, checked on Table 3's numbers (seeds at the selected LR). "
     f"Several seeds: Welch's t-test, p < {ALPHA:g} decides an order; *on par* needs the 95% interval of Δ "
     f"within ±{MARGIN_PP:g} pp. One seed: no estimate of the training noise, so only a gap over {MARGIN_PP:g} pp "
-    f"decides (or over the test set's own sampling noise, when a small test set makes that larger); smaller gaps "
-    f"are *inconclusive*. *Not measured*: a model in the claim has no number; \"the best\" needs "
-    f"all 12. Paper Δ: the same difference in the paper's Table 3 (one run each).")
+    f"decides; smaller gaps are *inconclusive*. On a test set small enough for its own sampling noise to exceed "
+    f"{MARGIN_PP:g} pp, a gap within that noise is *inconclusive* however many seeds agree. *Not measured*: a "
+    f"model in the claim has no number; \"the best\" needs all 12. Paper Δ: the same difference in the paper's "
+    f"Table 3 (one run each).")
 THROUGHPUT_NOTE = (
     "Median over runs of the same setting. TFLOP/s: training 3x the forward pass, 2 FLOP per MAC; share of the "
     "dense peak of the devices that ran it (a grid run: one; a DDP run or a benchmark: one per process) "

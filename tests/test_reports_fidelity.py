@@ -183,7 +183,20 @@ def test_one_seed_on_a_small_test_set_needs_a_wider_margin(tmp_path):
     assert full.loc[STRIDED_A, "verdict"] == "reproduced" and full.loc[ON_PAR_A, "verdict"] == "not reproduced"
     small = claims_of(tmp_path / "small", seeds, num_test=100)  # 100 images: noise alone reaches ~9.7 pp
     assert small.loc[STRIDED_A, "verdict"] == "inconclusive" and small.loc[ON_PAR_A, "verdict"] == "inconclusive"
-    assert small.loc[STRIDED_A, "test"] == "one seed: |Δ| against the 9.7 pp margin (the noise of 100 test images)"
+    assert small.loc[STRIDED_A, "test"] == "|Δ| within the noise of 100 test images (±9.7 pp)"
+    wider = claims_of(tmp_path / "wider", {"model-a": [12.5], "strided-a": [26.0]}, num_test=100)
+    assert wider.loc[STRIDED_A, "verdict"] == "reproduced"  # 13.5 pp is beyond that noise (11 pp here)
+    assert wider.loc[STRIDED_A, "test"] == "one seed: |Δ| against the 11 pp margin (the noise of 100 test images)"
+
+
+def test_seeds_that_all_score_the_same_decide_nothing_within_the_noise(tmp_path):
+    # 100 test images quantise errors to whole points: seeds at chance all read 90.00, which made Welch's degrees
+    # of freedom 0/0 and crashed the report; and two seeds agreeing 4 images apart are still within the noise
+    seeds = {"model-a": [86.0, 86.0], "strided-a": [90.0, 90.0], "allcnn-a": [90.0, 90.0], "convpool-a": [90.0, 90.0]}
+    c = claims_of(tmp_path, seeds, num_test=100)
+    assert set(c.loc[[STRIDED_A, ON_PAR_A], "verdict"]) == {"inconclusive"}
+    c = claims_of(tmp_path / "full", seeds)  # 10,000 images: 4 pp is beyond the noise; equal seeds are no crash
+    assert c.loc[STRIDED_A, "verdict"] == "reproduced" and c.loc[ON_PAR_A, "verdict"] == "reproduced"
 
 
 def test_welch_t_distribution():
