@@ -11,7 +11,7 @@ two models (or a model and a number) and gets a verdict:
 - with one seed on a side there is no estimate of the training noise: a gap beyond MARGIN_PP decides, anything
   smaller is "inconclusive" (and "on par" can then only be refuted, never reproduced);
 - on a test set small enough for its own sampling noise to exceed MARGIN_PP (a subset of a few hundred images), a
-  gap within that noise is "inconclusive" whatever the seeds say (`test_set_noise`);
+  gap within that noise is "inconclusive" whatever the seeds say (`sampling_noise`);
 - a claim with a model that has no number is "not measured" (nothing was tested).
 "The best" is reproduced only when every other model has a number and is beaten; it is refuted by any model that
 beats it. "At least as good" is judged like "better": it is reproduced only when the data show the order beyond noise.
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from allconv.specs import SPECS
+from reports.data import num_test
 from reports.tables import _round, _typed, best_over_lr, lr_grid, table3_runs
 
 ALPHA = 0.05
@@ -111,7 +112,7 @@ def t_quantile(q: float, dof: float) -> float:
     return (lo + hi) / 2
 
 
-def test_set_noise(x: float, y: float | None, n_test: int | None) -> float:
+def sampling_noise(x: float, y: float | None, n_test: int | None) -> float:
     """The test set's own sampling noise (pp): the 95% half-width of the difference of two error rates on `n_test`
     images, taken as independent (conservative: both models see the same images); 0 when `n_test` is unknown.
     `y` None: a number from the paper, no noise. About 0.8 pp at 10% error on CIFAR-10's 10,000 test images."""
@@ -127,7 +128,7 @@ def verdict(x: list[float], y: list[float], relation: str, y_exact: bool = False
     set of `n_test` images (None: unknown). A difference within a small test set's sampling noise (over MARGIN_PP)
     decides nothing, however many seeds agree: every seed is scored on the same images."""
     diff = statistics.fmean(x) - statistics.fmean(y)
-    noise = test_set_noise(statistics.fmean(x), None if y_exact else statistics.fmean(y), n_test)
+    noise = sampling_noise(statistics.fmean(x), None if y_exact else statistics.fmean(y), n_test)
     if noise > MARGIN_PP and abs(diff) <= noise:
         return "inconclusive", f"|Δ| within the noise of {n_test} test images (±{noise:.2g} pp)", float("nan")
     if len(x) < 2 or (len(y) < 2 and not y_exact):
@@ -160,7 +161,7 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     grid = lr_grid(runs)
     errors = {m: best_over_lr(runs[runs["model"] == m], grid).get("errors", []) for m in SPECS}
     paper = {m: s.paper_error_pct for m, s in SPECS.items()}
-    n_test = test_images(runs)
+    n_test = min(filter(None, map(num_test, runs.get("data", []))), default=None)  # the fewest any run was scored on
     rows = []
     for c in CLAIMS:
         if c.relation == "best":
@@ -195,13 +196,6 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             row.update(verdict=v, test=test, p_value=_round(p))
         rows.append(row)
     return _typed(pd.DataFrame(rows))
-
-
-def test_images(runs: pd.DataFrame) -> int | None:
-    """The fewest test images any of these runs was scored on (records' `data.num_test`); None when unknown."""
-    counts = [d.get("num_test") for d in runs.get("data", []) if isinstance(d, dict)]
-    counts = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n > 0]
-    return min(counts, default=None)
 
 
 def _mean(values: list[float]) -> float:

@@ -30,6 +30,12 @@ def _well_formed(enc) -> bool:
                                            for k, n in c.items()) for c in counts)
 
 
+def num_test(data) -> int | None:
+    """The number of test images the run was scored on (`data.num_test`) when it is a positive int, else None."""
+    n = data.get("num_test") if isinstance(data, dict) else None
+    return n if type(n) is int and n > 0 else None
+
+
 def official(enc: dict) -> bool:
     return OFFICIAL_FORMAT in enc.get("formats", {})
 
