@@ -209,7 +209,9 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:100em}table{border-co
 
 
 def _md(text: str) -> str:
-    return md_lib.markdown(text)
+    """Our Markdown as HTML. The text is escaped first: it quotes records (a source's path, a device's name), which
+    are outside input, and Markdown passes raw HTML through, so a ledger could have put a script in the page."""
+    return md_lib.markdown(html.escape(text, quote=False))
 
 
 def html_page(warning: str | None, header, sections, folder: Path) -> str:

@@ -121,6 +121,15 @@ def test_html_shows_no_raw_markdown(report_dir, paper_report):
         assert "<em>Ours %</em>" in (out / "report.html").read_text()
 
 
+def test_html_from_a_ledger_is_shown_not_run(tmp_path):
+    rec = record(test=9.5)  # a ledger is outside input: its strings reach the header (Markdown) and the tables
+    rec["data"]["source"], rec["device_name"] = "<script>alert(1)</script>", "<img src=x onerror=alert(2)>"
+    page = (write_report(write_ledger(tmp_path / "ledger", [rec]), tmp_path / "out")[0].parent / "report.html")
+    text = page.read_text()
+    assert "<script" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; (as recorded" in text and "&lt;img src=x onerror=alert(2)&gt;" in text
+
+
 # ---- claims (Section 3.2.1) on hand-made ledgers
 
 def claims_of(tmp_path, seeds: dict[str, list[float]], num_test: int = 10000):
