@@ -43,11 +43,11 @@ def mean_curve(runs: pd.DataFrame) -> list[tuple[int, float]]:
     return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items())]
 
 
-def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> None:
+def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> list[str]:
     """Test error per epoch, one panel per model that has runs (Table 3's runs), one colour per LR for every
     panel (the seed mean; LRs with diverged, stalled, failed or unfinished runs dashed, up to where they stopped),
-    the LR Table 3 selects drawn thick, the paper's error dotted; one legend for the figure. Log scale: 9% vs
-    10% stays visible beside the first epochs' 90%."""
+    the LR Table 3 selects drawn thick, the paper's error dotted; one legend for the figure, of what is drawn (its
+    labels are returned). Log scale: 9% vs 10% stays visible beside the first epochs' 90%."""
     grid = lr_grid(runs)
     colors = {lr: f"C{i}" for i, lr in enumerate(grid)}
     selected = dict(zip(t3["model"], t3["lr"]))
@@ -57,7 +57,7 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     # at least 8 in wide: the title and the one-row legend must fit over a single panel too
     fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 3.5 * cols + 0.5), 2.8 * rows + 1.4), squeeze=False)
     last_epoch = max([1, *(int(e) for e in runs["epochs"] if _known(e))])
-    dashed = False
+    dashed, drawn = False, set()
     for ax, name in zip(axes.flat, names):
         mine, spec = runs[runs["model"] == name], SPECS[name]
         ax.set_title(spec.paper_name, fontsize=10)
@@ -71,6 +71,7 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
             low.append(0.8 * min(v for _, v in curve))
             ended = bool(set(at["outcome"]) - {"completed"})
             dashed |= ended
+            drawn.add(lr)
             ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o" if len(curve) <= 30 else None,
                     markersize=3, color=colors[lr], linestyle="--" if ended else "-",
                     linewidth=2.5 if selected.get(name) == lr else 1)
@@ -89,7 +90,8 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     if not names:
         axes.flat[0].set_visible(True)
         axes.flat[0].text(0.5, 0.5, "no runs of Table 3's config", ha="center", va="center")
-    handles = [plt.Line2D([], [], color=colors[lr], label=f"LR {lr_text(lr)}") for lr in grid]
+    # an LR of the grid with no curve yet keeps its colour but has no legend entry: the legend lists what is drawn
+    handles = [plt.Line2D([], [], color=colors[lr], label=f"LR {lr_text(lr)}") for lr in grid if lr in drawn]
     handles += [plt.Line2D([], [], color="0.3", linewidth=2.5, label="LR Table 3 selects"),
                 plt.Line2D([], [], color="0.3", linestyle=":", label="paper's error")]
     if dashed:
@@ -99,6 +101,7 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / fig.get_figheight(),
                         bottom=0.85 / fig.get_figheight(), hspace=0.55, wspace=0.3)
     _save(fig, path, sha256)
+    return [h.get_label() for h in handles]
 
 
 JITTER = {"model": -0.012, "strided": 0.012, "convpool": -0.012, "allcnn": 0.012}

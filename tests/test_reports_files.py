@@ -133,3 +133,21 @@ def test_cli_runs_without_torch(ledger_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "reports", "--results", str(tmp_path / "none"), "--out",
                           str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_curves_legend_lists_only_the_lrs_drawn(tmp_path):
+    """A campaign mid-way: the grid asks for 4 LRs, one has run. The legend names that one, not 4 colours of which
+    three mark nothing; a diverged LR is drawn (dashed, to where it stopped) and so is listed."""
+    from reports.ledger import load_ledger
+    from reports.plots import plot_curves
+    from reports.tables import table3_runs
+    from test_reports import record, write_ledger
+
+    grid = {"models": ["allcnn-c"], "lrs": [0.25, 0.1, 0.05, 0.01], "seeds": [0]}
+    led = load_ledger(write_ledger(tmp_path / "one", [record(lr=0.05, test=31.6, grid=grid)]))
+    labels = plot_curves(table3_runs(led.df, led.reference), table3(led.df, led.reference), tmp_path / "c.png")
+    assert labels == ["LR 0.05", "LR Table 3 selects", "paper's error"]
+    led = load_ledger(write_ledger(tmp_path / "two", [record(lr=0.05, test=31.6, grid=grid),
+                                                      record(lr=0.25, status="diverged", grid=grid)]))
+    labels = plot_curves(table3_runs(led.df, led.reference), table3(led.df, led.reference), tmp_path / "d.png")
+    assert labels == ["LR 0.25", "LR 0.05", "LR Table 3 selects", "paper's error", "not completed"]
