@@ -1,31 +1,25 @@
 """The ablations, declared as data (no torch import: the reports read this file too).
 
-Each ablation is a named set of arms; an arm is a set of run-config overrides on top of BASELINE, the
-paper's protocol. A run belongs to an arm when its model is one the ablation studies and its value of
-every BASELINE field equals the arm's (overrides first, BASELINE otherwise): so the baseline arm of every
-ablation is the same run as the plain Table 3 grid run, trained once and shared.
+Each ablation is a named set of arms; an arm is a set of run-config overrides (any RunConfig field that changes a
+run's result, and `lrs`, an LR grid of its own) on top of the grid's config, the paper's protocol under the paper
+preset. A run belongs to an arm when its model is one the ablation studies and its value of every field that some
+ablation varies (BASELINE_FIELDS) equals the arm's (overrides first, its preset's value otherwise): so the baseline
+arm of every ablation is the same run as the plain Table 3 grid run, trained once and shared.
+
+To add an ablation, add an entry to ABLATIONS: `--ablations NAME` trains it and `python -m reports` shows its table;
+a mistyped or unusable field is refused when this module is imported.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from bench.config import RunConfig  # config imports this module only inside functions
-
-BASELINE_FIELDS = ("bn", "dropout", "final_relu", "optimizer", "augment", "train_split", "precision")
-"""The fields an ablation varies. Their BASELINE values are RunConfig's defaults, the paper's protocol: no batch
-norm; dropout 20% on the input and 50% after each downsampling step; the ReLU after the last 1x1 conv (Table 1);
-SGD with momentum 0.9 and weight decay 1e-3; no augmentation (Table 3); all 50k training images with the LR judged
-on the test set, as the paper does; bf16 autocast in training (our default for speed; the precision ablation checks
-it changes nothing), evaluation in fp32 (`eval_precision` "no"). The precision ablation's "fp32" arm is full fp32:
-autocast off in training and evaluation and, on CUDA, TF32 off for its convolutions and matmuls
-(`bench.engine.full_fp32`: cuDNN would otherwise run "fp32" convolutions in TF32 on Ampere and later)."""
-BASELINE: dict[str, object] = {k: getattr(RunConfig(), k) for k in BASELINE_FIELDS}
-
+from bench.config import NOT_IN_KEY, RunConfig  # config imports this module only inside functions
 
 @dataclass(frozen=True)
 class Ablation:
     title: str
-    arms: dict[str, dict]  # arm label -> overrides of BASELINE fields (and optionally "lrs"); first is the baseline
+    arms: dict[str, dict]  # arm label -> RunConfig overrides (and optionally "lrs"); the first, {}, is the baseline
     models: tuple[str, ...] = ("allcnn-c",)
     paper_error_pct: dict[str, float] = field(default_factory=dict)  # arm label -> the paper's figure, if any
     note: str = ""
@@ -59,13 +53,75 @@ ABLATIONS: dict[str, Ablation] = {
         "Precision",
         {"bf16 autocast (default)": {}, "fp32": {"precision": "no"}},
         note="fp32 = autocast off and TF32 off on CUDA (bench.engine.full_fp32); both arms evaluate in fp32."),
+    "init": Ablation(
+        "Weight initialisation (paper: unstated)",
+        {"caffe-xavier (Caffe port)": {}, "kaiming": {"init": "kaiming"}},
+        models=("convpool-c", "allcnn-c"),
+        note="On CPU, kaiming left both models at chance at LR 0.05 (reports/measured/cpu-init-c-family-*.txt)."),
+    "batch-size": Ablation(
+        "Batch size (paper: unstated)",
+        {"256 (Caffe port)": {}, "128": {"batch_size": 128}},
+        note="Same LR grid and epochs: batch 128 takes twice the SGD steps per epoch."),
 }
 
 
-def arm_values(ablation: Ablation, arm: str) -> dict[str, object]:
-    """The BASELINE fields as an arm sets them."""
-    overrides = ablation.arms[arm]
-    return {k: overrides.get(k, v) for k, v in BASELINE.items()}
+NOT_ARM_FIELDS = ("model", "lr", "seed", "preset", "models", "lrs", "seeds", "ablations", "eval_precision")
+"""What an arm may not set (besides `lrs`, its own LR grid): what the grid varies, and `eval_precision`, which
+follows `precision` in an fp32 arm (bench.config.expand). Nor may it set a field outside the run key
+(bench.config.NOT_IN_KEY): two arms would then be one run."""
+
+
+def check(name: str, ablation: Ablation) -> None:
+    """Raise a ValueError, naming the ablation and the field, unless every arm sets only fields of RunConfig that
+    change what a run computes (and `lrs`): an arm on any other field would train or report as its baseline."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)} - set(NOT_IN_KEY) - set(NOT_ARM_FIELDS)
+    for arm, overrides in ablation.arms.items():
+        bad = sorted(set(overrides) - fields - {"lrs"})
+        if bad:
+            raise ValueError(f"ablation {name!r}, arm {arm!r}: {', '.join(bad)} cannot be varied by an arm; "
+                             f"use fields of bench.config.RunConfig that change a run's result")
+    if next(iter(ablation.arms.values()), None) != {}:
+        raise ValueError(f"ablation {name!r}: its first arm is the baseline and must override nothing ({{}})")
+
+
+for _name, _ablation in ABLATIONS.items():
+    check(_name, _ablation)
+
+BASELINE_FIELDS = tuple(dict.fromkeys(k for a in ABLATIONS.values() for arm in a.arms.values() for k in arm
+                                      if k != "lrs"))
+"""The fields an ablation varies: every field some arm overrides (so a new ablation needs no other edit). Their
+BASELINE values are RunConfig's defaults, the paper's protocol: no batch norm; dropout 20% on the input and 50% after
+each downsampling step; SGD with momentum 0.9 and weight decay 1e-3; the ReLU after the last 1x1 conv (Table 1); no
+augmentation (Table 3); all 50k training images with the LR judged on the test set, as the paper does; bf16 autocast
+in training (our default for speed; the precision ablation checks it changes nothing), evaluation in fp32
+(`eval_precision` "no"); and the two choices the paper leaves open, taken from the Caffe port that reached 90.25%:
+`caffe-xavier` init and batch 256. The precision ablation's "fp32" arm is full fp32: autocast off in training and
+evaluation and, on CUDA, TF32 off for its convolutions and matmuls (`bench.engine.full_fp32`: cuDNN would otherwise
+run "fp32" convolutions in TF32 on Ampere and later)."""
+BASELINE: dict[str, object] = {k: getattr(RunConfig(), k) for k in BASELINE_FIELDS}
+
+
+def baseline(preset: str | None = "paper") -> dict[str, object]:
+    """The BASELINE fields as `preset` sets them (the smoke preset trains in fp32 at batch 64); BASELINE for a
+    preset this version does not know."""
+    from bench.config import PRESETS  # not at the top: bench.config builds PRESETS after RunConfig
+
+    cfg = PRESETS.get(preset, RunConfig())
+    return {k: getattr(cfg, k) for k in BASELINE_FIELDS}
+
+
+def arm_values(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
+    """The BASELINE fields as an arm sets them, on top of `preset`'s values."""
+    return {**baseline(preset), **{k: v for k, v in ablation.arms[arm].items() if k != "lrs"}}
+
+
+def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:
+    """The config fields an arm sets, as its runs are trained (bench.config.expand) and found (reports): its
+    overrides without `lrs`; an fp32 arm evaluates in fp32 too."""
+    overrides = {k: v for k, v in ablation.arms[arm].items() if k != "lrs"}
+    if overrides.get("precision") == "no":
+        overrides["eval_precision"] = "no"
+    return overrides
 
 
 def arm_of(record: dict, name: str) -> str | None:
@@ -74,7 +130,7 @@ def arm_of(record: dict, name: str) -> str | None:
     if record.get("model") not in ablation.models:
         return None
     for arm in ablation.arms:
-        if all(record.get(k) == v for k, v in arm_values(ablation, arm).items()):
+        if all(record.get(k) == v for k, v in arm_values(ablation, arm, record.get("preset")).items()):
             return arm
     return None
 

@@ -197,10 +197,8 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
     runs = [Run(m, lr, s, cfg) for m in cfg.models for lr in cfg.lrs for s in cfg.seeds]
     for name in cfg.ablations:
         ablation = _ablations().ABLATIONS[name]
-        for overrides in ablation.arms.values():
-            arm = {k: v for k, v in overrides.items() if k != "lrs"}
-            if arm.get("precision") == "no":  # an fp32 arm evaluates in fp32 too
-                arm["eval_precision"] = "no"
+        for label, overrides in ablation.arms.items():
+            arm = _ablations().arm_overrides(ablation, label)
             if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
                 arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
             arm_cfg = dataclasses.replace(cfg, **arm)

@@ -18,14 +18,13 @@ import pandas as pd
 
 from allconv.specs import SPECS
 from bench import results
-from bench.ablations import BASELINE
+from bench.ablations import BASELINE, baseline
 from bench.config import NOT_IN_KEY
 from bench.devices import precision_label  # noqa: F401 (reports import it from here)
 
 COLUMNS = (
     "run_key", "status", "error", "model", "lr", "seed", "epochs", "epochs_completed", "preset",
-    *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "cuda_graphs", "fused_runs", "batch_size",
-    "eval_precision",
+    *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "cuda_graphs", "fused_runs", "eval_precision",
     "test_error_pct", "best_test_error_pct", "val_error_pct", "train_images_per_s", "eval_images_per_s",
     "wall_time_s", "device_name", "device_count", "world_size", "versions", "git_commit", "git_dirty", "data",
     "config", "grid", "started_at", "finished_at", "history",
@@ -82,20 +81,27 @@ def compared(config) -> dict | None:
     return {k: v for k, v in config.items() if k not in NOT_COMPARED}
 
 
+def is_baseline(config, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a run's config is its preset's baseline (bench.ablations.baseline) in every field an ablation
+    varies, but those in `ignore`: a Table 3 run, not an ablation arm's."""
+    if not isinstance(config, dict):
+        return False
+    return all(config.get(k) == v for k, v in baseline(config.get("preset")).items() if k not in ignore)
+
+
 def _blob(d: dict) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
 def reference_config(df: pd.DataFrame) -> dict | None:
-    """The config Table 3 compares: the most common compared config among runs that are BASELINE in every field
-    but precision (a grid run wholly in fp32 still fills Table 3); ties: BASELINE's precision, then the first in
-    sorted order. Without such runs, the most common config of any run."""
+    """The config Table 3 compares: the most common compared config among runs that are their preset's baseline
+    in every field an ablation varies but precision (a grid run wholly in fp32 still fills Table 3); ties:
+    BASELINE's precision, then the first in sorted order. Without such runs, the most common config of any run."""
     configs = [c for c in map(compared, df["config"]) if c is not None]
-    others = {k: v for k, v in BASELINE.items() if k != "precision"}
-    baseline = [c for c in configs if all(c.get(k) == v for k, v in others.items())] or configs
-    if not baseline:
+    plain = [c for c in configs if is_baseline(c, ignore=("precision",))] or configs
+    if not plain:
         return None
-    counts = Counter(_blob(c) for c in baseline)
+    counts = Counter(_blob(c) for c in plain)
     best = sorted(counts, key=lambda b: (-counts[b], json.loads(b).get("precision") != BASELINE["precision"], b))[0]
     return json.loads(best)
 
@@ -152,14 +158,6 @@ def choose_epochs(df: pd.DataFrame) -> tuple[int | None, list[str]]:
     notes = ([f"Epochs are mixed: compared the {counts[chosen]} run(s) of {chosen} epochs; ignored "
               f"{sum(others.values())} run(s) of other lengths ({lengths})."] if others else [])
     return chosen, notes
-
-
-def matches(df: pd.DataFrame, values: dict) -> pd.Series:
-    """Boolean mask: rows whose fields equal `values` (a missing field never matches)."""
-    mask = pd.Series(True, index=df.index)
-    for key, want in values.items():
-        mask &= df[key].map(lambda got, want=want: _known(got) and got == want).astype(bool)
-    return mask
 
 
 def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Ledger:

@@ -19,7 +19,7 @@ from collections import Counter
 import pandas as pd
 
 from allconv.specs import PAPER_AUGMENTED_ERROR_PCT, SPECS, macs
-from bench.ablations import ABLATIONS, arm_values
+from bench.ablations import ABLATIONS, arm_overrides, arm_values
 from reports.ledger import _known, differences, requested_grid, same_config
 
 DIGITS = 6
@@ -207,14 +207,14 @@ def left_out(df: pd.DataFrame, reference: dict | None) -> list[tuple[int, str]]:
 
 
 def arm_config(reference: dict | None, name: str, arm: str) -> dict | None:
-    """The compared config of one arm: the reference with the arm's BASELINE fields; every ablation but
-    "precision" keeps the reference's precision (Table 3's)."""
+    """The compared config of one arm: the reference (Table 3's) with the arm's overrides, as bench.config.expand
+    trains it."""
     if reference is None:
         return None
-    values = arm_values(ABLATIONS[name], arm)
-    if name != "precision":
-        values.pop("precision")
-    return {**reference, **values}
+    overrides = arm_overrides(ABLATIONS[name], arm)
+    if "eval_precision" not in reference:  # recorded before eval_precision was
+        overrides.pop("eval_precision", None)
+    return {**reference, **overrides}
 
 
 def ablation_runs(df: pd.DataFrame, name: str, reference: dict | None) -> pd.DataFrame:
@@ -242,7 +242,7 @@ def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.Da
     requested = requested_grid(table3_runs(df, reference))["lrs"]
     arms = []  # per arm, the same for every model: its runs, LR grid, protocol and whether it is augmented
     for arm, overrides in ablation.arms.items():
-        arm_runs, values = runs[runs["arm"] == arm], arm_values(ablation, arm)
+        arm_runs, values = runs[runs["arm"] == arm], arm_values(ablation, arm, (reference or {}).get("preset"))
         arms.append((arm, arm_runs, lr_grid(arm_runs, overrides.get("lrs", requested)),
                      values["train_split"] == "train45k", values["augment"] != "none"))
     rows = []

@@ -8,8 +8,7 @@ import pandas as pd
 
 from allconv.specs import SPECS, macs
 from bench import devices
-from bench.ablations import BASELINE
-from reports.ledger import _known, matches
+from reports.ledger import _known, is_baseline
 from reports.tables import _median, _round, _typed
 
 
@@ -40,8 +39,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         source, rows = "benchmark", benchmark.copy()
         rows["runs_per_step"] = 1
     else:
-        others = {k: v for k, v in BASELINE.items() if k not in ("precision", "train_split")}
-        source, rows = "ledger", df[matches(df, others) & df["train_images_per_s"].map(_known).astype(bool)].copy()
+        plain = df["config"].map(lambda c: is_baseline(c, ignore=("precision", "train_split"))).astype(bool)
+        source, rows = "ledger", df[plain & df["train_images_per_s"].map(_known).astype(bool)].copy()
         together = rows["fused_runs"] if "fused_runs" in rows.columns else pd.Series(1, index=rows.index)
         rows["runs_per_step"] = together.map(lambda v: int(v) if _known(v) else 1)  # older ledgers: alone
         for k in ("train_images_per_s", "eval_images_per_s"):  # a fused run recorded its share of the group's

@@ -17,6 +17,7 @@ from reports import formats
 from reports.ledger import load_ledger
 from reports.report import write_report
 from reports.tables import ablation_table, best_over_lr, select_on_val, table3
+from reports.throughput import throughput_table
 
 ROOT = Path(__file__).resolve().parents[1]
 H100 = "NVIDIA H100 80GB HBM3"
@@ -80,6 +81,7 @@ def small_ledger() -> list[dict]:
         r(lr=0.05, precision="no", test=9.35, img_s=5000.0),
         r(lr=0.1, final_relu=False, test=9.0),
         r(model="model-c", lr=0.1, final_relu=False, test=9.6),
+        r(lr=0.05, init="kaiming", test=90.0), r(lr=0.05, batch_size=128, test=9.6),
         # Model A: one failed LR; best 12.5 at 0.1.
         r(model="model-a", lr=0.25, test=12.9), r(model="model-a", lr=0.1, test=12.5),
         r(model="model-a", lr=0.05, test=12.6), r(model="model-a", lr=0.01, status="failed"),
@@ -209,6 +211,27 @@ def test_ablations(led):
     head = ablation_table(led.df, "head", led.reference)
     assert list(head["model"]) == ["model-c", "model-c", "allcnn-c", "allcnn-c"]
     assert list(head["error_pct"]) == [9.74, 9.6, 9.3, 9.0]
+    init = ablation_table(led.df, "init", led.reference).set_index(["model", "arm"])  # fields the first six never
+    assert init.loc[("allcnn-c", "kaiming"), "diff_vs_baseline_pp"] == 80.7  # varied: each run in its own arm
+    assert init.loc[("convpool-c", "kaiming"), "status"] == "missing"
+    batch = ablation_table(led.df, "batch-size", led.reference).set_index("arm")
+    assert list(batch["error_pct"]) == [9.3, 9.6] and list(batch["n_seeds"]) == [2, 1]
+
+
+def test_arms_are_taken_on_top_of_the_runs_preset(tmp_path):
+    """The smoke preset trains at batch 64 in fp32: its grid runs are the baseline arm of the batch-size ablation
+    (not "missing" for want of batch 256), its batch-128 run the other arm, and the throughput table from the
+    ledger reads its baseline runs."""
+    smoke = {"preset": "smoke", "epochs": 2, "batch_size": 64, "precision": "no"}
+    recs = [record(lr=lr, test=t, **smoke) for lr, t in ((0.1, 88.0), (0.05, 86.0))]
+    recs.append(record(lr=0.05, test=87.0, **{**smoke, "batch_size": 128}))
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert led.reference["batch_size"] == 64 and table3(led.df, led.reference).set_index("model").loc[
+        "allcnn-c", "error_pct"] == 86.0
+    batch = ablation_table(led.df, "batch-size", led.reference).set_index("arm")
+    assert list(batch["error_pct"]) == [86.0, 87.0]
+    tp = throughput_table(led.df)
+    assert list(tp["train_images_per_s"]) == [20000.0] and list(tp["n_runs"]) == [2]
 
 
 def test_precision_rule_uses_the_most_common_precision(tmp_path):

@@ -27,7 +27,8 @@ EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throu
                   "table3-by-lr.csv", "table3-by-lr.tex", "table3-details.tex", "claims.csv", "claims.tex",
                   "curves.png", "error_vs_params.png", "throughput.png",
                   *(f"ablation-{n}.{ext}" for n in ("bn-dropout", "optimizer", "head", "augmentation",
-                                                    "lr-selection", "precision") for ext in ("csv", "tex"))}
+                                                    "lr-selection", "precision", "init", "batch-size")
+                    for ext in ("csv", "tex"))}
 
 
 def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):

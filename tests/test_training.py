@@ -79,6 +79,24 @@ def test_ablations_add_their_arms_once_and_arm_of_finds_them():
             assert len(members) == len(ablation.models) * len(lrs), (name, arm)
     adam = [r for r in runs if r.cfg.optimizer == "adam"]
     assert sorted(r.lr for r in adam) == sorted(ablations.ABLATIONS["optimizer"].arms["Adam"]["lrs"])
+    kaiming = [r for r in runs if r.cfg.init == "kaiming"]  # arms on fields beyond the first six ablations'
+    assert sorted(r.model for r in kaiming) == ["allcnn-c", "convpool-c"]
+    assert [r.cfg.batch_size for r in runs if ablations.arm_of(r.config(), "batch-size") == "128"] == [128]
+    smoke = expand(parse_args(["--preset", "smoke", "--models", "allcnn-c", "--lrs", "0.05",
+                               "--ablations", "batch-size"]))
+    assert [ablations.arm_of(r.config(), "batch-size") for r in smoke] == ["256 (Caffe port)", "128"]
+
+
+@pytest.mark.parametrize("arms, error", [
+    ({"base": {}, "typo": {"inti": "kaiming"}}, "arm 'typo': inti cannot be varied by an arm"),
+    ({"base": {}, "where": {"backend": "torch"}}, "arm 'where': backend cannot be varied"),  # not in the run key
+    ({"base": {}, "grid": {"seed": 1}}, "arm 'grid': seed cannot be varied"),
+    ({"base": {"bn": True}}, "its first arm is the baseline and must override nothing"),
+])
+def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
+    with pytest.raises(ValueError, match=f"ablation 'mine', {error}" if "arm '" in error else error):
+        ablations.check("mine", ablations.Ablation("Mine", arms))
+    ablations.check("mine", ablations.Ablation("Mine", {"base": {}, "wd": {"weight_decay": 5e-4, "lrs": (0.1,)}}))
 
 
 def test_lr_schedule_drops_tenfold_at_each_drop_epoch():
