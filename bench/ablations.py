@@ -2,9 +2,9 @@
 
 Each ablation is a named set of arms; an arm is a set of run-config overrides (any RunConfig field that changes a
 run's result, and `lrs`, an LR grid of its own) on top of the grid's config, the paper's protocol under the paper
-preset. A run belongs to an arm when its model is one the ablation studies and its value of every field that some
-ablation varies (BASELINE_FIELDS) equals the arm's (overrides first, its preset's value otherwise): so the baseline
-arm of every ablation is the same run as the plain Table 3 grid run, trained once and shared.
+preset. Every arm sets each field its ablation varies, to the arm's value or else its preset's (`arm_overrides`):
+so under a grid at its preset's values the baseline arm of every ablation is the same run as the plain Table 3 grid
+run, trained once and shared.
 
 To add an ablation, add an entry to ABLATIONS: `--ablations NAME` trains it and `python -m reports` shows its table;
 a mistyped or unusable field is refused when this module is imported.
@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from bench.config import NOT_IN_KEY, RunConfig  # config imports this module only inside functions
+
 
 @dataclass(frozen=True)
 class Ablation:
@@ -65,10 +66,12 @@ ABLATIONS: dict[str, Ablation] = {
 }
 
 
-NOT_ARM_FIELDS = ("model", "lr", "seed", "preset", "models", "lrs", "seeds", "ablations", "eval_precision")
-"""What an arm may not set (besides `lrs`, its own LR grid): what the grid varies, and `eval_precision`, which
-follows `precision` in an fp32 arm (bench.config.expand). Nor may it set a field outside the run key
-(bench.config.NOT_IN_KEY): two arms would then be one run."""
+NOT_ARM_FIELDS = ("model", "lr", "seed", "preset", "models", "lrs", "seeds", "ablations", "eval_precision", "epochs",
+                  "subset_per_class")
+"""What an arm may not set (besides `lrs`, its own LR grid): what the grid varies; `eval_precision`, which follows
+`precision` in an fp32 arm; `epochs` (a report compares runs of one length) and `subset_per_class` (the data is
+prepared once for the grid). Nor may it set a field outside the run key (bench.config.NOT_IN_KEY): two arms would
+then be one run."""
 
 
 def check(name: str, ablation: Ablation) -> None:
@@ -112,25 +115,32 @@ def baseline(preset: str | None = "paper") -> dict[str, object]:
 
 def arm_values(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
     """The BASELINE fields as an arm sets them, on top of `preset`'s values."""
-    return {**baseline(preset), **{k: v for k, v in ablation.arms[arm].items() if k != "lrs"}}
+    return {**baseline(preset), **arm_overrides(ablation, arm, preset)}
 
 
-def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:
-    """The config fields an arm sets, as its runs are trained (bench.config.expand) and found (reports): its
-    overrides without `lrs`; an fp32 arm evaluates in fp32 too."""
-    overrides = {k: v for k, v in ablation.arms[arm].items() if k != "lrs"}
+def arm_overrides(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
+    """The config fields an arm sets on top of the grid's config, as its runs are trained (bench.config.expand)
+    and found (reports.tables.ablation_runs): every field the ablation varies, at `preset`'s value unless the arm
+    overrides it (so the arm labelled "(paper)" is the paper's whatever the grid's options), without `lrs`; an
+    fp32 arm evaluates in fp32 too."""
+    varied = {k for overrides in ablation.arms.values() for k in overrides if k != "lrs"}
+    overrides = {**{k: v for k, v in baseline(preset).items() if k in varied},
+                 **{k: v for k, v in ablation.arms[arm].items() if k != "lrs"}}
     if overrides.get("precision") == "no":
         overrides["eval_precision"] = "no"
     return overrides
 
 
-def arm_of(record: dict, name: str) -> str | None:
-    """The label of the arm of ablation `name` that a run (ledger record or resolved config) belongs to."""
+def arm_of(config: dict, name: str) -> str | None:
+    """The label of the arm of ablation `name` that a run of a grid at its preset's values belongs to, from its
+    resolved config (or ledger record): its model is one the ablation studies and every field an ablation varies
+    has the arm's value (`arm_values`). The reports look on top of Table 3's config instead, whatever the grid's
+    options were (reports.tables.ablation_runs)."""
     ablation = ABLATIONS[name]
-    if record.get("model") not in ablation.models:
+    if config.get("model") not in ablation.models:
         return None
     for arm in ablation.arms:
-        if all(record.get(k) == v for k, v in arm_values(ablation, arm, record.get("preset")).items()):
+        if all(config.get(k) == v for k, v in arm_values(ablation, arm, config.get("preset")).items()):
             return arm
     return None
 

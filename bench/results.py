@@ -35,7 +35,7 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
                          in older records)
   config                 the whole resolved per-run config (dict), enough to rerun it
   started_at, finished_at  ISO 8601 UTC
-  (which ablation arm a run belongs to is derived from these fields: bench.ablations.arm_of)
+  (which ablation arm a run belongs to is derived from its config: reports.tables.ablation_runs)
   history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
                          val_error_pct, lr, seconds
   grid                   {"models": [...], "lrs": [...], "seeds": [...]}: the grid the command was launched with

@@ -73,7 +73,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: 
 
 def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, tracker, claim) -> dict:
     c, world = run.cfg, acc.num_processes if ddp else 1
-    train = data.loader(c.train_split, augment=c.augment, seed=run.seed)
+    train = data.loader(c.train_split, augment=c.augment, seed=run.seed, batch_size=c.batch_size // world)
     preprocess = data.preprocess(c.preprocess, c.train_split)
     evals = eval_loaders(data, c, num_images)
     autocast = engine.autocast_for(c.precision, acc)
@@ -174,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.fuse_lrs and mode == "ddp" and world > 1:
             raise UsageError(f"--fuse-lrs needs --mode grid (each process trains its own runs); here: {world} "
                              "processes in mode ddp")
-        if mode == "ddp" and cfg.batch_size % world:
-            raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by {world} processes")
+        for batch in sorted({r.cfg.batch_size for r in expand(cfg)}) if mode == "ddp" else ():  # and the arms'
+            if batch % world:
+                what = "--batch-size" if batch == cfg.batch_size else "an ablation arm's batch size"
+                raise UsageError(f"{what} {batch} is not divisible by {world} processes")
         created = process.check_writable(cfg.out)
         show = Progress(cfg, acc)
         group = process.finish_group(acc)
@@ -272,7 +274,8 @@ def measure_rate(run: Run, acc, data: loaders.Cache) -> float:
     """Training images/s of this process on a few steps of the first pending run, for the ETA."""
     c = run.cfg
     net, opt = build_net(run, acc.device)
-    images, labels = next(iter(data.loader(c.train_split, augment=c.augment, seed=run.seed)))
+    images, labels = next(iter(data.loader(c.train_split, augment=c.augment, seed=run.seed,
+                                           batch_size=c.batch_size // (acc.num_processes if data.distributed else 1))))
     return engine.measure_step_rate(net, opt, images, labels, data.preprocess(c.preprocess, c.train_split), acc,
                                     engine.autocast_for(c.precision, acc), c.channels_last)
 

@@ -189,8 +189,9 @@ def workers_per_process() -> int:
 
 class Cache:
     """Loaders and preprocessing built once per process from plain values and shared by every run that asks for
-    the same (split, augment, seed) or (kind, fit split): an FFCV Loader compiles its pipeline for 5-9 s, once per
-    process, not once per run. `batch_size` is per process, as in `make`."""
+    the same (split, augment, seed, batch size) or (kind, fit split): an FFCV Loader compiles its pipeline for 5-9 s,
+    once per process, not once per run. `batch_size` is per process, as in `make`: the default of `loader`, which a
+    run training at another batch size (the batch-size ablation) overrides."""
 
     def __init__(self, data_dir, *, backend: str, device, distributed: bool, batch_size: int,
                  num_workers: int | None = None):
@@ -198,10 +199,10 @@ class Cache:
         self.batch_size, self.num_workers = batch_size, num_workers
         self._loaders, self._preprocess = {}, {}
 
-    def loader(self, split: str, *, augment: str = "none", seed: int = 0) -> Loader:
-        key = (split, augment, seed)
+    def loader(self, split: str, *, augment: str = "none", seed: int = 0, batch_size: int | None = None) -> Loader:
+        key = (split, augment, seed, batch_size or self.batch_size)
         if key not in self._loaders:
-            self._loaders[key] = make(split, self.batch_size, data_dir=self.data_dir, backend=self.backend,
+            self._loaders[key] = make(split, key[-1], data_dir=self.data_dir, backend=self.backend,
                                       augment=augment, device=self.device, distributed=self.distributed, seed=seed,
                                       num_workers=self.num_workers)
         return self._loaders[key]

@@ -207,11 +207,11 @@ def left_out(df: pd.DataFrame, reference: dict | None) -> list[tuple[int, str]]:
 
 
 def arm_config(reference: dict | None, name: str, arm: str) -> dict | None:
-    """The compared config of one arm: the reference (Table 3's) with the arm's overrides, as bench.config.expand
-    trains it."""
+    """The compared config of one arm: the reference (Table 3's) with the arm's fields, as bench.config.expand
+    trains it on top of that grid."""
     if reference is None:
         return None
-    overrides = arm_overrides(ABLATIONS[name], arm)
+    overrides = arm_overrides(ABLATIONS[name], arm, reference.get("preset"))
     if "eval_precision" not in reference:  # recorded before eval_precision was
         overrides.pop("eval_precision", None)
     return {**reference, **overrides}

@@ -8,7 +8,8 @@ import pandas as pd
 
 from allconv.specs import SPECS, macs
 from bench import devices
-from reports.ledger import _known, is_baseline
+from bench.ablations import BASELINE
+from reports.ledger import _known, reference_config
 from reports.tables import _median, _round, _typed
 
 
@@ -39,7 +40,9 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         source, rows = "benchmark", benchmark.copy()
         rows["runs_per_step"] = 1
     else:
-        plain = df["config"].map(lambda c: is_baseline(c, ignore=("precision", "train_split"))).astype(bool)
+        ref, same = reference_config(df), [k for k in BASELINE if k not in ("precision", "train_split")]
+        plain = df["config"].map(lambda c: isinstance(c, dict) and ref is not None and all(
+            c.get(k) == ref.get(k) for k in same)).astype(bool)  # Table 3's runs, of any precision and split
         source, rows = "ledger", df[plain & df["train_images_per_s"].map(_known).astype(bool)].copy()
         together = rows["fused_runs"] if "fused_runs" in rows.columns else pd.Series(1, index=rows.index)
         rows["runs_per_step"] = together.map(lambda v: int(v) if _known(v) else 1)  # older ledgers: alone

@@ -16,7 +16,7 @@ from bench.ablations import BASELINE
 from reports import formats
 from reports.ledger import load_ledger
 from reports.report import write_report
-from reports.tables import ablation_table, best_over_lr, select_on_val, table3
+from reports.tables import ablation_table, best_over_lr, left_out, select_on_val, table3
 from reports.throughput import throughput_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,3 +250,28 @@ def test_an_lr_where_one_seed_diverged_is_not_selected():
     sel = best_over_lr(runs)
     assert (sel["lr"], sel["error_pct"], sel["n_seeds"], sel["status"]) == (0.05, 9.0, 1, "partial")
     assert sel["diverged_lrs"] == "0.1 (1/2 seeds)" and sel["not_measured"] == "0.05 unfinished (1/2 seeds)"
+
+
+def test_a_grid_at_another_batch_size_is_still_table3(tmp_path):
+    """`--models allcnn-c --lrs 0.05 --batch-size 128 --ablations bn-dropout`: four configs of one run each. Table 3
+    is the grid's (nearest its preset's values, not a tie-break among the arms), and the throughput table from the
+    ledger reads it."""
+    recs = [record(lr=0.05, test=t, batch_size=128, **arm) for t, arm in (
+        (10.0, {}), (9.0, {"bn": True}), (5.0, {"dropout": False}), (6.0, {"bn": True, "dropout": False}))]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert (led.reference["batch_size"], led.reference["bn"], led.reference["dropout"]) == (128, False, True)
+    assert table3(led.df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == 10.0
+    bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
+    assert list(bn["error_pct"]) == [10.0, 9.0, 5.0, 6.0]
+    assert list(throughput_table(led.df)["n_runs"]) == [1]
+
+
+def test_the_precision_ablation_under_an_fp32_grid(tmp_path):
+    """`--precision no --ablations precision`: Table 3 is the fp32 grid, and the ablation's bf16 arm is the bf16 run
+    trained for it (each arm sets the fields its ablation varies), not the fp32 grid again."""
+    recs = [record(lr=lr, test=t, precision="no") for lr, t in ((0.1, 9.5), (0.05, 9.4))]
+    recs.append(record(lr=0.05, test=9.6))
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert led.precision == "no" and left_out(led.df, led.reference) == []
+    prec = ablation_table(led.df, "precision", led.reference).set_index("arm")
+    assert list(prec["error_pct"]) == [9.6, 9.4] and list(prec["n_seeds"]) == [1, 1]

@@ -91,6 +91,8 @@ def test_ablations_add_their_arms_once_and_arm_of_finds_them():
     ({"base": {}, "typo": {"inti": "kaiming"}}, "arm 'typo': inti cannot be varied by an arm"),
     ({"base": {}, "where": {"backend": "torch"}}, "arm 'where': backend cannot be varied"),  # not in the run key
     ({"base": {}, "grid": {"seed": 1}}, "arm 'grid': seed cannot be varied"),
+    ({"base": {}, "short": {"epochs": 100}}, "arm 'short': epochs cannot be varied"),  # a report takes one length
+    ({"base": {}, "few": {"subset_per_class": 10}}, "arm 'few': subset_per_class cannot"),  # data prepared once
     ({"base": {"bn": True}}, "its first arm is the baseline and must override nothing"),
 ])
 def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
