@@ -2,9 +2,8 @@
 
 Each ablation is a named set of arms; an arm is a set of run-config overrides (any RunConfig field that changes a
 run's result, and `lrs`, an LR grid of its own) on top of the grid's config, the paper's protocol under the paper
-preset. Every arm sets each field its ablation varies, to the arm's value or else its preset's (`arm_overrides`):
-so under a grid at its preset's values the baseline arm of every ablation is the same run as the plain Table 3 grid
-run, trained once and shared.
+preset (`arm_overrides`): so the first arm of every ablation, which overrides nothing, is the same run as the plain
+Table 3 grid run, trained once and shared.
 
 To add an ablation, add an entry to ABLATIONS: `--ablations NAME` trains it and `python -m reports` shows its table;
 a mistyped or unusable field is refused when this module is imported.
@@ -115,17 +114,14 @@ def baseline(preset: str | None = "paper") -> dict[str, object]:
 
 def arm_values(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
     """The BASELINE fields as an arm sets them, on top of `preset`'s values."""
-    return {**baseline(preset), **arm_overrides(ablation, arm, preset)}
+    return {**baseline(preset), **arm_overrides(ablation, arm)}
 
 
-def arm_overrides(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
+def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:
     """The config fields an arm sets on top of the grid's config, as its runs are trained (bench.config.expand)
-    and found (reports.tables.ablation_runs): every field the ablation varies, at `preset`'s value unless the arm
-    overrides it (so the arm labelled "(paper)" is the paper's whatever the grid's options), without `lrs`; an
-    fp32 arm evaluates in fp32 too."""
-    varied = {k for overrides in ablation.arms.values() for k in overrides if k != "lrs"}
-    overrides = {**{k: v for k, v in baseline(preset).items() if k in varied},
-                 **{k: v for k, v in ablation.arms[arm].items() if k != "lrs"}}
+    and found on top of Table 3's (reports.tables.arm_config): its overrides without `lrs` (the first arm sets
+    none: it is the grid's own run); an fp32 arm evaluates in fp32 too."""
+    overrides = {k: v for k, v in ablation.arms[arm].items() if k != "lrs"}
     if overrides.get("precision") == "no":
         overrides["eval_precision"] = "no"
     return overrides

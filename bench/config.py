@@ -198,7 +198,7 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
     for name in cfg.ablations:
         ablation = _ablations().ABLATIONS[name]
         for label, overrides in ablation.arms.items():
-            arm = _ablations().arm_overrides(ablation, label, cfg.preset)
+            arm = _ablations().arm_overrides(ablation, label)
             if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
                 arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
             arm_cfg = dataclasses.replace(cfg, **arm)

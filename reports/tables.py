@@ -207,11 +207,11 @@ def left_out(df: pd.DataFrame, reference: dict | None) -> list[tuple[int, str]]:
 
 
 def arm_config(reference: dict | None, name: str, arm: str) -> dict | None:
-    """The compared config of one arm: the reference (Table 3's) with the arm's fields, as bench.config.expand
+    """The compared config of one arm: the reference (Table 3's) with the arm's overrides, as bench.config.expand
     trains it on top of that grid."""
     if reference is None:
         return None
-    overrides = arm_overrides(ABLATIONS[name], arm, reference.get("preset"))
+    overrides = arm_overrides(ABLATIONS[name], arm)
     if "eval_precision" not in reference:  # recorded before eval_precision was
         overrides.pop("eval_precision", None)
     return {**reference, **overrides}
@@ -227,9 +227,9 @@ def ablation_runs(df: pd.DataFrame, name: str, reference: dict | None) -> pd.Dat
 
 def ablation_has_runs(df: pd.DataFrame, name: str, reference: dict | None) -> bool:
     """Whether any arm but those of Table 3's own config has runs: only then is it reported. The first arm (the
-    baseline) is Table 3's; under an fp32 Table 3 (the smoke preset) so is the precision ablation's fp32 arm."""
-    first, *others = ABLATIONS[name].arms
-    own = [first, *(arm for arm in others if arm_config(reference, name, arm) == reference)]
+    baseline) is Table 3's; so is any arm whose overrides the grid already had (under an fp32 Table 3, the smoke
+    preset's, the precision ablation's fp32 arm)."""
+    own = [arm for arm in ABLATIONS[name].arms if arm_config(reference, name, arm) == reference]
     return bool((~ablation_runs(df, name, reference)["arm"].isin(own)).any())
 
 

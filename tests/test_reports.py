@@ -16,7 +16,7 @@ from bench.ablations import BASELINE
 from reports import formats
 from reports.ledger import load_ledger
 from reports.report import write_report
-from reports.tables import ablation_table, best_over_lr, left_out, select_on_val, table3
+from reports.tables import ablation_has_runs, ablation_table, best_over_lr, left_out, select_on_val, table3
 from reports.throughput import throughput_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,12 +266,14 @@ def test_a_grid_at_another_batch_size_is_still_table3(tmp_path):
     assert list(throughput_table(led.df)["n_runs"]) == [1]
 
 
-def test_the_precision_ablation_under_an_fp32_grid(tmp_path):
-    """`--precision no --ablations precision`: Table 3 is the fp32 grid, and the ablation's bf16 arm is the bf16 run
-    trained for it (each arm sets the fields its ablation varies), not the fp32 grid again."""
-    recs = [record(lr=lr, test=t, precision="no") for lr, t in ((0.1, 9.5), (0.05, 9.4))]
-    recs.append(record(lr=0.05, test=9.6))
+def test_an_ablation_is_shown_only_beyond_table3s_own_runs(tmp_path):
+    """`--init kaiming --ablations init,bn-dropout`: the init ablation's arms are both the grid's runs, so it is not
+    reported; bn-dropout's BN arm has a run of its own, so it is, on top of the kaiming grid."""
+    recs = [record(lr=lr, test=t, init="kaiming") for lr, t in ((0.1, 9.5), (0.05, 9.4))]
+    recs.append(record(lr=0.05, test=9.0, init="kaiming", bn=True))
     led = load_ledger(write_ledger(tmp_path, recs))
-    assert led.precision == "no" and left_out(led.df, led.reference) == []
-    prec = ablation_table(led.df, "precision", led.reference).set_index("arm")
-    assert list(prec["error_pct"]) == [9.6, 9.4] and list(prec["n_seeds"]) == [1, 1]
+    assert led.reference["init"] == "kaiming" and left_out(led.df, led.reference) == []
+    assert not ablation_has_runs(led.df, "init", led.reference)
+    assert ablation_has_runs(led.df, "bn-dropout", led.reference)
+    bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
+    assert list(bn["error_pct"].fillna(-1)) == [9.4, 9.0, -1, -1]
