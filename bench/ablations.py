@@ -93,10 +93,10 @@ BASELINE_FIELDS = tuple(dict.fromkeys(k for a in ABLATIONS.values() for arm in a
                                       if k != "lrs"))
 """The fields an ablation varies: every field some arm overrides (so a new ablation needs no other edit). Their
 BASELINE values are RunConfig's defaults, the paper's protocol: no batch norm; dropout 20% on the input and 50% after
-each downsampling step; SGD with momentum 0.9 and weight decay 1e-3; the ReLU after the last 1x1 conv (Table 1); no
-augmentation (Table 3); all 50k training images with the LR judged on the test set, as the paper does; bf16 autocast
-in training (our default for speed; the precision ablation checks it changes nothing), evaluation in fp32
-(`eval_precision` "no"); and the two choices the paper leaves open, taken from the Caffe port that reached 90.25%:
+each downsampling step; SGD (momentum 0.9 and weight decay 1e-3 are RunConfig's, not varied here); the ReLU after the
+last 1x1 conv (Table 1); no augmentation (Table 3); all 50k training images with the LR judged on the test set, as
+the paper does; bf16 autocast in training (our default for speed; the precision ablation checks it changes nothing;
+evaluation runs in fp32 either way); and the two choices the paper leaves open, taken from the Caffe port that reached 90.25%:
 `caffe-xavier` init and batch 256. The precision ablation's "fp32" arm is full fp32: autocast off in training and
 evaluation and, on CUDA, TF32 off for its convolutions and matmuls (`bench.engine.full_fp32`: cuDNN would otherwise
 run "fp32" convolutions in TF32 on Ampere and later)."""

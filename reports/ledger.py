@@ -83,7 +83,8 @@ def compared(config) -> dict | None:
 
 def off_baseline(config: dict, ignore: tuple[str, ...] = ()) -> int:
     """In how many of the fields an ablation varies (but those in `ignore`) a run's config differs from its
-    preset's baseline (bench.ablations.baseline): 0 for a plain Table 3 run, more for an ablation arm's on top."""
+    preset's baseline (bench.ablations.baseline): 0 for a Table 3 run of a grid at its preset's values, one
+    more for each field an ablation arm changes on top of its grid."""
     return sum(config.get(k) != v for k, v in baseline(config.get("preset")).items() if k not in ignore)
 
 

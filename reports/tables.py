@@ -242,7 +242,8 @@ def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.Da
     requested = requested_grid(table3_runs(df, reference))["lrs"]
     arms = []  # per arm, the same for every model: its runs, LR grid, protocol and whether it is augmented
     for arm, overrides in ablation.arms.items():
-        arm_runs, values = runs[runs["arm"] == arm], arm_values(ablation, arm, (reference or {}).get("preset"))
+        arm_runs = runs[runs["arm"] == arm]  # what the arm trained: Table 3's config and its overrides
+        values = arm_config(reference, name, arm) or arm_values(ablation, arm)
         arms.append((arm, arm_runs, lr_grid(arm_runs, overrides.get("lrs", requested)),
                      values["train_split"] == "train45k", values["augment"] != "none"))
     rows = []
@@ -253,10 +254,10 @@ def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.Da
             sel = pick(arm_runs[arm_runs["model"] == model], grid)
             baseline = sel["error_pct"] if baseline is None else baseline
             paper = ablation.paper_error_pct.get(arm)
-            if paper is None and arm == first:
-                paper = SPECS[model].paper_error_pct
             if paper is None and augmented:
                 paper = PAPER_AUGMENTED_ERROR_PCT.get(model)
+            if paper is None and arm == first and not augmented:
+                paper = SPECS[model].paper_error_pct
             paper = float("nan") if paper is None else paper
             rows.append({"ablation": name, "model": model, "paper_name": SPECS[model].paper_name, "arm": arm,
                          "protocol": "LR judged on val5k" if on_val else "LR judged on test",

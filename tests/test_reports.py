@@ -277,3 +277,13 @@ def test_an_ablation_is_shown_only_beyond_table3s_own_runs(tmp_path):
     assert ablation_has_runs(led.df, "bn-dropout", led.reference)
     bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
     assert list(bn["error_pct"].fillna(-1)) == [9.4, 9.0, -1, -1]
+
+
+def test_arms_of_a_grid_on_train45k_are_judged_on_val(tmp_path):
+    """`--train-split train45k --ablations precision`: both arms trained on 45k images, so both pick their LR on
+    val5k (0.01 here, though 0.05 has the lower test error), as Table 3 does."""
+    recs = [record(lr=lr, test=t, val=v, train_split="train45k", **arm) for arm in ({}, {"precision": "no"})
+            for lr, t, v in ((0.05, 9.0, 11.0), (0.01, 9.5, 10.0))]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    prec = ablation_table(led.df, "precision", led.reference)
+    assert list(prec["protocol"]) == ["LR judged on val5k"] * 2 and list(prec["lr"]) == [0.01, 0.01]
