@@ -188,9 +188,9 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             unmeasured = len(SPECS) - 1 - len(others)  # "the best" is shown only against every other model
             row.update(verdict="not reproduced" if "not reproduced" in words else "reproduced"
                        if words == {"reproduced"} and not unmeasured else "inconclusive",
-                       test=f"against each of {len(others)} models" + (f" ({unmeasured} not measured)"
-                                                                         if unmeasured else "")
-                       + f"; weakest: {worst[1]}", p_value=_round(worst[2]))
+                       test=f"against each of {len(others)} model{'s' * (len(others) != 1)}"
+                       + (f" ({unmeasured} not measured)" if unmeasured else "") + f"; weakest: {worst[1]}",
+                       p_value=_round(worst[2]))
         else:
             v, test, p = verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float), n_test=n_test)
             row.update(verdict=v, test=test, p_value=_round(p))

@@ -166,6 +166,8 @@ def test_claims_not_reproduced_with_seeds(tmp_path):
     assert c.loc[STRIDED_A, "verdict"] == "not reproduced"
     assert c.loc[ON_PAR_A, "verdict"] == "not reproduced"  # 2 pp apart, tight seeds
     assert c.loc[BEST, "verdict"] == "inconclusive"  # 7 models not measured
+    c = claims_of(tmp_path / "two", {"model-c": [12.4, 12.5], "allcnn-c": [9.0, 9.1]})
+    assert c.loc[BEST, "test"].startswith("against each of 1 model (10 not measured)")
 
 
 def test_the_best_of_table3_needs_every_model(tmp_path):
