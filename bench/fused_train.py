@@ -29,7 +29,7 @@ from bench import engine, graphs, weights, workqueue
 from bench.engine import EpochState, RunState
 from bench.fused import FusedRuns
 from bench.results import WriteError
-from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary
+from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary, train_loader
 
 
 def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone, finished) -> None:
@@ -90,7 +90,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
 def _train(group: FusedRuns, members, states, acc, data, num_images, show, trackers, stop, done) -> None:
     runs = [run for run, _, _ in members]
     c = runs[0].cfg
-    train = data.loader(c.train_split, augment=c.augment, seed=runs[0].seed, batch_size=c.batch_size)  # grid mode
+    train = train_loader(data, runs[0])  # grid mode: one process
     evals = eval_loaders(data, c, num_images)
     autocast, eval_autocast = engine.autocast_for(c.precision, acc), engine.autocast_for(c.eval_precision, acc)
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim for _, _, claim in members])

@@ -29,7 +29,8 @@ import loaders  # noqa: E402
 from bench import engine, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
 from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
-from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary  # noqa: E402
+from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary,  # noqa: E402
+                        train_loader)
 
 STOP = {"requested": False}  # set by SIGTERM; the loop checkpoints at the next step boundary and exits
 
@@ -73,7 +74,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: 
 
 def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, tracker, claim) -> dict:
     c, world = run.cfg, acc.num_processes if ddp else 1
-    train = data.loader(c.train_split, augment=c.augment, seed=run.seed, batch_size=c.batch_size // world)
+    train = train_loader(data, run, world)
     preprocess = data.preprocess(c.preprocess, c.train_split)
     evals = eval_loaders(data, c, num_images)
     autocast = engine.autocast_for(c.precision, acc)
@@ -167,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                              "the GPU every step) or --compile")
         acc = process.make_accelerator(cfg.precision, project_dir=cfg.out)  # trackers: one per run (progress.py)
         world = acc.num_processes
-        mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(expand(cfg)) >= world else "ddp")
+        planned = expand(cfg)  # the grid and its ablation arms (their keys need the data: below)
+        mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(planned) >= world else "ddp")
         if cfg.cuda_graphs and (acc.device.type != "cuda" or mode == "ddp"):
             raise UsageError("--cuda-graphs needs a CUDA device and --mode grid (one process per run); "
                              f"here: {acc.device.type}, mode {mode}")
         if cfg.fuse_lrs and mode == "ddp" and world > 1:
             raise UsageError(f"--fuse-lrs needs --mode grid (each process trains its own runs); here: {world} "
                              "processes in mode ddp")
-        for batch in sorted({r.cfg.batch_size for r in expand(cfg)}) if mode == "ddp" else ():  # and the arms'
+        for batch in sorted({r.cfg.batch_size for r in planned}) if mode == "ddp" else ():  # and the arms'
             if batch % world:
                 what = "--batch-size" if batch == cfg.batch_size else "an ablation arm's batch size"
                 raise UsageError(f"{what} {batch} is not divisible by {world} processes")
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                          num_workers=cfg.num_workers or loaders.workers_per_process())
     env = results.environment(acc.device)
     if mine and acc.is_main_process:
-        rate = measure_rate(mine[0][0], acc, data)
+        rate = measure_rate(mine[0][0], acc, data, ddp)
         show.eta(workqueue.eta_seconds(mine, manifest["num_images"], rate, world), rate, mine[0][0].model)
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
 
@@ -270,12 +272,11 @@ def write_failed(e: OSError, acc, ddp: bool) -> int:
     return 1
 
 
-def measure_rate(run: Run, acc, data: loaders.Cache) -> float:
+def measure_rate(run: Run, acc, data: loaders.Cache, ddp: bool) -> float:
     """Training images/s of this process on a few steps of the first pending run, for the ETA."""
     c = run.cfg
     net, opt = build_net(run, acc.device)
-    images, labels = next(iter(data.loader(c.train_split, augment=c.augment, seed=run.seed,
-                                           batch_size=c.batch_size // (acc.num_processes if data.distributed else 1))))
+    images, labels = next(iter(train_loader(data, run, acc.num_processes if ddp else 1)))
     return engine.measure_step_rate(net, opt, images, labels, data.preprocess(c.preprocess, c.train_split), acc,
                                     engine.autocast_for(c.precision, acc), c.channels_last)
 

@@ -79,6 +79,13 @@ def diagnosed(status: str, net, data, c: RunConfig, acc, eval_autocast, distribu
         return None
 
 
+def train_loader(data, run: Run, processes: int = 1):
+    """A run's training batches, at its own batch size (an ablation arm's may differ from the grid's), split over
+    the `processes` of a DDP run."""
+    c = run.cfg
+    return data.loader(c.train_split, augment=c.augment, seed=run.seed, batch_size=c.batch_size // processes)
+
+
 def eval_loaders(data, c: RunConfig, num_images: dict) -> dict:
     """name -> (loader, the split's image count) for each split a run is evaluated on: test, and val5k under
     train45k (its LR is judged there)."""

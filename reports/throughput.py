@@ -8,7 +8,7 @@ import pandas as pd
 
 from allconv.specs import SPECS, macs
 from bench import devices
-from bench.ablations import BASELINE
+from bench.ablations import BASELINE_FIELDS
 from reports.ledger import _known, reference_config
 from reports.tables import _median, _round, _typed
 
@@ -40,7 +40,7 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         source, rows = "benchmark", benchmark.copy()
         rows["runs_per_step"] = 1
     else:
-        ref, same = reference_config(df), [k for k in BASELINE if k not in ("precision", "train_split")]
+        ref, same = reference_config(df), [k for k in BASELINE_FIELDS if k not in ("precision", "train_split")]
         plain = df["config"].map(lambda c: isinstance(c, dict) and ref is not None and all(
             c.get(k) == ref.get(k) for k in same)).astype(bool)  # Table 3's runs, of any precision and split
         source, rows = "ledger", df[plain & df["train_images_per_s"].map(_known).astype(bool)].copy()
