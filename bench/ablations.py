@@ -61,7 +61,7 @@ ABLATIONS: dict[str, Ablation] = {
     "batch-size": Ablation(
         "Batch size (paper: unstated)",
         {"256 (Caffe port)": {}, "128": {"batch_size": 128}},
-        note="Same LR grid and epochs: batch 128 takes twice the SGD steps per epoch."),
+        note="Same LR grid and epochs: the smaller batch takes more SGD steps per epoch."),
 }
 
 
@@ -86,11 +86,15 @@ def check(name: str, ablation: Ablation) -> None:
         raise ValueError(f"ablation {name!r}: its first arm is the baseline and must override nothing ({{}})")
 
 
+def varied(ablation: Ablation) -> tuple[str, ...]:
+    """The config fields this ablation's arms set, in the order they first appear (its labels speak of these)."""
+    return tuple(dict.fromkeys(k for arm in ablation.arms.values() for k in arm if k != "lrs"))
+
+
 for _name, _ablation in ABLATIONS.items():
     check(_name, _ablation)
 
-BASELINE_FIELDS = tuple(dict.fromkeys(k for a in ABLATIONS.values() for arm in a.arms.values() for k in arm
-                                      if k != "lrs"))
+BASELINE_FIELDS = tuple(dict.fromkeys(k for a in ABLATIONS.values() for k in varied(a)))
 """The fields an ablation varies: every field some arm overrides (so a new ablation needs no other edit). Their
 BASELINE values are RunConfig's defaults, the paper's protocol: no batch norm; dropout 20% on the input and 50% after
 each downsampling step; SGD (momentum 0.9 and weight decay 1e-3 are RunConfig's, not varied here); the ReLU after the

@@ -132,7 +132,7 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
     for r in t.to_dict("records"):
         notes = [f"diverged: {r['diverged_lrs']}" if _known(r["diverged_lrs"]) else "", _text(r["not_measured"])]
         rows.append({
-            "Model": r["paper_name"], "Arm": r["arm"],
+            "Model": r["paper_name"], "Arm": r["arm"] + (f"; here {r['arm_here']}" if _text(r["arm_here"]) else ""),
             "Error %": error_cell(r["error_pct"], r["error_std"], 1, r["status"]), "n": _count(r["n_seeds"]),
             "LR": _lr(r["lr"]), "Δ vs baseline pp": fixed(r["diff_vs_baseline_pp"], sign=True),
             "Paper %": fixed(r["paper_error_pct"]), "LR judged on": r["protocol"].removeprefix("LR judged on "),

@@ -19,7 +19,7 @@ from collections import Counter
 import pandas as pd
 
 from allconv.specs import PAPER_AUGMENTED_ERROR_PCT, SPECS, macs
-from bench.ablations import ABLATIONS, arm_overrides, arm_values
+from bench.ablations import ABLATIONS, arm_overrides, arm_values, varied
 from reports.ledger import _known, differences, requested_grid, same_config
 
 DIGITS = 6
@@ -28,7 +28,7 @@ float noise (9.5 - 9.08 is stored as 0.42, not 0.41999999999999993)."""
 
 
 TEXT_COLUMNS = ("paper_name", "status", "diverged_lrs", "not_measured", "val_status", "val_diverged_lrs",
-                "val_not_measured", "paper_params", "ablation", "model", "arm", "protocol", "source",
+                "val_not_measured", "paper_params", "ablation", "model", "arm", "arm_here", "protocol", "source",
                 "device_name", "precision", "backend", "peak_basis", "claim", "x", "relation", "y", "test",
                 "verdict")
 """Columns of words: pandas "string" dtype (missing = pd.NA), so a CSV read back with these as "string" equals
@@ -235,7 +235,10 @@ def ablation_has_runs(df: pd.DataFrame, name: str, reference: dict | None) -> bo
 
 def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.DataFrame:
     """One ablation: each studied model x arm, the first arm the baseline. Arms trained on train45k are judged
-    with `select_on_val`, the others with `best_over_lr`; each arm has its own LR grid (Adam has its own)."""
+    with `select_on_val`, the others with `best_over_lr`; each arm has its own LR grid (Adam has its own).
+    An arm's label describes it on top of the paper preset's values; `arm_here` names the fields of the
+    ablation where this grid's arm has other values ("batch_size=64" for the smoke preset's first batch-size arm),
+    missing where the label holds."""
     ablation = ABLATIONS[name]
     runs = ablation_runs(df, name, reference)
     first = next(iter(ablation.arms))
@@ -243,13 +246,14 @@ def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.Da
     arms = []  # per arm, the same for every model: its runs, LR grid, protocol and whether it is augmented
     for arm, overrides in ablation.arms.items():
         arm_runs = runs[runs["arm"] == arm]  # what the arm trained: Table 3's config and its overrides
-        values = arm_config(reference, name, arm) or arm_values(ablation, arm)
-        arms.append((arm, arm_runs, lr_grid(arm_runs, overrides.get("lrs", requested)),
+        values, labelled = arm_config(reference, name, arm) or arm_values(ablation, arm), arm_values(ablation, arm)
+        here = ", ".join(f"{k}={values.get(k)}" for k in varied(ablation) if values.get(k) != labelled[k]) or None
+        arms.append((arm, here, arm_runs, lr_grid(arm_runs, overrides.get("lrs", requested)),
                      values["train_split"] == "train45k", values["augment"] != "none"))
     rows = []
     for model in ablation.models:
         baseline = None
-        for arm, arm_runs, grid, on_val, augmented in arms:
+        for arm, here, arm_runs, grid, on_val, augmented in arms:
             pick = select_on_val if on_val else best_over_lr
             sel = pick(arm_runs[arm_runs["model"] == model], grid)
             baseline = sel["error_pct"] if baseline is None else baseline
@@ -260,7 +264,7 @@ def ablation_table(df: pd.DataFrame, name: str, reference: dict | None) -> pd.Da
                 paper = SPECS[model].paper_error_pct
             paper = float("nan") if paper is None else paper
             rows.append({"ablation": name, "model": model, "paper_name": SPECS[model].paper_name, "arm": arm,
-                         "protocol": "LR judged on val5k" if on_val else "LR judged on test",
+                         "arm_here": here, "protocol": "LR judged on val5k" if on_val else "LR judged on test",
                          "error_pct": sel["error_pct"], "error_std": sel["error_std"], "n_seeds": sel["n_seeds"],
                          "lr": sel["lr"], "status": sel["status"], "diff_vs_baseline_pp": _round(
                              sel["error_pct"] - baseline), "paper_error_pct": paper,

@@ -230,6 +230,8 @@ def test_arms_are_taken_on_top_of_the_runs_preset(tmp_path):
         "allcnn-c", "error_pct"] == 86.0
     batch = ablation_table(led.df, "batch-size", led.reference).set_index("arm")
     assert list(batch["error_pct"]) == [86.0, 87.0]
+    assert list(batch["arm_here"].fillna("")) == ["batch_size=64", ""]  # "256 (Caffe port)" is the grid's run, at 64
+    assert list(formats.display_ablation(batch.reset_index())["Arm"]) == ["256 (Caffe port); here batch_size=64", "128"]
     tp = throughput_table(led.df)
     assert list(tp["train_images_per_s"]) == [20000.0] and list(tp["n_runs"]) == [2]
 
@@ -262,7 +264,7 @@ def test_a_grid_at_another_batch_size_is_still_table3(tmp_path):
     assert (led.reference["batch_size"], led.reference["bn"], led.reference["dropout"]) == (128, False, True)
     assert table3(led.df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == 10.0
     bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
-    assert list(bn["error_pct"]) == [10.0, 9.0, 5.0, 6.0]
+    assert list(bn["error_pct"]) == [10.0, 9.0, 5.0, 6.0] and bn["arm_here"].isna().all()  # labels hold
     assert list(throughput_table(led.df)["n_runs"]) == [1]
 
 
