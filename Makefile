@@ -10,12 +10,15 @@ PYTEST_ARGS ?=
 # fixtures are built once); TEST_WORKERS=0 runs it in this process, with torch's default threads.
 TEST_WORKERS ?= 2
 
-.PHONY: setup run test bench report
+.PHONY: setup run plan test bench report
 setup:
 	bash scripts/setup.sh
 
 run: setup
 	.venv/bin/python -m bench.launch $(ARGS)
+
+plan: setup
+	.venv/bin/python -m bench.launch --plan $(ARGS)
 
 test: setup
 	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) .venv/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile \

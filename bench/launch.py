@@ -2,6 +2,7 @@
 
     python -m bench.launch [run_all options]            # what `make run ARGS="..."` calls
     python -m bench.launch --dry-run [run_all options]  # print the command instead of running it
+    python -m bench.launch --plan [run_all options]     # what that command would train (bench/plan.py), and how long
 
 - With N GPUs (torch.cuda.device_count(); ALLCONV_GPUS=N overrides it, e.g. for tests or to use fewer):
   `accelerate launch --config_file accelerate_config.yaml --num_processes N bench/run_all.py [options]`,
@@ -109,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:  # this launcher's own words, then run_all's options (which it passes on)
         print(__doc__.strip() + "\n\nrun_all's options:\n", flush=True)
         return subprocess.call([sys.executable, str(ROOT / "bench/run_all.py"), "--help"])
-    dry = "--dry-run" in args
-    args = [a for a in args if a != "--dry-run"]
+    dry, show_plan = "--dry-run" in args, "--plan" in args
+    args = [a for a in args if a not in ("--dry-run", "--plan")]
     gpus = gpu_count()
     cmd, note = command(args, gpus)
     cmds = concurrent(cmd, runs_per_gpu() if gpus > 0 else 1)
     if note:
         print(note, flush=True)
+    if show_plan:  # run_all's own options, as this machine's command passes them
+        from bench import plan
+
+        return plan.main(cmd[cmd.index(str(ROOT / "bench/run_all.py")) + 1:])
     if dry:
         print("\n".join(shlex.join(c) for c in cmds))
         return 0

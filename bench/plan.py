@@ -1,0 +1,166 @@
+"""What `bench/run_all.py` would do with the same options, read from its ledger without training anything:
+
+    python -m bench.plan --source ../shared/data/cifar10-jpeg.tar.gz --out reports/measured/campaign --models allcnn-c
+
+One line per run of the grid and its ablation arms, in run_all's grid order: recorded (its status and test error),
+to resume (its checkpoint's epoch), being trained (a live claim in <out>/claims/) or to train; then the counts and
+the training time left, estimated from the seconds per epoch of the runs this ledger holds on the device that
+recorded the newest of them (scaled by forward MACs for a model it has not timed at the same batch, precision and
+data). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
+(a damaged ledger file is set aside, as run_all and the reports do).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import allconv  # noqa: E402
+from bench import results, workqueue  # noqa: E402
+from bench.config import UsageError, expand, parse_args  # noqa: E402
+
+SAME_COST = ("batch_size", "precision", "train_split", "subset_per_class", "preset")
+"""Config fields that change a run's seconds per epoch beyond its model: runs timed alike share these."""
+
+
+def data_sha(cfg) -> str:
+    """The sha256 run_all keys runs by: the source's, or for the official download the prepared copy's."""
+    from loaders import prepare, sources
+
+    if cfg.source != "torchvision":
+        if not Path(cfg.source).expanduser().exists():
+            raise UsageError(f"data: source not found: {cfg.source}")
+        return sources.source_sha256(cfg.source)
+    manifest = prepare.load_manifest(cfg.data_dir)  # the download's digest is known once it is prepared
+    if manifest["source"] != "torchvision":
+        raise UsageError(f"{cfg.data_dir} holds {manifest['source']}, not the official download: give --source")
+    return manifest["source_sha256"]
+
+
+def checkpoint_epoch(path: Path) -> int | str:
+    """The epoch a checkpoint resumes at, or why it cannot (run_all then sets it aside and starts at epoch 0)."""
+    import torch
+
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+    except Exception as e:  # noqa: BLE001  (any damage: the plan says so, run_all sets it aside)
+        return f"unreadable checkpoint ({type(e).__name__}): trains from epoch 0"
+    return epoch if isinstance(epoch, int) else "malformed checkpoint: trains from epoch 0"
+
+
+def claim_holder(path: Path, lease_s: float) -> str | None:
+    """'host pid N' of a live claim on a run, else None (no claim, or a stale one: the next start takes it over)."""
+    try:
+        info, mtime = json.loads(path.read_text() or "{}"), path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or workqueue.stale(info, mtime, lease_s if info else min(lease_s, 60)):
+        return None
+    return f"{info.get('host')} pid {info.get('pid')}"
+
+
+def timings(records: list[dict]) -> tuple[dict, str | None, int]:
+    """Seconds per epoch of the ledger's finished runs on the device of the newest one: {(model, *SAME_COST):
+    median}, that device, how many runs. A fused run's seconds are its group's, shared by its runs."""
+    timed = [r for r in records if r["status"] in workqueue.DONE + ("stalled",) and r["wall_time_s"]
+             and r["epochs_completed"]]
+    if not timed:
+        return {}, None, 0
+    device = max(timed, key=lambda r: r["finished_at"])["device_name"]
+    per: dict[tuple, list[float]] = {}
+    for r in (r for r in timed if r["device_name"] == device):
+        key = (r["model"], *(r["config"].get(k) for k in SAME_COST))
+        per.setdefault(key, []).append(r["wall_time_s"] / r["epochs_completed"] / (r.get("fused_runs") or 1))
+    return {k: statistics.median(v) for k, v in per.items()}, device, sum(map(len, per.values()))
+
+
+def epoch_seconds(run, seconds: dict) -> tuple[float | None, bool]:
+    """(seconds per epoch, whether scaled by MACs from other models) for a run, or (None, False) when the ledger
+    has timed nothing alike."""
+    cost = tuple(getattr(run.cfg, k) for k in SAME_COST)
+    if (run.model, *cost) in seconds:
+        return seconds[(run.model, *cost)], False
+    alike = [s / allconv.macs(k[0]) for k, s in seconds.items() if k[1:] == cost]
+    return (statistics.median(alike) * allconv.macs(run.model), True) if alike else (None, False)
+
+
+def plan(cfg) -> tuple[list[dict], dict]:
+    """One row per run (model, lr, seed, arm, state, epoch it starts at, estimated seconds left) and a summary."""
+    sha = data_sha(cfg)
+    runs = expand(cfg, sha)
+    records = {r["run_key"]: r for r in results.read_records(cfg.out)} if Path(cfg.out, "runs").is_dir() else {}
+    seconds, device, n_timed = timings(list(records.values()))
+    grid_values = dataclasses.asdict(cfg)
+    rows = []
+    for run in runs:
+        key = run.key(sha)
+        record, ckpt = records.get(key), Path(cfg.out, "checkpoints", f"{key}.pt")
+        start, state = 0, "to train"
+        if record is not None and record["status"] in workqueue.DONE:
+            error = record["test_error_pct"]
+            state, start = record["status"] + (f" {error:.2f}%" if error is not None else ""), None
+        elif ckpt.is_file():
+            epoch = checkpoint_epoch(ckpt)
+            start, state = (epoch, f"resumes at epoch {epoch}") if isinstance(epoch, int) else (0, epoch)
+            if record is not None:
+                state = f"{record['status']} before: {state}"
+        elif record is not None:
+            state = f"{record['status']} before: trains again"
+        holder = claim_holder(workqueue.claims_dir(cfg.out) / f"{key}.json", cfg.claim_lease_minutes * 60)
+        if holder is not None and start is not None:
+            state = f"being trained by {holder} ({state})"
+        per_epoch, scaled = epoch_seconds(run, seconds)
+        left = None if start is None or per_epoch is None else (run.cfg.epochs - start) * per_epoch
+        arm = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(run.cfg).items()
+                        if k != "fuse_lrs" and v != grid_values[k])
+        rows.append({"model": run.model, "lr": run.lr, "seed": run.seed, "arm": arm, "key": key, "state": state,
+                     "start": start, "epochs": run.cfg.epochs, "seconds_left": left, "scaled": scaled})
+    return rows, {"device": device, "timed": n_timed}
+
+
+def render(rows: list[dict], summary: dict) -> str:
+    lines = [f"{'model':<12} {'lr':>7} {'seed':>4}  {'run key':<16}  {'epochs':>9}  {'left':>8}  state"]
+    for r in rows:
+        epochs = f"{r['start']}/{r['epochs']}" if r["start"] is not None else "done"
+        left = "" if r["seconds_left"] is None else ("~" if r["scaled"] else "") + hours(r["seconds_left"])
+        state = r["state"] + (f" [{r['arm']}]" if r["arm"] else "")
+        lines.append(f"{r['model']:<12} {r['lr']:>7g} {r['seed']:>4}  {r['key']:<16}  {epochs:>9}  {left:>8}  {state}")
+    todo = [r for r in rows if r["start"] is not None]
+    resumes = sum(r["start"] > 0 for r in todo)
+    lines.append(f"{len(rows)} run{'s' * (len(rows) != 1)}: {len(rows) - len(todo)} recorded, "
+                 f"{len(todo) - resumes} to train, {resumes} to resume")
+    known = [r["seconds_left"] for r in todo if r["seconds_left"] is not None]
+    if todo and not known:
+        lines.append("time left: no estimate (this ledger has timed no run alike; run_all measures its rate when it "
+                     "starts)")
+    elif todo:
+        missing = f"; {len(todo) - len(known)} run(s) without an estimate" if len(known) < len(todo) else ""
+        lines.append(f"time left: {hours(sum(known))} of training on one process of {summary['device']}, from "
+                     f"{summary['timed']} run(s) it recorded ('~': scaled by MACs from other models){missing}; "
+                     "grid mode spreads runs over processes")
+    return "\n".join(lines)
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        rows, summary = plan(cfg)
+    except (UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(render(rows, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

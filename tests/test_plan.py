@@ -1,0 +1,87 @@
+"""bench/plan.py on a real ledger: what run_all would do with the same options, and how long it would take."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from allconv import macs
+from bench import launch, plan, results, workqueue
+from bench.config import parse_args
+from bench.run_all import main as run_all
+
+
+@pytest.fixture(scope="module")
+def ledger(smoke_data_dir, jpeg_tarball, tmp_path_factory):
+    """One completed Strided-CNN-A run (2 epochs, LR 0.05) and the options that trained it."""
+    from accelerate.state import AcceleratorState
+
+    out = tmp_path_factory.mktemp("plan") / "out"
+    options = ["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(smoke_data_dir), "--out",
+               str(out), "--no-progress", "--batch-size", "32", "--models", "strided-a"]
+    AcceleratorState._reset_state()
+    assert run_all(options + ["--lrs", "0.05"]) == 0
+    AcceleratorState._reset_state()
+    return out, options
+
+
+def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
+    out, options = ledger
+    cfg = parse_args(options + ["--models", "strided-a", "allcnn-a", "--lrs", "0.1", "0.05", "0.01", "0.005"])
+    record, = results.read_records(out)
+    keys = {r.lr: r.key(record["config"]["data_sha256"]) for r in plan.expand(cfg) if r.model == "strided-a"}
+    assert keys[0.05] == record["run_key"]  # the keys run_all uses
+    (out / "checkpoints").mkdir(exist_ok=True)
+    torch.save({"epoch": 1, "model": {}}, out / "checkpoints" / f"{keys[0.1]}.pt")
+    (out / "checkpoints" / f"{keys[0.005]}.pt").write_bytes(b"not a checkpoint")
+    workqueue.claims_dir(out).mkdir(exist_ok=True)
+    (workqueue.claims_dir(out) / f"{keys[0.01]}.json").write_text(json.dumps(
+        {"host": workqueue.HOST, "pid": os.getpid(), "pid_start": workqueue._pid_start(os.getpid())}))
+
+    rows, summary = plan.plan(cfg)
+    by = {(r["model"], r["lr"]): r for r in rows}
+    done, resumed = by[("strided-a", 0.05)], by[("strided-a", 0.1)]
+    assert done["state"] == f"completed {record['test_error_pct']:.2f}%" and done["start"] is None
+    assert resumed["state"] == "resumes at epoch 1" and resumed["start"] == 1
+    assert by[("strided-a", 0.01)]["state"] == f"being trained by {workqueue.HOST} pid {os.getpid()} (to train)"
+    assert by[("strided-a", 0.005)]["state"].startswith("unreadable checkpoint") and by[("strided-a", 0.005)][
+        "start"] == 0
+    per_epoch = record["wall_time_s"] / 2  # this ledger's one timed run, on this machine
+    assert resumed["seconds_left"] == pytest.approx(per_epoch) and not resumed["scaled"]
+    assert by[("strided-a", 0.01)]["seconds_left"] == pytest.approx(2 * per_epoch)
+    other = by[("allcnn-a", 0.05)]  # never timed here: scaled from Strided-CNN-A by forward MACs
+    assert other["scaled"] and other["seconds_left"] == pytest.approx(2 * per_epoch * macs("allcnn-a") /
+                                                                      macs("strided-a"))
+    assert summary["timed"] == 1 and summary["device"] == record["device_name"]
+
+    assert plan.main(options + ["--lrs", "0.1", "0.05"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == "2 runs: 1 recorded, 0 to train, 1 to resume"
+    assert lines[-1].startswith("time left: ") and f"of {record['device_name']}, from 1 run(s)" in lines[-1]
+
+
+def test_an_ablation_arm_is_named_by_what_it_changes(ledger):
+    out, options = ledger
+    rows, _ = plan.plan(parse_args(options + ["--lrs", "0.05", "--ablations", "batch-size"]))
+    assert [(r["model"], r["arm"]) for r in rows] == [("strided-a", ""), ("allcnn-c", ""),
+                                                      ("allcnn-c", "batch_size=128")]
+    assert rows[2]["seconds_left"] is None  # nothing timed at batch 128: no estimate rather than a wrong one
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert plan.main(["--preset", "smoke", "--data-dir", str(tmp_path / "none")]) == 2  # torchvision, unprepared
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is not prepared" in err and "loaders.prepare" in err
+    assert plan.main(["--preset", "smoke", "--source", str(tmp_path / "missing.tar.gz")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: data: source not found: {tmp_path / 'missing.tar.gz'}"
+
+
+def test_make_plan_passes_run_alls_own_options(ledger, capsys, monkeypatch):
+    """`make plan ARGS=...` (bench.launch --plan) on a GPU machine: the plan of the run_all command that `make run`
+    would launch there, not of the accelerate launcher's options."""
+    out, options = ledger
+    monkeypatch.setenv("ALLCONV_GPUS", "2")
+    assert launch.main(["--plan", *options, "--lrs", "0.05"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 run: 1 recorded, 0 to train, 0 to resume"
