@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -135,9 +136,33 @@ def validate(record) -> str | None:
                 " or ".join("null" if t is type(None) else t.__name__ for t in types)
         if name in VALUES and value not in VALUES[name]:
             return f"field {name!r} is {value!r:.40}, expected one of {VALUES[name]}"
-    if not all(isinstance(h, dict) for h in record["history"]):
-        return "field 'history' must be a list of objects"
+    if not all(isinstance(h, dict) and all(_number(v) or v is None for v in h.values()) for h in record["history"]):
+        return "field 'history' must be a list of objects of numbers"
+    grid = record.get("grid") or {}
+    if not all(isinstance(v, list) and all(isinstance(x, str) or _number(x) for x in v) for v in grid.values()):
+        return "field 'grid' must map to lists of names and numbers"
+    config = record["config"]
+    for name in CONFIG_REQUIRED:
+        if name not in config:
+            return f"config has no {name!r}"
+        if config[name] != record[name]:
+            return f"config says {name} {config[name]!r:.40}, the record {record[name]!r:.40}"
+    if not all(_scalar(v) or isinstance(v, (list, tuple)) and all(map(_scalar, v)) for v in config.values()):
+        return "config values must be names, numbers, booleans or lists of them"
     return None
+
+
+CONFIG_REQUIRED = ("model", "lr", "seed", "preset", "train_split", "augment")
+"""Config fields every record has had, each also a field of the record itself (the two must agree), that the
+reports select and compare runs by."""
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _scalar(x) -> bool:
+    return x is None or isinstance(x, (str, int, float, bool))
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -193,10 +218,17 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):  # 1e400: valid JSON, but no record field is infinite
+        raise ValueError(f"{text} is out of range")
+    return x
+
+
 def read_one(path: Path) -> tuple[dict | None, str | None]:
     """One ledger file: (record, None) when it is valid JSON, matches `FIELDS` and its file name, else (None, why)."""
     try:
-        record = json.loads(path.read_bytes(), parse_constant=_reject_constant)
+        record = json.loads(path.read_bytes(), parse_constant=_reject_constant, parse_float=_finite)
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
     reason = validate(record)

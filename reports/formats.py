@@ -10,7 +10,8 @@ Numbers are rounded half up
 from __future__ import annotations
 
 import html
-from decimal import ROUND_FLOOR, Decimal
+import math
+from decimal import ROUND_FLOOR, Decimal, localcontext
 
 import pandas as pd
 
@@ -24,9 +25,13 @@ def fixed(x, places: int = 2, sign: bool = False) -> str:
     """`x` with `places` decimals, halves rounded up; "" when missing."""
     if not _known(x):
         return ""
+    if not math.isfinite(float(x)):
+        return f"{float(x):+}" if sign else f"{float(x)}"
     step = Decimal(1).scaleb(-places)
-    d = (Decimal(repr(float(x))) + step / 2).quantize(step, rounding=ROUND_FLOOR)
-    d = d + 0  # no "-0.00"
+    with localcontext() as context:
+        context.prec = 400  # every finite float's digits (1e308 and more: a ledger's numbers are outside input)
+        d = (Decimal(repr(float(x))) + step / 2).quantize(step, rounding=ROUND_FLOOR)
+        d = d + 0  # no "-0.00"
     return (f"{d:+f}" if sign and d != 0 else f"{d:f}")
 
 
@@ -110,7 +115,10 @@ def display_claims(t: pd.DataFrame) -> pd.DataFrame:
 
 
 def _side(model, error, n) -> str:
-    """One side of a claim: "Model A 12.50 (n=2)", or "Model A (no number)"."""
+    """One side of a claim: "Model A 12.50 (n=2)", or "Model A (no number)"; "no other model" without one (the
+    best-of-Table-3 claim with one model measured)."""
+    if not _known(model):
+        return "no other model"
     return f"{_name(model)} {fixed(error)} (n={n})" if _known(error) else f"{_name(model)} (no number)"
 
 
@@ -166,14 +174,21 @@ def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def markdown_table(d: pd.DataFrame) -> str:
-    """A GitHub pipe table; numeric-looking columns right-aligned."""
-    def cell(x):
-        return str(x).replace("|", "\\|").replace("\n", " ")
+MARKDOWN_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`[]<>|"})
 
+
+def md_text(x) -> str:
+    """Outside text (a record's path, device name, config value) as literal Markdown: the characters that make
+    links, images, code, raw HTML and table cells (backslash, backtick, brackets, angle brackets, pipe) escaped,
+    line breaks and other control characters spaces, so a record cannot add a link, a heading or a table row."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(x)).translate(MARKDOWN_ACTIVE)
+
+
+def markdown_table(d: pd.DataFrame) -> str:
+    """A GitHub pipe table; numeric-looking columns right-aligned; every cell literal text (`md_text`)."""
     align = ["---:" if _numeric(d[c]) else "---" for c in d.columns]
-    lines = ["| " + " | ".join(cell(c) for c in d.columns) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in d.itertuples(index=False)]
+    lines = ["| " + " | ".join(md_text(c) for c in d.columns) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(md_text(x) for x in row) + " |" for row in d.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -234,5 +249,6 @@ def write_csv(t: pd.DataFrame, path, sha256: str, kind: str = "ledger") -> None:
 
 def read_csv(path) -> pd.DataFrame:
     """A table written by `write_csv`, without its source column: equals the table it came from."""
-    t = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS})
+    t = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])  # a
+    # device named "N/A" or "None" stays that name: only an empty field is missing
     return t.drop(columns=[c for c in SOURCE_COLUMNS if c in t.columns])

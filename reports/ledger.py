@@ -154,7 +154,7 @@ def choose_epochs(df: pd.DataFrame) -> tuple[int | None, list[str]]:
     """Only runs of one length are compared: the most common `epochs` (ties: the longer)."""
     counts = Counter(int(e) for e in df["epochs"] if _known(e))
     if not counts:
-        return None, ["No record states its epochs."]
+        return None, ["No record states its epochs."] if len(df) else []
     chosen = sorted(counts, key=lambda e: (-counts[e], -e))[0]
     others = {e: n for e, n in counts.items() if e != chosen}
     lengths = _counted({f"{e} epochs": n for e, n in others.items()})
@@ -173,9 +173,14 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     for column in COLUMNS:
         if column not in all_df.columns:
             all_df[column] = None
+    all_df = all_df.apply(lambda column: column if pd.api.types.is_numeric_dtype(column) else column.map(_printable))
     all_df["outcome"] = [outcome(r) for r in all_df.to_dict("records")]
     chosen, notes = choose_preset(all_df, preset)
     df = all_df[all_df["preset"].astype(str) == chosen]
+    df, again = newest_of_each_run(df)
+    if again:
+        notes.append(f"Ignored {again} older record(s) of runs recorded again under another run key (the same "
+                     "config, model, LR and seed: a key from another version of the code); the newest counts.")
     unknown = df[~df["model"].isin(list(SPECS))]
     if len(unknown):
         notes.append(f"Ignored {len(unknown)} record(s) of models not in Table 3: "
@@ -187,6 +192,28 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         df = df[df["epochs"].map(lambda e: _known(e) and int(e) == epochs).astype(bool)]
     df = df.reset_index(drop=True)
     return Ledger(df, all_df, results.ledger_sha256(results_dir), chosen, epochs, reference_config(df), notes)
+
+
+def newest_of_each_run(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One record per run (model, LR, seed and compared config), the last finished, so a seed is never counted
+    twice; and how many were dropped."""
+    run = [json.dumps([m, lr, s, compared(c)], sort_keys=True, default=str)
+           for m, lr, s, c in zip(df["model"], df["lr"], df["seed"], df["config"])]
+    latest = df.assign(_run=run).sort_values("finished_at", kind="stable").drop_duplicates("_run", keep="last")
+    kept = df.loc[sorted(latest.index)]
+    return kept, len(df) - len(kept)
+
+
+def _printable(x):
+    """A record's value with control characters in its strings (a line break in a device's name) as spaces, so
+    no report file gets a line it did not mean: a CSV row split in two, a Markdown row broken."""
+    if isinstance(x, str):
+        return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in x)
+    if isinstance(x, dict):
+        return {k: _printable(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_printable(v) for v in x]
+    return x
 
 
 def _counted(counts: dict) -> str:

@@ -108,7 +108,7 @@ def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[S
         if not ablation_has_runs(led.df, name, ref):
             continue
         t = ablation_table(led.df, name, ref)
-        label = precision_label(led.precision)
+        label = formats.md_text(precision_label(led.precision))  # the reference config's: a record's value
         at = "Arms as labelled." if name == "precision" else f"All arms at Table 3's precision ({label})."
         note = " ".join(x for x in (ablation.note, at, "Δ vs baseline: arm minus the first arm, same model, pp.") if x)
         out.append(Section(f"ablation-{name}", f"Ablation: {ablation.title}", note, t, formats.display_ablation(t),
@@ -132,11 +132,12 @@ def banner(led: Ledger) -> str | None:
     if led.preset != "paper":
         ref = led.reference or {}
         subset = ref.get("subset_per_class")
-        reasons.append(f"it is of the `{led.preset}` preset ({led.epochs} epochs"
+        preset = "".join(c for c in led.preset if c != "`" and c.isprintable())  # a record's, in a code span
+        reasons.append(f"it is of the `{preset}` preset ({led.epochs} epochs"
                        + (f", {subset} images per class" if subset else "") + "), not the paper's protocol")
     lossy_data = [d for d in led.df["data"] if isinstance(d, dict) and lossy(d)]
     if lossy_data:
-        encodings = _distinct(describe(enc) for enc in map(encoding_of, lossy_data) if enc)
+        encodings = _distinct(formats.md_text(describe(enc)) for enc in map(encoding_of, lossy_data) if enc)
         reasons.append("it trained on a lossy " + (f"copy of CIFAR-10 ({' / '.join(encodings)})" if encodings
                                                    else "JPEG copy of CIFAR-10") + ", not the official images")
     if not reasons:
@@ -149,7 +150,8 @@ def header(led: Ledger) -> list[tuple[str, str]]:
     """What the numbers are, as (label, text) pairs: data, preset, epochs, precision, devices, versions, date."""
     df, all_df = led.df, led.all_df
     sources = _distinct(data_source(d) for d in df["data"] if isinstance(d, dict)) or ["not recorded"]
-    devices = Counter(f"{d} x{c}" if _known(c) else str(d) for d, c in zip(df["device_name"], df["device_count"]))
+    devices = Counter(f"{d if _known(d) else 'device not named'}" + (f" x{c}" if _known(c) else "")
+                      for d, c in zip(df["device_name"], df["device_count"]))
     worlds = sorted({int(w) for w in df["world_size"] if _known(w)})
     versions = Counter(", ".join(f"{k} {v}" for k, v in sorted(x.items())) for x in df["versions"]
                        if isinstance(x, dict))
@@ -160,7 +162,8 @@ def header(led: Ledger) -> list[tuple[str, str]]:
                     if _known(p))
     ref = led.reference
     rows = [
-        ("Ledger", f"sha256 {led.sha256} ({len(all_df)} records; {len(df)} of this preset and length)"),
+        ("Ledger", f"sha256 {led.sha256} ({len(all_df)} record{'s' * (len(all_df) != 1)}; {len(df)} of this preset "
+                   "and length)"),
         ("Data", "; ".join(sources) + (" -- MIXED SOURCES" if len(sources) > 1 else "")),
         ("Preset", led.preset),
         ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),
@@ -189,12 +192,12 @@ def _distinct(values) -> list:
 
 def markdown(warning: str | None, header, sections, figures: bool = True) -> str:
     parts = [f"# {TITLE}\n"] + ([f"> {warning}\n"] if warning else [])
-    parts.append("\n".join(f"- **{k}**: {v}" for k, v in header) + "\n")
+    parts.append("\n".join(f"- **{k}**: {formats.md_text(v)}" for k, v in header) + "\n")
     ablations = [s for s in sections if s.stem.startswith("ablation-")]
     for s in sections:
         if ablations and s is ablations[0]:
             parts.append("## Ablations\n")
-        after = "".join(f"\n- {x}" for x in s.after)
+        after = "".join(f"\n- {formats.md_text(x)}" for x in s.after)
         parts.append(f"{'#' * s.level} {s.title}\n\n{s.note}\n\n{formats.markdown_table(s.display)}{after}\n")
     if figures:
         parts.append("## Figures\n\n" + "\n\n".join(f"![{alt}]({name})" for name, alt in FIGURES) + "\n")
@@ -209,9 +212,15 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:100em}table{border-co
 
 
 def _md(text: str) -> str:
-    """Our Markdown as HTML. The text is escaped first: it quotes records (a source's path, a device's name), which
-    are outside input, and Markdown passes raw HTML through, so a ledger could have put a script in the page."""
+    """Our Markdown (a banner, a note) as HTML. The text is HTML-escaped first, so no raw HTML passes whatever it
+    quotes; the record strings it quotes are literal Markdown already (`formats.md_text`, or a code span), so they
+    add no link or image either. Record strings elsewhere in the page are escaped as HTML and never Markdown."""
     return md_lib.markdown(html.escape(text, quote=False))
+
+
+def _list(items) -> str:
+    """An HTML list of items that are HTML already (record strings escaped by the caller, never Markdown)."""
+    return "<ul>\n" + "".join(f"<li>{x}</li>\n" for x in items) + "</ul>"
 
 
 def html_page(warning: str | None, header, sections, folder: Path) -> str:
@@ -220,14 +229,13 @@ def html_page(warning: str | None, header, sections, folder: Path) -> str:
              f"<style>{STYLE}</style></head><body>", f"<h1>{e(TITLE)}</h1>"]
     if warning:
         parts.append(f'<div class="banner">{_md(warning)}</div>')
-    parts.append(_md("\n".join(f"- **{k}**: {v}" for k, v in header)))
+    parts.append(_list(f"<strong>{e(k)}</strong>: {e(str(v))}" for k, v in header))
     ablations = [s for s in sections if s.stem.startswith("ablation-")]
     for s in sections:
         if ablations and s is ablations[0]:
             parts.append("<h2>Ablations</h2>")
         parts.append(f"<h{s.level} id=\"{s.stem}-title\">{e(s.title)}</h{s.level}>\n{_md(s.note)}\n"
-                     f"{formats.html_table(s.display, s.stem)}" + (_md("".join(f"- {x}\n" for x in s.after))
-                                                                   if s.after else ""))
+                     f"{formats.html_table(s.display, s.stem)}" + (_list(map(e, s.after)) if s.after else ""))
     parts.append("<h2>Figures</h2>")
     for name, alt in FIGURES:
         data = base64.b64encode((folder / name).read_bytes()).decode()

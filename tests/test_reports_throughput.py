@@ -69,11 +69,11 @@ def test_fused_columns_are_shown_only_when_measured():
 def test_fused_runs_in_the_ledger_count_the_whole_group(tmp_path):
     """A run trained in a fused group (--fuse-lrs) recorded its share of the group's img/s: the ledger's throughput
     row counts the group's, as "Runs per step" says. CUDA-graphed runs get a row of their own."""
-    alone = record(lr=0.1, test=9.0, img_s=20000.0)
+    alone = record(lr=0.1, seed=1, test=9.0, img_s=20000.0)  # seed 1: seed 0 at 0.1 is one of the group's
     group = [record(lr=lr, test=9.5, img_s=15000.0, fuse_lrs=True, fused_runs=4) for lr in (0.25, 0.1, 0.05, 0.01)]
     for rec in group:  # the config says what was asked; the top-level field what happened
         rec["fused_runs"] = rec["config"].pop("fused_runs")
-    graphed = dict(record(lr=0.05, test=9.1, img_s=50000.0), cuda_graphs=True)  # a row of its own too
+    graphed = dict(record(lr=0.05, seed=1, test=9.1, img_s=50000.0), cuda_graphs=True)  # a row of its own too
     fused_led = load_ledger(write_ledger(tmp_path / "results", [alone, *group, graphed]))
     assert throughput_table(fused_led.df).query("cuda_graphs")["train_images_per_s"].tolist() == [50000.0]
     tp = throughput_table(fused_led.df).query("not cuda_graphs").set_index("runs_per_step")

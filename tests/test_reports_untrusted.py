@@ -1,0 +1,84 @@
+"""A ledger is outside input: what a record says reaches the report as text, never as a link, a heading, a table
+row or a script; a record the schema cannot vouch for is set aside, never a crash; a run is counted once."""
+from __future__ import annotations
+
+import json
+
+import markdown as md_lib
+import pytest
+
+from bench import results
+from reports import formats
+from reports.__main__ import main as reports_main
+from reports.ledger import load_ledger
+from reports.tables import table3
+from reports.throughput import throughput_table
+from tests.test_reports import record, write_ledger
+
+LINK = "[Download the fixed weights](javascript:alert(1)) ![x](https://evil.example/p.png) <script>alert(2)</script>"
+
+
+def test_record_strings_stay_text_in_every_file(tmp_path):
+    rec = record(lr=0.05, test=9.3, backend="tensor\\|ffcv")
+    rec["data"]["source"] = f"cifar.tar.gz\n\n# Table 3 (verified)\n\n{LINK}"
+    rec["device_name"] = f"GPU\rX {LINK}"
+    other = record(lr=0.1, test=9.5)
+    other["device_name"] = "N/A"
+    out = tmp_path / "report"
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", [rec, other])), "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    from_md = md_lib.markdown((out / "report.md").read_text(), extensions=["tables"])
+    for html in (page, from_md):
+        assert 'href="javascript' not in html and "<script" not in html and 'src="https://evil' not in html
+        assert "Table 3 (verified)</h1>" not in html
+    assert page.count("<h1>") == 1 and "[Download the fixed weights](javascript:alert(1))" in page  # as text
+    tp = throughput_table(load_ledger(tmp_path / "results").df)
+    back = formats.read_csv(out / "throughput.csv")
+    assert len(back) == len(tp) and sorted(back["device_name"]) == sorted(tp["device_name"])
+    assert "N/A" in set(back["device_name"]) and any(d.startswith("GPU X [") for d in back["device_name"])
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda r: r.update(test_error_pct="1e400"), "out of range"),
+    (lambda r: r["history"][0].update(seconds="12s"), "history"),
+    (lambda r: r.update(grid={"models": [["allcnn-c"]]}), "grid"),
+    (lambda r: r["config"].update(weight_decay={"a": 1}), "config values"),
+    (lambda r: r["config"].update(preset=["paper"]), "config says preset ['paper'], the record 'paper'"),
+    (lambda r: r["config"].pop("train_split"), "config has no 'train_split'"),
+    (lambda r: r["config"].update(lr=0.25), "config says lr 0.25, the record 0.05"),
+])
+def test_a_record_the_schema_cannot_vouch_for_is_set_aside(tmp_path, capsys, damage, why):
+    good, bad = record(lr=0.1, test=9.5), record(lr=0.05, test=9.3)
+    write_ledger(tmp_path / "results", [good])
+    damage(bad)
+    text = json.dumps(bad).replace('"1e400"', "1e400")  # a number JSON parses to infinity
+    (results.runs_dir(tmp_path / "results") / f"{bad['run_key']}.json").write_text(text)
+    assert reports_main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")]) == 0
+    assert why in capsys.readouterr().err and (results.runs_dir(tmp_path / "results") / ".invalid").is_dir()
+    assert list(load_ledger(tmp_path / "results").df["lr"]) == [0.1]
+
+
+def test_huge_numbers_are_shown_not_a_crash(tmp_path):
+    rec = record(lr=0.05, test=1e30, img_s=1e300)
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", [rec])), "--out",
+                         str(tmp_path / "report")]) == 0
+    assert formats.fixed(1e300) == "1" + "0" * 300 + ".00" and formats.fixed(float("inf")) == "inf"
+
+
+def test_a_run_recorded_again_under_another_key_counts_once(tmp_path):
+    """Two records of one run (same config, model, LR and seed) under two keys, as a key from another version of
+    the code would give: one seed, the newer record's error, and a note."""
+    old = record(lr=0.05, test=9.2, finished="2026-11-20T10:00:00+00:00")
+    new = record(lr=0.05, test=9.4, finished="2026-11-21T10:00:00+00:00")
+    new["run_key"] = "0123456789abcdef"
+    led = load_ledger(write_ledger(tmp_path, [old, new]))
+    row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
+    assert (row["error_pct"], row["n_seeds"]) == (9.4, 1)
+    assert any("1 older record(s) of runs recorded again" in n for n in led.notes)
+
+
+def test_the_best_of_table3_with_one_model_names_no_empty_rival(tmp_path):
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", [record(lr=0.05, test=9.3)])),
+                         "--out", str(tmp_path / "report")]) == 0
+    claims = (tmp_path / "report" / "report.md").read_text()
+    assert "All-CNN-C 9.30 (n=1) vs no other model" in claims and "vs  (" not in claims
