@@ -96,8 +96,21 @@ def _check_matches(blob, net, optimizer) -> None:
         p = params[ids.index(i)]
         if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in s.values()):
             raise ValueError("optimizer state does not match this run's parameter shapes")
-    if not isinstance(blob["epoch"], int) or not isinstance(blob["rng"], list):
-        raise ValueError("epoch or RNG state malformed")
+    if not isinstance(blob["epoch"], int) or not isinstance(blob["rng"], list) or not isinstance(blob["extra"], dict):
+        raise ValueError("epoch, RNG state or timings malformed")
+    if not isinstance(blob["history"], list) or len(blob["history"]) != blob["epoch"]:
+        raise ValueError(f"its history has {len(blob['history'])} epochs, its epoch counter {blob['epoch']}")
+
+
+def _match_layout(optimizer) -> None:
+    """Each parameter's optimizer state (momentum, Adam's moments) in the parameter's memory layout: a checkpoint
+    saved under channels_last resumes under the contiguous format and the other way round (`channels_last` is not
+    part of a run's key), and fused optimizers refuse state whose strides differ from the parameter's."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world: int,
@@ -123,6 +136,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
             set_rng_state(blob["rng"][rank], device)
         net.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])  # torch moves the state to each parameter's device
+        _match_layout(optimizer)
         scaler = getattr(accelerator, "scaler", None)
         if scaler is not None and blob.get("scaler"):
             scaler.load_state_dict(blob["scaler"])

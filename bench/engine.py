@@ -131,7 +131,10 @@ class RunState:
         ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world, epoch_state=EpochState)
         if ckpt is None:
             return cls(path)
-        return cls(path, ckpt["history"], ckpt["extra"], ckpt["epoch"], ckpt["epoch_state"])
+        state = cls(path, ckpt["history"], epoch=ckpt["epoch"], epoch_state=ckpt["epoch_state"])
+        state.timings.update({k: v for k, v in ckpt["extra"].items() if k in state.timings and
+                              isinstance(v, (int, float))})  # a sum the file lacks starts at 0
+        return state
 
     def wall_seconds(self) -> float:
         return self.timings["wall_s"] + time.perf_counter() - self.started

@@ -10,6 +10,7 @@ per machine, and a clean end.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import sys
 from pathlib import Path
@@ -94,6 +95,10 @@ def check_writable(out: str) -> list[Path]:
         probe.unlink()
     except OSError as e:
         remove_empty(created)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # not bad input: the disk is full (exit 1, as later on)
+            from bench.results import WriteError
+
+            raise WriteError(e.errno, e.strerror, str(probe)) from None
         raise UsageError(f"--out {out} is not writable ({e.strerror or e})") from None
     return created
 

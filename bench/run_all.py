@@ -184,16 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         show = Progress(cfg, acc)
         group = process.finish_group(acc)
         manifest = process.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
-    except (UsageError, ValueError) as e:
+    except (UsageError, ValueError, results.WriteError) as e:  # bad input: 2; a full disk: 1, as later on
         process.remove_empty(created)
-        rank = process.launch_rank()
+        rank, full = process.launch_rank(), isinstance(e, results.WriteError)
+        message = workqueue.write_failed(e) if full else f"error: {e}"
         if rank == "0":  # once per launch, not once per rank
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            print(message, file=sys.stderr, flush=True)
         else:  # the launcher kills every rank when the first exits: let rank 0 say why before this one does
             time.sleep(30)  # (cut short by the launcher as soon as rank 0 has exited)
             # still here: rank 0 did not fail (an error of this rank only, e.g. its own disk), so say it here
-            print(f"error: {e} (rank {rank})", file=sys.stderr, flush=True)
-        return 2
+            print(f"{message} (rank {rank})", file=sys.stderr, flush=True)
+        return 1 if full else 2
     data_sha = manifest["source_sha256"]
     runs = expand(cfg, data_sha)
     keys = [r.key(data_sha) for r in runs]
@@ -213,50 +214,51 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
 
     items = workqueue.work_items(mine)  # one run each, or with --fuse-lrs one model's LRs together
-    for members in workqueue.claimed(items, cfg.out, stop=lambda: STOP["requested"],
-                                     lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
-        started_at = now()
+    try:
+        for members in workqueue.claimed(items, cfg.out, stop=lambda: STOP["requested"],
+                                         lease_s=cfg.claim_lease_minutes * 60, acc=acc, ddp=ddp):
+            started_at = now()
 
-        def finished(run, key, claim, outcome, started=started_at):
-            """Write the run's record, drop its checkpoint when it is done, release its claim; raises WriteError."""
-            record = make_record(run, key, data_sha, manifest, env, mode, world, started, outcome)
-            failure = None
-            if acc.is_main_process or not ddp:
+            def finished(run, key, claim, outcome, started=started_at):
+                """Write the run's record, drop its checkpoint when it is done, release its claim; raises WriteError."""
+                record = make_record(run, key, data_sha, manifest, env, mode, world, started, outcome)
+                failure = None
+                if acc.is_main_process or not ddp:
+                    try:
+                        results.write_record(cfg.out, record)
+                    except results.WriteError as e:
+                        failure = e
+                    if failure is None and record["status"] in workqueue.DONE:  # failed/stalled keep their checkpoint
+                        (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
+                    claim.release()
+                failure = workqueue.agree(failure, acc, ddp)
+                if failure is not None:
+                    raise failure
+                show.run_done(run, key, record)
+
+            def alone(run, key, claim):
+                """Train one run by itself and record it."""
+                started = now()
                 try:
-                    results.write_record(cfg.out, record)
-                except results.WriteError as e:
-                    failure = e
-                if failure is None and record["status"] in workqueue.DONE:  # failed/stalled keep their checkpoint
-                    (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
-                claim.release()
-            failure = workqueue.agree(failure, acc, ddp)
-            if failure is not None:
-                raise failure
-            show.run_done(run, key, record)
+                    outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
+                except (Interrupted, results.WriteError):
+                    raise
+                except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
+                    outcome = failed(e)
+                finished(run, key, claim, outcome, started)
 
-        def alone(run, key, claim):
-            """Train one run by itself and record it."""
-            started = now()
             try:
-                outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
-            except (Interrupted, results.WriteError):
-                raise
-            except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
-                outcome = failed(e)
-            finished(run, key, claim, outcome, started)
-
-        try:
-            if len(members) > 1:
-                fused_train.train_group(members, acc, data, manifest["num_images"], show,
-                                        stop=lambda: STOP["requested"], alone=alone, finished=finished)
-            else:
-                alone(*members[0])
-        except Interrupted:
-            show.interrupted(", ".join(key for _, key, _ in members))
-            return 143
-        except results.WriteError as e:  # full disk: not the run's fault, so not recorded as failed
-            return write_failed(e, acc, ddp)
-        acc.free_memory()
+                if len(members) > 1:
+                    fused_train.train_group(members, acc, data, manifest["num_images"], show,
+                                            stop=lambda: STOP["requested"], alone=alone, finished=finished)
+                else:
+                    alone(*members[0])
+            except Interrupted:
+                show.interrupted(", ".join(key for _, key, _ in members))
+                return 143
+            acc.free_memory()
+    except results.WriteError as e:  # full disk (a record, a checkpoint, a claim): not the run's fault, so not
+        return write_failed(e, acc, ddp)  # recorded as failed
     if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
         show.interrupted(None)
         return 143

@@ -33,11 +33,12 @@ def stop_reason(entry: dict, epochs_done: int, c: RunConfig) -> tuple[str, str] 
     not finite stops a run by default ("diverged"; the epoch is then not evaluated). A finite run at chance trains
     its whole schedule and its error is recorded as measured: at chance may mean not yet started (a slow init) or
     dead (ReLUs before the global average), neither is divergence. Opt-in `--stall-after N`: training accuracy
-    still within CHANCE_MARGIN_PCT of chance after N epochs stops the run as "stalled", retried on rerun."""
+    still within CHANCE_MARGIN_PCT of chance after N epochs, before the last, stops the run as "stalled", retried
+    on rerun (at the last epoch it has completed: there is nothing left to stop)."""
     if not math.isfinite(entry["loss"]):
         return "diverged", f"loss is {entry['loss']} in epoch {epochs_done}"
-    if c.stall_after is not None and epochs_done >= c.stall_after \
-            and entry["train_acc_pct"] <= 100 / NUM_CLASSES + CHANCE_MARGIN_PCT:
+    if c.stall_after is not None and c.stall_after <= epochs_done < c.epochs \
+            and entry["train_acc_pct"] <= 100 / NUM_CLASSES + CHANCE_MARGIN_PCT:  # the last epoch: it completed
         return "stalled", f"training accuracy {entry['train_acc_pct']:.1f}% (chance) after epoch {epochs_done}"
     return None
 

@@ -144,9 +144,20 @@ def _locked(folder: Path):
 
 
 def try_claim(out, key: str, lease_s: float) -> Claim | None:
-    """Claim run `key` for this process, taking over a stale claim; None when a live process holds it."""
+    """Claim run `key` for this process, taking over a stale claim; None when a live process holds it. A claim
+    that cannot be written (a full disk) raises `results.WriteError` and leaves no claim file behind (an empty one
+    would hold the run for a minute as if its writer were alive)."""
     path = claims_dir(out) / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _try_claim(out, path, key, lease_s)
+    except results.WriteError:
+        raise
+    except OSError as e:
+        raise results.WriteError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
     with _locked(path.parent):
         try:
             st = os.stat(path)
@@ -169,6 +180,9 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
         try:
             os.write(fd, body)
             os.fsync(fd)
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         return Claim(path, body)
@@ -212,14 +226,20 @@ def claimed(items: list, out, *, lease_s: float, stop=lambda: False, acc=None, d
 
 def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
     """This process's claim on run `key`, or None (held by a live process, or recorded meanwhile)."""
-    claim = None
+    claim, error = None, None
     if not ddp or acc.is_main_process:
-        claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
+        try:
+            claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
+        except results.WriteError as e:
+            error = e
         if claim is not None and recorded(out, key):  # finished by another process meanwhile
             claim.release()
             claim = None
         elif claim is not None:
             log(out, f"claimed {key}")
+    error = agree(error, acc, ddp)  # a full disk stops every rank, not only the one that claims
+    if error is not None:
+        raise error
     if ddp:
         from accelerate.utils import broadcast_object_list
 

@@ -121,7 +121,8 @@ def trained_checkpoint(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimiz
         opt.zero_grad()
         net(torch.ones(5, 4)).sum().backward()
         opt.step()
-    checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=3, epoch_state=None, history=[{"epoch": 3}],
+    checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=3, epoch_state=None,
+                               history=[{"epoch": e} for e in (1, 2, 3)],
                            extra={"wall_s": 1.0}, distributed=False)
     return net, opt
 

@@ -1,0 +1,112 @@
+"""Resuming stays honest: a checkpoint that loads but disagrees with itself is set aside, not trusted; one saved in
+another memory layout resumes; a full disk while claiming a run is one line and exit 1, not a run skipped; a run
+at chance in its last epoch has completed, not stalled."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+
+import pytest
+import torch
+
+from bench import checkpoint, results, workqueue
+from bench.config import PRESETS
+from bench.engine import RunState
+from bench.runs import stop_reason
+from tests.test_untrusted import Acc, assert_set_aside, build
+
+
+def saved(path, layout=torch.contiguous_format, **blob):
+    """A real checkpoint of a small conv net after two SGD steps (epoch 2, its two history entries), with `blob`
+    replacing parts of it."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    net = net.to(memory_format=layout)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.ones(2, 3, 8, 8).contiguous(memory_format=layout)).sum().backward()
+        opt.step()
+    checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=2, epoch_state=None,
+                               history=[{"epoch": 1}, {"epoch": 2}], extra={"wall_s": 3.0}, distributed=False)
+    if blob:
+        torch.save({**torch.load(path, weights_only=True), **blob}, path)
+    return net, opt
+
+
+@pytest.mark.parametrize("damage", [{"epoch": 999}, {"history": [{"epoch": 1}]}, {"extra": []}])
+def test_a_checkpoint_that_disagrees_with_itself_is_set_aside(damage, tmp_path, capsys):
+    """A tampered epoch counter once made a 6-epoch run 'completed' after 2 epochs, its checkpoint then deleted."""
+    path = tmp_path / "ckpt.pt"
+    trained, _ = build()
+    torch.save({"model": trained.state_dict(), "optimizer": torch.optim.SGD(trained.parameters(), 0.1).state_dict(),
+                "rng": [checkpoint.rng_state()], "epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}],
+                "extra": {}, **damage}, path)
+    net, opt = build()
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert_set_aside(path, capsys, fresh, net)
+
+
+def test_timings_a_checkpoint_lacks_start_at_zero(tmp_path):
+    """Timings missing from a checkpoint (a KeyError once failed the run on every rerun) start at 0."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path)  # its timings: wall_s only
+    state = RunState.resume(path, Acc(), net, opt, rank=0, world=1)
+    assert state.epoch == 2 and state.timings == {"steady_s": 0.0, "steady_img": 0, "eval_s": 0.0, "eval_img": 0,
+                                                  "wall_s": 3.0}
+
+
+@pytest.mark.parametrize("saved_in, resumed_in", [(torch.channels_last, torch.contiguous_format),
+                                                  (torch.contiguous_format, torch.channels_last)])
+def test_a_checkpoint_resumes_in_the_other_memory_layout(saved_in, resumed_in, tmp_path):
+    """channels_last is not part of a run's key, so a run may resume in the other layout: the momentum buffers
+    take the parameters' strides (fused SGD on CUDA refuses others), with the same values."""
+    path = tmp_path / "ckpt.pt"
+    _, old = saved(path, saved_in)
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+    net = net.to(memory_format=resumed_in)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1)["epoch"] == 2
+    conv = net[0].weight
+    assert opt.state[conv]["momentum_buffer"].stride() == conv.stride() != old.state[old.param_groups[0]["params"][
+        0]]["momentum_buffer"].stride()
+    assert torch.equal(opt.state[conv]["momentum_buffer"], old.state[old.param_groups[0]["params"][0]][
+        "momentum_buffer"])
+
+
+def test_a_full_disk_while_claiming_leaves_no_claim(tmp_path, monkeypatch):
+    """ENOSPC writing a claim: a WriteError naming the claim, and no empty claim file left to hold the run."""
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(workqueue.os, "fsync", full)
+    with pytest.raises(results.WriteError) as e:
+        workqueue.try_claim(tmp_path, "0123456789abcdef", lease_s=60)
+    assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("claims/0123456789abcdef.json")
+    assert not (workqueue.claims_dir(tmp_path) / "0123456789abcdef.json").exists()
+
+
+def test_run_all_stops_in_one_line_when_a_claim_cannot_be_written(smoke_data_dir, jpeg_tarball, tmp_path, capsys,
+                                                                  monkeypatch, fresh_accelerator):
+    from bench.run_all import main
+
+    def full(out, key, lease_s):
+        raise results.WriteError(errno.ENOSPC, "No space left on device", f"{out}/claims/{key}.json")
+
+    monkeypatch.setattr(workqueue, "try_claim", full)
+    out = tmp_path / "out"
+    assert main(["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(smoke_data_dir), "--out",
+                 str(out), "--no-progress", "--models", "strided-a", "--lrs", "0.05"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write ") and "free space and rerun" in err and err.count("\n") == 0, err
+    assert results.read_records(out) == []
+
+
+def test_a_run_at_chance_in_its_last_epoch_has_completed():
+    cfg = dataclasses.replace(PRESETS["smoke"], stall_after=1, epochs=2)
+    at_chance = {"loss": 2.3, "train_acc_pct": 10.0}
+    assert stop_reason(at_chance, 1, cfg)[0] == "stalled"
+    assert stop_reason(at_chance, 2, cfg) is None  # a stalled record here once became "completed" on rerun
+
