@@ -74,7 +74,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
             group = FusedRuns(nets, optimizers, preprocess=data.preprocess(c.preprocess, c.train_split),
                               precision=c.precision, eval_precision=c.eval_precision, channels_last=c.channels_last)
             _train(group, members, states, acc, data, num_images, show, trackers, stop, done)
-        except (Interrupted, WriteError):
+        except (Interrupted, WriteError, workqueue.ClaimLost):
             for k, tracker in enumerate(trackers):
                 if k not in ended:
                     tracker.finish(None)

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = now()
                 try:
                     outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
-                except (Interrupted, results.WriteError):
+                except (Interrupted, results.WriteError, workqueue.ClaimLost):
                     raise
                 except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
                     outcome = failed(e)
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             except Interrupted:
                 show.interrupted(", ".join(key for _, key, _ in members))
                 return 143
+            except workqueue.ClaimLost as e:
+                print(f"warning: {e}", file=sys.stderr, flush=True)
             acc.free_memory()
     except results.WriteError as e:  # full disk (a record, a checkpoint, a claim): not the run's fault, so not
         return write_failed(e, acc, ddp)  # recorded as failed

@@ -106,10 +106,21 @@ class Claim:
         except OSError:
             return False
 
-    def heartbeat(self) -> None:
-        """Refresh the claim's mtime: the owner is alive (other hosts judge it by this)."""
-        if self.held():
+    def heartbeat(self) -> bool:
+        """Refresh the claim's mtime: the owner is alive (other hosts judge it by this). False when the claim was
+        taken over (this process was stopped past the lease, e.g. a suspended job): another process trains the
+        run now. An unreadable claim (a filesystem hiccup) counts as still held."""
+        if self.path is None:
+            return True
+        try:
+            if self.path.read_bytes() != self.body:
+                return False
             os.utime(self.path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+        return True
 
     def release(self) -> None:
         if self.path is None:
@@ -248,6 +259,11 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
     return claim
 
 
+class ClaimLost(Exception):
+    """This process's claim on the run it trains was taken over: it stops that run without a record or checkpoint
+    and goes on to the next."""
+
+
 class Checkpoints:
     """When to checkpoint at an epoch's end: every `minutes` of wall-clock time (0: every epoch), never after the
     last epoch (the record follows). Each epoch's end is also the heartbeat of the claims (one per run trained). In
@@ -258,13 +274,17 @@ class Checkpoints:
         self.last = time.monotonic()
 
     def due(self, epochs_done: int, epochs: int) -> bool:
-        for claim in self.claims:
-            claim.heartbeat()
+        """Whether to checkpoint now; raises ClaimLost when another process has taken a claim over (before this
+        process could overwrite that one's checkpoint or record)."""
+        lost = [claim.path.stem for claim in self.claims if not claim.heartbeat()]
         due = epochs_done < epochs and time.monotonic() - self.last >= self.interval
         if self.ddp:
             from accelerate.utils import broadcast_object_list
 
-            due = broadcast_object_list([due])[0]
+            due, lost = broadcast_object_list([due, lost])
+        if lost:
+            raise ClaimLost(f"{', '.join(lost)} taken over by another process while this one was stopped past "
+                            f"the claim lease: left to it, nothing recorded here")
         if due:
             self.last = time.monotonic()
         return due

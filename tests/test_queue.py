@@ -191,6 +191,32 @@ def test_sigterm_between_runs_says_so_and_loses_nothing(data, tmp_path, monkeypa
     assert run_all.main(argv) == 0 and len(results.read_records(tmp_path / "out")) == 2
 
 
+def test_a_run_whose_claim_was_taken_over_is_left_to_its_new_owner(data, tmp_path, monkeypatch, capsys,
+                                                                    fresh_accelerator):
+    """A process stopped past the lease (a suspended job) finds at its next epoch's end that another host took its
+    claim: it stops that run with one warning, writes neither a checkpoint nor a record for it (the new owner's
+    would be overwritten), leaves the new owner's claim, and goes on to the next run."""
+    from bench import run_all
+
+    due, taken = workqueue.Checkpoints.due, []
+
+    def taken_over_once(self, *a):
+        if not taken:
+            for claim in self.claims:
+                claim.path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
+                taken.append(claim.path)
+        return due(self, *a)
+
+    monkeypatch.setattr(workqueue.Checkpoints, "due", taken_over_once)
+    out = tmp_path / "out"
+    assert run_all.main(args(data, out, "--models", "strided-a", "--lrs", "0.05", "0.1", "--epochs", "2")) == 0
+    assert "taken over by another process" in capsys.readouterr().err
+    (record,) = results.read_records(out)
+    assert record["run_key"] != taken[0].stem and record["status"] == "completed"
+    assert not (out / "checkpoints" / f"{taken[0].stem}.pt").exists()
+    assert json.loads(taken[0].read_text())["host"] == "other-host"
+
+
 def launcher(port: int, nproc: int = 2, machines: int = 1, rank: int = 0) -> list[str]:
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", str(machines),
             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
