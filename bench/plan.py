@@ -47,10 +47,12 @@ def checkpoint_epoch(path: Path) -> int | str:
     import torch
 
     try:
-        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        epoch, history = blob["epoch"], blob["history"]
     except Exception as e:  # noqa: BLE001  (any damage: the plan says so, run_all sets it aside)
         return f"unreadable checkpoint ({type(e).__name__}): trains from epoch 0"
-    return epoch if isinstance(epoch, int) else "malformed checkpoint: trains from epoch 0"
+    consistent = isinstance(epoch, int) and isinstance(history, list) and len(history) == epoch  # checkpoint.py's
+    return epoch if consistent else "malformed checkpoint: trains from epoch 0"
 
 
 def claim_holder(path: Path, lease_s: float) -> str | None:

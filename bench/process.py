@@ -140,15 +140,19 @@ def prepare_data(source: str, data_dir: str, acc, *, subset_per_class: int | Non
 
     from loaders import prepare
 
+    from bench.results import WriteError
+
     error = None
     if acc.is_local_main_process:
         try:
             prepare.prepare_cifar10(source, data_dir, subset_per_class=subset_per_class, seed=0)
+        except WriteError as e:  # a full disk: not bad input (exit 1)
+            error = e
         except (ValueError, OSError) as e:
             error = f"data: {e}"
     errors = [e for e in (gather_object([error]) if acc.num_processes > 1 else [error]) if e]
     if errors:
-        raise UsageError(errors[0])
+        raise errors[0] if isinstance(errors[0], WriteError) else UsageError(errors[0])
     manifest = prepare.load_manifest(data_dir)
     manifest["manifest_sha256"] = prepare.sha256_file(Path(data_dir) / prepare.MANIFEST)
     return manifest

@@ -221,14 +221,21 @@ def _reject_constant(name: str):
 def _finite(text: str) -> float:
     x = float(text)
     if not math.isfinite(x):  # 1e400: valid JSON, but no record field is infinite
-        raise ValueError(f"{text} is out of range")
+        raise ValueError(f"{text:.40} is out of range")
     return x
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > 300:  # beyond any float: a report could not compute with it
+        raise ValueError(f"{text:.40}... is out of range")
+    return int(text)
 
 
 def read_one(path: Path) -> tuple[dict | None, str | None]:
     """One ledger file: (record, None) when it is valid JSON, matches `FIELDS` and its file name, else (None, why)."""
     try:
-        record = json.loads(path.read_bytes(), parse_constant=_reject_constant, parse_float=_finite)
+        record = json.loads(path.read_bytes(), parse_constant=_reject_constant, parse_float=_finite,
+                            parse_int=_int)
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
     reason = validate(record)

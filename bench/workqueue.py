@@ -123,6 +123,8 @@ class Claim:
         return True
 
     def release(self) -> None:
+        """Delete the claim if this process still holds it; from then on a no-op claim (a run of a fused group that
+        ended early is released while the group's checkpoints still heartbeat every claim it began with)."""
         if self.path is None:
             return
         try:
@@ -131,6 +133,7 @@ class Claim:
                     self.path.unlink(missing_ok=True)
         except OSError:
             pass  # folder gone or read-only: a claim left behind is stale once this process has exited
+        self.path = None
 
 
 def log(out, line: str) -> None:
@@ -260,8 +263,8 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
 
 
 class ClaimLost(Exception):
-    """This process's claim on the run it trains was taken over: it stops that run without a record or checkpoint
-    and goes on to the next."""
+    """This process's claim on a run it trains was taken over: it stops that run (a fused group: all its runs, the
+    others to resume from their last checkpoints) without a record or checkpoint, and goes on to the next."""
 
 
 class Checkpoints:

@@ -180,7 +180,8 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     df, again = newest_of_each_run(df)
     if again:
         notes.append(f"Ignored {again} older record(s) of runs recorded again under another run key (the same "
-                     "config, model, LR and seed: a key from another version of the code); the newest counts.")
+                     "config, model, LR and seed: a key from another version of the code); the newest completed one "
+                     "counts.")
     unknown = df[~df["model"].isin(list(SPECS))]
     if len(unknown):
         notes.append(f"Ignored {len(unknown)} record(s) of models not in Table 3: "
@@ -195,11 +196,12 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
 
 
 def newest_of_each_run(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One record per run (model, LR, seed and compared config), the last finished, so a seed is never counted
-    twice; and how many were dropped."""
+    """One record per run (model, LR, seed and compared config), so a seed is never counted twice: the last
+    finished of its completed records, else the last finished; and how many were dropped."""
     run = [json.dumps([m, lr, s, compared(c)], sort_keys=True, default=str)
            for m, lr, s, c in zip(df["model"], df["lr"], df["seed"], df["config"])]
-    latest = df.assign(_run=run).sort_values("finished_at", kind="stable").drop_duplicates("_run", keep="last")
+    latest = (df.assign(_run=run, _completed=df["outcome"] == "completed")
+              .sort_values(["_completed", "finished_at"], kind="stable").drop_duplicates("_run", keep="last"))
     kept = df.loc[sorted(latest.index)]
     return kept, len(df) - len(kept)
 

@@ -29,13 +29,15 @@ def ledger(smoke_data_dir, jpeg_tarball, tmp_path_factory):
 
 def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
     out, options = ledger
-    cfg = parse_args(options + ["--models", "strided-a", "allcnn-a", "--lrs", "0.1", "0.05", "0.01", "0.005"])
+    cfg = parse_args(options + ["--models", "strided-a", "allcnn-a", "--lrs", "0.1", "0.05", "0.01", "0.005",
+                                "0.002"])
     record, = results.read_records(out)
     keys = {r.lr: r.key(record["config"]["data_sha256"]) for r in plan.expand(cfg) if r.model == "strided-a"}
     assert keys[0.05] == record["run_key"]  # the keys run_all uses
     (out / "checkpoints").mkdir(exist_ok=True)
-    torch.save({"epoch": 1, "model": {}}, out / "checkpoints" / f"{keys[0.1]}.pt")
+    torch.save({"epoch": 1, "history": [{"epoch": 1}]}, out / "checkpoints" / f"{keys[0.1]}.pt")
     (out / "checkpoints" / f"{keys[0.005]}.pt").write_bytes(b"not a checkpoint")
+    torch.save({"epoch": 999, "history": []}, out / "checkpoints" / f"{keys[0.002]}.pt")  # run_all sets it aside
     workqueue.claims_dir(out).mkdir(exist_ok=True)
     (workqueue.claims_dir(out) / f"{keys[0.01]}.json").write_text(json.dumps(
         {"host": workqueue.HOST, "pid": os.getpid(), "pid_start": workqueue._pid_start(os.getpid())}))
@@ -47,6 +49,8 @@ def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
     assert resumed["state"] == "resumes at epoch 1" and resumed["start"] == 1
     assert by[("strided-a", 0.01)]["state"] == f"being trained by {workqueue.HOST} pid {os.getpid()} (to train)"
     assert by[("strided-a", 0.005)]["state"].startswith("unreadable checkpoint") and by[("strided-a", 0.005)][
+        "start"] == 0
+    assert by[("strided-a", 0.002)]["state"].startswith("malformed checkpoint") and by[("strided-a", 0.002)][
         "start"] == 0
     per_epoch = record["wall_time_s"] / 2  # this ledger's one timed run, on this machine
     assert resumed["seconds_left"] == pytest.approx(per_epoch) and not resumed["scaled"]

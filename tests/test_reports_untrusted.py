@@ -3,6 +3,7 @@ row or a script; a record the schema cannot vouch for is set aside, never a cras
 from __future__ import annotations
 
 import json
+import re
 
 import markdown as md_lib
 import pytest
@@ -39,7 +40,8 @@ def test_record_strings_stay_text_in_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("damage, why", [
-    (lambda r: r.update(test_error_pct="1e400"), "out of range"),
+    (lambda r: r.update(test_error_pct="NUMBER 1e400"), "out of range"),  # JSON parses it to infinity
+    (lambda r: r.update(test_error_pct="NUMBER 1" + "0" * 400), "out of range"),  # an int beyond any float
     (lambda r: r["history"][0].update(seconds="12s"), "history"),
     (lambda r: r.update(grid={"models": [["allcnn-c"]]}), "grid"),
     (lambda r: r["config"].update(weight_decay={"a": 1}), "config values"),
@@ -51,7 +53,7 @@ def test_a_record_the_schema_cannot_vouch_for_is_set_aside(tmp_path, capsys, dam
     good, bad = record(lr=0.1, test=9.5), record(lr=0.05, test=9.3)
     write_ledger(tmp_path / "results", [good])
     damage(bad)
-    text = json.dumps(bad).replace('"1e400"', "1e400")  # a number JSON parses to infinity
+    text = re.sub(r'"NUMBER (\w+)"', r"\1", json.dumps(bad))  # a number literal of any size
     (results.runs_dir(tmp_path / "results") / f"{bad['run_key']}.json").write_text(text)
     assert reports_main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")]) == 0
     assert why in capsys.readouterr().err and (results.runs_dir(tmp_path / "results") / ".invalid").is_dir()
@@ -66,15 +68,17 @@ def test_huge_numbers_are_shown_not_a_crash(tmp_path):
 
 
 def test_a_run_recorded_again_under_another_key_counts_once(tmp_path):
-    """Two records of one run (same config, model, LR and seed) under two keys, as a key from another version of
-    the code would give: one seed, the newer record's error, and a note."""
+    """Records of one run (same config, model, LR and seed) under three keys, as keys from other versions of the
+    code would give: one seed, the newest completed record's error (not a newer failed retry's), and a note."""
     old = record(lr=0.05, test=9.2, finished="2026-11-20T10:00:00+00:00")
     new = record(lr=0.05, test=9.4, finished="2026-11-21T10:00:00+00:00")
     new["run_key"] = "0123456789abcdef"
-    led = load_ledger(write_ledger(tmp_path, [old, new]))
+    retry = record(lr=0.05, status="failed", finished="2026-11-22T10:00:00+00:00")  # newer, but no result
+    retry["run_key"] = "fedcba9876543210"
+    led = load_ledger(write_ledger(tmp_path, [old, new, retry]))
     row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
     assert (row["error_pct"], row["n_seeds"]) == (9.4, 1)
-    assert any("1 older record(s) of runs recorded again" in n for n in led.notes)
+    assert any("2 older record(s) of runs recorded again" in n for n in led.notes)
 
 
 def test_the_best_of_table3_with_one_model_names_no_empty_rival(tmp_path):

@@ -104,6 +104,21 @@ def test_run_all_stops_in_one_line_when_a_claim_cannot_be_written(smoke_data_dir
     assert results.read_records(out) == []
 
 
+def test_a_disk_full_while_preparing_the_data_is_exit_1(tmp_path, capsys, monkeypatch, fresh_accelerator,
+                                                        jpeg_tarball):
+    from bench.run_all import main
+    from loaders import prepare
+
+    def full(*a, **kw):
+        raise results.WriteError(errno.ENOSPC, "No space left on device", str(tmp_path / "data" / "train.npz"))
+
+    monkeypatch.setattr(prepare, "prepare_cifar10", full)
+    assert main(["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: cannot write {tmp_path / 'data' / 'train.npz'}") and "\n" not in err, err
+
+
 def test_a_run_at_chance_in_its_last_epoch_has_completed():
     cfg = dataclasses.replace(PRESETS["smoke"], stall_after=1, epochs=2)
     at_chance = {"loss": 2.3, "train_acc_pct": 10.0}
