@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -99,7 +99,8 @@ def train_step(model, optimizer, images, labels, preprocess, accelerator, autoca
 @dataclass
 class EpochState:
     """What one epoch has accumulated so far (device tensors, read once at its end) and its timing. Saved in a
-    mid-epoch checkpoint, so a resumed epoch ends with the same sums as an uninterrupted one."""
+    mid-epoch checkpoint, so a resumed epoch ends with the same sums as an uninterrupted one: in DDP mode the saved
+    sums are those of all ranks and rank 0 alone resumes them, so this holds for another process count too."""
     step: int = 0  # batches done in this epoch
     loss_sum: torch.Tensor | None = None
     correct: torch.Tensor | None = None
@@ -131,7 +132,10 @@ class RunState:
         ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world, epoch_state=EpochState)
         if ckpt is None:
             return cls(path)
-        state = cls(path, ckpt["history"], epoch=ckpt["epoch"], epoch_state=ckpt["epoch_state"])
+        es = ckpt["epoch_state"]
+        if es is not None and rank != 0:  # rank 0 resumes the part-done epoch's sums over all ranks (`save`)
+            es = replace(es, loss_sum=None, correct=None, seen=None, steady_images=0)
+        state = cls(path, ckpt["history"], epoch=ckpt["epoch"], epoch_state=es)
         state.timings.update({k: v for k, v in ckpt["extra"].items() if k in state.timings and
                               isinstance(v, (int, float))})  # a sum the file lacks starts at 0
         return state
@@ -141,20 +145,24 @@ class RunState:
 
     def save(self, accelerator, net, optimizer, epoch: int, epoch_state: EpochState | None = None, *,
              distributed: bool) -> None:
+        """Every rank calls it in DDP mode: a part-done epoch is saved with its sums over all ranks."""
+        if epoch_state is not None and distributed:
+            loss_sum, correct, seen, steady_images = rank_sums(epoch_state, accelerator, distributed)
+            epoch_state = replace(epoch_state, loss_sum=torch.tensor(loss_sum), correct=torch.tensor(int(correct)),
+                                  seen=torch.tensor(int(seen)), steady_images=int(steady_images))
         save_checkpoint(self.path, accelerator, net, optimizer, epoch=epoch,
                         epoch_state=epoch_state.to_dict() if epoch_state is not None else None,
                         history=self.history, extra=dict(self.timings, wall_s=self.wall_seconds()),
                         distributed=distributed)
 
-    def end_epoch(self, es: EpochState, epoch: int, lr: float, accelerator, *, distributed: bool, world: int,
+    def end_epoch(self, es: EpochState, epoch: int, lr: float, accelerator, *, distributed: bool,
                   steady: bool) -> dict:
         """The epoch's history entry from its sums (over all ranks in DDP mode); `steady` epochs add to the
         training throughput. Evaluation fills the error fields later."""
-        sums = torch.stack([es.loss_sum.float(), es.correct.float(), es.seen.float()])
-        loss_sum, correct, seen = (accelerator.reduce(sums, "sum") if distributed else sums).tolist()
+        loss_sum, correct, seen, steady_images = rank_sums(es, accelerator, distributed)
         if steady:
             self.timings["steady_s"] += es.steady_seconds
-            self.timings["steady_img"] += es.steady_images * world
+            self.timings["steady_img"] += int(steady_images)
         self.epoch_state = None
         return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc_pct": 100 * correct / seen,
                 "test_error_pct": None, "val_error_pct": None, "lr": lr, "seconds": es.train_seconds}
@@ -181,6 +189,14 @@ class RunState:
     def append(self, entry: dict) -> None:
         """Add an epoch to the history; a loss that is not finite is stored as None (JSON has no NaN)."""
         self.history.append(dict(entry, loss=entry["loss"] if math.isfinite(entry["loss"]) else None))
+
+
+def rank_sums(es: EpochState, accelerator, distributed: bool) -> list[float]:
+    """The epoch's loss sum, correct count, images and steady-state images, over all ranks in DDP mode (one
+    all-reduce: every rank must call it)."""
+    sums = torch.stack([es.loss_sum.float(), es.correct.float(), es.seen.float(),
+                        torch.tensor(float(es.steady_images), device=es.seen.device)])
+    return (accelerator.reduce(sums, "sum") if distributed else sums).tolist()
 
 
 def train_one_epoch(model, optimizer, loader, preprocess, accelerator, *, autocast=None, channels_last=False,

@@ -128,7 +128,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         if es.stopped:
             save(epoch, split)
             raise Interrupted
-        entries = {k: states[k].end_epoch(split[k], epoch, lrs[k], acc, distributed=False, world=1,
+        entries = {k: states[k].end_epoch(split[k], epoch, lrs[k], acc, distributed=False,
                                           steady=epoch > 0 or c.epochs == 1) for k in live}
         if c.evaluates(epoch + 1):
             _evaluate(group, {k: e for k, e in entries.items() if math.isfinite(e["loss"])}, states, evals, acc)

@@ -100,7 +100,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
             state.save(acc, net, optimizer, epoch, es, distributed=ddp)
             raise Interrupted
         # the first epoch (JIT, compile, cache warm-up) is not steady state
-        entry = state.end_epoch(es, epoch, lr, acc, distributed=ddp, world=world, steady=epoch > 0 or c.epochs == 1)
+        entry = state.end_epoch(es, epoch, lr, acc, distributed=ddp, steady=epoch > 0 or c.epochs == 1)
         if math.isfinite(entry["loss"]) and c.evaluates(epoch + 1):
             state.evaluate(entry, net, evals, preprocess, acc, autocast=eval_autocast, channels_last=c.channels_last,
                            distributed=ddp)

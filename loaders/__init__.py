@@ -10,8 +10,11 @@
 Batches. images: uint8, shape N x 3 x 32 x 32, channels_last memory format (NHWC strides) on every backend;
 labels: int64 N. FFCV batches live in buffers FFCV reuses a few batches later: `.clone()` what you keep.
 Order. Training splits (train, train45k) are shuffled with a permutation seeded by (seed, epoch); with
-distributed=True the permutation (the same on every rank) is cut into world_size equal disjoint shards, dropping
-at most world_size - 1 images per epoch, so every rank yields the same number of batches (DDP needs that).
+distributed=True the permutation (the same on every rank) is dealt out in turn (rank r takes its positions r,
+r + world_size, ...), dropping at most world_size - 1 images per epoch, so every rank yields the same number of
+batches (DDP needs that) and the ranks' i-th batches together are one process's i-th batch at world_size times
+the batch size: DDP trains the global batches of one process, and a mid-epoch checkpoint resumes at its global
+step under any process count.
 Evaluation splits (test, val5k) keep a fixed order; with distributed=True each rank takes a contiguous chunk
 (np.array_split), so every image is yielded by exactly one rank (chunks may differ by one image, so counts may
 differ by one batch: reduce sums after the loop) and the last batch is never dropped. FFCV's own distributed
@@ -83,8 +86,7 @@ class Loader:
         idx = self.indices
         if self.shuffle:
             idx = idx[np.random.default_rng([self.seed, epoch]).permutation(len(idx))]
-            per_rank = len(idx) // self.world_size
-            idx = idx[self.rank * per_rank:(self.rank + 1) * per_rank]
+            idx = idx[self.rank:len(idx) // self.world_size * self.world_size:self.world_size]
         elif self.world_size > 1:
             idx = np.array_split(idx, self.world_size)[self.rank]
         if self.drop_last:

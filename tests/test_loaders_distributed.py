@@ -1,4 +1,5 @@
-"""Two and three gloo ranks: training shards disjoint, equal and complete; evaluation sees every image exactly once.
+"""Two and three gloo ranks: training shards disjoint, equal and complete, their batches together one process's
+batches; evaluation sees every image exactly once.
 
 The data are a small official-format archive whose pixel (0, 0) spells each image's index (red * 256 + green),
 so each rank reports what it actually yielded, not what it planned to yield.
@@ -106,3 +107,8 @@ def test_shard_plan_for_many_sizes(n):
                 assert np.array_equal(every, np.arange(n))
             else:
                 assert {len(p) for p in plans} == {n // world} and len(every) > n - world
+                single = Loader(split, 4 * world, np.arange(n), augment="none", device=None, seed=0, rank=0,
+                                world_size=1, drop_last=False).epoch_indices(3)[:n // world * world]
+                for i in range(-(-len(plans[0]) // 4)):  # the ranks' i-th batches make one process's i-th batch
+                    together = np.concatenate([p[4 * i:4 * i + 4] for p in plans])
+                    assert set(together.tolist()) == set(single[4 * world * i:4 * world * (i + 1)].tolist())
