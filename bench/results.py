@@ -47,6 +47,7 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -169,11 +170,16 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     """The one atomic writer: `write(f)` fills a temporary file (binary, same folder), which is fsynced and renamed
     over `path`. Readers see the old file or the new one, never half of one. On any error (ENOSPC, EIO, an
     exception in `write`) the temporary file is removed, the previous `path` is left as it was, and the error is
-    raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV)."""
+    raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV). The
+    temporary file is named by host and pid: one that a killed writer of this host left behind (a checkpoint's
+    size) is removed by the next write of the same file."""
+    from bench.workqueue import HOST
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path, f".{path.name}.{HOST}.")
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
@@ -186,6 +192,17 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _remove_orphans(path: Path, prefix: str) -> None:
+    """`path`'s temporary files named `prefix<pid>.tmp` whose process no longer runs (this host's only: another
+    host's pids mean nothing here)."""
+    from bench.workqueue import alive
+
+    for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
+        pid = tmp.name[len(prefix):-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid), None):
+            tmp.unlink(missing_ok=True)
 
 
 class WriteError(OSError):

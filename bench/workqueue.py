@@ -68,7 +68,8 @@ def _pid_start(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def alive(pid: int, start: str | None) -> bool:
+    """Whether process `pid` of this host runs (and is the one that started at `start`, when given)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def _alive(pid: int, start: str | None) -> bool:
 def stale(info: dict, mtime: float, lease_s: float) -> bool:
     """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone."""
     if info.get("host") == HOST and isinstance(info.get("pid"), int):
-        return not _alive(info["pid"], info.get("pid_start"))
+        return not alive(info["pid"], info.get("pid_start"))
     return time.time() - mtime > lease_s
 
 

@@ -1,6 +1,6 @@
 """Resuming stays honest: a checkpoint that loads but disagrees with itself is set aside, not trusted; one saved in
 another memory layout resumes; a full disk while claiming a run is one line and exit 1, not a run skipped; a run
-at chance in its last epoch has completed, not stalled."""
+at chance in its last epoch has completed, not stalled; a killed writer's temporary file does not stay forever."""
 from __future__ import annotations
 
 import dataclasses
@@ -125,3 +125,29 @@ def test_a_run_at_chance_in_its_last_epoch_has_completed():
     assert stop_reason(at_chance, 1, cfg)[0] == "stalled"
     assert stop_reason(at_chance, 2, cfg) is None  # a stalled record here once became "completed" on rerun
 
+
+
+def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
+    """SIGKILL during a checkpoint write leaves a checkpoint-sized temporary file: the next write of that file
+    removes it, but not the temporary file of a live writer or of another host (whose pids mean nothing here)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.pt"
+    kill = ("import os, sys; from bench.results import atomic_write; "
+            "atomic_write(sys.argv[1], lambda f: (f.write(b'x' * 4096), f.flush(), os.kill(os.getpid(), 9)))")
+    p = subprocess.run([sys.executable, "-c", kill, str(path)], cwd=workqueue.Path(__file__).parents[1])
+    assert p.returncode == -signal.SIGKILL
+    (orphan,) = tmp_path.glob(".run.pt.*.tmp")
+    assert orphan.stat().st_size == 4096 and not path.exists()
+    dead = orphan.name.split(".")[-2]  # the killed writer's pid
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        kept = [tmp_path / f".run.pt.{workqueue.HOST}.{live.pid}.tmp", tmp_path / f".run.pt.elsewhere.{dead}.tmp"]
+        for k in kept:
+            k.write_bytes(b"half")
+        results.atomic_write(path, lambda f: f.write(b"whole"))
+        live.kill()
+    assert path.read_bytes() == b"whole" and not orphan.exists()
+    assert all(k.read_bytes() == b"half" for k in kept)
+    assert sorted(tmp_path.glob(".*.tmp")) == sorted(kept)
