@@ -100,6 +100,32 @@ def _check_matches(blob, net, optimizer) -> None:
         raise ValueError("epoch, RNG state or timings malformed")
     if not isinstance(blob["history"], list) or len(blob["history"]) != blob["epoch"]:
         raise ValueError(f"its history has {len(blob['history'])} epochs, its epoch counter {blob['epoch']}")
+    if blob.get("epoch_state") is not None:
+        _check_part_epoch(blob["epoch_state"])
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_part_epoch(es) -> None:
+    """Raise ValueError unless a part-done epoch holds what `engine.EpochState.to_dict` writes: counts, seconds and
+    0-dim sums (None before the first step). Checked before any rank resumes it: in DDP mode only rank 0 takes the
+    sums, so a bad value must not reach rank 0 alone (the other ranks would wait for it in the next collective)."""
+    def tensor(v, kind) -> bool:
+        return v is None or (torch.is_tensor(v) and v.dim() == 0 and kind(v.dtype) and
+                             (v.dtype.is_floating_point or v.item() >= 0))
+
+    ok = isinstance(es, dict) and set(es) == {"step", "loss_sum", "correct", "seen", "train_seconds",
+                                              "steady_seconds", "steady_images"} \
+        and _count(es["step"]) and _count(es["steady_images"]) \
+        and all(isinstance(es[k], (int, float)) and not isinstance(es[k], bool) and 0 <= es[k] < float("inf")
+                for k in ("train_seconds", "steady_seconds")) \
+        and tensor(es["loss_sum"], lambda d: d.is_floating_point) \
+        and all(tensor(es[k], lambda d: not d.is_floating_point and not d.is_complex and d != torch.bool)
+                for k in ("correct", "seen"))
+    if not ok:
+        raise ValueError("its part-done epoch is malformed")
 
 
 def _match_layout(optimizer) -> None:

@@ -107,7 +107,7 @@ class EpochState:
     seen: torch.Tensor | None = None
     train_seconds: float = 0.0
     steady_seconds: float = 0.0  # after the warm-up steps
-    steady_images: int = 0  # this rank's images in steady_seconds
+    steady_images: int = 0  # images in steady_seconds: this rank's (rank 0 resumes all ranks' part-done ones)
     stopped: bool = False  # left early because a stop was requested
 
     def to_dict(self) -> dict:

@@ -36,7 +36,12 @@ def data_sha(cfg) -> str:
         if not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
         return sources.source_sha256(cfg.source)
-    manifest = prepare.load_manifest(cfg.data_dir)  # the download's digest is known once it is prepared
+    try:
+        manifest = prepare.load_manifest(cfg.data_dir)  # the download's digest is known once it is prepared
+    except ValueError:
+        raise UsageError(f"{cfg.data_dir} is not prepared, and the run keys hold the official download's sha256: "
+                         f"plan after the first run has prepared it (or python -m loaders.prepare --data-dir "
+                         f"{cfg.data_dir}), or give --source FILE") from None
     if manifest["source"] != "torchvision":
         raise UsageError(f"{cfg.data_dir} holds {manifest['source']}, not the official download: give --source")
     return manifest["source_sha256"]

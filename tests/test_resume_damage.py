@@ -48,6 +48,25 @@ def test_a_checkpoint_that_disagrees_with_itself_is_set_aside(damage, tmp_path, 
     assert_set_aside(path, capsys, fresh, net)
 
 
+PART = {"step": 2, "loss_sum": torch.tensor(1.5), "correct": torch.tensor(4), "seen": torch.tensor(9),
+        "train_seconds": 1.0, "steady_seconds": 0.5, "steady_images": 9}  # as engine.EpochState.to_dict() saves it
+
+
+@pytest.mark.parametrize("damage", [{"loss_sum": 1.5}, {"step": -1}, {"seen": torch.tensor(-3)},
+                                    {"correct": torch.tensor(4.0)}, {"loss_sum": torch.ones(2)},
+                                    {"train_seconds": float("nan")}, {"steady_images": True}, {"more": 1}])
+def test_a_malformed_part_done_epoch_is_set_aside(damage, tmp_path, capsys):
+    """In DDP mode rank 0 alone resumes a part-done epoch's sums: a bad value there (a float loss sum) failed rank 0
+    only, and the other ranks waited for it forever. It is now refused like any damage, on every rank alike."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path, epoch_state=PART)
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1, epoch_state=dict)["epoch_state"] == PART
+    net, opt = saved(path, epoch_state={**PART, **damage})
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert_set_aside(path, capsys, fresh, net)
+
+
 def test_timings_a_checkpoint_lacks_start_at_zero(tmp_path):
     """Timings missing from a checkpoint (a KeyError once failed the run on every rerun) start at 0."""
     path = tmp_path / "ckpt.pt"
