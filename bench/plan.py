@@ -5,8 +5,9 @@
 One line per run of the grid and its ablation arms, in run_all's grid order: recorded (its status and test error),
 to resume (its checkpoint's epoch), being trained (a live claim in <out>/claims/) or to train; then the counts and
 the training time left, estimated from the seconds per epoch of the runs this ledger holds on the device that
-recorded the newest of them (scaled by forward MACs for a model it has not timed at the same batch, precision and
-data). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
+recorded the newest of them (for a model it has not timed at the same batch, precision and data: scaled by the
+images/s of `--throughput FILE`, bench/throughput.py's output on that device, where it has both models, else by
+forward MACs). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
 (a damaged ledger file is set aside, as run_all and the reports do).
 """
 from __future__ import annotations
@@ -86,22 +87,44 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
     return {k: statistics.median(v) for k, v in per.items()}, device, sum(map(len, per.values()))
 
 
-def epoch_seconds(run, seconds: dict) -> tuple[float | None, bool]:
-    """(seconds per epoch, whether scaled by MACs from other models) for a run, or (None, False) when the ledger
-    has timed nothing alike."""
+def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], float]:
+    """Training images/s per (model, precision) in a bench/throughput.py file (JSON or CSV), measured on `device`
+    (the median where it holds several rows)."""
+    from reports.report import load_throughput
+
+    tp = load_throughput(path)
+    if not {"model", "precision", "device_name", "train_images_per_s"} <= set(tp.columns):
+        raise UsageError(f"{path}: not bench/throughput.py output (model, precision, device_name, "
+                         "train_images_per_s)")
+    tp = tp[(tp["device_name"] == device) & (tp["train_images_per_s"] > 0)]
+    return tp.groupby(["model", "precision"])["train_images_per_s"].median().to_dict()
+
+
+def epoch_seconds(run, seconds: dict, rates: dict | None = None) -> tuple[float | None, str]:
+    """(seconds per epoch, how it was scaled from other models: "" not, "benchmark" by `rates`' images/s,
+    "macs" by forward MACs) for a run, or (None, "") when the ledger has timed nothing alike."""
     cost = tuple(getattr(run.cfg, k) for k in SAME_COST)
     if (run.model, *cost) in seconds:
-        return seconds[(run.model, *cost)], False
-    alike = [s / allconv.macs(k[0]) for k, s in seconds.items() if k[1:] == cost]
-    return (statistics.median(alike) * allconv.macs(run.model), True) if alike else (None, False)
+        return seconds[(run.model, *cost)], ""
+    alike = {k[0]: s for k, s in seconds.items() if k[1:] == cost}
+    rate = (rates or {}).get
+    measured = [s * rate((m, run.cfg.precision)) / rate((run.model, run.cfg.precision)) for m, s in alike.items()
+                if rate((m, run.cfg.precision)) and rate((run.model, run.cfg.precision))]
+    if measured:
+        return statistics.median(measured), "benchmark"
+    macs = [s / allconv.macs(m) for m, s in alike.items()]
+    return (statistics.median(macs) * allconv.macs(run.model), "macs") if macs else (None, "")
 
 
-def plan(cfg) -> tuple[list[dict], dict]:
-    """One row per run (model, lr, seed, arm, state, epoch it starts at, estimated seconds left) and a summary."""
+def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
+    """One row per run (model, lr, seed, arm, state, epoch it starts at, estimated seconds left) and a summary.
+    `throughput`: a bench/throughput.py file whose images/s, on the ledger's device, scale the seconds per epoch
+    to models the ledger has not timed (else forward MACs do)."""
     sha = data_sha(cfg)
     runs = expand(cfg, sha)
     records = {r["run_key"]: r for r in results.read_records(cfg.out)} if Path(cfg.out, "runs").is_dir() else {}
     seconds, device, n_timed = timings(list(records.values()))
+    rates = benchmark_rates(throughput, device) if throughput else {}
     grid_values = dataclasses.asdict(cfg)
     rows = []
     for run in runs:
@@ -121,13 +144,13 @@ def plan(cfg) -> tuple[list[dict], dict]:
         holder = claim_holder(workqueue.claims_dir(cfg.out) / f"{key}.json", cfg.claim_lease_minutes * 60)
         if holder is not None and start is not None:
             state = f"being trained by {holder} ({state})"
-        per_epoch, scaled = epoch_seconds(run, seconds)
+        per_epoch, scaled = epoch_seconds(run, seconds, rates)
         left = None if start is None or per_epoch is None else (run.cfg.epochs - start) * per_epoch
         arm = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(run.cfg).items()
                         if k != "fuse_lrs" and v != grid_values[k])
         rows.append({"model": run.model, "lr": run.lr, "seed": run.seed, "arm": arm, "key": key, "state": state,
                      "start": start, "epochs": run.cfg.epochs, "seconds_left": left, "scaled": scaled})
-    return rows, {"device": device, "timed": n_timed}
+    return rows, {"device": device, "timed": n_timed, "throughput": throughput}
 
 
 def render(rows: list[dict], summary: dict) -> str:
@@ -147,8 +170,10 @@ def render(rows: list[dict], summary: dict) -> str:
                      "starts)")
     elif todo:
         missing = f"; {len(todo) - len(known)} run(s) without an estimate" if len(known) < len(todo) else ""
+        how = "forward MACs" if not summary["throughput"] else \
+            f"the images/s {summary['throughput']} measured, else forward MACs"
         lines.append(f"time left: {hours(sum(known))} of training on one process of {summary['device']}, from "
-                     f"{summary['timed']} run(s) it recorded ('~': scaled by MACs from other models){missing}; "
+                     f"{summary['timed']} run(s) it recorded ('~': scaled from other models by {how}){missing}; "
                      "grid mode spreads runs over processes")
     return "\n".join(lines)
 
@@ -159,9 +184,18 @@ def hours(seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    own = argparse.ArgumentParser(prog="python -m bench.plan", usage="%(prog)s [--throughput FILE] [run_all options]",
+                                  add_help=False)
+    own.add_argument("--throughput", metavar="FILE", help="bench/throughput.py output measured on the ledger's "
+                     "device: its images/s scale the estimates to models the ledger has not timed")
+    known, rest = own.parse_known_args(argv)
+    if {"-h", "--help"} & set(rest):  # this tool's own option, then run_all's (which it takes as run_all does)
+        print(own.format_help() + "\nrun_all's options:", flush=True)
     try:
-        cfg = parse_args(argv)
-        rows, summary = plan(cfg)
+        cfg = parse_args(rest)
+        rows, summary = plan(cfg, known.throughput)
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -66,6 +66,32 @@ def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
     assert lines[-1].startswith("time left: ") and f"of {record['device_name']}, from 1 run(s)" in lines[-1]
 
 
+def test_a_throughput_file_scales_by_measured_images_per_s(ledger, tmp_path, capsys):
+    """On a launch-bound GPU the models' speeds do not follow their MACs (H200: 43-65k img/s for all 12): a
+    bench/throughput.py file measured on the ledger's device scales by its images/s instead, where it has both
+    models at the run's precision; elsewhere MACs still do, and another device's numbers are not used."""
+    out, options = ledger
+    record, = results.read_records(out)
+    per_epoch, device = record["wall_time_s"] / 2, record["device_name"]
+    rows = [{"model": "strided-a", "precision": "no", "device_name": device, "train_images_per_s": 300.0},
+            {"model": "allcnn-a", "precision": "no", "device_name": device, "train_images_per_s": 100.0},
+            {"model": "allcnn-a", "precision": "bf16", "device_name": device, "train_images_per_s": 900.0},
+            {"model": "model-a", "precision": "no", "device_name": "another GPU", "train_images_per_s": 1.0}]
+    (tmp_path / "tp.json").write_text(json.dumps(rows))
+    cfg = parse_args(options + ["--models", "allcnn-a", "model-a", "--lrs", "0.05"])
+    by = {r["model"]: r for r in plan.plan(cfg, str(tmp_path / "tp.json"))[0]}
+    assert by["allcnn-a"]["seconds_left"] == pytest.approx(2 * per_epoch * 3) and by["allcnn-a"]["scaled"] == \
+        "benchmark"
+    assert by["model-a"]["seconds_left"] == pytest.approx(2 * per_epoch * macs("model-a") / macs("strided-a"))
+    assert by["model-a"]["scaled"] == "macs"
+    assert plan.main(["--throughput", str(tmp_path / "tp.json"), *options, "--models", "allcnn-a", "--lrs",
+                      "0.05"]) == 0
+    assert f"by the images/s {tmp_path / 'tp.json'} measured" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text(json.dumps([{"model": "allcnn-a"}]))
+    assert plan.main(["--throughput", str(tmp_path / "bad.json"), *options]) == 2
+    assert "not bench/throughput.py output" in capsys.readouterr().err
+
+
 def test_an_ablation_arm_is_named_by_what_it_changes(ledger):
     out, options = ledger
     rows, _ = plan.plan(parse_args(options + ["--lrs", "0.05", "--ablations", "batch-size"]))
