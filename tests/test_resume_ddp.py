@@ -15,10 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+if __name__ == "__main__":  # the worker below runs as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import engine
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from bench import engine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 20  # global: 5 steps over the 100 training images, 10 images per rank and step under 2 ranks
