@@ -104,7 +104,9 @@ def test_ddp_epoch_interrupted_resumes_under_two_ranks_and_under_one(smoke_data_
             if exact:
                 assert torch.equal(weights[name][key], value), (name, key)
             else:
-                torch.testing.assert_close(weights[name][key], value, rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
+                # float noise measured ~1e-6 (on small biases too); other batches (the old contiguous shards) differ
+                # by 7e-5 to 2e-4 in every tensor after this one epoch
+                torch.testing.assert_close(weights[name][key], value, rtol=0, atol=1e-5, msg=f"{name} {key}")
 
 
 if __name__ == "__main__":
