@@ -52,12 +52,19 @@ def checkpoint_epoch(path: Path) -> int | str:
     """The epoch a checkpoint resumes at, or why it cannot (run_all then sets it aside and starts at epoch 0)."""
     import torch
 
+    from bench import checkpoint
+
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         epoch, history = blob["epoch"], blob["history"]
     except Exception as e:  # noqa: BLE001  (any damage: the plan says so, run_all sets it aside)
         return f"unreadable checkpoint ({type(e).__name__}): trains from epoch 0"
     consistent = isinstance(epoch, int) and isinstance(history, list) and len(history) == epoch  # checkpoint.py's
+    try:
+        if blob.get("epoch_state") is not None:
+            checkpoint._check_part_epoch(blob["epoch_state"])  # run_all sets such a checkpoint aside
+    except ValueError:
+        consistent = False
     return epoch if consistent else "malformed checkpoint: trains from epoch 0"
 
 
@@ -90,14 +97,29 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
 def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], float]:
     """Training images/s per (model, precision) in a bench/throughput.py file (JSON or CSV), measured on `device`
     (the median where it holds several rows)."""
+    import numpy as np
+    import pandas as pd
+
     from reports.report import load_throughput
 
     tp = load_throughput(path)
     if not {"model", "precision", "device_name", "train_images_per_s"} <= set(tp.columns):
         raise UsageError(f"{path}: not bench/throughput.py output (model, precision, device_name, "
                          "train_images_per_s)")
-    tp = tp[(tp["device_name"] == device) & (tp["train_images_per_s"] > 0)]
+    rate = pd.to_numeric(tp["train_images_per_s"], errors="coerce")
+    tp = tp.assign(train_images_per_s=rate, precision=tp["precision"].map(_precision))
+    tp = tp[(tp["device_name"] == device) & np.isfinite(rate) & (rate > 0) & tp["precision"].notna()]
     return tp.groupby(["model", "precision"])["train_images_per_s"].median().to_dict()
+
+
+def _precision(label) -> str | None:
+    """Accelerate's name for a precision label bench/throughput.py writes ("fp32" -> "no"), None if unknown."""
+    from bench.devices import precision_name
+
+    try:
+        return precision_name(str(label))
+    except ValueError:
+        return None
 
 
 def epoch_seconds(run, seconds: dict, rates: dict | None = None) -> tuple[float | None, str]:

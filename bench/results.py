@@ -47,6 +47,7 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import json
@@ -181,6 +182,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(path, f".{path.name}.{HOST}.")
         with open(tmp, "wb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # held while writing: no cleaner removes a live writer's file
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -196,13 +198,20 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 def _remove_orphans(path: Path, prefix: str) -> None:
     """`path`'s temporary files named `prefix<pid>.tmp` whose process no longer runs (this host's only: another
-    host's pids mean nothing here)."""
+    host's pids mean nothing here) and that no writer holds locked (a writer in another pid namespace of the same
+    host name). Best effort: a file it may not remove (another user's) is left, and the write goes on."""
     from bench.workqueue import alive
 
     for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
         pid = tmp.name[len(prefix):-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid), None):
-            tmp.unlink(missing_ok=True)
+        if not (pid.isdigit() and len(pid) <= 10) or int(pid) == os.getpid() or alive(int(pid), None):
+            continue
+        try:
+            with open(tmp, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (BlockingIOError) while a writer holds it
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 class WriteError(OSError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import pandas as pd
 import pytest
 import torch
 
@@ -73,10 +74,13 @@ def test_a_throughput_file_scales_by_measured_images_per_s(ledger, tmp_path, cap
     out, options = ledger
     record, = results.read_records(out)
     per_epoch, device = record["wall_time_s"] / 2, record["device_name"]
-    rows = [{"model": "strided-a", "precision": "no", "device_name": device, "train_images_per_s": 300.0},
-            {"model": "allcnn-a", "precision": "no", "device_name": device, "train_images_per_s": 100.0},
+    assert record["precision"] == "no"  # written "fp32" by bench/throughput.py, as below
+    rows = [{"model": "strided-a", "precision": "fp32", "device_name": device, "train_images_per_s": 300.0},
+            {"model": "allcnn-a", "precision": "fp32", "device_name": device, "train_images_per_s": 100.0},
             {"model": "allcnn-a", "precision": "bf16", "device_name": device, "train_images_per_s": 900.0},
-            {"model": "model-a", "precision": "no", "device_name": "another GPU", "train_images_per_s": 1.0}]
+            {"model": "allcnn-a", "precision": "fp32", "device_name": device, "train_images_per_s": "n/a"},
+            {"model": "model-a", "precision": "fp32", "device_name": device, "train_images_per_s": 1e400},
+            {"model": "model-a", "precision": "fp32", "device_name": "another GPU", "train_images_per_s": 1.0}]
     (tmp_path / "tp.json").write_text(json.dumps(rows))
     cfg = parse_args(options + ["--models", "allcnn-a", "model-a", "--lrs", "0.05"])
     by = {r["model"]: r for r in plan.plan(cfg, str(tmp_path / "tp.json"))[0]}
@@ -87,9 +91,30 @@ def test_a_throughput_file_scales_by_measured_images_per_s(ledger, tmp_path, cap
     assert plan.main(["--throughput", str(tmp_path / "tp.json"), *options, "--models", "allcnn-a", "--lrs",
                       "0.05"]) == 0
     assert f"by the images/s {tmp_path / 'tp.json'} measured" in capsys.readouterr().out
+    pd.DataFrame(rows).to_csv(tmp_path / "tp.csv", index=False)  # its CSV form reads the same
+    assert plan.plan(cfg, str(tmp_path / "tp.csv"))[0] == list(by.values())
     (tmp_path / "bad.json").write_text(json.dumps([{"model": "allcnn-a"}]))
     assert plan.main(["--throughput", str(tmp_path / "bad.json"), *options]) == 2
     assert "not bench/throughput.py output" in capsys.readouterr().err
+
+
+def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
+    """A part-done epoch that run_all refuses (a float loss sum) is not "resumes at epoch 1" in the plan."""
+    out, options = ledger
+    cfg = parse_args(options + ["--lrs", "0.2"])
+    (run,) = plan.expand(cfg)
+    record, = results.read_records(out)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    path = out / "checkpoints" / f"{run.key(record['config']['data_sha256'])}.pt"
+    part = {"step": 1, "loss_sum": 1.5, "correct": torch.tensor(1), "seen": torch.tensor(2), "train_seconds": 0.1,
+            "steady_seconds": 0.0, "steady_images": 0}
+    torch.save({"epoch": 1, "history": [{"epoch": 1}], "epoch_state": part}, path)
+    try:
+        assert plan.plan(cfg)[0][0]["state"].startswith("malformed checkpoint")
+        torch.save({"epoch": 1, "history": [{"epoch": 1}], "epoch_state": {**part, "loss_sum": torch.tensor(1.5)}}, path)
+        assert plan.plan(cfg)[0][0]["state"] == "resumes at epoch 1"
+    finally:
+        path.unlink()
 
 
 def test_an_ablation_arm_is_named_by_what_it_changes(ledger):

@@ -148,7 +148,9 @@ def test_a_run_at_chance_in_its_last_epoch_has_completed():
 
 def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
     """SIGKILL during a checkpoint write leaves a checkpoint-sized temporary file: the next write of that file
-    removes it, but not the temporary file of a live writer or of another host (whose pids mean nothing here)."""
+    removes it, but not the temporary file of a live writer, of another host (whose pids mean nothing here), or
+    one a writer holds locked under a pid this process cannot see (another pid namespace of the same host name);
+    a name that is no pid is left alone without failing the write."""
     import signal
     import subprocess
     import sys
@@ -161,12 +163,20 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
     (orphan,) = tmp_path.glob(".run.pt.*.tmp")
     assert orphan.stat().st_size == 4096 and not path.exists()
     dead = orphan.name.split(".")[-2]  # the killed writer's pid
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
-        kept = [tmp_path / f".run.pt.{workqueue.HOST}.{live.pid}.tmp", tmp_path / f".run.pt.elsewhere.{dead}.tmp"]
+    unseen = 4194399  # above Linux's largest pid_max: never running here
+    assert not workqueue.alive(unseen, None)
+    locked = tmp_path / f".run.pt.{workqueue.HOST}.{unseen}.tmp"
+    hold = "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); " \
+           "time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", hold, str(locked)], stdout=subprocess.PIPE) as live:
+        assert live.stdout.readline() == b"1\n"  # holding the lock
+        kept = [tmp_path / f".run.pt.{workqueue.HOST}.{live.pid}.tmp", tmp_path / f".run.pt.elsewhere.{dead}.tmp",
+                tmp_path / f".run.pt.{workqueue.HOST}.{'9' * 30}.tmp"]
         for k in kept:
             k.write_bytes(b"half")
+        kept.append(locked)
         results.atomic_write(path, lambda f: f.write(b"whole"))
         live.kill()
     assert path.read_bytes() == b"whole" and not orphan.exists()
-    assert all(k.read_bytes() == b"half" for k in kept)
+    assert all(k.read_bytes() == b"half" for k in kept[:-1]) and locked.exists()
     assert sorted(tmp_path.glob(".*.tmp")) == sorted(kept)

@@ -98,7 +98,8 @@ def test_ddp_epoch_interrupted_resumes_under_two_ranks_and_under_one(smoke_data_
     for name in ("resumed2", "reference1", "resumed1"):
         # one process sums the gradients of a global batch in another order than two ranks do: float noise only
         exact = name == "resumed2"
-        assert entries[name]["train_acc_pct"] == ref["train_acc_pct"], name
+        # an argmax within float noise of a tie may flip one of the 100 images, never more
+        assert entries[name]["train_acc_pct"] == pytest.approx(ref["train_acc_pct"], abs=0 if exact else 1.0), name
         assert entries[name]["loss"] == pytest.approx(ref["loss"], rel=1e-6 if exact else 1e-5), name
         for key, value in weights["reference2"].items():
             if exact:
