@@ -96,36 +96,40 @@ def _check_matches(blob, net, optimizer) -> None:
         p = params[ids.index(i)]
         if any(torch.is_tensor(v) and v.dim() and v.shape != p.shape for v in s.values()):
             raise ValueError("optimizer state does not match this run's parameter shapes")
-    if not isinstance(blob["epoch"], int) or not isinstance(blob["rng"], list) or not isinstance(blob["extra"], dict):
+    if not isinstance(blob["rng"], list) or not isinstance(blob["extra"], dict):
         raise ValueError("epoch, RNG state or timings malformed")
-    if not isinstance(blob["history"], list) or len(blob["history"]) != blob["epoch"]:
-        raise ValueError(f"its history has {len(blob['history'])} epochs, its epoch counter {blob['epoch']}")
-    if blob.get("epoch_state") is not None:
-        _check_part_epoch(blob["epoch_state"])
+    check_progress(blob)
 
 
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _check_part_epoch(es) -> None:
-    """Raise ValueError unless a part-done epoch holds what `engine.EpochState.to_dict` writes: counts, seconds and
-    0-dim sums (None before the first step). Checked before any rank resumes it: in DDP mode only rank 0 takes the
-    sums, so a bad value must not reach rank 0 alone (the other ranks would wait for it in the next collective)."""
-    def tensor(v, kind) -> bool:
-        return v is None or (torch.is_tensor(v) and v.dim() == 0 and kind(v.dtype) and
-                             (v.dtype.is_floating_point or v.item() >= 0))
-
-    ok = isinstance(es, dict) and set(es) == {"step", "loss_sum", "correct", "seen", "train_seconds",
-                                              "steady_seconds", "steady_images"} \
-        and _count(es["step"]) and _count(es["steady_images"]) \
-        and all(isinstance(es[k], (int, float)) and not isinstance(es[k], bool) and 0 <= es[k] < float("inf")
-                for k in ("train_seconds", "steady_seconds")) \
-        and tensor(es["loss_sum"], lambda d: d.is_floating_point) \
-        and all(tensor(es[k], lambda d: not d.is_floating_point and not d.is_complex and d != torch.bool)
-                for k in ("correct", "seen"))
-    if not ok:
+def check_progress(blob: dict) -> None:
+    """Raise ValueError unless the checkpoint's progress agrees with itself: an epoch counter equal to its history's
+    length, and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds and
+    0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
+    only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait for it)."""
+    if not isinstance(blob["epoch"], int):
+        raise ValueError("epoch, RNG state or timings malformed")
+    history = blob["history"]
+    if not isinstance(history, list) or len(history) != blob["epoch"]:
+        raise ValueError(f"its history has {len(history) if isinstance(history, list) else 'no'} epochs, its epoch "
+                         f"counter {blob['epoch']}")
+    es = blob.get("epoch_state")
+    if es is not None and not _part_epoch_ok(es):
         raise ValueError("its part-done epoch is malformed")
+
+
+def _part_epoch_ok(es) -> bool:
+    def number(v, kind) -> bool:
+        return isinstance(v, kind) and not isinstance(v, bool) and 0 <= v < float("inf")
+
+    def tensor(v, floating: bool) -> bool:
+        return v is None or (torch.is_tensor(v) and v.dim() == 0 and v.dtype.is_floating_point == floating and
+                             not v.dtype.is_complex and v.dtype != torch.bool and (floating or v.item() >= 0))
+
+    return isinstance(es, dict) and set(es) == {"step", "loss_sum", "correct", "seen", "train_seconds",
+                                                "steady_seconds", "steady_images"} \
+        and number(es["step"], int) and number(es["steady_images"], int) \
+        and number(es["train_seconds"], (int, float)) and number(es["steady_seconds"], (int, float)) \
+        and tensor(es["loss_sum"], True) and tensor(es["correct"], False) and tensor(es["seen"], False)
 
 
 def _match_layout(optimizer) -> None:

@@ -56,16 +56,14 @@ def checkpoint_epoch(path: Path) -> int | str:
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        epoch, history = blob["epoch"], blob["history"]
+        epoch, _ = blob["epoch"], blob["history"]  # both there, else unreadable
     except Exception as e:  # noqa: BLE001  (any damage: the plan says so, run_all sets it aside)
         return f"unreadable checkpoint ({type(e).__name__}): trains from epoch 0"
-    consistent = isinstance(epoch, int) and isinstance(history, list) and len(history) == epoch  # checkpoint.py's
     try:
-        if blob.get("epoch_state") is not None:
-            checkpoint._check_part_epoch(blob["epoch_state"])  # run_all sets such a checkpoint aside
+        checkpoint.check_progress(blob)  # run_all sets such a checkpoint aside
     except ValueError:
-        consistent = False
-    return epoch if consistent else "malformed checkpoint: trains from epoch 0"
+        return "malformed checkpoint: trains from epoch 0"
+    return epoch
 
 
 def claim_holder(path: Path, lease_s: float) -> str | None:
