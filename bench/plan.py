@@ -127,9 +127,8 @@ def epoch_seconds(run, seconds: dict, rates: dict | None = None) -> tuple[float 
     if (run.model, *cost) in seconds:
         return seconds[(run.model, *cost)], ""
     alike = {k[0]: s for k, s in seconds.items() if k[1:] == cost}
-    rate = (rates or {}).get
-    measured = [s * rate((m, run.cfg.precision)) / rate((run.model, run.cfg.precision)) for m, s in alike.items()
-                if rate((m, run.cfg.precision)) and rate((run.model, run.cfg.precision))]
+    rate = {m: r for (m, p), r in (rates or {}).items() if p == run.cfg.precision}
+    measured = [s * rate[m] / rate[run.model] for m, s in alike.items() if m in rate and run.model in rate]
     if measured:
         return statistics.median(measured), "benchmark"
     macs = [s / allconv.macs(m) for m, s in alike.items()]
