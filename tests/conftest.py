@@ -142,3 +142,27 @@ def fresh_accelerator():
     AcceleratorState._reset_state()
     yield
     AcceleratorState._reset_state()
+
+
+@pytest.fixture
+def run_worker(free_port):
+    """f(argv, world, timeout=240): `python *argv` as one process, or for world > 1 under `accelerate launch` with
+    that many gloo ranks on CPU (ACCELERATE_USE_CPU=1, on the test's free port); asserts it exited 0 and returns the
+    CompletedProcess. For test files whose worker runs as a script (`python tests/test_x.py ...`)."""
+    import subprocess
+    import sys
+
+    def run(argv: list[str], world: int, timeout: int = 240) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+        cmd = [sys.executable, *argv]
+        if world > 1:
+            env["ACCELERATE_USE_CPU"] = "1"
+            cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+                   str(world), "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision",
+                   "no", "--dynamo_backend", "no", *argv]
+        p = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                           timeout=timeout)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p
+
+    return run

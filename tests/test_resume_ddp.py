@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import torch  # noqa: E402
 
 from bench import engine  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 20  # global: 5 steps over the 100 training images, 10 images per rank and step under 2 ranks
 STOP_AFTER = 2
 
@@ -76,21 +73,9 @@ def _worker(data_dir: str, out: str) -> None:
     acc.end_training()
 
 
-def _launch(world: int, data_dir, out, port: int) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    cmd = [sys.executable, __file__, str(data_dir), str(out)]
-    if world > 1:
-        env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-               str(world), "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-               "--dynamo_backend", "no", *cmd[1:]]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-
-
-def test_ddp_epoch_interrupted_resumes_under_two_ranks_and_under_one(smoke_data_dir, tmp_path, free_port):
-    _launch(2, smoke_data_dir, tmp_path, free_port)
-    _launch(1, smoke_data_dir, tmp_path, free_port)
+def test_ddp_epoch_interrupted_resumes_under_two_ranks_and_under_one(smoke_data_dir, tmp_path, run_worker):
+    run_worker([__file__, str(smoke_data_dir), str(tmp_path)], 2)
+    run_worker([__file__, str(smoke_data_dir), str(tmp_path)], 1)
     entries = {n: json.loads((tmp_path / f"{n}.json").read_text())
                for n in ("reference2", "resumed2", "reference1", "resumed1")}
     weights = {n: torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in entries}

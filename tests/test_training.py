@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import pytest  # noqa: E402
 from bench import ablations, checkpoint, config, engine  # noqa: E402
 from bench.config import PRESETS, RunConfig, expand, parse_args  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_field_is_one_option_with_help():
@@ -142,18 +139,10 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_epoch(tmp_path):
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_evaluation_counts_each_test_image_once(world, smoke_data_dir, free_port):
+def test_evaluation_counts_each_test_image_once(world, smoke_data_dir, run_worker):
     """100 test images over 1, 2, 3 gloo ranks (3 does not divide 100): the summed count is exactly 100, and
     the number correct equals the single-process count."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    cmd = [sys.executable, __file__, "eval-count", str(smoke_data_dir)]
-    if world > 1:
-        env["ACCELERATE_USE_CPU"] = "1"
-        cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
-               str(world), "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision", "no",
-               "--dynamo_backend", "no", *cmd[1:]]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = run_worker([__file__, "eval-count", str(smoke_data_dir)], world, timeout=180)
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["world"] == world and result["seen"] == 100
     assert result["correct"] == EXPECTED_CORRECT.setdefault("value", result["correct"])
