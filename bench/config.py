@@ -28,10 +28,11 @@ PRESETS_NAMES = ("paper", "smoke")  # the keys of PRESETS, which is built from t
 GRID_FIELDS = ("models", "lrs", "seeds", "ablations")
 """Fields that describe the grid, not one run: a run has one model, one lr, one seed instead."""
 NOT_IN_KEY = ("out", "source", "data_dir", "progress", "log_with", "checkpoint_minutes", "claim_lease_minutes", "mode",
-              "num_workers", "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after", "verbose",
-              "diagnose", "save_weights")
+              "num_workers", "channels_last", "compile", "cuda_graphs", "deterministic", "fuse_lrs", "backend",
+              "stall_after", "verbose", "diagnose", "save_weights")
 """Fields that do not change what a run computes (where it is written, how it is shown or scheduled, memory
-layout, the loader backend: the three yield identical batches, tests/test_loaders.py; fusing the LRs, whose runs
+layout, the loader backend: the three yield identical batches, tests/test_loaders.py; the choice among
+deterministic and faster kernels, which differ in float rounding only; fusing the LRs, whose runs
 are separate ones up to float rounding and the draw of their dropout masks, bench/fused.py): left out of the run key
 so a rerun with other values of them skips and resumes the same runs (e.g. a grid begun with ffcv on one
 machine and finished with the tensor backend on a GPU machine without ffcv) and never records a run twice. The data
@@ -93,6 +94,10 @@ class RunConfig:
     compile: bool = _f(False, "torch.compile the model")
     cuda_graphs: bool = _f(False, "replay each full training batch's step from one CUDA graph (bench/graphs.py; "
                                   "CUDA, one process per run, not with fp16 or --compile)")
+    deterministic: bool = _f(False, "deterministic kernels only (torch.use_deterministic_algorithms, no cuDNN "
+                                    "benchmarking, CUBLAS_WORKSPACE_CONFIG=:4096:8): the same command on the same GPU "
+                                    "model, software and process count repeats a run bit for bit (a CPU run does "
+                                    "anyway); slower on CUDA")
     fuse_lrs: bool = _f(False, "train the LRs of one model and seed in lockstep as one fused model (bench/fused.py; "
                                "grid mode, SGD with momentum, no BN, fp32 or bf16, with or without --cuda-graphs; "
                                "other runs train alone): each run's record and checkpoint as if trained alone, up to "

@@ -64,12 +64,17 @@ def die_with_launcher() -> None:
 
 
 def make_accelerator(precision: str, *, log_with: str | None = None, project_dir: str | None = None,
-                     cpu: bool = False):
+                     cpu: bool = False, deterministic: bool = False):
     """The process's Accelerator at one mixed precision ("no" | "bf16" | "fp16"), checked: a launch that did not
-    form one process group, or a precision Accelerate cannot autocast to here, is a UsageError."""
+    form one process group, or a precision Accelerate cannot autocast to here, is a UsageError. `deterministic`:
+    deterministic kernels only, for the whole process (PyTorch's reproducibility notes: cuBLAS's workspace setting,
+    which must be in the environment before the first cuBLAS call, and no cuDNN benchmarking)."""
     from accelerate import Accelerator
 
     check_launch()
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
     acc = Accelerator(mixed_precision=precision, log_with=log_with, project_dir=project_dir, cpu=cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and acc.num_processes != launched:
@@ -77,7 +82,8 @@ def make_accelerator(precision: str, *, log_with: str | None = None, project_dir
                          f"`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {launched} "
                          f"{os.path.basename(sys.argv[0]) or 'bench/run_all.py'} ...`")
     if acc.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
+        torch.backends.cudnn.benchmark = not deterministic  # fixed shapes: cuDNN times its kernels once, then
+        # uses the fastest, which may differ from one process to the next
     if precision != "no" and not acc.native_amp:  # Accelerate would silently train fp16 on CPU in fp32
         raise UsageError(f"--precision {precision} is not supported on {acc.device.type} by Accelerate; "
                          "use --precision bf16 or no")

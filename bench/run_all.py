@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.cuda_graphs and (cfg.precision == "fp16" or cfg.compile):
             raise UsageError("--cuda-graphs captures the whole step: not with --precision fp16 (its loss scaler reads "
                              "the GPU every step) or --compile")
-        acc = process.make_accelerator(cfg.precision, project_dir=cfg.out)  # trackers: one per run (progress.py)
+        acc = process.make_accelerator(cfg.precision, project_dir=cfg.out,  # trackers: one per run (progress.py)
+                                       deterministic=cfg.deterministic)
         world = acc.num_processes
         planned = expand(cfg)  # the grid and its ablation arms (their keys need the data: below)
         mode = cfg.mode if cfg.mode != "auto" else ("grid" if len(planned) >= world else "ddp")

@@ -81,8 +81,9 @@ def check_sane(record: dict) -> None:
     assert record["run_key"] == results.run_key({k: v for k, v in record["config"].items() if k not in
                                                  ("out", "source", "data_dir", "progress", "log_with",
                                                   "checkpoint_minutes", "claim_lease_minutes", "mode", "num_workers",
-                                                  "channels_last", "compile", "cuda_graphs", "fuse_lrs", "backend", "stall_after",
-                                                  "verbose", "diagnose", "save_weights")})
+                                                  "channels_last", "compile", "cuda_graphs", "deterministic",
+                                                  "fuse_lrs", "backend", "stall_after", "verbose", "diagnose",
+                                                  "save_weights")})
     assert record["versions"]["torch"] and record["precision"] == "no" and record["preset"] == "smoke"
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
