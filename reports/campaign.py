@@ -22,6 +22,7 @@ from pathlib import Path
 from allconv.specs import SPECS
 from bench import results
 from bench.config import RunConfig, config_key
+from loaders.sources import CLASSES
 from reports.data import short
 
 RESULTS = Path("reports/measured/campaign")
@@ -87,12 +88,22 @@ def _int(v) -> str:
     return "" if v is None else f"{v:,.0f}"
 
 
+FINAL_RELU = "top.conv3_relu"  # allconv.build's name for the ReLU over the class maps (Table 1's last layer)
+
+
 def _diagnosis(d: dict | None) -> str:
-    """"train error 0.15% (eval mode), 0 of 1,258 ReLU channels dead" from a record's diagnosis."""
+    """"train error 0.15% (eval mode), 0 of 1,258 ReLU channels dead" from a record's diagnosis, and what caps its
+    accuracy when it happens: class maps dead under the final ReLU (such a class wins only ties at 0), classes
+    that no test image of was classified right."""
     if not d:
         return ""
     dead, channels = (sum(v[i] for v in d["dead_relu_channels"].values()) for i in (0, 1))
-    return f"train error {d['train_error_pct']:.2f}% (eval mode), {dead:,} of {channels:,} ReLU channels dead"
+    text = f"train error {d['train_error_pct']:.2f}% (eval mode), {dead:,} of {channels:,} ReLU channels dead"
+    final = d["dead_relu_channels"].get(FINAL_RELU)
+    if final and final[0]:
+        text += f" ({final[0]} of the {final[1]} class maps)"
+    lost = [CLASSES[i] if i < len(CLASSES) else str(i) for i, e in enumerate(d["test_error_by_class_pct"]) if e >= 100]
+    return text + (f"; never right on test: {', '.join(lost)}" if lost else "")
 
 
 def table(results_dir: Path = RESULTS) -> str:

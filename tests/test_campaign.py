@@ -92,7 +92,7 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "checkpoints").mkdir()
     record = json.loads(next((ROOT / campaign.RESULTS / "runs").glob("*.json")).read_text())
-    record["diagnosis"] = {"train_error_pct": 22.25, "test_error_by_class_pct": [30.0] * 10,
+    record["diagnosis"] = {"train_error_pct": 22.25, "test_error_by_class_pct": [30.0] * 3 + [100.0] + [30.0] * 6,
                            "dead_relu_channels": {"stage1.conv1_relu": [3, 96], "top.conv3_relu": [1, 10]}}
     (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
     key = config_key({**record["config"], "lr": 0.1})
@@ -107,7 +107,8 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     assert rows[0][2].startswith("unfinished") and rows[0][3] == "45.00 (epoch 5)" and rows[0][5:7] == ["5/350",
                                                                                                      "12 so far"]
     assert rows[2][5] == "" and rows[2][3] == ""  # damaged: listed, nothing read from it
-    assert rows[1][10] == "train error 22.25% (eval mode), 4 of 106 ReLU channels dead" and rows[0][10] == ""
+    assert rows[1][10] == ("train error 22.25% (eval mode), 4 of 106 ReLU channels dead (1 of the 10 class maps); "
+                           "never right on test: cat") and rows[0][10] == ""
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{campaign.BEGIN}\nold table\n{campaign.END}\nafter\n")
     assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 1
