@@ -214,8 +214,13 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:100em}table{border-co
 def _md(text: str) -> str:
     """Our Markdown (a banner, a note) as HTML. The text is HTML-escaped first, so no raw HTML passes whatever it
     quotes; the record strings it quotes are literal Markdown already (`formats.md_text`, or a code span), so they
-    add no link or image either. Record strings elsewhere in the page are escaped as HTML and never Markdown."""
-    return md_lib.markdown(html.escape(text, quote=False))
+    add no link or image either. Record strings elsewhere in the page are escaped as HTML and never Markdown.
+    md_text's escapes of <, > and | (GitHub's) would show here as backslashes: Python-Markdown reads no \\| and,
+    after html.escape, sees \\&lt; and \\&gt;, so those backslashes go."""
+    text = html.escape(text, quote=False)
+    for c in ("&lt;", "&gt;", "|"):
+        text = text.replace("\\" + c, c)
+    return md_lib.markdown(text)
 
 
 def _list(items) -> str:

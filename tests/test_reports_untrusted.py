@@ -86,3 +86,16 @@ def test_the_best_of_table3_with_one_model_names_no_empty_rival(tmp_path):
                          "--out", str(tmp_path / "report")]) == 0
     claims = (tmp_path / "report" / "report.md").read_text()
     assert "All-CNN-C 9.30 (n=1) vs no other model" in claims and "vs  (" not in claims
+
+
+@pytest.mark.parametrize("text", ["bf16 <x> | y", "a\\<b", "p\\|q", "\\\\|", "a&lt;b", "[l](u) `c`"])
+def test_quoted_record_text_reads_as_written_in_html(text):
+    """A record string quoted in our Markdown (banner, notes: formats.md_text) shows in the HTML page as it was
+    written: no backslash of GitHub's escapes left in front of <, > or |, and no markup from it."""
+    import html
+
+    from reports.report import _md
+
+    page = _md(formats.md_text(text))
+    assert page.startswith("<p>") and page.endswith("</p>") and "<" not in page[3:-4]
+    assert html.unescape(page[3:-4]) == text
