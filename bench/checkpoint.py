@@ -117,6 +117,29 @@ def check_progress(blob: dict) -> None:
         raise ValueError("its part-done epoch is malformed")
 
 
+def progress(path: Path) -> dict:
+    """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
+    epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None}. ValueError, one
+    line starting "unreadable" or "malformed", for a file run_all would set aside, or one whose history a record
+    could not hold (a report draws it)."""
+    from bench.results import valid_history
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob["epoch"], blob["history"]  # noqa: B018 (both there)
+    except Exception as e:  # noqa: BLE001  (any damage: readers say so; run_all sets it aside when it resumes)
+        raise ValueError(f"unreadable ({type(e).__name__})") from None
+    try:
+        check_progress(blob)
+    except ValueError as e:
+        raise ValueError(f"malformed: {e}") from None
+    if not valid_history(blob["history"]):
+        raise ValueError("malformed: its history is not a list of objects of numbers")
+    wall = (blob.get("extra") if isinstance(blob.get("extra"), dict) else {}).get("wall_s")
+    number = isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 <= wall < float("inf")
+    return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": wall if number else None}
+
+
 def _part_epoch_ok(es) -> bool:
     def number(v, kind) -> bool:
         return isinstance(v, kind) and not isinstance(v, bool) and 0 <= v < float("inf")

@@ -50,20 +50,15 @@ def data_sha(cfg) -> str:
 
 def checkpoint_epoch(path: Path) -> int | str:
     """The epoch a checkpoint resumes at, or why it cannot (run_all then sets it aside and starts at epoch 0)."""
-    import torch
-
     from bench import checkpoint
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        epoch, _ = blob["epoch"], blob["history"]  # both there, else unreadable
-    except Exception as e:  # noqa: BLE001  (any damage: the plan says so, run_all sets it aside)
-        return f"unreadable checkpoint ({type(e).__name__}): trains from epoch 0"
-    try:
-        checkpoint.check_progress(blob)  # run_all sets such a checkpoint aside
-    except ValueError:
-        return "malformed checkpoint: trains from epoch 0"
-    return epoch
+        return checkpoint.progress(path)["epoch"]
+    except ValueError as e:  # "unreadable (UnpicklingError)" or "malformed: ..."
+        why = str(e)
+        kind = f"unreadable checkpoint {why.removeprefix('unreadable ')}" if why.startswith("unreadable") else \
+            "malformed checkpoint"
+        return f"{kind}: trains from epoch 0"
 
 
 def claim_holder(path: Path, lease_s: float) -> str | None:

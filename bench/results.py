@@ -138,7 +138,7 @@ def validate(record) -> str | None:
                 " or ".join("null" if t is type(None) else t.__name__ for t in types)
         if name in VALUES and value not in VALUES[name]:
             return f"field {name!r} is {value!r:.40}, expected one of {VALUES[name]}"
-    if not all(isinstance(h, dict) and all(_number(v) or v is None for v in h.values()) for h in record["history"]):
+    if not valid_history(record["history"]):
         return "field 'history' must be a list of objects of numbers"
     grid = record.get("grid") or {}
     if not all(isinstance(v, list) and all(isinstance(x, str) or _number(x) for x in v) for v in grid.values()):
@@ -157,6 +157,12 @@ def validate(record) -> str | None:
 CONFIG_REQUIRED = ("model", "lr", "seed", "preset", "train_split", "augment")
 """Config fields every record has had, each also a field of the record itself (the two must agree), that the
 reports select and compare runs by."""
+
+
+def valid_history(history) -> bool:
+    """A run's history as records and checkpoints hold it: a list of objects whose values are numbers or null."""
+    return isinstance(history, list) and all(isinstance(h, dict) and all(_number(v) or v is None for v in h.values())
+                                             for h in history)
 
 
 def _number(x) -> bool:

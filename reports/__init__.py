@@ -2,7 +2,9 @@
 
     python -m reports --results results --out report [--preset smoke] [--throughput bench.json]
 
-Reads bench.results records and allconv.specs; never imports torch, accelerate or ffcv, never trains.
+Reads bench.results records and allconv.specs; never trains. It imports torch (and accelerate) only to read the
+checkpoints of runs still training, when the ledger has some (reports.ledger.unfinished_runs; without torch they
+are named in a note), and never ffcv.
 """
 from reports.ledger import Ledger, LedgerError, load_ledger
 from reports.report import write_report

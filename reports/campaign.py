@@ -21,9 +21,9 @@ from pathlib import Path
 
 from allconv.specs import SPECS
 from bench import results
-from bench.config import RunConfig, config_key
 from loaders.sources import CLASSES
 from reports.data import short
+from reports.ledger import run_of_key
 
 RESULTS = Path("reports/measured/campaign")
 BEGIN, END = "<!-- measured-table:begin (python -m reports.campaign) -->", "<!-- measured-table:end -->"
@@ -33,25 +33,15 @@ COLUMNS = ("Model", "LR", "Status", "Test error %", "Paper % (best LR)", "Epochs
 
 def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]:
     """(epochs done, last evaluated history entry, seconds so far) of a checkpoint, or Nones when it cannot be
-    read here."""
+    read here (no torch, or damaged: run_all sets those aside when it resumes)."""
     try:
-        import torch
+        from bench.checkpoint import progress
 
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        evaluated = [h for h in blob.get("history", []) if h.get("test_error_pct") is not None]
-        return int(blob["epoch"]), (evaluated[-1] if evaluated else None), (blob.get("extra") or {}).get("wall_s")
-    except Exception:  # no torch, or a damaged file: run_all sets those aside when it resumes
+        state = progress(path)
+    except (ImportError, ValueError):
         return None, None, None
-
-
-def run_of_key(records: list[dict]) -> dict[str, tuple[str, float]]:
-    """run_key -> (model, lr) for every Table 3 cell under each recorded run's config (the campaign's grid)."""
-    found = {}
-    for r in records:
-        for model in SPECS:
-            for lr in RunConfig().lrs:
-                found[config_key({**r["config"], "model": model, "lr": lr})] = (model, lr)
-    return found
+    evaluated = [h for h in state["history"] if h.get("test_error_pct") is not None]
+    return state["epoch"], (evaluated[-1] if evaluated else None), state["wall_s"]
 
 
 def rows(results_dir: Path) -> list[list[str]]:
@@ -64,7 +54,7 @@ def rows(results_dir: Path) -> list[list[str]]:
             f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             r["device_name"], short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
-    cells = run_of_key(records)
+    cells = {key: cell[:2] for key, cell in run_of_key(records).items()}
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
         model, lr = cells.get(path.stem, (None, None))
         spec = SPECS.get(model)

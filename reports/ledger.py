@@ -3,7 +3,8 @@
     from reports.ledger import load_ledger
     led = load_ledger("results")   # Ledger: .df (the preset's runs), .reference (the config Table 3 compares), ...
 
-Reads `bench.results` records only (no torch). Nothing is filled in: a field a record lacks stays missing.
+Reads `bench.results` records, and the checkpoints beside them of runs still training (`unfinished_runs`: torch,
+weights_only, nothing in them runs). Nothing is filled in: a field a record lacks stays missing.
 Like with like (issue 10): a run enters Table 3, or an ablation arm, only when its whole resolved `config` equals
 the reference config (with the arm's overrides), except the fields in `NOT_COMPARED`.
 """
@@ -13,13 +14,14 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from allconv.specs import SPECS
 from bench import results
 from bench.ablations import BASELINE, baseline
-from bench.config import NOT_IN_KEY
+from bench.config import NOT_IN_KEY, RunConfig, config_key
 from bench.devices import precision_label  # noqa: F401 (reports import it from here)
 
 COLUMNS = (
@@ -163,6 +165,60 @@ def choose_epochs(df: pd.DataFrame) -> tuple[int | None, list[str]]:
     return chosen, notes
 
 
+def run_of_key(records: list[dict]) -> dict[str, tuple[str, float, dict]]:
+    """run_key -> (model, lr, the record) for every Table 3 cell under each record's config: where a checkpoint
+    of a run without a record belongs (run_all names it by the run key only). A record's own key maps to itself."""
+    found = {}
+    for r in records:
+        if isinstance(r.get("config"), dict):
+            for model in SPECS:
+                for lr in {*RunConfig().lrs, *((r.get("grid") or {}).get("lrs") or ())}:
+                    found.setdefault(config_key({**r["config"], "model": model, "lr": lr}), (model, lr, r))
+    return found
+
+
+def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    """A row per run that is still training: a checkpoint in `<results>/checkpoints/` without a record of its run,
+    found by recomputing the run keys of every Table 3 cell under the records' configs (`run_of_key`). The row is
+    its record's sibling as run_all would write it ("unfinished", the checkpoint's epochs and history; nothing it
+    has not measured); `from_checkpoint` marks it. And notes on the checkpoints it could not read or place (left
+    where they are: run_all sets a damaged one aside when it resumes)."""
+    paths = sorted((Path(results_dir) / "checkpoints").glob("*.pt"))
+    if not paths:
+        return [], []
+    try:
+        from bench.checkpoint import progress
+    except ImportError:  # no torch here
+        return [], [f"{len(paths)} checkpoint(s) of runs still training not read (torch is not installed)."]
+    cells, recorded, rows, bad, foreign = run_of_key(records.to_dict("records")), set(records["run_key"]), [], [], 0
+    for path in paths:
+        if path.stem in recorded:
+            continue  # a failed or stalled run keeps its checkpoint: its record speaks for it
+        if path.stem not in cells:
+            foreign += 1
+            continue
+        try:
+            state = progress(path)
+        except ValueError as e:
+            bad.append(f"{path.name} ({e})")
+            continue
+        model, lr, sibling = cells[path.stem]
+        spec, history = SPECS[model], state["history"]
+        row = {c: None for c in COLUMNS}
+        shared = ("preset", *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "cuda_graphs",
+                  "eval_precision", "data", "grid")  # the record's config and data: the run's own, bar model and LR
+        row.update({k: sibling[k] for k in shared if k in sibling})
+        row.update(run_key=path.stem, status="unfinished", model=model, lr=lr, seed=sibling["seed"],
+                   display_name=spec.paper_name, epochs=sibling["epochs"], epochs_completed=state["epoch"],
+                   config={**sibling["config"], "model": model, "lr": lr}, history=history,
+                   wall_time_s=state["wall_s"], from_checkpoint=True)
+        rows.append(row)
+    notes = [f"Not read: {len(bad)} damaged checkpoint(s): {', '.join(bad)}."] if bad else []
+    if foreign:
+        notes.append(f"{foreign} checkpoint(s) of runs no record's config describes: not shown.")
+    return rows, notes
+
+
 def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Ledger:
     """The ledger in `results_dir` (bench.results layout), narrowed to one preset and one epoch count."""
     if not os.path.isdir(results_dir):
@@ -175,8 +231,16 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
             all_df[column] = None
     all_df = all_df.apply(lambda column: column if pd.api.types.is_numeric_dtype(column) else column.map(_printable))
     all_df["outcome"] = [outcome(r) for r in all_df.to_dict("records")]
+    all_df["from_checkpoint"] = False
     chosen, notes = choose_preset(all_df, preset)
     df = all_df[all_df["preset"].astype(str) == chosen]
+    running, running_notes = unfinished_runs(results_dir, df)
+    notes += running_notes
+    if running:
+        df = pd.concat([df, pd.DataFrame(running).assign(outcome="unfinished")], ignore_index=True)
+        where = ", ".join(f"{r['run_key']}.pt at epoch {r['epochs_completed']}" for r in running)
+        notes.append(f"{len(running)} run(s) without a record are still training: shown as unfinished from their "
+                     f"checkpoints ({where}).")
     df, again = newest_of_each_run(df)
     if again:
         notes.append(f"Ignored {again} older record(s) of runs recorded again under another run key (the same "

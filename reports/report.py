@@ -148,7 +148,7 @@ def banner(led: Ledger) -> str | None:
 
 def header(led: Ledger) -> list[tuple[str, str]]:
     """What the numbers are, as (label, text) pairs: data, preset, epochs, precision, devices, versions, date."""
-    df, all_df = led.df, led.all_df
+    df, all_df = led.df[~led.df["from_checkpoint"].astype(bool)], led.all_df  # what records say (no checkpoint)
     sources = _distinct(data_source(d) for d in df["data"] if isinstance(d, dict)) or ["not recorded"]
     devices = Counter(f"{d if _known(d) else 'device not named'}" + (f" x{c}" if _known(c) else "")
                       for d, c in zip(df["device_name"], df["device_count"]))
@@ -169,7 +169,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),
         ("Precision", f"Table 3 trained in {precision_label(led.precision)}; "
                       + (f"evaluated in {_counted(evals)}" if evals else "evaluation precision not recorded")),
-        ("Runs", ", ".join(f"{s} {n}" for s, n in sorted(Counter(df["outcome"]).items()))),
+        ("Runs", ", ".join(f"{s} {n}" for s, n in sorted(Counter(led.df["outcome"]).items()))),
         ("Reference config", ", ".join(f"{k}={v}" for k, v in sorted(ref.items())) if ref else "not recorded"),
         ("Devices", _counted(devices) if devices else "not recorded"),
         ("World size", ", ".join(map(str, worlds)) or "not recorded"),

@@ -1,0 +1,72 @@
+"""A run still training has a checkpoint and no record: the report shows it as unfinished (not missing), from its
+checkpoint's epochs and history, found by its run key; a damaged or foreign checkpoint is named, left where it is,
+and never a crash (reports.ledger.unfinished_runs)."""
+from __future__ import annotations
+
+import torch
+
+from bench.config import config_key
+from reports.ledger import load_ledger
+from reports.report import header, write_report
+from reports.tables import table3, table3_by_lr, table3_runs
+from test_reports import record, write_ledger
+
+
+def checkpoint(path, epochs: int, test: float = 40.0) -> None:
+    """What run_all's checkpoint holds that a reader uses: the epoch counter, one history entry per epoch (test
+    error every other epoch), the seconds trained."""
+    history = [{"epoch": e, "loss": 1.0, "train_acc_pct": 60.0, "lr": 0.1, "seconds": 9.0,
+                "test_error_pct": test - e if e % 2 == 0 else None} for e in range(1, epochs + 1)]
+    torch.save({"epoch": epochs, "history": history, "extra": {"wall_s": 9.0 * epochs}}, path)
+
+
+def test_a_run_still_training_is_unfinished_not_missing(tmp_path):
+    grid = {"models": ["allcnn-c"], "lrs": [0.25, 0.1, 0.05, 0.01], "seeds": [0]}
+    done = record(lr=0.05, test=9.5, epochs=6, grid=grid)
+    failed = record(lr=0.25, status="failed", epochs=6, grid=grid)
+    folder = write_ledger(tmp_path / "results", [done, failed])
+    checkpoints = folder / "checkpoints"
+    checkpoints.mkdir()
+    checkpoint(checkpoints / f"{config_key({**done['config'], 'lr': 0.1})}.pt", 4)  # LR 0.1, 4 of 6 epochs
+    checkpoint(checkpoints / f"{failed['run_key']}.pt", 1)  # a failed run keeps one: its record speaks for it
+    (checkpoints / f"{config_key({**done['config'], 'lr': 0.01})}.pt").write_bytes(b"cut off")  # damaged
+    checkpoint(checkpoints / "0123456789abcdef.pt", 2)  # of a config no record has
+
+    led = load_ledger(folder)
+    by_lr = table3_by_lr(led.df, led.reference).set_index("lr")["status"]
+    assert dict(by_lr) == {0.25: "failed", 0.1: "unfinished", 0.05: "ok", 0.01: "missing"}
+    (row,) = table3(led.df, led.reference).query("model == 'allcnn-c'").to_dict("records")
+    assert row["error_pct"] == 9.5 and row["not_measured"] == "0.25 failed, 0.1 unfinished, 0.01 missing"
+    running = table3_runs(led.df, led.reference).query("lr == 0.1").iloc[0]
+    assert running["epochs_completed"] == 4 and running["wall_time_s"] == 36.0 and running["from_checkpoint"]
+    assert [h["test_error_pct"] for h in running["history"]][1::2] == [38.0, 36.0]  # drawn in the curves
+    text = dict(header(led))
+    assert text["Runs"] == "completed 1, failed 1, unfinished 1" and "(2 records; 2 of this preset" in text["Ledger"]
+    notes = [v for k, v in header(led) if k == "Note"]
+    assert any("still training" in n and "at epoch 4" in n for n in notes)
+    assert any("1 damaged checkpoint(s)" in n and "unreadable" in n for n in notes)
+    assert any("1 checkpoint(s) of runs no record's config describes" in n for n in notes)
+    assert len(list(checkpoints.glob("*.pt"))) == 4  # nothing moved: run_all sets aside what it cannot resume
+
+    page = (write_report(folder, tmp_path / "report")[0].parent / "report.md").read_text()
+    assert "| All-CNN-C | failed | unfinished | 9.50 | missing |" in page  # Table 3 by learning rate
+    assert "0.25 failed, 0.1 unfinished, 0.01 missing" in page
+
+
+def test_without_torch_a_checkpoint_is_named_not_read(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_reports_files import NO_TORCH, ROOT
+
+    done = record(lr=0.05, test=9.5, epochs=6)
+    folder = write_ledger(tmp_path / "results", [done])
+    (folder / "checkpoints").mkdir()
+    checkpoint(folder / "checkpoints" / f"{config_key({**done['config'], 'lr': 0.1})}.pt", 4)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, "--results", str(folder), "--out", str(tmp_path / "r")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "LOADED []" in p.stdout, p.stderr
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert "1 checkpoint(s) of runs still training not read (torch is not installed)" in page
