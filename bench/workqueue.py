@@ -264,8 +264,12 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
 
 
 class ClaimLost(Exception):
-    """This process's claim on a run it trains was taken over: it stops that run (a fused group: all its runs, the
-    others to resume from their last checkpoints) without a record or checkpoint, and goes on to the next."""
+    """Another process took over this one's claims on the runs `keys` it trains: it stops those runs without a
+    record or checkpoint (a fused group goes on without them while any is left) and goes on to the next."""
+
+    def __init__(self, keys: list[str]):
+        super().__init__(f"{', '.join(keys)} taken over by another process while this one was stopped past the claim "
+                         "lease: left to it, nothing recorded here")
 
 
 class Checkpoints:
@@ -277,18 +281,22 @@ class Checkpoints:
         self.interval, self.claims, self.acc, self.ddp = minutes * 60, claims, acc, ddp
         self.last = time.monotonic()
 
-    def due(self, epochs_done: int, epochs: int) -> bool:
+    def due(self, epochs_done: int, epochs: int, lost: list | None = None) -> bool:
         """Whether to checkpoint now; raises ClaimLost when another process has taken a claim over (before this
-        process could overwrite that one's checkpoint or record)."""
-        lost = [claim.path.stem for claim in self.claims if not claim.heartbeat()]
+        process could overwrite that one's checkpoint or record). Given a list `lost` (a fused group, which goes on
+        without those runs), adds their run keys to it instead, and heartbeats those claims no more."""
+        taken = [claim for claim in self.claims if not claim.heartbeat()]
+        keys = [claim.path.stem for claim in taken]
         due = epochs_done < epochs and time.monotonic() - self.last >= self.interval
         if self.ddp:
             from accelerate.utils import broadcast_object_list
 
-            due, lost = broadcast_object_list([due, lost])
-        if lost:
-            raise ClaimLost(f"{', '.join(lost)} taken over by another process while this one was stopped past "
-                            f"the claim lease: left to it, nothing recorded here")
+            due, keys = broadcast_object_list([due, keys])
+        if keys and lost is None:
+            raise ClaimLost(keys)
+        if keys:
+            lost.extend(keys)
+            self.claims = [claim for claim in self.claims if claim not in taken]
         if due:
             self.last = time.monotonic()
         return due
