@@ -12,14 +12,17 @@ group's throughput is the sum over its runs (`fused_runs` in each record says ho
 are the group's). A run that diverges keeps its last finite weights in the group, so the training accuracy of its
 diverged epoch counts their predictions where a separate run's counts NaN logits: that one figure may differ. A run
 is recorded as soon as it ends (`finished(run, key, claim, outcome)`), so an interrupted group never trains a
-finished run again. Runs whose checkpoints are at different points (epoch and step) cannot share steps: the runs at
-each point train as a group of their own, the furthest along first, and a run alone at its point trains and records
-itself (`alone`). So a grid resumed with one LR's run part-trained (the GPU campaign's All-CNN-C: LR 0.01 at epoch
-223, LR 0.1 and 0.25 not begun) trains that run alone, then the others fused.
+finished run again. A run whose claim another process took over (this one was stopped past the lease) leaves the
+group at the next epoch's end, with a warning and nothing more written for it; the others train on (every run's:
+the group stops, workqueue.ClaimLost). Runs whose checkpoints are at different points (epoch and step) cannot
+share steps: the runs at each point train as a group of their own, the furthest along first, and a run alone at its
+point trains and records itself (`alone`). So a grid resumed with one LR's run part-trained (the GPU campaign's
+All-CNN-C: LR 0.01 at epoch 223, LR 0.1 and 0.25 not begun) trains that run alone, then the others fused.
 """
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -40,11 +43,12 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
     c = members[0][0].cfg
     ended, trackers = set(), []  # the members already recorded (or left to another process)
 
-    def done(k, outcome):
+    def done(k, outcome):  # outcome None: the run's claim was taken over, the run left to its new owner
         ended.add(k)
         if trackers:
             trackers[k].finish(outcome)
-        finished(*members[k], outcome)
+        if outcome is not None:
+            finished(*members[k], outcome)
 
     with engine.full_fp32(acc.device, c.precision == "no"):
         try:
@@ -128,6 +132,16 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         if es.stopped:
             save(epoch, split)
             raise Interrupted
+        due = checkpoints.due(epoch + 1, c.epochs, lost := [])  # the heartbeat, before anything is written
+        gone = [k for k in live if members[k][1] in lost]  # another process trains these now: they leave the group
+        if gone == live:  # every run: as for a run alone
+            raise workqueue.ClaimLost(lost)
+        if gone:
+            print(f"warning: {workqueue.ClaimLost(lost)}; the others train on", file=sys.stderr, flush=True)
+        for k in gone:
+            group.drop(k)
+            live.remove(k)
+            done(k, None)  # its tracker finished, no record, its claim the new owner's
         entries = {k: states[k].end_epoch(split[k], epoch, lrs[k], acc, distributed=False,
                                           steady=epoch > 0 or c.epochs == 1) for k in live}
         if c.evaluates(epoch + 1):
@@ -149,7 +163,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         if engine.stop_agreed(stop, acc, False):
             save(epoch + 1)
             raise Interrupted
-        if checkpoints.due(epoch + 1, c.epochs):
+        if due:
             save(epoch + 1)
     group.write_back()
     finish(list(live), "completed", None)

@@ -1,13 +1,15 @@
 """`run_all --fuse-lrs` (bench/fused_train.py, issue 12) on real images: the LRs of one model trained in lockstep
 give each run the record a separate run gets (float rounding aside); a run that diverges in the group is recorded
 and masked out while the others go on; a group killed by SIGTERM resumes exactly; a group resumes from
-separately trained checkpoints, and runs at different points train as one group per point.
+separately trained checkpoints, and runs at different points train as one group per point; a run whose claim
+another process took over leaves the group, which goes on without it.
 
 Contiguous memory format throughout: under channels_last a separate run draws its dropout masks in NHWC order,
 the group in NCHW order (bench/fused.py), so only the contiguous runs are mask-for-mask the same.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results, run_all
+from bench import results, run_all, workqueue
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = ("1e9", "0.05", "0.01")  # 1e9 diverges in epoch 1
@@ -137,6 +139,41 @@ def test_group_resumes_separate_checkpoints_and_runs_at_other_points_group_per_p
     same_runs(split, separate, exact=False)
     assert {lr: r["fused_runs"] for lr, r in split.items()} == {
         lr: 2 if r["run_key"] == removed.stem or lr == 1e9 else 1 for lr, r in split.items()}
+
+
+@pytest.mark.parametrize("lose", ["one", "all"])
+def test_a_run_whose_claim_was_taken_over_leaves_the_group(data, tmp_path, monkeypatch, capsys, lose):
+    """A process stopped past the lease (a suspended job) finds at the end of epoch 2 that another host took over
+    the claim of one run of its group: that run leaves the group with a warning; its checkpoint (of epoch 1), its
+    record and the new owner's claim are left alone; the other run trains on and is recorded. When every claim
+    was taken, the whole group stops as a run alone does (tests/test_queue.py)."""
+    due, taken = workqueue.Checkpoints.due, {}
+
+    def taken_over_in_epoch_2(self, epochs_done, *a, **kw):
+        if epochs_done == 2 and not taken:
+            for claim in self.claims[-1:] if lose == "one" else self.claims:
+                claim.path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
+                checkpoint = claim.path.parents[1] / "checkpoints" / f"{claim.path.stem}.pt"
+                taken[claim.path] = checkpoint, checkpoint.read_bytes(), checkpoint.stat().st_mtime_ns
+        return due(self, epochs_done, *a, **kw)
+
+    monkeypatch.setattr(workqueue.Checkpoints, "due", taken_over_in_epoch_2)
+    out = tmp_path / "out"
+    records = main(args(data, out, "--lrs", "0.05", "0.01", "--fuse-lrs", "--epochs", "3",
+                        "--checkpoint-minutes", "0"))
+    err = capsys.readouterr().err
+    assert len(taken) == (1 if lose == "one" else 2)
+    for claim, (checkpoint, content, mtime) in taken.items():
+        assert claim.stem in err and "taken over by another process" in err, err
+        assert json.loads(claim.read_text())["host"] == "other-host"  # the new owner's claim, not released
+        assert checkpoint.read_bytes() == content and checkpoint.stat().st_mtime_ns == mtime
+    assert len([line for line in err.splitlines() if "taken over" in line]) == 1
+    kept = [r for r in records.values() if r["run_key"] not in {c.stem for c in taken}]
+    assert {r["run_key"] for r in records.values()} == {r["run_key"] for r in kept}  # none for a lost run
+    assert [(r["status"], r["epochs_completed"], len(r["history"]), r["fused_runs"]) for r in kept] == \
+        ([("completed", 3, 3, 2)] if lose == "one" else [])
+    assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt")) == sorted(c.stem for c in taken)
+    assert sorted(p.stem for p in workqueue.claims_dir(out).glob("*.json")) == sorted(c.stem for c in taken)
 
 
 @pytest.mark.parametrize("extra, message", [
