@@ -99,6 +99,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
         if es.stopped:
             state.save(acc, net, optimizer, epoch, es, distributed=ddp)
             raise Interrupted
+        due = checkpoints.due(epoch + 1, c.epochs)  # the claim's heartbeat (ClaimLost) before anything is written
         # the first epoch (JIT, compile, cache warm-up) is not steady state
         entry = state.end_epoch(es, epoch, lr, acc, distributed=ddp, steady=epoch > 0 or c.epochs == 1)
         if math.isfinite(entry["loss"]) and c.evaluates(epoch + 1):
@@ -116,7 +117,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
         if engine.stop_agreed(stop, acc, ddp):
             state.save(acc, net, optimizer, epoch + 1, distributed=ddp)
             raise Interrupted
-        if checkpoints.due(epoch + 1, c.epochs):
+        if due:
             state.save(acc, net, optimizer, epoch + 1, distributed=ddp)
 
     if ddp and status == "completed":

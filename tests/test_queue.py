@@ -217,6 +217,29 @@ def test_a_run_whose_claim_was_taken_over_is_left_to_its_new_owner(data, tmp_pat
     assert json.loads(taken[0].read_text())["host"] == "other-host"
 
 
+def test_a_run_that_ends_in_the_epoch_its_claim_was_taken_records_nothing(data, tmp_path, monkeypatch, capsys,
+                                                                          fresh_accelerator):
+    """The claim is checked before an epoch's end writes anything: a run that diverges (or stalls) in the epoch
+    during which another host took its claim leaves the record to the new owner, as a run still training does."""
+    from bench import engine, run_all
+
+    epoch, taken = engine.train_one_epoch, []
+
+    def taken_during_the_epoch(*a, **kw):
+        es = epoch(*a, **kw)
+        for path in workqueue.claims_dir(tmp_path / "out").glob("*.json"):
+            path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
+            taken.append(path)
+        return es
+
+    monkeypatch.setattr(engine, "train_one_epoch", taken_during_the_epoch)
+    out = tmp_path / "out"
+    assert run_all.main(args(data, out, "--models", "strided-a", "--lrs", "1e9")) == 0
+    assert "taken over by another process" in capsys.readouterr().err
+    assert len(taken) == 1 and results.read_records(out) == []
+    assert json.loads(taken[0].read_text())["host"] == "other-host"
+
+
 def launcher(port: int, nproc: int = 2, machines: int = 1, rank: int = 0) -> list[str]:
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", str(machines),
             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
