@@ -24,7 +24,7 @@
 #      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
 #      on SIGTERM (run_all) and their checkpoints travel back with the ledger;
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
-#      ledger.tar.gz (runs/ and checkpoints/), each when its step ran.
+#      ledger.tar.gz (runs/), each when its step ran, and each unfinished run's checkpoint as <run key>.pt.
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
 # python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
 # $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
@@ -240,6 +240,9 @@ for r in results.read_records(sys.argv[1]):
           f"{r['epochs_completed']} epochs, {n(r['wall_time_s'])} s, train {n(r['train_images_per_s'])} img/s, "
           f"eval {n(r['eval_images_per_s'])} img/s, {r['device_name']}, precision {r['precision']}")
 EOF
-timeout 30 tar -czf "$OUT/ledger.tar.gz" -C "$WORK/results" runs checkpoints >> "$log" 2>&1
+timeout 30 tar -czf "$OUT/ledger.tar.gz" -C "$WORK/results" runs >> "$log" 2>&1
+for ckpt in "$WORK/results/checkpoints"/*.pt; do  # ~10 MB each, compressed or not: one file each, as two or
+  [ -e "$ckpt" ] && cp "$ckpt" "$OUT/"           # more in one archive would pass the 16 MiB a file may have
+done
 echo "# done in $((SECONDS - start)) s; in OUT: $(cd "$OUT" && ls | tr '\n' ' ')" >> "$log"
 cat "$log"
