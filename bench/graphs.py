@@ -62,7 +62,6 @@ class GraphedStep:
         cuda = device.type == "cuda"
         self.device = device
         self.side = torch.cuda.Stream(device) if cuda else None
-        self.pool = torch.cuda.graph_pool_handle() if cuda else None
         self.full, self.warm, self.replay, self.baked = None, 0, None, None
         self.captures = 0  # how many times the step was captured (tests, logs)
 
@@ -89,7 +88,10 @@ class GraphedStep:
             return self._warm_step(images, labels)
         if self.replay is None:
             self.images, self.labels = images.clone(), labels.clone()
-            self.replay, self.outputs = self.capture(lambda: self.eager(self.images, self.labels), self.pool)
+            # a memory pool of its own: the dropped graph's pool is released with it, and torch 2.11 fails an
+            # internal assert when a capture begins in a released pool (the H200 campaign, 2026-12-04)
+            pool = torch.cuda.graph_pool_handle() if self.side is not None else None
+            self.replay, self.outputs = self.capture(lambda: self.eager(self.images, self.labels), pool)
             self.baked, self.captures = settings, self.captures + 1
         else:
             self.images.copy_(images)
