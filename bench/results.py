@@ -143,6 +143,9 @@ def validate(record) -> str | None:
     grid = record.get("grid") or {}
     if not all(isinstance(v, list) and all(isinstance(x, str) or _number(x) for x in v) for v in grid.values()):
         return "field 'grid' must map to lists of names and numbers"
+    if record.get("diagnosis") is not None and not _diagnosis_ok(record["diagnosis"]):
+        return "field 'diagnosis' must hold train_error_pct, test_error_by_class_pct and dead_relu_channels as " \
+            "bench/diagnose.py writes them"
     config = record["config"]
     for name in CONFIG_REQUIRED:
         if name not in config:
@@ -157,6 +160,17 @@ def validate(record) -> str | None:
 CONFIG_REQUIRED = ("model", "lr", "seed", "preset", "train_split", "augment")
 """Config fields every record has had, each also a field of the record itself (the two must agree), that the
 reports select and compare runs by."""
+
+
+def _diagnosis_ok(d) -> bool:
+    """bench/diagnose.py's shape: a number, a list of numbers or nulls (a class without test images), and per layer
+    [dead, channels] as two integers, 0 <= dead <= channels."""
+    layers = d.get("dead_relu_channels") if isinstance(d, dict) else None
+    return isinstance(d, dict) and _number(d.get("train_error_pct")) \
+        and isinstance(d.get("test_error_by_class_pct"), list) \
+        and all(_number(v) or v is None for v in d["test_error_by_class_pct"]) and isinstance(layers, dict) \
+        and all(isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v) and 0 <= v[0] <= v[1]
+                for v in layers.values())
 
 
 def valid_history(history) -> bool:

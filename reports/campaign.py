@@ -92,7 +92,8 @@ def _diagnosis(d: dict | None) -> str:
     final = d["dead_relu_channels"].get(FINAL_RELU)
     if final and final[0]:
         text += f" ({final[0]} of the {final[1]} class maps)"
-    lost = [CLASSES[i] if i < len(CLASSES) else str(i) for i, e in enumerate(d["test_error_by_class_pct"]) if e >= 100]
+    lost = [CLASSES[i] if i < len(CLASSES) else str(i) for i, e in enumerate(d["test_error_by_class_pct"])
+            if e is not None and e >= 100]  # None: no test image of that class (a subset)
     return text + (f"; never right on test: {', '.join(lost)}" if lost else "")
 
 

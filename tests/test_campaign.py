@@ -92,7 +92,7 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "checkpoints").mkdir()
     record = json.loads(next((ROOT / campaign.RESULTS / "runs").glob("*.json")).read_text())
-    record["diagnosis"] = {"train_error_pct": 22.25, "test_error_by_class_pct": [30.0] * 3 + [100.0] + [30.0] * 6,
+    record["diagnosis"] = {"train_error_pct": 22.25, "test_error_by_class_pct": [30.0] * 3 + [100.0, None] + [30.0] * 5,
                            "dead_relu_channels": {"stage1.conv1_relu": [3, 96], "top.conv3_relu": [1, 10]}}
     (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
     key = config_key({**record["config"], "lr": 0.1})

@@ -48,6 +48,12 @@ def test_record_strings_stay_text_in_every_file(tmp_path):
     (lambda r: r["config"].update(preset=["paper"]), "config says preset ['paper'], the record 'paper'"),
     (lambda r: r["config"].pop("train_split"), "config has no 'train_split'"),
     (lambda r: r["config"].update(lr=0.25), "config says lr 0.25, the record 0.05"),
+    (lambda r: r.update(diagnosis={"train_error_pct": 1.0, "test_error_by_class_pct": ["cat"] * 10,
+                                   "dead_relu_channels": {}}), "field 'diagnosis'"),
+    (lambda r: r.update(diagnosis={"train_error_pct": None, "test_error_by_class_pct": [],
+                                   "dead_relu_channels": {}}), "field 'diagnosis'"),
+    (lambda r: r.update(diagnosis={"train_error_pct": 1.0, "test_error_by_class_pct": [],
+                                   "dead_relu_channels": {"top.conv3_relu": [11, 10]}}), "field 'diagnosis'"),
 ])
 def test_a_record_the_schema_cannot_vouch_for_is_set_aside(tmp_path, capsys, damage, why):
     good, bad = record(lr=0.1, test=9.5), record(lr=0.05, test=9.3)
