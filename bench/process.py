@@ -74,6 +74,9 @@ def make_accelerator(precision: str, *, log_with: str | None = None, project_dir
     check_launch()
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        if os.environ["CUBLAS_WORKSPACE_CONFIG"] not in (":4096:8", ":16:8"):
+            raise UsageError("--deterministic needs CUBLAS_WORKSPACE_CONFIG=:4096:8 or :16:8 (cuBLAS's deterministic "
+                             f"settings); this environment sets {os.environ['CUBLAS_WORKSPACE_CONFIG']!r:.40}: unset it")
     torch.use_deterministic_algorithms(deterministic)
     acc = Accelerator(mixed_precision=precision, log_with=log_with, project_dir=project_dir, cpu=cpu)
     launched = int(os.environ.get("WORLD_SIZE", "1"))

@@ -57,14 +57,14 @@ def test_the_switch_reaches_training_is_recorded_and_keeps_the_key(smoke_data_di
     assert not torch.are_deterministic_algorithms_enabled()  # a process without the switch turns it off
 
 
-def twice(data_dir, source, tmp_path, device: str) -> list[dict]:
-    """Two separate processes, each training the same run with --deterministic into its own ledger; their trained
-    networks (bench/weights.py) and records."""
+def twice(data_dir, source, tmp_path, device: str, *extra) -> list[dict]:
+    """Two separate processes, each training the same run into its own ledger; their trained networks
+    (bench/weights.py) and records."""
     out = []
     for i in range(2):
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
         p = subprocess.run([sys.executable, "bench/run_all.py", *args(data_dir, source, tmp_path / f"out{i}",
-                                                                      "--deterministic", device=device)],
+                                                                      *extra, device=device)],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-3000:]
         (record,) = results.read_records(tmp_path / f"out{i}")
@@ -84,7 +84,17 @@ def check_identical(a: dict, b: dict) -> None:
 
 
 def test_the_same_command_twice_gives_the_same_network_on_cpu(smoke_data_dir, jpeg_tarball, tmp_path):
+    """Without the switch: what the README says of a CPU run."""
     check_identical(*twice(smoke_data_dir, jpeg_tarball, tmp_path, "cpu"))
+
+
+def test_a_cublas_setting_that_is_not_deterministic_is_refused(smoke_data_dir, jpeg_tarball, tmp_path, capsys,
+                                                               monkeypatch, fresh_accelerator, restore_determinism):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:2")
+    assert run_all.main(args(smoke_data_dir, jpeg_tarball, tmp_path / "out", "--deterministic")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --deterministic needs CUBLAS_WORKSPACE_CONFIG=:4096:8") and "\n" not in err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.gpu
@@ -92,4 +102,4 @@ def test_the_same_command_twice_gives_the_same_network_on_cpu(smoke_data_dir, jp
 def test_the_same_command_twice_gives_the_same_network_on_gpu(smoke_data_dir, jpeg_tarball, tmp_path):
     """bf16, channels_last, cuBLAS (the whitening), cuDNN convolutions, dropout, fused SGD: every kernel of the
     paper preset's step, run with deterministic algorithms only, twice."""
-    check_identical(*twice(smoke_data_dir, jpeg_tarball, tmp_path, "cuda"))
+    check_identical(*twice(smoke_data_dir, jpeg_tarball, tmp_path, "cuda", "--deterministic"))
