@@ -129,9 +129,6 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
         if bar is not None:
             bar.close()
         split = _split(es, parts)
-        if es.stopped:
-            save(epoch, split)
-            raise Interrupted
         due = checkpoints.due(epoch + 1, c.epochs, lost := [])  # the heartbeat, before anything is written
         gone = [k for k in live if members[k][1] in lost]  # another process trains these now: they leave the group
         if gone == live:  # every run: as for a run alone
@@ -142,6 +139,9 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
             group.drop(k)
             live.remove(k)
             done(k, None)  # its tracker finished, no record, its claim the new owner's
+        if es.stopped:  # SIGTERM mid-epoch: the runs still ours checkpoint where they are
+            save(epoch, split)
+            raise Interrupted
         entries = {k: states[k].end_epoch(split[k], epoch, lrs[k], acc, distributed=False,
                                           steady=epoch > 0 or c.epochs == 1) for k in live}
         if c.evaluates(epoch + 1):

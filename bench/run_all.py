@@ -96,10 +96,10 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
                                     distributed=ddp, progress=bar, step=step)
         if bar is not None:
             bar.close()
-        if es.stopped:
+        due = checkpoints.due(epoch + 1, c.epochs)  # the claim's heartbeat (ClaimLost) before anything is written
+        if es.stopped:  # SIGTERM mid-epoch: checkpoint where it is
             state.save(acc, net, optimizer, epoch, es, distributed=ddp)
             raise Interrupted
-        due = checkpoints.due(epoch + 1, c.epochs)  # the claim's heartbeat (ClaimLost) before anything is written
         # the first epoch (JIT, compile, cache warm-up) is not steady state
         entry = state.end_epoch(es, epoch, lr, acc, distributed=ddp, steady=epoch > 0 or c.epochs == 1)
         if math.isfinite(entry["loss"]) and c.evaluates(epoch + 1):

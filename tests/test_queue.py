@@ -240,6 +240,35 @@ def test_a_run_that_ends_in_the_epoch_its_claim_was_taken_records_nothing(data, 
     assert json.loads(taken[0].read_text())["host"] == "other-host"
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_sigterm_mid_epoch_after_the_claim_was_taken_checkpoints_nothing(data, tmp_path, monkeypatch, capsys,
+                                                                         fresh_accelerator, fused):
+    """SIGTERM mid-epoch, in the epoch during which another host took the claim(s): the checkpoint of where the run
+    stopped would overwrite the new owner's, so none is written (alone, and every run of a fused group)."""
+    from bench import engine, run_all
+
+    epoch, taken = engine.train_one_epoch, []
+
+    def taken_then_terminated(*a, **kw):
+        for path in workqueue.claims_dir(tmp_path / "out").glob("*.json"):
+            path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
+            taken.append(path)
+        run_all.STOP["requested"] = True  # as the SIGTERM handler does
+        return epoch(*a, **kw)
+
+    monkeypatch.setattr(engine, "train_one_epoch", taken_then_terminated)
+    out = tmp_path / "out"
+    try:
+        code = run_all.main(args(data, out, "--models", "strided-a", "--lrs", "0.05", "0.01", "--epochs", "2",
+                                 *(["--fuse-lrs"] if fused else [])))
+    finally:
+        run_all.STOP["requested"] = False
+    assert code == 143 and "taken over by another process" in capsys.readouterr().err
+    assert len(taken) == (2 if fused else 1) and results.read_records(out) == []
+    assert not list((out / "checkpoints").glob("*.pt"))
+    assert all(json.loads(p.read_text())["host"] == "other-host" for p in taken)
+
+
 def launcher(port: int, nproc: int = 2, machines: int = 1, rank: int = 0) -> list[str]:
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", str(machines),
             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
