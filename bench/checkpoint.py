@@ -106,12 +106,16 @@ def check_progress(blob: dict) -> None:
     length, and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds and
     0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
     only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait for it)."""
-    if not isinstance(blob["epoch"], int):
+    from bench.results import valid_history
+
+    if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")
     history = blob["history"]
     if not isinstance(history, list) or len(history) != blob["epoch"]:
         raise ValueError(f"its history has {len(history) if isinstance(history, list) else 'no'} epochs, its epoch "
                          f"counter {blob['epoch']}")
+    if not valid_history(history) or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
+        raise ValueError("its history is not one entry of numbers per epoch, in order")
     es = blob.get("epoch_state")
     if es is not None and not _part_epoch_ok(es):
         raise ValueError("its part-done epoch is malformed")
@@ -122,8 +126,6 @@ def progress(path: Path) -> dict:
     epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None}. ValueError, one
     line starting "unreadable" or "malformed", for a file run_all would set aside, or one whose history a record
     could not hold (a report draws it)."""
-    from bench.results import valid_history
-
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         blob["epoch"], blob["history"]  # noqa: B018 (both there)
@@ -133,10 +135,8 @@ def progress(path: Path) -> dict:
         check_progress(blob)
     except ValueError as e:
         raise ValueError(f"malformed: {e}") from None
-    if not valid_history(blob["history"]):
-        raise ValueError("malformed: its history is not a list of objects of numbers")
     wall = (blob.get("extra") if isinstance(blob.get("extra"), dict) else {}).get("wall_s")
-    number = isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 <= wall < float("inf")
+    number = isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 <= wall < 1e12
     return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": wall if number else None}
 
 

@@ -174,9 +174,15 @@ def _diagnosis_ok(d) -> bool:
 
 
 def valid_history(history) -> bool:
-    """A run's history as records and checkpoints hold it: a list of objects whose values are numbers or null."""
-    return isinstance(history, list) and all(isinstance(h, dict) and all(_number(v) or v is None for v in h.values())
-                                             for h in history)
+    """A run's history as records and checkpoints hold it: a list of objects whose keys are names and whose values
+    are finite numbers of a sane size or null (a record's JSON reader refuses the others already; a checkpoint's
+    unpickler does not)."""
+    def value(v) -> bool:
+        return v is None or isinstance(v, float) and math.isfinite(v) or \
+            isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2 ** 63
+
+    return isinstance(history, list) and all(isinstance(h, dict) and all(isinstance(k, str) and value(v)
+                                                                         for k, v in h.items()) for h in history)
 
 
 def _number(x) -> bool:
@@ -323,12 +329,19 @@ def load(out: str | os.PathLike):
     return df
 
 
-def ledger_sha256(out: str | os.PathLike) -> str:
+def ledger_sha256(out: str | os.PathLike, checkpoints=()) -> str:
     """One hash of every record file in `<out>/runs/` (files already set aside in `.invalid/` are not part of
     the ledger), so a report can name the exact ledger it came from. Call it after `load`, which sets invalid
-    files aside: then it covers exactly the records the report read."""
+    files aside: then it covers exactly the records the report read. `checkpoints`: the checkpoint files a report
+    also read (runs still training), hashed after the records."""
     h = hashlib.sha256()
     for p in sorted(p for p in runs_dir(out).glob("*.json") if not p.name.startswith(".")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
+    for p in map(Path, checkpoints):
+        h.update(p.name.encode())
+        try:
+            h.update(p.read_bytes())
+        except OSError:  # its run recorded and the checkpoint removed since it was read: the name stands for it
+            pass
     return h.hexdigest()

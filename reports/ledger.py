@@ -172,9 +172,16 @@ def run_of_key(records: list[dict]) -> dict[str, tuple[str, float, dict]]:
     for r in records:
         if isinstance(r.get("config"), dict):
             for model in SPECS:
-                for lr in {*RunConfig().lrs, *((r.get("grid") or {}).get("lrs") or ())}:
+                for lr in {*RunConfig().lrs, *_requested_lrs(r.get("grid"))}:
                     found.setdefault(config_key({**r["config"], "model": model, "lr": lr}), (model, lr, r))
     return found
+
+
+def _requested_lrs(grid) -> list[float]:
+    """A record's requested LRs (field `grid`), or none where it has no such list (older records; NaN in a frame)."""
+    lrs = grid.get("lrs") if isinstance(grid, dict) else None
+    return [float(lr) for lr in lrs if isinstance(lr, (int, float)) and not isinstance(lr, bool)] \
+        if isinstance(lrs, list) else []
 
 
 def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], list[str]]:
@@ -211,7 +218,7 @@ def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], lis
         row.update(run_key=path.stem, status="unfinished", model=model, lr=lr, seed=sibling["seed"],
                    display_name=spec.paper_name, epochs=sibling["epochs"], epochs_completed=state["epoch"],
                    config={**sibling["config"], "model": model, "lr": lr}, history=history,
-                   wall_time_s=state["wall_s"], from_checkpoint=True)
+                   wall_time_s=state["wall_s"], from_checkpoint=True, checkpoint=path)
         rows.append(row)
     notes = [f"Not read: {len(bad)} damaged checkpoint(s): {', '.join(bad)}."] if bad else []
     if foreign:
@@ -234,13 +241,6 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     all_df["from_checkpoint"] = False
     chosen, notes = choose_preset(all_df, preset)
     df = all_df[all_df["preset"].astype(str) == chosen]
-    running, running_notes = unfinished_runs(results_dir, df)
-    notes += running_notes
-    if running:
-        df = pd.concat([df, pd.DataFrame(running).assign(outcome="unfinished")], ignore_index=True)
-        where = ", ".join(f"{r['run_key']}.pt at epoch {r['epochs_completed']}" for r in running)
-        notes.append(f"{len(running)} run(s) without a record are still training: shown as unfinished from their "
-                     f"checkpoints ({where}).")
     df, again = newest_of_each_run(df)
     if again:
         notes.append(f"Ignored {again} older record(s) of runs recorded again under another run key (the same "
@@ -251,19 +251,35 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         notes.append(f"Ignored {len(unknown)} record(s) of models not in Table 3: "
                      f"{', '.join(sorted(map(str, set(unknown['model']))))}.")
         df = df[df["model"].isin(list(SPECS))]
-    epochs, epoch_notes = choose_epochs(df)
+    epochs, epoch_notes = choose_epochs(df)  # the records decide: a checkpoint is not a result
     notes += epoch_notes
     if epochs is not None:
         df = df[df["epochs"].map(lambda e: _known(e) and int(e) == epochs).astype(bool)]
+    reference = reference_config(df)
+    running, running_notes = unfinished_runs(results_dir, df)
+    notes += running_notes
+    recorded = {_run_id(r) for r in df.to_dict("records")}  # a run with a record under an older key: that speaks
+    running = [r for r in running if _run_id(r) not in recorded]
+    if running:
+        df = pd.concat([df, pd.DataFrame(running).drop(columns="checkpoint").assign(outcome="unfinished")],
+                       ignore_index=True)
+        where = ", ".join(f"{r['run_key']}.pt at epoch {r['epochs_completed']}" for r in running)
+        notes.append(f"{len(running)} run(s) without a record are still training: shown as unfinished from their "
+                     f"checkpoints ({where}).")
     df = df.reset_index(drop=True)
-    return Ledger(df, all_df, results.ledger_sha256(results_dir), chosen, epochs, reference_config(df), notes)
+    sha256 = results.ledger_sha256(results_dir, [r["checkpoint"] for r in running])
+    return Ledger(df, all_df, sha256, chosen, epochs, reference, notes)
+
+
+def _run_id(row: dict) -> str:
+    """One run whatever its key: model, LR, seed and compared config (as `newest_of_each_run` counts them)."""
+    return json.dumps([row["model"], row["lr"], row["seed"], compared(row["config"])], sort_keys=True, default=str)
 
 
 def newest_of_each_run(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """One record per run (model, LR, seed and compared config), so a seed is never counted twice: the last
     finished of its completed records, else the last finished; and how many were dropped."""
-    run = [json.dumps([m, lr, s, compared(c)], sort_keys=True, default=str)
-           for m, lr, s, c in zip(df["model"], df["lr"], df["seed"], df["config"])]
+    run = [_run_id(r) for r in df[["model", "lr", "seed", "config"]].to_dict("records")]
     latest = (df.assign(_run=run, _completed=df["outcome"] == "completed")
               .sort_values(["_completed", "finished_at"], kind="stable").drop_duplicates("_run", keep="last"))
     kept = df.loc[sorted(latest.index)]

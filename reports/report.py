@@ -149,6 +149,7 @@ def banner(led: Ledger) -> str | None:
 def header(led: Ledger) -> list[tuple[str, str]]:
     """What the numbers are, as (label, text) pairs: data, preset, epochs, precision, devices, versions, date."""
     df, all_df = led.df[~led.df["from_checkpoint"].astype(bool)], led.all_df  # what records say (no checkpoint)
+    running = len(led.df) - len(df)
     sources = _distinct(data_source(d) for d in df["data"] if isinstance(d, dict)) or ["not recorded"]
     devices = Counter(f"{d if _known(d) else 'device not named'}" + (f" x{c}" if _known(c) else "")
                       for d, c in zip(df["device_name"], df["device_count"]))
@@ -163,7 +164,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
     ref = led.reference
     rows = [
         ("Ledger", f"sha256 {led.sha256} ({len(all_df)} record{'s' * (len(all_df) != 1)}; {len(df)} of this preset "
-                   "and length)"),
+                   "and length" + (f"; and {running} checkpoint(s) of runs still training" if running else "") + ")"),
         ("Data", "; ".join(sources) + (" -- MIXED SOURCES" if len(sources) > 1 else "")),
         ("Preset", led.preset),
         ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),

@@ -70,3 +70,45 @@ def test_without_torch_a_checkpoint_is_named_not_read(tmp_path):
     assert p.returncode == 0 and "LOADED []" in p.stdout, p.stderr
     page = (tmp_path / "r" / "report.md").read_text()
     assert "1 checkpoint(s) of runs still training not read (torch is not installed)" in page
+
+
+def test_checkpoints_do_not_choose_what_table3_compares(tmp_path):
+    """Records decide the epoch count and the reference config; a checkpoint never outvotes them. A ledger mixing
+    records with and without `grid` reads; the header's hash covers the checkpoints read."""
+    from bench import results
+
+    done = record(lr=0.05, test=9.5, epochs=6, grid={"models": ["allcnn-c"], "lrs": [0.1, 0.05], "seeds": [0]})
+    old = record(lr=0.01, test=12.0, epochs=6)
+    old.pop("grid")  # an older record: pandas gives it NaN in a frame where the other has a grid
+    short = record(model="model-c", lr=0.05, test=11.0, epochs=3)
+    folder = write_ledger(tmp_path / "results", [done, old, short])
+    hash_before = load_ledger(folder).sha256
+    (folder / "checkpoints").mkdir()
+    for lr in (0.25, 0.1):  # two runs still training under the 3-epoch config: more than the 6-epoch records' one
+        checkpoint(folder / "checkpoints" / f"{config_key({**short['config'], 'lr': lr})}.pt", 2)
+    checkpoint(folder / "checkpoints" / f"{config_key({**done['config'], 'lr': 0.1})}.pt", 4)
+
+    led = load_ledger(folder)
+    assert led.epochs == 6 and led.reference["epochs"] == 6
+    assert sorted(led.df.query("from_checkpoint")["lr"]) == [0.1]  # the 6-epoch one; the 3-epoch ones are left out
+    assert led.sha256 != hash_before == results.ledger_sha256(folder)
+    assert table3(led.df, led.reference).query("model == 'allcnn-c'")["error_pct"].item() == 9.5
+
+
+def test_a_hostile_checkpoint_history_is_named_not_drawn(tmp_path):
+    """A checkpoint is unpickled, not parsed as JSON: infinities and huge ints reach the reader (they crashed the
+    curves and the campaign table). It is named as damaged, and the report is written."""
+    from reports.campaign import rows
+
+    done = record(lr=0.05, test=9.5, epochs=6)
+    folder = write_ledger(tmp_path / "results", [done])
+    (folder / "checkpoints").mkdir()
+    for lr, bad in ((0.1, {"test_error_pct": float("inf")}), (0.01, {"epoch": 10 ** 400}), (0.25, {"epoch": True})):
+        path = folder / "checkpoints" / f"{config_key({**done['config'], 'lr': lr})}.pt"
+        torch.save({"epoch": 2, "history": [{"epoch": 1}, {"epoch": 2, **bad}], "extra": {"wall_s": 10 ** 400}}, path)
+    led = load_ledger(folder)
+    assert not led.df["from_checkpoint"].any()
+    assert any("3 damaged checkpoint(s)" in n and "malformed" in n for n in led.notes), led.notes
+    write_report(folder, tmp_path / "report")
+    listed = [r for r in rows(folder) if r[2].startswith("unfinished")]  # the campaign table: nothing read
+    assert [(r[1], r[3], r[5]) for r in listed] == [("0.25", "", ""), ("0.1", "", ""), ("0.01", "", "")]

@@ -34,7 +34,12 @@ def saved(path, layout=torch.contiguous_format, **blob):
     return net, opt
 
 
-@pytest.mark.parametrize("damage", [{"epoch": 999}, {"history": [{"epoch": 1}]}, {"extra": []}])
+@pytest.mark.parametrize("damage", [
+    {"epoch": 999}, {"history": [{"epoch": 1}]}, {"extra": []},
+    {"epoch": True, "history": [{"epoch": 1}]},  # a bool is an int to Python
+    {"history": [{"epoch": 1}, {"epoch": float("inf")}]}, {"history": [{"epoch": 1}, {"loss": 10 ** 400}]},
+    {"history": [{"epoch": 2}, {"epoch": 1}]}, {"history": [{"epoch": 1}, {"epoch": 2, "loss": "low"}]},
+])
 def test_a_checkpoint_that_disagrees_with_itself_is_set_aside(damage, tmp_path, capsys):
     """A tampered epoch counter once made a 6-epoch run 'completed' after 2 epochs, its checkpoint then deleted."""
     path = tmp_path / "ckpt.pt"
