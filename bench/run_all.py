@@ -222,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             started_at = now()
 
             def finished(run, key, claim, outcome, started=started_at):
-                """Write the run's record, drop its checkpoint when it is done, release its claim; raises WriteError."""
+                """Write the run's record, drop its checkpoint when it is done, release its claim; raises WriteError.
+                Nothing when the claim was taken over meanwhile (e.g. a run that failed after a suspension): the new
+                owner records the run."""
+                lost = workqueue.agree((acc.is_main_process or not ddp) and not claim.held(), acc, ddp)
+                if lost:
+                    print(f"warning: {workqueue.ClaimLost([key])}", file=sys.stderr, flush=True)
+                    return
                 record = make_record(run, key, data_sha, manifest, env, mode, world, started, outcome)
                 failure = None
                 if acc.is_main_process or not ddp:

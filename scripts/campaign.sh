@@ -242,7 +242,12 @@ for r in results.read_records(sys.argv[1]):
 EOF
 timeout 30 tar -czf "$OUT/ledger.tar.gz" -C "$WORK/results" runs >> "$log" 2>&1
 for ckpt in "$WORK/results/checkpoints"/*.pt; do  # ~10 MB each, compressed or not: one file each, as two or
-  [ -e "$ckpt" ] && cp "$ckpt" "$OUT/"           # more in one archive would pass the 16 MiB a file may have
+  [ -e "$ckpt" ] || continue                     # more in one archive would pass the 16 MiB a file may have
+  if [ "$(find "$OUT" -maxdepth 1 -type f | wc -l)" -lt 8 ]; then  # and at most 8 files come back
+    cp "$ckpt" "$OUT/"
+  else
+    echo "# not returned (8 files in OUT already): $(basename "$ckpt"), kept in $WORK on this machine" >> "$log"
+  fi
 done
 echo "# done in $((SECONDS - start)) s; in OUT: $(cd "$OUT" && ls | tr '\n' ' ')" >> "$log"
 cat "$log"

@@ -72,6 +72,19 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     assert [(r["lr"], r["status"], r["fused_runs"]) for r in new] == [(0.25, "completed", 2), (0.5, "completed", 2)]
 
 
+def test_no_more_than_eight_files_come_back(smoke_data_dir, jpeg_tarball, tmp_path):
+    """Each unfinished checkpoint comes back as a file of its own, but never more files than the machines return
+    (8): the rest are named in the log and stay in the work folder."""
+    shutil.copytree(smoke_data_dir, tmp_path / "work-many" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
+    (tmp_path / "ledger" / "checkpoints").mkdir(parents=True)
+    for i in range(9):
+        (tmp_path / "ledger" / "checkpoints" / f"{i:016x}.pt").write_bytes(b"a checkpoint")
+    log, _ = campaign(tmp_path, "many", jpeg_tarball, TOTAL="40", PARALLEL="1", LEDGER=str(tmp_path / "ledger"))
+    assert "time budget spent" in log, log[-2000:]
+    back = sorted(p.name for p in (tmp_path / "many").glob("*.pt"))
+    assert len(back) == 6 and log.count("# not returned (8 files in OUT already)") == 3  # + campaign.txt, ledger
+
+
 def test_readme_measured_table_is_made_from_the_committed_ledger():
     """The README's "Measured so far" table is what `python -m reports.campaign` makes of the committed ledger."""
     from reports import campaign

@@ -269,6 +269,30 @@ def test_sigterm_mid_epoch_after_the_claim_was_taken_checkpoints_nothing(data, t
     assert all(json.loads(p.read_text())["host"] == "other-host" for p in taken)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_run_that_fails_after_its_claim_was_taken_records_nothing(data, tmp_path, monkeypatch, capsys,
+                                                                    fresh_accelerator, fused):
+    """An epoch that raises (a loader worker dead after a suspension) after another host took the claims: the runs
+    are the new owner's, so they are not recorded "failed" here, where that would overwrite its records."""
+    from bench import engine, run_all
+
+    taken = []
+
+    def taken_then_crash(*a, **kw):
+        for path in workqueue.claims_dir(tmp_path / "out").glob("*.json"):
+            path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
+            taken.append(path)
+        raise RuntimeError("a loader worker died")
+
+    monkeypatch.setattr(engine, "train_one_epoch", taken_then_crash)
+    out = tmp_path / "out"
+    assert run_all.main(args(data, out, "--models", "strided-a", "--lrs", "0.05", "0.01", "--epochs", "2",
+                             *(["--fuse-lrs"] if fused else []))) == 0
+    assert "taken over by another process" in capsys.readouterr().err
+    assert len(taken) >= 1 and results.read_records(out) == []
+    assert all(json.loads(p.read_text())["host"] == "other-host" for p in taken)
+
+
 def launcher(port: int, nproc: int = 2, machines: int = 1, rank: int = 0) -> list[str]:
     return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(nproc), "--num_machines", str(machines),
             "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
