@@ -54,9 +54,9 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
                     history: list, extra: dict, distributed: bool) -> None:
     """Model, optimizer, grad scaler, every rank's RNG state, the epoch (the LR schedule is a function of it), a
     part-done epoch's sums, and the history. Every rank must call it in DDP mode (the RNG states are gathered);
-    only the main process (or, in grid mode, the process running the run) writes, with `results.atomic_write`
-    (a failed write, e.g. a full disk, leaves the previous checkpoint and raises `results.WriteError` on every rank)."""
-    from bench.results import WriteError, atomic_write
+    only the main process (or, in grid mode, the process running the run) writes, with `files.atomic_write`
+    (a failed write, e.g. a full disk, leaves the previous checkpoint and raises `files.WriteError` on every rank)."""
+    from bench.files import WriteError, atomic_write
 
     state = rng_state(_device_of(net))
     rngs = gather_object([state]) if distributed else [state]
@@ -203,7 +203,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
         reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         if rank == 0:
-            from bench.results import set_aside
+            from bench.files import set_aside
 
             print(f"warning: checkpoint {path} not resumed, {set_aside(path)}: {reason}; the run starts again from "
                   "epoch 0", file=sys.stderr)

@@ -31,7 +31,7 @@ from accelerate.utils import set_seed
 from bench import engine, graphs, weights, workqueue
 from bench.engine import EpochState, RunState
 from bench.fused import FusedRuns
-from bench.results import WriteError
+from bench.files import WriteError
 from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary, train_loader
 
 

@@ -105,7 +105,7 @@ def check_writable(out: str) -> list[Path]:
     except OSError as e:
         remove_empty(created)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):  # not bad input: the disk is full (exit 1, as later on)
-            from bench.results import WriteError
+            from bench.files import WriteError
 
             raise WriteError(e.errno, e.strerror, str(probe)) from None
         raise UsageError(f"--out {out} is not writable ({e.strerror or e})") from None
@@ -149,7 +149,7 @@ def prepare_data(source: str, data_dir: str, acc, *, subset_per_class: int | Non
 
     from loaders import prepare
 
-    from bench.results import WriteError
+    from bench.files import WriteError
 
     error = None
     if acc.is_local_main_process:

@@ -4,9 +4,10 @@
     df = results.load("results")   # pandas DataFrame, one row per valid record; df.attrs["skipped"]: files set aside
 
 A record is written once, by the process that ran it, after the run ended. Readers see no file or the whole file
-(`atomic_write`). Re-running a command skips run keys already recorded. A ledger is outside input (copied, merged,
-hand-edited): every file is checked against `FIELDS` when read; an unreadable or invalid one is named in one warning
-line on stderr and moved to `<out>/runs/.invalid/`, and its run counts as not recorded (a rerun trains it again).
+(`bench.files.atomic_write`). Re-running a command skips run keys already recorded. A ledger is outside input
+(copied, merged, hand-edited): every file is checked against `FIELDS` when read; an unreadable or invalid one is
+named in one warning line on stderr and moved to `<out>/runs/.invalid/` (`bench.files.set_aside`), and its run
+counts as not recorded (a rerun trains it again).
 
 Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
 measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None):
@@ -47,14 +48,14 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
 """
 from __future__ import annotations
 
-import fcntl
-import glob
 import hashlib
 import json
 import math
 import os
 import sys
 from pathlib import Path
+
+from bench.files import atomic_write, set_aside
 
 STATUSES = ("completed", "diverged", "stalled", "failed")
 PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names ("no" is fp32)
@@ -193,58 +194,6 @@ def _scalar(x) -> bool:
     return x is None or isinstance(x, (str, int, float, bool))
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """The one atomic writer: `write(f)` fills a temporary file (binary, same folder), which is fsynced and renamed
-    over `path`. Readers see the old file or the new one, never half of one. On any error (ENOSPC, EIO, an
-    exception in `write`) the temporary file is removed, the previous `path` is left as it was, and the error is
-    raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV). The
-    temporary file is named by host and pid: one that a killed writer of this host left behind (a checkpoint's
-    size) is removed by the next write of the same file."""
-    from bench.workqueue import HOST
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_orphans(path, f".{path.name}.{HOST}.")
-        with open(tmp, "wb") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # held while writing: no cleaner removes a live writer's file
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic within one filesystem
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(e.errno, e.strerror or str(e), str(path)) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _remove_orphans(path: Path, prefix: str) -> None:
-    """`path`'s temporary files named `prefix<pid>.tmp` whose process no longer runs (this host's only: another
-    host's pids mean nothing here) and that no writer holds locked (a writer in another pid namespace of the same
-    host name). Best effort: a file it may not remove (another user's) is left, and the write goes on."""
-    from bench.workqueue import alive
-
-    for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
-        pid = tmp.name[len(prefix):-len(".tmp")]
-        if not (pid.isdigit() and len(pid) <= 10) or int(pid) == os.getpid() or alive(int(pid), None):
-            continue
-        try:
-            with open(tmp, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (BlockingIOError) while a writer holds it
-                tmp.unlink()
-        except OSError:
-            pass
-
-
-class WriteError(OSError):
-    """`atomic_write` could not write `filename` (full disk, read-only folder): an OSError that names the file it
-    was writing, so a caller tells a failed write (stop, rerun later) from a failed run."""
-
-
 def write_record(out: str | os.PathLike, record: dict) -> Path:
     """Check `record` against the schema (ValueError with the reason) and publish it atomically."""
     reason = validate(record)
@@ -252,18 +201,6 @@ def write_record(out: str | os.PathLike, record: dict) -> Path:
         raise ValueError(f"record {record.get('run_key') if isinstance(record, dict) else ''}: {reason}")
     text = json.dumps(record, sort_keys=True, indent=1, allow_nan=False, default=str)
     return atomic_write(runs_dir(out) / f"{record['run_key']}.json", lambda f: f.write(text.encode()))
-
-
-def set_aside(path: Path) -> str:
-    """Move a damaged or invalid file to `.invalid/` in its folder (never deleted: it may be evidence or be
-    repairable by hand); returns where it went, for the caller's one warning line."""
-    aside = path.parent / ".invalid" / path.name
-    try:
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(path, aside)
-    except OSError as e:  # another reader moved it first, or a read-only folder: skipped all the same
-        return f"left in place ({e.strerror or e})"
-    return f"moved to {aside}"
 
 
 def _reject_constant(name: str):

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 import loaders  # noqa: E402
-from bench import engine, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
+from bench import engine, files, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
 from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
 from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary,  # noqa: E402
@@ -186,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         show = Progress(cfg, acc)
         group = process.finish_group(acc)
         manifest = process.prepare_data(cfg.source, cfg.data_dir, acc, subset_per_class=cfg.subset_per_class)
-    except (UsageError, ValueError, results.WriteError) as e:  # bad input: 2; a full disk: 1, as later on
+    except (UsageError, ValueError, files.WriteError) as e:  # bad input: 2; a full disk: 1, as later on
         process.remove_empty(created)
-        rank, full = process.launch_rank(), isinstance(e, results.WriteError)
+        rank, full = process.launch_rank(), isinstance(e, files.WriteError)
         message = workqueue.write_failed(e) if full else f"error: {e}"
         if rank == "0":  # once per launch, not once per rank
             print(message, file=sys.stderr, flush=True)
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 if acc.is_main_process or not ddp:
                     try:
                         results.write_record(cfg.out, record)
-                    except results.WriteError as e:
+                    except files.WriteError as e:
                         failure = e
                     if failure is None and record["status"] in workqueue.DONE:  # failed/stalled keep their checkpoint
                         (Path(cfg.out) / "checkpoints" / f"{key}.pt").unlink(missing_ok=True)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = now()
                 try:
                     outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
-                except (Interrupted, results.WriteError, workqueue.ClaimLost):
+                except (Interrupted, files.WriteError, workqueue.ClaimLost):
                     raise
                 except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
                     outcome = failed(e)
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             except workqueue.ClaimLost as e:
                 print(f"warning: {e}", file=sys.stderr, flush=True)
             acc.free_memory()
-    except results.WriteError as e:  # full disk (a record, a checkpoint, a claim): not the run's fault, so not
+    except files.WriteError as e:  # full disk (a record, a checkpoint, a claim): not the run's fault, so not
         return write_failed(e, acc, ddp)  # recorded as failed
     if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
         show.interrupted(None)

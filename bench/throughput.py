@@ -219,7 +219,7 @@ def sum_over_processes(row: dict, accelerator) -> dict:
 
 def write_outputs(rows: list[dict], json_path: Path | None, csv_path: Path | None) -> None:
     """JSON: a list of dicts; CSV: the same columns (empty cells for None). Each file replaced atomically."""
-    from bench.results import atomic_write  # bench.results imports no torch
+    from bench.files import atomic_write  # bench.files imports no torch
 
     if json_path:
         atomic_write(json_path, lambda f: f.write((json.dumps(rows, indent=1) + "\n").encode()))

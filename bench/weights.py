@@ -30,7 +30,7 @@ def save(status: str, run, key: str, net, outcome: dict, *, writer: bool = True)
     disk) is a warning: the trained run's record is worth more than this copy of its weights."""
     import torch
 
-    from bench.results import atomic_write
+    from bench.files import atomic_write
     from bench.runs import NUM_CLASSES
 
     c = run.cfg

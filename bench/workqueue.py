@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import allconv
-from bench import results
+from bench import files, results
 
 HOST = socket.gethostname()
 DONE = ("completed", "diverged")
@@ -160,16 +160,16 @@ def _locked(folder: Path):
 
 def try_claim(out, key: str, lease_s: float) -> Claim | None:
     """Claim run `key` for this process, taking over a stale claim; None when a live process holds it. A claim
-    that cannot be written (a full disk) raises `results.WriteError` and leaves no claim file behind (an empty one
+    that cannot be written (a full disk) raises `files.WriteError` and leaves no claim file behind (an empty one
     would hold the run for a minute as if its writer were alive)."""
     path = claims_dir(out) / f"{key}.json"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return _try_claim(out, path, key, lease_s)
-    except results.WriteError:
+    except files.WriteError:
         raise
     except OSError as e:
-        raise results.WriteError(e.errno, e.strerror or str(e), str(path)) from e
+        raise files.WriteError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
@@ -245,7 +245,7 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
     if not ddp or acc.is_main_process:
         try:
             claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
-        except results.WriteError as e:
+        except files.WriteError as e:
             error = e
         if claim is not None and recorded(out, key):  # finished by another process meanwhile
             claim.release()

@@ -2,7 +2,7 @@
 
     python -m loaders.prepare --source ../shared/data/cifar10-jpeg.tar.gz --data-dir data [--subset-per-class N]
 
-What lands in DATA_DIR (every file written by bench.results.atomic_write; manifest.json last):
+What lands in DATA_DIR (every file written by bench.files.atomic_write; manifest.json last):
   train_images.npy, test_images.npy   uint8 N x 32 x 32 x 3 (HWC, RGB), lossless; read by the torch/tensor backends
   train_labels.npy, test_labels.npy   int64 N, in 0..9 (airplane, automobile, bird, cat, deer, dog, frog, horse,
                                       ship, truck: CIFAR-10's own numbering, also ImageFolder's alphabetical order)
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.results import atomic_write
+from bench.files import atomic_write
 
 from . import load_arrays
 from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, describe,  # noqa: F401 (CLASSES: API)

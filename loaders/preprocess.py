@@ -127,7 +127,7 @@ class Preprocess(nn.Module):
 
 def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preprocess:
     """The preprocessing module, its statistics fitted on `fit_split` (loaded from the cache when it matches)."""
-    from bench.results import atomic_write
+    from bench.files import atomic_write
 
     from . import PREPROCESS
     from .prepare import MANIFEST, load_manifest, sha256_file

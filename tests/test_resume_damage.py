@@ -9,7 +9,7 @@ import errno
 import pytest
 import torch
 
-from bench import checkpoint, results, workqueue
+from bench import checkpoint, files, results, workqueue
 from bench.config import PRESETS
 from bench.engine import RunState
 from bench.runs import stop_reason
@@ -106,7 +106,7 @@ def test_a_full_disk_while_claiming_leaves_no_claim(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(workqueue.os, "fsync", full)
-    with pytest.raises(results.WriteError) as e:
+    with pytest.raises(files.WriteError) as e:
         workqueue.try_claim(tmp_path, "0123456789abcdef", lease_s=60)
     assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("claims/0123456789abcdef.json")
     assert not (workqueue.claims_dir(tmp_path) / "0123456789abcdef.json").exists()
@@ -117,7 +117,7 @@ def test_run_all_stops_in_one_line_when_a_claim_cannot_be_written(smoke_data_dir
     from bench.run_all import main
 
     def full(out, key, lease_s):
-        raise results.WriteError(errno.ENOSPC, "No space left on device", f"{out}/claims/{key}.json")
+        raise files.WriteError(errno.ENOSPC, "No space left on device", f"{out}/claims/{key}.json")
 
     monkeypatch.setattr(workqueue, "try_claim", full)
     out = tmp_path / "out"
@@ -134,7 +134,7 @@ def test_a_disk_full_while_preparing_the_data_is_exit_1(tmp_path, capsys, monkey
     from loaders import prepare
 
     def full(*a, **kw):
-        raise results.WriteError(errno.ENOSPC, "No space left on device", str(tmp_path / "data" / "train.npz"))
+        raise files.WriteError(errno.ENOSPC, "No space left on device", str(tmp_path / "data" / "train.npz"))
 
     monkeypatch.setattr(prepare, "prepare_cifar10", full)
     assert main(["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(tmp_path / "data"),
@@ -161,7 +161,7 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
     import sys
 
     path = tmp_path / "run.pt"
-    kill = ("import os, sys; from bench.results import atomic_write; "
+    kill = ("import os, sys; from bench.files import atomic_write; "
             "atomic_write(sys.argv[1], lambda f: (f.write(b'x' * 4096), f.flush(), os.kill(os.getpid(), 9)))")
     p = subprocess.run([sys.executable, "-c", kill, str(path)], cwd=workqueue.Path(__file__).parents[1])
     assert p.returncode == -signal.SIGKILL
@@ -180,7 +180,7 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
         for k in kept:
             k.write_bytes(b"half")
         kept.append(locked)
-        results.atomic_write(path, lambda f: f.write(b"whole"))
+        files.atomic_write(path, lambda f: f.write(b"whole"))
         live.kill()
     assert path.read_bytes() == b"whole" and not orphan.exists()
     assert all(k.read_bytes() == b"half" for k in kept[:-1]) and locked.exists()
