@@ -123,21 +123,26 @@ def check_progress(blob: dict) -> None:
 
 def progress(path: Path) -> dict:
     """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
-    epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None}. ValueError, one
-    line starting "unreadable" or "malformed", for a file run_all would set aside, or one whose history a record
-    could not hold (a report draws it)."""
+    epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None, "sha256": of the
+    file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
+    run_all would set aside (its history included: a report draws it)."""
+    import hashlib
+    import io
+
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         blob["epoch"], blob["history"]  # noqa: B018 (both there)
     except Exception as e:  # noqa: BLE001  (any damage: readers say so; run_all sets it aside when it resumes)
-        raise ValueError(f"unreadable ({type(e).__name__})") from None
+        raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
     try:
         check_progress(blob)
     except ValueError as e:
-        raise ValueError(f"malformed: {e}") from None
+        raise ValueError(f"malformed checkpoint: {e}") from None
     wall = (blob.get("extra") if isinstance(blob.get("extra"), dict) else {}).get("wall_s")
     number = isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 <= wall < 1e12
-    return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": wall if number else None}
+    return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": wall if number else None,
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _part_epoch_ok(es) -> bool:

@@ -54,11 +54,8 @@ def checkpoint_epoch(path: Path) -> int | str:
 
     try:
         return checkpoint.progress(path)["epoch"]
-    except ValueError as e:  # "unreadable (UnpicklingError)" or "malformed: ..."
-        why = str(e)
-        kind = f"unreadable checkpoint {why.removeprefix('unreadable ')}" if why.startswith("unreadable") else \
-            "malformed checkpoint"
-        return f"{kind}: trains from epoch 0"
+    except ValueError as e:  # "unreadable checkpoint (UnpicklingError)" or "malformed checkpoint: <why>"
+        return f"{str(e).split(':')[0]}: trains from epoch 0"
 
 
 def claim_holder(path: Path, lease_s: float) -> str | None:

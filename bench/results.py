@@ -269,16 +269,12 @@ def load(out: str | os.PathLike):
 def ledger_sha256(out: str | os.PathLike, checkpoints=()) -> str:
     """One hash of every record file in `<out>/runs/` (files already set aside in `.invalid/` are not part of
     the ledger), so a report can name the exact ledger it came from. Call it after `load`, which sets invalid
-    files aside: then it covers exactly the records the report read. `checkpoints`: the checkpoint files a report
-    also read (runs still training), hashed after the records."""
+    files aside: then it covers exactly the records the report read. `checkpoints`: (file name, sha256) of the
+    checkpoints a report also read (runs still training, bench.checkpoint.progress), added after the records."""
     h = hashlib.sha256()
     for p in sorted(p for p in runs_dir(out).glob("*.json") if not p.name.startswith(".")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
-    for p in map(Path, checkpoints):
-        h.update(p.name.encode())
-        try:
-            h.update(p.read_bytes())
-        except OSError:  # its run recorded and the checkpoint removed since it was read: the name stands for it
-            pass
+    for name, digest in checkpoints:
+        h.update(f"{name}:{digest}".encode())
     return h.hexdigest()

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from allconv.specs import SPECS
 from bench import results
 from loaders.sources import CLASSES
@@ -54,7 +56,7 @@ def rows(results_dir: Path) -> list[list[str]]:
             f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             r["device_name"], short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
-    cells = {key: cell[:2] for key, cell in run_of_key(records).items()}
+    cells = {key: cell[:2] for key, cell in run_of_key(pd.DataFrame.from_records(records)).items()}
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
         model, lr = cells.get(path.stem, (None, None))
         spec = SPECS.get(model)

@@ -165,23 +165,21 @@ def choose_epochs(df: pd.DataFrame) -> tuple[int | None, list[str]]:
     return chosen, notes
 
 
-def run_of_key(records: list[dict]) -> dict[str, tuple[str, float, dict]]:
-    """run_key -> (model, lr, the record) for every Table 3 cell under each record's config: where a checkpoint
-    of a run without a record belongs (run_all names it by the run key only). A record's own key maps to itself."""
-    found = {}
-    for r in records:
+def run_of_key(records: pd.DataFrame) -> dict[str, tuple[str, float, dict]]:
+    """run_key -> (model, lr, a record) for every Table 3 cell (the 12 models at the paper's and the requested LRs)
+    under each distinct config of the records, model and LR aside: where a checkpoint of a run without a record
+    belongs (run_all names it by the run key only). A record's own key maps to itself."""
+    requested = [lr for lr in requested_grid(records)["lrs"] or () if _number(lr)] if "grid" in records else []
+    configs = {}  # one record per config apart from model and LR: they all give the same keys
+    for r in records.to_dict("records"):
         if isinstance(r.get("config"), dict):
-            for model in SPECS:
-                for lr in {*RunConfig().lrs, *_requested_lrs(r.get("grid"))}:
-                    found.setdefault(config_key({**r["config"], "model": model, "lr": lr}), (model, lr, r))
-    return found
+            configs.setdefault(_blob({k: v for k, v in r["config"].items() if k not in ("model", "lr")}), r)
+    return {config_key({**r["config"], "model": model, "lr": lr}): (model, lr, r)
+            for r in configs.values() for model in SPECS for lr in {*RunConfig().lrs, *requested}}
 
 
-def _requested_lrs(grid) -> list[float]:
-    """A record's requested LRs (field `grid`), or none where it has no such list (older records; NaN in a frame)."""
-    lrs = grid.get("lrs") if isinstance(grid, dict) else None
-    return [float(lr) for lr in lrs if isinstance(lr, (int, float)) and not isinstance(lr, bool)] \
-        if isinstance(lrs, list) else []
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], list[str]]:
@@ -197,7 +195,7 @@ def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], lis
         from bench.checkpoint import progress
     except ImportError:  # no torch here
         return [], [f"{len(paths)} checkpoint(s) of runs still training not read (torch is not installed)."]
-    cells, recorded, rows, bad, foreign = run_of_key(records.to_dict("records")), set(records["run_key"]), [], [], 0
+    cells, recorded, rows, bad, foreign = run_of_key(records), set(records["run_key"]), [], [], 0
     for path in paths:
         if path.stem in recorded:
             continue  # a failed or stalled run keeps its checkpoint: its record speaks for it
@@ -218,7 +216,7 @@ def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], lis
         row.update(run_key=path.stem, status="unfinished", model=model, lr=lr, seed=sibling["seed"],
                    display_name=spec.paper_name, epochs=sibling["epochs"], epochs_completed=state["epoch"],
                    config={**sibling["config"], "model": model, "lr": lr}, history=history,
-                   wall_time_s=state["wall_s"], from_checkpoint=True, checkpoint=path)
+                   wall_time_s=state["wall_s"], from_checkpoint=True, checkpoint=(path.name, state["sha256"]))
         rows.append(row)
     notes = [f"Not read: {len(bad)} damaged checkpoint(s): {', '.join(bad)}."] if bad else []
     if foreign:
