@@ -141,9 +141,8 @@ def validate(record) -> str | None:
             return f"field {name!r} is {value!r:.40}, expected one of {VALUES[name]}"
     if not valid_history(record["history"]):
         return "field 'history' must be a list of objects of numbers"
-    grid = record.get("grid") or {}
-    if not all(isinstance(v, list) and all(isinstance(x, str) or _number(x) for x in v) for v in grid.values()):
-        return "field 'grid' must map to lists of names and numbers"
+    if not _grid_ok(record.get("grid") or {}):
+        return "field 'grid' must hold lists: models of names, lrs of numbers, seeds of integers"
     if record.get("diagnosis") is not None and not _diagnosis_ok(record["diagnosis"]):
         return "field 'diagnosis' must hold train_error_pct, test_error_by_class_pct and dead_relu_channels as " \
             "bench/diagnose.py writes them"
@@ -184,6 +183,15 @@ def valid_history(history) -> bool:
 
     return isinstance(history, list) and all(isinstance(h, dict) and all(isinstance(k, str) and value(v)
                                                                          for k, v in h.items()) for h in history)
+
+
+def _grid_ok(grid) -> bool:
+    """run_all's `grid`: models are names, lrs numbers, seeds integers; a key it does not write holds names or
+    numbers (a newer writer's)."""
+    item_ok = {"models": lambda x: isinstance(x, str), "lrs": _number, "seeds": lambda x: type(x) is int}
+    return isinstance(grid, dict) and all(
+        isinstance(v, list) and all(item_ok.get(k, lambda x: isinstance(x, str) or _number(x))(x) for x in v)
+        for k, v in grid.items())
 
 
 def _number(x) -> bool:

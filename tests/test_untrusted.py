@@ -252,6 +252,9 @@ def test_validate_names_what_is_wrong(grid):
     assert "'history'" in results.validate({k: v for k, v in record.items() if k != "history"})
     assert results.validate(dict(record, status="stalled", grid={"models": ["strided-a"]}, eval_precision="no")) \
         is None
+    for bad in ({"lrs": ["0.1"]}, {"models": [3]}, {"seeds": [0.5]}, {"seeds": [True]}, {"lrs": 0.1}, ["lrs"]):
+        assert "'grid'" in results.validate(dict(record, grid=bad)), bad  # tables.lr_grid raised on a string LR
+    assert results.validate(dict(record, grid={"lrs": [0.1, 1], "seeds": [0, 2], "batch": [128, "b"]})) is None
 
 
 def test_damaged_ledger_loads_the_valid_rows(grid, tmp_path, capsys):
