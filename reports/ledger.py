@@ -230,7 +230,10 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         raise LedgerError(f"no results folder at {results_dir}")
     all_df = results.load(results_dir)
     if len(all_df) == 0:
-        raise LedgerError(f"the ledger in {results_dir} is empty (no {results.runs_dir(results_dir)}/*.json)")
+        training = len(list((Path(results_dir) / "checkpoints").glob("*.pt")))
+        raise LedgerError(f"the ledger in {results_dir} is empty (no {results.runs_dir(results_dir)}/*.json)" + (
+            f" but for {training} checkpoint(s) of runs still training: report again once a run has finished "
+            "(its record is what places the checkpoints in the tables)" if training else ""))
     for column in COLUMNS:
         if column not in all_df.columns:
             all_df[column] = None

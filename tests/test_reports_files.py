@@ -105,6 +105,10 @@ def test_bad_input_exits_2_without_output(tmp_path):
     (tmp_path / "empty" / "runs").mkdir(parents=True)
     with pytest.raises(LedgerError, match="empty"):
         write_report(tmp_path / "empty", out)
+    (tmp_path / "empty" / "checkpoints").mkdir()
+    (tmp_path / "empty" / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"not read")
+    with pytest.raises(LedgerError, match=r"empty .* but for 1 checkpoint\(s\) of runs still training"):
+        write_report(tmp_path / "empty", out)
     assert not out.exists() and not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
 
 
