@@ -105,3 +105,16 @@ def test_quoted_record_text_reads_as_written_in_html(text):
     page = _md(formats.md_text(text))
     assert page.startswith("<p>") and page.endswith("</p>") and "<" not in page[3:-4]
     assert html.unescape(page[3:-4]) == text
+
+
+@pytest.mark.parametrize("preset", ["a<b", "a&b", "a&lt;b", "x|y"])
+def test_preset_in_the_html_banner_reads_as_written(preset):
+    """The banner quotes a record's preset in a code span: Markdown escapes a code span's & itself, so our escape
+    of < or & showed as &lt; or &amp; there."""
+    import html
+
+    from reports.report import _md
+
+    page = _md(f"the `{preset}` preset")
+    code = page[page.index("<code>") + 6:page.index("</code>")]
+    assert html.unescape(code) == preset and "<" not in code
