@@ -6,7 +6,6 @@ per process, and an interrupted run needs a process to kill.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
