@@ -177,3 +177,41 @@ def _eval_count_worker(data_dir: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["eval-count"]:
         _eval_count_worker(sys.argv[2])
+
+
+def test_a_training_step_is_caffes_sgd_on_every_parameter(smoke_data_dir, fresh_accelerator):
+    """The update of the Caffe port that reached 90.25% (ALL_CNN_C_solver.prototxt: SGD, momentum 0.9, weight decay
+    1e-3 with Caffe's default decay_mult 1, so biases decay too; SoftmaxWithLoss, a batch mean): per parameter
+    v <- 0.9 v + lr (g + 1e-3 w), w <- w - v. Three steps at a constant LR through the code the runs use (build_net,
+    set_lr, train_step, GCN+ZCA) on 32 real images, fp32, without dropout, against that rule written out with
+    autograd. A bias left out of the decay, Nesterov, dampening or a summed loss fails. (At an LR drop Caffe's v
+    still holds the old LR's steps, PyTorch's the gradients: the two differ for the ~10 steps after each drop.)"""
+    import torch
+    import torch.nn.functional as F
+
+    import loaders
+    from bench import process, runs
+    from loaders.preprocess import build_preprocess
+
+    acc = process.make_accelerator("no", cpu=True)
+    cfg = dataclasses.replace(PRESETS["paper"], precision="no", dropout=False, channels_last=False)
+    torch.manual_seed(0)
+    net, opt = runs.build_net(config.Run("strided-a", 0.05, 0, cfg), acc.device)
+    opt = acc.prepare_optimizer(opt)
+    engine.set_lr(opt, 0.02)
+    images, labels = (torch.from_numpy(a[:32]) for a in loaders.load_arrays(smoke_data_dir, "train"))
+    preprocess = build_preprocess("gcn-zca", smoke_data_dir)
+    images = images.permute(0, 3, 1, 2).contiguous()  # the loaders' N x 3 x 32 x 32 uint8
+    w = [p.detach().clone() for p in net.parameters()]
+    v = [torch.zeros_like(p) for p in w]
+    assert len(w) == 2 * 5 and len(opt.param_groups) == 1  # Strided-CNN-A's 5 convs, weights and biases
+    for _ in range(3):
+        params = [p.clone().requires_grad_() for p in w]
+        logits = torch.func.functional_call(net, dict(zip((n for n, _ in net.named_parameters()), params)),
+                                            (preprocess(images),))
+        grads = torch.autograd.grad(F.cross_entropy(logits, labels.long()), params)
+        v = [0.9 * vi + 0.02 * (g + 1e-3 * wi) for vi, g, wi in zip(v, grads, w)]
+        w = [wi - vi for wi, vi in zip(w, v)]
+        engine.train_step(net, opt, images, labels.long(), preprocess, acc, engine.autocast_for("no", acc))
+    for (name, p), expected in zip(net.named_parameters(), w):
+        assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6 * expected.abs().max().item()), name
