@@ -189,3 +189,25 @@ def test_official_batches_in_every_pickle_form_and_a_non_batch(tmp_path):
         sources._load_batch("test_batch", pickle.dumps([data]))
     with pytest.raises(ValueError, match=r"^test_batch: unreadable official batch"):
         sources._load_batch("test_batch", pickle.dumps(batch)[:50])
+
+
+def _copy_tarball(src: Path, dst: Path, rename=lambda name: name, extra=()) -> Path:
+    """`src` rewritten to `dst` with each member's name passed through `rename`, plus `extra` (name, bytes) pairs."""
+    with tarfile.open(src) as tf_in, tarfile.open(dst, "w:gz") as tf_out:
+        members = [(rename(m.name), tf_in.extractfile(m).read()) for m in tf_in if m.isfile()]
+        for name, blob in [*members, *extra]:
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tf_out.addfile(info, io.BytesIO(blob))
+    return dst
+
+
+def test_a_class_folder_named_otherwise_is_refused_not_relabelled(tmp_path, capsys):
+    """test/airplane/ renamed test/zzz-airplane/ once sorted last, so every test label shifted by one, silently."""
+    sample = REPO / "data-sample" / "cifar10-jpeg-sample.tar.gz"
+    renamed = _copy_tarball(sample, tmp_path / "renamed.tar.gz",
+                            lambda n: n.replace("test/airplane/", "test/zzz-airplane/"))
+    err = _one_line_error(capsys, ["--source", str(renamed), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "20"])
+    assert "test/" in err and "unexpected: zzz-airplane" in err and "missing: airplane" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
