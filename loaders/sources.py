@@ -173,7 +173,10 @@ def describe(enc: dict, *, loss: bool = False) -> str:
     """A manifest's `encoding` in words: "JPEG, quality 75, chroma 4:2:0" (mixed: "quality 75 x59,000, 90 x1,000");
     `loss` adds " (lossy)" or " (lossless)"."""
     def counted(c: dict) -> str:
-        order = sorted(c.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0]))
+        def number(k) -> bool:  # ASCII digits only: "²".isdigit() is True but int("²") fails
+            return k.isascii() and k.isdecimal()
+
+        order = sorted(c.items(), key=lambda kv: (not number(kv[0]), int(kv[0]) if number(kv[0]) else 0, kv[0]))
         return ", ".join(k if len(c) == 1 else f"{k} x{n:,}" for k, n in order)
 
     words = counted(enc.get("formats") or {}) or "no images"

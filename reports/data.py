@@ -10,7 +10,8 @@ from pathlib import Path
 
 from loaders.sources import KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe
 
-_KEY = re.compile(r"[\w:. -]{1,32}")  # a format, quality or chroma name: shown in the report's Markdown and HTML
+_KEY = re.compile(r"[A-Za-z0-9_:. -]{1,32}")  # a format, quality or chroma name (ASCII only: shown in the
+# report's Markdown and HTML, and sources.describe sorts the all-digit ones as numbers)
 
 
 def encoding_of(data: dict) -> dict | None:

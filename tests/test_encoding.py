@@ -42,6 +42,9 @@ def test_quality_and_chroma_come_from_the_headers():
     assert sources.encoding([encoded("PNG"), encoded("BMP"), encoded("WEBP", lossless=True)]) == \
         {"formats": {"PNG": 1, "BMP": 1, "WEBP-lossless": 1}, "lossless": True}
     assert not sources.encoding([encoded("WEBP", quality=80)])["lossless"]
+    # non-ASCII digits ("²".isdigit() is True) are names, not numbers
+    assert sources.describe({"formats": {"JPEG": 3}, "jpeg_quality": {"\u00b2": 1, "\u0661": 1, "75": 1},
+                             "jpeg_chroma": {"4:2:0": 3}}) == "JPEG, quality 75 x1, \u00b2 x1, \u0661 x1, chroma 4:2:0"
     assert sources.encoding([b"not an image", encoded("PNG")]) == \
         {"formats": {"unreadable": 1, "PNG": 1}, "lossless": False}  # described; decoding refuses it if kept
 
@@ -118,6 +121,8 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
         ({"source": "/x/images", "encoding": {"lossless": "no", "formats": {"JPEG": 1}}}, False, "as recorded"),
         ({"source": "/x/images", "encoding": {"lossless": True, "formats": {"PNG": "many"}}}, False, "as recorded"),
         ({"source": "/x/images", "encoding": {"lossless": False, "formats": {"<img src=x>": 1}}}, False, "as recorded"),
+        ({"source": "/x/images", "encoding": {"lossless": False, "formats": {"JPEG": 1}, "jpeg_quality": {"\u00b2": 1},
+                                              "jpeg_chroma": {"4:2:0": 1}}}, False, "as recorded"),  # "²".isdigit()
     ]
     for data, is_lossy, words in cases:
         assert lossy(data) is is_lossy and words in data_source(data), data
