@@ -109,8 +109,8 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
 
     try:
         img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{name}: unreadable image ({e})") from None
+    except Exception as e:  # Pillow's plugins raise OSError, ValueError, NotImplementedError... on damaged headers
+        raise ValueError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
     if img.shape != (32, 32, 3):
         raise ValueError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
     return img
@@ -154,8 +154,8 @@ def encoding(blobs) -> dict:
     for blob in blobs:  # the encoded images' bytes
         try:
             im = Image.open(io.BytesIO(blob))
-        except (OSError, Image.DecompressionBombError):  # counted, not refused: decoding refuses it when it is kept
-            formats["unreadable"] += 1
+        except Exception:  # a damaged header (OSError, ValueError, NotImplementedError...): counted, not refused;
+            formats["unreadable"] += 1  # decoding refuses it, naming the file, when it is kept
             continue
         lossless_webp = im.format == "WEBP" and (blob[12:16] == b"VP8L" or (blob[12:16] == b"VP8X" and
                                                                            b"VP8L" in blob and b"VP8 " not in blob))

@@ -49,13 +49,25 @@ def test_quality_and_chroma_come_from_the_headers():
         {"formats": {"unreadable": 1, "PNG": 1}, "lossless": False}  # described; decoding refuses it if kept
 
 
-def test_a_damaged_image_is_counted_then_refused_where_it_is_kept(tmp_path):
+def _dds_of_unknown_pixel_format() -> bytes:
+    d = bytearray(encoded("DDS"))
+    d[80:84] = (0x180000).to_bytes(4, "little")  # the pixel format's flags: Pillow raises NotImplementedError
+    return bytes(d)
+
+
+@pytest.mark.parametrize("damaged", [
+    b"damaged",  # OSError: not an image
+    _dds_of_unknown_pixel_format(),  # NotImplementedError
+    b"\x01\xda\x00\x01" + bytes(508),  # SGI with a zero header: ValueError
+    b"P6\n32 32\n0\n" + bytes(3072),  # PPM with maxval 0: ValueError
+], ids=["garbage", "dds", "sgi", "ppm"])
+def test_a_damaged_image_is_counted_then_refused_where_it_is_kept(tmp_path, damaged):
     for split in ("train", "test"):
         for c, name in enumerate(sources.CLASSES):
             (tmp_path / "src" / split / name).mkdir(parents=True)
             for i in range(2):
                 (tmp_path / "src" / split / name / f"{i}.png").write_bytes(encoded("PNG", seed=2 * c + i))
-    (tmp_path / "src" / "train" / "airplane" / "1.png").write_bytes(b"damaged")
+    (tmp_path / "src" / "train" / "airplane" / "1.png").write_bytes(damaged)
     assert sources.read_source(str(tmp_path / "src"), tmp_path)[3] == \
         {"formats": {"PNG": 39, "unreadable": 1}, "lossless": False}
     with pytest.raises(ValueError, match=r"^train/airplane/1\.png: unreadable image"):
