@@ -114,10 +114,18 @@ def write_beton(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _load_manifest(data_dir: Path) -> dict | None:
+    """The manifest, or None when there is none or it is unreadable or not of the shape prepare writes (checked for
+    the fields prepare reads back): such a directory is not prepared, and prepare rebuilds it."""
     try:
-        return json.loads((data_dir / MANIFEST).read_text())
+        m = json.loads((data_dir / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    ok = (isinstance(m, dict) and all(isinstance(m.get(k), str) for k in ("source", "source_sha256"))
+          and isinstance(m.get("options"), dict) and isinstance(m.get("files"), dict)
+          and all(isinstance(n, str) and isinstance(h, str) for n, h in m["files"].items())
+          and "ffcv_version" in m and (m["ffcv_version"] is None or isinstance(m["ffcv_version"], str))
+          and (m.get("encoding") is None or isinstance(m["encoding"], dict)))
+    return m if ok else None
 
 
 def _files_intact(data_dir: Path, manifest: dict) -> bool:
@@ -132,6 +140,8 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
     importable since); anything else rebuilds. Bad sources raise ValueError with a one-line message.
     """
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ValueError(f"--data-dir {data_dir} is not a folder")
     if subset_per_class is not None and subset_per_class < 1:
         raise ValueError(f"--subset-per-class must be >= 1, got {subset_per_class}")
     old = _load_manifest(data_dir)
@@ -221,7 +231,7 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
     """The manifest of a prepared directory, or a one-line ValueError saying how to make it."""
     m = _load_manifest(Path(data_dir))
     if m is None:
-        raise ValueError(f"{data_dir} is not prepared (no {MANIFEST}): run python -m loaders.prepare "
+        raise ValueError(f"{data_dir} is not prepared (no valid {MANIFEST}): run python -m loaders.prepare "
                          f"--source SRC --data-dir {data_dir}")
     return m
 
@@ -236,7 +246,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         prepare_cifar10(a.source, a.data_dir, subset_per_class=a.subset_per_class, seed=a.seed)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: a file that cannot be read or written (permissions, full disk)
         print(f"prepare: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line
         return 2
     return 0

@@ -233,8 +233,9 @@ def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
 
 
 def _folder_files(root: Path) -> dict:
+    """Regular files only (and links to them), as from a tarball: a folder or dangling link named *.png is skipped."""
     return {(s, p.parent.name, p.name): p.read_bytes() for s in COUNTS_PER_CLASS if (root / s).is_dir()
-            for p in (root / s).glob("*/*") if p.suffix.lower() in IMAGE_EXTS}
+            for p in (root / s).glob("*/*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
 
 
 def _tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
@@ -282,6 +283,8 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
     path = Path(source).expanduser()
     if not path.exists():
         raise ValueError(f"source not found: {source}")
+    if not (path.is_dir() or path.is_file()):  # a FIFO or device would block or never end
+        raise ValueError(f"{source}: neither a folder nor a regular file")
     if path.is_dir():
         batches = _official_dir(path)
         if batches is not None:

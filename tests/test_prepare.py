@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import json
 import pickle
 import subprocess
@@ -211,3 +212,39 @@ def test_a_class_folder_named_otherwise_is_refused_not_relabelled(tmp_path, caps
                                    "--subset-per-class", "20"])
     assert "test/" in err and "unexpected: zzz-airplane" in err and "missing: airplane" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_folder_entries_that_are_not_regular_files_are_skipped(tmp_path):
+    for split in ("train", "test"):
+        for c, name in enumerate(prepare.CLASSES):
+            (tmp_path / "src" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), c, np.uint8)).save(tmp_path / "src" / split / name / "0.png")
+    (tmp_path / "src" / "train" / "cat" / "dir.png").mkdir()  # was IsADirectoryError
+    (tmp_path / "src" / "train" / "dog" / "dangling.png").symlink_to(tmp_path / "nowhere.png")  # FileNotFoundError
+    m = prepare_cifar10(str(tmp_path / "src"), tmp_path / "out", subset_per_class=1)
+    assert m["encoding"]["formats"] == {"PNG": 20} and m["num_images"]["train"] == 10
+
+
+def test_bad_data_dirs_and_sources_give_one_line_errors(tmp_path, write_official_archive, capsys):
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    src = ["--source", str(archive), "--subset-per-class", "1"]
+    (tmp_path / "file").write_text("x")
+    assert "is not a folder" in _one_line_error(capsys, [*src, "--data-dir", str(tmp_path / "file")])  # FileExistsError
+    assert "Not a directory" in _one_line_error(capsys, [*src, "--data-dir", str(tmp_path / "file" / "sub")])
+    os.mkfifo(tmp_path / "fifo")  # opened as a tarball, it blocked forever
+    r = subprocess.run([sys.executable, "-m", "loaders.prepare", "--source", str(tmp_path / "fifo"), "--data-dir",
+                        str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("fifo: neither a folder nor a regular file")
+
+
+@pytest.mark.parametrize("damaged", [{"x": 1}, [], {"source": "s", "source_sha256": "h", "options": {}, "files": [],
+                                                    "ffcv_version": None}])
+def test_a_manifest_of_another_shape_is_no_manifest(tmp_path, write_official_archive, damaged):
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(damaged))  # was KeyError 'source' in prepare
+    with pytest.raises(ValueError, match="not prepared"):
+        prepare.load_manifest(tmp_path / "data")
+    assert prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=1)["source"] == str(archive.resolve())
+    assert prepare.load_manifest(tmp_path / "data")["num_images"]["test"] == 10
+
