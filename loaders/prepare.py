@@ -223,7 +223,7 @@ def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict
     _write_manifest(data_dir, manifest)
     print(f"prepare: wrote {data_dir} ({manifest['num_images']['train']} train, "
           f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''}); "
-          f"source images: {describe(enc, loss=True)}")
+          f"source images: {describe(enc, loss=True) if enc else 'unknown'}")
     return manifest
 
 

@@ -248,3 +248,17 @@ def test_a_manifest_of_another_shape_is_no_manifest(tmp_path, write_official_arc
     assert prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=1)["source"] == str(archive.resolve())
     assert prepare.load_manifest(tmp_path / "data")["num_images"]["test"] == 10
 
+
+def test_betons_added_to_a_folder_whose_source_and_encoding_are_unknown(tmp_path, write_official_archive, capsys):
+    if not prepare._ffcv_available():
+        pytest.skip("ffcv is not importable here")
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    script = ("import sys; sys.modules['ffcv'] = None\nfrom loaders.prepare import prepare_cifar10\n"
+              f"prepare_cifar10({str(archive)!r}, {str(tmp_path / 'data')!r}, subset_per_class=1)\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "data" / "manifest.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "encoding"}))
+    archive.unlink()  # prepared before `encoding` existed, the source gone: describe(None) raised AttributeError
+    m = prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=1)
+    assert m["encoding"] is None and m["ffcv_version"] and "source images: unknown" in capsys.readouterr().out
