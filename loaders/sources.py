@@ -92,14 +92,17 @@ def _read_official(batches: dict[str, bytes]) -> dict:
         for name in names:
             d = _load_batch(name, batches[name])
             try:
-                data = np.asarray(d[b"data"], dtype=np.uint8)
-                labels = np.asarray(d[b"labels"], dtype=np.int64)
+                data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
             except (TypeError, ValueError, OverflowError) as e:
                 raise ValueError(f"{name}: data or labels are not integer arrays ({type(e).__name__})") from None
+            if data.dtype.kind not in "iu" or labels.dtype.kind not in "iu":
+                raise ValueError(f"{name}: data or labels are not integer arrays ({data.dtype}, {labels.dtype})")
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
                 raise ValueError(f"{name}: images are not 32x32 RGB (data shape {data.shape})")
-            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(labels.reshape(-1))
+            if data.dtype != np.uint8 and data.size and (data.min() < 0 or data.max() > 255):  # a cast would wrap
+                raise ValueError(f"{name}: pixel values outside 0..255 (min {data.min()}, max {data.max()})")
+            xs.append(data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(labels.astype(np.int64).reshape(-1))
         out[split] = (np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys))
     return out
 

@@ -262,3 +262,21 @@ def test_betons_added_to_a_folder_whose_source_and_encoding_are_unknown(tmp_path
     archive.unlink()  # prepared before `encoding` existed, the source gone: describe(None) raised AttributeError
     m = prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=1)
     assert m["encoding"] is None and m["ffcv_version"] and "source images: unknown" in capsys.readouterr().out
+
+
+def test_official_pixels_of_a_wider_type_are_checked_not_wrapped(tmp_path, write_official_archive, capsys):
+    x, y = synthetic_split(1, 1)
+    wide = write_official_archive(tmp_path / "w.tar.gz", (x.astype(np.int64), y), (x.astype(np.int64), y))
+    m = prepare_cifar10(str(wide), tmp_path / "ok", subset_per_class=1)  # int64 in 0..255: the same pixels
+    assert m["num_images"]["test"] == 10 and np.array_equal(np.load(tmp_path / "ok" / "test_images.npy"), x)
+    capsys.readouterr()  # its output (FFCV's progress bars)
+    over = x.astype(np.int64)
+    over[3, 0, 0, 0] = 300  # was stored as 44
+    out = ["--data-dir", str(tmp_path / "out"), "--subset-per-class", "1"]
+    bad = write_official_archive(tmp_path / "o.tar.gz", (x, y), (over, y))
+    err = _one_line_error(capsys, ["--source", str(bad), *out])
+    assert "test_batch: pixel values outside 0..255 (min 0, max 300)" in err
+    floats = write_official_archive(tmp_path / "f.tar.gz", (x / 2, y), (x, y))
+    err = _one_line_error(capsys, ["--source", str(floats), *out])
+    assert "data_batch_1: data or labels are not integer arrays" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
