@@ -23,6 +23,7 @@ import pandas as pd
 
 from allconv.specs import SPECS
 from bench import results
+from bench.files import atomic_write
 from loaders.sources import CLASSES
 from reports.data import short
 from reports.ledger import run_of_key
@@ -135,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    args.readme.write_text(new)
+    try:  # whole or not at all: a write that fails (a full disk) leaves the README as it was
+        atomic_write(args.readme, lambda f: f.write(new.encode()))
+    except OSError as e:
+        print(f"reports.campaign: {e}", file=sys.stderr)
+        return 2
     print(f"reports.campaign: {args.readme}'s measured table {'was already' if new == text else 'is now'} "
           f"up to date with {args.results}")
     return 0

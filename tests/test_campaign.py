@@ -13,6 +13,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -139,3 +141,16 @@ def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     limits = [int(line.split()[2]) for line in log.splitlines() if line.startswith("$ timeout ")]
     assert len(limits) == 3 and min(limits) >= 1 and "bench/run_all.py" not in log, log[-3000:]  # prepare, gate, probe
     assert not records and not (tmp_path / "work-late" / "decided").exists(), log[-3000:]
+
+
+def test_campaign_readme_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A README write that fails (here: text that cannot be encoded) leaves the README as it was, not empty."""
+    from reports import campaign
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{campaign.BEGIN}\nold table\n{campaign.END}\n")
+    monkeypatch.setattr(campaign, "updated", lambda text, results_dir: text + "\udcff")
+    with pytest.raises(UnicodeEncodeError):
+        campaign.main(["--results", str(tmp_path), "--readme", str(readme)])
+    assert readme.read_text() == f"intro\n{campaign.BEGIN}\nold table\n{campaign.END}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left
