@@ -26,6 +26,7 @@ from bench import results
 from bench.files import atomic_write
 from loaders.sources import CLASSES
 from reports.data import short
+from reports.formats import md_text
 from reports.ledger import run_of_key
 
 RESULTS = Path("reports/measured/campaign")
@@ -51,11 +52,12 @@ def rows(results_dir: Path) -> list[list[str]]:
     records = results.read_records(results_dir)
     out = []
     for r in records:
-        spec, epochs = SPECS[r["model"]], r["config"]["epochs"]
-        out.append((list(SPECS).index(r["model"]), -r["lr"], [
-            spec.paper_name, f"{r['lr']:g}", r["status"], _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}",
-            f"{r['epochs_completed']}/{epochs}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
-            r["device_name"], short(r["data"]), _diagnosis(r.get("diagnosis"))]))
+        spec = SPECS.get(r["model"])  # a model this code does not know: its own name, no paper number, listed last
+        out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], [
+            spec.paper_name if spec else f"{r['model']} (not in Table 3)", f"{r['lr']:g}", r["status"],
+            _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec else "",
+            f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
+            str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
     cells = {key: cell[:2] for key, cell in run_of_key(pd.DataFrame.from_records(records)).items()}
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
@@ -67,9 +69,9 @@ def rows(results_dir: Path) -> list[list[str]]:
             "unfinished: checkpointed, resumed by the next campaign",
             f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else "",
             f"{spec.paper_error_pct:.2f}" if spec else "",
-            f"{epoch}/{first['config']['epochs']}" if epoch is not None and first else "",
+            f"{epoch}/{first['epochs']}" if epoch is not None and first else "",
             f"{_int(seconds)} so far" if seconds else "", "",
-            first["device_name"] if first else "", short(first["data"]) if first else "", ""]))
+            str(first["device_name"] or "") if first else "", short(first["data"]) if first else "", ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:2])]
 
 
@@ -101,8 +103,10 @@ def _diagnosis(d: dict | None) -> str:
 
 
 def table(results_dir: Path = RESULTS) -> str:
+    """The Markdown table; every cell literal text (`formats.md_text`: a record's strings and a checkpoint's file
+    name add no line, cell, link or marker of the block)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(results_dir)]
+    lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in rows(results_dir)]
     return "\n".join(lines)
 
 

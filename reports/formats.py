@@ -181,8 +181,10 @@ def md_text(x) -> str:
     """Outside text (a record's path, device name, config value) as literal Markdown: the characters that make
     links, images, code, raw HTML and table cells (backslash, backtick, brackets, angle brackets, pipe) escaped,
     line breaks and other control characters spaces, so a record cannot add a link with text of its own, an image,
-    a heading or a table row (a bare URL stays: GitHub shows it as itself, linked)."""
-    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(x)).translate(MARKDOWN_ACTIVE)
+    a heading or a table row (a bare URL stays: GitHub shows it as itself, linked). A lone surrogate (a JSON
+    escape such as \\ud800, no character) becomes U+FFFD, so the text can always be written as UTF-8."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else "\ufffd" if "\ud800" <= c <= "\udfff" else c
+                   for c in str(x)).translate(MARKDOWN_ACTIVE)
 
 
 def markdown_table(d: pd.DataFrame) -> str:

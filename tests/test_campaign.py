@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,36 @@ def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     limits = [int(line.split()[2]) for line in log.splitlines() if line.startswith("$ timeout ")]
     assert len(limits) == 3 and min(limits) >= 1 and "bench/run_all.py" not in log, log[-3000:]  # prepare, gate, probe
     assert not records and not (tmp_path / "work-late" / "decided").exists(), log[-3000:]
+
+
+def test_campaign_table_of_untrusted_records_and_file_names(tmp_path, capsys):
+    """What a record or a checkpoint's file name says is a cell's text: no line, cell or block marker of its own
+    (the README stays the same on a second run), a model, GPU or config field this code does not expect is no
+    crash, and a file name that is not UTF-8 (a lone surrogate in Python) leaves the README whole and readable."""
+    from reports import campaign
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    base = json.loads(next((ROOT / campaign.RESULTS / "runs").glob("*.json")).read_text())
+    changes = [{"model": "foo"}, {"device_name": None}, {"device_name": f"x | y\n{campaign.END}\n| z"}]
+    for i, change in enumerate(changes):
+        record = {**base, **change, "run_key": f"{i:016x}", "config": dict(base["config"], model=change.get(
+            "model", base["model"]))}
+        if i == 1:
+            del record["config"]["epochs"]
+        (tmp_path / "runs" / f"{i:016x}.json").write_text(json.dumps(record))
+    (tmp_path / "checkpoints" / f"{campaign.END} | x\n.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoints" / "\udcff.pt").write_bytes(b"not a checkpoint")  # the file name b"\xff.pt"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{campaign.BEGIN}\nold table\n{campaign.END}\nafter\n")
+    assert campaign.main(["--results", str(tmp_path), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "intro" and lines[-1] == "after" and len(lines) == 2 + 2 + 2 + 5, lines
+    assert text.count(campaign.END) == 1 and "foo (not in Table 3)" in text and "\ufffd" in text
+    assert all(len(re.findall(r"(?<!\\)\|", line)) == len(campaign.COLUMNS) + 1 for line in lines[2:-2]), lines
+    assert campaign.main(["--results", str(tmp_path), "--readme", str(readme)]) == 0
+    assert readme.read_text() == text and "was already up to date" in capsys.readouterr().out
 
 
 def test_campaign_readme_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
