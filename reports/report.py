@@ -135,7 +135,8 @@ def banner(led: Ledger) -> str | None:
         subset = ref.get("subset_per_class")
         preset = "".join(c for c in led.preset if c != "`" and c.isprintable())  # a record's, in a code span
         reasons.append(f"it is of the `{preset}` preset ({led.epochs} epochs"
-                       + (f", {subset} images per class" if subset else "") + "), not the paper's protocol")
+                       + (f", {formats.md_text(subset)} images per class" if subset else "")  # a record's
+                       + "), not the paper's protocol")
     lossy_data = [d for d in led.df["data"] if isinstance(d, dict) and lossy(d)]
     if lossy_data:
         encodings = _distinct(formats.md_text(describe(enc)) for enc in map(encoding_of, lossy_data) if enc)

@@ -118,3 +118,16 @@ def test_preset_in_the_html_banner_reads_as_written(preset):
     page = _md(f"the `{preset}` preset")
     code = page[page.index("<code>") + 6:page.index("</code>")]
     assert html.unescape(code) == preset and "<" not in code
+
+
+def test_subset_in_the_banner_is_text(tmp_path):
+    """The banner quotes a record's subset_per_class: a string there adds no image or link to either page."""
+    recs = [record(lr=lr, test=9.3, preset="smoke", subset_per_class=LINK) for lr in (0.05, 0.1)]
+    out = tmp_path / "report"
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", recs)), "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    banner = page[page.index('<div class="banner">'):page.index("</div>")]
+    from_md = md_lib.markdown((out / "report.md").read_text(), extensions=["tables"])
+    for html in (banner, from_md):
+        assert 'src="https://evil' not in html and 'href="javascript' not in html and "<script" not in html
+    assert "[Download the fixed weights](javascript:alert(1))" in banner  # as written
