@@ -145,12 +145,19 @@ SETTINGS = {  # throughput-table column -> how a bar's label names its value
 
 def bar_labels(rows: list[dict]) -> tuple[list[str], str]:
     """Each bar's label names its variant and only the settings that differ between bars; the settings all bars
-    share go once into the subtitle (the device name alone is longer than the plot's margin)."""
+    share go once into the subtitle (the device name alone is longer than the plot's margin). Literal text
+    (`literal`): a record's or a benchmark file's strings are never matplotlib's mathtext."""
     named = [{"variant": r["paper_name"], "device": f"{r['device_name']} x{r['devices']}",
               **{c: SETTINGS[c](r[c]) for c in SETTINGS if c in r}} for r in rows]
     varies = [c for c in (named[0] if named else {}) if c == "variant" or len({n[c] for n in named}) > 1]
     common = [v for c, v in (named[0].items() if named else ()) if c not in varies and v]
-    return [" · ".join(n[c] for c in varies if n[c]) for n in named], " · ".join(common)
+    return [literal(" · ".join(n[c] for c in varies if n[c])) for n in named], literal(" · ".join(common))
+
+
+def literal(text: str) -> str:
+    """`text` drawn as written: every $ escaped, so matplotlib reads no mathtext in it (a "$\\frac{1}{$" failed
+    the whole figure, a "$x^2$" showed as math); it draws each \\$ as $ and leaves other backslashes alone."""
+    return text.replace("$", r"\$")
 
 
 def plot_throughput(tp: pd.DataFrame, path, sha256: str = "", kind: str = "ledger") -> None:

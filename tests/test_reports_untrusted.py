@@ -131,3 +131,21 @@ def test_subset_in_the_banner_is_text(tmp_path):
     for html in (banner, from_md):
         assert 'src="https://evil' not in html and 'href="javascript' not in html and "<script" not in html
     assert "[Download the fixed weights](javascript:alert(1))" in banner  # as written
+
+
+@pytest.mark.parametrize("device", ["NVIDIA H200 $\\frac{1}{$", "GPU $x^2$ \\$5"])
+def test_record_strings_in_plots_are_not_mathtext(tmp_path, device):
+    """A $ in a record string is drawn as a $: matplotlib's mathtext failed the whole report on "$\\frac{1}{$"
+    (or an unknown command) and drew "$x^2$" as math."""
+    from matplotlib import cbook
+
+    from reports.plots import bar_labels
+
+    recs = [record(lr=0.05, test=9.3, backend="$\\undefinedcommand$"), record(lr=0.1, test=9.5)]
+    for r in recs:
+        r["device_name"] = device
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", recs)), "--out",
+                         str(tmp_path / "report")]) == 0
+    tp = throughput_table(load_ledger(tmp_path / "results").df)
+    labels, common = bar_labels(tp.to_dict("records"))
+    assert device in common.replace("\\$", "$") and not any(map(cbook.is_math_text, [common, *labels]))
