@@ -46,7 +46,10 @@ def error_cell(mean, std, n, status) -> str:
 
 
 def _int(x) -> str:
-    return f"{int(round(float(x))):,}" if _known(x) else ""
+    """`x` rounded, with thousands separators; "inf" for a sum or product of outside numbers beyond a float."""
+    if not _known(x):
+        return ""
+    return f"{int(round(float(x))):,}" if math.isfinite(float(x)) else f"{float(x)}"
 
 
 def _lr(x) -> str:

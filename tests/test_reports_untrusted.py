@@ -149,3 +149,31 @@ def test_record_strings_in_plots_are_not_mathtext(tmp_path, device):
     tp = throughput_table(load_ledger(tmp_path / "results").df)
     labels, common = bar_labels(tp.to_dict("records"))
     assert device in common.replace("\\$", "$") and not any(map(cbook.is_math_text, [common, *labels]))
+
+
+def test_finite_numbers_of_any_size_are_no_crash(tmp_path):
+    """Sums, squares and products of finite outside numbers that exceed a float (whatever range the record
+    validator checks): Table 3's seed mean and std, the claims' test-set noise (an error over 100%) and Welch's
+    test, a fused run's images/s times its group size, are numbers or inf, never an OverflowError or a math domain
+    error."""
+    from reports import claims, plots, tables
+    from reports.claims import claims_table
+    from reports.tables import table3_by_lr
+
+    big = 1e308
+    recs = [record(lr=0.05, test=9.3, seed=s) for s in (0, 1)] + [record(model="model-c", lr=0.05, test=9.5)]
+    led = load_ledger(write_ledger(tmp_path / "results", recs))
+    df = led.df.assign(test_error_pct=led.df["model"].map({"allcnn-c": big, "model-c": 150.0}), fused_runs=10,
+                       train_images_per_s=big)
+    t3 = table3(df, led.reference).set_index("model")
+    assert (t3.loc["allcnn-c", "error_pct"], t3.loc["allcnn-c", "error_std"]) == (big, 0.0)
+    assert table3_by_lr(df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == big
+    assert tables.mean([big, big, big]) == big and tables.stdev([1.7e308, -1.7e308]) == float("inf")
+    assert claims.sampling_noise(150.0, 150.0, 100) == 0.0
+    for c in (claims_table(df, led.reference), claims_table(df.assign(test_error_pct=150.0), led.reference)):
+        assert set(c["verdict"]) <= {"reproduced", "not reproduced", "inconclusive", "not measured"}
+    assert claims.verdict([0, 1e110], [1, 2], "better")[0] == "inconclusive"
+    assert claims.verdict([0, 1e200], [1, 2], "on par")[0] == "inconclusive"
+    tp = throughput_table(df)
+    assert set(formats.display_throughput(tp)["Train img/s"]) == {"inf"}
+    plots.plot_throughput(tp, tmp_path / "throughput.png")
