@@ -14,6 +14,8 @@ import base64
 import hashlib
 import html
 import json
+import math
+import numbers
 import os
 import re
 import shutil
@@ -76,19 +78,53 @@ class Section:
     level: int = 2
 
 
+THROUGHPUT_NUMBERS = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate",
+                      "fused_runs", "device_count", "world_size")
+THROUGHPUT_TEXT = ("model", "device_name", "precision", "backend", "peak_precision")
+
+
 def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
-    """Rows of bench/throughput.py output: a JSON list of dicts (or a dict holding one) or a CSV file."""
+    """Rows of bench/throughput.py output: a JSON list of dicts (or a dict holding one) or a CSV file. An outside
+    file: one it cannot read, or a row whose numbers are not finite numbers, whose names are not text or whose
+    other fields are lists or objects, is a LedgerError naming it."""
     path = Path(path)
     if not path.is_file():
         raise LedgerError(f"no throughput file at {path}")
-    if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):
-        data = next((v for v in data.values() if isinstance(v, list)), [data])
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise LedgerError(f"{path}: expected a list of dicts (model, precision, device_name, ...)")
-    return pd.DataFrame.from_records(data)
+    try:
+        if path.suffix.lower() == ".csv":
+            rows = pd.read_csv(path)
+        else:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise LedgerError(f"{path}: expected a list of dicts (model, precision, device_name, ...)")
+            rows = pd.DataFrame.from_records(data)
+    except (OSError, ValueError, RecursionError) as e:  # bad JSON or CSV, not UTF-8: ValueErrors
+        raise LedgerError(f"{path}: not a throughput file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    for i, row in enumerate(rows.to_dict("records"), 1):
+        for key, value in row.items():
+            if not _utf8(key) or (isinstance(value, str) and not _utf8(value)):
+                raise LedgerError(f"{path}: row {i}: {key!r:.40} {value!r:.40}: a lone surrogate (\\ud800), no text")
+            if not _known(value):
+                continue
+            if key in THROUGHPUT_NUMBERS:
+                bad = isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            else:
+                bad = not isinstance(value, str) if key in THROUGHPUT_TEXT else isinstance(value, (list, dict))
+            if bad:
+                raise LedgerError(f"{path}: row {i}: {str(key)[:40]!r} {str(value)[:40]!r} is not "
+                                  + ("a finite number" if key in THROUGHPUT_NUMBERS else "text" if key in
+                                     THROUGHPUT_TEXT else "a single value"))
+    return rows
+
+
+def _utf8(text) -> bool:
+    try:
+        str(text).encode()
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[Section]:
@@ -286,6 +322,9 @@ def write_report(results_dir, out_dir, preset: str | None = None, throughput=Non
         names = sorted(p.name for p in tmp.iterdir())
         for name in names:
             os.replace(tmp / name, out / name)
+    except UnicodeEncodeError as e:  # a lone surrogate from a record (a JSON escape): nothing was moved in
+        raise LedgerError(f"a record's text {e.object[max(0, e.start - 30):e.end]!r} cannot be written as "
+                          "UTF-8 (a lone surrogate)") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [out / name for name in names]

@@ -177,3 +177,37 @@ def test_finite_numbers_of_any_size_are_no_crash(tmp_path):
     tp = throughput_table(df)
     assert set(formats.display_throughput(tp)["Train img/s"]) == {"inf"}
     plots.plot_throughput(tp, tmp_path / "throughput.png")
+
+
+ROW = '{"model": "allcnn-c", "precision": "bf16", "device_name": "NVIDIA H200", "train_images_per_s": %s}'
+
+
+@pytest.mark.parametrize("name, text", [
+    ("bad.json", b"{bad"), ("latin1.json", b"\xff\xfe[]"), ("bad.csv", b'a,b\n1,2,3,4\n"x'),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000), ("rate.json", b"[" + (ROW % '"abc"').encode() + b"]"),
+    ("rate.csv", b"model,precision,device_name,train_images_per_s\nallcnn-c,bf16,NVIDIA H200,abc\n"),
+    ("inf.json", b"[" + (ROW % "1e400").encode() + b"]"), ("list.json", b'[{"model": ["allcnn-c"]}]'),
+    ("surrogate.json", b"[" + (ROW % '5, "backend": "x\\ud800"').encode() + b"]"),
+])
+def test_a_bad_throughput_file_is_one_line_and_no_report(tmp_path, capsys, name, text):
+    """--throughput names an outside file: one it cannot read or use is a one-line error, exit 2, no report."""
+    results_dir = write_ledger(tmp_path / "results", [record(lr=0.05, test=9.3)])
+    (tmp_path / name).write_bytes(text)
+    out = tmp_path / "report"
+    assert reports_main(["--results", str(results_dir), "--out", str(out), "--throughput", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err and not out.exists(), err
+
+
+def test_record_text_that_is_not_utf8_leaves_no_partial_report(tmp_path, capsys):
+    """A lone surrogate (a JSON escape) in a record's device name: the record is set aside by the reader, or the
+    report is a one-line error that wrote nothing; never a traceback or half a report folder."""
+    rec = record(lr=0.05, test=9.3)
+    results_dir = write_ledger(tmp_path / "results", [rec, record(lr=0.1, test=9.5)])
+    rec["device_name"] = "NVIDIA \ud800"
+    (results.runs_dir(results_dir) / f"{rec['run_key']}.json").write_text(json.dumps(rec))  # ASCII: \ud800
+    out = tmp_path / "report"
+    code = reports_main(["--results", str(results_dir), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0 or (code == 2 and err.count("\n") == 1 and not out.exists()), err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
