@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as e:
         print(f"reports: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the report could not be written (no permission, a full disk); nothing was moved in
+        print(f"reports: cannot write the report into {args.out}: {e}", file=sys.stderr)
+        return 2
     print(f"reports: wrote {len(paths)} files to {args.out}")
     return 0
 

@@ -292,7 +292,12 @@ def html_page(warning: str | None, header, sections, folder: Path) -> str:
 
 def write_report(results_dir, out_dir, preset: str | None = None, throughput=None) -> list[Path]:
     """Read the ledger in `results_dir` and write every report file into `out_dir`; returns their paths.
-    Raises LedgerError on bad input, before anything is written."""
+    Raises LedgerError on bad input, before anything is written: `out_dir` (or the nearest folder above it that
+    exists) a file, an unreadable throughput file."""
+    out = Path(out_dir)
+    there = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
+    if there is not None and not there.is_dir():
+        raise LedgerError(f"{there} is not a folder: the report cannot be written into {out}")
     led = load_ledger(results_dir, preset)
     benchmark = load_throughput(throughput) if throughput is not None else None
     rows = header(led)
@@ -303,7 +308,6 @@ def write_report(results_dir, out_dir, preset: str | None = None, throughput=Non
         tp_source = (digest, "throughput file")
     sections = build_sections(led, benchmark)
     warning = banner(led)
-    out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -199,6 +199,17 @@ def test_a_bad_throughput_file_is_one_line_and_no_report(tmp_path, capsys, name,
     assert err.count("\n") == 1 and name in err and not out.exists(), err
 
 
+def test_out_that_is_a_file_is_one_line_and_no_report(tmp_path, capsys):
+    results_dir = write_ledger(tmp_path / "results", [record(lr=0.05, test=9.3)])
+    (tmp_path / "afile").write_text("mine")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "report"):
+        assert reports_main(["--results", str(results_dir), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "afile is not a folder" in err, err
+    assert (tmp_path / "afile").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile", "results"]
+
+
 def test_record_text_that_is_not_utf8_leaves_no_partial_report(tmp_path, capsys):
     """A lone surrogate (a JSON escape) in a record's device name: the record is set aside by the reader, or the
     report is a one-line error that wrote nothing; never a traceback or half a report folder."""
