@@ -79,14 +79,14 @@ class Section:
 
 
 THROUGHPUT_NUMBERS = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate",
-                      "fused_runs", "device_count", "world_size")
+                      "fused_runs", "device_count", "world_size")  # finite numbers; names: text; the rest: values
 THROUGHPUT_TEXT = ("model", "device_name", "precision", "backend", "peak_precision")
 
 
 def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
     """Rows of bench/throughput.py output: a JSON list of dicts (or a dict holding one) or a CSV file. An outside
-    file: one it cannot read, or a row whose numbers are not finite numbers, whose names are not text or whose
-    other fields are lists or objects, is a LedgerError naming it."""
+    file: one it cannot read, or a row with a field of the wrong kind (THROUGHPUT_NUMBERS, THROUGHPUT_TEXT, a list
+    or an object elsewhere) or a lone surrogate (a JSON escape, no text), is a LedgerError naming it."""
     path = Path(path)
     if not path.is_file():
         raise LedgerError(f"no throughput file at {path}")
@@ -104,27 +104,14 @@ def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
         raise LedgerError(f"{path}: not a throughput file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
     for i, row in enumerate(rows.to_dict("records"), 1):
         for key, value in row.items():
-            if not _utf8(key) or (isinstance(value, str) and not _utf8(value)):
-                raise LedgerError(f"{path}: row {i}: {key!r:.40} {value!r:.40}: a lone surrogate (\\ud800), no text")
-            if not _known(value):
-                continue
-            if key in THROUGHPUT_NUMBERS:
-                bad = isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            else:
-                bad = not isinstance(value, str) if key in THROUGHPUT_TEXT else isinstance(value, (list, dict))
-            if bad:
-                raise LedgerError(f"{path}: row {i}: {str(key)[:40]!r} {str(value)[:40]!r} is not "
-                                  + ("a finite number" if key in THROUGHPUT_NUMBERS else "text" if key in
-                                     THROUGHPUT_TEXT else "a single value"))
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            kind, fits = (("a finite number", number) if key in THROUGHPUT_NUMBERS else ("text", isinstance(value, str))
+                          if key in THROUGHPUT_TEXT else ("a single value", not isinstance(value, (list, dict))))
+            surrogate = re.search("[\ud800-\udfff]", f"{key}{value}")  # a JSON escape, no character
+            if surrogate or _known(value) and not fits:
+                raise LedgerError(f"{path}: row {i}: {str(key)[:40]!r} is {str(value)[:40]!r}, not "
+                                  + ("text (a lone surrogate)" if surrogate else kind))
     return rows
-
-
-def _utf8(text) -> bool:
-    try:
-        str(text).encode()
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[Section]:
