@@ -90,7 +90,7 @@ def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], floa
     import numpy as np
     import pandas as pd
 
-    from reports.report import load_throughput
+    from reports.throughput import load_throughput
 
     tp = load_throughput(path)
     if not {"model", "precision", "device_name", "train_images_per_s"} <= set(tp.columns):

@@ -13,9 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
-import math
-import numbers
 import os
 import re
 import shutil
@@ -34,7 +31,7 @@ from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.data import data_source, encoding_of, lossy
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
 from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
-from reports.throughput import throughput_table
+from reports.throughput import load_throughput, throughput_table
 
 TITLE = "Striving for Simplicity (All-CNN): Table 3 reproduction"
 TABLE3_NOTE = (
@@ -76,42 +73,6 @@ class Section:
     display: pd.DataFrame  # strings (Markdown, HTML, LaTeX)
     after: list[str] = field(default_factory=list)  # Markdown list items under the table
     level: int = 2
-
-
-THROUGHPUT_NUMBERS = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate",
-                      "fused_runs", "device_count", "world_size")  # finite numbers; names: text; the rest: values
-THROUGHPUT_TEXT = ("model", "device_name", "precision", "backend", "peak_precision")
-
-
-def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
-    """Rows of bench/throughput.py output: a JSON list of dicts (or a dict holding one) or a CSV file. An outside
-    file: one it cannot read, or a row with a field of the wrong kind (THROUGHPUT_NUMBERS, THROUGHPUT_TEXT, a list
-    or an object elsewhere) or a lone surrogate (a JSON escape, no text), is a LedgerError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise LedgerError(f"no throughput file at {path}")
-    try:
-        if path.suffix.lower() == ".csv":
-            rows = pd.read_csv(path)
-        else:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                data = next((v for v in data.values() if isinstance(v, list)), [data])
-            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise LedgerError(f"{path}: expected a list of dicts (model, precision, device_name, ...)")
-            rows = pd.DataFrame.from_records(data)
-    except (OSError, ValueError, RecursionError) as e:  # bad JSON or CSV, not UTF-8: ValueErrors
-        raise LedgerError(f"{path}: not a throughput file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
-    for i, row in enumerate(rows.to_dict("records"), 1):
-        for key, value in row.items():
-            number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            kind, fits = (("a finite number", number) if key in THROUGHPUT_NUMBERS else ("text", isinstance(value, str))
-                          if key in THROUGHPUT_TEXT else ("a single value", not isinstance(value, (list, dict))))
-            surrogate = re.search("[\ud800-\udfff]", f"{key}{value}")  # a JSON escape, no character
-            if surrogate or _known(value) and not fits:
-                raise LedgerError(f"{path}: row {i}: {str(key)[:40]!r} is {str(value)[:40]!r}, not "
-                                  + ("text (a lone surrogate)" if surrogate else kind))
-    return rows
 
 
 def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[Section]:

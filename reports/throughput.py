@@ -1,15 +1,22 @@
 """Throughput table: img/s, achieved TFLOP/s and share of the device's peak, from the ledger or a benchmark file.
 
     throughput_table(df, benchmark=None)
+    load_throughput(path)   a benchmark file (bench/throughput.py's JSON or CSV), checked
 """
 from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
 
 import pandas as pd
 
 from allconv.specs import SPECS, macs
 from bench import devices
 from bench.ablations import BASELINE_FIELDS
-from reports.ledger import _known, reference_config
+from reports.ledger import LedgerError, _known, reference_config
 from reports.tables import _median, _round, _typed
 
 
@@ -89,3 +96,43 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
                "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "train_peak_pct", "eval_peak_pct",
                "fused_runs", "fused_train_images_per_s", "fused_over_separate"]
     return _typed(pd.DataFrame(out, columns=columns))
+
+
+THROUGHPUT_NUMBERS = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate",
+                      "fused_runs", "device_count", "world_size")
+THROUGHPUT_TEXT = ("model", "device_name", "precision", "backend", "peak_precision")
+
+
+def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
+    """Rows of bench/throughput.py output: a JSON list of dicts (or a dict holding one) or a CSV file, as read by
+    the reports and bench.plan. An outside file: one it cannot read, or a row whose THROUGHPUT_TEXT field is not
+    text, whose other field is a list or an object, or with a lone surrogate (a JSON escape, no text), is a
+    LedgerError naming it; a figure (THROUGHPUT_NUMBERS) that is not a finite number is unknown (NaN): that row
+    measured nothing there, which the readers skip."""
+    path = Path(path)
+    if not path.is_file():
+        raise LedgerError(f"no throughput file at {path}")
+    try:
+        if path.suffix.lower() == ".csv":
+            rows = pd.read_csv(path)
+        else:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise LedgerError(f"{path}: expected a list of dicts (model, precision, device_name, ...)")
+            rows = pd.DataFrame.from_records(data)
+    except (OSError, ValueError, RecursionError) as e:  # bad JSON or CSV, not UTF-8: ValueErrors
+        raise LedgerError(f"{path}: not a throughput file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    for i, row in enumerate(rows.to_dict("records"), 1):
+        for key, value in row.items():
+            kind, fits = ("text", isinstance(value, str)) if key in THROUGHPUT_TEXT else \
+                ("a single value", not isinstance(value, (list, dict)))
+            surrogate = re.search("[\ud800-\udfff]", f"{key}{value}")  # a JSON escape, no character
+            if surrogate or _known(value) and not fits:
+                raise LedgerError(f"{path}: row {i}: {str(key)[:40]!r} is {str(value)[:40]!r}, not "
+                                  + ("text (a lone surrogate)" if surrogate else kind))
+    for key in set(THROUGHPUT_NUMBERS) & set(rows.columns):
+        rows[key] = pd.to_numeric(rows[key].map(lambda v: None if isinstance(v, bool) else v), errors="coerce")
+        rows.loc[~rows[key].map(math.isfinite), key] = float("nan")
+    return rows

@@ -184,9 +184,7 @@ ROW = '{"model": "allcnn-c", "precision": "bf16", "device_name": "NVIDIA H200", 
 
 @pytest.mark.parametrize("name, text", [
     ("bad.json", b"{bad"), ("latin1.json", b"\xff\xfe[]"), ("bad.csv", b'a,b\n1,2,3,4\n"x'),
-    ("deep.json", b"[" * 100_000 + b"]" * 100_000), ("rate.json", b"[" + (ROW % '"abc"').encode() + b"]"),
-    ("rate.csv", b"model,precision,device_name,train_images_per_s\nallcnn-c,bf16,NVIDIA H200,abc\n"),
-    ("inf.json", b"[" + (ROW % "1e400").encode() + b"]"), ("list.json", b'[{"model": ["allcnn-c"]}]'),
+    ("deep.json", b"[" * 100_000 + b"]" * 100_000), ("list.json", b'[{"model": ["allcnn-c"]}]'),
     ("surrogate.json", b"[" + (ROW % '5, "backend": "x\\ud800"').encode() + b"]"),
 ])
 def test_a_bad_throughput_file_is_one_line_and_no_report(tmp_path, capsys, name, text):
@@ -197,6 +195,23 @@ def test_a_bad_throughput_file_is_one_line_and_no_report(tmp_path, capsys, name,
     assert reports_main(["--results", str(results_dir), "--out", str(out), "--throughput", str(tmp_path / name)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and name in err and not out.exists(), err
+
+
+@pytest.mark.parametrize("name, text", [
+    ("rate.json", b"[" + (ROW % '"abc"').encode() + b"]"), ("inf.json", b"[" + (ROW % "1e400").encode() + b"]"),
+    ("bool.json", b"[" + (ROW % "true").encode() + b"]"),
+    ("rate.csv", b"model,precision,device_name,train_images_per_s\nallcnn-c,bf16,NVIDIA H200,abc\n"),
+])
+def test_a_throughput_figure_that_is_not_a_number_is_unknown(tmp_path, name, text):
+    """A benchmark row's img/s that is not a finite number ("abc", 1e400, true) measured nothing: unknown, as
+    bench.plan also reads it (tests/test_plan.py), and the report is written without it (it raised before)."""
+    from reports.throughput import load_throughput
+
+    (tmp_path / name).write_bytes(text)
+    assert load_throughput(tmp_path / name)["train_images_per_s"].isna().all()
+    results_dir = write_ledger(tmp_path / "results", [record(lr=0.05, test=9.3)])
+    assert reports_main(["--results", str(results_dir), "--out", str(tmp_path / "report"), "--throughput",
+                         str(tmp_path / name)]) == 0
 
 
 def test_out_that_is_a_file_is_one_line_and_no_report(tmp_path, capsys):
