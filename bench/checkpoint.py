@@ -5,11 +5,15 @@
     blob = load_checkpoint(path, accelerator, net, optimizer, rank=0, world=1)  # None: start from epoch 0
 
 A checkpoint is outside input (a shared results folder): it is read with torch.load(weights_only=True), so it
-holds only tensors, lists, dicts, numbers and strings (RNG states included), and unpickling it runs no code.
+holds only tensors, lists, dicts, numbers and strings (RNG states included), and unpickling it runs no code. Only
+a regular file of at most `MAX_BYTES` is read (`read_regular`): a FIFO or a device in its place would hang or fill
+memory.
 """
 from __future__ import annotations
 
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,36 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
         cuda = cuda[index] if index < len(cuda) else None
     if cuda is not None and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
+
+
+MAX_BYTES = 1 << 30
+"""The largest checkpoint read, 1 GiB: an All-CNN-C checkpoint (weights, momentum, RNG states) is ~11 MB, and the
+largest model under Adam (two moments) stays well under 100 MB; a bigger file is no checkpoint of ours, and it is
+read into memory whole."""
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of `path` when it is a regular file (a symlink to one included) of at most `MAX_BYTES`, else
+    ValueError "unreadable checkpoint (why)". Opened non-blocking, so a FIFO in its place is refused, not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise ValueError(f"unreadable checkpoint ({e.strerror or type(e).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("unreadable checkpoint (not a regular file)")
+        if st.st_size > MAX_BYTES:
+            raise ValueError(f"unreadable checkpoint (over {MAX_BYTES} bytes)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"unreadable checkpoint ({e.strerror or type(e).__name__})") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:  # grew while read
+        raise ValueError(f"unreadable checkpoint (over {MAX_BYTES} bytes)")
+    return data
 
 
 def _device_of(net) -> torch.device:
@@ -125,20 +159,20 @@ def progress(path: Path) -> dict:
     """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
     epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None, "sha256": of the
     file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
-    run_all would set aside (its history included: a report draws it)."""
+    run_all would set aside (its history included: a report draws it; not a regular file: `read_regular`)."""
     import hashlib
     import io
 
+    data = read_regular(path)
     try:
-        data = path.read_bytes()
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         blob["epoch"], blob["history"]  # noqa: B018 (both there)
     except Exception as e:  # noqa: BLE001  (any damage: readers say so; run_all sets it aside when it resumes)
         raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
     try:
         check_progress(blob)
-    except ValueError as e:
-        raise ValueError(f"malformed checkpoint: {e}") from None
+    except Exception as e:  # noqa: BLE001  (a value no check foresaw: malformed all the same)
+        raise ValueError(f"malformed checkpoint: {e if isinstance(e, ValueError) else type(e).__name__}") from None
     wall = (blob.get("extra") if isinstance(blob.get("extra"), dict) else {}).get("wall_s")
     number = isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 <= wall < 1e12
     return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": wall if number else None,
@@ -149,8 +183,9 @@ def _part_epoch_ok(es) -> bool:
     def number(v, kind) -> bool:
         return isinstance(v, kind) and not isinstance(v, bool) and 0 <= v < float("inf")
 
-    def tensor(v, floating: bool) -> bool:
-        return v is None or (torch.is_tensor(v) and v.dim() == 0 and v.dtype.is_floating_point == floating and
+    def tensor(v, floating: bool) -> bool:  # a 0-dim CPU tensor as EpochState saves it (not meta, sparse, quantized)
+        return v is None or (torch.is_tensor(v) and v.device.type == "cpu" and v.layout == torch.strided and
+                             not v.is_quantized and v.dim() == 0 and v.dtype.is_floating_point == floating and
                              not v.dtype.is_complex and v.dtype != torch.bool and (floating or v.item() >= 0))
 
     return isinstance(es, dict) and set(es) == {"step", "loss_sum", "correct", "seen", "train_seconds",
@@ -175,20 +210,22 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
                     epoch_state=dict) -> dict | None:
     """Restore what `save_checkpoint` wrote into a freshly built model and optimizer (before any DDP wrapping);
     returns the checkpoint's epoch, epoch_state, history and extra, or None without a usable checkpoint. A file that
-    cannot be loaded safely (weights_only refuses it), is truncated, or does not match the run is set aside
+    is no regular file (a FIFO, a device, a folder, a dangling link) or is over `MAX_BYTES`, cannot be loaded safely
+    (weights_only refuses it), is truncated, or does not match the run is set aside
     (rank 0 moves it) and None returned, with the model, optimizer and RNGs as they were: the run starts again from
     epoch 0. The RNG state is this rank's when the world size matches, else the caller's seeding stands (the run
     stays valid, not bit-identical). `rank` and `world` are the run's own (0 and 1 for a grid-mode run);
     `epoch_state` builds the part-done epoch from its saved fields (engine.EpochState)."""
     import copy
+    import io
     import sys
 
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     device = _device_of(net)
     before = copy.deepcopy((net.state_dict(), optimizer.state_dict())), rng_state(device)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(read_regular(path)), map_location="cpu", weights_only=True)
         _check_matches(blob, net, optimizer)
         if len(blob["rng"]) == world:
             set_rng_state(blob["rng"][rank], device)

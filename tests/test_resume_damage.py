@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
+import re
 
 import pytest
 import torch
@@ -53,12 +55,16 @@ def test_a_checkpoint_that_disagrees_with_itself_is_set_aside(damage, tmp_path, 
     assert_set_aside(path, capsys, fresh, net)
 
 
+def quantized():
+    return torch.quantize_per_tensor(torch.tensor(4.0), 1.0, 0, torch.qint8)
+
+
 PART = {"step": 2, "loss_sum": torch.tensor(1.5), "correct": torch.tensor(4), "seen": torch.tensor(9),
         "train_seconds": 1.0, "steady_seconds": 0.5, "steady_images": 9}  # as engine.EpochState.to_dict() saves it
 
 
 @pytest.mark.parametrize("damage", [{"loss_sum": 1.5}, {"step": -1}, {"seen": torch.tensor(-3)},
-                                    {"correct": torch.tensor(4.0)}, {"loss_sum": torch.ones(2)},
+                                    {"correct": torch.tensor(4.0)}, {"loss_sum": torch.ones(2)}, {"seen": quantized()},
                                     {"train_seconds": float("nan")}, {"steady_images": True}, {"more": 1}])
 def test_a_malformed_part_done_epoch_is_set_aside(damage, tmp_path, capsys):
     """In DDP mode rank 0 alone resumes a part-done epoch's sums: a bad value there (a float loss sum) failed rank 0
@@ -70,6 +76,49 @@ def test_a_malformed_part_done_epoch_is_set_aside(damage, tmp_path, capsys):
     fresh = {k: v.clone() for k, v in net.state_dict().items()}
     assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
     assert_set_aside(path, capsys, fresh, net)
+
+
+@pytest.mark.parametrize("damage", [{"seen": torch.tensor(9).to("meta")}, {"correct": torch.tensor(4).to_sparse()},
+                                    {"correct": quantized()}])
+def test_a_part_done_epoch_of_no_cpu_dense_tensors_is_malformed(damage, tmp_path, capsys):
+    """A meta tensor's item() raised RuntimeError, which crashed plan and the reports (only ValueError was caught);
+    a sparse or quantized one passed. Readers now say "malformed checkpoint", run_all sets it aside."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path, epoch_state={**PART, **damage})
+    with pytest.raises(ValueError, match="^malformed checkpoint: its part-done epoch is malformed$"):
+        checkpoint.progress(path)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert_set_aside(path, capsys, fresh, net)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dev-zero", "dangling", "too big"])
+def test_only_a_regular_file_of_sane_size_is_read_as_a_checkpoint(kind, tmp_path, capsys, monkeypatch):
+    """A FIFO named like a checkpoint hung plan and the reports (read_bytes waits for a writer), and run_all never
+    set it (or a link to /dev/zero, or a folder) aside. Now each is "unreadable checkpoint" and set aside."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path)
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "gone.pt")
+    else:
+        saved(path)
+        monkeypatch.setattr(checkpoint, "MAX_BYTES", path.stat().st_size - 1)
+    why = "(over" if kind == "too big" else "(No such file" if kind == "dangling" else "(not a regular file)"
+    if kind != "dev-zero":  # which read_bytes reads until memory runs out
+        with pytest.raises(ValueError, match="^unreadable checkpoint " + re.escape(why)):
+            checkpoint.progress(path)
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {path} not resumed, moved to" in err and why in err, err
+    assert not os.path.lexists(path) and os.path.lexists(tmp_path / ".invalid" / "ckpt.pt")
 
 
 def test_timings_a_checkpoint_lacks_start_at_zero(tmp_path):
