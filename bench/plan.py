@@ -13,7 +13,6 @@ forward MACs). The run keys come from the source's sha256, as run_all's do, so n
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -59,14 +58,16 @@ def checkpoint_epoch(path: Path) -> int | str:
 
 
 def claim_holder(path: Path, lease_s: float) -> str | None:
-    """'host pid N' of a live claim on a run, else None (no claim, or a stale one: the next start takes it over)."""
+    """'host pid N' of a live claim on a run, else None (no claim, or a stale one: the next start takes it over). A
+    damaged claim is judged as run_all judges it (`workqueue.claim_info`: by its age)."""
     try:
-        info, mtime = json.loads(path.read_text() or "{}"), path.stat().st_mtime
-    except (OSError, ValueError):
+        mtime = path.stat().st_mtime
+    except OSError:
         return None
-    if not isinstance(info, dict) or workqueue.stale(info, mtime, lease_s if info else min(lease_s, 60)):
+    info = workqueue.claim_info(path)
+    if workqueue.stale(info, mtime, lease_s if info else min(lease_s, 60)):
         return None
-    return f"{info.get('host')} pid {info.get('pid')}"
+    return workqueue.owner(info)
 
 
 def timings(records: list[dict]) -> tuple[dict, str | None, int]:

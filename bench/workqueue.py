@@ -9,7 +9,8 @@ machines on one shared filesystem) share one `--out` without a static split and 
 A claim is `<out>/claims/<run_key>.json` created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+),
 holding host, pid, the pid's start time and the claim's start time; its mtime is the owner's heartbeat. A claim is
 stale when its process is gone: same host and that process no longer exists (pid dead, or reused by another
-process), or another host and no heartbeat for `lease_s` (set the lease above the longest epoch). Claims are judged,
+process), or another host (or a pid no process here can have, a damaged claim) and no heartbeat for `lease_s` (set
+the lease above the longest epoch). Claims are judged,
 taken over and created under one exclusive lock (`<out>/claims/.lock`, flock), so of many processes that find the
 same stale claim exactly one takes the run. (A first version renamed the stale file and compared inodes: a freed
 inode number reused by the winner's new claim let a second taker win too.) `<out>/claims/log.txt` has one line per
@@ -21,6 +22,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,10 +87,44 @@ def alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
+PID_LIMIT = 2 ** 22
+"""Linux's PID_MAX_LIMIT: pid_max is at most this, so no larger pid (nor one below 1) is a process of this host."""
+CLAIM_BYTES = 4096
+"""The largest claim file read (this module writes ~120 bytes): a larger one is damaged."""
+
+
+def claim_info(path: Path) -> dict:
+    """A claim file's JSON object; {} when it holds none: not a regular file of at most `CLAIM_BYTES` holding one
+    JSON object (damaged, or its owner died between create and write). Opened non-blocking: a FIFO is not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            data = os.read(fd, CLAIM_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+        info = json.loads(data) if data and len(data) <= CLAIM_BYTES else {}
+    except (OSError, ValueError, RecursionError):  # RecursionError: nesting too deep for the JSON parser
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def owner(info: dict) -> str:
+    """'host pid N' of a claim (`claim_info`), for one line: a field other than a short name or a pid in its repr."""
+    if not info:
+        return "a damaged claim"
+    host, pid = info.get("host"), info.get("pid")
+    host = host if isinstance(host, str) and host.isprintable() and 0 < len(host) <= 255 else f"{host!r:.40}"
+    return f"{host} pid {pid if type(pid) is int and 0 < pid < PID_LIMIT else f'{pid!r:.40}'}"
+
+
 def stale(info: dict, mtime: float, lease_s: float) -> bool:
-    """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone."""
-    if info.get("host") == HOST and isinstance(info.get("pid"), int):
-        return not alive(info["pid"], info.get("pid_start"))
+    """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone. Judged by its process when
+    it names this host, a pid that can be one here and a start time as `_pid_start` gives it; else (another host, or
+    fields this module does not write) by its heartbeat."""
+    pid, start = info.get("pid"), info.get("pid_start")
+    here = info.get("host") == HOST and type(pid) is int and 0 < pid < PID_LIMIT
+    if here and (start is None or isinstance(start, str)):
+        return not alive(pid, start)
     return time.time() - mtime > lease_s
 
 
@@ -179,16 +215,11 @@ def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
         except FileNotFoundError:
             st = None
         if st is not None:
-            try:
-                info = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                info = None
-            if not isinstance(info, dict):
-                info = {}  # damaged, or its owner died between create and write: judged by its age
+            info = claim_info(path)  # {}: damaged, or its owner died between create and write: judged by its age
             if not stale(info, st.st_mtime, lease_s if info else min(lease_s, 60)):
                 return None
             path.unlink()
-            log(out, f"took over {key} from {info.get('host')} pid {info.get('pid')}")
+            log(out, f"took over {key} from {owner(info)}")
         body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
                            "started_at": time.time()}).encode()
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no one else creates while we hold the lock

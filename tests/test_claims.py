@@ -73,6 +73,35 @@ def test_claim_from_another_host_expires_after_the_lease(tmp_path):
     assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is not None
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("info", [{"host": workqueue.HOST, "pid": 2 ** 40}, {"host": workqueue.HOST, "pid": -1},
+                                  {"host": workqueue.HOST, "pid": 0}, {"host": workqueue.HOST, "pid": 2 ** 22},
+                                  {"host": workqueue.HOST, "pid": os.getppid(), "pid_start": ["1"]},
+                                  {"host": "x\n" * 1000, "pid": [1]}, "[" * 100_000, "fifo", "x" * 5000])
+def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info, tmp_path):
+    """A pid of 2**40 raised OverflowError in os.kill (bench.plan and run_all crashed); -1 and 0 (which os.kill takes
+    as every process, this group) held the run forever; so did a pid_start no process has; deep nesting raised
+    RecursionError, and a FIFO hung both. Each is now a claim judged by its heartbeat, named in one line."""
+    from bench import plan
+
+    path = workqueue.claims_dir(tmp_path) / "k.json"
+    path.parent.mkdir(parents=True)
+    if info == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text(info if isinstance(info, str) else json.dumps(info))
+    held = plan.claim_holder(path, 3600)
+    assert held is not None and "\n" not in held and len(held) < 100, held  # fresh: held, as run_all sees it
+    assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is None
+    old = time.time() - 7200
+    os.utime(path, (old, old), follow_symlinks=False)
+    assert plan.claim_holder(path, 3600) is None
+    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    assert claim is not None and claim.held()
+    (line,) = [x for x in (path.parent / "log.txt").read_text().splitlines() if "took over k from" in x]
+    assert len(line) < 200, line
+
+
 def _race(out) -> bool:
     return workqueue.try_claim(out, "k", lease_s=3600) is not None  # kept: the pool's process lives on, holding it
 
