@@ -8,7 +8,8 @@ the training time left, estimated from the seconds per epoch of the runs this le
 recorded the newest of them (for a model it has not timed at the same batch, precision and data: scaled by the
 images/s of `--throughput FILE`, bench/throughput.py's output on that device, where it has both models, else by
 forward MACs). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
-(a damaged ledger file is set aside, as run_all and the reports do).
+(a damaged ledger file is set aside, as run_all and the reports do; a record whose config does not hash to its key is
+named and its run planned as run_all trains it, `workqueue.final`).
 """
 from __future__ import annotations
 
@@ -143,6 +144,8 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
         key = run.key(sha)
         record, ckpt = records.get(key), Path(cfg.out, "checkpoints", f"{key}.pt")
         start, state = 0, "to train"
+        if record is not None and record["status"] in workqueue.DONE and not workqueue.final(cfg.out, record):
+            record = None  # not this run's record (named on stderr): run_all trains the run
         if record is not None and record["status"] in workqueue.DONE:
             error = record["test_error_pct"]
             state, start = record["status"] + (f" {error:.2f}%" if error is not None else ""), None

@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,14 +42,35 @@ def claims_dir(out) -> Path:
 
 
 def done_keys(out) -> set[str]:
-    """Run keys with a final record in the ledger."""
-    return {r["run_key"] for r in results.read_records(out) if r.get("status") in DONE}
+    """Run keys with a final record in the ledger (`final`)."""
+    return {r["run_key"] for r in results.read_records(out) if final(out, r)}
 
 
 def recorded(out, key: str) -> bool:
     """Whether `key` has a final record now (another process may have finished it since the ledger was listed)."""
     record, _ = results.read_one(results.runs_dir(out) / f"{key}.json")
-    return record is not None and record["status"] in DONE
+    return record is not None and final(out, record)
+
+
+_misnamed: set[Path] = set()
+
+
+def final(out, record: dict) -> bool:
+    """Whether a valid record ends its run for good: its status is one of DONE and its config hashes to its run key
+    (`config.config_key`). One that does not (hand-edited, or copied under another run's key) is not that run: it
+    counts as not done (the run is trained), named once on stderr and left in the ledger (the reports read it)."""
+    from bench.config import config_key
+
+    if record["status"] not in DONE:
+        return False
+    if config_key(record["config"]) == record["run_key"]:
+        return True
+    path = results.runs_dir(out) / f"{record['run_key']}.json"
+    if path not in _misnamed:
+        _misnamed.add(path)
+        print(f"warning: ledger file {path}: its config does not hash to its run key, so it is not counted as that "
+              "run (trained again)", file=sys.stderr)
+    return False
 
 
 def cost(run, num_images: dict) -> float:

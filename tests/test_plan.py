@@ -10,7 +10,7 @@ import torch
 
 from allconv import macs
 from bench import launch, plan, results, workqueue
-from bench.config import parse_args
+from bench.config import config_key, parse_args
 from bench.run_all import main as run_all
 
 
@@ -113,6 +113,25 @@ def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
         assert plan.plan(cfg)[0][0]["state"].startswith("malformed checkpoint")
         torch.save({"epoch": 1, "history": [{"epoch": 1}], "epoch_state": {**part, "loss_sum": torch.tensor(1.5)}}, path)
         assert plan.plan(cfg)[0][0]["state"] == "resumes at epoch 1"
+    finally:
+        path.unlink()
+
+
+def test_a_record_under_another_runs_key_is_planned_as_to_train(ledger, capsys):
+    """A completed record copied under another run's key showed that run as done, which run_all then never
+    trained; it is named on stderr and the run is to train. The record run_all wrote hashes to its key."""
+    out, options = ledger
+    cfg = parse_args(options + ["--lrs", "0.3", "0.05"])
+    record, = results.read_records(out)
+    assert config_key(record["config"]) == record["run_key"]
+    key = plan.expand(cfg)[0].key(record["config"]["data_sha256"])
+    path = results.runs_dir(out) / f"{key}.json"
+    path.write_text(json.dumps({**record, "run_key": key}))
+    try:
+        rows, _ = plan.plan(cfg)
+        assert [r["state"] for r in rows] == ["to train", f"completed {record['test_error_pct']:.2f}%"]
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{key}.json: its config does not hash to its run key" in err, err
     finally:
         path.unlink()
 

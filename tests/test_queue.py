@@ -89,6 +89,23 @@ def running(pid: int) -> bool:
 
 # ---- processes sharing one ledger ----
 
+def test_a_record_whose_config_does_not_hash_to_its_key_is_not_that_run(tmp_path, capsys):
+    """A record copied under another run's key (allcnn-c at LR 0.25 here) counted as that run: run_all would never
+    train it. It is named once and not counted, and stays readable (the reports read it); the campaign's records,
+    which run_all wrote, hash to their keys."""
+    campaign = ROOT / "reports" / "measured" / "campaign" / "runs"
+    shutil.copytree(campaign, tmp_path / "runs")
+    real = {p.stem for p in campaign.glob("*.json")}
+    forged = "bc61a10cbc461ec0"
+    record = json.loads((campaign / "489234371f2401e9.json").read_text())
+    (tmp_path / "runs" / f"{forged}.json").write_text(json.dumps({**record, "run_key": forged}))
+    assert workqueue.done_keys(tmp_path) == real and len(real) == 2
+    assert not workqueue.recorded(tmp_path, forged) and workqueue.recorded(tmp_path, "489234371f2401e9")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{forged}.json: its config does not hash to its run key" in err, err
+    assert {r["run_key"] for r in results.read_records(tmp_path)} == real | {forged}
+
+
 def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_claim(data, tmp_path):
     """12 runs, 3 plain processes started one after another; the first is SIGKILLed while it holds a claim and
     started again. Every run is recorded once, the dead claim is taken over, and claims go out longest first."""
