@@ -138,8 +138,9 @@ class RunConfig:
         for name in ("eval_last", "checkpoint_minutes", "claim_lease_minutes"):
             if not getattr(self, name) >= 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if any(s < 0 for s in self.seeds):
-            bad(f"seeds must be >= 0, got {self.seeds}")
+        for seed in self.seeds:  # numpy takes seeds below 2**32, and DDP ranks seed with seed + rank
+            if not 0 <= seed < 2 ** 31:
+                bad(f"seeds must be in 0..2147483647 (2**31 - 1), got {str(seed):.40}")
         if any(not 0 < d < self.epochs for d in self.lr_drops) or list(self.lr_drops) != sorted(set(self.lr_drops)):
             bad(f"--lr-drops must be increasing epochs in 1..{self.epochs - 1}, got {list(self.lr_drops)} "
                 "(a bare --lr-drops means none)")

@@ -152,6 +152,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: data: source not found: {tmp_path / 'missing.tar.gz'}"
 
 
+@pytest.mark.parametrize("seed", ["4294967296", "2147483648", "-1"])
+def test_a_seed_numpy_cannot_take_is_a_usage_error(seed, tmp_path, capsys):
+    """--seeds 4294967296 was accepted: run_all then recorded a failed run (numpy: "Seed must be between 0 and
+    2**32 - 1") and exited 0. 2**31 and above: a DDP rank seeds with seed + its rank."""
+    options = ["--preset", "smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--seeds",
+               "0", seed]
+    for main in (plan.main, run_all):
+        assert main(options) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: seeds must be in 0..2147483647") and "\n" not in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "none").exists()
+
+
 def test_make_plan_passes_run_alls_own_options(ledger, capsys, monkeypatch):
     """`make plan ARGS=...` (bench.launch --plan) on a GPU machine: the plan of the run_all command that `make run`
     would launch there, not of the accelerate launcher's options."""
