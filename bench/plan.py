@@ -82,25 +82,33 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
     per: dict[tuple, list[float]] = {}
     for r in (r for r in timed if r["device_name"] == device):
         key = (r["model"], *(r["config"].get(k) for k in SAME_COST))
+        if not all(isinstance(v, (str, int, float, bool, type(None))) for v in key):
+            continue  # a list where a config holds one value (outside input): alike to no run
         per.setdefault(key, []).append(r["wall_time_s"] / r["epochs_completed"] / (r.get("fused_runs") or 1))
     return {k: statistics.median(v) for k, v in per.items()}, device, sum(map(len, per.values()))
 
 
 def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], float]:
     """Training images/s per (model, precision) in a bench/throughput.py file (JSON or CSV), measured on `device`
-    (the median where it holds several rows)."""
+    (the median where it holds several rows). A row without a model name or a positive rate is left out; a file
+    that cannot be read is a UsageError naming it."""
     import numpy as np
     import pandas as pd
 
     from reports.throughput import load_throughput
 
-    tp = load_throughput(path)
+    try:
+        tp = load_throughput(path)
+    except (OSError, ValueError, RecursionError) as e:  # JSON or CSV errors, undecodable bytes, nesting too deep
+        why = " ".join(str(e).split())[:160]
+        raise UsageError(why if path in why else f"--throughput {path}: {why or type(e).__name__}") from None
     if not {"model", "precision", "device_name", "train_images_per_s"} <= set(tp.columns):
         raise UsageError(f"{path}: not bench/throughput.py output (model, precision, device_name, "
                          "train_images_per_s)")
     rate = pd.to_numeric(tp["train_images_per_s"], errors="coerce")
     tp = tp.assign(train_images_per_s=rate, precision=tp["precision"].map(_precision))
-    tp = tp[(tp["device_name"] == device) & np.isfinite(rate) & (rate > 0) & tp["precision"].notna()]
+    named = tp["model"].map(lambda m: isinstance(m, str))  # a list there (outside input) cannot be grouped by
+    tp = tp[named & (tp["device_name"] == device) & np.isfinite(rate) & (rate > 0) & tp["precision"].notna()]
     return tp.groupby(["model", "precision"])["train_images_per_s"].median().to_dict()
 
 

@@ -80,7 +80,8 @@ def test_a_throughput_file_scales_by_measured_images_per_s(ledger, tmp_path, cap
             {"model": "allcnn-a", "precision": "bf16", "device_name": device, "train_images_per_s": 900.0},
             {"model": "allcnn-a", "precision": "fp32", "device_name": device, "train_images_per_s": "n/a"},
             {"model": "model-a", "precision": "fp32", "device_name": device, "train_images_per_s": 1e400},
-            {"model": "model-a", "precision": "fp32", "device_name": "another GPU", "train_images_per_s": 1.0}]
+            {"model": "model-a", "precision": "fp32", "device_name": "another GPU", "train_images_per_s": 1.0},
+            {"model": ["allcnn-a"], "precision": "fp32", "device_name": device, "train_images_per_s": 1.0}]  # skipped
     (tmp_path / "tp.json").write_text(json.dumps(rows))
     cfg = parse_args(options + ["--models", "allcnn-a", "model-a", "--lrs", "0.05"])
     by = {r["model"]: r for r in plan.plan(cfg, str(tmp_path / "tp.json"))[0]}
@@ -96,6 +97,20 @@ def test_a_throughput_file_scales_by_measured_images_per_s(ledger, tmp_path, cap
     (tmp_path / "bad.json").write_text(json.dumps([{"model": "allcnn-a"}]))
     assert plan.main(["--throughput", str(tmp_path / "bad.json"), *options]) == 2
     assert "not bench/throughput.py output" in capsys.readouterr().err
+    for text in ("[" * 100_000, "{bad", "\xff"):  # nesting too deep for the JSON parser (a RecursionError)
+        (tmp_path / "bad.json").write_text(text, encoding="latin-1")
+        assert plan.main(["--throughput", str(tmp_path / "bad.json"), *options]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --throughput {tmp_path / 'bad.json'}: ") and "\n" not in err, err
+
+
+def test_a_list_in_a_records_config_times_no_run():
+    """config.precision ["bf16"] (a list where one value belongs) crashed the plan (unhashable list)."""
+    timed = {"status": "completed", "wall_time_s": 10.0, "epochs_completed": 2, "finished_at": "2025-01-01T00:00:00",
+             "device_name": "GPU", "model": "allcnn-c", "config": {"batch_size": 32, "precision": "bf16",
+                                                                     "train_split": "train", "preset": "smoke"}}
+    listed = {**timed, "config": {**timed["config"], "precision": ["bf16"]}}
+    assert plan.timings([timed, listed]) == ({("allcnn-c", 32, "bf16", "train", None, "smoke"): 5.0}, "GPU", 1)
 
 
 def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
