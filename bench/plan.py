@@ -14,6 +14,7 @@ named and its run planned as run_all trains it, `workqueue.final`).
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -157,7 +158,7 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
         if record is not None and record["status"] in workqueue.DONE:
             error = record["test_error_pct"]
             state, start = record["status"] + (f" {error:.2f}%" if error is not None else ""), None
-        elif ckpt.is_file():
+        elif os.path.lexists(ckpt):  # as run_all: a FIFO or a link to a device there is set aside, not resumed
             epoch = checkpoint_epoch(ckpt)
             start, state = (epoch, f"resumes at epoch {epoch}") if isinstance(epoch, int) else (0, epoch)
             if record is not None:
