@@ -92,24 +92,20 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
 def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], float]:
     """Training images/s per (model, precision) in a bench/throughput.py file (JSON or CSV), measured on `device`
     (the median where it holds several rows). A row without a model name or a positive rate is left out; a file
-    that cannot be read is a UsageError naming it."""
-    import numpy as np
-    import pandas as pd
-
+    the reports' reader refuses (`load_throughput`) is a UsageError naming it."""
+    from reports.ledger import LedgerError
     from reports.throughput import load_throughput
 
     try:
         tp = load_throughput(path)
-    except (OSError, ValueError, RecursionError) as e:  # JSON or CSV errors, undecodable bytes, nesting too deep
-        why = " ".join(str(e).split())[:160]
-        raise UsageError(why if path in why else f"--throughput {path}: {why or type(e).__name__}") from None
+    except LedgerError as e:  # the reports' reader: one line naming the file first
+        raise UsageError(f"--throughput {e}") from None
     if not {"model", "precision", "device_name", "train_images_per_s"} <= set(tp.columns):
         raise UsageError(f"{path}: not bench/throughput.py output (model, precision, device_name, "
                          "train_images_per_s)")
-    rate = pd.to_numeric(tp["train_images_per_s"], errors="coerce")
-    tp = tp.assign(train_images_per_s=rate, precision=tp["precision"].map(_precision))
-    named = tp["model"].map(lambda m: isinstance(m, str))  # a list there (outside input) cannot be grouped by
-    tp = tp[named & (tp["device_name"] == device) & np.isfinite(rate) & (rate > 0) & tp["precision"].notna()]
+    rate = tp["train_images_per_s"]  # a number or NaN (load_throughput)
+    tp = tp.assign(precision=tp["precision"].map(_precision))
+    tp = tp[(tp["device_name"] == device) & (rate > 0) & tp["precision"].notna()]
     return tp.groupby(["model", "precision"])["train_images_per_s"].median().to_dict()
 
 

@@ -111,7 +111,7 @@ def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
     measured nothing there, which the readers skip."""
     path = Path(path)
     if not path.is_file():
-        raise LedgerError(f"no throughput file at {path}")
+        raise LedgerError(f"{path}: no such throughput file")
     try:
         if path.suffix.lower() == ".csv":
             rows = pd.read_csv(path)
