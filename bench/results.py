@@ -10,7 +10,8 @@ named in one warning line on stderr and moved to `<out>/runs/.invalid/` (`bench.
 counts as not recorded (a rerun trains it again).
 
 Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
-measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None):
+measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None; every number
+lies in `RANGES`: a percentage in [0, 100], any other >= 0 and at most 1e12; no string holds a lone surrogate):
   run_key            str   hash of the resolved per-run config (`run_key(config)`); also the file name
   status             str   "completed" | "diverged" (loss not finite) | "stalled" (opt-in early stop
                            of a run stuck at chance; trained again on rerun, like "failed") | "failed"
@@ -34,7 +35,8 @@ measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a mi
   data                   {"source", "source_sha256", "encoding", "manifest_sha256", "num_train", "num_test"}
                          (encoding: how the source stores its images, loaders.sources.encoding; null or absent
                          in older records)
-  config                 the whole resolved per-run config (dict), enough to rerun it
+  config                 the whole resolved per-run config (dict), enough to rerun it: names, numbers, booleans,
+                         and lists of them in `CONFIG_LISTS` only (lr_drops)
   started_at, finished_at  ISO 8601 UTC
   (which ablation arm a run belongs to is derived from its config: reports.tables.ablation_runs)
   history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
@@ -82,6 +84,19 @@ FIELDS: dict[str, tuple[type, ...]] = {
 OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
+_PCT, _SIZE, _COUNT = (0, 100), (0, 1e12), (1, 1e12)
+RANGES = {**dict.fromkeys(("test_error_pct", "best_test_error_pct", "val_error_pct"), _PCT),
+          **dict.fromkeys(("epochs", "batch_size", "best_epoch", "device_count", "world_size", "fused_runs"), _COUNT),
+          **dict.fromkeys(("lr", "epochs_completed", "weight_decay", "momentum", "params", "macs", "train_images_per_s",
+                           "eval_images_per_s", "wall_time_s", "peak_memory_mb"), _SIZE), "seed": (0, 2 ** 64)}
+"""Where a number field lies, bounds included (None, where allowed, is not checked): a percentage in [0, 100], any
+other >= 0 (a count of epochs, devices or runs >= 1; a seed below torch's 2**64) and at most 1e12, far above any
+real value, so that sums and products of a few stay finite. History entries: `HISTORY_RANGES`."""
+HISTORY_RANGES = {"epoch": _COUNT, "loss": _SIZE, "lr": _SIZE, "seconds": _SIZE}
+"""Where a history entry's numbers lie (and every *_pct key's in [0, 100]); keys of newer writers: any finite one."""
+CONFIG_LISTS = ("lr_drops",)
+"""The config fields that hold a list (bench/config.py's tuple fields less its GRID_FIELDS, which no per-run config
+has); every other config value is one name, number or boolean (readers hash them: bench.plan)."""
 
 
 def environment(device) -> dict:
@@ -125,9 +140,16 @@ def runs_dir(out: str | os.PathLike) -> Path:
 
 
 def validate(record) -> str | None:
-    """None when `record` follows `FIELDS` (fields not declared there are allowed: newer writers), else why not."""
+    """None when `record` follows `FIELDS`, `VALUES`, `RANGES` and `CONFIG_LISTS` (fields not declared there are
+    allowed: newer writers) and no string of it holds a lone surrogate, else why not."""
     if not isinstance(record, dict):
         return f"a record is a JSON object, this is a {type(record).__name__}"
+    try:  # a lone surrogate ("\\ud800") reads as JSON, but no file or terminal can be written with it
+        json.dumps(record, ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError as e:
+        return f"a string holds a lone surrogate ({e.object[e.start:e.end]!r})"
+    except RecursionError:
+        return "nested too deep"
     for name, types in FIELDS.items():
         if name not in record:
             if name in OPTIONAL:
@@ -139,10 +161,12 @@ def validate(record) -> str | None:
                 " or ".join("null" if t is type(None) else t.__name__ for t in types)
         if name in VALUES and value not in VALUES[name]:
             return f"field {name!r} is {value!r:.40}, expected one of {VALUES[name]}"
+        if name in RANGES and value is not None and not _within(value, RANGES[name]):
+            return f"field {name!r} is {value!r:.40}, out of range {list(RANGES[name])}"
     if not valid_history(record["history"]):
-        return "field 'history' must be a list of objects of numbers"
+        return "field 'history' must be a list of objects of numbers in range (HISTORY_RANGES)"
     if not _grid_ok(record.get("grid") or {}):
-        return "field 'grid' must hold lists: models of names, lrs of numbers, seeds of integers"
+        return "field 'grid' must hold lists: models of names, lrs of numbers in [0, 1e12], seeds of integers >= 0"
     if record.get("diagnosis") is not None and not _diagnosis_ok(record["diagnosis"]):
         return "field 'diagnosis' must hold train_error_pct, test_error_by_class_pct and dead_relu_channels as " \
             "bench/diagnose.py writes them"
@@ -152,8 +176,10 @@ def validate(record) -> str | None:
             return f"config has no {name!r}"
         if config[name] != record[name]:
             return f"config says {name} {config[name]!r:.40}, the record {record[name]!r:.40}"
-    if not all(_scalar(v) or isinstance(v, (list, tuple)) and all(map(_scalar, v)) for v in config.values()):
-        return "config values must be names, numbers, booleans or lists of them"
+    for name, v in config.items():
+        if not (_scalar(v) or name in CONFIG_LISTS and isinstance(v, (list, tuple)) and all(map(_scalar, v))):
+            return f"config values must be names, numbers or booleans (lists of them: {', '.join(CONFIG_LISTS)}), " \
+                f"{name!r} is {v!r:.40}"
     return None
 
 
@@ -163,32 +189,34 @@ reports select and compare runs by."""
 
 
 def _diagnosis_ok(d) -> bool:
-    """bench/diagnose.py's shape: a number, a list of numbers or nulls (a class without test images), and per layer
-    [dead, channels] as two integers, 0 <= dead <= channels."""
+    """bench/diagnose.py's shape: a percentage, a list of percentages or nulls (a class without test images), and
+    per layer [dead, channels] as two integers, 0 <= dead <= channels <= 1e12."""
     layers = d.get("dead_relu_channels") if isinstance(d, dict) else None
-    return isinstance(d, dict) and _number(d.get("train_error_pct")) \
+    return isinstance(d, dict) and _within(d.get("train_error_pct"), _PCT) \
         and isinstance(d.get("test_error_by_class_pct"), list) \
-        and all(_number(v) or v is None for v in d["test_error_by_class_pct"]) and isinstance(layers, dict) \
-        and all(isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v) and 0 <= v[0] <= v[1]
+        and all(_within(v, _PCT) or v is None for v in d["test_error_by_class_pct"]) and isinstance(layers, dict) \
+        and all(isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v) and 0 <= v[0] <= v[1] <= 1e12
                 for v in layers.values())
 
 
 def valid_history(history) -> bool:
     """A run's history as records and checkpoints hold it: a list of objects whose keys are names and whose values
     are finite numbers of a sane size or null (a record's JSON reader refuses the others already; a checkpoint's
-    unpickler does not)."""
-    def value(v) -> bool:
-        return v is None or isinstance(v, float) and math.isfinite(v) or \
-            isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2 ** 63
+    unpickler does not), those of `HISTORY_RANGES` and every *_pct in their range."""
+    def value(k, v) -> bool:
+        bounds = _PCT if k.endswith("_pct") else HISTORY_RANGES.get(k)
+        return v is None or (isinstance(v, float) and math.isfinite(v) or type(v) is int and abs(v) < 2 ** 63) \
+            and (bounds is None or _within(v, bounds))
 
-    return isinstance(history, list) and all(isinstance(h, dict) and all(isinstance(k, str) and value(v)
+    return isinstance(history, list) and all(isinstance(h, dict) and all(isinstance(k, str) and value(k, v)
                                                                          for k, v in h.items()) for h in history)
 
 
 def _grid_ok(grid) -> bool:
-    """run_all's `grid`: models are names, lrs numbers, seeds integers; a key it does not write holds names or
-    numbers (a newer writer's)."""
-    item_ok = {"models": lambda x: isinstance(x, str), "lrs": _number, "seeds": lambda x: type(x) is int}
+    """run_all's `grid`: models are names, lrs numbers, seeds integers (in their fields' `RANGES`); a key it does
+    not write holds names or numbers (a newer writer's)."""
+    item_ok = {"models": lambda x: isinstance(x, str), "lrs": lambda x: _within(x, _SIZE),
+               "seeds": lambda x: type(x) is int and _within(x, RANGES["seed"])}
     return isinstance(grid, dict) and all(
         isinstance(v, list) and all(item_ok.get(k, lambda x: isinstance(x, str) or _number(x))(x) for x in v)
         for k, v in grid.items())
@@ -196,6 +224,10 @@ def _grid_ok(grid) -> bool:
 
 def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _within(x, bounds: tuple) -> bool:
+    return _number(x) and bounds[0] <= x <= bounds[1]
 
 
 def _scalar(x) -> bool:

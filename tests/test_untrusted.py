@@ -257,6 +257,32 @@ def test_validate_names_what_is_wrong(grid):
     assert results.validate(dict(record, grid={"lrs": [0.1, 1], "seeds": [0, 2], "batch": [128, "b"]})) is None
 
 
+def test_validate_refuses_numbers_out_of_range_and_lists_in_config(grid):
+    """Percentages beyond [0, 100] and sizes negative or beyond 1e12 crashed the reports (an overflowing sum, the
+    square root of a negative variance); a list for a config name crashed bench.plan (unhashable); a lone surrogate
+    crashed every writer. What run_all writes, the committed campaign records included, still passes."""
+    record = grid[1][0.01]
+    for name, bad in (("test_error_pct", 150.0), ("best_test_error_pct", -1.0), ("val_error_pct", 1e308),
+                      ("wall_time_s", -1e6), ("train_images_per_s", 1e308), ("fused_runs", 10 ** 299),
+                      ("device_count", 0), ("epochs", 10 ** 299), ("peak_memory_mb", -1.0), ("lr", -0.1)):
+        assert f"field {name!r}" in results.validate(dict(record, **{name: bad})), (name, bad)
+    h = record["history"][-1]
+    for name, bad in (("train_acc_pct", 101.0), ("test_error_pct", -3.0), ("seconds", -1.0), ("loss", -1.0)):
+        assert "'history'" in results.validate(dict(record, history=[dict(h, **{name: bad})])), name
+    assert results.validate(dict(record, history=[dict(h, loss=None)])) is None  # a diverged epoch
+    committed = sorted((ROOT / "reports/measured/campaign/runs").glob("*.json"))
+    assert committed and all(results.read_one(p) == (json.loads(p.read_text()), None) for p in committed)
+    diagnosis = json.loads(committed[0].read_text())["diagnosis"]  # as bench/diagnose.py writes it
+    assert results.validate(dict(record, diagnosis=diagnosis)) is None
+    for bad in ({"train_error_pct": 10 ** 299}, {"test_error_by_class_pct": [101.0] * 10},
+                {"dead_relu_channels": {"x": [10 ** 299, 10 ** 299]}}):
+        assert "'diagnosis'" in results.validate(dict(record, diagnosis={**diagnosis, **bad})), bad
+    assert "'grid'" in results.validate(dict(record, grid={"lrs": [1e308]}))
+    assert "lone surrogate" in results.validate(dict(record, device_name="GPU \ud800"))  # no writer can write it
+    assert "'precision' is ['no']" in results.validate(dict(record, config={**record["config"], "precision": ["no"]}))
+    assert results.validate(dict(record, config={**record["config"], "lr_drops": [1, 2]})) is None
+
+
 def test_damaged_ledger_loads_the_valid_rows(grid, tmp_path, capsys):
     out = tmp_path / "out"
     shutil.copytree(grid[0], out)
