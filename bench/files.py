@@ -2,6 +2,7 @@
 
     atomic_write(path, lambda f: f.write(data))   # every record, checkpoint, weights file, cache and claim log
     set_aside(path)                               # a damaged or invalid file -> .invalid/ beside it
+    read_regular(path, limit)                     # an outside file's bytes: a regular file of at most limit bytes
 
 A write that fails raises `WriteError` (an OSError naming the file): callers tell a full disk (stop, rerun later)
 from a failed run.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import os
+import stat
 from pathlib import Path
 
 
@@ -75,4 +77,20 @@ def set_aside(path: Path) -> str:
         os.replace(path, aside)
     except OSError as e:  # another reader moved it first, or a read-only folder: skipped all the same
         return f"left in place ({e.strerror or e})"
-    return f"moved to {aside}"
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of an outside file that is a regular file of at most `limit` bytes, else ValueError saying what
+    it is (OSError when it cannot be opened). Opened without blocking, so a FIFO does not hang the reader, and read
+    no further than `limit`, so a link to /dev/zero or a huge file does not exhaust memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data

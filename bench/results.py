@@ -5,9 +5,9 @@
 
 A record is written once, by the process that ran it, after the run ended. Readers see no file or the whole file
 (`bench.files.atomic_write`). Re-running a command skips run keys already recorded. A ledger is outside input
-(copied, merged, hand-edited): every file is checked against `FIELDS` when read; an unreadable or invalid one is
-named in one warning line on stderr and moved to `<out>/runs/.invalid/` (`bench.files.set_aside`), and its run
-counts as not recorded (a rerun trains it again).
+(copied, merged, hand-edited): every file is checked when read; one that is not a regular file of at most
+`MAX_RECORD_BYTES`, not JSON, or not valid (`validate`) is named in one warning line on stderr and moved to
+`<out>/runs/.invalid/` (`bench.files.set_aside`), and its run counts as not recorded (a rerun trains it again).
 
 Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
 measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None; every number
@@ -57,7 +57,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.files import atomic_write, set_aside
+from bench.files import atomic_write, read_regular, set_aside
 
 STATUSES = ("completed", "diverged", "stalled", "failed")
 PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names ("no" is fp32)
@@ -97,6 +97,9 @@ HISTORY_RANGES = {"epoch": _COUNT, "loss": _SIZE, "lr": _SIZE, "seconds": _SIZE}
 CONFIG_LISTS = ("lr_drops",)
 """The config fields that hold a list (bench/config.py's tuple fields less its GRID_FIELDS, which no per-run config
 has); every other config value is one name, number or boolean (readers hash them: bench.plan)."""
+MAX_RECORD_BYTES = 16 * 2 ** 20
+"""A record file is read only up to this size: a 350-epoch record is about 70 kB, so 16 MiB holds a history two
+hundred times as long, while a link to /dev/zero or a huge file cannot fill the memory."""
 
 
 def environment(device) -> dict:
@@ -261,11 +264,21 @@ def _int(text: str) -> int:
 
 
 def read_one(path: Path) -> tuple[dict | None, str | None]:
-    """One ledger file: (record, None) when it is valid JSON, matches `FIELDS` and its file name, else (None, why)."""
+    """One ledger file: (record, None) when it is a regular file of at most `MAX_RECORD_BYTES` holding valid JSON
+    that matches `FIELDS`, `RANGES` and its file name, else (None, why)."""
     try:
-        record = json.loads(path.read_bytes(), parse_constant=_reject_constant, parse_float=_finite,
-                            parse_int=_int)
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return _parse(path, read_regular(path, MAX_RECORD_BYTES))
+    except OSError as e:
+        return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    except ValueError as e:  # not a regular file, or too large
+        return None, f"unreadable ({e})"
+
+
+def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
+    """`read_one` for the bytes read from `path`."""
+    try:
+        record = json.loads(blob, parse_constant=_reject_constant, parse_float=_finite, parse_int=_int)
+    except (ValueError, RecursionError, MemoryError) as e:  # JSONDecodeError, UnicodeDecodeError; nested too deep
         return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
     reason = validate(record)
     if reason is None and record["run_key"] != path.stem:
@@ -307,14 +320,20 @@ def load(out: str | os.PathLike):
 
 
 def ledger_sha256(out: str | os.PathLike, checkpoints=()) -> str:
-    """One hash of every record file in `<out>/runs/` (files already set aside in `.invalid/` are not part of
-    the ledger), so a report can name the exact ledger it came from. Call it after `load`, which sets invalid
-    files aside: then it covers exactly the records the report read. `checkpoints`: (file name, sha256) of the
-    checkpoints a report also read (runs still training, bench.checkpoint.progress), added after the records."""
+    """One hash of the valid record files in `<out>/runs/` (those `load` reads; any other file, set aside or left in
+    place, is not part of the ledger), so a report can name the exact ledger it came from. `checkpoints`: (file
+    name, sha256) of the checkpoints a report also read (runs still training, bench.checkpoint.progress), added
+    after the records."""
     h = hashlib.sha256()
     for p in sorted(p for p in runs_dir(out).glob("*.json") if not p.name.startswith(".")):
+        try:
+            blob = read_regular(p, MAX_RECORD_BYTES)
+        except (OSError, ValueError):
+            continue
+        if _parse(p, blob)[0] is None:
+            continue
         h.update(p.name.encode())
-        h.update(p.read_bytes())
+        h.update(blob)
     for name, digest in checkpoints:
         h.update(f"{name}:{digest}".encode())
     return h.hexdigest()

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import resource
 import shlex
 import shutil
 import subprocess
@@ -295,8 +296,38 @@ def test_damaged_ledger_loads_the_valid_rows(grid, tmp_path, capsys):
     assert "JSONDecodeError" in "".join(err) and "list" in "".join(err) and "test_error_pct" in "".join(err)
     invalid = results.runs_dir(out) / ".invalid"
     assert sorted(p.name for p in invalid.iterdir()) == sorted(names.values())
-    assert results.ledger_sha256(out) != before  # the hash covers the records left, the ones a report reads
+    assert results.ledger_sha256(out) == before != results.ledger_sha256(grid[0])  # the valid records alone
     assert [r["lr"] for r in results.read_records(out)] == [0.01] and capsys.readouterr().err == ""
+
+
+def test_ledger_files_that_are_no_records_are_set_aside(grid, tmp_path):
+    """A FIFO (it hung every reader), a link to /dev/zero (it filled the memory), a folder, a record nested 100,000
+    deep (RecursionError) and one whose device name holds a lone surrogate (read, it crashed every writer after):
+    each named and set aside; the valid records are read, and the hash covers them alone."""
+    out, two = tmp_path / "out", tmp_path / "two"
+    shutil.copytree(grid[0], out)
+    shutil.copytree(grid[0], two)
+    runs = results.runs_dir(out)
+    surrogate, deep = sorted(grid[1].values(), key=lambda r: r["run_key"])[:2]
+    for r in (surrogate, deep):
+        (results.runs_dir(two) / f"{r['run_key']}.json").unlink()
+    (runs / f"{surrogate['run_key']}.json").write_text(json.dumps(dict(surrogate, device_name="GPU \ud800")))
+    (runs / f"{deep['run_key']}.json").write_text(json.dumps(dict(deep, deep=0))[:-2] + "[" * 100_000 + "]" * 100_000
+                                                  + "}")
+    os.mkfifo(runs / "fifo.json")
+    (runs / "zero.json").symlink_to("/dev/zero")
+    (runs / "folder.json").mkdir()
+    code = "import sys; from bench import results; print(len(results.read_records(sys.argv[1])))"
+    p = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 ** 31, 2 ** 31)))
+    assert p.returncode == 0 and p.stdout == "2\n", p.stderr[-2000:]
+    err = p.stderr.splitlines()
+    expected = {"fifo.json": "not a regular file", "zero.json": "not a regular file",
+                "folder.json": "not a regular file", f"{deep['run_key']}.json": "RecursionError",
+                f"{surrogate['run_key']}.json": "lone surrogate ('\\ud800')"}
+    assert len(err) == 5 and all(any(n in line and why in line for line in err) for n, why in expected.items()), err
+    assert sorted(p.name for p in (runs / ".invalid").iterdir()) == sorted(expected)
+    assert results.ledger_sha256(out) == results.ledger_sha256(two)
 
 
 def test_rerun_trains_the_damaged_runs_and_restarts_bad_checkpoints(grid, smoke_data_dir, jpeg_tarball, tmp_path):
