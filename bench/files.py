@@ -70,13 +70,19 @@ class WriteError(OSError):
 
 def set_aside(path: Path) -> str:
     """Move a damaged or invalid file to `.invalid/` in its folder (never deleted: it may be evidence or be
-    repairable by hand); returns where it went, for the caller's one warning line."""
+    repairable by hand); returns where it went, for the caller's one warning line. A `.invalid` that is not a
+    folder (a link, which would carry the file out of the folder, or a file) leaves it in place."""
     aside = path.parent / ".invalid" / path.name
     try:
-        aside.parent.mkdir(exist_ok=True)
+        try:
+            aside.parent.mkdir()
+        except FileExistsError:  # a link (to a folder outside) or a file is no place for it: it stays where it is
+            if not stat.S_ISDIR(os.lstat(aside.parent).st_mode):
+                return f"left in place ({aside.parent} is not a folder)"
         os.replace(path, aside)
     except OSError as e:  # another reader moved it first, or a read-only folder: skipped all the same
         return f"left in place ({e.strerror or e})"
+    return f"moved to {aside}"
 
 
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:

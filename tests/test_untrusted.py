@@ -330,6 +330,29 @@ def test_ledger_files_that_are_no_records_are_set_aside(grid, tmp_path):
     assert results.ledger_sha256(out) == results.ledger_sha256(two)
 
 
+@pytest.mark.parametrize("invalid", ["file", "link"])
+def test_a_file_is_never_set_aside_out_of_its_folder(invalid, grid, tmp_path, capsys):
+    """A `.invalid` that is a link to a folder elsewhere (the file went there) or a file (set_aside failed, then the
+    hash crashed on the folder left in place): the files stay, named, and the hash covers the valid records."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    shutil.copytree(grid[0], out)
+    elsewhere.mkdir()
+    runs = results.runs_dir(out)
+    before = results.ledger_sha256(out)
+    if invalid == "file":
+        (runs / ".invalid").write_text("x")
+    else:
+        (runs / ".invalid").symlink_to(elsewhere)
+    (runs / "bad.json").write_text("[]")
+    (runs / "folder.json").mkdir()
+    df = results.load(out)
+    assert len(df) == 4 and df.attrs["skipped"] == ["bad.json", "folder.json"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(f"left in place ({runs / '.invalid'} is not a folder)" in line for line in err), err
+    assert (runs / "bad.json").is_file() and (runs / "folder.json").is_dir() and not any(elsewhere.iterdir())
+    assert results.ledger_sha256(out) == before
+
+
 def test_rerun_trains_the_damaged_runs_and_restarts_bad_checkpoints(grid, smoke_data_dir, jpeg_tarball, tmp_path):
     """Three damaged record files, two of whose runs also left a checkpoint: one crafted to run code on
     unpickling, one truncated. The rerun trains exactly those three again, from epoch 0, to the results of the
