@@ -11,7 +11,8 @@ A record is written once, by the process that ran it, after the run ended. Reade
 
 Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
 measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None; every number
-lies in `RANGES`: a percentage in [0, 100], any other >= 0 and at most 1e12; no string holds a lone surrogate):
+lies in `RANGES`, a percentage in [0, 100], any other >= 0, a measured one at most 1e12; no string holds a lone
+surrogate):
   run_key            str   hash of the resolved per-run config (`run_key(config)`); also the file name
   status             str   "completed" | "diverged" (loss not finite) | "stalled" (opt-in early stop
                            of a run stuck at chance; trained again on rerun, like "failed") | "failed"
@@ -84,16 +85,20 @@ FIELDS: dict[str, tuple[type, ...]] = {
 OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
-_PCT, _SIZE, _COUNT = (0, 100), (0, 1e12), (1, 1e12)
+_PCT, _SIZE, _COUNT, _POS = (0, 100), (0, 1e12), (1, 1e12), (0, math.inf)
 RANGES = {**dict.fromkeys(("test_error_pct", "best_test_error_pct", "val_error_pct"), _PCT),
-          **dict.fromkeys(("epochs", "batch_size", "best_epoch", "device_count", "world_size", "fused_runs"), _COUNT),
-          **dict.fromkeys(("lr", "epochs_completed", "weight_decay", "momentum", "params", "macs", "train_images_per_s",
-                           "eval_images_per_s", "wall_time_s", "peak_memory_mb"), _SIZE), "seed": (0, 2 ** 64)}
-"""Where a number field lies, bounds included (None, where allowed, is not checked): a percentage in [0, 100], any
-other >= 0 (a count of epochs, devices or runs >= 1; a seed below torch's 2**64) and at most 1e12, far above any
-real value, so that sums and products of a few stay finite. History entries: `HISTORY_RANGES`."""
-HISTORY_RANGES = {"epoch": _COUNT, "loss": _SIZE, "lr": _SIZE, "seconds": _SIZE}
-"""Where a history entry's numbers lie (and every *_pct key's in [0, 100]); keys of newer writers: any finite one."""
+          **dict.fromkeys(("best_epoch", "device_count", "world_size", "fused_runs"), _COUNT),
+          **dict.fromkeys(("epochs_completed", "params", "macs", "train_images_per_s", "eval_images_per_s",
+                           "wall_time_s", "peak_memory_mb"), _SIZE),
+          "lr": _POS, "weight_decay": _POS, "momentum": _POS, "epochs": (1, 2 ** 63), "batch_size": (1, 2 ** 63),
+          "seed": (0, 2 ** 64)}
+"""Where a number field lies, bounds included (None, where allowed, is not checked), finite: a percentage in
+[0, 100]; a measured one >= 0 (a count of devices or runs >= 1) and at most 1e12, far above any real value, so that
+sums and products of a few stay finite; one a command sets (bench/config.py) anywhere it may set it: >= 0, epochs
+and batch size >= 1 and at most 2**63, a seed at most 2**64 (torch's). History entries: `HISTORY_RANGES`."""
+HISTORY_RANGES = {"epoch": _COUNT, "loss": _POS, "lr": _POS, "seconds": _SIZE}
+"""Where a history entry's numbers lie (and every *_pct key's in [0, 100]; a diverging run's loss may be 1e35);
+keys of newer writers: any finite number."""
 CONFIG_LISTS = ("lr_drops",)
 """The config fields that hold a list (bench/config.py's tuple fields less its GRID_FIELDS, which no per-run config
 has); every other config value is one name, number or boolean (readers hash them: bench.plan)."""
@@ -169,7 +174,7 @@ def validate(record) -> str | None:
     if not valid_history(record["history"]):
         return "field 'history' must be a list of objects of numbers in range (HISTORY_RANGES)"
     if not _grid_ok(record.get("grid") or {}):
-        return "field 'grid' must hold lists: models of names, lrs of numbers in [0, 1e12], seeds of integers >= 0"
+        return "field 'grid' must hold lists: models of names, lrs of numbers >= 0, seeds of integers >= 0"
     if record.get("diagnosis") is not None and not _diagnosis_ok(record["diagnosis"]):
         return "field 'diagnosis' must hold train_error_pct, test_error_by_class_pct and dead_relu_channels as " \
             "bench/diagnose.py writes them"
@@ -218,7 +223,7 @@ def valid_history(history) -> bool:
 def _grid_ok(grid) -> bool:
     """run_all's `grid`: models are names, lrs numbers, seeds integers (in their fields' `RANGES`); a key it does
     not write holds names or numbers (a newer writer's)."""
-    item_ok = {"models": lambda x: isinstance(x, str), "lrs": lambda x: _within(x, _SIZE),
+    item_ok = {"models": lambda x: isinstance(x, str), "lrs": lambda x: _within(x, RANGES["lr"]),
                "seeds": lambda x: type(x) is int and _within(x, RANGES["seed"])}
     return isinstance(grid, dict) and all(
         isinstance(v, list) and all(item_ok.get(k, lambda x: isinstance(x, str) or _number(x))(x) for x in v)
@@ -230,7 +235,7 @@ def _number(x) -> bool:
 
 
 def _within(x, bounds: tuple) -> bool:
-    return _number(x) and bounds[0] <= x <= bounds[1]
+    return _number(x) and (isinstance(x, int) or math.isfinite(x)) and bounds[0] <= x <= bounds[1]
 
 
 def _scalar(x) -> bool:

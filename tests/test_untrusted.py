@@ -271,6 +271,8 @@ def test_validate_refuses_numbers_out_of_range_and_lists_in_config(grid):
     for name, bad in (("train_acc_pct", 101.0), ("test_error_pct", -3.0), ("seconds", -1.0), ("loss", -1.0)):
         assert "'history'" in results.validate(dict(record, history=[dict(h, **{name: bad})])), name
     assert results.validate(dict(record, history=[dict(h, loss=None)])) is None  # a diverged epoch
+    assert results.validate(dict(record, lr=1e9, config={**record["config"], "lr": 1e9},
+                                 history=[dict(h, loss=1.3e35, lr=1e9)])) is None  # diverging, as run_all wrote it
     committed = sorted((ROOT / "reports/measured/campaign/runs").glob("*.json"))
     assert committed and all(results.read_one(p) == (json.loads(p.read_text()), None) for p in committed)
     diagnosis = json.loads(committed[0].read_text())["diagnosis"]  # as bench/diagnose.py writes it
@@ -278,7 +280,7 @@ def test_validate_refuses_numbers_out_of_range_and_lists_in_config(grid):
     for bad in ({"train_error_pct": 10 ** 299}, {"test_error_by_class_pct": [101.0] * 10},
                 {"dead_relu_channels": {"x": [10 ** 299, 10 ** 299]}}):
         assert "'diagnosis'" in results.validate(dict(record, diagnosis={**diagnosis, **bad})), bad
-    assert "'grid'" in results.validate(dict(record, grid={"lrs": [1e308]}))
+    assert "'grid'" in results.validate(dict(record, grid={"lrs": [-0.1], "seeds": [0]}))
     assert "lone surrogate" in results.validate(dict(record, device_name="GPU \ud800"))  # no writer can write it
     assert "'precision' is ['no']" in results.validate(dict(record, config={**record["config"], "precision": ["no"]}))
     assert results.validate(dict(record, config={**record["config"], "lr_drops": [1, 2]})) is None
