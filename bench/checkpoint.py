@@ -6,19 +6,20 @@
 
 A checkpoint is outside input (a shared results folder): it is read with torch.load(weights_only=True), so it
 holds only tensors, lists, dicts, numbers and strings (RNG states included), and unpickling it runs no code. Only
-a regular file of at most `MAX_BYTES` is read (`read_regular`): a FIFO or a device in its place would hang or fill
+a regular file of at most `MAX_BYTES` is read (`read_bytes`): a FIFO or a device in its place would hang or fill
 memory.
 """
 from __future__ import annotations
 
 import os
 import random
-import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate.utils import gather_object
+
+from bench.files import WriteError, atomic_write, read_regular, set_aside
 
 
 def rng_state(device: torch.device | None = None) -> dict:
@@ -56,28 +57,14 @@ largest model under Adam (two moments) stays well under 100 MB; a bigger file is
 read into memory whole."""
 
 
-def read_regular(path: Path) -> bytes:
-    """The bytes of `path` when it is a regular file (a symlink to one included) of at most `MAX_BYTES`, else
-    ValueError "unreadable checkpoint (why)". Opened non-blocking, so a FIFO in its place is refused, not waited on."""
+def read_bytes(path: Path) -> bytes:
+    """The bytes of a checkpoint (`bench.files.read_regular`: a regular file, a symlink to one included, of at most
+    `MAX_BYTES`), else ValueError "unreadable checkpoint (why)": a FIFO in its place is refused, not waited on."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise ValueError(f"unreadable checkpoint ({e.strerror or type(e).__name__})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("unreadable checkpoint (not a regular file)")
-        if st.st_size > MAX_BYTES:
-            raise ValueError(f"unreadable checkpoint (over {MAX_BYTES} bytes)")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise ValueError(f"unreadable checkpoint ({e.strerror or type(e).__name__})") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:  # grew while read
-        raise ValueError(f"unreadable checkpoint (over {MAX_BYTES} bytes)")
-    return data
+        return read_regular(path, MAX_BYTES)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise ValueError(f"unreadable checkpoint ({why})") from None
 
 
 def _device_of(net) -> torch.device:
@@ -90,8 +77,6 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
     part-done epoch's sums, and the history. Every rank must call it in DDP mode (the RNG states are gathered);
     only the main process (or, in grid mode, the process running the run) writes, with `files.atomic_write`
     (a failed write, e.g. a full disk, leaves the previous checkpoint and raises `files.WriteError` on every rank)."""
-    from bench.files import WriteError, atomic_write
-
     state = rng_state(_device_of(net))
     rngs = gather_object([state]) if distributed else [state]
     error = None
@@ -159,11 +144,11 @@ def progress(path: Path) -> dict:
     """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
     epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None, "sha256": of the
     file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
-    run_all would set aside (its history included: a report draws it; not a regular file: `read_regular`)."""
+    run_all would set aside (its history included: a report draws it; not a regular file: `read_bytes`)."""
     import hashlib
     import io
 
-    data = read_regular(path)
+    data = read_bytes(path)
     try:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         blob["epoch"], blob["history"]  # noqa: B018 (both there)
@@ -225,7 +210,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     device = _device_of(net)
     before = copy.deepcopy((net.state_dict(), optimizer.state_dict())), rng_state(device)
     try:
-        blob = torch.load(io.BytesIO(read_regular(path)), map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
         _check_matches(blob, net, optimizer)
         if len(blob["rng"]) == world:
             set_rng_state(blob["rng"][rank], device)
@@ -245,8 +230,6 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
         reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         if rank == 0:
-            from bench.files import set_aside
-
             print(f"warning: checkpoint {path} not resumed, {set_aside(path)}: {reason}; the run starts again from "
                   "epoch 0", file=sys.stderr)
         return None

@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -117,14 +116,9 @@ CLAIM_BYTES = 4096
 
 def claim_info(path: Path) -> dict:
     """A claim file's JSON object; {} when it holds none: not a regular file of at most `CLAIM_BYTES` holding one
-    JSON object (damaged, or its owner died between create and write). Opened non-blocking: a FIFO is not waited on."""
+    JSON object (damaged, or its owner died between create and write). A FIFO is not waited on (`files.read_regular`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            data = os.read(fd, CLAIM_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        finally:
-            os.close(fd)
-        info = json.loads(data) if data and len(data) <= CLAIM_BYTES else {}
+        info = json.loads(files.read_regular(path, CLAIM_BYTES))
     except (OSError, ValueError, RecursionError):  # RecursionError: nesting too deep for the JSON parser
         return {}
     return info if isinstance(info, dict) else {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from fractions import Fraction
 
 import pandas as pd
 
@@ -96,10 +95,10 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     base = {**base, "diverged_lrs": ", ".join(diverged) or None, "not_measured": ", ".join(unmeasured) or None}
     if not candidates:
         return {**base, "status": "/".join(sorted(set(runs["outcome"]) - {"completed"})) or "failed"}
-    best = min(candidates, key=lambda r: (mean(r[judge]), -r["lr"]))
+    best = min(candidates, key=lambda r: (statistics.fmean(r[judge]), -r["lr"]))
     test = best["test"]
-    return {**base, "error_pct": _round(mean(test)),
-            "error_std": _round(stdev(test)) if len(test) > 1 else float("nan"),
+    return {**base, "error_pct": _round(statistics.fmean(test)),
+            "error_std": _round(statistics.stdev(test)) if len(test) > 1 else float("nan"),
             "n_seeds": len(test), "lr": best["lr"], "status": "partial" if unmeasured else "ok", "errors": test}
 
 
@@ -127,23 +126,6 @@ def _epoch_seconds(history) -> float | None:
     secs = [float(h["seconds"]) for h in history if isinstance(h, dict) and _known(h.get("seconds"))]
     secs = secs[1:] if len(secs) > 1 else secs
     return statistics.median(secs) if secs else None
-
-
-def mean(values: list[float]) -> float:
-    """statistics.fmean of finite numbers of any size (outside input): where their sum exceeds a float, their exact
-    mean (which does not)."""
-    try:
-        return statistics.fmean(values)
-    except OverflowError:
-        return float(sum(map(Fraction, values)) / len(values))
-
-
-def stdev(values: list[float]) -> float:
-    """statistics.stdev, or inf where the spread of finite numbers (outside input) exceeds a float."""
-    try:
-        return statistics.stdev(values)
-    except OverflowError:
-        return float("inf")
 
 
 def _median(values) -> float:
@@ -206,8 +188,8 @@ def table3_by_lr(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
                       ", ".join(f"{k}" + ("" if n == r["n"] else f" {n}/{r['n']}") for k, n in ended.items()))
             test = r["test"]
             rows.append({"model": name, "paper_name": spec.paper_name, "lr": r["lr"], "n_runs": r["n"],
-                         "n_seeds": len(test), "error_pct": _round(mean(test)) if test else float("nan"),
-                         "error_std": _round(stdev(test)) if len(test) > 1 else float("nan"),
+                         "n_seeds": len(test), "error_pct": _round(statistics.fmean(test)) if test else float("nan"),
+                         "error_std": _round(statistics.stdev(test)) if len(test) > 1 else float("nan"),
                          "status": status})
     columns = ["model", "paper_name", "lr", "n_runs", "n_seeds", "error_pct", "error_std", "status"]
     return _typed(pd.DataFrame(rows, columns=columns))

@@ -128,7 +128,7 @@ def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
         torch.save({"epoch": 1, "history": [{"epoch": 1}], "epoch_state": {**part, "loss_sum": torch.tensor(1.5)}}, path)
         assert plan.plan(cfg)[0][0]["state"] == "resumes at epoch 1"
         path.unlink()
-        os.mkfifo(path)  # run_all sets it aside (bench.checkpoint.read_regular): not "to train" as if none were there
+        os.mkfifo(path)  # run_all sets it aside (bench.checkpoint.read_bytes): not "to train" as if none were there
         assert plan.plan(cfg)[0][0]["state"] == "unreadable checkpoint (not a regular file): trains from epoch 0"
     finally:
         path.unlink()

@@ -111,7 +111,7 @@ def test_only_a_regular_file_of_sane_size_is_read_as_a_checkpoint(kind, tmp_path
     else:
         saved(path)
         monkeypatch.setattr(checkpoint, "MAX_BYTES", path.stat().st_size - 1)
-    why = "(over" if kind == "too big" else "(No such file" if kind == "dangling" else "(not a regular file)"
+    why = "(larger than" if kind == "too big" else "(No such file" if kind == "dangling" else "(not a regular file)"
     if kind != "dev-zero":  # which read_bytes reads until memory runs out
         with pytest.raises(ValueError, match="^unreadable checkpoint " + re.escape(why)):
             checkpoint.progress(path)
