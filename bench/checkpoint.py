@@ -20,6 +20,7 @@ import torch
 from accelerate.utils import gather_object
 
 from bench.files import WriteError, atomic_write, read_regular, set_aside
+from bench.schema import valid_history
 
 
 def rng_state(device: torch.device | None = None) -> dict:
@@ -125,7 +126,6 @@ def check_progress(blob: dict) -> None:
     length, and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds and
     0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
     only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait for it)."""
-    from bench.results import valid_history
 
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")

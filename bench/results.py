@@ -6,48 +6,9 @@
 A record is written once, by the process that ran it, after the run ended. Readers see no file or the whole file
 (`bench.files.atomic_write`). Re-running a command skips run keys already recorded. A ledger is outside input
 (copied, merged, hand-edited): every file is checked when read; one that is not a regular file of at most
-`MAX_RECORD_BYTES`, not JSON, or not valid (`validate`) is named in one warning line on stderr and moved to
-`<out>/runs/.invalid/` (`bench.files.set_aside`), and its run counts as not recorded (a rerun trains it again).
-
-Fields of a record (`FIELDS` declares their types; units in names; None where a value does not apply or was not
-measured; fields in `OPTIONAL` are newer than some ledgers: a reader treats a missing one as None; every number
-lies in `RANGES`, a percentage in [0, 100], any other >= 0, a measured one at most 1e12; no string holds a lone
-surrogate):
-  run_key            str   hash of the resolved per-run config (`run_key(config)`); also the file name
-  status             str   "completed" | "diverged" (loss not finite) | "stalled" (opt-in early stop
-                           of a run stuck at chance; trained again on rerun, like "failed") | "failed"
-  error              str   why it diverged, stalled or failed, else None
-  model, display_name, family, variant       allconv name ("allcnn-c"), paper name, "A".."C", Table 2 kind
-  lr, seed, epochs, epochs_completed
-  preset             str   the preset the run's config started from ("paper", "smoke")
-  bn, dropout, final_relu, init, optimizer, weight_decay, momentum, batch_size, augment, preprocess,
-  train_split ("train" | "train45k"), val_split ("val5k" | None), precision ("no" | "bf16" | "fp16"),
-  backend ("ffcv" | "torch" | "tensor"), mode ("ddp" | "grid"), channels_last, compile, cuda_graphs
-  test_error_pct         final test error, %
-  best_test_error_pct, best_epoch   lowest test error over the evaluated epochs and its epoch
-  val_error_pct          final validation error (when val_split), %
-  params, macs           exact trainable parameters; forward MACs per image
-  train_images_per_s     steady-state training throughput (no evaluation, no first epoch / warm-up), all ranks
-  eval_images_per_s      evaluation throughput, all ranks
-  wall_time_s, peak_memory_mb   (a fused run's: its group's, which trained all its runs at once)
-  device_name, device_count, world_size
-  versions               {"python", "torch", "accelerate", "ffcv"}
-  git_commit, git_dirty
-  data                   {"source", "source_sha256", "encoding", "manifest_sha256", "num_train", "num_test"}
-                         (encoding: how the source stores its images, loaders.sources.encoding; null or absent
-                         in older records)
-  config                 the whole resolved per-run config (dict), enough to rerun it: names, numbers, booleans,
-                         and lists of them in `CONFIG_LISTS` only (lr_drops)
-  started_at, finished_at  ISO 8601 UTC
-  (which ablation arm a run belongs to is derived from its config: reports.tables.ablation_runs)
-  history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
-                         val_error_pct, lr, seconds
-  grid                   {"models": [...], "lrs": [...], "seeds": [...]}: the grid the command was launched with
-  eval_precision         "no" (fp32) | "bf16" | "fp16": the autocast used for evaluation
-  fused_runs             how many runs trained in lockstep as one model, this one included (--fuse-lrs;
-                         bench/fused_train.py): 1 alone; train_images_per_s is then this run's share
-  diagnosis              {"train_error_pct", "test_error_by_class_pct": [10], "dead_relu_channels": {layer: [dead,
-                         channels]}} of the network when the run ended (bench/diagnose.py), None when not measured
+`MAX_RECORD_BYTES`, not JSON, or not a record (`bench.schema`: the fields of a record, and `validate`) is named in
+one warning line on stderr and moved to `<out>/runs/.invalid/` (`bench.files.set_aside`), and its run counts as not
+recorded (a rerun trains it again).
 """
 from __future__ import annotations
 
@@ -59,49 +20,8 @@ import sys
 from pathlib import Path
 
 from bench.files import atomic_write, read_regular, set_aside
+from bench.schema import validate
 
-STATUSES = ("completed", "diverged", "stalled", "failed")
-PRECISIONS = ("no", "bf16", "fp16")  # Accelerate's names ("no" is fp32)
-
-_NUM, _OPT_NUM, _OPT_STR, _OPT_INT = (int, float), (int, float, type(None)), (str, type(None)), (int, type(None))
-FIELDS: dict[str, tuple[type, ...]] = {
-    "run_key": (str,), "status": (str,), "error": _OPT_STR,
-    "model": (str,), "display_name": (str,), "family": (str,), "variant": (str,),
-    "lr": _NUM, "seed": (int,), "epochs": (int,), "epochs_completed": (int,), "preset": (str,),
-    "bn": (bool,), "dropout": (bool,), "final_relu": (bool,), "init": (str,), "optimizer": (str,),
-    "weight_decay": _NUM, "momentum": _NUM, "batch_size": (int,), "augment": (str,), "preprocess": (str,),
-    "train_split": (str,), "val_split": _OPT_STR, "precision": (str,), "backend": (str,), "mode": (str,),
-    "channels_last": (bool,), "compile": (bool,), "cuda_graphs": (bool,),
-    "test_error_pct": _OPT_NUM, "best_test_error_pct": _OPT_NUM, "best_epoch": _OPT_INT, "val_error_pct": _OPT_NUM,
-    "params": _OPT_INT, "macs": _OPT_INT, "train_images_per_s": _OPT_NUM, "eval_images_per_s": _OPT_NUM,
-    "wall_time_s": _OPT_NUM, "peak_memory_mb": _OPT_NUM,
-    "device_name": _OPT_STR, "device_count": (int,), "world_size": (int,),
-    "versions": (dict,), "git_commit": _OPT_STR, "git_dirty": (bool,), "data": (dict,), "config": (dict,),
-    "started_at": (str,), "finished_at": (str,), "history": (list,),
-    "grid": (dict, type(None)), "eval_precision": _OPT_STR, "fused_runs": (int,),
-    "diagnosis": (dict, type(None)),
-}
-"""The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
-OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis")
-"""Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
-VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
-_PCT, _SIZE, _COUNT, _POS = (0, 100), (0, 1e12), (1, 1e12), (0, math.inf)
-RANGES = {**dict.fromkeys(("test_error_pct", "best_test_error_pct", "val_error_pct"), _PCT),
-          **dict.fromkeys(("best_epoch", "device_count", "world_size", "fused_runs"), _COUNT),
-          **dict.fromkeys(("epochs_completed", "params", "macs", "train_images_per_s", "eval_images_per_s",
-                           "wall_time_s", "peak_memory_mb"), _SIZE),
-          "lr": _POS, "weight_decay": _POS, "momentum": _POS, "epochs": (1, 2 ** 63), "batch_size": (1, 2 ** 63),
-          "seed": (0, 2 ** 64)}
-"""Where a number field lies, bounds included (None, where allowed, is not checked), finite: a percentage in
-[0, 100]; a measured one >= 0 (a count of devices or runs >= 1) and at most 1e12, far above any real value, so that
-sums and products of a few stay finite; one a command sets (bench/config.py) anywhere it may set it: >= 0, epochs
-and batch size >= 1 and at most 2**63, a seed at most 2**64 (torch's). History entries: `HISTORY_RANGES`."""
-HISTORY_RANGES = {"epoch": _COUNT, "loss": _POS, "lr": _POS, "seconds": _SIZE}
-"""Where a history entry's numbers lie (and every *_pct key's in [0, 100]; a diverging run's loss may be 1e35);
-keys of newer writers: any finite number."""
-CONFIG_LISTS = ("lr_drops",)
-"""The config fields that hold a list (bench/config.py's tuple fields less its GRID_FIELDS, which no per-run config
-has); every other config value is one name, number or boolean (readers hash them: bench.plan)."""
 MAX_RECORD_BYTES = 16 * 2 ** 20
 """A record file is read only up to this size: a 350-epoch record is about 70 kB, so 16 MiB holds a history two
 hundred times as long, while a link to /dev/zero or a huge file cannot fill the memory."""
@@ -145,101 +65,6 @@ def run_key(config: dict) -> str:
 
 def runs_dir(out: str | os.PathLike) -> Path:
     return Path(out) / "runs"
-
-
-def validate(record) -> str | None:
-    """None when `record` follows `FIELDS`, `VALUES`, `RANGES` and `CONFIG_LISTS` (fields not declared there are
-    allowed: newer writers) and no string of it holds a lone surrogate, else why not."""
-    if not isinstance(record, dict):
-        return f"a record is a JSON object, this is a {type(record).__name__}"
-    try:  # a lone surrogate ("\\ud800") reads as JSON, but no file or terminal can be written with it
-        json.dumps(record, ensure_ascii=False, default=str).encode()
-    except UnicodeEncodeError as e:
-        return f"a string holds a lone surrogate ({e.object[e.start:e.end]!r})"
-    except RecursionError:
-        return "nested too deep"
-    for name, types in FIELDS.items():
-        if name not in record:
-            if name in OPTIONAL:
-                continue
-            return f"field {name!r} is missing"
-        value = record[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            return f"field {name!r} is {type(value).__name__} {value!r:.40}, expected " + \
-                " or ".join("null" if t is type(None) else t.__name__ for t in types)
-        if name in VALUES and value not in VALUES[name]:
-            return f"field {name!r} is {value!r:.40}, expected one of {VALUES[name]}"
-        if name in RANGES and value is not None and not _within(value, RANGES[name]):
-            return f"field {name!r} is {value!r:.40}, out of range {list(RANGES[name])}"
-    if not valid_history(record["history"]):
-        return "field 'history' must be a list of objects of numbers in range (HISTORY_RANGES)"
-    if not _grid_ok(record.get("grid") or {}):
-        return "field 'grid' must hold lists: models of names, lrs of numbers >= 0, seeds of integers >= 0"
-    if record.get("diagnosis") is not None and not _diagnosis_ok(record["diagnosis"]):
-        return "field 'diagnosis' must hold train_error_pct, test_error_by_class_pct and dead_relu_channels as " \
-            "bench/diagnose.py writes them"
-    config = record["config"]
-    for name in CONFIG_REQUIRED:
-        if name not in config:
-            return f"config has no {name!r}"
-        if config[name] != record[name]:
-            return f"config says {name} {config[name]!r:.40}, the record {record[name]!r:.40}"
-    for name, v in config.items():
-        if not (_scalar(v) or name in CONFIG_LISTS and isinstance(v, (list, tuple)) and all(map(_scalar, v))):
-            return f"config values must be names, numbers or booleans (lists of them: {', '.join(CONFIG_LISTS)}), " \
-                f"{name!r} is {v!r:.40}"
-    return None
-
-
-CONFIG_REQUIRED = ("model", "lr", "seed", "preset", "train_split", "augment")
-"""Config fields every record has had, each also a field of the record itself (the two must agree), that the
-reports select and compare runs by."""
-
-
-def _diagnosis_ok(d) -> bool:
-    """bench/diagnose.py's shape: a percentage, a list of percentages or nulls (a class without test images), and
-    per layer [dead, channels] as two integers, 0 <= dead <= channels <= 1e12."""
-    layers = d.get("dead_relu_channels") if isinstance(d, dict) else None
-    return isinstance(d, dict) and _within(d.get("train_error_pct"), _PCT) \
-        and isinstance(d.get("test_error_by_class_pct"), list) \
-        and all(_within(v, _PCT) or v is None for v in d["test_error_by_class_pct"]) and isinstance(layers, dict) \
-        and all(isinstance(v, list) and len(v) == 2 and all(type(n) is int for n in v) and 0 <= v[0] <= v[1] <= 1e12
-                for v in layers.values())
-
-
-def valid_history(history) -> bool:
-    """A run's history as records and checkpoints hold it: a list of objects whose keys are names and whose values
-    are finite numbers of a sane size or null (a record's JSON reader refuses the others already; a checkpoint's
-    unpickler does not), those of `HISTORY_RANGES` and every *_pct in their range."""
-    def value(k, v) -> bool:
-        bounds = _PCT if k.endswith("_pct") else HISTORY_RANGES.get(k)
-        return v is None or (isinstance(v, float) and math.isfinite(v) or type(v) is int and abs(v) < 2 ** 63) \
-            and (bounds is None or _within(v, bounds))
-
-    return isinstance(history, list) and all(isinstance(h, dict) and all(isinstance(k, str) and value(k, v)
-                                                                         for k, v in h.items()) for h in history)
-
-
-def _grid_ok(grid) -> bool:
-    """run_all's `grid`: models are names, lrs numbers, seeds integers (in their fields' `RANGES`); a key it does
-    not write holds names or numbers (a newer writer's)."""
-    item_ok = {"models": lambda x: isinstance(x, str), "lrs": lambda x: _within(x, RANGES["lr"]),
-               "seeds": lambda x: type(x) is int and _within(x, RANGES["seed"])}
-    return isinstance(grid, dict) and all(
-        isinstance(v, list) and all(item_ok.get(k, lambda x: isinstance(x, str) or _number(x))(x) for x in v)
-        for k, v in grid.items())
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _within(x, bounds: tuple) -> bool:
-    return _number(x) and (isinstance(x, int) or math.isfinite(x)) and bounds[0] <= x <= bounds[1]
-
-
-def _scalar(x) -> bool:
-    return x is None or isinstance(x, (str, int, float, bool))
 
 
 def write_record(out: str | os.PathLike, record: dict) -> Path:

@@ -31,7 +31,7 @@ COLUMNS = (
     "wall_time_s", "device_name", "device_count", "world_size", "versions", "git_commit", "git_dirty", "data",
     "config", "grid", "started_at", "finished_at", "history",
 )
-"""The record fields the reports read (bench/results.py); a ledger lacking one gets an empty column, not a value."""
+"""The record fields the reports read (bench/schema.py); a ledger lacking one gets an empty column, not a value."""
 
 NOT_COMPARED = ("model", "lr", "seed", "val_split", *NOT_IN_KEY)
 """Config fields a run of Table 3 may differ in: what Table 3 varies (model, lr, seed), `val_split` (follows

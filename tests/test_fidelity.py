@@ -20,7 +20,7 @@ if __name__ == "__main__":  # the eval-precision worker below runs as a script
 
 import pytest  # noqa: E402
 
-from bench import results  # noqa: E402
+from bench import results, schema  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -69,7 +69,7 @@ def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg
     for r in (slow, nan):
         assert r["grid"] == {"models": ["strided-a"], "lrs": [1e6, 1e-6], "seeds": [0]}
         assert r["eval_precision"] == "no" and r["precision"] == "bf16"
-        assert results.validate(r) is None
+        assert schema.validate(r) is None
     assert "1 completed, 1 diverged" in p.stdout
 
 

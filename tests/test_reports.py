@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from allconv.specs import SPECS, macs
-from bench import results
+from bench import results, schema
 from bench.ablations import BASELINE
 from reports import formats
 from reports.ledger import load_ledger
@@ -99,7 +99,7 @@ def small_ledger() -> list[dict]:
 
 def write_ledger(folder: Path, records: list[dict]) -> Path:
     for rec in records:
-        if rec["status"] in results.STATUSES:
+        if rec["status"] in schema.STATUSES:
             results.write_record(folder, rec)
         else:  # "stalled", before bench/results.py knows it (CONTRACT.md)
             results.runs_dir(folder).mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ SCHEMA = {
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
     "finished_at", "history", "grid", "eval_precision", "fused_runs", "diagnosis",
-}  # bench/results.py's docstring, field by field
+}  # bench/schema.py's docstring, field by field
 HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
 
 

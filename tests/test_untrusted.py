@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoint, results
+from bench import checkpoint, results, schema
 from loaders.prepare import prepare_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,17 +245,17 @@ def damage(out: Path, records: dict) -> dict[float, str]:
 
 def test_validate_names_what_is_wrong(grid):
     record = grid[1][0.01]
-    assert results.validate(record) is None
-    assert results.validate({k: v for k, v in record.items() if k not in results.OPTIONAL}) is None  # old ledgers
-    assert "list" in results.validate([record])
-    assert "'lr'" in results.validate(dict(record, lr=True))
-    assert "'status'" in results.validate(dict(record, status="done"))
-    assert "'history'" in results.validate({k: v for k, v in record.items() if k != "history"})
-    assert results.validate(dict(record, status="stalled", grid={"models": ["strided-a"]}, eval_precision="no")) \
+    assert schema.validate(record) is None
+    assert schema.validate({k: v for k, v in record.items() if k not in schema.OPTIONAL}) is None  # old ledgers
+    assert "list" in schema.validate([record])
+    assert "'lr'" in schema.validate(dict(record, lr=True))
+    assert "'status'" in schema.validate(dict(record, status="done"))
+    assert "'history'" in schema.validate({k: v for k, v in record.items() if k != "history"})
+    assert schema.validate(dict(record, status="stalled", grid={"models": ["strided-a"]}, eval_precision="no")) \
         is None
     for bad in ({"lrs": ["0.1"]}, {"models": [3]}, {"seeds": [0.5]}, {"seeds": [True]}, {"lrs": 0.1}, ["lrs"]):
-        assert "'grid'" in results.validate(dict(record, grid=bad)), bad  # tables.lr_grid raised on a string LR
-    assert results.validate(dict(record, grid={"lrs": [0.1, 1], "seeds": [0, 2], "batch": [128, "b"]})) is None
+        assert "'grid'" in schema.validate(dict(record, grid=bad)), bad  # tables.lr_grid raised on a string LR
+    assert schema.validate(dict(record, grid={"lrs": [0.1, 1], "seeds": [0, 2], "batch": [128, "b"]})) is None
 
 
 def test_validate_refuses_numbers_out_of_range_and_lists_in_config(grid):
@@ -266,24 +266,24 @@ def test_validate_refuses_numbers_out_of_range_and_lists_in_config(grid):
     for name, bad in (("test_error_pct", 150.0), ("best_test_error_pct", -1.0), ("val_error_pct", 1e308),
                       ("wall_time_s", -1e6), ("train_images_per_s", 1e308), ("fused_runs", 10 ** 299),
                       ("device_count", 0), ("epochs", 10 ** 299), ("peak_memory_mb", -1.0), ("lr", -0.1)):
-        assert f"field {name!r}" in results.validate(dict(record, **{name: bad})), (name, bad)
+        assert f"field {name!r}" in schema.validate(dict(record, **{name: bad})), (name, bad)
     h = record["history"][-1]
     for name, bad in (("train_acc_pct", 101.0), ("test_error_pct", -3.0), ("seconds", -1.0), ("loss", -1.0)):
-        assert "'history'" in results.validate(dict(record, history=[dict(h, **{name: bad})])), name
-    assert results.validate(dict(record, history=[dict(h, loss=None)])) is None  # a diverged epoch
-    assert results.validate(dict(record, lr=1e9, config={**record["config"], "lr": 1e9},
+        assert "'history'" in schema.validate(dict(record, history=[dict(h, **{name: bad})])), name
+    assert schema.validate(dict(record, history=[dict(h, loss=None)])) is None  # a diverged epoch
+    assert schema.validate(dict(record, lr=1e9, config={**record["config"], "lr": 1e9},
                                  history=[dict(h, loss=1.3e35, lr=1e9)])) is None  # diverging, as run_all wrote it
     committed = sorted((ROOT / "reports/measured/campaign/runs").glob("*.json"))
     assert committed and all(results.read_one(p) == (json.loads(p.read_text()), None) for p in committed)
     diagnosis = json.loads(committed[0].read_text())["diagnosis"]  # as bench/diagnose.py writes it
-    assert results.validate(dict(record, diagnosis=diagnosis)) is None
+    assert schema.validate(dict(record, diagnosis=diagnosis)) is None
     for bad in ({"train_error_pct": 10 ** 299}, {"test_error_by_class_pct": [101.0] * 10},
                 {"dead_relu_channels": {"x": [10 ** 299, 10 ** 299]}}):
-        assert "'diagnosis'" in results.validate(dict(record, diagnosis={**diagnosis, **bad})), bad
-    assert "'grid'" in results.validate(dict(record, grid={"lrs": [-0.1], "seeds": [0]}))
-    assert "lone surrogate" in results.validate(dict(record, device_name="GPU \ud800"))  # no writer can write it
-    assert "'precision' is ['no']" in results.validate(dict(record, config={**record["config"], "precision": ["no"]}))
-    assert results.validate(dict(record, config={**record["config"], "lr_drops": [1, 2]})) is None
+        assert "'diagnosis'" in schema.validate(dict(record, diagnosis={**diagnosis, **bad})), bad
+    assert "'grid'" in schema.validate(dict(record, grid={"lrs": [-0.1], "seeds": [0]}))
+    assert "lone surrogate" in schema.validate(dict(record, device_name="GPU \ud800"))  # no writer can write it
+    assert "'precision' is ['no']" in schema.validate(dict(record, config={**record["config"], "precision": ["no"]}))
+    assert schema.validate(dict(record, config={**record["config"], "lr_drops": [1, 2]})) is None
 
 
 def test_damaged_ledger_loads_the_valid_rows(grid, tmp_path, capsys):
