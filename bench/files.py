@@ -23,7 +23,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV). The
     temporary file is named by host and pid: one that a killed writer of this host left behind (a checkpoint's
     size) is removed by the next write of the same file."""
-    from bench.workqueue import HOST
+    from bench.claims import HOST
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
@@ -49,7 +49,7 @@ def _remove_orphans(path: Path, prefix: str) -> None:
     """`path`'s temporary files named `prefix<pid>.tmp` whose process no longer runs (this host's only: another
     host's pids mean nothing here) and that no writer holds locked (a writer in another pid namespace of the same
     host name). Best effort: a file it may not remove (another user's) is left, and the write goes on."""
-    from bench.workqueue import alive
+    from bench.claims import alive
 
     for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
         pid = tmp.name[len(prefix):-len(".tmp")]

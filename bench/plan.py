@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import allconv  # noqa: E402
-from bench import results, workqueue  # noqa: E402
+from bench import claims, results, workqueue  # noqa: E402
 from bench.config import UsageError, expand, parse_args  # noqa: E402
 
 SAME_COST = ("batch_size", "precision", "train_split", "subset_per_class", "preset")
@@ -61,15 +61,15 @@ def checkpoint_epoch(path: Path) -> int | str:
 
 def claim_holder(path: Path, lease_s: float) -> str | None:
     """'host pid N' of a live claim on a run, else None (no claim, or a stale one: the next start takes it over). A
-    damaged claim is judged as run_all judges it (`workqueue.claim_info`: by its age)."""
+    damaged claim is judged as run_all judges it (`claims.claim_info`: by its age)."""
     try:
         mtime = path.stat().st_mtime
     except OSError:
         return None
-    info = workqueue.claim_info(path)
-    if workqueue.stale(info, mtime, lease_s if info else min(lease_s, 60)):
+    info = claims.claim_info(path)
+    if claims.stale(info, mtime, lease_s if info else min(lease_s, 60)):
         return None
-    return workqueue.owner(info)
+    return claims.owner(info)
 
 
 def timings(records: list[dict]) -> tuple[dict, str | None, int]:
@@ -161,7 +161,7 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
                 state = f"{record['status']} before: {state}"
         elif record is not None:
             state = f"{record['status']} before: trains again"
-        holder = claim_holder(workqueue.claims_dir(cfg.out) / f"{key}.json", cfg.claim_lease_minutes * 60)
+        holder = claim_holder(claims.claims_dir(cfg.out) / f"{key}.json", cfg.claim_lease_minutes * 60)
         if holder is not None and start is not None:
             state = f"being trained by {holder} ({state})"
         per_epoch, scaled = epoch_seconds(run, seconds, rates)

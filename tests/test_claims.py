@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from bench import process, workqueue
+from bench import claims, process, workqueue
 from bench.config import PRESETS, expand, parse_args
 
 GRID = ("--models", "strided-b", "strided-c", "strided-a", "--lrs", "0.25", "0.1", "0.05", "0.01")  # 12 runs
 
 
 def write_claim(out, key, **info) -> Path:
-    path = workqueue.claims_dir(out) / f"{key}.json"
+    path = claims.claims_dir(out) / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info))
     return path
@@ -29,12 +29,12 @@ def write_claim(out, key, **info) -> Path:
 def test_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    path = write_claim(tmp_path, "k", host=workqueue.HOST, pid=dead.pid, started_at=0)
-    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    path = write_claim(tmp_path, "k", host=claims.HOST, pid=dead.pid, started_at=0)
+    claim = claims.try_claim(tmp_path, "k", lease_s=3600)
     assert claim is not None and json.loads(path.read_text())["pid"] == os.getpid()
-    workqueue.log(tmp_path, "claimed k")
-    assert "took over k from" in (workqueue.claims_dir(tmp_path) / "log.txt").read_text()
-    assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is None  # now held by a live process: this one
+    claims.log(tmp_path, "claimed k")
+    assert "took over k from" in (claims.claims_dir(tmp_path) / "log.txt").read_text()
+    assert claims.try_claim(tmp_path, "k", lease_s=3600) is None  # now held by a live process: this one
     claim.release()
     assert not path.exists() and sorted(p.name for p in path.parent.iterdir()) == [".lock", "log.txt"]
 
@@ -42,7 +42,7 @@ def test_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
 def test_a_claim_taken_over_is_not_released_by_its_old_owner(tmp_path):
     """An owner whose lease expired while it lived (another host took the run over) leaves the new claim alone,
     even when the new file has the same inode number as its own had."""
-    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    claim = claims.try_claim(tmp_path, "k", lease_s=3600)
     path = claim.path
     theirs = json.dumps({"host": "other-host", "pid": 1, "started_at": 0}).encode()
     path.write_bytes(theirs)  # same inode, another owner's claim
@@ -55,28 +55,28 @@ def test_a_claim_taken_over_is_not_released_by_its_old_owner(tmp_path):
 
 
 def test_live_claims_are_not_taken(tmp_path):
-    me = {"host": workqueue.HOST, "pid": os.getppid(), "pid_start": workqueue._pid_start(os.getppid())}
+    me = {"host": claims.HOST, "pid": os.getppid(), "pid_start": claims._pid_start(os.getppid())}
     write_claim(tmp_path, "here", **me)
     write_claim(tmp_path, "elsewhere", host="other-host", pid=1)  # fresh heartbeat, another host
-    assert workqueue.try_claim(tmp_path, "here", lease_s=3600) is None
-    assert workqueue.try_claim(tmp_path, "elsewhere", lease_s=3600) is None
+    assert claims.try_claim(tmp_path, "here", lease_s=3600) is None
+    assert claims.try_claim(tmp_path, "elsewhere", lease_s=3600) is None
     # the same pid number now belonging to another process (reused) is not the owner
     write_claim(tmp_path, "reused", **dict(me, pid_start="1"))
-    assert workqueue.try_claim(tmp_path, "reused", lease_s=3600) is not None
+    assert claims.try_claim(tmp_path, "reused", lease_s=3600) is not None
 
 
 def test_claim_from_another_host_expires_after_the_lease(tmp_path):
     path = write_claim(tmp_path, "k", host="other-host", pid=os.getpid())
     two_hours_ago = time.time() - 7200
     os.utime(path, (two_hours_ago, two_hours_ago))
-    assert workqueue.try_claim(tmp_path, "k", lease_s=3 * 3600) is None
-    assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is not None
+    assert claims.try_claim(tmp_path, "k", lease_s=3 * 3600) is None
+    assert claims.try_claim(tmp_path, "k", lease_s=3600) is not None
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("info", [{"host": workqueue.HOST, "pid": 2 ** 40}, {"host": workqueue.HOST, "pid": -1},
-                                  {"host": workqueue.HOST, "pid": 0}, {"host": workqueue.HOST, "pid": 2 ** 22},
-                                  {"host": workqueue.HOST, "pid": os.getppid(), "pid_start": ["1"]},
+@pytest.mark.parametrize("info", [{"host": claims.HOST, "pid": 2 ** 40}, {"host": claims.HOST, "pid": -1},
+                                  {"host": claims.HOST, "pid": 0}, {"host": claims.HOST, "pid": 2 ** 22},
+                                  {"host": claims.HOST, "pid": os.getppid(), "pid_start": ["1"]},
                                   {"host": "x\n" * 1000, "pid": [1]}, "[" * 100_000, "fifo", "x" * 5000])
 def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info, tmp_path):
     """A pid of 2**40 raised OverflowError in os.kill (bench.plan and run_all crashed); -1 and 0 (which os.kill takes
@@ -84,7 +84,7 @@ def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info,
     RecursionError, and a FIFO hung both. Each is now a claim judged by its heartbeat, named in one line."""
     from bench import plan
 
-    path = workqueue.claims_dir(tmp_path) / "k.json"
+    path = claims.claims_dir(tmp_path) / "k.json"
     path.parent.mkdir(parents=True)
     if info == "fifo":
         os.mkfifo(path)
@@ -92,18 +92,18 @@ def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info,
         path.write_text(info if isinstance(info, str) else json.dumps(info))
     held = plan.claim_holder(path, 3600)
     assert held is not None and "\n" not in held and len(held) < 100, held  # fresh: held, as run_all sees it
-    assert workqueue.try_claim(tmp_path, "k", lease_s=3600) is None
+    assert claims.try_claim(tmp_path, "k", lease_s=3600) is None
     old = time.time() - 7200
     os.utime(path, (old, old), follow_symlinks=False)
     assert plan.claim_holder(path, 3600) is None
-    claim = workqueue.try_claim(tmp_path, "k", lease_s=3600)
+    claim = claims.try_claim(tmp_path, "k", lease_s=3600)
     assert claim is not None and claim.held()
     (line,) = [x for x in (path.parent / "log.txt").read_text().splitlines() if "took over k from" in x]
     assert len(line) < 200, line
 
 
 def _race(out) -> bool:
-    return workqueue.try_claim(out, "k", lease_s=3600) is not None  # kept: the pool's process lives on, holding it
+    return claims.try_claim(out, "k", lease_s=3600) is not None  # kept: the pool's process lives on, holding it
 
 
 def test_only_one_of_many_takers_wins_a_stale_claim(tmp_path):
@@ -115,10 +115,10 @@ def test_only_one_of_many_takers_wins_a_stale_claim(tmp_path):
             out = tmp_path / str(round)
             dead = subprocess.Popen(["true"])
             dead.wait()
-            write_claim(out, "k", host=workqueue.HOST, pid=dead.pid)
+            write_claim(out, "k", host=claims.HOST, pid=dead.pid)
             wins = list(pool.map(_race, [out] * 12))
             assert sum(wins) == 1, (round, wins)
-            assert sorted(p.name for p in workqueue.claims_dir(out).iterdir()) == [".lock", "k.json", "log.txt"]
+            assert sorted(p.name for p in claims.claims_dir(out).iterdir()) == [".lock", "k.json", "log.txt"]
 
 
 def test_longest_first_by_epochs_images_and_macs():

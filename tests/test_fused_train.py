@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results, run_all, workqueue
+from bench import claims, results, run_all, workqueue
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = ("1e9", "0.05", "0.01")  # 1e9 diverges in epoch 1
@@ -173,7 +173,7 @@ def test_a_run_whose_claim_was_taken_over_leaves_the_group(data, tmp_path, monke
     assert [(r["status"], r["epochs_completed"], len(r["history"]), r["fused_runs"]) for r in kept] == \
         ([("completed", 3, 3, 2)] if lose == "one" else [])
     assert sorted(p.stem for p in (out / "checkpoints").glob("*.pt")) == sorted(c.stem for c in taken)
-    assert sorted(p.stem for p in workqueue.claims_dir(out).glob("*.json")) == sorted(c.stem for c in taken)
+    assert sorted(p.stem for p in claims.claims_dir(out).glob("*.json")) == sorted(c.stem for c in taken)
 
 
 @pytest.mark.parametrize("extra, message", [

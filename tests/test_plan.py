@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from allconv import macs
-from bench import launch, plan, results, workqueue
+from bench import claims, launch, plan, results
 from bench.config import config_key, parse_args
 from bench.run_all import main as run_all
 
@@ -39,16 +39,16 @@ def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
     torch.save({"epoch": 1, "history": [{"epoch": 1}]}, out / "checkpoints" / f"{keys[0.1]}.pt")
     (out / "checkpoints" / f"{keys[0.005]}.pt").write_bytes(b"not a checkpoint")
     torch.save({"epoch": 999, "history": []}, out / "checkpoints" / f"{keys[0.002]}.pt")  # run_all sets it aside
-    workqueue.claims_dir(out).mkdir(exist_ok=True)
-    (workqueue.claims_dir(out) / f"{keys[0.01]}.json").write_text(json.dumps(
-        {"host": workqueue.HOST, "pid": os.getpid(), "pid_start": workqueue._pid_start(os.getpid())}))
+    claims.claims_dir(out).mkdir(exist_ok=True)
+    (claims.claims_dir(out) / f"{keys[0.01]}.json").write_text(json.dumps(
+        {"host": claims.HOST, "pid": os.getpid(), "pid_start": claims._pid_start(os.getpid())}))
 
     rows, summary = plan.plan(cfg)
     by = {(r["model"], r["lr"]): r for r in rows}
     done, resumed = by[("strided-a", 0.05)], by[("strided-a", 0.1)]
     assert done["state"] == f"completed {record['test_error_pct']:.2f}%" and done["start"] is None
     assert resumed["state"] == "resumes at epoch 1" and resumed["start"] == 1
-    assert by[("strided-a", 0.01)]["state"] == f"being trained by {workqueue.HOST} pid {os.getpid()} (to train)"
+    assert by[("strided-a", 0.01)]["state"] == f"being trained by {claims.HOST} pid {os.getpid()} (to train)"
     assert by[("strided-a", 0.005)]["state"].startswith("unreadable checkpoint") and by[("strided-a", 0.005)][
         "start"] == 0
     assert by[("strided-a", 0.002)]["state"].startswith("malformed checkpoint") and by[("strided-a", 0.002)][

@@ -1,4 +1,4 @@
-"""Processes sharing one ledger through the grid's work queue (bench/workqueue.py; its claims alone:
+"""Processes sharing one ledger through the grid's work queue (bench/workqueue.py, bench/claims.py; its claims alone:
 test_claims.py): independent processes, a killed one's claim taken over, no orphan ranks after a launcher dies,
 a full disk that stops the grid without recording a failed run, two machines filling one ledger.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results, workqueue
+from bench import claims, results, workqueue
 from bench.config import expand, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +49,10 @@ def start(argv, log: Path, launcher: list[str] | None = None, **extra_env) -> su
         return subprocess.Popen(cmd, cwd=ROOT, env=env(**extra_env), stdout=f, stderr=subprocess.STDOUT)
 
 
-def claims(out) -> dict[str, dict]:
+def held_claims(out) -> dict[str, dict]:
     """The live claim files: run key -> content."""
     found = {}
-    for p in workqueue.claims_dir(out).glob("*.json"):
+    for p in claims.claims_dir(out).glob("*.json"):
         try:
             found[p.stem] = json.loads(p.read_text())
         except (OSError, ValueError):
@@ -72,7 +72,7 @@ def wait_for(condition, timeout=180, what="condition"):
 
 def log_lines(out) -> list[list[str]]:
     """The claims log: [time, host, pid, verb..., key...] per line."""
-    return [line.split() for line in (workqueue.claims_dir(out) / "log.txt").read_text().splitlines()]
+    return [line.split() for line in (claims.claims_dir(out) / "log.txt").read_text().splitlines()]
 
 
 def state(pid: int) -> str:
@@ -113,16 +113,16 @@ def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_
     first = start(args(data, out, *GRID), log)
     others = [first]  # killed at the end if a check fails, so they do not train on beside later tests
     try:
-        wait_for(lambda: any(c["pid"] == first.pid for c in claims(out).values()), what="a first claim")
+        wait_for(lambda: any(c["pid"] == first.pid for c in held_claims(out).values()), what="a first claim")
         others = [start(args(data, out, *GRID), log)]
-        wait_for(lambda: any(c["pid"] == others[0].pid for c in claims(out).values()) or others[0].poll() is not None,
+        wait_for(lambda: any(c["pid"] == others[0].pid for c in held_claims(out).values()) or others[0].poll() is not None,
                  what="a second claim")
         deadline, held = time.monotonic() + 180, []
         while first.poll() is None and time.monotonic() < deadline:  # freeze the first holding a claim, kill it
             first.send_signal(signal.SIGSTOP)
             wait_for(lambda: state(first.pid) in ("T", "Z", ""), timeout=10, what="the first to stop")
             # a claim whose run is already recorded is one the process was about to release: not a run it holds
-            held = [k for k, c in claims(out).items()
+            held = [k for k, c in held_claims(out).items()
                     if c["pid"] == first.pid and not (results.runs_dir(out) / f"{k}.json").exists()]
             if held:
                 break
@@ -142,7 +142,7 @@ def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_
     runs = expand(parse_args(args(data, out, *GRID)), records[0]["data"]["source_sha256"])
     assert sorted(r["run_key"] for r in records) == sorted(r.key(records[0]["data"]["source_sha256"]) for r in runs)
     assert all(r["status"] == "completed" for r in records)
-    assert sorted(p.name for p in workqueue.claims_dir(out).iterdir()) == [".lock", "log.txt"]  # all released
+    assert sorted(p.name for p in claims.claims_dir(out).iterdir()) == [".lock", "log.txt"]  # all released
     lines = log_lines(out)
     took = [line for line in lines if line[3:5] == ["took", "over"]]
     assert [line[5] for line in took] == held and took[0][-1] == str(first.pid)
@@ -177,7 +177,7 @@ def test_full_disk_stops_the_grid_keeps_the_checkpoint_and_records_nothing(data,
     assert err.startswith(f"error: cannot write {out}/runs/") and err.endswith(
         ".json: No space left on device; earlier records and checkpoints are intact; free space and rerun the same "
         "command") and "\n" not in err, err
-    assert results.read_records(out) == [] and claims(out) == {}
+    assert results.read_records(out) == [] and held_claims(out) == {}
     assert len(list((out / "checkpoints").glob("*.pt"))) == 1
     monkeypatch.setattr(results.os, "fsync", real_fsync)
     assert run_all.main(argv) == 0
@@ -244,7 +244,7 @@ def test_a_run_that_ends_in_the_epoch_its_claim_was_taken_records_nothing(data, 
 
     def taken_during_the_epoch(*a, **kw):
         es = epoch(*a, **kw)
-        for path in workqueue.claims_dir(tmp_path / "out").glob("*.json"):
+        for path in claims.claims_dir(tmp_path / "out").glob("*.json"):
             path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
             taken.append(path)
         return es
@@ -267,7 +267,7 @@ def test_sigterm_mid_epoch_after_the_claim_was_taken_checkpoints_nothing(data, t
     epoch, taken = engine.train_one_epoch, []
 
     def taken_then_terminated(*a, **kw):
-        for path in workqueue.claims_dir(tmp_path / "out").glob("*.json"):
+        for path in claims.claims_dir(tmp_path / "out").glob("*.json"):
             path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
             taken.append(path)
         run_all.STOP["requested"] = True  # as the SIGTERM handler does
@@ -296,7 +296,7 @@ def test_a_run_that_fails_after_its_claim_was_taken_records_nothing(data, tmp_pa
     taken = []
 
     def taken_then_crash(*a, **kw):
-        for path in workqueue.claims_dir(tmp_path / "out").glob("*.json"):
+        for path in claims.claims_dir(tmp_path / "out").glob("*.json"):
             path.write_text(json.dumps({"host": "other-host", "pid": 1, "pid_start": None}))
             taken.append(path)
         raise RuntimeError("a loader worker died")
@@ -321,12 +321,12 @@ def test_killing_the_launcher_leaves_no_rank_running_and_a_rerun_resumes(data, t
     # 10 epochs: rank 1 starts training while rank 0 still measures the rate; both must still be training when killed
     grid = ("--models", "strided-a", "--lrs", "0.1", "0.05", "--mode", "grid", "--epochs", "10")
     proc = start(args(data, out, *grid), log, launcher(free_port), ACCELERATE_USE_CPU="1")
-    ranks = wait_for(lambda: len(claims(out)) == 2 and [c["pid"] for c in claims(out).values()],
+    ranks = wait_for(lambda: len(held_claims(out)) == 2 and [c["pid"] for c in held_claims(out).values()],
                      what="both ranks training")
     proc.kill()
     proc.wait()
     wait_for(lambda: not any(running(pid) for pid in ranks), timeout=30, what="the ranks to stop")
-    assert claims(out) == {}, "a rank that stopped on SIGTERM releases its claim"
+    assert held_claims(out) == {}, "a rank that stopped on SIGTERM releases its claim"
     assert len(list((out / "checkpoints").glob("*.pt"))) == 2, log.read_text()[-3000:]
     again = subprocess.run([sys.executable, "bench/run_all.py", *args(data, out, *grid)], cwd=ROOT, env=env(),
                            capture_output=True, text=True, timeout=300)

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from bench import checkpoint, files, results, workqueue
+from bench import checkpoint, claims, files, results, workqueue
 from bench.config import PRESETS
 from bench.engine import RunState
 from bench.runs import stop_reason
@@ -154,11 +154,11 @@ def test_a_full_disk_while_claiming_leaves_no_claim(tmp_path, monkeypatch):
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(workqueue.os, "fsync", full)
+    monkeypatch.setattr(claims.os, "fsync", full)
     with pytest.raises(files.WriteError) as e:
-        workqueue.try_claim(tmp_path, "0123456789abcdef", lease_s=60)
+        claims.try_claim(tmp_path, "0123456789abcdef", lease_s=60)
     assert e.value.errno == errno.ENOSPC and e.value.filename.endswith("claims/0123456789abcdef.json")
-    assert not (workqueue.claims_dir(tmp_path) / "0123456789abcdef.json").exists()
+    assert not (claims.claims_dir(tmp_path) / "0123456789abcdef.json").exists()
 
 
 def test_run_all_stops_in_one_line_when_a_claim_cannot_be_written(smoke_data_dir, jpeg_tarball, tmp_path, capsys,
@@ -218,14 +218,14 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
     assert orphan.stat().st_size == 4096 and not path.exists()
     dead = orphan.name.split(".")[-2]  # the killed writer's pid
     unseen = 4194399  # above Linux's largest pid_max: never running here
-    assert not workqueue.alive(unseen, None)
-    locked = tmp_path / f".run.pt.{workqueue.HOST}.{unseen}.tmp"
+    assert not claims.alive(unseen, None)
+    locked = tmp_path / f".run.pt.{claims.HOST}.{unseen}.tmp"
     hold = "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); print(1, flush=True); " \
            "time.sleep(60)"
     with subprocess.Popen([sys.executable, "-c", hold, str(locked)], stdout=subprocess.PIPE) as live:
         assert live.stdout.readline() == b"1\n"  # holding the lock
-        kept = [tmp_path / f".run.pt.{workqueue.HOST}.{live.pid}.tmp", tmp_path / f".run.pt.elsewhere.{dead}.tmp",
-                tmp_path / f".run.pt.{workqueue.HOST}.{'9' * 30}.tmp"]
+        kept = [tmp_path / f".run.pt.{claims.HOST}.{live.pid}.tmp", tmp_path / f".run.pt.elsewhere.{dead}.tmp",
+                tmp_path / f".run.pt.{claims.HOST}.{'9' * 30}.tmp"]
         for k in kept:
             k.write_bytes(b"half")
         kept.append(locked)
