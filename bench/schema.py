@@ -135,7 +135,7 @@ def validate(record) -> str | None:
     return None
 
 
-CONFIG_REQUIRED = ("model", "lr", "seed", "preset", "train_split", "augment")
+CONFIG_REQUIRED = ("model", "lr", "seed", "epochs", "preset", "train_split", "augment")
 """Config fields every record has had, each also a field of the record itself (the two must agree), that the
 reports select and compare runs by."""
 

@@ -251,6 +251,7 @@ def test_validate_names_what_is_wrong(grid):
     assert "'lr'" in schema.validate(dict(record, lr=True))
     assert "'status'" in schema.validate(dict(record, status="done"))
     assert "'history'" in schema.validate({k: v for k, v in record.items() if k != "history"})
+    assert "config says epochs 7" in schema.validate(dict(record, config={**record["config"], "epochs": 7}))
     assert schema.validate(dict(record, status="stalled", grid={"models": ["strided-a"]}, eval_precision="no")) \
         is None
     for bad in ({"lrs": ["0.1"]}, {"models": [3]}, {"seeds": [0.5]}, {"seeds": [True]}, {"lrs": 0.1}, ["lrs"]):
