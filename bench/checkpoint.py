@@ -222,6 +222,8 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
             scaler.load_state_dict(blob["scaler"])
         es = blob.get("epoch_state")
         blob["epoch_state"] = epoch_state(**es) if es is not None else None
+    except MemoryError:  # this machine's limit, not the file's damage: it stays for a rerun
+        raise
     except Exception as e:  # untrusted input: whatever is wrong with it, the run restarts rather than fails
         (model_state, optimizer_state), rng = before
         net.load_state_dict(model_state)

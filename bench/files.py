@@ -91,12 +91,15 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     no further than `limit`, so a link to /dev/zero or a huge file does not exhaust memory."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+        if st.st_size > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        with open(fd, "rb", closefd=False) as f:  # its size, not the limit: a read reserves what it asks for
+            data = f.read(st.st_size + 1)
     finally:
         os.close(fd)
-    if len(data) > limit:
+    if len(data) > limit:  # grew while read
         raise ValueError(f"larger than {limit} bytes")
     return data

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.files import atomic_write, read_regular, set_aside
-from bench.schema import validate
+from bench.schema import utf8, validate
 
 MAX_RECORD_BYTES = 16 * 2 ** 20
 """A record file is read only up to this size: a 350-epoch record is about 70 kB, so 16 MiB holds a history two
@@ -68,7 +68,9 @@ def runs_dir(out: str | os.PathLike) -> Path:
 
 
 def write_record(out: str | os.PathLike, record: dict) -> Path:
-    """Check `record` against the schema (ValueError with the reason) and publish it atomically."""
+    """Check `record` against the schema (ValueError with the reason) and publish it atomically; its strings as
+    `bench.schema.utf8` makes them (a path with a byte that is not UTF-8)."""
+    record = utf8(record)
     reason = validate(record)
     if reason is not None:
         raise ValueError(f"record {record.get('run_key') if isinstance(record, dict) else ''}: {reason}")
@@ -110,6 +112,7 @@ def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
         record = json.loads(blob, parse_constant=_reject_constant, parse_float=_finite, parse_int=_int)
     except (ValueError, RecursionError, MemoryError) as e:  # JSONDecodeError, UnicodeDecodeError; nested too deep
         return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    record = utf8(record)  # a lone surrogate (a JSON escape, or an older writer's path) as its escape in text
     reason = validate(record)
     if reason is None and record["run_key"] != path.stem:
         reason = f"run_key {record['run_key']!r:.40} does not match the file name"

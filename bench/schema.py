@@ -184,3 +184,24 @@ def _within(x, bounds: tuple) -> bool:
 
 def _scalar(x) -> bool:
     return x is None or isinstance(x, (str, int, float, bool))
+
+
+def utf8(x):
+    """`x` (a record or a part of one) with every string writable as UTF-8: a lone surrogate, which Python makes of
+    a path's byte that is not UTF-8 (os.fsdecode's surrogateescape) or reads from a JSON escape ("\\ud800"), becomes
+    its escape in text ("caf\\xe9", "\\ud800"). bench.results applies it to what it writes and reads, so such a path
+    neither stops a record from being written nor sets an old record aside."""
+    if isinstance(x, str):
+        try:
+            x.encode()
+            return x
+        except UnicodeEncodeError:
+            try:
+                return x.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # a surrogate no byte was escaped to
+                return x.encode("utf-8", "backslashreplace").decode()
+    if isinstance(x, dict):
+        return {utf8(k): utf8(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [utf8(v) for v in x]
+    return x
