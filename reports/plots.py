@@ -176,12 +176,12 @@ def plot_throughput(tp: pd.DataFrame, path, sha256: str = "", kind: str = "ledge
     ax.barh([y - (height / 2 if has_fused else 0) for y in at], [r["train_images_per_s"] for r in rows],
             height=height, color=colors)
     if has_fused:
-        runs = {int(r["fused_runs"]) for r, f in zip(rows, fused) if _known(f)}
+        runs = {int(r["fused_runs"]) for r, f in zip(rows, fused) if _known(f) and _known(r["fused_runs"])}
         ax.barh([y + height / 2 for y in at], [f if _known(f) else 0 for f in fused], height=height, color=colors,
                 alpha=0.45, hatch="//", edgecolor="white")
         ax.legend(handles=[matplotlib.patches.Patch(color="0.4", label="one run"),
                            matplotlib.patches.Patch(facecolor="0.4", alpha=0.45, hatch="//", edgecolor="white",
-                                                    label=f"{'/'.join(map(str, sorted(runs)))} runs fused "
+                                                    label=f"{'/'.join(map(str, sorted(runs))) or 'several'} runs fused "
                                                           "(all runs' images)")],
                   fontsize=7, loc="lower right")
     ax.set_yticks(at, labels, fontsize=7)

@@ -105,10 +105,11 @@ THROUGHPUT_TEXT = ("model", "device_name", "precision", "backend", "peak_precisi
 
 def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
     """Rows of bench/throughput.py output: a JSON list of dicts (or a dict holding one) or a CSV file, as read by
-    the reports and bench.plan. An outside file: one it cannot read, or a row whose THROUGHPUT_TEXT field is not
-    text, whose other field is a list or an object, or with a lone surrogate (a JSON escape, no text), is a
-    LedgerError naming it; a figure (THROUGHPUT_NUMBERS) that is not a finite number is unknown (NaN): that row
-    measured nothing there, which the readers skip."""
+    the reports and bench.plan, with the columns they read (THROUGHPUT_TEXT, THROUGHPUT_NUMBERS, THROUGHPUT_KEYS;
+    older files hold more, e.g. lists of rounds). An outside file: one it cannot read, or a row whose
+    THROUGHPUT_TEXT field is not text, whose other field is a list or an object, or with a lone surrogate (a JSON
+    escape, no text), is a LedgerError naming it; a figure (THROUGHPUT_NUMBERS) that is not a finite number is
+    unknown (NaN): that row measured nothing there, which the readers skip."""
     path = Path(path)
     if not path.is_file():
         raise LedgerError(f"{path}: no such throughput file")
@@ -124,6 +125,7 @@ def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
             rows = pd.DataFrame.from_records(data)
     except (OSError, ValueError, RecursionError) as e:  # bad JSON or CSV, not UTF-8: ValueErrors
         raise LedgerError(f"{path}: not a throughput file ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    rows = rows[[c for c in rows.columns if c in (*THROUGHPUT_TEXT, *THROUGHPUT_NUMBERS, *THROUGHPUT_KEYS)]]
     for i, row in enumerate(rows.to_dict("records"), 1):
         for key, value in row.items():
             kind, fits = ("text", isinstance(value, str)) if key in THROUGHPUT_TEXT else \
@@ -133,6 +135,14 @@ def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
                 raise LedgerError(f"{path}: row {i}: {str(key)[:40]!r} is {str(value)[:40]!r}, not "
                                   + ("text (a lone surrogate)" if surrogate else kind))
     for key in set(THROUGHPUT_NUMBERS) & set(rows.columns):
-        rows[key] = pd.to_numeric(rows[key].map(lambda v: None if isinstance(v, bool) else v), errors="coerce")
-        rows.loc[~rows[key].map(math.isfinite), key] = float("nan")
+        rows[key] = rows[key].map(_figure)
     return rows
+
+
+def _figure(value) -> float:
+    """A benchmark figure as a finite float, else NaN (text, a bool, inf, an integer beyond a float)."""
+    try:
+        x = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan

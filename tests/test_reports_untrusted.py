@@ -14,7 +14,7 @@ from reports.__main__ import main as reports_main
 from reports.ledger import load_ledger
 from reports.tables import table3
 from reports.throughput import throughput_table
-from tests.test_reports import record, write_ledger
+from tests.test_reports import ROOT, record, write_ledger
 
 LINK = "[Download the fixed weights](javascript:alert(1)) ![x](https://evil.example/p.png) <script>alert(2)</script>"
 
@@ -187,7 +187,7 @@ def test_a_bad_throughput_file_is_one_line_and_no_report(tmp_path, capsys, name,
 
 @pytest.mark.parametrize("name, text", [
     ("rate.json", b"[" + (ROW % '"abc"').encode() + b"]"), ("inf.json", b"[" + (ROW % "1e400").encode() + b"]"),
-    ("bool.json", b"[" + (ROW % "true").encode() + b"]"),
+    ("bool.json", b"[" + (ROW % "true").encode() + b"]"), ("big.json", b"[" + (ROW % ("1" + "0" * 400)).encode() + b"]"),
     ("rate.csv", b"model,precision,device_name,train_images_per_s\nallcnn-c,bf16,NVIDIA H200,abc\n"),
 ])
 def test_a_throughput_figure_that_is_not_a_number_is_unknown(tmp_path, name, text):
@@ -200,6 +200,17 @@ def test_a_throughput_figure_that_is_not_a_number_is_unknown(tmp_path, name, tex
     results_dir = write_ledger(tmp_path / "results", [record(lr=0.05, test=9.3)])
     assert reports_main(["--results", str(results_dir), "--out", str(tmp_path / "report"), "--throughput",
                          str(tmp_path / name)]) == 0
+
+
+def test_throughput_files_of_older_or_partial_rows_make_a_report(tmp_path):
+    """An older bench/throughput.py file (committed: lists of rounds in columns no reader uses) was refused; a fused
+    figure whose group size is unknown crashed the plot (int of NaN)."""
+    results_dir = write_ledger(tmp_path / "results", [record(lr=0.05, test=9.3)])
+    (tmp_path / "fused.json").write_bytes(b"[" + (ROW % '5, "fused_train_images_per_s": 9, "fused_runs": null')
+                                          .encode() + b"]")
+    for tp in (ROOT / "reports/measured/cpu-throughput-2026-11-26.json", tmp_path / "fused.json"):
+        assert reports_main(["--results", str(results_dir), "--out", str(tmp_path / tp.stem), "--throughput",
+                             str(tp)]) == 0, tp
 
 
 def test_out_that_is_a_file_is_one_line_and_no_report(tmp_path, capsys):
