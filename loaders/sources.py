@@ -217,20 +217,22 @@ def _ijg_quality() -> dict:
 
 
 def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
-    """files: (split, class, name) -> encoded image. Each split's class folders must be named as CLASSES (a folder
-    named otherwise would shift the labels of all after it); a label is its folder's rank in CLASSES (alphabetical,
-    CIFAR-10's own numbering); images are `EncodedImages`, decoded when the split is subset or stored."""
+    """files: (split, class, name) -> encoded image. Each split's class folders must be named as CLASSES or by
+    CIFAR-10's label numbers 0..9 (a folder named otherwise would shift the labels of all after it); a label is its
+    folder's place in that list (CLASSES is alphabetical, CIFAR-10's own numbering); images are `EncodedImages`,
+    decoded when the split is subset or stored."""
     out = {}
     for split in COUNTS_PER_CLASS:
         folders = {c for s, c, _ in files if s == split}
-        if folders != set(CLASSES):
-            extra, missing = sorted(folders - set(CLASSES)), sorted(set(CLASSES) - folders)
+        names = CLASSES if folders & set(CLASSES) or not folders else [str(i) for i in range(len(CLASSES))]
+        if folders != set(names):
+            extra, missing = sorted(folders - set(names)), sorted(set(names) - folders)
             raise ValueError(f"{split}/: class folders must be CIFAR-10's {len(CLASSES)} classes "
-                             f"({', '.join(CLASSES)}); unexpected: {', '.join(extra) or 'none'}; "
+                             f"({', '.join(CLASSES)}) or their numbers 0-9; unexpected: {', '.join(extra) or 'none'}; "
                              f"missing: {', '.join(missing) or 'none'}")
         keys = sorted(k for k in files if k[0] == split)
         images = EncodedImages([("/".join(k), files[k]) for k in keys])
-        labels = np.array([CLASSES.index(k[1]) for k in keys], dtype=np.int64)
+        labels = np.array([names.index(k[1]) for k in keys], dtype=np.int64)
         out[split] = (images, labels)
     return out
 

@@ -214,6 +214,19 @@ def test_a_class_folder_named_otherwise_is_refused_not_relabelled(tmp_path, caps
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_class_folders_named_by_their_numbers_keep_cifars_labels(tmp_path):
+    """An ImageFolder tree whose folders are CIFAR-10's label numbers 0..9 gives the labels the names would (the
+    names rule refused it)."""
+    for split in ("train", "test"):
+        for c in range(10):
+            (tmp_path / "src" / split / str(c)).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), 20 * c, np.uint8)).save(tmp_path / "src" / split / str(c) / "0.png")
+    prepare_cifar10(str(tmp_path / "src"), tmp_path / "out", subset_per_class=1)
+    for split in ("train", "test"):
+        images, labels = (np.load(tmp_path / "out" / f"{split}_{kind}.npy") for kind in ("images", "labels"))
+        assert sorted(zip(labels.tolist(), images[:, 0, 0, 0].tolist())) == [(c, 20 * c) for c in range(10)]
+
+
 def test_folder_entries_that_are_not_regular_files_are_skipped(tmp_path):
     for split in ("train", "test"):
         for c, name in enumerate(prepare.CLASSES):

@@ -187,7 +187,8 @@ def test_a_bad_throughput_file_is_one_line_and_no_report(tmp_path, capsys, name,
 
 @pytest.mark.parametrize("name, text", [
     ("rate.json", b"[" + (ROW % '"abc"').encode() + b"]"), ("inf.json", b"[" + (ROW % "1e400").encode() + b"]"),
-    ("bool.json", b"[" + (ROW % "true").encode() + b"]"), ("big.json", b"[" + (ROW % ("1" + "0" * 400)).encode() + b"]"),
+    ("bool.json", b"[" + (ROW % "true").encode() + b"]"),
+    ("big.json", b"[" + (ROW % ("1" + "0" * 400)).encode() + b"]"),
     ("rate.csv", b"model,precision,device_name,train_images_per_s\nallcnn-c,bf16,NVIDIA H200,abc\n"),
 ])
 def test_a_throughput_figure_that_is_not_a_number_is_unknown(tmp_path, name, text):
