@@ -98,12 +98,18 @@ def _int(text: str) -> int:
 def read_one(path: Path) -> tuple[dict | None, str | None]:
     """One ledger file: (record, None) when it is a regular file of at most `MAX_RECORD_BYTES` holding valid JSON
     that matches `FIELDS`, `RANGES` and its file name, else (None, why)."""
+    return _read(path)[:2]
+
+
+def _read(path: Path) -> tuple[dict | None, str | None, bytes]:
+    """`read_one`, and the bytes it read (b"" when none)."""
     try:
-        return _parse(path, read_regular(path, MAX_RECORD_BYTES))
+        blob = read_regular(path, MAX_RECORD_BYTES)
     except OSError as e:
-        return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+        return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})", b""
     except ValueError as e:  # not a regular file, or too large
-        return None, f"unreadable ({e})"
+        return None, f"unreadable ({e})", b""
+    return (*_parse(path, blob), blob)
 
 
 def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
@@ -119,21 +125,23 @@ def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
     return (record, None) if reason is None else (None, reason)
 
 
-def _scan(out: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """(valid records sorted by run key, names of the files set aside)."""
+def _scan(out: str | os.PathLike, set_bad_aside: bool = True) -> tuple[list[dict], list[str], list[tuple]]:
+    """(valid records sorted by run key, names of the files set aside, (file name, sha256) of each valid record's
+    bytes as read). `set_bad_aside` False: other files are only skipped (not moved, not named)."""
     folder = runs_dir(out)
     if not folder.is_dir():
-        return [], []
-    records, skipped = [], []
+        return [], [], []
+    records, skipped, digests = [], [], []
     for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):
-        record, reason = read_one(path)
+        record, reason, blob = _read(path)
         if record is not None:
             records.append(record)
-            continue
-        skipped.append(path.name)
-        print(f"warning: ledger file {path} skipped, {set_aside(path)}: {reason}; its run counts as not recorded",
-              file=sys.stderr)
-    return records, skipped
+            digests.append((path.name, hashlib.sha256(blob).hexdigest()))
+        elif set_bad_aside:
+            skipped.append(path.name)
+            print(f"warning: ledger file {path} skipped, {set_aside(path)}: {reason}; its run counts as not "
+                  "recorded", file=sys.stderr)
+    return records, skipped, digests
 
 
 def read_records(out: str | os.PathLike) -> list[dict]:
@@ -143,30 +151,23 @@ def read_records(out: str | os.PathLike) -> list[dict]:
 
 def load(out: str | os.PathLike):
     """The ledger as a pandas DataFrame, one row per valid record (columns: the record fields above);
-    `df.attrs["skipped"]` lists the file names set aside."""
+    `df.attrs["skipped"]` lists the file names set aside, `df.attrs["digests"]` (file name, sha256) of the records
+    read, for `ledger_sha256`."""
     import pandas as pd
 
-    records, skipped = _scan(out)
+    records, skipped, digests = _scan(out)
     df = pd.DataFrame.from_records(records)
-    df.attrs["skipped"] = skipped
+    df.attrs["skipped"], df.attrs["digests"] = skipped, digests
     return df
 
 
-def ledger_sha256(out: str | os.PathLike, checkpoints=()) -> str:
+def ledger_sha256(out: str | os.PathLike, checkpoints=(), digests=None) -> str:
     """One hash of the valid record files in `<out>/runs/` (those `load` reads; any other file, set aside or left in
-    place, is not part of the ledger), so a report can name the exact ledger it came from. `checkpoints`: (file
-    name, sha256) of the checkpoints a report also read (runs still training, bench.checkpoint.progress), added
-    after the records."""
+    place, is not part of the ledger), so a report can name the exact ledger it came from: over (file name, sha256)
+    of each, `digests` as `load` read them (`df.attrs["digests"]`; None: read now, nothing set aside), then
+    `checkpoints`: (file name, sha256) of the checkpoints a report also read (runs still training,
+    bench.checkpoint.progress)."""
     h = hashlib.sha256()
-    for p in sorted(p for p in runs_dir(out).glob("*.json") if not p.name.startswith(".")):
-        try:
-            blob = read_regular(p, MAX_RECORD_BYTES)
-        except (OSError, ValueError):
-            continue
-        if _parse(p, blob)[0] is None:
-            continue
-        h.update(p.name.encode())
-        h.update(blob)
-    for name, digest in checkpoints:
+    for name, digest in [*(_scan(out, set_bad_aside=False)[2] if digests is None else digests), *checkpoints]:
         h.update(f"{name}:{digest}".encode())
     return h.hexdigest()

@@ -169,17 +169,13 @@ def run_of_key(records: pd.DataFrame) -> dict[str, tuple[str, float, dict]]:
     """run_key -> (model, lr, a record) for every Table 3 cell (the 12 models at the paper's and the requested LRs)
     under each distinct config of the records, model and LR aside: where a checkpoint of a run without a record
     belongs (run_all names it by the run key only). A record's own key maps to itself."""
-    requested = [lr for lr in requested_grid(records)["lrs"] or () if _number(lr)] if "grid" in records else []
+    requested = (requested_grid(records)["lrs"] or []) if "grid" in records else []  # numbers (bench.schema)
     configs = {}  # one record per config apart from model and LR: they all give the same keys
     for r in records.to_dict("records"):
         if isinstance(r.get("config"), dict):
             configs.setdefault(_blob({k: v for k, v in r["config"].items() if k not in ("model", "lr")}), r)
     return {config_key({**r["config"], "model": model, "lr": lr}): (model, lr, r)
             for r in configs.values() for model in SPECS for lr in {*RunConfig().lrs, *requested}}
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], list[str]]:
@@ -229,6 +225,7 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     if not os.path.isdir(results_dir):
         raise LedgerError(f"no results folder at {results_dir}")
     all_df = results.load(results_dir)
+    digests = all_df.attrs["digests"]  # the records as read, for the ledger's hash
     if len(all_df) == 0:
         training = len(list((Path(results_dir) / "checkpoints").glob("*.pt")))
         raise LedgerError(f"the ledger in {results_dir} is empty (no {results.runs_dir(results_dir)}/*.json)" + (
@@ -268,7 +265,7 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         notes.append(f"{len(running)} run(s) without a record are still training: shown as unfinished from their "
                      f"checkpoints ({where}).")
     df = df.reset_index(drop=True)
-    sha256 = results.ledger_sha256(results_dir, [r["checkpoint"] for r in running])
+    sha256 = results.ledger_sha256(results_dir, [r["checkpoint"] for r in running], digests)
     return Ledger(df, all_df, sha256, chosen, epochs, reference, notes)
 
 
