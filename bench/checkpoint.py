@@ -126,7 +126,6 @@ def check_progress(blob: dict) -> None:
     length, and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds and
     0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
     only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait for it)."""
-
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")
     history = blob["history"]
