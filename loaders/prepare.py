@@ -39,10 +39,19 @@ MANIFEST = "manifest.json"
 
 
 def _ffcv_available() -> bool:
+    """Whether ffcv imports. Importing it sets torch's intra-op threads to 1, process-wide (ffcv.pipeline.compiler
+    does so at import), which halved CPU training on 2 cores after an in-process prepare: the count is put back.
+    The ffcv backend's own Loader then sets it to its worker count, as run_all chooses (loaders.workers_per_process).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         import ffcv  # noqa: F401
     except ImportError:
         return False
+    finally:
+        torch.set_num_threads(threads)
     return True
 
 
