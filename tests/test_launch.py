@@ -51,6 +51,12 @@ def test_no_gpu_runs_the_smoke_grid_on_offline_data_and_says_why():
     assert "--preset smoke --source" in cmd and Path(cmd.split("--source ")[1].split()[0]).is_file()
 
 
+def test_no_gpu_a_typo_is_one_line_before_any_timing():
+    p = dry_run("0", "--lrs", "0.1,x")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == "error: argument --lrs: invalid float value: '0.1,x'\n"
+
+
 def test_no_gpu_keeps_an_explicit_preset_and_source(monkeypatch):
     # the note's measured estimate is checked above; here it would only cost ~8 s of bf16 steps on a CPU
     monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda: 1234.0)
