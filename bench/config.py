@@ -251,6 +251,14 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _words(kind):
+    """One word of a list option as its items, so that "0.1,0.05" is 0.1 0.05 (as --models "a,b" always was)."""
+    def parse(text: str):
+        return [kind(t) for t in text.split(",") if t.strip()]
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _none_or(kind):
     def parse(text: str):
         return None if text.lower() == "none" else kind(text)
@@ -279,7 +287,8 @@ def build_parser(preset: str = "paper") -> argparse.ArgumentParser:
     base = PRESETS[preset]
     p = Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
                epilog=f"Defaults shown are those of --preset {preset} (bench/config.py PRESETS; `--preset smoke "
-                      f"--help` shows another's). --models takes names or fnmatch patterns ('*-c').",
+                      f"--help` shows another's). --models takes names or fnmatch patterns ('*-c'); a list option takes its values apart or "
+                      "comma-separated (--lrs 0.1 0.05, --lrs 0.1,0.05).",
                argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):
@@ -295,7 +304,7 @@ def build_parser(preset: str = "paper") -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=help)
         elif typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            p.add_argument(flag, type=item, nargs="*" if f.name == "lr_drops" else "+", help=help)
+            p.add_argument(flag, type=_words(item), nargs="*" if f.name == "lr_drops" else "+", help=help)
         else:
             base_type = [a for a in typing.get_args(kind) if a is not type(None)] or [kind]
             parse = _none_or(base_type[0]) if type(None) in typing.get_args(kind) else base_type[0]
@@ -312,9 +321,11 @@ def parse_args(argv: list[str] | None) -> RunConfig:
         raise UsageError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS_NAMES)}")
     given = vars(build_parser(preset).parse_args(argv))
     given.pop("preset", None)
-    for name in ("models", "lrs", "seeds", "lr_drops", "ablations"):
+    for name in ("models", "lrs", "seeds", "lr_drops"):
         if name in given:
-            given[name] = tuple(given[name])
+            given[name] = tuple(v for word in given[name] for v in word)
+    if "ablations" in given:
+        given["ablations"] = tuple(given["ablations"])
     if "models" in given:
         given["models"] = tuple(resolve_models(given["models"]))  # names or fnmatch patterns, as allconv's CLI
     return dataclasses.replace(PRESETS[preset], **given)

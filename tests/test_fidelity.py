@@ -236,6 +236,17 @@ def test_run_all_takes_model_patterns_as_allconv_does(capsys):
     assert err.startswith("error: no model matches '*-z'") and err.count("\n") == 1
 
 
+def test_list_options_take_comma_separated_values_as_models_does(capsys):
+    from bench.config import parse_args
+    from bench.run_all import main
+
+    cfg = parse_args(["--lrs", "0.1,0.05", "0.01", "--seeds", "0,1", "--lr-drops", "3,4", "--epochs", "5"])
+    assert (cfg.lrs, cfg.seeds, cfg.lr_drops) == ((0.1, 0.05, 0.01), (0, 1), (3, 4))
+    assert parse_args(["--lr-drops"]).lr_drops == ()
+    assert main(["--lrs", "0.1,x"]) == 2
+    assert capsys.readouterr().err == "error: argument --lrs: invalid float value: '0.1,x'\n"
+
+
 HELP = {
     "allconv": ["-m", "allconv", "--help"],
     "run_all": ["bench/run_all.py", "--help"],
