@@ -6,10 +6,17 @@ Reads bench.results records and allconv.specs; never trains. It imports torch (a
 checkpoints of runs still training, when the ledger has some (reports.ledger.unfinished_runs; without torch they
 are named in a note), and never ffcv.
 """
-from reports.ledger import Ledger, LedgerError, load_ledger
-from reports.report import write_report
-from reports.tables import ablation_table, best_over_lr, select_on_val, table3
-from reports.throughput import throughput_table
+import importlib
 
-__all__ = ["Ledger", "LedgerError", "ablation_table", "best_over_lr", "load_ledger", "select_on_val", "table3",
-           "throughput_table", "write_report"]
+_HOME = {"Ledger": "ledger", "LedgerError": "ledger", "load_ledger": "ledger", "write_report": "report",
+         "ablation_table": "tables", "best_over_lr": "tables", "select_on_val": "tables", "table3": "tables",
+         "throughput_table": "throughput"}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    """`reports.table3` and the rest, imported when first used: `python -m reports` imports this package before its
+    CLI can turn an error on import (bench/ablations.py refusing a user's arm) into one line."""
+    if name not in _HOME:
+        raise AttributeError(f"module 'reports' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"reports.{_HOME[name]}"), name)

@@ -22,8 +22,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="optional bench/throughput.py output (JSON or CSV) for the throughput table")
     args = parser.parse_args(argv)
 
-    from reports.ledger import LedgerError
-    from reports.report import write_report
+    try:
+        from reports.ledger import LedgerError
+        from reports.report import write_report
+    except ValueError as e:  # bench/ablations.py refused an arm of ABLATIONS (a user's own ablation, say) on import
+        print(f"reports: {e}", file=sys.stderr)
+        return 2
 
     try:
         paths = write_report(args.results, args.out, preset=args.preset, throughput=args.throughput)

@@ -156,3 +156,25 @@ def test_curves_legend_lists_only_the_lrs_drawn(tmp_path):
                                                       record(lr=0.25, status="diverged", grid=grid)]))
     labels = plot_curves(table3_runs(led.df, led.reference), table3(led.df, led.reference), tmp_path / "d.png")
     assert labels == ["LR 0.25", "LR 0.05", "LR Table 3 selects", "paper's error", "not completed"]
+
+
+REFUSED_ARM = """
+import sys
+
+class Refuse:  # bench/ablations.py's own check of ABLATIONS, as a user's typo'd arm makes it fail on import
+    def find_spec(self, name, path=None, target=None):
+        if name == "bench.ablations":
+            raise ValueError("ablation 'wd', arm '5e-4': weight_decy cannot be varied by an arm")
+
+sys.meta_path.insert(0, Refuse())
+from reports.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_ablation_refused_on_import_is_one_line(ledger_dir, tmp_path):
+    p = subprocess.run([sys.executable, "-c", REFUSED_ARM, "--results", str(ledger_dir), "--out", str(tmp_path / "r")],
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and not (tmp_path / "r").exists()
+    assert p.stderr == "reports: ablation 'wd', arm '5e-4': weight_decy cannot be varied by an arm\n"
