@@ -224,7 +224,10 @@ class Progress:
         wanted = set(keys)
         counts = Counter(r["status"] for r in results.read_records(self.cfg.out) if r["run_key"] in wanted)
         missing = len(wanted) - sum(counts.values())
-        parts = [f"{n} {s}" for s, n in sorted(counts.items())] + ([f"{missing} not recorded"] if missing else [])
+        parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+        if missing:
+            parts.append(f"{missing} not recorded yet (another process is training them, or they stopped: rerun "
+                         "the same command)")
         out = self.cfg.out
         self.say(f"grid of {len(wanted)} runs: {', '.join(parts) or 'nothing'}; ledger: {results.runs_dir(out)}"
                  + (f"; {self.cfg.log_with} logs: {self.log_dir}" if self.tracker_cls is not None else ""))
