@@ -114,11 +114,10 @@ def _read(path: Path) -> tuple[dict | None, str | None, bytes]:
 
 def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
     """`read_one` for the bytes read from `path`."""
-    try:
-        record = json.loads(blob, parse_constant=_reject_constant, parse_float=_finite, parse_int=_int)
+    try:  # utf8: a lone surrogate (a JSON escape, or an older writer's path) as its escape in text
+        record = utf8(json.loads(blob, parse_constant=_reject_constant, parse_float=_finite, parse_int=_int))
     except (ValueError, RecursionError, MemoryError) as e:  # JSONDecodeError, UnicodeDecodeError; nested too deep
         return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
-    record = utf8(record)  # a lone surrogate (a JSON escape, or an older writer's path) as its escape in text
     reason = validate(record)
     if reason is None and record["run_key"] != path.stem:
         reason = f"run_key {record['run_key']!r:.40} does not match the file name"

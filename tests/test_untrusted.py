@@ -336,6 +336,16 @@ def test_ledger_files_that_are_no_records_are_set_aside(grid, tmp_path):
     assert results.ledger_sha256(out) == results.ledger_sha256(two)
 
 
+def test_a_record_nested_deep_enough_for_json_but_not_for_python_is_damage(tmp_path):
+    """600 levels: json.loads reads them, the walk that escapes lone surrogates (schema.utf8) ran out of stack and
+    the RecursionError escaped every reader of the ledger."""
+    path = tmp_path / "runs" / "0123456789abcdef.json"
+    path.parent.mkdir()
+    path.write_text('{"a": ' * 600 + "1" + "}" * 600)
+    record, why = results.read_one(path)
+    assert record is None and why.startswith("unreadable (RecursionError")
+
+
 def test_a_path_that_is_not_utf8_is_written_and_read_as_its_escape(grid, tmp_path):
     """A source path with a byte that is not UTF-8 reaches Python as a lone surrogate (os.fsdecode): the record
     holding it was refused by write_record, so run_all crashed after the last epoch of every run and retrained it
