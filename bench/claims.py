@@ -80,15 +80,21 @@ def owner(info: dict) -> str:
     return f"{host} pid {pid if type(pid) is int and 0 < pid < PID_LIMIT else f'{pid!r:.40}'}"
 
 
+DAMAGED_LEASE_S = 60
+"""A claim holding no JSON object (`claim_info` {}: damaged, or its owner died between create and write) is stale
+after at most this long without a heartbeat."""
+
+
 def stale(info: dict, mtime: float, lease_s: float) -> bool:
     """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone. Judged by its process when
     it names this host, a pid that can be one here and a start time as `_pid_start` gives it; else (another host, or
-    fields this module does not write) by its heartbeat."""
+    fields this module does not write) by its heartbeat: `lease_s`, or `DAMAGED_LEASE_S` when shorter and the claim
+    holds nothing."""
     pid, start = info.get("pid"), info.get("pid_start")
     here = info.get("host") == HOST and type(pid) is int and 0 < pid < PID_LIMIT
     if here and (start is None or isinstance(start, str)):
         return not alive(pid, start)
-    return time.time() - mtime > lease_s
+    return time.time() - mtime > (lease_s if info else min(lease_s, DAMAGED_LEASE_S))
 
 
 @dataclass
@@ -178,8 +184,8 @@ def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
         except FileNotFoundError:
             st = None
         if st is not None:
-            info = claim_info(path)  # {}: damaged, or its owner died between create and write: judged by its age
-            if not stale(info, st.st_mtime, lease_s if info else min(lease_s, 60)):
+            info = claim_info(path)
+            if not stale(info, st.st_mtime, lease_s):
                 return None
             path.unlink()
             log(out, f"took over {key} from {owner(info)}")

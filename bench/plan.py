@@ -67,7 +67,7 @@ def claim_holder(path: Path, lease_s: float) -> str | None:
     except OSError:
         return None
     info = claims.claim_info(path)
-    if claims.stale(info, mtime, lease_s if info else min(lease_s, 60)):
+    if claims.stale(info, mtime, lease_s):
         return None
     return claims.owner(info)
 
