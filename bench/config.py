@@ -287,8 +287,8 @@ def build_parser(preset: str = "paper") -> argparse.ArgumentParser:
     base = PRESETS[preset]
     p = Parser(prog="bench/run_all.py", description="Train the Table 3 grid into a resumable results ledger.",
                epilog=f"Defaults shown are those of --preset {preset} (bench/config.py PRESETS; `--preset smoke "
-                      f"--help` shows another's). --models takes names or fnmatch patterns ('*-c'); a list option takes its values apart or "
-                      "comma-separated (--lrs 0.1 0.05, --lrs 0.1,0.05).",
+                      f"--help` shows another's). --models takes names or fnmatch patterns ('*-c'); a list option "
+                      "takes its values apart or comma-separated (--lrs 0.1 0.05, --lrs 0.1,0.05).",
                argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(RunConfig)
     for f in dataclasses.fields(RunConfig):

@@ -51,7 +51,8 @@ def main(model: str, init: str, lr: float, final_relu: bool, dropout: bool, step
         hits.append((out.argmax(1) == labels[idx]).float().mean().item())
         if step % 25 == 0:
             dead = f" dead class maps {dead_class_maps(net, whiten, probe)}/10" if final_relu else ""
-            print(f"{model} {init} lr={lr} relu={final_relu} drop={dropout} batch={batch} step {step}: loss {loss.item():.3f} "
+            print(f"{model} {init} lr={lr} relu={final_relu} drop={dropout} batch={batch} step {step}: "
+                  f"loss {loss.item():.3f} "
                   f"acc(last25) {100 * np.mean(hits[-25:]):.1f}%{dead} {time.time() - t0:.0f}s", flush=True)
 
 

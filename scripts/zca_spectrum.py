@@ -13,7 +13,8 @@ from loaders.preprocess import ZCA_FILTER_BIAS, build_preprocess
 data = sys.argv[1]
 pre = build_preprocess("gcn-zca", data)  # fitted on the 50,000 training images, as every run fits it
 w = pre.zca_matrix.double()
-lam = (1 / torch.linalg.eigvalsh(w) ** 2 - ZCA_FILTER_BIAS).clamp(min=0).sort(descending=True).values  # W's eigenvalues: 1/sqrt(l + 0.1)
+# W's eigenvalues are 1 / sqrt(lambda + filter bias): the covariance's, largest first
+lam = (1 / torch.linalg.eigvalsh(w) ** 2 - ZCA_FILTER_BIAS).clamp(min=0).sort(descending=True).values
 print(f"eigenvalues of the GCN'd training covariance (3072): sum {lam.sum():.1f}, largest {lam[0]:.1f}, "
       f"median {lam.median():.4f}, smallest {lam[-1]:.2e}")
 for t in (10, 1, 0.1, 0.01):
