@@ -25,9 +25,6 @@ from allconv.specs import SPECS
 from bench import results
 from bench.files import atomic_write
 from loaders.sources import CLASSES
-from reports.data import short
-from reports.formats import md_text
-from reports.ledger import run_of_key
 
 RESULTS = Path("reports/measured/campaign")
 BEGIN, END = "<!-- measured-table:begin (python -m reports.campaign) -->", "<!-- measured-table:end -->"
@@ -49,6 +46,9 @@ def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]
 
 
 def rows(results_dir: Path) -> list[list[str]]:
+    from reports.data import short  # these two and md_text here, not at the top: they import bench/ablations.py,
+    from reports.ledger import run_of_key  # which raises ValueError on a user's typo'd arm: main makes it one line
+
     records = results.read_records(results_dir)
     out = []
     for r in records:
@@ -105,6 +105,8 @@ def _diagnosis(d: dict | None) -> str:
 def table(results_dir: Path = RESULTS) -> str:
     """The Markdown table; every cell literal text (`formats.md_text`: a record's strings and a checkpoint's file
     name add no line, cell, link or marker of the block)."""
+    from reports.formats import md_text
+
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(md_text(cell) for cell in row) + " |" for row in rows(results_dir)]
     return "\n".join(lines)
