@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -180,14 +181,17 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
 def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
     with _locked(path.parent):
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # the entry itself: a link is judged and replaced, not what it points at
         except FileNotFoundError:
             st = None
         if st is not None:
             info = claim_info(path)
             if not stale(info, st.st_mtime, lease_s):
                 return None
-            path.unlink()
+            if stat.S_ISDIR(st.st_mode):  # a folder cannot be unlinked: kept, as any damaged outside file is
+                files.set_aside(path)
+            else:
+                path.unlink()
             log(out, f"took over {key} from {owner(info)}")
         body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
                            "started_at": time.time()}).encode()

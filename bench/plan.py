@@ -63,7 +63,7 @@ def claim_holder(path: Path, lease_s: float) -> str | None:
     """'host pid N' of a live claim on a run, else None (no claim, or a stale one: the next start takes it over). A
     damaged claim is judged as run_all judges it (`claims.claim_info`: by its age)."""
     try:
-        mtime = path.stat().st_mtime
+        mtime = path.lstat().st_mtime  # as run_all judges it: the entry, not what a link names
     except OSError:
         return None
     info = claims.claim_info(path)

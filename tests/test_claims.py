@@ -77,17 +77,24 @@ def test_claim_from_another_host_expires_after_the_lease(tmp_path):
 @pytest.mark.parametrize("info", [{"host": claims.HOST, "pid": 2 ** 40}, {"host": claims.HOST, "pid": -1},
                                   {"host": claims.HOST, "pid": 0}, {"host": claims.HOST, "pid": 2 ** 22},
                                   {"host": claims.HOST, "pid": os.getppid(), "pid_start": ["1"]},
-                                  {"host": "x\n" * 1000, "pid": [1]}, "[" * 100_000, "fifo", "x" * 5000])
+                                  {"host": "x\n" * 1000, "pid": [1]}, "[" * 100_000, "fifo", "x" * 5000,
+                                  "folder", "dangling link"])
 def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info, tmp_path):
     """A pid of 2**40 raised OverflowError in os.kill (bench.plan and run_all crashed); -1 and 0 (which os.kill takes
     as every process, this group) held the run forever; so did a pid_start no process has; deep nesting raised
-    RecursionError, and a FIFO hung both. Each is now a claim judged by its heartbeat, named in one line."""
+    RecursionError, and a FIFO hung both; a folder stopped run_all (unlink failed). Each is now a claim judged by
+    its heartbeat, named in one line; a folder is then set aside, not deleted."""
     from bench import plan
 
     path = claims.claims_dir(tmp_path) / "k.json"
     path.parent.mkdir(parents=True)
     if info == "fifo":
         os.mkfifo(path)
+    elif info == "folder":
+        path.mkdir()
+        (path / "kept.txt").write_text("evidence")
+    elif info == "dangling link":
+        path.symlink_to(tmp_path / "nowhere")
     else:
         path.write_text(info if isinstance(info, str) else json.dumps(info))
     held = plan.claim_holder(path, 3600)
@@ -100,6 +107,8 @@ def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info,
     assert claim is not None and claim.held()
     (line,) = [x for x in (path.parent / "log.txt").read_text().splitlines() if "took over k from" in x]
     assert len(line) < 200, line
+    if info == "folder":
+        assert (path.parent / ".invalid" / "k.json" / "kept.txt").read_text() == "evidence"
 
 
 def _race(out) -> bool:
