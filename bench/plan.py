@@ -9,7 +9,8 @@ recorded the newest of them (for a model it has not timed at the same batch, pre
 images/s of `--throughput FILE`, bench/throughput.py's output on that device, where it has both models, else by
 forward MACs). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
 (a damaged ledger file is set aside, as run_all and the reports do; a record whose config does not hash to its key is
-named and its run planned as run_all trains it, `workqueue.final`).
+named and its run planned as run_all trains it, `workqueue.final`). Checkpoints in <out>/checkpoints of no run of the
+grid (another grid's, or a run whose options changed) are counted in a last line: run_all never resumes them.
 """
 from __future__ import annotations
 
@@ -170,7 +171,11 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
                         if k != "fuse_lrs" and v != grid_values[k])
         rows.append({"model": run.model, "lr": run.lr, "seed": run.seed, "arm": arm, "key": key, "state": state,
                      "start": start, "epochs": run.cfg.epochs, "seconds_left": left, "scaled": scaled})
-    return rows, {"device": device, "timed": n_timed, "throughput": throughput}
+    folder = Path(cfg.out, "checkpoints")
+    keys = {row["key"] for row in rows}
+    others = [p for p in folder.glob("*.pt") if p.stem not in keys] if folder.is_dir() else []
+    return rows, {"device": device, "timed": n_timed, "throughput": throughput, "other_checkpoints": (
+        folder, len(others), sum(p.lstat().st_size for p in others))}
 
 
 def render(rows: list[dict], summary: dict) -> str:
@@ -195,6 +200,11 @@ def render(rows: list[dict], summary: dict) -> str:
         lines.append(f"time left: {hours(sum(known))} of training on one process of {summary['device']}, from "
                      f"{summary['timed']} run(s) it recorded ('~': scaled from other models by {how}){missing}; "
                      "grid mode spreads runs over processes")
+    folder, n, size = summary["other_checkpoints"]
+    if n:  # another grid's on the same --out, or runs whose options changed: never resumed by this one
+        lines.append(f"{n} checkpoint{'s' * (n != 1)} in {folder} ({size / 2**20:,.0f} MiB) "
+                     f"{'belong' if n != 1 else 'belongs'} to no run of these options (another grid's, or runs "
+                     "whose options changed): run_all leaves them as they are")
     return "\n".join(lines)
 
 
