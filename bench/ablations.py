@@ -62,6 +62,11 @@ ABLATIONS: dict[str, Ablation] = {
         "Batch size (paper: unstated)",
         {"256 (Caffe port)": {}, "128": {"batch_size": 128}},
         note="Same LR grid and epochs: the smaller batch takes more SGD steps per epoch."),
+    "preprocessing": Ablation(
+        "Input preprocessing",
+        {"GCN + ZCA whitening (paper)": {}, "per-channel mean/std": {"preprocess": "meanstd"}},
+        note="Whitening is the paper's (as maxout's); per-channel standardisation is what most PyTorch ports use. On "
+             "lossy data, whitening rescales what the compression left (reports/measured/cpu-zca-spectrum-*.txt)."),
 }
 
 

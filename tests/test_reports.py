@@ -82,6 +82,7 @@ def small_ledger() -> list[dict]:
         r(lr=0.1, final_relu=False, test=9.0),
         r(model="model-c", lr=0.1, final_relu=False, test=9.6),
         r(lr=0.05, init="kaiming", test=90.0), r(lr=0.05, batch_size=128, test=9.6),
+        r(lr=0.05, preprocess="meanstd", test=9.7),
         # Model A: one failed LR; best 12.5 at 0.1.
         r(model="model-a", lr=0.25, test=12.9), r(model="model-a", lr=0.1, test=12.5),
         r(model="model-a", lr=0.05, test=12.6), r(model="model-a", lr=0.01, status="failed"),

@@ -27,7 +27,8 @@ EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throu
                   "table3-by-lr.csv", "table3-by-lr.tex", "table3-details.tex", "claims.csv", "claims.tex",
                   "curves.png", "error_vs_params.png", "throughput.png",
                   *(f"ablation-{n}.{ext}" for n in ("bn-dropout", "optimizer", "head", "augmentation",
-                                                    "lr-selection", "precision", "init", "batch-size")
+                                                    "lr-selection", "precision", "init", "batch-size",
+                                                    "preprocessing")
                     for ext in ("csv", "tex"))}
 
 
@@ -48,7 +49,7 @@ def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
     rows = TableRows()
     rows.feed((report_dir / "report.html").read_text())
     assert rows.rows["table3"] == 12 and rows.images == 3
-    assert all(rows.rows[f"ablation-{n}"] >= 2 for n in ("bn-dropout", "precision"))
+    assert all(rows.rows[f"ablation-{n}"] >= 2 for n in ("bn-dropout", "precision", "preprocessing"))
     for tex in report_dir.glob("*.tex"):
         lines = tex.read_text().splitlines()
         body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]

@@ -103,6 +103,6 @@ def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
     assert set(pd.read_csv(out / "table3.csv")["ledger_sha256"]) == {ledger}
     assert Image.open(out / "curves.png").text["Source"] == f"ledger sha256 {ledger}"
     md = (out / "report.md").read_text()
-    assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (33)" in md
+    assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (34)" in md
     with pytest.raises(LedgerError, match="preset 'nope' has no records"):
         write_report(ledger_dir, tmp_path / "x", preset="nope")
