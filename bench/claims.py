@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -189,7 +190,8 @@ def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
             if not stale(info, st.st_mtime, lease_s):
                 return None
             if stat.S_ISDIR(st.st_mode):  # a folder cannot be unlinked: kept, as any damaged outside file is
-                files.set_aside(path)
+                print(f"warning: {path} is a folder where a claim file belongs, {files.set_aside(path)}",
+                      file=sys.stderr)
             else:
                 path.unlink()
             log(out, f"took over {key} from {owner(info)}")

@@ -79,7 +79,7 @@ def test_claim_from_another_host_expires_after_the_lease(tmp_path):
                                   {"host": claims.HOST, "pid": os.getppid(), "pid_start": ["1"]},
                                   {"host": "x\n" * 1000, "pid": [1]}, "[" * 100_000, "fifo", "x" * 5000,
                                   "folder", "dangling link"])
-def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info, tmp_path):
+def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info, tmp_path, capsys):
     """A pid of 2**40 raised OverflowError in os.kill (bench.plan and run_all crashed); -1 and 0 (which os.kill takes
     as every process, this group) held the run forever; so did a pid_start no process has; deep nesting raised
     RecursionError, and a FIFO hung both; a folder stopped run_all (unlink failed). Each is now a claim judged by
@@ -109,6 +109,8 @@ def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info,
     assert len(line) < 200, line
     if info == "folder":
         assert (path.parent / ".invalid" / "k.json" / "kept.txt").read_text() == "evidence"
+        assert capsys.readouterr().err == (f"warning: {path} is a folder where a claim file belongs, moved to "
+                                           f"{path.parent / '.invalid' / 'k.json'}\n")
 
 
 def _race(out) -> bool:
