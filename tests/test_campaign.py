@@ -186,24 +186,14 @@ def test_campaign_readme_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left
 
 
-REFUSED_ARM = """
-import runpy
-import sys
-
-class Refuse:  # bench/ablations.py's own check of ABLATIONS, as a user's typo'd arm makes it fail on import
-    def find_spec(self, name, path=None, target=None):
-        if name == "bench.ablations":
-            raise ValueError("ablation 'wd', arm '5e-4': weight_decy cannot be varied by an arm")
-
-sys.meta_path.insert(0, Refuse())
-runpy.run_module("reports.campaign", run_name="__main__", alter_sys=True)
-"""
-
-
 def test_an_ablation_refused_on_import_is_one_line_and_leaves_the_readme(tmp_path):
+    from test_reports_files import REFUSE_ON_IMPORT
+
+    script = REFUSE_ON_IMPORT + ('import runpy\n'
+                                 'runpy.run_module("reports.campaign", run_name="__main__", alter_sys=True)\n')
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- measured-table:begin (python -m reports.campaign) -->\n<!-- measured-table:end -->\n")
-    p = subprocess.run([sys.executable, "-c", REFUSED_ARM, "--results", str(ROOT / "reports/measured/campaign"),
+    p = subprocess.run([sys.executable, "-c", script, "--results", str(ROOT / "reports/measured/campaign"),
                         "--readme", str(readme)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=120)
     assert (p.returncode, p.stderr) == (2, "reports.campaign: ablation 'wd', arm '5e-4': weight_decy cannot be varied "

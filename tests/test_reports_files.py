@@ -159,7 +159,7 @@ def test_curves_legend_lists_only_the_lrs_drawn(tmp_path):
     assert labels == ["LR 0.25", "LR 0.05", "LR Table 3 selects", "paper's error", "not completed"]
 
 
-REFUSED_ARM = """
+REFUSE_ON_IMPORT = """
 import sys
 
 class Refuse:  # bench/ablations.py's own check of ABLATIONS, as a user's typo'd arm makes it fail on import
@@ -168,6 +168,9 @@ class Refuse:  # bench/ablations.py's own check of ABLATIONS, as a user's typo'd
             raise ValueError("ablation 'wd', arm '5e-4': weight_decy cannot be varied by an arm")
 
 sys.meta_path.insert(0, Refuse())
+"""
+"""The start of a script whose import of bench/ablations.py fails as a user's typo'd arm makes it fail."""
+REFUSED_ARM = REFUSE_ON_IMPORT + """
 from reports.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
