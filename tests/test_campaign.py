@@ -191,12 +191,12 @@ def test_an_ablation_refused_on_import_is_one_line_and_leaves_the_readme(tmp_pat
 
     script = REFUSE_ON_IMPORT + ('import runpy\n'
                                  'runpy.run_module("reports.campaign", run_name="__main__", alter_sys=True)\n')
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- measured-table:begin (python -m reports.campaign) -->\n<!-- measured-table:end -->\n")
+    readme, text = tmp_path / "README.md", "# x\n<!-- measured-table:begin (python -m reports.campaign) -->\n<!-- " \
+                                            "measured-table:end -->\n"
+    readme.write_text(text)
     p = subprocess.run([sys.executable, "-c", script, "--results", str(ROOT / "reports/measured/campaign"),
                         "--readme", str(readme)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=120)
     assert (p.returncode, p.stderr) == (2, "reports.campaign: ablation 'wd', arm '5e-4': weight_decy cannot be varied "
                                            "by an arm\n")
-    assert readme.read_text().endswith("<!-- measured-table:begin (python -m reports.campaign) -->\n"
-                                       "<!-- measured-table:end -->\n")
+    assert readme.read_text() == text
