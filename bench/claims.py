@@ -99,6 +99,18 @@ def stale(info: dict, mtime: float, lease_s: float) -> bool:
     return time.time() - mtime > (lease_s if info else min(lease_s, DAMAGED_LEASE_S))
 
 
+def examine(path: Path, lease_s: float) -> tuple[os.stat_result, dict, bool] | None:
+    """(the claim entry's own lstat, its JSON `claim_info`, whether it is `stale`), or None when there is none: how
+    run_all (before taking a claim over) and bench.plan (naming who trains a run) both judge a claim. The entry
+    itself: a link is judged by its own age, not by what it points at."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    info = claim_info(path)
+    return st, info, stale(info, st.st_mtime, lease_s)
+
+
 @dataclass
 class Claim:
     """This process's claim on one run: the file and the exact bytes this process wrote into it (host, pid and a
@@ -181,13 +193,10 @@ def try_claim(out, key: str, lease_s: float) -> Claim | None:
 
 def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
     with _locked(path.parent):
-        try:
-            st = os.lstat(path)  # the entry itself: a link is judged and replaced, not what it points at
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            info = claim_info(path)
-            if not stale(info, st.st_mtime, lease_s):
+        found = examine(path, lease_s)
+        if found is not None:
+            st, info, is_stale = found
+            if not is_stale:
                 return None
             if stat.S_ISDIR(st.st_mode):  # a folder cannot be unlinked: kept, as any damaged outside file is
                 print(f"warning: {path} is a folder where a claim file belongs, {files.set_aside(path)}",

@@ -62,15 +62,12 @@ def checkpoint_epoch(path: Path) -> int | str:
 
 def claim_holder(path: Path, lease_s: float) -> str | None:
     """'host pid N' of a live claim on a run, else None (no claim, or a stale one: the next start takes it over). A
-    damaged claim is judged as run_all judges it (`claims.claim_info`: by its age)."""
+    damaged claim is judged as run_all judges it (`claims.examine`: by its age)."""
     try:
-        mtime = path.lstat().st_mtime  # as run_all judges it: the entry, not what a link names
+        found = claims.examine(path, lease_s)
     except OSError:
         return None
-    info = claims.claim_info(path)
-    if claims.stale(info, mtime, lease_s):
-        return None
-    return claims.owner(info)
+    return None if found is None or found[2] else claims.owner(found[1])
 
 
 def timings(records: list[dict]) -> tuple[dict, str | None, int]:
