@@ -14,6 +14,7 @@ grid (another grid's, or a run whose options changed) are counted in a last line
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -168,11 +169,13 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
                         if k != "fuse_lrs" and v != grid_values[k])
         rows.append({"model": run.model, "lr": run.lr, "seed": run.seed, "arm": arm, "key": key, "state": state,
                      "start": start, "epochs": run.cfg.epochs, "seconds_left": left, "scaled": scaled})
-    folder = Path(cfg.out, "checkpoints")
-    keys = {row["key"] for row in rows}
-    others = [p for p in folder.glob("*.pt") if p.stem not in keys] if folder.is_dir() else []
-    return rows, {"device": device, "timed": n_timed, "throughput": throughput, "other_checkpoints": (
-        folder, len(others), sum(p.lstat().st_size for p in others))}
+    folder, keys, sizes = Path(cfg.out, "checkpoints"), {row["key"] for row in rows}, []
+    for path in folder.glob("*.pt"):  # no folder: none
+        if path.stem not in keys:
+            with contextlib.suppress(OSError):  # deleted meanwhile by a run_all that recorded its run
+                sizes.append(path.lstat().st_size)
+    return rows, {"device": device, "timed": n_timed, "throughput": throughput,
+                  "other_checkpoints": (folder, len(sizes), sum(sizes))}
 
 
 def render(rows: list[dict], summary: dict) -> str:
