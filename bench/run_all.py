@@ -39,7 +39,7 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def start_run(run: Run, key: str, acc, ddp: bool, autocast):
+def start_run(run: Run, key: str, acc, ddp: bool):
     """The run's bare net, the model that trains (DDP-wrapped and compiled as configured), its optimizer and its
     `RunState`, restored from the run's checkpoint if there is one."""
     import torch
@@ -53,8 +53,11 @@ def start_run(run: Run, key: str, acc, ddp: bool, autocast):
                                    rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1)
     model = net
     if ddp:
-        acc.autocast_handler = autocast  # prepare() wraps forward in autocast with the handler set now
         model, optimizer = acc.prepare(net, optimizer)
+        # prepare() also wraps the bare net's own forward in the Accelerator's autocast, which evaluation (on the
+        # bare net) would inherit: a bf16 Accelerator would evaluate in bf16 under --eval-precision no. train_step
+        # enters the run's autocast itself, so the class's forward is all DDP needs.
+        net.__dict__.pop("forward", None)
     else:
         optimizer = acc.prepare_optimizer(optimizer)  # the grad scaler (fp16); no DDP wrapper, no gradient sync
     return net, torch.compile(model) if run.cfg.compile else model, optimizer, state
@@ -79,7 +82,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     evals = eval_loaders(data, c, num_images)
     autocast = engine.autocast_for(c.precision, acc)
     eval_autocast = engine.autocast_for(c.eval_precision, acc)  # fp32 unless --eval-precision says otherwise
-    net, model, optimizer, state = start_run(run, key, acc, ddp, autocast)
+    net, model, optimizer, state = start_run(run, key, acc, ddp)
     step = graphs.graphed_train_step(model, optimizer, preprocess, acc, autocast, c.channels_last) \
         if c.cuda_graphs else None
     stop, status, error = (lambda: STOP["requested"]), "completed", None

@@ -11,6 +11,7 @@ reports/measured/cpu-learning-start-2026-11-27.txt), and so are LR 0.1 and 0.25.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,50 +96,55 @@ def test_stall_after_is_opt_in_and_a_rerun_retries(smoke_data_dir, jpeg_tarball,
     assert not list((out / "checkpoints").glob("*.pt"))
 
 
-def test_evaluation_runs_in_fp32_under_bf16_training(smoke_data_dir, jpeg_tarball, tmp_path):
-    """A spy on every train and eval step: under --precision bf16 (the paper preset's default; the smoke preset
-    trains in fp32), training steps run in autocast and evaluation steps do not (fp32 logits), and the record says
-    eval_precision "no"; --eval-precision bf16 asks for bf16 evaluation and the record says so. With the
-    paper-preset runs above, this keeps training under bf16 autocast (what the GPU runs use) covered."""
-    p = subprocess.run([PYTHON, __file__, "eval-spy", str(smoke_data_dir), str(jpeg_tarball), str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
-    seen = json.loads(p.stdout.strip().splitlines()[-1])
-    default, asked = seen["default"], seen["bf16"]
-    assert set(default["train"]) == {"bfloat16"} and set(default["eval"]) == {"float32"}
+@pytest.mark.parametrize("world", [1, 2])
+def test_evaluation_runs_in_fp32_under_bf16_training(smoke_data_dir, jpeg_tarball, tmp_path, world, run_worker):
+    """A spy on every convolution's output inside train and eval steps: under --precision bf16 (the paper preset's
+    default; the smoke preset trains in fp32), training convolutions run in bf16 and evaluation's in fp32, and the
+    record says eval_precision "no"; --eval-precision bf16 asks for bf16 evaluation and the record says so. Under 2
+    DDP ranks too, where Accelerate's prepare() wraps the net's own forward in bf16 autocast (and casts the logits
+    back to fp32, so the logits' dtype would not tell). With the paper-preset runs above, this keeps training under
+    bf16 autocast (what the GPU runs use) covered."""
+    default, asked = (json.loads(run_worker([__file__, "eval-spy", str(smoke_data_dir), str(jpeg_tarball),
+                                             str(tmp_path), name], world).stdout.strip().splitlines()[-1])
+                      for name in ("default", "bf16"))  # one run_all per process: its end closes the DDP group
+    assert default["train"] == ["bfloat16"] and default["eval"] == ["float32"]
     assert default["eval_precision"] == "no" and default["precision"] == "bf16"
-    assert set(asked["eval"]) == {"bfloat16"} and asked["eval_precision"] == "bf16"
+    assert default["mode"] == ("ddp" if world > 1 else "grid")
+    assert asked["eval"] == ["bfloat16"] and asked["eval_precision"] == "bf16"
     assert default["run_key"] != asked["run_key"]  # the evaluation precision changes the measured error
 
 
-def _eval_spy_worker(data_dir: str, source: str, tmp: str) -> None:
+def _eval_spy_worker(data_dir: str, source: str, tmp: str, name: str) -> None:
+    import torch
+
     from bench import engine, run_all
 
-    dtypes = {"train": [], "eval": []}
+    dtypes, inside = {"train": set(), "eval": set()}, []
+
+    def conv_output(module, args, output):
+        if inside and isinstance(module, torch.nn.Conv2d):
+            dtypes[inside[-1]].add(str(output.dtype).removeprefix("torch."))
 
     def spying(original, kind):
-        def step(model, *args, **kwargs):
-            def forward(x):
-                logits = model(x)
-                dtypes[kind].append(str(logits.dtype).removeprefix("torch."))
-                return logits
-            return original(forward, *args, **kwargs)
+        def step(*args, **kwargs):
+            inside.append(kind)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                inside.pop()
         return step
 
+    torch.nn.modules.module.register_module_forward_hook(conv_output)
     engine.train_step = spying(engine.train_step, "train")
     engine.eval_step = spying(engine.eval_step, "eval")
-    seen = {}
-    for name, extra in (("default", []), ("bf16", ["--eval-precision", "bf16"])):
-        dtypes["train"].clear(), dtypes["eval"].clear()
-        out = Path(tmp) / name
-        argv = ["--preset", "smoke", "--source", source, "--data-dir", data_dir, "--out", str(out), "--models",
-                "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", "--precision", "bf16",
-                *extra]
-        assert run_all.main(argv) == 0
-        (r,) = results.read_records(out)
-        seen[name] = {"train": sorted(set(dtypes["train"])), "eval": sorted(set(dtypes["eval"])),
-                      "eval_precision": r["eval_precision"], "precision": r["precision"], "run_key": r["run_key"]}
-    print(json.dumps(seen))
+    out, ddp = Path(tmp) / name, int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched under accelerate
+    argv = ["--preset", "smoke", "--source", source, "--data-dir", data_dir, "--out", str(out), "--models",
+            "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", "--precision", "bf16",
+            *(["--mode", "ddp"] if ddp else []), *(["--eval-precision", "bf16"] if name == "bf16" else [])]
+    assert run_all.main(argv) == 0
+    (r,) = results.read_records(out)
+    print(json.dumps({"train": sorted(dtypes["train"]), "eval": sorted(dtypes["eval"]), "run_key": r["run_key"],
+                      "eval_precision": r["eval_precision"], "precision": r["precision"], "mode": r["mode"]}))
 
 
 def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_path):
@@ -273,4 +279,4 @@ def test_run_all_help_shows_the_defaults_of_the_preset_in_use():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["eval-spy"]:
-        _eval_spy_worker(*sys.argv[2:5])
+        _eval_spy_worker(*sys.argv[2:6])
