@@ -52,7 +52,8 @@ ABLATIONS: dict[str, Ablation] = {
     "precision": Ablation(
         "Precision",
         {"bf16 autocast (default)": {}, "fp32": {"precision": "no"}},
-        note="fp32 = autocast off and TF32 off on CUDA (bench.engine.full_fp32); both arms evaluate in fp32."),
+        note="fp32 = autocast off and TF32 off on CUDA (bench.engine.full_fp32); both arms evaluate without autocast "
+             "(the bf16 arm's convolutions in TF32 on CUDA)."),
     "init": Ablation(
         "Weight initialisation (paper: unstated)",
         {"caffe-xavier (Caffe port)": {}, "kaiming": {"init": "kaiming"}},

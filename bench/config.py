@@ -70,7 +70,8 @@ class RunConfig:
                           choices=tuple(VAL_SPLIT_OF))
     precision: str = _f("bf16", "training autocast: no (alias fp32; TF32 off on CUDA) | bf16 | fp16, passed to "
                                 "Accelerator (as bench/throughput.py --precision)", choices=tuple(PRECISION_LABELS))
-    eval_precision: str = _f("no", "evaluation autocast: no (fp32, as the paper; default) or the training precision",
+    eval_precision: str = _f("no", "evaluation autocast: no (fp32 as the paper, default; on CUDA its convolutions "
+                                   "run in TF32 unless --precision no) or the training precision",
                              choices=tuple(PRECISION_LABELS))
     backend: str = _f("auto", "data loader backend; auto: tensor on a GPU, else ffcv when importable "
                               "(loaders.resolve_backend; the record has the resolved one)", choices=("auto", *BACKENDS))
