@@ -10,8 +10,7 @@ reports/measured/campaign): the eager step is bound by launching small kernels f
 
 How (PyTorch's whole-network capture recipe): the first WARMUP full-size steps run eagerly on a side stream (cuDNN
 autotuning, momentum buffers, workspaces), then the step is captured once on static input buffers and replayed for
-every later batch of that size; a batch of another size (the short last batch, 50,000 mod 256 = 80 images) runs
-eagerly. The LR is a constant inside the captured fused SGD kernel, so an LR change (the paper's drops at epochs
+every later batch of that size; a smaller batch (the short last batch, 50,000 mod 256 = 80 images) runs eagerly. The LR is a constant inside the captured fused SGD kernel, so an LR change (the paper's drops at epochs
 200/250/300, or a resumed run) captures again (a fused group reads its LRs from a device tensor: one capture).
 Autocast runs with its weight-cast cache off, as capture requires. Dropout draws from the graph-safe Philox stream:
 masks differ from an eager run's, their distribution does not. Not under DDP (the gradient all-reduce is not
@@ -79,8 +78,8 @@ class GraphedStep:
         settings = self.settings()
         if self.replay is not None and settings != self.baked:
             self.replay = None  # the old LR is baked into the captured update
-        if self.full is None:
-            self.full = images.shape[0]
+        if self.full is None or images.shape[0] > self.full:  # the full size is the largest seen: a run resumed
+            self.full, self.warm, self.replay = images.shape[0], 0, None  # at its short last batch starts on it
         if images.shape[0] != self.full:
             return self.eager(images, labels)
         if self.replay is None and self.warm < WARMUP:

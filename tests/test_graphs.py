@@ -70,6 +70,22 @@ def train_fused(data_dir, device, capture=None, dropout: bool = True, epochs=((0
     return torch.stack(losses), [p.detach().cpu().clone() for p in group.params], step
 
 
+def test_a_run_resumed_at_its_short_last_batch_still_captures_the_full_size():
+    """A resumed run whose first batch is the epoch's short last one (80 of 256 images on CIFAR-10): the full
+    batches after it are captured and replayed, not all run eagerly for the rest of the run."""
+    calls = []
+
+    def eager(images, labels):
+        calls.append(images.shape[0])
+        return (images.sum(),)
+
+    step = graphs.GraphedStep(eager, torch.device("cpu"), capture=graphs.capture_eagerly)
+    for n in (80, 256, 256, 256, 256, 256, 80, 256):
+        step(torch.ones(n, 3), torch.zeros(n))
+    assert step.full == 256 and step.captures == 1 and step.replay is not None
+    assert step.warm == graphs.WARMUP  # warm-up on full batches only, then one capture replayed
+
+
 def test_graphed_fused_group_trains_exactly_like_eager(smoke_data_dir):
     """run_all --fuse-lrs --cuda-graphs: the group's LRs live in a device tensor, so one capture serves both LR
     pairs (no re-capture at the drop), and the [K] outputs come back through the static buffers."""
