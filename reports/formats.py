@@ -158,6 +158,8 @@ def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in t.to_dict("records"):
         peak = f"{fixed(r['peak_tflops'], 1)} ({r['peak_basis']})" if _known(r["peak_tflops"]) else "unknown"
+        if _known(r["eval_peak_tflops"]) and r["eval_peak_basis"] != r["peak_basis"]:  # fp32 eval of a bf16 run
+            peak += f"; eval {fixed(r['eval_peak_tflops'], 1)} ({r['eval_peak_basis']})"
         rows.append({
             "Model": r["paper_name"], "Device": _text(r["device_name"]), "Devices": _text(r["devices"]),
             "Precision": precision_label(_text(r["precision"])),

@@ -29,8 +29,8 @@ float noise (9.5 - 9.08 is stored as 0.42, not 0.41999999999999993)."""
 
 TEXT_COLUMNS = ("paper_name", "status", "diverged_lrs", "not_measured", "val_status", "val_diverged_lrs",
                 "val_not_measured", "paper_params", "ablation", "model", "arm", "arm_here", "protocol", "source",
-                "device_name", "precision", "backend", "peak_basis", "claim", "x", "relation", "y", "test",
-                "verdict")
+                "device_name", "precision", "eval_precision", "backend", "peak_basis", "eval_peak_basis", "claim", "x",
+                "relation", "y", "test", "verdict")
 """Columns of words: pandas "string" dtype (missing = pd.NA), so a CSV read back with these as "string" equals
 the table, even where a cell looks like a number (diverged LRs "0.25")."""
 

@@ -38,9 +38,10 @@ def _device_count(record: dict) -> int:
 def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per variant and setting: median training and evaluation img/s (all ranks), achieved TFLOP/s (training
     3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
-    (`_device_count`). fp32 runs are compared with the TF32 peak, PyTorch's default for
-    convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py rows)
-    when given, else from the ledger's baseline runs of any precision (a fused group's: all its runs' images,
+    (`_device_count`), evaluation's at the precision it ran in (a record's `eval_precision`: fp32 under bf16
+    training; a benchmark row evaluates at its training precision). fp32 is compared with the TF32 peak, PyTorch's
+    default for convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py
+    rows) when given, else from the ledger's baseline runs of any precision (a fused group's: all its runs' images,
     `runs_per_step`). Benchmark rows made with `--fused K` add the K-run fused group's images/s over its K runs
     and its ratio to the separate step (medians; NaN without)."""
     if benchmark is not None:
@@ -60,42 +61,54 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
             rows[key] = None
     # rows from before bench/graphs.py existed did not replay graphs
     rows["cuda_graphs"] = rows["cuda_graphs"].map(lambda v: _known(v) and bool(v))
+    # what evaluation ran in: a record's eval_precision (older records: the training precision, as a benchmark's)
+    evaluated = rows["eval_precision"] if "eval_precision" in rows.columns else pd.Series(None, index=rows.index)
+    rows["eval_precision"] = [e if _known(e) else p for e, p in zip(evaluated, rows["precision"])]
     rows = rows[rows["model"].isin(list(SPECS))]
     order = {name: i for i, name in enumerate(SPECS)}
     groups: dict[tuple, list[dict]] = {}
     for record in rows.to_dict("records"):
         record["devices"] = _device_count(record)
-        key = tuple(record[k] if _known(record[k]) else None for k in THROUGHPUT_KEYS)
+        key = tuple(record[k] if _known(record[k]) else None for k in (*THROUGHPUT_KEYS, "eval_precision"))
         groups.setdefault(key, []).append(record)
     out = []
     for key in sorted(groups, key=lambda k: (order[k[0]], *(str(v) for v in k[1:]))):
-        group, row = groups[key], dict(zip(THROUGHPUT_KEYS, key))
+        group, row = groups[key], dict(zip((*THROUGHPUT_KEYS, "eval_precision"), key))
         train, evals, fused, ratio = (_median(r.get(k) for r in group) for k in (
             "train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate"))
         flop = macs(row["model"])
         train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
         eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
-        precision = str(row["precision"]) if row["precision"] is not None else None
         stated = [r["peak_precision"] for r in group if _known(r.get("peak_precision"))]  # the benchmark says
         tf32 = stated[0] == "tf32" if stated else True  # the ledger does not: PyTorch's default for convolutions
-        try:
-            peak = devices.peak_tflops(row["device_name"], precision, tf32=tf32) if precision else None
-            basis = devices.peak_precision(row["device_name"], precision, tf32=tf32) if peak else None
-        except ValueError:  # a precision bench.devices does not know
-            peak = basis = None
-        # mfu of 100 x tf: the share in %, by the same float operations as 100 * tf / (peak * devices)
-        share = (lambda tf: _round(devices.mfu(100 * tf, row["device_name"], precision, tf32, count=row["devices"]))
-                 if peak and tf == tf else float("nan"))
+        peak, basis, share = _peak(row["device_name"], row["precision"], tf32, row["devices"])
+        eval_peak, eval_basis, eval_share = _peak(row["device_name"], row["eval_precision"], tf32, row["devices"])
         out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
                     "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
-                    "eval_tflops": eval_tf, "peak_tflops": float("nan") if peak is None else peak,
-                    "peak_basis": basis, "train_peak_pct": share(train_tf), "eval_peak_pct": share(eval_tf),
+                    "eval_tflops": eval_tf, "peak_tflops": peak, "peak_basis": basis, "eval_peak_tflops": eval_peak,
+                    "eval_peak_basis": eval_basis, "train_peak_pct": share(train_tf),
+                    "eval_peak_pct": eval_share(eval_tf),
                     "fused_runs": _median(r.get("fused_runs") for r in group), "fused_train_images_per_s": fused,
                     "fused_over_separate": ratio})
-    columns = ["source", *THROUGHPUT_KEYS, "paper_name", "n_runs", "train_images_per_s", "eval_images_per_s",
-               "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "train_peak_pct", "eval_peak_pct",
-               "fused_runs", "fused_train_images_per_s", "fused_over_separate"]
+    columns = ["source", *THROUGHPUT_KEYS, "eval_precision", "paper_name", "n_runs", "train_images_per_s",
+               "eval_images_per_s", "train_tflops", "eval_tflops", "peak_tflops", "peak_basis", "eval_peak_tflops",
+               "eval_peak_basis", "train_peak_pct", "eval_peak_pct", "fused_runs", "fused_train_images_per_s",
+               "fused_over_separate"]
     return _typed(pd.DataFrame(out, columns=columns))
+
+
+def _peak(device_name, precision, tf32: bool, count: int):
+    """(peak TFLOP/s or NaN, its column in bench.devices' table or None, the share of it in % of a TFLOP/s figure)
+    for `count` devices at `precision` (Accelerate's name or a label; None: unknown)."""
+    try:
+        peak = devices.peak_tflops(device_name, str(precision), tf32=tf32) if precision is not None else None
+        basis = devices.peak_precision(device_name, str(precision), tf32=tf32) if peak else None
+    except ValueError:  # a precision bench.devices does not know
+        peak = basis = None
+    # mfu of 100 x tf: the share in %, by the same float operations as 100 * tf / (peak * devices)
+    share = (lambda tf: _round(devices.mfu(100 * tf, device_name, str(precision), tf32, count=count))
+             if peak and tf == tf else float("nan"))
+    return float("nan") if peak is None else peak, basis, share
 
 
 THROUGHPUT_NUMBERS = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate",

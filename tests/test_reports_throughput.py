@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from allconv.specs import macs
 from bench import results
 from reports import formats
 from reports.ledger import LedgerError, load_ledger
@@ -106,3 +107,27 @@ def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
     assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (34)" in md
     with pytest.raises(LedgerError, match="preset 'nope' has no records"):
         write_report(ledger_dir, tmp_path / "x", preset="nope")
+
+
+def test_evaluation_is_compared_with_the_peak_of_the_precision_it_ran_in(tmp_path):
+    """A bf16 run evaluates in fp32 (eval_precision "no": autocast off), whose convolutions run in TF32 on CUDA:
+    its eval share is against the TF32 peak (494.5 on an H100 SXM), not bf16's 989, and the table says so. A run
+    that evaluated in bf16, and an older record without eval_precision (evaluated as it trained), keep bf16's."""
+    fp32_eval = record(lr=0.1, test=9.0, img_s=20000.0)  # eval_precision "no", 40,000 eval img/s
+    bf16_eval = dict(record(lr=0.05, test=9.1, img_s=20000.0), eval_precision="bf16")
+    older = dict(record(lr=0.01, test=9.2, img_s=20000.0), eval_precision=None)
+    eval_tf = round(40000 * 2 * macs("allcnn-c") / 1e12, 6)
+    alone = throughput_table(load_ledger(write_ledger(tmp_path / "alone", [fp32_eval])).df).loc[0]
+    assert alone["eval_tflops"] == eval_tf and alone["eval_peak_pct"] == round(100 * eval_tf / 494.5, 6)  # 4.4%,
+    # where bf16's peak said 2.2%
+    tp = throughput_table(load_ledger(write_ledger(tmp_path / "results", [fp32_eval, bf16_eval, older])).df)
+    tp = tp.set_index("eval_precision")
+    assert sorted(tp.index) == ["bf16", "no"]  # the older record evaluated in bf16, as it trained
+    row = tp.loc["no"]
+    assert row["eval_peak_tflops"] == 494.5 and row["eval_peak_basis"] == "tf32"
+    assert row["peak_tflops"] == 989.0 and row["train_peak_pct"] == round(100 * row["train_tflops"] / 989.0, 6)
+    bf16 = tp.loc[["bf16"]].iloc[0]
+    assert bf16["eval_peak_pct"] == round(100 * eval_tf / 989.0, 6) and bf16["n_runs"] == 2
+    shown = formats.display_throughput(tp.reset_index()).set_index("Eval % of peak")
+    assert shown.loc[formats.fixed(row["eval_peak_pct"], 1), "Peak TFLOP/s"] == "989.0 (bf16); eval 494.5 (tf32)"
+    assert shown.loc[formats.fixed(bf16["eval_peak_pct"], 1), "Peak TFLOP/s"] == "989.0 (bf16)"
