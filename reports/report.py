@@ -58,9 +58,9 @@ CLAIMS_NOTE = (
 THROUGHPUT_NOTE = (
     "Median over runs of the same setting. TFLOP/s: training 3x the forward pass, 2 FLOP per MAC; share of the "
     "dense peak of the devices that ran it (a grid run: one; a DDP run or a benchmark: one per process) "
-    "(bench/devices.py; fp32 against the TF32 peak, PyTorch's default for convolutions); evaluation against the "
-    "peak of the precision it ran in (*eval* in the peak column where that differs: fp32 evaluation of a bf16 "
-    "run); blank where the device's peak is unknown (CPUs).")
+    "(bench/devices.py; fp32 against the TF32 peak, PyTorch's default for convolutions, but for runs trained in "
+    "fp32, which turn TF32 off); evaluation against the peak of the precision it ran in (*eval* in the peak "
+    "column where that differs: fp32 evaluation of a bf16 run); blank where the device's peak is unknown (CPUs).")
 RUNS_PER_STEP_NOTE = (" Runs per step: runs trained in lockstep as one fused model (--fuse-lrs); img/s count all "
                       "their images.")
 

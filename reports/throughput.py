@@ -24,6 +24,9 @@ THROUGHPUT_KEYS = ("model", "device_name", "devices", "precision", "backend", "b
                    "channels_last", "compile", "cuda_graphs")
 """`runs_per_step`: how many runs one training step trained (a record's `fused_runs`: --fuse-lrs); the row's img/s
 count every run's images. A benchmark row's own figures are one run's (its fused_* columns a K-run group's)."""
+GROUP_KEYS = (*THROUGHPUT_KEYS, "eval_precision", "peak_precision")
+"""What makes a row of the table: a setting (THROUGHPUT_KEYS), the precision evaluation ran in, and the peak a
+benchmark row states (ledger: "fp32" for a run with TF32 off)."""
 
 
 def _device_count(record: dict) -> int:
@@ -40,7 +43,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
     (`_device_count`), evaluation's at the precision it ran in (a record's `eval_precision`: fp32 under bf16
     training; a benchmark row evaluates at its training precision). fp32 is compared with the TF32 peak, PyTorch's
-    default for convolutions (a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py
+    default for convolutions, but for a ledger run trained in fp32, which ran with TF32 off (`bench.engine.full_fp32`;
+    a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py
     rows) when given, else from the ledger's baseline runs of any precision (a fused group's: all its runs' images,
     `runs_per_step`). Benchmark rows made with `--fused K` add the K-run fused group's images/s over its K runs
     and its ratio to the separate step (medians; NaN without)."""
@@ -56,31 +60,36 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         rows["runs_per_step"] = together.map(lambda v: int(v) if _known(v) else 1)  # older ledgers: alone
         for k in ("train_images_per_s", "eval_images_per_s"):  # a fused run recorded its share of the group's
             rows[k] = rows[k] * rows["runs_per_step"]
+        # a run trained in fp32 ran with TF32 off (bench.engine.full_fp32), training and evaluation: the plain
+        # fp32 peak. Records from before that state no eval_precision (it came with it): TF32 on, PyTorch's default
+        full = (rows["precision"] == "no") & rows.get("eval_precision", pd.Series(None, index=rows.index)).map(_known)
+        rows["peak_precision"] = full.map(lambda f: "fp32" if f else None)
     for key in THROUGHPUT_KEYS:
         if key not in rows.columns:
             rows[key] = None
     # rows from before bench/graphs.py existed did not replay graphs
     rows["cuda_graphs"] = rows["cuda_graphs"].map(lambda v: _known(v) and bool(v))
     # what evaluation ran in: a record's eval_precision (older records: the training precision, as a benchmark's)
-    evaluated = rows["eval_precision"] if "eval_precision" in rows.columns else pd.Series(None, index=rows.index)
+    evaluated = rows.get("eval_precision", pd.Series(None, index=rows.index))
     rows["eval_precision"] = [e if _known(e) else p for e, p in zip(evaluated, rows["precision"])]
     rows = rows[rows["model"].isin(list(SPECS))]
     order = {name: i for i, name in enumerate(SPECS)}
     groups: dict[tuple, list[dict]] = {}
     for record in rows.to_dict("records"):
         record["devices"] = _device_count(record)
-        key = tuple(record[k] if _known(record[k]) else None for k in (*THROUGHPUT_KEYS, "eval_precision"))
+        key = tuple(record.get(k) if _known(record.get(k)) else None for k in GROUP_KEYS)
         groups.setdefault(key, []).append(record)
     out = []
     for key in sorted(groups, key=lambda k: (order[k[0]], *(str(v) for v in k[1:]))):
-        group, row = groups[key], dict(zip((*THROUGHPUT_KEYS, "eval_precision"), key))
+        group, row = groups[key], dict(zip(GROUP_KEYS, key))
+        del row["peak_precision"]
         train, evals, fused, ratio = (_median(r.get(k) for r in group) for k in (
             "train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate"))
         flop = macs(row["model"])
         train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
         eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
-        stated = [r["peak_precision"] for r in group if _known(r.get("peak_precision"))]  # the benchmark says
-        tf32 = stated[0] == "tf32" if stated else True  # the ledger does not: PyTorch's default for convolutions
+        stated = key[-1]  # a benchmark row's, or "fp32" for a full-fp32 run of the ledger
+        tf32 = stated == "tf32" if stated else True  # else PyTorch's default for convolutions
         peak, basis, share = _peak(row["device_name"], row["precision"], tf32, row["devices"])
         eval_peak, eval_basis, eval_share = _peak(row["device_name"], row["eval_precision"], tf32, row["devices"])
         out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),

@@ -25,7 +25,7 @@ def test_throughput_from_ledger_and_benchmark(led):
     assert row["train_images_per_s"] == 20000.0 and row["source"] == "ledger"
     assert row["train_tflops"] == round(20000 * 270_798_336 * 6 / 1e12, 6)
     assert row["peak_tflops"] == 989.0 and row["train_peak_pct"] == round(100 * row["train_tflops"] / 989.0, 6)
-    assert tp.loc[("allcnn-c", "no"), "peak_basis"] == "tf32"
+    assert tp.loc[("allcnn-c", "no"), "peak_basis"] == "fp32"  # a full-fp32 run: TF32 off
     bench = pd.DataFrame([{"model": "model-c", "precision": "bf16", "device_name": "cpu", "batch_size": 256,
                            "train_images_per_s": 400.0, "eval_images_per_s": 900.0}])
     tb = throughput_table(led.df, bench)
@@ -131,3 +131,18 @@ def test_evaluation_is_compared_with_the_peak_of_the_precision_it_ran_in(tmp_pat
     shown = formats.display_throughput(tp.reset_index()).set_index("Eval % of peak")
     assert shown.loc[formats.fixed(row["eval_peak_pct"], 1), "Peak TFLOP/s"] == "989.0 (bf16); eval 494.5 (tf32)"
     assert shown.loc[formats.fixed(bf16["eval_peak_pct"], 1), "Peak TFLOP/s"] == "989.0 (bf16)"
+
+
+def test_a_run_trained_in_fp32_is_compared_with_the_plain_fp32_peak(tmp_path):
+    """run_all trains and evaluates a precision-"no" run with TF32 off (bench.engine.full_fp32): its share is of the
+    plain fp32 peak (67 on an H100 SXM), not TF32's 494.5. A record from before that (no eval_precision: it came
+    with full_fp32) ran with TF32 on, cuDNN's default."""
+    full = record(lr=0.1, test=9.0, img_s=5000.0, precision="no")  # eval_precision "no"
+    older = dict(record(lr=0.05, test=9.1, img_s=5000.0, precision="no"), eval_precision=None)
+    for name, rec, peak, basis in (("full", full, 67.0, "fp32"), ("older", older, 494.5, "tf32")):
+        row = throughput_table(load_ledger(write_ledger(tmp_path / name, [rec])).df).loc[0]
+        assert (row["peak_tflops"], row["peak_basis"], row["eval_peak_tflops"]) == (peak, basis, peak), name
+        assert row["train_peak_pct"] == round(100 * row["train_tflops"] / peak, 6), name
+        assert row["eval_peak_pct"] == round(100 * row["eval_tflops"] / peak, 6), name
+    both = throughput_table(load_ledger(write_ledger(tmp_path / "both", [full, older])).df)
+    assert sorted(both["peak_basis"]) == ["fp32", "tf32"]  # not one row with one of their peaks
