@@ -167,7 +167,9 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
         if c.relation == "best":
             others = [m for m in SPECS if m != c.x and errors[m]]
             runner_up = min(others, key=lambda m: statistics.fmean(errors[m])) if others else None
-            y, y_paper = runner_up, min(v for m, v in paper.items() if m != c.x)
+            # the paper's difference for the same pair; with no runner-up of ours, the paper's own (All-CNN-B)
+            y = runner_up
+            y_paper = paper[y] if y else min(v for m, v in paper.items() if m != c.x)
         else:
             y, y_paper = c.y, paper.get(c.y, c.y)
         x_err = errors[c.x]

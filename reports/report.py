@@ -53,8 +53,9 @@ CLAIMS_NOTE = (
     f"within ±{MARGIN_PP:g} pp. One seed: no estimate of the training noise, so only a gap over {MARGIN_PP:g} pp "
     f"decides; smaller gaps are *inconclusive*. On a test set small enough for its own sampling noise to exceed "
     f"{MARGIN_PP:g} pp, a gap within that noise is *inconclusive* however many seeds agree. *Not measured*: a "
-    f"model in the claim has no number; \"the best\" needs all 12. Paper Δ: the same difference in the paper's "
-    f"Table 3 (one run each).")
+    f"model in the claim has no number; \"the best\" needs all 12 and is shown against our runner-up. Paper Δ: "
+    f"the same difference in the paper's Table 3 (one run each; \"the best\" with no runner-up of ours: the "
+    f"paper's).")
 THROUGHPUT_NOTE = (
     "Median over runs of the same setting. TFLOP/s: training 3x the forward pass, 2 FLOP per MAC; share of the "
     "dense peak of the devices that ran it (a grid run: one; a DDP run or a benchmark: one per process) "

@@ -261,3 +261,14 @@ def test_latex_parses_and_compiles(report_dir, tmp_path):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_the_paper_difference_of_the_best_claim_is_for_the_pair_ours_compares(tmp_path):
+    """"All-CNN-C is the best" is shown against our runner-up: Paper Δ is the paper's difference for that pair
+    (All-CNN-C 9.08 - ConvPool-CNN-A 10.21), not against the paper's runner-up (All-CNN-B, -0.02)."""
+    others = {m: [12.0 + i / 10] for i, m in enumerate(SPECS) if m not in ("allcnn-c", "convpool-a")}
+    c = claims_of(tmp_path, {**others, "convpool-a": [8.62], "allcnn-c": [11.52]})
+    assert c.loc[BEST, "y"] == "convpool-a" and c.loc[BEST, "diff_pp"] == 2.9
+    assert c.loc[BEST, "paper_diff_pp"] == -1.13
+    alone = claims_of(tmp_path / "alone", {"allcnn-c": [9.0]})  # no runner-up of ours: the paper's own margin
+    assert alone.loc[BEST, "paper_diff_pp"] == -0.02
