@@ -12,7 +12,9 @@ two models (or a model and a number) and gets a verdict:
   smaller is "inconclusive" (and "on par" can then only be refuted, never reproduced);
 - on a test set small enough for its own sampling noise to exceed MARGIN_PP (a subset of a few hundred images), a
   gap within that noise is "inconclusive" whatever the seeds say (`sampling_noise`);
-- a claim with a model that has no number is "not measured" (nothing was tested).
+- a claim with a model that has no number is "not measured" (nothing was tested);
+- a model whose LR grid is incomplete (`best_over_lr` status "partial": an LR or seed still to measure) is named in
+  the test, and a verdict its missing runs could reverse is "inconclusive (LR grid incomplete)" (`_unless_open`).
 "The best" is reproduced only when every other model has a number and is beaten; it is refuted by any model that
 beats it. "At least as good" is judged like "better": it is reproduced only when the data show the order beyond noise.
 Vague statements ("the drop in performance is not as dramatic as one might expect") are not claims here.
@@ -159,7 +161,8 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     """Every claim of `CLAIMS` with the ledger's numbers and the paper's, its test and verdict."""
     runs = table3_runs(df, reference)
     grid = lr_grid(runs)
-    errors = {m: best_over_lr(runs[runs["model"] == m], grid).get("errors", []) for m in SPECS}
+    picked = {m: best_over_lr(runs[runs["model"] == m], grid) for m in SPECS}
+    errors = {m: p.get("errors", []) for m, p in picked.items()}
     paper = {m: s.paper_error_pct for m, s in SPECS.items()}
     n_test = min(filter(None, map(num_test, runs.get("data", []))), default=None)  # the fewest any run was scored on
     rows = []
@@ -184,20 +187,50 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             row.update(verdict="not measured", test=f"no number for: {', '.join(missing)}" if missing
                        else "no other model has a number")
         elif c.relation == "best":
-            found = [verdict(x_err, errors[m], "better", n_test=n_test) for m in others]
+            found = [_unless_open(verdict(x_err, errors[m], "better", n_test=n_test), "better", x_err, errors[m],
+                                  picked[c.x], picked[m]) for m in others]
             words = {v for v, _, _ in found}
             worst = max(found, key=lambda f: 0 if f[0] == "reproduced" else 1 if f[0] == "inconclusive" else 2)
             unmeasured = len(SPECS) - 1 - len(others)  # "the best" is shown only against every other model
-            row.update(verdict="not reproduced" if "not reproduced" in words else "reproduced"
-                       if words == {"reproduced"} and not unmeasured else "inconclusive",
+            row.update(verdict="not reproduced" if "not reproduced" in words else "inconclusive" if unmeasured or
+                       "inconclusive" in words else OPEN if OPEN in words else "reproduced",
                        test=f"against each of {len(others)} model{'s' * (len(others) != 1)}"
                        + (f" ({unmeasured} not measured)" if unmeasured else "") + f"; weakest: {worst[1]}",
                        p_value=_round(worst[2]))
         else:
-            v, test, p = verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float), n_test=n_test)
+            v, test, p = _unless_open(verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float),
+                                              n_test=n_test), c.relation, x_err, y_err, picked[c.x], picked.get(y))
             row.update(verdict=v, test=test, p_value=_round(p))
+        sides = [m for m in (c.x, *(others if c.relation == "best" else [y])) if m in picked and errors[m]]
+        lacking = [f"{SPECS[m].paper_name}: {picked[m]['not_measured']}" for m in sides
+                   if picked[m]["status"] == "partial"]
+        if lacking and row["verdict"] != "not measured":
+            row["test"] += f"; LR grid incomplete ({'; '.join(lacking)})"
         rows.append(row)
     return _typed(pd.DataFrame(rows))
+
+
+OPEN = "inconclusive (LR grid incomplete)"
+"""The verdict of a claim that runs still to measure could reverse (`_unless_open`)."""
+
+
+def _unless_open(found: tuple[str, str, float], relation: str, x: list[float], y: list[float],
+                 x_pick: dict, y_pick: dict | None) -> tuple[str, str, float]:
+    """`found` (`verdict` of errors `x` against `y`), or OPEN when runs still to measure could reverse it. A model's
+    error (`best_over_lr`'s pick) can still move only down when LRs other than its selected one are unmeasured
+    (one more LR can only lower the minimum), either way when its selected LR has seeds to measure (not
+    `settled`). A verdict is reversed by a move of Δ = x - y toward the other side; "on par" reproduced by any."""
+    moves = set()  # the directions Δ can still move: -1 down, +1 up
+    for pick, sign in ((x_pick, 1), (y_pick, -1)):
+        if pick is not None and pick["status"] == "partial":
+            moves |= {-sign} if pick["settled"] else {-1, 1}
+    v, _, p = found
+    if v not in ("reproduced", "not reproduced") or not moves:
+        return found
+    back = -math.copysign(1, statistics.fmean(x) - statistics.fmean(y))  # toward the other side of Δ = 0
+    if back in moves or (relation == "on par" and v == "reproduced"):
+        return OPEN, found[1], p
+    return found
 
 
 def _mean(values: list[float]) -> float:

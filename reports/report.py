@@ -52,7 +52,10 @@ CLAIMS_NOTE = (
     f"Several seeds: Welch's t-test, p < {ALPHA:g} decides an order; *on par* needs the 95% interval of Δ "
     f"within ±{MARGIN_PP:g} pp. One seed: no estimate of the training noise, so only a gap over {MARGIN_PP:g} pp "
     f"decides; smaller gaps are *inconclusive*. On a test set small enough for its own sampling noise to exceed "
-    f"{MARGIN_PP:g} pp, a gap within that noise is *inconclusive* however many seeds agree. *Not measured*: a "
+    f"{MARGIN_PP:g} pp, a gap within that noise is *inconclusive* however many seeds agree. An incomplete LR grid "
+    f"is named in the Test column; a verdict that its missing runs could reverse (a missing LR can only lower a "
+    f"model's error, a seed still to measure at its selected LR can move it either way) is *inconclusive (LR grid "
+    f"incomplete)*. *Not measured*: a "
     f"model in the claim has no number; \"the best\" needs all 12 and is shown against our runner-up. Paper Δ: "
     f"the same difference in the paper's Table 3 (one run each; \"the best\" with no runner-up of ours: the "
     f"paper's).")

@@ -73,7 +73,8 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     LR), and report the test error there: mean, sample std (ddof=1, only when n > 1) and seed count.
     An LR is a candidate only when none of its runs diverged: an LR that diverges for some seeds is not a stable
     choice, and averaging only the survivors would flatter it. Failed or unfinished seeds were not measured; they
-    are listed, and the LR is judged on the seeds that completed."""
+    are listed, and the LR is judged on the seeds that completed. `settled`: the selected LR has no seed still to
+    measure ("partial" but settled: only an LR yet to measure can change the error, and only lower it)."""
     base = {"error_pct": float("nan"), "error_std": float("nan"), "n_seeds": 0, "lr": float("nan")}
     if len(runs) == 0:  # "missing" says it all: no LR list
         return {**base, "diverged_lrs": None, "not_measured": None, "status": "missing"}
@@ -85,6 +86,7 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
             continue
         if c["diverged"]:
             diverged.append(lr_text(r["lr"]) + ("" if c["diverged"] == n else f" ({c['diverged']}/{n} seeds)"))
+        r["open"] = any(c[word] for word in ("stalled", "failed", "unfinished"))  # seeds still to measure
         for word in ("stalled", "failed", "unfinished"):
             if c[word]:
                 unmeasured.append(f"{lr_text(r['lr'])} {word}" + ("" if c[word] == n else f" ({c[word]}/{n} seeds)"))
@@ -99,7 +101,8 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     test = best["test"]
     return {**base, "error_pct": _round(statistics.fmean(test)),
             "error_std": _round(statistics.stdev(test)) if len(test) > 1 else float("nan"),
-            "n_seeds": len(test), "lr": best["lr"], "status": "partial" if unmeasured else "ok", "errors": test}
+            "n_seeds": len(test), "lr": best["lr"], "status": "partial" if unmeasured else "ok", "errors": test,
+            "settled": not best["open"]}
 
 
 def best_over_lr(runs: pd.DataFrame, grid: list[float] | None = None) -> dict:

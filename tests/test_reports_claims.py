@@ -102,3 +102,46 @@ def test_the_paper_difference_of_the_best_claim_is_for_the_pair_ours_compares(tm
     assert c.loc[BEST, "paper_diff_pp"] == -1.13
     alone = claims_of(tmp_path / "alone", {"allcnn-c": [9.0]})  # no runner-up of ours: the paper's own margin
     assert alone.loc[BEST, "paper_diff_pp"] == -0.02
+
+
+
+def claims_on_a_grid(tmp_path, runs: dict[str, dict[float, list]]):
+    """Claims of a ledger whose command requested LRs 0.1 and 0.05: `runs` gives each model's test errors per LR
+    (None: a seed that failed, still to measure); an LR not given is missing."""
+    grid = {"models": sorted(runs), "lrs": [0.1, 0.05], "seeds": [0]}
+    recs = [record(model=m, lr=lr, seed=s, test=t, grid=grid, status="completed" if t is not None else "failed")
+            for m, by_lr in runs.items() for lr, ts in by_lr.items() for s, t in enumerate(ts)]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    return claims_table(led.df, led.reference).set_index("claim")
+
+
+def test_a_verdict_missing_runs_could_reverse_is_not_given(tmp_path):
+    """A missing LR can only lower a model's error, so "Model A beats Strided-CNN-A" (by 3.5 pp, one seed) is not
+    reproduced while Strided-CNN-A lacks an LR; a missing LR of Model A only widens the gap, and the verdict
+    stands. A failed seed at the selected LR (to run again) can move the error either way. Either way the row
+    says so."""
+    full = {0.1: [13.0], 0.05: [12.5]}
+    c = claims_on_a_grid(tmp_path / "y", {"model-a": full, "strided-a": {0.05: [16.0]}})
+    assert c.loc[STRIDED_A, "verdict"] == "inconclusive (LR grid incomplete)"
+    assert c.loc[STRIDED_A, "test"].endswith("; LR grid incomplete (Strided-CNN-A: 0.1 missing)")
+    c = claims_on_a_grid(tmp_path / "x", {"model-a": {0.05: [12.5]}, "strided-a": {0.1: [17.0], 0.05: [16.0]}})
+    assert c.loc[STRIDED_A, "verdict"] == "reproduced" and "(Model A: 0.1 missing)" in c.loc[STRIDED_A, "test"]
+    c = claims_on_a_grid(tmp_path / "seed", {"model-a": {0.1: [13.0], 0.05: [12.5, None]},
+                                             "strided-a": {0.1: [17.0], 0.05: [16.0]}})
+    assert c.loc[STRIDED_A, "verdict"] == "inconclusive (LR grid incomplete)"
+    assert "(Model A: 0.05 failed (1/2 seeds))" in c.loc[STRIDED_A, "test"]
+    # "on par" refuted: All-CNN-A is 3.7 pp better; only ConvPool-CNN-A's missing LR could close the gap
+    c = claims_on_a_grid(tmp_path / "par", {"allcnn-a": {0.05: [10.3]}, "convpool-a": full | {0.05: [14.0]}})
+    assert c.loc[ON_PAR_A, "verdict"] == "not reproduced"
+    c = claims_on_a_grid(tmp_path / "par2", {"allcnn-a": full | {0.05: [10.3]}, "convpool-a": {0.05: [14.0]}})
+    assert c.loc[ON_PAR_A, "verdict"] == "inconclusive (LR grid incomplete)"
+
+
+def test_the_best_of_table3_waits_for_every_lr_of_every_model(tmp_path):
+    others = {m: {0.1: [12.0 + i / 10], 0.05: [11.0 + i / 10]} for i, m in enumerate(SPECS) if m != "allcnn-c"}
+    c = claims_on_a_grid(tmp_path / "full", {**others, "allcnn-c": {0.1: [9.5], 0.05: [9.0]}})
+    assert c.loc[BEST, "verdict"] == "reproduced" and "LR grid incomplete" not in c.loc[BEST, "test"]
+    others["model-c"] = {0.05: others["model-c"][0.05]}  # Model C's LR 0.1 could still beat All-CNN-C
+    c = claims_on_a_grid(tmp_path / "open", {**others, "allcnn-c": {0.1: [9.5], 0.05: [9.0]}})
+    assert c.loc[BEST, "verdict"] == "inconclusive (LR grid incomplete)"
+    assert c.loc[BEST, "test"].endswith("; LR grid incomplete (Model C: 0.1 missing)")
