@@ -3,7 +3,7 @@
     python -m reports --results results --out report [--preset smoke] [--throughput bench.json]
 
 Reads bench.results records and allconv.specs; never trains. It imports torch (and accelerate) only to read the
-checkpoints of runs still training, when the ledger has some (reports.ledger.unfinished_runs; without torch they
+checkpoints of runs still training, when the ledger has some (reports.running.unfinished_runs; without torch they
 are named in a note), and never ffcv.
 """
 import importlib

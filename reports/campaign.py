@@ -47,7 +47,7 @@ def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]
 
 def rows(results_dir: Path) -> list[list[str]]:
     from reports.data import short  # these two and md_text here, not at the top: they import bench/ablations.py,
-    from reports.ledger import run_of_key  # which raises ValueError on a user's typo'd arm: main makes it one line
+    from reports.running import run_of_key  # which raises ValueError on a user's typo'd arm: main makes it one line
 
     records = results.read_records(results_dir)
     out = []

@@ -3,7 +3,7 @@
     from reports.ledger import load_ledger
     led = load_ledger("results")   # Ledger: .df (the preset's runs), .reference (the config Table 3 compares), ...
 
-Reads `bench.results` records, and the checkpoints beside them of runs still training (`unfinished_runs`: torch,
+Reads `bench.results` records, and the checkpoints beside them of runs still training (reports.running: torch,
 weights_only, nothing in them runs). Nothing is filled in: a field a record lacks stays missing.
 Like with like (issue 10): a run enters Table 3, or an ablation arm, only when its whole resolved `config` equals
 the reference config (with the arm's overrides), except the fields in `NOT_COMPARED`.
@@ -21,7 +21,7 @@ import pandas as pd
 from allconv.specs import SPECS
 from bench import results
 from bench.ablations import BASELINE, baseline
-from bench.config import NOT_IN_KEY, RunConfig, config_key
+from bench.config import NOT_IN_KEY
 from bench.devices import precision_label  # noqa: F401 (reports import it from here)
 
 COLUMNS = (
@@ -165,61 +165,6 @@ def choose_epochs(df: pd.DataFrame) -> tuple[int | None, list[str]]:
     return chosen, notes
 
 
-def run_of_key(records: pd.DataFrame) -> dict[str, tuple[str, float, dict]]:
-    """run_key -> (model, lr, a record) for every Table 3 cell (the 12 models at the paper's and the requested LRs)
-    under each distinct config of the records, model and LR aside: where a checkpoint of a run without a record
-    belongs (run_all names it by the run key only). A record's own key maps to itself."""
-    requested = (requested_grid(records)["lrs"] or []) if "grid" in records else []  # numbers (bench.schema)
-    configs = {}  # one record per config apart from model and LR: they all give the same keys
-    for r in records.to_dict("records"):
-        if isinstance(r.get("config"), dict):
-            configs.setdefault(_blob({k: v for k, v in r["config"].items() if k not in ("model", "lr")}), r)
-    return {config_key({**r["config"], "model": model, "lr": lr}): (model, lr, r)
-            for r in configs.values() for model in SPECS for lr in {*RunConfig().lrs, *requested}}
-
-
-def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    """A row per run that is still training: a checkpoint in `<results>/checkpoints/` without a record of its run,
-    found by recomputing the run keys of every Table 3 cell under the records' configs (`run_of_key`). The row is
-    its record's sibling as run_all would write it ("unfinished", the checkpoint's epochs and history; nothing it
-    has not measured); `from_checkpoint` marks it. And notes on the checkpoints it could not read or place (left
-    where they are: run_all sets a damaged one aside when it resumes)."""
-    paths = sorted((Path(results_dir) / "checkpoints").glob("*.pt"))
-    if not paths:
-        return [], []
-    try:
-        from bench.checkpoint import progress
-    except ImportError:  # no torch here
-        return [], [f"{len(paths)} checkpoint(s) of runs still training not read (torch is not installed)."]
-    cells, recorded, rows, bad, foreign = run_of_key(records), set(records["run_key"]), [], [], 0
-    for path in paths:
-        if path.stem in recorded:
-            continue  # a failed or stalled run keeps its checkpoint: its record speaks for it
-        if path.stem not in cells:
-            foreign += 1
-            continue
-        try:
-            state = progress(path)
-        except ValueError as e:
-            bad.append(f"{path.name} ({e})")
-            continue
-        model, lr, sibling = cells[path.stem]
-        spec, history = SPECS[model], state["history"]
-        row = {c: None for c in COLUMNS}
-        shared = ("preset", *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "cuda_graphs",
-                  "eval_precision", "data", "grid")  # the record's config and data: the run's own, bar model and LR
-        row.update({k: sibling[k] for k in shared if k in sibling})
-        row.update(run_key=path.stem, status="unfinished", model=model, lr=lr, seed=sibling["seed"],
-                   display_name=spec.paper_name, epochs=sibling["epochs"], epochs_completed=state["epoch"],
-                   config={**sibling["config"], "model": model, "lr": lr}, history=history,
-                   wall_time_s=state["wall_s"], from_checkpoint=True, checkpoint=(path.name, state["sha256"]))
-        rows.append(row)
-    notes = [f"Not read: {len(bad)} damaged checkpoint(s): {', '.join(bad)}."] if bad else []
-    if foreign:
-        notes.append(f"{foreign} checkpoint(s) of runs no record's config describes: not shown.")
-    return rows, notes
-
-
 def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Ledger:
     """The ledger in `results_dir` (bench.results layout), narrowed to one preset and one epoch count."""
     if not os.path.isdir(results_dir):
@@ -254,6 +199,7 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     if epochs is not None:
         df = df[df["epochs"].map(lambda e: _known(e) and int(e) == epochs).astype(bool)]
     reference = reference_config(df)
+    from reports.running import unfinished_runs  # here: reports.running reads this module's COLUMNS
     running, running_notes = unfinished_runs(results_dir, df)
     notes += running_notes
     recorded = {_run_id(r) for r in df.to_dict("records")}  # a run with a record under an older key: that speaks

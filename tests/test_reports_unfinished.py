@@ -1,6 +1,6 @@
 """A run still training has a checkpoint and no record: the report shows it as unfinished (not missing), from its
 checkpoint's epochs and history, found by its run key; a damaged or foreign checkpoint is named, left where it is,
-and never a crash (reports.ledger.unfinished_runs)."""
+and never a crash (reports.running.unfinished_runs)."""
 from __future__ import annotations
 
 import torch
