@@ -171,6 +171,7 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         raise LedgerError(f"no results folder at {results_dir}")
     all_df = results.load(results_dir)
     digests = all_df.attrs["digests"]  # the records as read, for the ledger's hash
+    aside = set_aside_notes(results_dir, all_df.attrs["skipped"])  # the files that were not records
     if len(all_df) == 0:
         training = len(list((Path(results_dir) / "checkpoints").glob("*.pt")))
         raise LedgerError(f"the ledger in {results_dir} is empty (no {results.runs_dir(results_dir)}/*.json)" + (
@@ -182,7 +183,8 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     all_df = all_df.apply(lambda column: column if pd.api.types.is_numeric_dtype(column) else column.map(_printable))
     all_df["outcome"] = [outcome(r) for r in all_df.to_dict("records")]
     all_df["from_checkpoint"] = False
-    chosen, notes = choose_preset(all_df, preset)
+    chosen, preset_notes = choose_preset(all_df, preset)
+    notes = aside + preset_notes
     df = all_df[all_df["preset"].astype(str) == chosen]
     df, again = newest_of_each_run(df)
     if again:
@@ -213,6 +215,25 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     df = df.reset_index(drop=True)
     sha256 = results.ledger_sha256(results_dir, [r["checkpoint"] for r in running], digests)
     return Ledger(df, all_df, sha256, chosen, epochs, reference, notes)
+
+
+def set_aside_notes(results_dir, skipped: list[str]) -> list[str]:
+    """What the ledger's folder holds that is not in the report: the files this read found not to be records
+    (`skipped`: bench.results moved each to runs/.invalid/, or left it where that failed) and how many files earlier
+    reads set aside there."""
+    runs = results.runs_dir(results_dir)
+    aside = runs / ".invalid"
+    moved = [n for n in skipped if (aside / n).is_file() and not (runs / n).exists()]
+    left = [n for n in skipped if n not in moved]
+    earlier = len(list(aside.iterdir())) - len(moved) if aside.is_dir() and not aside.is_symlink() else 0
+    notes = [f"Set aside now: {len(moved)} ledger file(s) that are not valid records, moved to {aside} (the "
+             f"warnings say why): {', '.join(moved)}."] if moved else []
+    if left:
+        notes.append(f"Skipped: {len(left)} ledger file(s) that are not valid records, left in {runs} (they could "
+                     f"not be moved to {aside}): {', '.join(left)}.")
+    if earlier:
+        notes.append(f"{aside} holds {earlier} file(s) set aside by earlier reads: not records, not in this report.")
+    return notes
 
 
 def _run_id(row: dict) -> str:

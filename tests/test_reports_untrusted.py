@@ -237,3 +237,26 @@ def test_record_text_that_is_not_utf8_leaves_no_partial_report(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 0 or (code == 2 and err.count("\n") == 1 and not out.exists()), err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_the_report_names_the_ledger_files_set_aside(tmp_path, capsys):
+    """Files that are not records are set aside (runs/.invalid/) when read: the report built from that read names
+    them, and a later report counts what runs/.invalid/ holds, so it never looks like a complete ledger."""
+    results_dir = write_ledger(tmp_path / "results", [record(lr=0.1, test=9.5), record(lr=0.05, test=9.3)])
+    runs = results.runs_dir(results_dir)
+    (runs / "0123456789abcdef.json").write_text("{not json")
+    (runs / "fedcba9876543210.json").write_text(json.dumps(record(lr=0.01, test=1e30)))
+    assert reports_main(["--results", str(results_dir), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert (f"- **Note**: Set aside now: 2 ledger file(s) that are not valid records, moved to {runs}/.invalid (the "
+            "warnings say why): 0123456789abcdef.json, fedcba9876543210.json.") in md
+    assert reports_main(["--results", str(results_dir), "--out", str(tmp_path / "again")]) == 0
+    again = (tmp_path / "again" / "report.md").read_text()
+    assert "Set aside now" not in again and "holds 2 file(s) set aside by earlier reads" in again
+    assert "(2 records;" in again  # what the ledger line counts
+    (runs / ".invalid").rename(runs / "elsewhere")
+    (runs / ".invalid").write_text("a file, no place to move one to")
+    (runs / "0123456789abcdef.json").write_text("{not json")
+    led = load_ledger(results_dir)
+    assert led.notes[0] == (f"Skipped: 1 ledger file(s) that are not valid records, left in {runs} (they could not "
+                            f"be moved to {runs}/.invalid): 0123456789abcdef.json.")
