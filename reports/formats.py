@@ -216,10 +216,12 @@ def html_table(d: pd.DataFrame, table_id: str) -> str:
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}",  # OT1 prints —, ¡, ¿
                   "±": r"$\pm$", "Δ": r"$\Delta$", "—": "---", "×": r"$\times$"}
 
 
 def latex_escape(text: str) -> str:
+    """`text` as LaTeX prints it, character by character: the math it writes for ±, Δ and × is never escaped."""
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(text))
 
 

@@ -133,7 +133,7 @@ def test_html_from_a_ledger_is_shown_not_run(tmp_path):
 
 KNOWN_COMMANDS = {"begin", "end", "centering", "small", "caption", "label", "toprule", "midrule", "bottomrule",
                   "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum", "footnotesize",
-                  "setlength", "tabcolsep", "linewidth"}
+                  "setlength", "tabcolsep", "linewidth", "textbar", "textless", "textgreater"}
 
 
 def check_latex(text: str) -> None:
@@ -166,6 +166,10 @@ def test_latex_parses_and_compiles(report_dir, tmp_path):
     assert len(tex) >= 5
     for path in tex:
         check_latex(path.read_text())
+        body = [x for x in path.read_text().splitlines() if not x.startswith("%")]
+        assert not any(c in x for x in body for c in "|<>"), path.name  # OT1 fonts print them as —, ¡, ¿
+    assert r"\textbar{}$\Delta$\textbar{}" in (report_dir / "claims.tex").read_text()  # "one seed: |Δ| ..."
+    assert formats.latex_escape("a<b>c|d ±") == r"a\textless{}b\textgreater{}c\textbar{}d $\pm$"
     if shutil.which("pdflatex") is None:
         return  # the parser above is the check; a TeX toolchain is not a dependency
     doc = tmp_path / "doc.tex"
