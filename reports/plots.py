@@ -8,6 +8,8 @@ Fixed figure sizes and DPI, no "Software" PNG tag, and the ledger's sha256 in th
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import matplotlib
 import matplotlib.patches
 import matplotlib.ticker
@@ -75,6 +77,12 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
             ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o" if len(curve) <= 30 else None,
                     markersize=3, color=colors[lr], linestyle="--" if ended else "-",
                     linewidth=2.5 if selected.get(name) == lr else 1)
+        if len(low) == 1:  # runs, but not one evaluated epoch: say why rather than show an empty panel
+            ended = Counter(mine["outcome"])
+            why = f"every run {next(iter(ended))}" if len(ended) == 1 else ", ".join(
+                f"{n} {o}" for o, n in sorted(ended.items()))
+            ax.text(0.5, 0.5, f"no evaluated epoch:\n{why}", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=9, color="0.3")
         ax.set_yscale("log")
         ax.set_ylim(min(low), 100)
         ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([2, 5, 10, 20, 50, 100]))

@@ -1,0 +1,42 @@
+"""What the report's figures show (reports/plots.py), read from the drawn matplotlib figure: a panel with runs but
+no evaluated epoch, the error-vs-params points (offset, LR grid incomplete), the ledger stamp clear of the legend."""
+from __future__ import annotations
+
+import pytest
+
+from reports import plots
+from reports.ledger import load_ledger
+from reports.tables import table3, table3_runs
+from test_reports import record, write_ledger
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, drawn (a renderer holds their text's extents), in order."""
+    drawn, save = [], plots._save
+
+    def keep(fig, *args, **kwargs):
+        save(fig, *args, **kwargs)
+        drawn.append(fig)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return drawn
+
+
+def ledger(tmp_path, records):
+    led = load_ledger(write_ledger(tmp_path, records))
+    return table3_runs(led.df, led.reference), table3(led.df, led.reference)
+
+
+def texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes if ax.get_visible() for t in ax.texts]
+
+
+def test_a_panel_with_runs_but_no_evaluated_epoch_says_why(tmp_path, figures):
+    """Model A's four LRs all diverged before their first evaluation: its panel says so, not an empty plot."""
+    runs, t3 = ledger(tmp_path, [record(lr=0.05, test=9.3),
+                                 *(dict(record(model="model-a", lr=lr, status="diverged"), history=[])
+                                   for lr in (0.25, 0.1, 0.05, 0.01))])
+    plots.plot_curves(runs, t3, tmp_path / "curves.png")
+    assert texts(figures[0]) == ["no evaluated epoch:\nevery run diverged"]  # Model A's panel; All-CNN-C's has curves
+    assert [ax.get_title() for ax in figures[0].axes if ax.texts] == ["Model A"]
