@@ -118,7 +118,8 @@ JITTER = {"model": -0.012, "strided": 0.012, "convpool": -0.012, "allcnn": 0.012
 
 def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     """Each model's error against its exact parameter count: the paper's (hollow) and ours (filled; error bar:
-    seed std) at the same x. The paper prints rounded counts (its 1.3 M for Model C is 0.95 M), so its points
+    seed std; half filled where its LR grid is incomplete) at the same x, offset sideways by variant (`JITTER`, said
+    on the axis). The paper prints rounded counts (its 1.3 M for Model C is 0.95 M), so its points
     are placed at the exact count of the architecture it describes. Colour: family; marker: Table 2 variant."""
     fig, ax = plt.subplots(figsize=(8, 6.5))
     for r in t3.to_dict("records"):
@@ -126,17 +127,22 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
         color, marker = FAMILY_COLORS[spec.family], VARIANT_MARKERS[spec.variant]
         x = r["params"] / 1e6 + JITTER[spec.variant]
         ax.scatter([x], [r["paper_error_pct"]], marker=marker, facecolors="none", edgecolors=color, s=50)
-        if _known(r["error_pct"]):
+        if _known(r["error_pct"]):  # half filled: the LR grid is incomplete, a missing LR may still lower it
             ax.errorbar([x], [r["error_pct"]], yerr=[r["error_std"]] if _known(r["error_std"]) else None,
-                        fmt=marker, color=color, markersize=7, capsize=3)
+                        fmt=marker, color=color, markersize=7, capsize=3,
+                        fillstyle="bottom" if r["status"] == "partial" else "full")
     handles = [plt.Line2D([], [], color="0.3", marker="o", linestyle="", markerfacecolor="none",
                           label="paper (Table 3)"),
                plt.Line2D([], [], color="0.3", marker="o", linestyle="", label="ours")]
+    if (t3["status"] == "partial").any():
+        handles.append(plt.Line2D([], [], color="0.3", marker="o", linestyle="", fillstyle="bottom",
+                                  label="ours, LR grid incomplete"))
     handles += [matplotlib.patches.Patch(color=c, label=f"family {f}") for f, c in FAMILY_COLORS.items()]
     handles += [plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=VARIANT_NAMES[v])
                 for v, m in VARIANT_MARKERS.items()]
     fig.legend(handles=handles, fontsize=8, ncol=5, loc="lower center", frameon=False)  # outside: hides no point
-    ax.set_xlabel("exact parameters (M); the paper prints rounded counts")
+    ax.set_xlabel("exact parameters (M); the paper prints rounded counts\n"
+                  f"points offset ±{max(JITTER.values()):g} M sideways for visibility (equal counts would overlap)")
     ax.set_ylabel("CIFAR-10 test error % (LR judged on test)")
     ax.set_title("Error vs parameters: the paper's Table 3 (hollow) beside ours (filled)")
     ax.grid(alpha=0.3)

@@ -40,3 +40,22 @@ def test_a_panel_with_runs_but_no_evaluated_epoch_says_why(tmp_path, figures):
     plots.plot_curves(runs, t3, tmp_path / "curves.png")
     assert texts(figures[0]) == ["no evaluated epoch:\nevery run diverged"]  # Model A's panel; All-CNN-C's has curves
     assert [ax.get_title() for ax in figures[0].axes if ax.texts] == ["Model A"]
+
+
+def test_error_vs_params_marks_partial_cells_and_says_points_are_offset(tmp_path, figures):
+    """Model C and Strided-CNN-C have the same parameter count: the axis says their points are offset sideways. A
+    model whose LR grid is incomplete (All-CNN-C lacks LR 0.1: a missing LR may still lower its error) is half
+    filled, with a legend entry, and a complete one filled."""
+    grid = {"models": ["allcnn-c", "model-c"], "lrs": [0.1, 0.05], "seeds": [0]}
+    _, t3 = ledger(tmp_path, [record(lr=0.05, test=11.0, grid=grid), record(model="model-c", lr=0.05, test=12.0,
+                                                                            grid=grid),
+                              record(model="model-c", lr=0.1, test=12.5, grid=grid)])
+    plots.plot_error_vs_params(t3, tmp_path / "e.png")
+    ax = figures[0].axes[0]
+    assert "points offset ±0.012 M sideways for visibility" in ax.get_xlabel()
+    ours = {float(c.lines[0].get_ydata()[0]): c.lines[0].get_fillstyle() for c in ax.containers}
+    assert ours == {11.0: "bottom", 12.0: "full"}
+    labels = [h.get_label() for h in figures[0].legends[0].legend_handles]
+    assert "ours, LR grid incomplete" in labels
+    plots.plot_error_vs_params(t3.assign(status="ok"), tmp_path / "f.png")
+    assert "ours, LR grid incomplete" not in [h.get_label() for h in figures[1].legends[0].legend_handles]
