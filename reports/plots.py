@@ -28,6 +28,10 @@ VARIANT_MARKERS = {"model": "o", "strided": "v", "convpool": "s", "allcnn": "D"}
 VARIANT_NAMES = {"model": "Model", "strided": "Strided-CNN", "convpool": "ConvPool-CNN", "allcnn": "All-CNN"}
 
 
+STAMP_IN = 0.12
+"""Inches at the foot of a figure kept for `_save`'s stamp: a figure legend at the foot sits above them."""
+
+
 def _save(fig, path, sha256: str, kind: str = "ledger") -> None:
     """`kind`: what `sha256` is the hash of, "ledger" or "throughput file"."""
     fig.text(0.995, 0.005, f"{kind} sha256 {sha256[:16]}", ha="right", va="bottom", fontsize=6, color="0.5")
@@ -104,10 +108,12 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
                 plt.Line2D([], [], color="0.3", linestyle=":", label="paper's error")]
     if dashed:
         handles.append(plt.Line2D([], [], color="0.3", linestyle="--", label="not completed"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    height = fig.get_figheight()
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, STAMP_IN / height), ncol=len(handles),
+               fontsize=8, frameon=False)
     fig.suptitle("CIFAR-10 test error per epoch (seed mean per LR)")
-    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / fig.get_figheight(),
-                        bottom=0.85 / fig.get_figheight(), hspace=0.55, wspace=0.3)
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / height, bottom=(0.85 + STAMP_IN) / height,
+                        hspace=0.55, wspace=0.3)
     _save(fig, path, sha256)
     return [h.get_label() for h in handles]
 
@@ -121,7 +127,7 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     seed std; half filled where its LR grid is incomplete) at the same x, offset sideways by variant (`JITTER`, said
     on the axis). The paper prints rounded counts (its 1.3 M for Model C is 0.95 M), so its points
     are placed at the exact count of the architecture it describes. Colour: family; marker: Table 2 variant."""
-    fig, ax = plt.subplots(figsize=(8, 6.5))
+    fig, ax = plt.subplots(figsize=(8, 6.8))
     for r in t3.to_dict("records"):
         spec = SPECS[r["model"]]
         color, marker = FAMILY_COLORS[spec.family], VARIANT_MARKERS[spec.variant]
@@ -140,13 +146,14 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     handles += [matplotlib.patches.Patch(color=c, label=f"family {f}") for f, c in FAMILY_COLORS.items()]
     handles += [plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=VARIANT_NAMES[v])
                 for v, m in VARIANT_MARKERS.items()]
-    fig.legend(handles=handles, fontsize=8, ncol=5, loc="lower center", frameon=False)  # outside: hides no point
+    fig.legend(handles=handles, fontsize=8, ncol=5, loc="lower center", frameon=False,  # outside: hides no point
+               bbox_to_anchor=(0.5, STAMP_IN / fig.get_figheight()))
     ax.set_xlabel("exact parameters (M); the paper prints rounded counts\n"
                   f"points offset ±{max(JITTER.values()):g} M sideways for visibility (equal counts would overlap)")
     ax.set_ylabel("CIFAR-10 test error % (LR judged on test)")
     ax.set_title("Error vs parameters: the paper's Table 3 (hollow) beside ours (filled)")
     ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.2)
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.93, bottom=0.23)
     _save(fig, path, sha256)
 
 

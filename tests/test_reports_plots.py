@@ -3,6 +3,7 @@ no evaluated epoch, the error-vs-params points (offset, LR grid incomplete), the
 from __future__ import annotations
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from reports import plots
 from reports.ledger import load_ledger
@@ -59,3 +60,20 @@ def test_error_vs_params_marks_partial_cells_and_says_points_are_offset(tmp_path
     assert "ours, LR grid incomplete" in labels
     plots.plot_error_vs_params(t3.assign(status="ok"), tmp_path / "f.png")
     assert "ours, LR grid incomplete" not in [h.get_label() for h in figures[1].legends[0].legend_handles]
+
+
+def test_the_ledger_stamp_is_clear_of_the_figure_legend(tmp_path, figures):
+    """The stamp (ledger sha256, bottom right) and a figure legend at the foot of the figure (curves: one row
+    across the width, as the campaign's six entries make it) do not overlap."""
+    grid = {"models": ["allcnn-c"], "lrs": [0.25, 0.1, 0.05, 0.01], "seeds": [0]}
+    runs, t3 = ledger(tmp_path, [record(lr=0.05, test=31.6, grid=grid), record(lr=0.01, test=17.2, grid=grid),
+                                 record(lr=0.1, status="diverged", grid=grid)])
+    plots.plot_curves(runs, t3, tmp_path / "c.png", "d44f43e55df4893b" * 4)
+    plots.plot_error_vs_params(t3, tmp_path / "e.png", "d44f43e55df4893b" * 4)
+    for fig in figures:
+        canvas = FigureCanvasAgg(fig)  # as saved (closing the figure took pyplot's canvas away)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        stamp = next(t for t in fig.texts if "sha256" in t.get_text()).get_window_extent(renderer)
+        legend = fig.legends[0].get_window_extent(renderer)
+        assert not stamp.overlaps(legend), (stamp, legend)
