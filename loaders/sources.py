@@ -99,6 +99,8 @@ def _read_official(batches: dict[str, bytes]) -> dict:
                 raise ValueError(f"{name}: data or labels are not integer arrays ({data.dtype}, {labels.dtype})")
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
                 raise ValueError(f"{name}: images are not 32x32 RGB (data shape {data.shape})")
+            if len(data) != labels.size:  # per batch: totals that agree can still pair images with others' labels
+                raise ValueError(f"{name}: {len(data)} images but {labels.size} labels")
             if data.dtype != np.uint8 and data.size and (data.min() < 0 or data.max() > 255):  # a cast would wrap
                 raise ValueError(f"{name}: pixel values outside 0..255 (min {data.min()}, max {data.max()})")
             xs.append(data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

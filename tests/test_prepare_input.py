@@ -1,0 +1,41 @@
+"""loaders.prepare and loaders.sources on bad input: one line naming what is wrong, exit 2, nothing half-done."""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loaders import prepare
+from loaders.prepare import prepare_cifar10
+from tests.test_prepare import _one_line_error, synthetic_split
+
+
+def official_archive(path: Path, batches: dict) -> Path:
+    """An official-format archive whose members are `batches`: name -> (uint8 N x 32 x 32 x 3, labels)."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, (x, y) in batches.items():
+            data = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), -1)
+            blob = pickle.dumps({b"data": data, b"labels": [int(v) for v in y]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_images_and_labels_are_counted_per_batch(tmp_path, capsys):
+    """data_batch_1 one image more than its labels, data_batch_2 one fewer: the totals agreed, so prepare stored
+    every image of data_batch_2 and after with the label of its neighbour."""
+    x, y = synthetic_split(10, 1)  # 100 images, labels 0..9 over and over
+    batches = {f"data_batch_{i}": (x[20 * (i - 1):20 * i], y[20 * (i - 1):20 * i]) for i in range(1, 6)}
+    batches["data_batch_1"] = (x[:21], y[:20])
+    batches["data_batch_2"] = (x[21:40], y[20:40])
+    batches["test_batch"] = synthetic_split(1, 2)
+    archive = official_archive(tmp_path / "shifted.tar.gz", batches)
+    err = _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "1"])
+    assert err.endswith("data_batch_1: 21 images but 20 labels"), err
+    assert not (tmp_path / "out" / "manifest.json").exists()
