@@ -124,7 +124,8 @@ def write_beton(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 def _load_manifest(data_dir: Path) -> dict | None:
     """The manifest, or None when there is none or it is unreadable or not of the shape prepare writes (checked for
-    the fields prepare reads back): such a directory is not prepared, and prepare rebuilds it."""
+    the fields prepare and its readers use: run_all and the loaders read `num_images`): such a directory is not
+    prepared, and prepare rebuilds it."""
     try:
         m = json.loads((data_dir / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -133,8 +134,17 @@ def _load_manifest(data_dir: Path) -> dict | None:
           and isinstance(m.get("options"), dict) and isinstance(m.get("files"), dict)
           and all(isinstance(n, str) and isinstance(h, str) for n, h in m["files"].items())
           and "ffcv_version" in m and (m["ffcv_version"] is None or isinstance(m["ffcv_version"], str))
-          and (m.get("encoding") is None or isinstance(m["encoding"], dict)))
+          and (m.get("encoding") is None or isinstance(m["encoding"], dict)) and _counts_ok(m.get("num_images")))
     return m if ok else None
+
+
+def _counts_ok(num_images) -> bool:
+    """`num_images` as prepare writes it: a count (an int, not a bool) for each split, train45k and val5k adding
+    up to train."""
+    splits = (*COUNTS_PER_CLASS, "train45k", "val5k")
+    return (isinstance(num_images, dict) and set(splits) <= set(num_images)
+            and all(type(num_images[s]) is int and num_images[s] >= 0 for s in splits)
+            and num_images["train45k"] + num_images["val5k"] == num_images["train"])
 
 
 def _files_intact(data_dir: Path, manifest: dict) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import tarfile
 from pathlib import Path
 
@@ -39,3 +40,32 @@ def test_images_and_labels_are_counted_per_batch(tmp_path, capsys):
                                    "--subset-per-class", "1"])
     assert err.endswith("data_batch_1: 21 images but 20 labels"), err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.fixture
+def no_ffcv(monkeypatch):
+    """prepare without FFCV files (as on the GPU machines): quicker, and beside the point here."""
+    monkeypatch.setitem(sys.modules, "ffcv", None)
+
+
+@pytest.mark.parametrize("counts", [None, {"train": 10, "test": 10},
+                                    {"train": 10, "test": -1, "train45k": 9, "val5k": 1},
+                                    {"train": "10", "test": 10, "train45k": 9, "val5k": 1},
+                                    {"train": 10, "test": True, "train45k": 9, "val5k": 1},
+                                    {"train": 10, "test": 10, "train45k": 10, "val5k": 1}])
+def test_a_manifest_without_sound_counts_is_no_manifest(tmp_path, write_official_archive, capsys, no_ffcv, counts):
+    """A manifest without `num_images`: prepare said "nothing to do", then run_all stopped with a KeyError
+    traceback where it reads the counts."""
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    data = tmp_path / "data"
+    good = prepare_cifar10(str(archive), data, subset_per_class=1)
+    damaged = {k: v for k, v in good.items() if k != "num_images"}
+    if counts is not None:
+        damaged["num_images"] = counts
+    (data / "manifest.json").write_text(prepare.json.dumps(damaged))
+    with pytest.raises(ValueError, match="not prepared"):
+        prepare.load_manifest(data)
+    capsys.readouterr()
+    assert prepare_cifar10(str(archive), data, subset_per_class=1)["num_images"] == good["num_images"]
+    assert "nothing to do" not in capsys.readouterr().out  # rebuilt
+    assert prepare.load_manifest(data)["num_images"] == good["num_images"]
