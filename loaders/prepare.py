@@ -163,6 +163,8 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
         raise ValueError(f"--data-dir {data_dir} is not a folder")
     if subset_per_class is not None and subset_per_class < 1:
         raise ValueError(f"--subset-per-class must be >= 1, got {subset_per_class}")
+    if not 0 <= seed < 2 ** 32:
+        raise ValueError(f"--seed must be in 0..{2 ** 32 - 1}, got {seed}")
     old = _load_manifest(data_dir)
     options = {"subset_per_class": subset_per_class, "seed": seed}
     want_source = source if source == "torchvision" else str(Path(source).expanduser().resolve())
@@ -205,10 +207,10 @@ def _write_manifest(data_dir: Path, manifest: dict) -> None:
 
 def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict, options: dict,
                only_betons=False) -> dict:
+    train_labels = splits["train"][1]
+    train45k, val5k = stratified_split(train_labels, options["seed"])  # all that can fail on bad input, before:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)  # from here on the directory is invalid until the manifest lands
-    train_labels = splits["train"][1]
-    train45k, val5k = stratified_split(train_labels, options["seed"])
     names = []
     for split, (images, labels) in splits.items():
         if not only_betons:

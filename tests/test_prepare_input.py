@@ -69,3 +69,28 @@ def test_a_manifest_without_sound_counts_is_no_manifest(tmp_path, write_official
     assert prepare_cifar10(str(archive), data, subset_per_class=1)["num_images"] == good["num_images"]
     assert "nothing to do" not in capsys.readouterr().out  # rebuilt
     assert prepare.load_manifest(data)["num_images"] == good["num_images"]
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32])
+def test_a_bad_seed_is_refused_before_anything_is_touched(tmp_path, write_official_archive, capsys, no_ffcv,
+                                                          monkeypatch, seed):
+    """--seed -1 removed the manifest of a prepared folder before the split failed ("expected non-negative
+    integer", not naming --seed), and left an empty folder where there was none; 2 ** 32 was taken."""
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    data = tmp_path / "data"
+    prepare_cifar10(str(archive), data, subset_per_class=1)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    for where in (data, tmp_path / "new"):
+        err = _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(where), "--seed", str(seed),
+                                       "--subset-per-class", "1"])
+        assert f"--seed must be in 0..{2 ** 32 - 1}, got {seed}" in err, err
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before and prepare.load_manifest(data)
+    assert not (tmp_path / "new").exists()
+
+    def refused(labels, seed):  # the split is the last step that may refuse the input: nothing is touched before
+        raise ValueError("refused")
+    monkeypatch.setattr(prepare, "stratified_split", refused)
+    for where in (data, tmp_path / "new"):
+        _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(where), "--seed", "1",
+                                 "--subset-per-class", "1"])
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before and not (tmp_path / "new").exists()
