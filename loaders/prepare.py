@@ -19,7 +19,6 @@ directory without a manifest whose file hashes match is never taken as valid.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -258,14 +257,16 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loaders.prepare", description=__doc__.splitlines()[0])
+    from bench.config import Parser  # argparse whose errors are one line, as run_all's
+
+    p = Parser(prog="python -m loaders.prepare", description=__doc__.splitlines()[0])
     p.add_argument("--source", default="torchvision", help="torchvision | cifar-10-python.tar.gz or its folder | "
                    "ImageFolder folder or tarball with train/<class>/* and test/<class>/*")
     p.add_argument("--data-dir", default="data", help="where the prepared files go")
     p.add_argument("--subset-per-class", type=int, default=None, help="keep N seeded images per class and split")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the train45k/val5k split")
-    a = p.parse_args(argv)
     try:
+        a = p.parse_args(argv)
         prepare_cifar10(a.source, a.data_dir, subset_per_class=a.subset_per_class, seed=a.seed)
     except (ValueError, OSError) as e:  # OSError: a file that cannot be read or written (permissions, full disk)
         print(f"prepare: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line

@@ -94,3 +94,10 @@ def test_a_bad_seed_is_refused_before_anything_is_touched(tmp_path, write_offici
         _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(where), "--seed", "1",
                                  "--subset-per-class", "1"])
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv", [["--subset-per-class", "abc"], ["--bogus"], ["--seed"]])
+def test_a_bad_command_line_is_one_line(argv, capsys):
+    """argparse printed its usage block above the error (and exited from inside main); run_all says it in one."""
+    err = _one_line_error(capsys, argv)
+    assert err.removeprefix("prepare: error: ").startswith(("argument --", "unrecognized arguments: --bogus")), err
