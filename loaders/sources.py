@@ -1,7 +1,8 @@
 """Reading CIFAR-10 from its sources (for `loaders.prepare`, the only caller): the official python archive or its
 folder, or an ImageFolder tree or tarball (train/<class>/*, test/<class>/*). Each reader returns
 {"train": (images N x 32 x 32 x 3 uint8, labels N int64), "test": (...)}. Sources are outside input: the official
-pickles are read with a restricted unpickler, archives in memory, and every problem is a one-line ValueError.
+pickles are read with a restricted unpickler, archives in memory (each file's size checked before it is read:
+loaders/members.py), and every problem is a one-line ValueError.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import io
 import pickle
 import tarfile
+import warnings
 import zlib
 from pathlib import Path
 
@@ -35,19 +37,23 @@ KNOWN_ENCODINGS = {  # sha256 -> `encoding` of the copies this project names (te
 }
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _hash_file(h, path: Path):
+    """`h` updated with the file's bytes, read in chunks (a source's folder may hold a file of any size)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def sha256_file(path: Path) -> str:
+    return _hash_file(hashlib.sha256(), path).hexdigest()
 
 
 def _sha256_tree(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(q for q in folder.rglob("*") if q.is_file()):
         h.update(str(p.relative_to(folder)).encode() + b"\0")
-        h.update(p.read_bytes())
+        _hash_file(h, p)
     return h.hexdigest()
 
 
@@ -109,16 +115,24 @@ def _read_official(batches: dict[str, bytes]) -> dict:
     return out
 
 
-def _decode_image(data: bytes, name: str) -> np.ndarray:
+def _open_image(blob: bytes):
+    """Pillow's image of an encoded file, its header read and nothing decoded. A header that claims a huge image
+    raises no DecompressionBombWarning (two lines on stderr): decoding refuses it by its size, naming the file."""
     from PIL import Image
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(blob))
+
+
+def _decode_image(data: bytes, name: str) -> np.ndarray:
     try:
-        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        im = _open_image(data)
+        if im.size == (32, 32):  # checked on the header, before decoding (a 10000x10000 image takes 300 MB)
+            return np.asarray(im.convert("RGB"))
     except Exception as e:  # Pillow's plugins raise OSError, ValueError, NotImplementedError... on damaged headers
         raise ValueError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
-    if img.shape != (32, 32, 3):
-        raise ValueError(f"{name}: image is {img.shape[1]}x{img.shape[0]}, CIFAR-10 images are 32x32")
-    return img
+    raise ValueError(f"{name}: image is {im.size[0]}x{im.size[1]}, CIFAR-10 images are 32x32")
 
 
 class EncodedImages:
@@ -153,12 +167,12 @@ def encoding(blobs) -> dict:
     "unreadable" (a subset may leave it out; one that is kept fails its decoding with a one-line error)."""
     from collections import Counter
 
-    from PIL import Image, JpegImagePlugin
+    from PIL import JpegImagePlugin
 
     formats, quality, chroma = Counter(), Counter(), Counter()
     for blob in blobs:  # the encoded images' bytes
         try:
-            im = Image.open(io.BytesIO(blob))
+            im = _open_image(blob)
         except Exception:  # a damaged header (OSError, ValueError, NotImplementedError...): counted, not refused;
             formats["unreadable"] += 1  # decoding refuses it, naming the file, when it is kept
             continue
@@ -239,25 +253,6 @@ def _read_imagefolder(files: dict[tuple[str, str, str], bytes]) -> dict:
     return out
 
 
-def _folder_files(root: Path) -> dict:
-    """Regular files only (and links to them), as from a tarball: a folder or dangling link named *.png is skipped."""
-    return {(s, p.parent.name, p.name): p.read_bytes() for s in COUNTS_PER_CLASS if (root / s).is_dir()
-            for p in (root / s).glob("*/*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
-
-
-def _tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
-    official, folder = {}, {}
-    for m in tf:
-        if not m.isfile():
-            continue
-        parts = Path(m.name).parts
-        if parts[-1] in OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]:
-            official[parts[-1]] = tf.extractfile(m).read()
-        elif len(parts) >= 3 and parts[-3] in COUNTS_PER_CLASS and Path(m.name).suffix.lower() in IMAGE_EXTS:
-            folder[(parts[-3], parts[-2], parts[-1])] = tf.extractfile(m).read()
-    return official, folder
-
-
 def _official_dir(path: Path) -> Path | None:
     """The folder holding the official batches when `path` is that folder or holds cifar-10-batches-py/, else None."""
     batches = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
@@ -275,7 +270,9 @@ def source_sha256(source: str) -> str:
 
 def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
     """Returns (splits, source description, sha256 of the source, its `encoding`). Raises ValueError with one line
-    on bad input."""
+    on bad input. Files are read by loaders.members, which caps their sizes."""
+    from .members import batch_files, folder_files, tar_files
+
     if source == "torchvision":
         from torchvision.datasets import CIFAR10
 
@@ -299,15 +296,15 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
             missing = [n for n in names if not (batches / n).is_file()]
             if missing:
                 raise ValueError(f"{source}: official batches missing: {', '.join(missing)}")
-            splits = _read_official({n: (batches / n).read_bytes() for n in names})
+            splits = _read_official(batch_files(batches))
             return splits, str(path.resolve()), source_sha256(source), official_encoding(_count(splits))
-        files = _folder_files(path)
+        files = folder_files(path)
         if not files:
             raise ValueError(f"{source}: neither official CIFAR-10 batches nor train/<class>/ and test/<class>/ images")
         return _read_imagefolder(files), str(path.resolve()), source_sha256(source), encoding(files.values())
     try:
         with tarfile.open(path) as tf:
-            official, folder = _tar_files(tf)
+            official, folder = tar_files(tf)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     digest = sha256_file(path)

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import tarfile
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
 
 from loaders import prepare
 from loaders.prepare import prepare_cifar10
-from tests.test_prepare import _one_line_error, synthetic_split
+from tests.test_prepare import REPO, _one_line_error, synthetic_split
+
+SAMPLE = REPO / "data-sample" / "cifar10-jpeg-sample.tar.gz"
 
 
 def official_archive(path: Path, batches: dict) -> Path:
@@ -40,6 +46,32 @@ def test_images_and_labels_are_counted_per_batch(tmp_path, capsys):
                                    "--subset-per-class", "1"])
     assert err.endswith("data_batch_1: 21 images but 20 labels"), err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def png_tree(root: Path) -> Path:
+    """An ImageFolder tree of one 32x32 PNG per class and split."""
+    for split in ("train", "test"):
+        for c, name in enumerate(prepare.CLASSES):
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), c, np.uint8)).save(root / split / name / "0.png")
+    return root
+
+
+def sparse(path: Path, size: int) -> Path:
+    """A file of `size` zero bytes that takes no disk (nor memory to write)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def peak_bytes(call) -> int:
+    """The most memory Python's allocator held above its start while `call()` ran."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 @pytest.fixture
@@ -101,3 +133,69 @@ def test_a_bad_command_line_is_one_line(argv, capsys):
     """argparse printed its usage block above the error (and exited from inside main); run_all says it in one."""
     err = _one_line_error(capsys, argv)
     assert err.removeprefix("prepare: error: ").startswith(("argument --", "unrecognized arguments: --bogus")), err
+
+
+def test_a_member_too_large_for_an_image_is_refused_before_it_is_read(tmp_path, capsys):
+    """A small .tar.gz holding one member of zeros named like an image was read whole (600 MB of them reached 657 MB
+    of memory) before any check."""
+    archive = tmp_path / "zeros.tar.gz"
+    with tarfile.open(SAMPLE) as src, tarfile.open(archive, "w:gz") as dst:
+        for m in src:
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        dst.add(sparse(tmp_path / "zeros", 32 << 20), arcname="train/cat/zeros.png")
+    assert archive.stat().st_size < 1 << 20
+    argv = ["--source", str(archive), "--data-dir", str(tmp_path / "out"), "--subset-per-class", "1"]
+    assert peak_bytes(lambda: _one_line_error(capsys, argv)) < 8 << 20
+    err = _one_line_error(capsys, argv)
+    assert err.endswith(f"train/cat/zeros.png: {32 << 20:,} bytes, more than an image file of CIFAR-10 may take "
+                        f"({1 << 20:,}): not read"), err
+    src = png_tree(tmp_path / "tree")  # the same in a folder
+    sparse(src / "test" / "dog" / "1.png", 2 << 20)
+    err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "1"])
+    assert f"{src / 'test' / 'dog' / '1.png'}: {2 << 20:,} bytes, more than an image file" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_official_batches_and_whole_sources_have_caps_too(tmp_path, write_official_archive, capsys, monkeypatch):
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    with tarfile.open(archive) as tf:
+        sizes = {Path(m.name).name: m.size for m in tf}
+        tf.extractall(tmp_path / "folder", filter="data")
+    out = ["--data-dir", str(tmp_path / "out"), "--subset-per-class", "1"]
+    monkeypatch.setattr("loaders.members.MAX_BATCH_BYTES", sizes["data_batch_1"] - 1)
+    err = _one_line_error(capsys, ["--source", str(archive), *out])
+    assert err.endswith(f"data_batch_1: {sizes['data_batch_1']:,} bytes, more than an official batch of CIFAR-10 "
+                        f"may take ({sizes['data_batch_1'] - 1:,}): not read"), err
+    batch = tmp_path / "folder" / "cifar-10-batches-py" / "data_batch_1"
+    assert f"error: {batch}: {sizes['data_batch_1']:,} bytes" in _one_line_error(capsys, ["--source", str(batch.parent), *out])
+    monkeypatch.setattr("loaders.members.MAX_BATCH_BYTES", 256 << 20)
+    monkeypatch.setattr("loaders.members.MAX_SOURCE_BYTES", sizes["data_batch_1"] + sizes["data_batch_2"])
+    err = _one_line_error(capsys, ["--source", str(archive), *out])
+    assert err.endswith(f"data_batch_3: the source's files pass {sizes['data_batch_1'] + sizes['data_batch_2']:,} "
+                        "bytes, more than all of CIFAR-10 takes: not read"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_image_is_refused_by_its_header_not_decoded(tmp_path, capsys, monkeypatch):
+    """A 10000x10000 PNG (12 KB of zeros) was decoded whole, 300 MB in RGB, before its size was checked, and Pillow
+    printed a two-line DecompressionBombWarning."""
+    src = png_tree(tmp_path / "src")
+    Image.new("1", (10000, 10000)).save(src / "train" / "cat" / "0.png")
+    decoded, load = [], ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: (decoded.append(im.size), load(im))[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(tmp_path / "out"),
+                                       "--subset-per-class", "1"])
+    assert err.endswith("train/cat/0.png: image is 10000x10000, CIFAR-10 images are 32x32"), err
+    assert (10000, 10000) not in decoded and not [w for w in caught if "Decompression" in str(w.category)]
+
+
+def test_a_source_folder_is_hashed_in_chunks(tmp_path, no_ffcv):
+    """The digest of a source folder read each of its files whole: a large file beside the images (notes, a
+    download) took its size in memory."""
+    src = png_tree(tmp_path / "src")
+    sparse(src / "download.bin", 64 << 20)
+    assert peak_bytes(lambda: prepare_cifar10(str(src), tmp_path / "out", subset_per_class=1)) < 16 << 20
+    assert prepare.load_manifest(tmp_path / "out")["num_images"]["test"] == 10
