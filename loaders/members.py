@@ -1,7 +1,8 @@
 """A source's files, read for loaders.sources.read_source (the only caller) with each file's size checked before it
 is read: an image file up to MAX_IMAGE_BYTES, an official batch up to MAX_BATCH_BYTES, all of them together up to
 MAX_SOURCE_BYTES. So a small archive that unpacks to gigabytes is refused in one line naming the member, not read
-into memory.
+into memory. Two archive members that would be the same image or batch (backup/train/cat/0001.jpg beside
+train/cat/0001.jpg) are refused, naming both: one silently replaced the other.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _read(path: Path, batch: bool) -> bytes:
 
 def tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
     """(official batches by name, images by (split, class, file name)) of an archive."""
-    official, folder, used = {}, {}, 0
+    official, folder, seen, used = {}, {}, {}, 0
     for m in tf:
         parts = Path(m.name).parts
         if not (m.isfile() and parts):
@@ -51,6 +52,10 @@ def tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
             key, into, batch = parts[-3:], folder, False
         else:
             continue
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {m.name}: two members for {key if batch else '/'.join(key)}; "
+                             "remove one")
+        seen[key] = m.name
         used = _take(m.name, m.size, batch, used)
         into[key] = tf.extractfile(m).read()
     return official, folder

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import sys
 import tarfile
@@ -168,7 +167,8 @@ def test_official_batches_and_whole_sources_have_caps_too(tmp_path, write_offici
     assert err.endswith(f"data_batch_1: {sizes['data_batch_1']:,} bytes, more than an official batch of CIFAR-10 "
                         f"may take ({sizes['data_batch_1'] - 1:,}): not read"), err
     batch = tmp_path / "folder" / "cifar-10-batches-py" / "data_batch_1"
-    assert f"error: {batch}: {sizes['data_batch_1']:,} bytes" in _one_line_error(capsys, ["--source", str(batch.parent), *out])
+    err = _one_line_error(capsys, ["--source", str(batch.parent), *out])
+    assert f"error: {batch}: {sizes['data_batch_1']:,} bytes" in err, err
     monkeypatch.setattr("loaders.members.MAX_BATCH_BYTES", 256 << 20)
     monkeypatch.setattr("loaders.members.MAX_SOURCE_BYTES", sizes["data_batch_1"] + sizes["data_batch_2"])
     err = _one_line_error(capsys, ["--source", str(archive), *out])
@@ -199,3 +199,35 @@ def test_a_source_folder_is_hashed_in_chunks(tmp_path, no_ffcv):
     sparse(src / "download.bin", 64 << 20)
     assert peak_bytes(lambda: prepare_cifar10(str(src), tmp_path / "out", subset_per_class=1)) < 16 << 20
     assert prepare.load_manifest(tmp_path / "out")["num_images"]["test"] == 10
+
+
+@pytest.mark.parametrize("extra", ["backup/train/cat/0001.jpg", "train/cat/0001.jpg"])  # as `tar -r` appends
+def test_two_members_for_one_image_are_refused_naming_both(tmp_path, capsys, extra):
+    """backup/train/cat/0001.jpg (a dog's picture) silently replaced train/cat/0001.jpg: the image's key is its
+    split, class and file name, wherever the archive keeps it."""
+    archive = tmp_path / "twice.tar.gz"
+    with tarfile.open(SAMPLE) as src, tarfile.open(archive, "w:gz") as dst:
+        for m in src:
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        dog = src.extractfile("train/dog/0000.jpg").read()
+        info = tarfile.TarInfo(extra)
+        info.size = len(dog)
+        dst.addfile(info, io.BytesIO(dog))
+    err = _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "20"])
+    assert err.endswith(f"train/cat/0001.jpg and {extra}: two members for train/cat/0001.jpg; remove one"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_members_for_one_batch_are_refused_naming_both(tmp_path, write_official_archive, capsys):
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(1, 1), synthetic_split(1, 2))
+    with tarfile.open(archive) as src:
+        members = [(m, src.extractfile(m).read()) for m in src]
+    with tarfile.open(archive, "w:gz") as dst:
+        for m, blob in [*members, (tarfile.TarInfo("old/test_batch"), members[0][1])]:
+            m.size = len(blob)
+            dst.addfile(m, io.BytesIO(blob))
+    err = _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "1"])
+    assert err.endswith("cifar-10-batches-py/test_batch and old/test_batch: two members for test_batch; "
+                        "remove one"), err
