@@ -22,7 +22,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     exception in `write`) the temporary file is removed, the previous `path` is left as it was, and the error is
     raised. Creates the folder. `f.name` is the temporary path, for writers that need a file name (FFCV). The
     temporary file is named by host and pid: one that a killed writer of this host left behind (a checkpoint's
-    size) is removed by the next write of the same file."""
+    size) is removed by the next write of the same file. The temporary file is created anew, never opened through
+    a link: one planted under its name (or left by an earlier process of the same pid) is removed first."""
     from bench.claims import HOST
 
     path = Path(path)
@@ -30,7 +31,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(path, f".{path.name}.{HOST}.")
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a link there would carry the write to its target
+        with open(tmp, "xb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:  # O_EXCL: a new file
             fcntl.flock(f, fcntl.LOCK_EX)  # held while writing: no cleaner removes a live writer's file
             write(f)
             f.flush()
@@ -48,7 +50,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 def _remove_orphans(path: Path, prefix: str) -> None:
     """`path`'s temporary files named `prefix<pid>.tmp` whose process no longer runs (this host's only: another
     host's pids mean nothing here) and that no writer holds locked (a writer in another pid namespace of the same
-    host name). Best effort: a file it may not remove (another user's) is left, and the write goes on."""
+    host name). Only regular files, opened without following a link or waiting: a FIFO or link under such a name is
+    left alone. Best effort: a file it may not remove (another user's) is left, and the write goes on."""
     from bench.claims import alive
 
     for tmp in path.parent.glob(glob.escape(prefix) + "*.tmp"):
@@ -56,11 +59,17 @@ def _remove_orphans(path: Path, prefix: str) -> None:
         if not (pid.isdigit() and len(pid) <= 10) or int(pid) == os.getpid() or alive(int(pid), None):
             continue
         try:
-            with open(tmp, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (BlockingIOError) while a writer holds it
+            fd = os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)  # a FIFO opens at once; a link: ELOOP
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (BlockingIOError) while a writer holds it
                 tmp.unlink()
         except OSError:
             pass
+        finally:
+            os.close(fd)
 
 
 class WriteError(OSError):

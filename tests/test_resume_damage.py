@@ -234,3 +234,26 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
     assert path.read_bytes() == b"whole" and not orphan.exists()
     assert all(k.read_bytes() == b"half" for k in kept[:-1]) and locked.exists()
     assert sorted(tmp_path.glob(".*.tmp")) == sorted(kept)
+
+
+def test_a_link_planted_under_the_temporary_name_is_not_written_through(tmp_path):
+    """atomic_write opened its temporary file with open(tmp, "wb"), which follows a link planted under that name:
+    the link's target was overwritten, and the link itself renamed over the file written."""
+    victim, path = tmp_path / "victim", tmp_path / "run.pt"
+    victim.write_bytes(b"keep")
+    (tmp_path / f".run.pt.{claims.HOST}.{os.getpid()}.tmp").symlink_to(victim)
+    files.atomic_write(path, lambda f: f.write(b"whole"))
+    assert victim.read_bytes() == b"keep"
+    assert not path.is_symlink() and path.read_bytes() == b"whole" and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_named_like_a_dead_writers_temporary_file_is_not_waited_on(tmp_path):
+    """The clean-up of a killed writer's temporary files opened each one to lock it: a FIFO under such a name
+    blocked that open, and with it every later write of the file, forever."""
+    unseen = 4194399  # above Linux's largest pid_max: never running here
+    assert not claims.alive(unseen, None)
+    fifo = tmp_path / f".run.pt.{claims.HOST}.{unseen}.tmp"
+    os.mkfifo(fifo)
+    files.atomic_write(tmp_path / "run.pt", lambda f: f.write(b"whole"))
+    assert (tmp_path / "run.pt").read_bytes() == b"whole" and fifo.is_fifo()
