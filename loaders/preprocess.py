@@ -14,8 +14,9 @@ Kinds (loaders.PREPROCESS):
   none     x / 255.
 Statistics are fitted on `fit_split` only (train or train45k, never val5k or test), computed in float64, and
 cached next to the data as preprocess_<kind>_<fit_split>.pt with what they were fitted on (kind, split,
-parameters, sha256 of manifest.json); a cache from other data or parameters is refitted. The forward pass
-always runs in float32 with autocast disabled: whitening amplifies low-variance directions, and rounding with them.
+parameters, sha256 of manifest.json); a cache from other data or parameters is refitted, and one that cannot be
+written (a read-only folder) is a warning. The forward pass always runs in float32 with autocast disabled:
+whitening amplifies low-variance directions, and rounding with them.
 """
 from __future__ import annotations
 
@@ -153,6 +154,9 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
         except Exception as e:
             print(f"warning: {cache} unreadable ({type(e).__name__}); fitting the statistics again", file=sys.stderr)
     stats = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data_dir, fit_split, manifest)
-    # atomic: concurrent ranks may both fit; either file is the same
-    atomic_write(cache, lambda f: torch.save({"fitted_on": fitted_on, "stats": stats}, f))
+    try:  # atomic: concurrent ranks may both fit; either file is the same
+        atomic_write(cache, lambda f: torch.save({"fitted_on": fitted_on, "stats": stats}, f))
+    except OSError as e:  # WriteError: a read-only folder, a full disk, a folder in its place. The cache is only a
+        # shortcut: the statistics just fitted are used all the same
+        print(f"warning: {cache} not written ({e.strerror or e}); fitted again next time", file=sys.stderr)
     return Preprocess(kind, stats, fitted_on)

@@ -149,3 +149,20 @@ def test_a_damaged_cache_is_refitted_not_a_crash(real_small, tmp_path, capsys):
     again = build_preprocess("meanstd", data)
     assert "unreadable" in capsys.readouterr().err and torch.equal(again.mean, fitted.mean)
     assert build_preprocess("meanstd", data).mean.equal(fitted.mean) and cache.stat().st_size > 40  # rewritten
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_a_crash(smoke_data_dir, tmp_path, capsys):
+    """A folder where the cache goes (or a read-only data folder) stopped run_all with a WriteError traceback,
+    though the cache is only a shortcut."""
+    import shutil
+
+    from loaders.preprocess import fit_meanstd
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data_dir, data)
+    cache = data / "preprocess_meanstd_train.pt"
+    cache.mkdir()
+    pre = build_preprocess("meanstd", data)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {cache} not written (Is a directory)"), err
+    assert torch.equal(pre.mean, fit_meanstd(data, "train")["mean"]) and cache.is_dir()
