@@ -143,8 +143,9 @@ def _eval_spy_worker(data_dir: str, source: str, tmp: str, name: str) -> None:
             *(["--mode", "ddp"] if ddp else []), *(["--eval-precision", "bf16"] if name == "bf16" else [])]
     assert run_all.main(argv) == 0
     (r,) = results.read_records(out)
-    print(json.dumps({"train": sorted(dtypes["train"]), "eval": sorted(dtypes["eval"]), "run_key": r["run_key"],
-                      "eval_precision": r["eval_precision"], "precision": r["precision"], "mode": r["mode"]}))
+    if os.environ.get("RANK", "0") == "0":  # one line: the ranks' prints would interleave
+        print(json.dumps({"train": sorted(dtypes["train"]), "eval": sorted(dtypes["eval"]), "run_key": r["run_key"],
+                          "eval_precision": r["eval_precision"], "precision": r["precision"], "mode": r["mode"]}))
 
 
 def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_path):
