@@ -79,15 +79,20 @@ class WriteError(OSError):
 
 def set_aside(path: Path) -> str:
     """Move a damaged or invalid file to `.invalid/` in its folder (never deleted: it may be evidence or be
-    repairable by hand); returns where it went, for the caller's one warning line. A `.invalid` that is not a
-    folder (a link, which would carry the file out of the folder, or a file) leaves it in place."""
-    aside = path.parent / ".invalid" / path.name
+    repairable by hand); returns where it went, for the caller's one warning line. A file set aside earlier under
+    the same name stays: the new one is `<name>.1` (`.2`, ...). A `.invalid` that is not a folder (a link, which
+    would carry the file out of the folder, or a file) leaves it in place."""
+    folder = path.parent / ".invalid"
     try:
         try:
-            aside.parent.mkdir()
+            folder.mkdir()
         except FileExistsError:  # a link (to a folder outside) or a file is no place for it: it stays where it is
-            if not stat.S_ISDIR(os.lstat(aside.parent).st_mode):
-                return f"left in place ({aside.parent} is not a folder)"
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return f"left in place ({folder} is not a folder)"
+        aside, n = folder / path.name, 0
+        while os.path.lexists(aside):  # os.replace would overwrite it (or a dangling link's name)
+            n += 1
+            aside = folder / f"{path.name}.{n}"
         os.replace(path, aside)
     except OSError as e:  # another reader moved it first, or a read-only folder: skipped all the same
         return f"left in place ({e.strerror or e})"

@@ -254,6 +254,10 @@ def test_the_report_names_the_ledger_files_set_aside(tmp_path, capsys):
     again = (tmp_path / "again" / "report.md").read_text()
     assert "Set aside now" not in again and "holds 2 file(s) set aside by earlier reads" in again
     assert "(2 records;" in again  # what the ledger line counts
+    (runs / "0123456789abcdef.json").write_text("{damaged again")  # kept beside the first, not over it
+    third = load_ledger(results_dir).notes
+    assert any("Set aside now: 1 ledger file(s)" in n for n in third) and \
+        any("holds 2 file(s) set aside by earlier reads" in n for n in third), third
     (runs / ".invalid").rename(runs / "elsewhere")
     (runs / ".invalid").write_text("a file, no place to move one to")
     (runs / "0123456789abcdef.json").write_text("{not json")

@@ -356,6 +356,22 @@ def test_a_path_that_is_not_utf8_is_written_and_read_as_its_escape(grid, tmp_pat
     assert again["data"]["source"] == "/data/caf\\xe9.tar.gz" and path.read_text().count("caf\\\\xe9") == 1
 
 
+def test_a_file_set_aside_under_a_name_set_aside_before_keeps_both(tmp_path, capsys):
+    """The same ledger file damaged again (a second bad copy): set_aside's os.replace overwrote the first one in
+    `.invalid/`, though set-aside files are evidence, never deleted. Each is kept, the later under a new name."""
+    runs = results.runs_dir(tmp_path)
+    runs.mkdir()
+    path = runs / "0123456789abcdef.json"
+    for n in range(3):
+        path.write_text(f"damaged {n}")
+        assert results.read_records(tmp_path) == []
+    names = [path.name, f"{path.name}.1", f"{path.name}.2"]
+    assert sorted((p.name, p.read_text()) for p in (runs / ".invalid").iterdir()) == [
+        (name, f"damaged {n}") for n, name in enumerate(names)]
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(", moved to ")[1].split(":")[0] for line in err] == [str(runs / ".invalid" / n) for n in names]
+
+
 @pytest.mark.parametrize("invalid", ["file", "link"])
 def test_a_file_is_never_set_aside_out_of_its_folder(invalid, grid, tmp_path, capsys):
     """A `.invalid` that is a link to a folder elsewhere (the file went there) or a file (set_aside failed, then the
