@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a folder it may not look into (--out /proc/1/root): it only reads, so bad input
+        print(f"error: cannot read {e.filename or '--out'}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(render(rows, summary))
     return 0
 

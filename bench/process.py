@@ -96,9 +96,10 @@ def make_accelerator(precision: str, *, log_with: str | None = None, project_dir
 def check_writable(out: str) -> list[Path]:
     """Create <out>/runs (checking it is writable); returns the folders it created, for `remove_empty`."""
     runs = Path(out) / "runs"
-    created = [p for p in (runs, *runs.parents) if not p.exists()][::-1]
+    created = []
     probe = Path(out) / f".write-probe.{os.getpid()}"
     try:
+        created = [p for p in (runs, *runs.parents) if not p.exists()][::-1]  # PermissionError: a folder above
         runs.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()

@@ -183,6 +183,27 @@ def test_a_seed_numpy_cannot_take_is_a_usage_error(seed, tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "none").exists()
 
 
+def test_an_out_that_cannot_be_looked_into_is_one_line_exit_2(jpeg_tarball, tmp_path, capsys, monkeypatch):
+    """--out inside a folder this user may not search (/proc/1/root: even root may not, in a container): the
+    check whether the folder exists raised PermissionError, and plan and run_all ended in a traceback (exit 1)."""
+    locked, stat = tmp_path / "locked", os.stat
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied)
+    options = ["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(tmp_path / "none"), "--out",
+               str(locked / "out")]
+    for main, says in ((plan.main, f"cannot read {locked / 'out' / 'runs'}: Permission denied"),
+                       (run_all, f"--out {locked / 'out'} is not writable (Permission denied)")):
+        assert main(options) == 2
+        assert capsys.readouterr().err == f"error: {says}\n"
+    monkeypatch.undo()
+    assert not locked.exists() and not (tmp_path / "none").exists()
+
+
 def test_make_plan_passes_run_alls_own_options(ledger, capsys, monkeypatch):
     """`make plan ARGS=...` (bench.launch --plan) on a GPU machine: the plan of the run_all command that `make run`
     would launch there, not of the accelerate launcher's options."""
