@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from allconv.specs import DEFAULT_INIT, INITS, SPECS, resolve_models  # noqa: F401  (INITS: also read from here)
 from bench import results
 from bench.devices import PRECISION_LABELS, precision_name
+from bench.schema import RANGES, in_range
 from loaders import AUGMENTS, BACKENDS, PREPROCESS  # loaders/__init__ imports no torch
 
 # No torch import here (the reports read bench/ablations.py, which builds its BASELINE from RunConfig()); the
@@ -147,13 +148,14 @@ class RunConfig:
                 "(a bare --lr-drops means none)")
         if not 0 <= self.momentum < 1:
             bad(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            bad(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.subset_per_class is not None and self.subset_per_class < 1:
             bad(f"--subset-per-class must be >= 1, got {self.subset_per_class}")
         if self.num_workers is not None and self.num_workers < 1:
             bad(f"--num-workers must be >= 1, got {self.num_workers}")
         for f in dataclasses.fields(self):
+            if f.name in RANGES and not in_range(f.name, getattr(self, f.name)):  # now, not when the record is
+                bad(f"--{f.name.replace('_', '-')} must be finite and in [{', '.join(map(str, RANGES[f.name]))}], "
+                    f"got {getattr(self, f.name)}")  # checked after training (bench.schema)
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")

@@ -178,6 +178,11 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def in_range(name: str, value) -> bool:
+    """Whether `value` is a finite number (no bool) in `RANGES[name]`, bounds included."""
+    return _within(value, RANGES[name])
+
+
 def _within(x, bounds: tuple) -> bool:
     return _number(x) and (isinstance(x, int) or math.isfinite(x)) and bounds[0] <= x <= bounds[1]
 

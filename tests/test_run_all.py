@@ -223,6 +223,8 @@ BAD = {
     "batch size 0": ["--batch-size", "0"],
     "unknown option": ["--learning-rate", "0.1"],
     "negative weight decay": ["--weight-decay", "-1"],
+    "weight decay nan": ["--weight-decay", "nan"],  # trained in full, then the record check raised
+    "batch size over 2**63": ["--batch-size", str(10 ** 19)],
 }
 
 

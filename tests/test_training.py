@@ -98,6 +98,19 @@ def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
     ablations.check("mine", ablations.Ablation("Mine", {"base": {}, "wd": {"weight_decay": 5e-4, "lrs": (0.1,)}}))
 
 
+@pytest.mark.parametrize("option, value, shown", [("--weight-decay", "nan", "nan"), ("--weight-decay", "inf", "inf"),
+                                                  ("--weight-decay", "-1", "-1.0"),
+                                                  ("--batch-size", str(10 ** 19), str(10 ** 19)),
+                                                  ("--epochs", str(10 ** 19), str(10 ** 19))])
+def test_a_number_the_record_refuses_is_refused_before_training(option, value, shown):
+    """What bench.schema.RANGES refuses in a record: accepted here, it trained the whole run, and then the record
+    check raised (a traceback, no record, the same on every rerun). One line now (run_all: exit 2)."""
+    with pytest.raises(ValueError) as e:
+        parse_args(["--preset", "smoke", option, value])
+    assert str(e.value).startswith(f"{option} must be finite and in [") and str(e.value).endswith(f", got {shown}")
+    assert "\n" not in str(e.value)
+
+
 def test_lr_schedule_drops_tenfold_at_each_drop_epoch():
     drops = (200, 250, 300)
     assert [engine.lr_at(e, 0.1, drops) for e in (0, 199)] == [0.1, 0.1]
