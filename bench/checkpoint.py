@@ -20,7 +20,11 @@ import torch
 from accelerate.utils import gather_object
 
 from bench.files import WriteError, atomic_write, read_regular, set_aside
-from bench.schema import valid_history
+from bench.schema import in_range, valid_history
+
+TIMINGS = ("steady_s", "steady_img", "eval_s", "eval_img", "wall_s")
+"""The timing sums in a checkpoint's `extra` (bench.engine.RunState.timings: seconds and images); one it lacks
+starts at 0."""
 
 
 def rng_state(device: torch.device | None = None) -> dict:
@@ -123,8 +127,9 @@ def _check_matches(blob, net, optimizer) -> None:
 
 def check_progress(blob: dict) -> None:
     """Raise ValueError unless the checkpoint's progress agrees with itself: an epoch counter equal to its history's
-    length, and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds and
-    0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
+    length, timing sums its run's record takes (`_timings_ok`: a NaN there failed the run after its last epoch, on
+    every rerun), and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds
+    and 0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
     only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait for it)."""
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")
@@ -134,6 +139,8 @@ def check_progress(blob: dict) -> None:
                          f"counter {blob['epoch']}")
     if not valid_history(history) or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
         raise ValueError("its history is not one entry of numbers per epoch, in order")
+    if not _timings_ok(blob.get("extra")):
+        raise ValueError("its timings are not numbers the run's record accepts (finite, >= 0, at most 1e12)")
     es = blob.get("epoch_state")
     if es is not None and not _part_epoch_ok(es):
         raise ValueError("its part-done epoch is malformed")
@@ -157,10 +164,19 @@ def progress(path: Path) -> dict:
         check_progress(blob)
     except Exception as e:  # noqa: BLE001  (a value no check foresaw: malformed all the same)
         raise ValueError(f"malformed checkpoint: {e if isinstance(e, ValueError) else type(e).__name__}") from None
-    wall = (blob.get("extra") if isinstance(blob.get("extra"), dict) else {}).get("wall_s")
-    number = isinstance(wall, (int, float)) and not isinstance(wall, bool) and 0 <= wall < 1e12
-    return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": wall if number else None,
+    return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": blob["extra"].get("wall_s"),
             "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _timings_ok(extra) -> bool:
+    """`extra` as the run's record takes it: each of `TIMINGS` (0 when absent) a number in the range of the
+    record's wall_time_s (finite, no bool, >= 0, at most 1e12), and the images per second made of them in theirs."""
+    if not isinstance(extra, dict):
+        return False
+    t = {k: extra.get(k, 0) for k in TIMINGS}
+    return all(in_range("wall_time_s", v) for v in t.values()) and all(
+        not t[f"{k}_s"] or in_range(f"{rate}_images_per_s", t[f"{k}_img"] / t[f"{k}_s"])
+        for k, rate in (("steady", "train"), ("eval", "eval")))
 
 
 def _part_epoch_ok(es) -> bool:

@@ -130,6 +130,23 @@ def test_timings_a_checkpoint_lacks_start_at_zero(tmp_path):
                                                   "wall_s": 3.0}
 
 
+@pytest.mark.parametrize("extra", [{"wall_s": float("nan")}, {"wall_s": -1.0}, {"eval_s": float("inf")},
+                                   {"steady_s": True}, {"eval_img": 10 ** 400}, {"wall_s": 2e12},
+                                   {"steady_img": 10 ** 6, "steady_s": 1e-9}])  # 1e15 images/s
+def test_timings_the_record_would_refuse_set_the_checkpoint_aside(extra, tmp_path, capsys):
+    """A checkpoint's wall_s of NaN was resumed: the run trained to its end, then its record was refused
+    ("wall_time_s is nan") with a traceback, no record, and the checkpoint kept, so every rerun did the same."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path, extra=extra)
+    with pytest.raises(ValueError, match="^malformed checkpoint: its timings"):
+        checkpoint.progress(path)
+    state = RunState.resume(path, Acc(), net, opt, rank=0, world=1)
+    assert state.epoch == 0 and state.history == [] and state.timings["wall_s"] == 0.0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {path} not resumed, moved to" in err and "timings" in err, err
+    assert not os.path.lexists(path) and (tmp_path / ".invalid" / "ckpt.pt").is_file()
+
+
 @pytest.mark.parametrize("saved_in, resumed_in", [(torch.channels_last, torch.contiguous_format),
                                                   (torch.contiguous_format, torch.channels_last)])
 def test_a_checkpoint_resumes_in_the_other_memory_layout(saved_in, resumed_in, tmp_path):
