@@ -20,7 +20,7 @@ import torch
 from accelerate.utils import gather_object
 
 from bench.files import WriteError, atomic_write, read_regular, set_aside
-from bench.schema import in_range, valid_history
+from bench.schema import HISTORY_KEYS, in_range, valid_history
 
 TIMINGS = ("steady_s", "steady_img", "eval_s", "eval_img", "wall_s")
 """The timing sums in a checkpoint's `extra` (bench.engine.RunState.timings: seconds and images); one it lacks
@@ -127,10 +127,11 @@ def _check_matches(blob, net, optimizer) -> None:
 
 def check_progress(blob: dict) -> None:
     """Raise ValueError unless the checkpoint's progress agrees with itself: an epoch counter equal to its history's
-    length, timing sums its run's record takes (`_timings_ok`: a NaN there failed the run after its last epoch, on
-    every rerun), and a part-done epoch (if any) holding what `engine.EpochState.to_dict` writes: counts, seconds
-    and 0-dim sums (None before the first step). Checked before any rank resumes it (and by bench.plan): in DDP mode
-    only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait for it)."""
+    length, each entry with all `HISTORY_KEYS`, timing sums its run's record takes (`_timings_ok`: a NaN there
+    failed the run after its last epoch, on every rerun), and a part-done epoch (if any) holding what
+    `engine.EpochState.to_dict` writes: counts, seconds and 0-dim sums (None before the first step). Checked before
+    any rank resumes it (and by bench.plan): in DDP mode only rank 0 takes the sums, so a bad value must not reach
+    rank 0 alone (the others would wait for it)."""
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")
     history = blob["history"]
@@ -139,6 +140,9 @@ def check_progress(blob: dict) -> None:
                          f"counter {blob['epoch']}")
     if not valid_history(history) or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
         raise ValueError("its history is not one entry of numbers per epoch, in order")
+    missing = [k for k in HISTORY_KEYS if any(k not in h for h in history)]
+    if missing:  # runs.summary reads them: a KeyError failed the run on every rerun
+        raise ValueError(f"its history lacks {', '.join(missing)}")
     if not _timings_ok(blob.get("extra")):
         raise ValueError("its timings are not numbers the run's record accepts (finite, >= 0, at most 1e12)")
     es = blob.get("epoch_state")

@@ -104,6 +104,7 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
 
     from bench.config import config_key
     from reports import campaign
+    from tests.test_untrusted import history
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "checkpoints").mkdir()
@@ -113,7 +114,8 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
     key = config_key({**record["config"], "lr": 0.1})
     torch.save({"epoch": 5, "extra": {"wall_s": 12.0},
-                "history": [{"epoch": e, "test_error_pct": 50.0 - e if e % 2 else None} for e in range(1, 6)]},
+                "history": [dict(h, test_error_pct=50.0 - h["epoch"] if h["epoch"] % 2 else None)
+                            for h in history(5)]},
                tmp_path / "checkpoints" / f"{key}.pt")
     (tmp_path / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"not a checkpoint")
     rows = campaign.rows(tmp_path)

@@ -12,6 +12,7 @@ from allconv import macs
 from bench import claims, launch, plan, results
 from bench.config import config_key, parse_args
 from bench.run_all import main as run_all
+from tests.test_untrusted import history
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
     keys = {r.lr: r.key(record["config"]["data_sha256"]) for r in plan.expand(cfg) if r.model == "strided-a"}
     assert keys[0.05] == record["run_key"]  # the keys run_all uses
     (out / "checkpoints").mkdir(exist_ok=True)
-    torch.save({"epoch": 1, "history": [{"epoch": 1}], "extra": {}}, out / "checkpoints" / f"{keys[0.1]}.pt")
+    torch.save({"epoch": 1, "history": history(1), "extra": {}}, out / "checkpoints" / f"{keys[0.1]}.pt")
     (out / "checkpoints" / f"{keys[0.005]}.pt").write_bytes(b"not a checkpoint")
     torch.save({"epoch": 999, "history": []}, out / "checkpoints" / f"{keys[0.002]}.pt")  # run_all sets it aside
     claims.claims_dir(out).mkdir(exist_ok=True)
@@ -123,10 +124,10 @@ def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
     path = out / "checkpoints" / f"{run.key(record['config']['data_sha256'])}.pt"
     part = {"step": 1, "loss_sum": 1.5, "correct": torch.tensor(1), "seen": torch.tensor(2), "train_seconds": 0.1,
             "steady_seconds": 0.0, "steady_images": 0}
-    torch.save({"epoch": 1, "history": [{"epoch": 1}], "extra": {}, "epoch_state": part}, path)
+    torch.save({"epoch": 1, "history": history(1), "extra": {}, "epoch_state": part}, path)
     try:
         assert plan.plan(cfg)[0][0]["state"].startswith("malformed checkpoint")
-        torch.save({"epoch": 1, "history": [{"epoch": 1}], "extra": {},
+        torch.save({"epoch": 1, "history": history(1), "extra": {},
                     "epoch_state": {**part, "loss_sum": torch.tensor(1.5)}}, path)
         assert plan.plan(cfg)[0][0]["state"] == "resumes at epoch 1"
         path.unlink()

@@ -16,7 +16,8 @@ def checkpoint(path, epochs: int, test: float = 40.0) -> None:
     """What run_all's checkpoint holds that a reader uses: the epoch counter, one history entry per epoch (test
     error every other epoch), the seconds trained."""
     history = [{"epoch": e, "loss": 1.0, "train_acc_pct": 60.0, "lr": 0.1, "seconds": 9.0,
-                "test_error_pct": test - e if e % 2 == 0 else None} for e in range(1, epochs + 1)]
+                "test_error_pct": test - e if e % 2 == 0 else None, "val_error_pct": None}
+               for e in range(1, epochs + 1)]
     torch.save({"epoch": epochs, "history": history, "extra": {"wall_s": 9.0 * epochs}}, path)
 
 

@@ -15,7 +15,7 @@ from bench import checkpoint, claims, files, results, workqueue
 from bench.config import PRESETS
 from bench.engine import RunState
 from bench.runs import stop_reason
-from tests.test_untrusted import Acc, assert_set_aside, build
+from tests.test_untrusted import Acc, assert_set_aside, build, history
 
 
 def saved(path, layout=torch.contiguous_format, **blob):
@@ -30,24 +30,30 @@ def saved(path, layout=torch.contiguous_format, **blob):
         net(torch.ones(2, 3, 8, 8).contiguous(memory_format=layout)).sum().backward()
         opt.step()
     checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=2, epoch_state=None,
-                               history=[{"epoch": 1}, {"epoch": 2}], extra={"wall_s": 3.0}, distributed=False)
+                               history=history(2), extra={"wall_s": 3.0}, distributed=False)
     if blob:
         torch.save({**torch.load(path, weights_only=True), **blob}, path)
     return net, opt
 
 
+ONE, TWO = history(2)
+
+
 @pytest.mark.parametrize("damage", [
-    {"epoch": 999}, {"history": [{"epoch": 1}]}, {"extra": []},
-    {"epoch": True, "history": [{"epoch": 1}]},  # a bool is an int to Python
-    {"history": [{"epoch": 1}, {"epoch": float("inf")}]}, {"history": [{"epoch": 1}, {"loss": 10 ** 400}]},
-    {"history": [{"epoch": 2}, {"epoch": 1}]}, {"history": [{"epoch": 1}, {"epoch": 2, "loss": "low"}]},
+    {"epoch": 999}, {"history": [ONE]}, {"extra": []},
+    {"epoch": True, "history": [ONE]},  # a bool is an int to Python
+    {"history": [ONE, dict(TWO, epoch=float("inf"))]}, {"history": [ONE, dict(TWO, loss=10 ** 400)]},
+    {"history": [TWO, ONE]}, {"history": [ONE, dict(TWO, loss="low")]},
+    {"history": [{"epoch": 1}, {"epoch": 2}]}, {"history": [ONE, {k: v for k, v in TWO.items() if k != "lr"}]},
 ])
 def test_a_checkpoint_that_disagrees_with_itself_is_set_aside(damage, tmp_path, capsys):
-    """A tampered epoch counter once made a 6-epoch run 'completed' after 2 epochs, its checkpoint then deleted."""
+    """A tampered epoch counter once made a 6-epoch run 'completed' after 2 epochs, its checkpoint then deleted.
+    History entries without the keys a record is made from (test_error_pct...) were resumed, and the run failed
+    with a KeyError at its end, on every rerun."""
     path = tmp_path / "ckpt.pt"
     trained, _ = build()
     torch.save({"model": trained.state_dict(), "optimizer": torch.optim.SGD(trained.parameters(), 0.1).state_dict(),
-                "rng": [checkpoint.rng_state()], "epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}],
+                "rng": [checkpoint.rng_state()], "epoch": 2, "history": [ONE, TWO],
                 "extra": {}, **damage}, path)
     net, opt = build()
     fresh = {k: v.clone() for k, v in net.state_dict().items()}

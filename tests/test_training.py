@@ -123,6 +123,8 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_epoch(tmp_path):
     import torch
     from accelerate.utils import set_seed
 
+    from tests.test_untrusted import history
+
     class Acc:  # the two things save/load use from an Accelerator
         scaler, num_processes, is_main_process = None, 1, True
 
@@ -139,12 +141,12 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_epoch(tmp_path):
     state = engine.EpochState(step=3, loss_sum=torch.tensor(1.5), correct=torch.tensor(4), seen=torch.tensor(9))
     path = tmp_path / "ckpt.pt"
     checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=7, epoch_state=state.to_dict(),
-                               history=[{"epoch": e} for e in range(1, 8)], extra={"x": 1}, distributed=False)
+                               history=history(7), extra={"x": 1}, distributed=False)
     expected = net(torch.ones(5, 4))  # consumes dropout randomness after the save
 
     net2, opt2 = build()
     blob = checkpoint.load_checkpoint(path, Acc(), net2, opt2, rank=0, world=1, epoch_state=engine.EpochState)
-    assert blob["epoch"] == 7 and blob["history"][-1] == {"epoch": 7} and blob["epoch_state"].step == 3
+    assert blob["epoch"] == 7 and blob["history"] == history(7) and blob["epoch_state"].step == 3
     assert torch.equal(net2(torch.ones(5, 4)), expected)  # same weights and the same dropout mask
     momentum = [o.state_dict()["state"][1]["momentum_buffer"] for o in (opt, opt2)]
     assert torch.equal(*momentum)

@@ -110,6 +110,12 @@ class Acc:  # the parts of an Accelerator that save/load use
     scaler, num_processes, is_main_process = None, 1, True
 
 
+def history(epochs: int) -> list[dict]:
+    """A checkpoint's history, one entry per epoch with every key engine.RunState.end_epoch writes."""
+    return [{"epoch": e, "loss": 1.0, "train_acc_pct": 50.0, "test_error_pct": 40.0, "val_error_pct": None, "lr": 0.1,
+             "seconds": 1.0} for e in range(1, epochs + 1)]
+
+
 def build(out_features=3):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, out_features))
@@ -123,7 +129,7 @@ def trained_checkpoint(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimiz
         net(torch.ones(5, 4)).sum().backward()
         opt.step()
     checkpoint.save_checkpoint(path, Acc(), net, opt, epoch=3, epoch_state=None,
-                               history=[{"epoch": e} for e in (1, 2, 3)],
+                               history=history(3),
                            extra={"wall_s": 1.0}, distributed=False)
     return net, opt
 
