@@ -66,9 +66,12 @@ class TorchLoader(Loader):
         images, labels = load_arrays(data_dir, split)
         self.sampler = _EpochSampler()
         self.num_workers = workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        # its own generator: DataLoader draws its workers' base seed from it when an iteration starts (the first
+        # only, with persistent workers), never from torch's global RNG, which draws the dropout masks. A resumed
+        # run, whose loaders start their first iteration at another point of training, draws the same masks.
         self.loader = DataLoader(_ImageDataset(images, labels), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, persistent_workers=workers > 0, drop_last=False,
-                                 pin_memory=self.device.type == "cuda")
+                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.seed))
 
     def _batches(self, order, key):
         self.sampler.order, self.sampler.key = order, key  # the sampler is iterated in this process

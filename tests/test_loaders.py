@@ -177,3 +177,16 @@ except ValueError as e:
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().count("\n") == 0 and "--backend torch|tensor" in r.stdout and "install ffcv" in r.stdout
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_torch_backend_leaves_the_global_rng_alone(smoke_data_dir, workers):
+    """torch's global RNG draws the dropout masks, and a checkpoint restores it: a loader that drew from it (a
+    DataLoader's workers' base seed, when an iteration starts) would shift every later mask of a resumed run,
+    whose loaders start their first iteration at another point of training than an uninterrupted run's."""
+    loader = loaders.make("train", 32, data_dir=smoke_data_dir, backend="torch", num_workers=workers, seed=3)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    batches = [y.clone() for _ in range(2) for _, y in loader]  # two epochs: first iteration and a later one
+    assert torch.equal(torch.get_rng_state(), before)
+    assert sum(len(y) for y in batches) == 2 * loader.num_images
