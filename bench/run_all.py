@@ -14,7 +14,6 @@ finish soon. auto (default) picks grid when len(runs) >= processes. Which one ra
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import signal
 import sys
@@ -24,19 +23,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # and not bench/, whose modules are not top-level
 
-import allconv  # noqa: E402
 import loaders  # noqa: E402
 from bench import engine, files, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
 from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
 from bench.progress import Progress  # noqa: E402
-from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary,  # noqa: E402
-                        train_loader)
+from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, make_record, now,  # noqa: E402
+                        stop_reason, summary, train_loader)
 
 STOP = {"requested": False}  # set by SIGTERM; the loop checkpoints at the next step boundary and exits
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def start_run(run: Run, key: str, acc, ddp: bool):
@@ -129,34 +123,6 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     outcome["diagnosis"] = diagnosed(status, net, data, c, acc, eval_autocast, distributed=ddp)
     weights.save(status, run, key, net, outcome, writer=acc.is_main_process or not ddp)
     return outcome
-
-
-def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,
-                started_at: str, outcome: dict) -> dict:
-    spec = allconv.get_spec(run.model)
-    cfg = run.config(data_sha)
-    baseline = {k: cfg[k] for k in ("epochs", "preset", "bn", "dropout", "final_relu", "init", "optimizer",
-                                    "weight_decay", "momentum", "batch_size", "augment", "preprocess",
-                                    "train_split", "val_split", "precision", "backend", "channels_last", "compile",
-                                    "cuda_graphs")}
-    record = {"run_key": key, "status": "failed", "error": None, "model": run.model, "lr": run.lr, "seed": run.seed,
-              "display_name": spec.paper_name, "family": spec.family, "variant": spec.variant, **baseline,
-              "mode": mode, "epochs_completed": 0, "test_error_pct": None, "best_test_error_pct": None,
-              "best_epoch": None, "val_error_pct": None, "params": None, "macs": allconv.macs(run.model),
-              "train_images_per_s": None, "eval_images_per_s": None, "wall_time_s": None, "peak_memory_mb": None,
-              "fused_runs": 1,
-              "device_name": env["device_name"], "device_count": world if mode == "ddp" else 1,
-              "world_size": world,
-              "versions": env["versions"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
-              "data": {"source": manifest["source"], "source_sha256": manifest["source_sha256"],
-                       "encoding": manifest.get("encoding"), "manifest_sha256": manifest["manifest_sha256"],
-                       "num_train": manifest["num_images"][run.cfg.train_split],
-                       "num_test": manifest["num_images"]["test"]},
-              "config": cfg, "started_at": started_at, "finished_at": now(), "history": [],
-              "grid": {"models": list(run.cfg.models), "lrs": list(run.cfg.lrs), "seeds": list(run.cfg.seeds)},
-              "eval_precision": run.cfg.eval_precision}
-    record.update(outcome)
-    return record
 
 
 def main(argv: list[str] | None = None) -> int:

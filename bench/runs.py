@@ -1,8 +1,10 @@
 """One run's pieces that its two ways of training share: bench/run_all.py's one run at a time and
-bench/fused_train.py's runs in lockstep. Its network and optimizer, when it stops early, its result fields.
+bench/fused_train.py's runs in lockstep. Its network and optimizer, when it stops early, its result fields and its
+ledger record (`make_record`).
 """
 from __future__ import annotations
 
+import datetime
 import math
 import sys
 
@@ -97,3 +99,36 @@ def eval_loaders(data, c: RunConfig, num_images: dict) -> dict:
 def failed(e: Exception) -> dict:
     """The result fields of a run that raised (recorded "failed"; trained again on rerun)."""
     return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mode: str, world: int,
+                started_at: str, outcome: dict) -> dict:
+    """The run's ledger record (bench/schema.py): what it was and where it ran, then its result fields `outcome`."""
+    spec = allconv.get_spec(run.model)
+    cfg = run.config(data_sha)
+    baseline = {k: cfg[k] for k in ("epochs", "preset", "bn", "dropout", "final_relu", "init", "optimizer",
+                                    "weight_decay", "momentum", "batch_size", "augment", "preprocess",
+                                    "train_split", "val_split", "precision", "backend", "channels_last", "compile",
+                                    "cuda_graphs")}
+    record = {"run_key": key, "status": "failed", "error": None, "model": run.model, "lr": run.lr, "seed": run.seed,
+              "display_name": spec.paper_name, "family": spec.family, "variant": spec.variant, **baseline,
+              "mode": mode, "epochs_completed": 0, "test_error_pct": None, "best_test_error_pct": None,
+              "best_epoch": None, "val_error_pct": None, "params": None, "macs": allconv.macs(run.model),
+              "train_images_per_s": None, "eval_images_per_s": None, "wall_time_s": None, "peak_memory_mb": None,
+              "fused_runs": 1,
+              "device_name": env["device_name"], "device_count": world if mode == "ddp" else 1,
+              "world_size": world,
+              "versions": env["versions"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
+              "data": {"source": manifest["source"], "source_sha256": manifest["source_sha256"],
+                       "encoding": manifest.get("encoding"), "manifest_sha256": manifest["manifest_sha256"],
+                       "num_train": manifest["num_images"][run.cfg.train_split],
+                       "num_test": manifest["num_images"]["test"]},
+              "config": cfg, "started_at": started_at, "finished_at": now(), "history": [],
+              "grid": {"models": list(run.cfg.models), "lrs": list(run.cfg.lrs), "seeds": list(run.cfg.seeds)},
+              "eval_precision": run.cfg.eval_precision}
+    record.update(outcome)
+    return record
