@@ -204,11 +204,12 @@ class Progress:
             self.say(f"{run_label(run)}: {record['status']}, test error {fmt_pct(record['test_error_pct'])}{why} "
                      f"[{key}]", everywhere=True)
 
-    def interrupted(self, key: str | None) -> None:
-        """SIGTERM: `key` names the run(s) checkpointed mid-run, None a stop between runs (nothing to save)."""
+    def interrupted(self, key: str | None, by: str = "SIGTERM") -> None:
+        """Stopped by signal `by`: `key` names the run(s) checkpointed mid-run, None a stop between runs (nothing to
+        save)."""
         self.close()
         what = f"{key} checkpointed" if key else "between runs, nothing lost"
-        self.say(f"stopped by SIGTERM: {what}; rerun the same command to resume", everywhere=True)
+        self.say(f"stopped by {by}: {what}; rerun the same command to resume", everywhere=True)
 
     def close(self) -> None:
         if self.grid_bar is not None:

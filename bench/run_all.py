@@ -30,7 +30,16 @@ from bench.progress import Progress  # noqa: E402
 from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, make_record, now,  # noqa: E402
                         stop_reason, summary, train_loader)
 
-STOP = {"requested": False}  # set by SIGTERM; the loop checkpoints at the next step boundary and exits
+STOP = {"requested": False, "signal": signal.SIGTERM}  # set by SIGTERM or Ctrl-C (SIGINT), `stop_on`: the loop
+# checkpoints at the next step boundary and exits with 128 + the signal's number (143, 130)
+
+
+def stop_on(signum, _frame) -> None:
+    """SIGTERM's and the first Ctrl-C's handler: stop at the next step boundary, checkpointing. A second Ctrl-C kills
+    at once (the default action), as a user who presses it again expects."""
+    STOP.update(requested=True, signal=signal.Signals(signum))
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_run(run: Run, key: str, acc, ddp: bool):
@@ -94,7 +103,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
         if bar is not None:
             bar.close()
         due = checkpoints.due(epoch + 1, c.epochs)  # the claim's heartbeat (ClaimLost) before anything is written
-        if es.stopped:  # SIGTERM mid-epoch: checkpoint where it is
+        if es.stopped:  # SIGTERM or Ctrl-C mid-epoch: checkpoint where it is
             state.save(acc, net, optimizer, epoch, es, distributed=ddp)
             raise Interrupted
         # the first epoch (JIT, compile, cache warm-up) is not steady state
@@ -182,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     if mine and acc.is_main_process:
         rate = measure_rate(mine[0][0], acc, data, ddp)
         show.eta(workqueue.eta_seconds(mine, manifest["num_images"], rate, world), rate, mine[0][0].model)
-    signal.signal(signal.SIGTERM, lambda *_: STOP.update(requested=True))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_on)
 
     items = workqueue.work_items(mine)  # one run each, or with --fuse-lrs one model's LRs together
     try:
@@ -231,16 +241,16 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     alone(*members[0])
             except Interrupted:
-                show.interrupted(", ".join(key for _, key, _ in members))
-                return 143
+                show.interrupted(", ".join(key for _, key, _ in members), STOP["signal"].name)
+                return 128 + STOP["signal"]
             except workqueue.ClaimLost as e:
                 print(f"warning: {e}", file=sys.stderr, flush=True)
             acc.free_memory()
     except files.WriteError as e:  # full disk (a record, a checkpoint, a claim): not the run's fault, so not
         return write_failed(e, acc, ddp)  # recorded as failed
-    if STOP["requested"]:  # SIGTERM between runs: nothing to checkpoint
-        show.interrupted(None)
-        return 143
+    if STOP["requested"]:  # a signal between runs: nothing to checkpoint
+        show.interrupted(None, STOP["signal"].name)
+        return 128 + STOP["signal"]
     process.finish(acc, group)
     show.summary(keys)
     return 0

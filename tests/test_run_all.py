@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import results, weights
+from bench import results, run_all, weights
 from bench.run_all import main
 import loaders
 from loaders import prepare
@@ -143,12 +143,13 @@ def reference(data, tmp_path_factory):
     return {r["model"]: r for r in results.read_records(out)}
 
 
-def start_and_interrupt(data, out, sig) -> tuple[subprocess.Popen, str]:
-    """Start the resume grid and send `sig` once the second run has written a checkpoint (mid-grid, mid-run)."""
+def start_and_interrupt(data, out, sig, *extra, group=False) -> tuple[subprocess.Popen, str]:
+    """Start the resume grid and send `sig` once the second run has written a checkpoint (mid-grid, mid-run); with
+    `group`, to its whole process group, as a terminal's Ctrl-C or `timeout` signal."""
     log = out.parent / "log.txt"
     with open(log, "w") as f:
-        proc = subprocess.Popen([PYTHON, "bench/run_all.py", *args(data, out, *RESUME)], cwd=ROOT, env=env(),
-                                stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen([PYTHON, "bench/run_all.py", *args(data, out, *RESUME, *extra)], cwd=ROOT, env=env(),
+                                stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=group)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         # run_all writes a run's record, then removes its checkpoint: look at checkpoints first, records second,
@@ -156,7 +157,7 @@ def start_and_interrupt(data, out, sig) -> tuple[subprocess.Popen, str]:
         checkpoints = {p.stem for p in (out / "checkpoints").glob("*.pt")}
         records = results.read_records(out)
         if len(records) == 1 and checkpoints - {records[0]["run_key"]}:
-            proc.send_signal(sig)
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
             break
         time.sleep(0.02)
     proc.wait(timeout=120)
@@ -164,8 +165,8 @@ def start_and_interrupt(data, out, sig) -> tuple[subprocess.Popen, str]:
     return proc, log.read_text()
 
 
-def check_resumed(data, out, reference) -> None:
-    p = run_py(args(data, out, *RESUME))
+def check_resumed(data, out, reference, *extra) -> None:
+    p = run_py(args(data, out, *RESUME, *extra))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "1 already in" in p.stdout
     records = results.read_records(out)
@@ -193,6 +194,22 @@ def test_sigterm_checkpoints_and_exits_then_rerun_matches(data, tmp_path, refere
     proc, log = start_and_interrupt(data, out, signal.SIGTERM)
     assert proc.returncode == 143 and "checkpointed" in log, log[-2000:]
     check_resumed(data, out, reference)
+
+
+def test_ctrl_c_checkpoints_and_exits_then_rerun_matches(data, tmp_path, reference, monkeypatch):
+    """Ctrl-C (SIGINT) stops a run as SIGTERM does: checkpointed, one line, exit 130. It was a KeyboardInterrupt
+    traceback that lost every epoch since the last periodic checkpoint (--checkpoint-minutes, 10 by default)."""
+    out = tmp_path / "out"
+    proc, log = start_and_interrupt(data, out, signal.SIGINT)
+    assert proc.returncode == 130 and "stopped by SIGINT:" in log and "checkpointed" in log, log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
+    check_resumed(data, out, reference)
+    calls = []  # a second Ctrl-C kills at once: the first gives SIGINT back its default action
+    monkeypatch.setattr(signal, "signal", lambda *a: calls.append(a))
+    monkeypatch.setitem(run_all.STOP, "requested", False)
+    monkeypatch.setitem(run_all.STOP, "signal", signal.SIGTERM)
+    run_all.stop_on(signal.SIGINT, None)
+    assert run_all.STOP == {"requested": True, "signal": signal.SIGINT} and calls == [(signal.SIGINT, signal.SIG_DFL)]
 
 
 def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path):
