@@ -60,6 +60,13 @@ class _EpochSampler(Sampler):
         return ((int(i), key) for i in self.order)
 
 
+def _worker_init(_worker_id: int) -> None:
+    """A worker leaves its process group: a terminal's Ctrl-C, `timeout` and torchrun signal the whole group, and
+    a worker killed before the training process has checkpointed would fail the run. The training process shuts
+    its workers down itself, and a worker whose parent died exits on its own (DataLoader's watchdog)."""
+    os.setpgid(0, 0)
+
+
 class TorchLoader(Loader):
     def __init__(self, data_dir, split, batch_size, indices, *, num_workers=None, **kwargs):
         super().__init__(split, batch_size, indices, **kwargs)
@@ -71,7 +78,8 @@ class TorchLoader(Loader):
         # run, whose loaders start their first iteration at another point of training, draws the same masks.
         self.loader = DataLoader(_ImageDataset(images, labels), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, persistent_workers=workers > 0, drop_last=False,
-                                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.seed))
+                                 pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
+                                 generator=torch.Generator().manual_seed(self.seed))
 
     def _batches(self, order, key):
         self.sampler.order, self.sampler.key = order, key  # the sampler is iterated in this process

@@ -1,4 +1,4 @@
-"""bench/run_all.py end to end on CPU: the 2-process gloo grid, SIGKILL/SIGTERM resume, divergence, bad inputs.
+"""bench/run_all.py end to end on CPU: the 2-process gloo grid, SIGKILL/SIGTERM/Ctrl-C resume, divergence, bad inputs.
 
 Runs use the session's prepared 10-images-per-class data (conftest.smoke_data_dir) and tiny model/LR subsets so
 the file stays near two minutes on 2 cores. Every training run is a subprocess: the Accelerator state is
@@ -143,6 +143,18 @@ def reference(data, tmp_path_factory):
     return {r["model"]: r for r in results.read_records(out)}
 
 
+TORCH = ("--backend", "torch", "--num-workers", "1")  # the DataLoader backend, with a worker process
+
+
+@pytest.fixture(scope="module")
+def reference_torch(data, tmp_path_factory):
+    """The resume grid on the torch backend, without interruption."""
+    out = tmp_path_factory.mktemp("reference-torch")
+    p = run_py(args(data, out, *RESUME, *TORCH))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return {r["model"]: r for r in results.read_records(out)}
+
+
 def start_and_interrupt(data, out, sig, *extra, group=False) -> tuple[subprocess.Popen, str]:
     """Start the resume grid and send `sig` once the second run has written a checkpoint (mid-grid, mid-run); with
     `group`, to its whole process group, as a terminal's Ctrl-C or `timeout` signal."""
@@ -210,6 +222,17 @@ def test_ctrl_c_checkpoints_and_exits_then_rerun_matches(data, tmp_path, referen
     monkeypatch.setitem(run_all.STOP, "signal", signal.SIGTERM)
     run_all.stop_on(signal.SIGINT, None)
     assert run_all.STOP == {"requested": True, "signal": signal.SIGINT} and calls == [(signal.SIGINT, signal.SIG_DFL)]
+
+
+def test_sigterm_to_the_group_on_the_torch_backend_then_rerun_matches(data, tmp_path, reference_torch):
+    """The torch backend's DataLoader worker under a signal to the whole process group (`timeout`'s SIGTERM, a
+    terminal's Ctrl-C): the worker leaves the stop to run_all (it died of it, and run_all with a RuntimeError),
+    and the resumed run matches the uninterrupted one exactly (the loaders drew their workers' seed from torch's
+    global RNG, which draws the dropout masks, and a resumed process drew it at another point)."""
+    out = tmp_path / "out"
+    proc, log = start_and_interrupt(data, out, signal.SIGTERM, *TORCH, group=True)
+    assert proc.returncode == 143 and "checkpointed" in log and "Traceback" not in log, log[-2000:]
+    check_resumed(data, out, reference_torch, *TORCH)
 
 
 def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path):
