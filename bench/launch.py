@@ -14,11 +14,14 @@
   take here, then the smoke grid in one process on data that needs no internet: `../shared/data`'s JPEG copy when it
   is beside the repository, else the 400-image sample shipped in `data-sample/`. `--preset paper` forces the paper
   grid on the CPU.
+- SIGTERM or Ctrl-C stops what it started: run_all checkpoints at the next step and exits (a second Ctrl-C kills at
+  once), and this launcher exits with its status, never before it.
 """
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -143,8 +146,36 @@ def main(argv: list[str] | None = None) -> int:
         except (UsageError, ValueError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    procs = [subprocess.Popen(c) for c in cmds]
-    return max(p.wait() for p in procs)
+    return run_children(cmds)
+
+
+def run_children(cmds: list[list[str]]) -> int:
+    """Run the commands at once, each in a session of its own (as torchrun starts its ranks), and pass each SIGTERM
+    and Ctrl-C (SIGINT) on to every child's process group once: run_all checkpoints and exits, and torchrun passes
+    it on to its ranks. Waits for all of them; returns the highest exit status (a child killed by signal N: 128 + N).
+    In their own sessions a terminal's Ctrl-C reaches them only through here, so run_all sees it once (a second one
+    kills it at once)."""
+    procs, received = [], []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signum)
+                except ProcessLookupError:  # exited meanwhile
+                    pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    for c in cmds:
+        if received:  # stopped before this one started
+            break
+        procs.append(subprocess.Popen(c, start_new_session=True))
+    codes = [p.wait() for p in procs]
+    if not procs:
+        return 128 + received[0]
+    return max(128 - c if c < 0 else c for c in codes)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """`make run` (bench/launch.py): one process per GPU, or the smoke grid on offline data without one."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,34 @@ def test_the_shipped_sample_prepares_for_the_smoke_grid(tmp_path):
     prepare_cifar10(str(launch.OFFLINE_SOURCES[-1]), tmp_path, subset_per_class=10, seed=0)
     assert load_manifest(tmp_path)["num_images"]["train"] == 100
     assert load_manifest(tmp_path)["num_images"]["test"] == 100
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_launcher_stops_its_run_all_which_checkpoints(sig, code, smoke_data_dir, jpeg_tarball,
+                                                                      tmp_path):
+    """SIGTERM or Ctrl-C to `python -m bench.launch` reaches its run_all, which checkpoints and exits; the launcher
+    waits for it and exits with its status. It exited at once (143), its run_all training on as an orphan."""
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "bench.launch", "--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir",
+           str(smoke_data_dir), "--out", str(out), "--no-progress", "--models", "strided-a", "--lrs", "0.05",
+           "--epochs", "100", "--batch-size", "32", "--backend", "tensor"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "ALLCONV_GPUS": "0"}, stdout=f,
+                                stderr=subprocess.STDOUT)
+    children = []
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "checkpoints").glob("*.pt")):  # smoke: a checkpoint after every epoch
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        children = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == code, log.read_text()[-2000:]
+        assert "checkpointed; rerun the same command to resume" in log.read_text(), log.read_text()[-2000:]
+        assert len(children) == 1 and not Path(f"/proc/{children[0]}").exists()  # exited, and reaped
+    finally:
+        for pid in children:  # an orphan left by a launcher that did not wait
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
