@@ -1,9 +1,14 @@
 """bench/diagnose.py on real images (the smoke subset: 10 a class and split): its per-class test errors are the
 errors evaluation counts, and a class map sunk below zero shows as a dead channel under the final ReLU and a class
-that is never predicted (FACTS.md: the final ReLU's failure)."""
+that is never predicted (FACTS.md: the final ReLU's failure). scripts/inspect_checkpoint.py, which reports the same
+for a checkpoint: built as its run built it, and a file it cannot use is one line."""
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +18,8 @@ import allconv
 import loaders
 from bench import engine
 from bench.diagnose import diagnose
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_per_class_errors_and_a_dead_class_map(smoke_data_dir):
@@ -33,3 +40,56 @@ def test_per_class_errors_and_a_dead_class_map(smoke_data_dir):
     d = diagnose(net, data.loader("train"), data.loader("test"), whiten, acc)
     assert d["dead_relu_channels"]["top.conv3_relu"] == [1, 10]
     assert d["test_error_by_class_pct"][5] == 100.0  # it can only tie at 0, and argmax takes the lower class
+
+
+def inspect(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/inspect_checkpoint.py", *map(str, argv)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=120)
+
+
+def run_checkpoint(path: Path, **build) -> Path:
+    """A run checkpoint as bench/checkpoint.py writes it, of a fresh strided-a built with `build`."""
+    net = allconv.build("strided-a", 10, **build)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": None, "rng": [],
+                "epoch": 0, "epoch_state": None, "history": [], "extra": {}}, path)
+    return path
+
+
+def test_inspect_checkpoint_refuses_what_is_not_a_fitting_checkpoint_in_one_line(smoke_data_dir, tmp_path):
+    """A truncated file, a pickle weights_only refuses, a checkpoint that lacks its parts, a model name its weights
+    do not fit, a missing file: one line, exit 2, nothing on stdout (each was a traceback, the model's a "size
+    mismatch" one)."""
+    good = run_checkpoint(tmp_path / "good.pt")
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    torch.save(contextlib.ExitStack(), tmp_path / "object.pt")  # unpickling it would need a class: refused
+    torch.save({"model": {}}, tmp_path / "parts.pt")
+    cases = {"truncated.pt": [], "object.pt": [], "parts.pt": [], "good.pt": ["allcnn-c"], "missing.pt": []}
+    for name, extra in cases.items():
+        p = inspect(tmp_path / name, *extra, "--data-dir", smoke_data_dir)
+        assert p.returncode == 2 and p.stdout == "" and p.stderr.startswith("error: "), (name, p.stderr[-2000:])
+        assert p.stderr.count("\n") == 1 and str(tmp_path / name) in p.stderr, (name, p.stderr[-2000:])
+
+
+def test_inspect_checkpoint_builds_the_network_its_run_built(smoke_data_dir, tmp_path):
+    """The model and --bn come from the weights, the final ReLU from the run's record beside the checkpoint or the
+    option run_all took: a --no-final-relu run's checkpoint is diagnosed without the ReLU it never had (the script
+    built the paper's network whatever the run, and printed that layer). What contradicts them is one line."""
+    key = "0123456789abcdef"
+    path = run_checkpoint(tmp_path / "out" / "checkpoints" / f"{key}.pt", final_relu=False)
+    p = inspect(path, "--no-final-relu", "--data-dir", smoke_data_dir, "--images", 50)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "strided-a after epoch 0" in p.stdout and "top.conv2_relu" in p.stdout, p.stdout
+    assert "top.conv3_relu" not in p.stdout and "final_relu False" in p.stdout, p.stdout
+    record = json.loads(next((ROOT / "reports/measured/campaign/runs").glob("*.json")).read_text())
+    record.update(run_key=key, model="strided-a", final_relu=False, status="stalled")  # a stalled run keeps both
+    record["config"].update(model="strided-a", final_relu=False)
+    (tmp_path / "out" / "runs").mkdir()
+    (tmp_path / "out" / "runs" / f"{key}.json").write_text(json.dumps(record))
+    p = inspect(path, "--data-dir", smoke_data_dir, "--images", 50)  # no option: the record says
+    assert p.returncode == 0 and "top.conv3_relu" not in p.stdout and "its record" in p.stdout, p.stdout + p.stderr
+    for extra, why in ((["--final-relu"], "says final_relu False, not True"), (["--bn"], "fit no allconv network"),
+                       (["model-a"], "fit no allconv network")):
+        p = inspect(path, *extra, "--data-dir", smoke_data_dir)
+        assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1 and why in p.stderr, p.stderr
