@@ -22,7 +22,8 @@
 #      continuing the committed ledger ($LEDGER: runs/ and checkpoints/, skipped or resumed), one model at a time in
 #      $ORDER (All-CNN-C first), its LRs in $LRS order, K processes sharing the ledger (bench/workqueue.py claims:
 #      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
-#      on SIGTERM (run_all) and their checkpoints travel back with the ledger;
+#      on SIGTERM (run_all) and their checkpoints travel back with the ledger. They also checkpoint every
+#      $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's would be the only one);
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
 #      ledger.tar.gz (runs/), each when its step ran, and each unfinished run's checkpoint as <run key>.pt.
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
@@ -39,6 +40,7 @@ PY=${PY:-python3}
 OUT=${OUT:?set OUT to the folder that comes back}
 TOTAL=${TOTAL:-540}    # seconds for the whole script (the call's limit should be ~30 s more)
 RESERVE=${RESERVE:-25} # seconds kept back from training for the summary and the archive
+CHECKPOINT_MINUTES=${CHECKPOINT_MINUTES:-2}  # run_all --checkpoint-minutes: several checkpoints within a call
 DEVICE=${DEVICE:-cuda}
 LEDGER=${LEDGER:-reports/measured/campaign}  # the committed ledger this campaign continues
 WORK=${WORK:-campaign-work}
@@ -208,8 +210,8 @@ for model in $ORDER; do
   if [ "$limit" -lt 30 ]; then echo "# time budget spent before $model" >> "$log"; break; fi
   # shellcheck disable=SC2206
   cmd=("$PY" bench/run_all.py --preset paper --models "$model" --lrs $LRS --backend tensor --source "$SRC"
-       --data-dir "$WORK/data" --out "$WORK/results" ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}"
-       "${fused[@]}" $EXTRA)
+       --data-dir "$WORK/data" --out "$WORK/results" --checkpoint-minutes "$CHECKPOINT_MINUTES"
+       ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" "${fused[@]}" $EXTRA)
   echo "\$ timeout $limit ${cmd[*]}  # x $PARALLEL, sharing the ledger" >> "$log"
   t0=$SECONDS
   pids=()

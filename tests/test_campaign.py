@@ -49,6 +49,7 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
                           LEDGER=str(tmp_path / "no-ledger-yet"))
     assert "x 2, sharing the ledger" in log and "# exit 0 0 after" in log, log[-3000:]
+    assert "--checkpoint-minutes 2 " in log, log[-3000:]  # a checkpoint every 2 minutes, not only on SIGTERM
     assert sorted(r["lr"] for r in first.values()) == [0.01, 0.05], log[-3000:]  # each run once, by either process
     assert all(r["status"] == "completed" and r["epochs_completed"] == 1 for r in first.values())
 
