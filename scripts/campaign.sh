@@ -23,7 +23,9 @@
 #      $ORDER (All-CNN-C first), its LRs in $LRS order, K processes sharing the ledger (bench/workqueue.py claims:
 #      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
 #      on SIGTERM (run_all) and their checkpoints travel back with the ledger. They also checkpoint every
-#      $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's would be the only one);
+#      $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's would be the only one), and
+#      $OUT/ledger.tar.gz is refreshed within seconds of each new record: a call killed outright (the device tool
+#      kills at its timeout_s) still returns every record finished before;
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
 #      ledger.tar.gz (runs/), each when its step ran, and each unfinished run's checkpoint as <run key>.pt.
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
@@ -96,6 +98,17 @@ for sub in runs checkpoints; do
 done
 echo "# continuing: $(ls "$WORK/results/runs" | grep -c '\.json$') records, \
 $(ls "$WORK/results/checkpoints" | grep -c '\.pt$') checkpoints" >> "$log"
+
+archived=  # the records' listing when $OUT/ledger.tar.gz was last written (or tried)
+archive() {  # $OUT/ledger.tar.gz: the records as they are now, when they changed; replaced whole or not at all
+  local now
+  now=$(ls -l --full-time "$WORK/results/runs" 2>&1)
+  [ "$now" = "$archived" ] && return 0
+  archived=$now
+  timeout 30 tar -czf "$OUT/ledger.tar.gz.part" -C "$WORK/results" runs >> "$log" 2>&1 \
+    && mv -f "$OUT/ledger.tar.gz.part" "$OUT/ledger.tar.gz"
+  rm -f "$OUT/ledger.tar.gz.part"
+}
 
 step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
   echo "\$ timeout $1 ${*:2}" >> "$log"
@@ -219,8 +232,10 @@ for model in $ORDER; do
     timeout -k 30 "$limit" "${cmd[@]}" >> "$log" 2>&1 &
     pids+=($!)
   done
+  while [ -n "$(jobs -rp)" ]; do sleep 2; archive; done  # each record reaches $OUT as soon as it is written
   rcs=()
   for pid in "${pids[@]}"; do wait "$pid"; rcs+=($?); done
+  archive
   echo "# exit ${rcs[*]} after $((SECONDS - t0)) s" >> "$log"
   [[ " ${rcs[*]} " == *" 124 "* ]] && break  # time is up: the runs in progress checkpointed on SIGTERM
   n=$(failed "$model")
@@ -233,6 +248,7 @@ done
 for ckpt in "$WORK/results/checkpoints"/*.pt; do
   [ -e "$ckpt" ] && [ -e "$WORK/results/runs/$(basename "$ckpt" .pt).json" ] && rm -f "$ckpt"
 done
+archive
 timeout 30 "$PY" - "$WORK/results" >> "$log" 2>&1 <<'EOF'
 import sys
 from bench import results
@@ -242,7 +258,6 @@ for r in results.read_records(sys.argv[1]):
           f"{r['epochs_completed']} epochs, {n(r['wall_time_s'])} s, train {n(r['train_images_per_s'])} img/s, "
           f"eval {n(r['eval_images_per_s'])} img/s, {r['device_name']}, precision {r['precision']}")
 EOF
-timeout 30 tar -czf "$OUT/ledger.tar.gz" -C "$WORK/results" runs >> "$log" 2>&1
 for ckpt in "$WORK/results/checkpoints"/*.pt; do  # ~10 MB each, compressed or not: one file each, as two or
   [ -e "$ckpt" ] || continue                     # more in one archive would pass the 16 MiB a file may have
   if [ "$(find "$OUT" -maxdepth 1 -type f | wc -l)" -lt 8 ]; then  # and at most 8 files come back

@@ -2,7 +2,8 @@
 fits the GPU machines' limits (<= 8 plain files of <= 16 MiB), and a second campaign continues the first's ledger
 (recorded runs skipped) after the GPU tests (skipped here, so no CUDA graphs) and the concurrency probe have
 decided and the init probe has run; a third on the second's warm work folder takes those decisions without
-measuring again and, with FUSE=1, trains the new LRs as one fused group (run_all --fuse-lrs) in one process."""
+measuring again and, with FUSE=1, trains the new LRs as one fused group (run_all --fuse-lrs) in one process. Each
+record reaches OUT's ledger archive while the next run trains (a call killed outright keeps it)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,16 +21,28 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def campaign(tmp_path: Path, name: str, jpeg_tarball, work: str = "", **env) -> tuple[str, dict]:
-    """Run the script once; returns (log, {run_key: record}) from the ledger archive it left in OUT."""
-    out = tmp_path / name
+def environment(tmp_path: Path, name: str, jpeg_tarball, work: str = "", **env) -> dict:
+    """The script's environment: tiny CPU settings, OUT = tmp_path / name."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK"))}
-    settings = {"PY": sys.executable, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "OUT": str(out),
+    settings = {"PY": sys.executable, "PYTHONPATH": str(ROOT), "DEVICE": "cpu", "OUT": str(tmp_path / name),
                 "WORK": str(tmp_path / f"work-{work or name}"), "SRC": str(jpeg_tarball), "SUBSET": "10", "THROUGHPUT": "",
                 "INIT_PROBE": "", "GRAPHS": "0", "ORDER": "strided-a", "TOTAL": "400",
                 "EXTRA": "--epochs 1 --lr-drops --batch-size 32 --num-workers 1 --backend tensor --precision no", **env}
-    p = subprocess.run(["bash", "scripts/campaign.sh"], cwd=ROOT, env={**base, **settings}, capture_output=True,
-                       text=True, timeout=450)
+    return {**base, **settings}
+
+
+def archived(path: Path) -> dict:
+    """{run_key: record} of a ledger archive."""
+    with tarfile.open(path) as tf:
+        return {Path(n).stem: json.load(tf.extractfile(n)) for n in tf.getnames()
+                if n.startswith("runs/") and n.endswith(".json")}
+
+
+def campaign(tmp_path: Path, name: str, jpeg_tarball, work: str = "", **env) -> tuple[str, dict]:
+    """Run the script once; returns (log, {run_key: record}) from the ledger archive it left in OUT."""
+    out = tmp_path / name
+    env = environment(tmp_path, name, jpeg_tarball, work, **env)
+    p = subprocess.run(["bash", "scripts/campaign.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=450)
     assert p.returncode == 0, p.stderr[-2000:]
     files = sorted(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() and f.stat().st_size <= 16 * 2**20 for f in files), files
@@ -203,3 +217,23 @@ def test_an_ablation_refused_on_import_is_one_line_and_leaves_the_readme(tmp_pat
     assert (p.returncode, p.stderr) == (2, "reports.campaign: ablation 'wd', arm '5e-4': weight_decy cannot be varied "
                                            "by an arm\n")
     assert readme.read_text() == text
+
+
+def test_each_record_reaches_out_while_the_next_run_trains(smoke_data_dir, jpeg_tarball, tmp_path):
+    """The ledger archive in OUT is refreshed within seconds of each new record, so a call killed outright (the
+    device tool kills at its timeout_s) still returns what finished: it was written once, at the very end."""
+    shutil.copytree(smoke_data_dir, tmp_path / "work-live" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
+    env = environment(tmp_path, "live", jpeg_tarball, PARALLEL="1", LRS="0.05 0.01", LEDGER=str(tmp_path / "none"),
+                      EXTRA="--epochs 20 --lr-drops --batch-size 32 --backend tensor --precision no")
+    archive, runs = tmp_path / "live" / "ledger.tar.gz", tmp_path / "work-live" / "results" / "runs"
+    proc = subprocess.Popen(["bash", "scripts/campaign.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    seen = None  # (records in the archive, records in the work ledger) when the archive first held one
+    while proc.poll() is None and seen is None:
+        if archive.is_file() and archived(archive):  # mv'd into place whole: never a partial archive
+            seen = len(archived(archive)), len(list(runs.glob("*.json")))
+        time.sleep(0.2)
+    assert proc.wait(timeout=450) == 0, proc.stderr.read()[-2000:]
+    assert seen == (1, 1), seen  # the first run's record, while the second was still training
+    assert len(archived(archive)) == 2 and not list((tmp_path / "live").glob("*.part"))
+
