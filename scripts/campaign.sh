@@ -28,6 +28,14 @@
 #      kills at its timeout_s) still returns every record finished before;
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
 #      ledger.tar.gz (runs/), each when its step ran, and each unfinished run's checkpoint as <run key>.pt.
+# Time: every step's limit ends by TOTAL - RESERVE. What may run after that is at most KILL_AFTER (10 s: a step
+# still running at its SIGTERM, e.g. run_all checkpointing, which takes a few seconds, gets that long before SIGKILL)
+# + 5 s (the POLL sleep or a ledger archive under way when it ended) + 5 s (the archive of the last records; each
+# state of the records is archived once, a timed-out tar is not tried again) + 5 s (the summary) + ~3 s (checkpoint
+# copies, the log) = 28 s <= TAIL = 30 s (a run_all that ends by itself just before: its failed-run check, 10 s, in
+# place of KILL_AFTER). So RESERVE must be at least 30, and the script ends by TOTAL. TOTAL may be at most 570: a
+# call runs at most 600 s, and its timeout_s should be TOTAL + 30 (a margin for what this arithmetic does not count:
+# starting bash, `timeout`'s own delays).
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
 # python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
 # $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
@@ -40,8 +48,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:?set OUT to the folder that comes back}
-TOTAL=${TOTAL:-540}    # seconds for the whole script (the call's limit should be ~30 s more)
-RESERVE=${RESERVE:-25} # seconds kept back from training for the summary and the archive
+TOTAL=${TOTAL:-540}    # seconds for the whole script (the call's timeout_s should be 30 s more; at most 570)
+RESERVE=${RESERVE:-30} # seconds kept back from training for what follows it (>= TAIL: the header's arithmetic)
+KILL_AFTER=10 POLL=2 TAIL=30  # SIGTERM to SIGKILL; how often a running step is looked at; the end's worst case
 CHECKPOINT_MINUTES=${CHECKPOINT_MINUTES:-2}  # run_all --checkpoint-minutes: several checkpoints within a call
 DEVICE=${DEVICE:-cuda}
 LEDGER=${LEDGER:-reports/measured/campaign}  # the committed ledger this campaign continues
@@ -71,6 +80,12 @@ if [ -z "$SRC" ]; then
   for f in data-src/cifar10-jpeg.tar.gz ../shared/data/cifar10-jpeg.tar.gz; do [ -f "$f" ] && SRC=$f && break; done
 fi
 [ -n "$SRC" ] || { echo "campaign: no CIFAR-10 source (copy cifar10-jpeg.tar.gz to data-src/ or set SRC)" >&2; exit 2; }
+[[ $TOTAL =~ ^[0-9]+$ && $RESERVE =~ ^[0-9]+$ ]] \
+  || { echo "campaign: TOTAL and RESERVE are whole seconds, got TOTAL=$TOTAL RESERVE=$RESERVE" >&2; exit 2; }
+[ "$TOTAL" -le 570 ] || { echo "campaign: TOTAL=$TOTAL is over 570 s: a device call runs at most 600 s, 30 of" \
+  "them the margin" >&2; exit 2; }
+[ "$RESERVE" -ge "$TAIL" ] || { echo "campaign: RESERVE=$RESERVE is under the $TAIL s that may run after training" \
+  "(the header's arithmetic)" >&2; exit 2; }
 mkdir -p "$OUT" "$WORK/results/runs" "$WORK/results/checkpoints"
 log="$OUT/campaign.txt"
 start=$SECONDS
@@ -105,7 +120,7 @@ archive() {  # $OUT/ledger.tar.gz: the records as they are now, when they change
   now=$(ls -l --full-time "$WORK/results/runs" 2>&1)
   [ "$now" = "$archived" ] && return 0
   archived=$now
-  timeout 30 tar -czf "$OUT/ledger.tar.gz.part" -C "$WORK/results" runs >> "$log" 2>&1 \
+  timeout 5 tar -czf "$OUT/ledger.tar.gz.part" -C "$WORK/results" runs >> "$log" 2>&1 \
     && mv -f "$OUT/ledger.tar.gz.part" "$OUT/ledger.tar.gz"
   rm -f "$OUT/ledger.tar.gz.part"
 }
@@ -113,7 +128,7 @@ archive() {  # $OUT/ledger.tar.gz: the records as they are now, when they change
 step() {  # step LIMIT CMD...: logged, under timeout; returns the command's exit status
   echo "\$ timeout $1 ${*:2}" >> "$log"
   local t0=$SECONDS rc
-  timeout -k 10 "$@" >> "$log" 2>&1
+  timeout -k "$KILL_AFTER" "$@" >> "$log" 2>&1
   rc=$?
   echo "# exit $rc after $((SECONDS - t0)) s" >> "$log"
   return $rc
@@ -204,14 +219,14 @@ if [ -n "$INIT_PROBE" ]; then  # issue 10: how soon each init leaves chance (a f
   echo "\$ timeout $limit scripts/init_probe.py $INIT_PROBE  # output: init-probe.txt" >> "$log"
   t0=$SECONDS
   # shellcheck disable=SC2086
-  timeout -k 10 "$limit" "$PY" -u scripts/init_probe.py $INIT_PROBE --source "$SRC" --data-dir "$WORK/data" \
+  timeout -k "$KILL_AFTER" "$limit" "$PY" -u scripts/init_probe.py $INIT_PROBE --source "$SRC" --data-dir "$WORK/data" \
     --out "$WORK/init-probe" --backend tensor ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" \
     > "$OUT/init-probe.txt" 2>&1
   echo "# exit $? after $((SECONDS - t0)) s" >> "$log"
 fi
 
 failed() {  # how many records of this model in the work ledger failed
-  "$PY" - "$WORK/results" "$1" <<'EOF'
+  timeout 10 "$PY" - "$WORK/results" "$1" <<'EOF'
 import sys
 from bench import results
 print(sum(r["model"] == sys.argv[2] and r["status"] == "failed" for r in results.read_records(sys.argv[1])))
@@ -229,10 +244,10 @@ for model in $ORDER; do
   t0=$SECONDS
   pids=()
   for _ in $(seq "$PARALLEL"); do
-    timeout -k 30 "$limit" "${cmd[@]}" >> "$log" 2>&1 &
+    timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1 &
     pids+=($!)
   done
-  while [ -n "$(jobs -rp)" ]; do sleep 2; archive; done  # each record reaches $OUT as soon as it is written
+  while [ -n "$(jobs -rp)" ]; do sleep "$POLL"; archive; done  # each record reaches $OUT as soon as it is written
   rcs=()
   for pid in "${pids[@]}"; do wait "$pid"; rcs+=($?); done
   archive
@@ -249,7 +264,7 @@ for ckpt in "$WORK/results/checkpoints"/*.pt; do
   [ -e "$ckpt" ] && [ -e "$WORK/results/runs/$(basename "$ckpt" .pt).json" ] && rm -f "$ckpt"
 done
 archive
-timeout 30 "$PY" - "$WORK/results" >> "$log" 2>&1 <<'EOF'
+timeout 5 "$PY" - "$WORK/results" >> "$log" 2>&1 <<'EOF'
 import sys
 from bench import results
 n = lambda v: "-" if v is None else f"{v:.0f}"  # a failed or early-diverged run has no timings

@@ -3,7 +3,8 @@ fits the GPU machines' limits (<= 8 plain files of <= 16 MiB), and a second camp
 (recorded runs skipped) after the GPU tests (skipped here, so no CUDA graphs) and the concurrency probe have
 decided and the init probe has run; a third on the second's warm work folder takes those decisions without
 measuring again and, with FUSE=1, trains the new LRs as one fused group (run_all --fuse-lrs) in one process. Each
-record reaches OUT's ledger archive while the next run trains (a call killed outright keeps it)."""
+record reaches OUT's ledger archive while the next run trains (a call killed outright keeps it), and a time budget
+the device would cut short is refused."""
 from __future__ import annotations
 
 import json
@@ -154,7 +155,7 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
     cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
-    log, records = campaign(tmp_path, "late", jpeg_tarball, TOTAL="25", RESERVE="25", GRAPHS="auto",
+    log, records = campaign(tmp_path, "late", jpeg_tarball, TOTAL="30", RESERVE="30", GRAPHS="auto",
                             LEDGER=str(tmp_path / "no-ledger"))
     limits = [int(line.split()[2]) for line in log.splitlines() if line.startswith("$ timeout ")]
     assert len(limits) == 3 and min(limits) >= 1 and "bench/run_all.py" not in log, log[-3000:]  # prepare, gate, probe
@@ -237,3 +238,15 @@ def test_each_record_reaches_out_while_the_next_run_trains(smoke_data_dir, jpeg_
     assert seen == (1, 1), seen  # the first run's record, while the second was still training
     assert len(archived(archive)) == 2 and not list((tmp_path / "live").glob("*.part"))
 
+
+def test_a_call_the_device_would_cut_short_is_refused_in_one_line(tmp_path):
+    """TOTAL over 570 s (a device call runs at most 600, 30 of them the margin), a RESERVE shorter than what may run
+    after training (the header's arithmetic: 30 s), or a TOTAL that is not whole seconds: one line, exit 2, no
+    OUT folder."""
+    for bad, says in (({"TOTAL": "571"}, "TOTAL=571 is over 570 s"), ({"RESERVE": "29"}, "RESERVE=29 is under"),
+                      ({"TOTAL": "9m"}, "whole seconds")):
+        env = {**os.environ, "OUT": str(tmp_path / "out"), "SRC": str(tmp_path), **bad}
+        p = subprocess.run(["bash", "scripts/campaign.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and says in p.stderr, p.stderr
+        assert not (tmp_path / "out").exists()
