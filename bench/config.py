@@ -86,7 +86,7 @@ class RunConfig:
                              "and always the last (the paper preset's cost: under 2%% of a run on a GPU)")
     eval_last: int = _f(10, "evaluate each of the last N epochs (the final ones: where the best error is)")
     checkpoint_minutes: float = _f(10.0, "checkpoint every N minutes of wall-clock time, at an epoch's end (0: after "
-                                         "every epoch), and always on SIGTERM")
+                                         "every epoch), and always on SIGTERM or Ctrl-C")
     claim_lease_minutes: float = _f(60.0, "grid mode: a run claimed by a process on another host whose claim was not "
                                           "refreshed for this long (no epoch ended) is taken over (bench/workqueue.py)")
     stall_after: int | None = _f(None, "opt-in early stop: a run whose training accuracy is still within 1 pp of "
