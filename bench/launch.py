@@ -151,22 +151,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_children(cmds: list[list[str]]) -> int:
     """Run the commands at once, each in a session of its own (as torchrun starts its ranks), and pass each SIGTERM
-    and Ctrl-C (SIGINT) on to every child's process group once: run_all checkpoints and exits, and torchrun passes
-    it on to its ranks. Waits for all of them; returns the highest exit status (a child killed by signal N: 128 + N).
-    In their own sessions a terminal's Ctrl-C reaches them only through here, so run_all sees it once (a second one
-    kills it at once)."""
+    and Ctrl-C (SIGINT) on to every child's process group once (a closed terminal's SIGHUP as SIGTERM): run_all
+    checkpoints and exits, and torchrun passes it on to its ranks. Waits for all of them; returns the highest exit
+    status (a child killed by signal N: 128 + N). In their own sessions a terminal's signals reach them only through
+    here, so run_all sees a Ctrl-C once (a second one kills it at once)."""
     procs, received = [], []
 
     def forward(signum, _frame):
         received.append(signum)
         for p in procs:
             if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signum)
+                try:  # a closed terminal (SIGHUP) stops them as SIGTERM does: in their own sessions none reaches them
+                    os.killpg(p.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
                 except ProcessLookupError:  # exited meanwhile
                     pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     for c in cmds:
         if received:  # stopped before this one started

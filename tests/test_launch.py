@@ -84,7 +84,7 @@ def test_the_shipped_sample_prepares_for_the_smoke_grid(tmp_path):
     assert load_manifest(tmp_path)["num_images"]["test"] == 100
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 143)])
 def test_a_signal_to_the_launcher_stops_its_run_all_which_checkpoints(sig, code, smoke_data_dir, jpeg_tarball,
                                                                       tmp_path):
     """SIGTERM or Ctrl-C to `python -m bench.launch` reaches its run_all, which checkpoints and exits; the launcher
