@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import allconv  # noqa: E402
 import loaders  # noqa: E402
 from bench import checkpoint, results, weights  # noqa: E402
+from bench.config import Parser, UsageError  # noqa: E402
 from bench.diagnose import diagnose  # noqa: E402
 from loaders.preprocess import build_preprocess  # noqa: E402
 
@@ -41,11 +42,6 @@ PAPER = {"final_relu": True, "preprocess": "gcn-zca", "train_split": "train"}  #
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        fail(message)
 
 
 def agreed(path: Path, found: dict, given: dict, source: str) -> dict:
@@ -118,9 +114,12 @@ def main() -> None:
     p.add_argument("--train-split", choices=loaders.TRAIN_SPLITS, help="as run_all's (default: train)")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--images", type=int, default=2000, help="seeded images per split")
-    args = p.parse_args()
+    try:
+        args = p.parse_args()
+    except UsageError as e:  # one line, as run_all's
+        fail(str(e))
     if args.images < 1:
-        p.error(f"--images must be >= 1, got {args.images}")
+        fail(f"--images must be >= 1, got {args.images}")
     given = {k: getattr(args, k) for k in BUILD}
     try:
         data = checkpoint.read_bytes(args.checkpoint)  # a regular file of sane size, else "unreadable checkpoint"
