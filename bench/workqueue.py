@@ -40,7 +40,7 @@ def final(out, record: dict) -> bool:
     """Whether a valid record ends its run for good: its status is one of DONE and its config hashes to its run key
     (`config.config_key`). One that does not (hand-edited, or copied under another run's key) is not that run: it
     counts as not done (the run is trained), named once on stderr and left in the ledger (the reports read it) until
-    a process claims the run, which sets it aside (`set_aside_misnamed`) before its record replaces it."""
+    a process claims the run, which sets it aside (`_claim`) before its record replaces it."""
     from bench.config import config_key
 
     if record["status"] not in DONE:
@@ -53,16 +53,6 @@ def final(out, record: dict) -> bool:
         print(f"warning: ledger file {path}: its config does not hash to its run key, so it is not counted as that "
               "run (trained again)", file=sys.stderr)
     return False
-
-
-def set_aside_misnamed(out, key: str) -> None:
-    """Move a DONE record under `key` whose config does not hash to it (`final`) to runs/.invalid/, named on stderr:
-    the run is about to be trained, and its record would overwrite that evidence. Called by the claim's holder."""
-    path = results.runs_dir(out) / f"{key}.json"
-    record, _ = results.read_one(path)
-    if record is not None and record["status"] in DONE and not final(out, record):
-        print(f"warning: ledger file {path} is not run {key} (its config does not hash to it), "
-              f"{files.set_aside(path)} before the run is trained", file=sys.stderr)
 
 
 def cost(run, num_images: dict) -> float:
@@ -120,11 +110,15 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
             claim = try_claim(out, key, lease_s)  # takes over the stale claim of an owner that died after recording
         except files.WriteError as e:
             error = e
-        if claim is not None and recorded(out, key):  # finished by another process meanwhile
+        path = results.runs_dir(out) / f"{key}.json"
+        record = results.read_one(path)[0] if claim is not None else None
+        if record is not None and final(out, record):  # finished by another process meanwhile
             claim.release()
             claim = None
         elif claim is not None:
-            set_aside_misnamed(out, key)
+            if record is not None and record["status"] in DONE:  # not its run's (`final`): keep it as evidence
+                print(f"warning: ledger file {path} is not run {key} (its config does not hash to it), "
+                      f"{files.set_aside(path)} before the run is trained", file=sys.stderr)
             log(out, f"claimed {key}")
     error = agree(error, acc, ddp)  # a full disk stops every rank, not only the one that claims
     if error is not None:
