@@ -124,9 +124,10 @@ def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
     return (record, None) if reason is None else (None, reason)
 
 
-def _scan(out: str | os.PathLike, set_bad_aside: bool = True) -> tuple[list[dict], list[str], list[tuple]]:
-    """(valid records sorted by run key, names of the files set aside, (file name, sha256) of each valid record's
-    bytes as read). `set_bad_aside` False: other files are only skipped (not moved, not named)."""
+def _scan(out: str | os.PathLike, set_bad_aside: bool = True) -> tuple[list[dict], list[tuple], list[tuple]]:
+    """(valid records sorted by run key, (file name, where `set_aside` put it) of each file set aside, (file name,
+    sha256) of each valid record's bytes as read). `set_bad_aside` False: other files are only skipped (not moved,
+    not named)."""
     folder = runs_dir(out)
     if not folder.is_dir():
         return [], [], []
@@ -137,8 +138,8 @@ def _scan(out: str | os.PathLike, set_bad_aside: bool = True) -> tuple[list[dict
             records.append(record)
             digests.append((path.name, hashlib.sha256(blob).hexdigest()))
         elif set_bad_aside:
-            skipped.append(path.name)
-            print(f"warning: ledger file {path} skipped, {set_aside(path)}: {reason}; its run counts as not "
+            skipped.append((path.name, set_aside(path)))
+            print(f"warning: ledger file {path} skipped, {skipped[-1][1]}: {reason}; its run counts as not "
                   "recorded", file=sys.stderr)
     return records, skipped, digests
 
@@ -150,13 +151,15 @@ def read_records(out: str | os.PathLike) -> list[dict]:
 
 def load(out: str | os.PathLike):
     """The ledger as a pandas DataFrame, one row per valid record (columns: the record fields above);
-    `df.attrs["skipped"]` lists the file names set aside, `df.attrs["digests"]` (file name, sha256) of the records
+    `df.attrs["skipped"]` lists the file names set aside, `df.attrs["set_aside"]` says where each went ("moved to
+    ...", or "left in place (why)": bench.files.set_aside), `df.attrs["digests"]` (file name, sha256) of the records
     read, for `ledger_sha256`."""
     import pandas as pd
 
     records, skipped, digests = _scan(out)
     df = pd.DataFrame.from_records(records)
-    df.attrs["skipped"], df.attrs["digests"] = skipped, digests
+    df.attrs["skipped"], df.attrs["set_aside"] = [name for name, _ in skipped], dict(skipped)
+    df.attrs["digests"] = digests
     return df
 
 

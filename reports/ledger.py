@@ -171,7 +171,7 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         raise LedgerError(f"no results folder at {results_dir}")
     all_df = results.load(results_dir)
     digests = all_df.attrs["digests"]  # the records as read, for the ledger's hash
-    aside = set_aside_notes(results_dir, all_df.attrs["skipped"])  # the files that were not records
+    aside = set_aside_notes(results_dir, all_df.attrs["set_aside"])  # the files that were not records
     if len(all_df) == 0:
         training = len(list((Path(results_dir) / "checkpoints").glob("*.pt")))
         raise LedgerError(f"the ledger in {results_dir} is empty (no {results.runs_dir(results_dir)}/*.json)" + (
@@ -217,14 +217,14 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     return Ledger(df, all_df, sha256, chosen, epochs, reference, notes)
 
 
-def set_aside_notes(results_dir, skipped: list[str]) -> list[str]:
+def set_aside_notes(results_dir, set_aside: dict[str, str]) -> list[str]:
     """What the ledger's folder holds that is not in the report: the files this read found not to be records
-    (`skipped`: bench.results moved each to runs/.invalid/, or left it where that failed) and how many files earlier
-    reads set aside there."""
+    (`set_aside`: file name -> where bench.files.set_aside put it, runs/.invalid/ or left in place) and how many
+    files earlier reads set aside there."""
     runs = results.runs_dir(results_dir)
     aside = runs / ".invalid"
-    moved = [n for n in skipped if (aside / n).is_file() and not (runs / n).exists()]
-    left = [n for n in skipped if n not in moved]
+    moved = [n for n, where in set_aside.items() if where.startswith("moved to ")]
+    left = [n for n in set_aside if n not in moved]
     earlier = len(list(aside.iterdir())) - len(moved) if aside.is_dir() and not aside.is_symlink() else 0
     notes = [f"Set aside now: {len(moved)} ledger file(s) that are not valid records, moved to {aside} (the "
              f"warnings say why): {', '.join(moved)}."] if moved else []
