@@ -60,17 +60,18 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         rows["runs_per_step"] = together.map(lambda v: int(v) if _known(v) else 1)  # older ledgers: alone
         for k in ("train_images_per_s", "eval_images_per_s"):  # a fused run recorded its share of the group's
             rows[k] = rows[k] * rows["runs_per_step"]
-        # a run trained in fp32 ran with TF32 off (bench.engine.full_fp32), training and evaluation: the plain
-        # fp32 peak. Records from before that state no eval_precision (it came with it): TF32 on, PyTorch's default
-        full = (rows["precision"] == "no") & rows.get("eval_precision", pd.Series(None, index=rows.index)).map(_known)
-        rows["peak_precision"] = full.map(lambda f: "fp32" if f else None)
+    evaluated = rows.get("eval_precision", pd.Series(None, index=rows.index))
+    if source == "ledger":  # a run trained in fp32 ran with TF32 off (bench.engine.full_fp32), training and
+        # evaluation: the plain fp32 peak. Records from before that state no eval_precision (it came with it): TF32
+        # on, PyTorch's default
+        rows["peak_precision"] = ["fp32" if p == "no" and _known(e) else None
+                                  for p, e in zip(rows["precision"], evaluated)]
     for key in THROUGHPUT_KEYS:
         if key not in rows.columns:
             rows[key] = None
     # rows from before bench/graphs.py existed did not replay graphs
     rows["cuda_graphs"] = rows["cuda_graphs"].map(lambda v: _known(v) and bool(v))
     # what evaluation ran in: a record's eval_precision (older records: the training precision, as a benchmark's)
-    evaluated = rows.get("eval_precision", pd.Series(None, index=rows.index))
     rows["eval_precision"] = [e if _known(e) else p for e, p in zip(evaluated, rows["precision"])]
     rows = rows[rows["model"].isin(list(SPECS))]
     order = {name: i for i, name in enumerate(SPECS)}
@@ -82,21 +83,20 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     out = []
     for key in sorted(groups, key=lambda k: (order[k[0]], *(str(v) for v in k[1:]))):
         group, row = groups[key], dict(zip(GROUP_KEYS, key))
-        del row["peak_precision"]
+        stated = row.pop("peak_precision")  # a benchmark row's, or "fp32" for a full-fp32 run of the ledger
         train, evals, fused, ratio = (_median(r.get(k) for r in group) for k in (
             "train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate"))
         flop = macs(row["model"])
         train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
         eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
-        stated = key[-1]  # a benchmark row's, or "fp32" for a full-fp32 run of the ledger
         tf32 = stated == "tf32" if stated else True  # else PyTorch's default for convolutions
-        peak, basis, share = _peak(row["device_name"], row["precision"], tf32, row["devices"])
-        eval_peak, eval_basis, eval_share = _peak(row["device_name"], row["eval_precision"], tf32, row["devices"])
+        peak, basis, train_pct = _peak(row["device_name"], row["precision"], tf32, row["devices"], train_tf)
+        eval_peak, eval_basis, eval_pct = _peak(row["device_name"], row["eval_precision"], tf32, row["devices"],
+                                                eval_tf)
         out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
                     "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
                     "eval_tflops": eval_tf, "peak_tflops": peak, "peak_basis": basis, "eval_peak_tflops": eval_peak,
-                    "eval_peak_basis": eval_basis, "train_peak_pct": share(train_tf),
-                    "eval_peak_pct": eval_share(eval_tf),
+                    "eval_peak_basis": eval_basis, "train_peak_pct": train_pct, "eval_peak_pct": eval_pct,
                     "fused_runs": _median(r.get("fused_runs") for r in group), "fused_train_images_per_s": fused,
                     "fused_over_separate": ratio})
     columns = ["source", *THROUGHPUT_KEYS, "eval_precision", "paper_name", "n_runs", "train_images_per_s",
@@ -106,17 +106,17 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     return _typed(pd.DataFrame(out, columns=columns))
 
 
-def _peak(device_name, precision, tf32: bool, count: int):
-    """(peak TFLOP/s or NaN, its column in bench.devices' table or None, the share of it in % of a TFLOP/s figure)
-    for `count` devices at `precision` (Accelerate's name or a label; None: unknown)."""
+def _peak(device_name, precision, tf32: bool, count: int, tf: float):
+    """(peak TFLOP/s or NaN, its column in bench.devices' table or None, the share of it in % that `tf` TFLOP/s
+    is) for `count` devices at `precision` (Accelerate's name or a label; None: unknown)."""
     try:
         peak = devices.peak_tflops(device_name, str(precision), tf32=tf32) if precision is not None else None
         basis = devices.peak_precision(device_name, str(precision), tf32=tf32) if peak else None
     except ValueError:  # a precision bench.devices does not know
         peak = basis = None
     # mfu of 100 x tf: the share in %, by the same float operations as 100 * tf / (peak * devices)
-    share = (lambda tf: _round(devices.mfu(100 * tf, device_name, str(precision), tf32, count=count))
-             if peak and tf == tf else float("nan"))
+    share = _round(devices.mfu(100 * tf, device_name, str(precision), tf32, count=count)) \
+        if peak and tf == tf else float("nan")
     return float("nan") if peak is None else peak, basis, share
 
 
