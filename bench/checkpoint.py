@@ -27,6 +27,12 @@ TIMINGS = ("steady_s", "steady_img", "eval_s", "eval_img", "wall_s")
 starts at 0."""
 
 
+def rates(t: dict) -> dict:
+    """The record's images per second made of the timing sums `t` (None where no time was spent)."""
+    return {"train_images_per_s": t["steady_img"] / t["steady_s"] if t["steady_s"] else None,
+            "eval_images_per_s": t["eval_img"] / t["eval_s"] if t["eval_s"] else None}
+
+
 def rng_state(device: torch.device | None = None) -> dict:
     """This process's RNG states in forms `torch.load(weights_only=True)` accepts. Only the run's own CUDA device
     (not every visible GPU), so a checkpoint resumes with another GPU count or on CPU."""
@@ -179,8 +185,7 @@ def _timings_ok(extra) -> bool:
         return False
     t = {k: extra.get(k, 0) for k in TIMINGS}
     return all(in_range("wall_time_s", v) for v in t.values()) and all(
-        not t[f"{k}_s"] or in_range(f"{rate}_images_per_s", t[f"{k}_img"] / t[f"{k}_s"])
-        for k, rate in (("steady", "train"), ("eval", "eval")))
+        v is None or in_range(k, v) for k, v in rates(t).items())
 
 
 def _part_epoch_ok(es) -> bool:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import AutocastKwargs
 
-from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.checkpoint import TIMINGS, load_checkpoint, save_checkpoint
 
 STOP_CHECK_EVERY = 25
 """In DDP mode the ranks agree on a SIGTERM stop with one all-reduce of a flag every this many steps (a host sync
@@ -120,8 +120,7 @@ class RunState:
     epoch, restored from and saved to its checkpoint file (`save_checkpoint`: one file per run)."""
     path: Path
     history: list = field(default_factory=list)
-    timings: dict = field(default_factory=lambda: {"steady_s": 0.0, "steady_img": 0, "eval_s": 0.0, "eval_img": 0,
-                                                   "wall_s": 0.0})
+    timings: dict = field(default_factory=lambda: {k: 0 if k.endswith("_img") else 0.0 for k in TIMINGS})
     epoch: int = 0
     epoch_state: EpochState | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -136,8 +135,8 @@ class RunState:
         if es is not None and rank != 0:  # rank 0 resumes the part-done epoch's sums over all ranks (`save`)
             es = replace(es, loss_sum=None, correct=None, seen=None, steady_images=0)
         state = cls(path, ckpt["history"], epoch=ckpt["epoch"], epoch_state=es)
-        state.timings.update({k: v for k, v in ckpt["extra"].items() if k in state.timings and
-                              isinstance(v, (int, float))})  # a sum the file lacks starts at 0
+        state.timings.update({k: v for k, v in ckpt["extra"].items() if k in TIMINGS})  # checked (check_progress);
+        # a sum the file lacks starts at 0
         return state
 
     def wall_seconds(self) -> float:

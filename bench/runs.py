@@ -9,7 +9,7 @@ import math
 import sys
 
 import allconv
-from bench import engine
+from bench import checkpoint, engine
 from bench.config import VAL_SPLIT_OF, Run, RunConfig
 
 CHANCE_MARGIN_PCT = 1.0  # --stall-after: training accuracy within this of 1/num_classes is "at chance"
@@ -58,8 +58,7 @@ def summary(state, status: str, error: str | None, net, acc, autocast, eval_auto
             "best_epoch": best["epoch"] if best else None,
             "val_error_pct": history[-1]["val_error_pct"] if history else None,
             "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
-            "train_images_per_s": t["steady_img"] / t["steady_s"] if t["steady_s"] else None,
-            "eval_images_per_s": t["eval_img"] / t["eval_s"] if t["eval_s"] else None,
+            **checkpoint.rates(t),
             "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
             "precision": "no" if not autocast.enabled else acc.mixed_precision,
             "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision, "fused_runs": fused_runs,
