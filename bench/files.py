@@ -32,7 +32,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(path, f".{path.name}.{HOST}.")
         tmp.unlink(missing_ok=True)  # a link there would carry the write to its target
-        with open(tmp, "xb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:  # O_EXCL: a new file
+        with open(tmp, "xb") as f:  # O_CREAT | O_EXCL: a new file, never through a link (one put there meanwhile)
             fcntl.flock(f, fcntl.LOCK_EX)  # held while writing: no cleaner removes a live writer's file
             write(f)
             f.flush()
