@@ -68,24 +68,27 @@ def full_data_dir(full_tarball, tmp_path_factory) -> Path:
 def _write_official_archive(path: Path, train: tuple, test: tuple, *, members=None) -> Path:
     """Write a cifar-10-python.tar.gz look-alike: `train`/`test` are (uint8 N x 32 x 32 x 3 HWC, labels) pairs;
     train is spread over data_batch_1..5 as in the official archive. `members` limits which batches are written."""
+    import numpy as np
+
+    parts = {f"data_batch_{i + 1}": (x, y) for i, (x, y) in
+             enumerate(zip(np.array_split(train[0], 5), np.array_split(train[1], 5)))}
+    parts["test_batch"] = test
+    return official_batches_archive(path, {n: p for n, p in parts.items() if members is None or n in members})
+
+
+def official_batches_archive(path: Path, batches: dict) -> Path:
+    """An official-format archive whose members are `batches`: name -> (uint8 N x 32 x 32 x 3 HWC, labels), each
+    pickled as the official batches are (images and labels may differ in number: a damaged archive)."""
     import io
     import pickle
     import tarfile
 
     import numpy as np
 
-    def batch(images, labels):
-        data = np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2)).reshape(len(images), -1)
-        return pickle.dumps({b"data": data, b"labels": [int(v) for v in labels]})
-
-    parts = {f"data_batch_{i + 1}": (x, y) for i, (x, y) in
-             enumerate(zip(np.array_split(train[0], 5), np.array_split(train[1], 5)))}
-    parts["test_batch"] = test
     with tarfile.open(path, "w:gz") as tf:
-        for name, (x, y) in parts.items():
-            if members is not None and name not in members:
-                continue
-            blob = batch(x, y)
+        for name, (x, y) in batches.items():
+            data = np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)).reshape(len(x), -1)
+            blob = pickle.dumps({b"data": data, b"labels": [int(v) for v in y]})
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))

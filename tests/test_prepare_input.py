@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import pickle
 import sys
 import tarfile
 import tracemalloc
@@ -15,21 +14,10 @@ from PIL import Image, ImageFile
 
 from loaders import prepare
 from loaders.prepare import prepare_cifar10
+from tests.conftest import official_batches_archive as official_archive
 from tests.test_prepare import REPO, _one_line_error, synthetic_split
 
 SAMPLE = REPO / "data-sample" / "cifar10-jpeg-sample.tar.gz"
-
-
-def official_archive(path: Path, batches: dict) -> Path:
-    """An official-format archive whose members are `batches`: name -> (uint8 N x 32 x 32 x 3, labels)."""
-    with tarfile.open(path, "w:gz") as tf:
-        for name, (x, y) in batches.items():
-            data = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), -1)
-            blob = pickle.dumps({b"data": data, b"labels": [int(v) for v in y]})
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(blob)
-            tf.addfile(info, io.BytesIO(blob))
-    return path
 
 
 def test_images_and_labels_are_counted_per_batch(tmp_path, capsys):
