@@ -9,16 +9,16 @@ from bench.config import config_key
 from reports.ledger import load_ledger
 from reports.report import header, write_report
 from reports.tables import table3, table3_by_lr, table3_runs
+from tests.test_untrusted import history
 from test_reports import record, write_ledger
 
 
 def checkpoint(path, epochs: int, test: float = 40.0) -> None:
     """What run_all's checkpoint holds that a reader uses: the epoch counter, one history entry per epoch (test
     error every other epoch), the seconds trained."""
-    history = [{"epoch": e, "loss": 1.0, "train_acc_pct": 60.0, "lr": 0.1, "seconds": 9.0,
-                "test_error_pct": test - e if e % 2 == 0 else None, "val_error_pct": None}
-               for e in range(1, epochs + 1)]
-    torch.save({"epoch": epochs, "history": history, "extra": {"wall_s": 9.0 * epochs}}, path)
+    entries = [dict(h, train_acc_pct=60.0, seconds=9.0, test_error_pct=test - h["epoch"] if h["epoch"] % 2 == 0
+                    else None) for h in history(epochs)]
+    torch.save({"epoch": epochs, "history": entries, "extra": {"wall_s": 9.0 * epochs}}, path)
 
 
 def test_a_run_still_training_is_unfinished_not_missing(tmp_path):
