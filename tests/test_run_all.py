@@ -134,13 +134,16 @@ RESUME = ("--models", "strided-a", "model-a", "--lrs", "0.05", "--epochs", "3", 
           "--backend", "tensor", "--precision", "no")
 
 
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
-    """The resume grid run without interruption."""
-    out = tmp_path_factory.mktemp("reference")
-    p = run_py(args(data, out, *RESUME))
+def uninterrupted(data, out, *extra) -> dict:
+    """The resume grid run without interruption: {model: record}."""
+    p = run_py(args(data, out, *RESUME, *extra))
     assert p.returncode == 0, p.stderr[-3000:]
     return {r["model"]: r for r in results.read_records(out)}
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    return uninterrupted(data, tmp_path_factory.mktemp("reference"))
 
 
 TORCH = ("--backend", "torch", "--num-workers", "1")  # the DataLoader backend, with a worker process
@@ -148,11 +151,8 @@ TORCH = ("--backend", "torch", "--num-workers", "1")  # the DataLoader backend, 
 
 @pytest.fixture(scope="module")
 def reference_torch(data, tmp_path_factory):
-    """The resume grid on the torch backend, without interruption."""
-    out = tmp_path_factory.mktemp("reference-torch")
-    p = run_py(args(data, out, *RESUME, *TORCH))
-    assert p.returncode == 0, p.stderr[-3000:]
-    return {r["model"]: r for r in results.read_records(out)}
+    """On the torch backend."""
+    return uninterrupted(data, tmp_path_factory.mktemp("reference-torch"), *TORCH)
 
 
 def start_and_interrupt(data, out, sig, *extra, group=False) -> tuple[subprocess.Popen, str]:
