@@ -97,7 +97,7 @@ def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
     if any(a == "--preset" or a.startswith("--preset=") for a in args):
         return [sys.executable, run_all, *args], None
     extra = [] if any(a == "--source" or a.startswith("--source=") for a in args) else ["--source", str(offline_source())]
-    from bench.config import parse_args
+    from bench.cli import parse_args
 
     parse_args(["--preset", "smoke", *extra, *args])  # a typo: run_all's one-line error now, not after the timing
     note = (f"no GPU here: the paper grid (48 runs x 350 epochs) would take ~{paper_grid_cpu_hours():,.0f} h on this "
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = gpu_count()
     try:
         cmd, note = command(args, gpus)
-    except ValueError as e:  # bench.config.UsageError included
+    except ValueError as e:  # bench.cli.UsageError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     cmds = concurrent(cmd, runs_per_gpu() if gpus > 0 else 1)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(shlex.join(c) for c in cmds))
         return 0
     if len(cmds) > 1:  # the launches would all prepare the same folder at once: prepare it once, here
-        from bench.config import UsageError, parse_args
+        from bench.cli import UsageError, parse_args
         from loaders.prepare import prepare_cifar10
         try:
             cfg = parse_args(args)

@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 from bench import claims, results, workqueue  # noqa: E402
-from bench.config import UsageError, expand, parse_args  # noqa: E402
+from bench.cli import UsageError, parse_args  # noqa: E402
+from bench.config import expand  # noqa: E402
 
 SAME_COST = ("batch_size", "precision", "train_split", "subset_per_class", "preset")
 """Config fields that change a run's seconds per epoch beyond its model: runs timed alike share these."""

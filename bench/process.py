@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import UsageError
+from bench.cli import UsageError
 
 
 class LaunchError(UsageError):

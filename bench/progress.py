@@ -28,7 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench import results
-from bench.config import GRID_FIELDS, NOT_IN_KEY, PRESETS, Run, RunConfig, UsageError
+from bench.cli import UsageError
+from bench.config import GRID_FIELDS, NOT_IN_KEY, PRESETS, Run, RunConfig
 from bench.devices import precision_label
 
 SCALARS = {"loss": "train/loss", "train_acc_pct": "train/acc", "test_error_pct": "test/error",

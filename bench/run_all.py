@@ -4,7 +4,8 @@
     python bench/run_all.py --preset smoke --source ../shared/data/cifar10-jpeg.tar.gz --out /tmp/smoke
 
 Each run's record lands in <out>/runs/<run_key>.json (bench/results.py); a rerun of the same command skips
-recorded runs and resumes unfinished ones from <out>/checkpoints/. `--help` lists every option (bench/config.py).
+recorded runs and resumes unfinished ones from <out>/checkpoints/. `--help` lists every option (bench/cli.py: one
+per bench/config.py field).
 
 --mode grid (one run per process, no gradient sync, each run at the full batch): the fast way whenever there are at
 least as many runs as processes, e.g. the 48-run grid on 8 GPUs; results do not depend on the process count.
@@ -25,7 +26,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import loaders  # noqa: E402
 from bench import engine, files, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
-from bench.config import Run, UsageError, expand, parse_args  # noqa: E402
+from bench.cli import UsageError, parse_args  # noqa: E402
+from bench.config import Run, expand  # noqa: E402
 from bench.progress import Progress  # noqa: E402
 from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, make_record, now,  # noqa: E402
                         stop_reason, summary, train_loader)

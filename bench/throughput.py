@@ -27,7 +27,7 @@ import allconv  # noqa: E402  (specs only: no torch until a network is built)
 from allconv import resolve_models  # noqa: E402  (one helper for names and patterns)
 import loaders  # noqa: E402  (loaders/__init__ imports no torch)
 from bench import devices, timing  # noqa: E402  (timing: the step and its clock, also for tests/benchmarks)
-from bench.config import Parser, UsageError, precision_arg  # noqa: E402
+from bench.cli import Parser, UsageError, precision_arg  # noqa: E402
 
 COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "cuda_graphs",
            "batch_size",

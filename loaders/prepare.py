@@ -258,7 +258,7 @@ def load_manifest(data_dir: str | os.PathLike) -> dict:
 
 
 def main(argv=None) -> int:
-    from bench.config import Parser  # argparse whose errors are one line, as run_all's
+    from bench.cli import Parser  # argparse whose errors are one line, as run_all's
 
     p = Parser(prog="python -m loaders.prepare", description=__doc__.splitlines()[0])
     p.add_argument("--source", default="torchvision", help="torchvision | cifar-10-python.tar.gz or its folder | "

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import allconv  # noqa: E402
 import loaders  # noqa: E402
 from bench import checkpoint, results, weights  # noqa: E402
-from bench.config import Parser, UsageError  # noqa: E402
+from bench.cli import Parser, UsageError  # noqa: E402
 from bench.diagnose import diagnose  # noqa: E402
 from loaders.preprocess import build_preprocess  # noqa: E402
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench import claims, process, workqueue
-from bench.config import PRESETS, expand, parse_args
+from bench.cli import parse_args
+from bench.config import PRESETS, expand
 
 GRID = ("--models", "strided-b", "strided-c", "strided-a", "--lrs", "0.25", "0.1", "0.05", "0.01")  # 12 runs
 

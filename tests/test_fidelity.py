@@ -204,7 +204,8 @@ def test_the_next_command_names_the_report_folder_make_report_writes(tmp_path, m
 
 
 def test_tracker_names_say_what_an_ablation_arm_changes():
-    from bench.config import expand, parse_args
+    from bench.cli import parse_args
+    from bench.config import expand
     from bench.progress import tracker_name
 
     cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--ablations", "bn-dropout,precision"])
@@ -216,7 +217,8 @@ def test_tracker_names_say_what_an_ablation_arm_changes():
 def test_stall_after_is_off_in_both_presets_and_outside_the_run_key():
     import dataclasses
 
-    from bench.config import PRESETS, expand, parse_args
+    from bench.cli import parse_args
+    from bench.config import PRESETS, expand
 
     assert PRESETS["paper"].stall_after is None and PRESETS["smoke"].stall_after is None
     assert PRESETS["paper"].eval_precision == "no"
@@ -231,7 +233,7 @@ def test_stall_after_is_off_in_both_presets_and_outside_the_run_key():
 
 def test_run_all_takes_model_patterns_as_allconv_does(capsys):
     import allconv
-    from bench.config import parse_args
+    from bench.cli import parse_args
     from bench.run_all import main
 
     assert parse_args(["--models", "*-c"]).models == ("model-c", "strided-c", "convpool-c", "allcnn-c")
@@ -244,7 +246,7 @@ def test_run_all_takes_model_patterns_as_allconv_does(capsys):
 
 
 def test_list_options_take_comma_separated_values_as_models_does(capsys):
-    from bench.config import parse_args
+    from bench.cli import parse_args
     from bench.run_all import main
 
     cfg = parse_args(["--lrs", "0.1,0.05", "0.01", "--seeds", "0,1", "--lr-drops", "3,4", "--epochs", "5"])
@@ -271,7 +273,7 @@ def test_help_exits_0_on_every_entry_point(name):
 
 
 def test_run_all_help_shows_the_defaults_of_the_preset_in_use():
-    from bench.config import build_parser
+    from bench.cli import build_parser
 
     smoke, paper_help = build_parser("smoke").format_help(), build_parser("paper").format_help()
     assert "--preset smoke" in smoke and "(default: 2)" in smoke and "(default: 350)" not in smoke

@@ -192,7 +192,8 @@ def test_fuse_lrs_refuses_what_it_cannot_fuse(data, tmp_path, capsys, extra, mes
 
 def test_ablation_arms_that_cannot_fuse_train_alone():
     """--fuse-lrs with ablations: the BN arm (and any other that FusedRuns cannot run) is expanded without it."""
-    from bench.config import expand, parse_args
+    from bench.cli import parse_args
+    from bench.config import expand
 
     runs = expand(parse_args(["--models", "allcnn-c", "--ablations", "bn-dropout", "--fuse-lrs"]))
     assert {r.cfg.fuse_lrs for r in runs if r.cfg.bn} == {False}

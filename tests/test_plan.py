@@ -10,7 +10,8 @@ import torch
 
 from allconv import macs
 from bench import claims, launch, plan, results
-from bench.config import config_key, parse_args
+from bench.cli import parse_args
+from bench.config import config_key
 from bench.run_all import main as run_all
 from tests.test_untrusted import history
 

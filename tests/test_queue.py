@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench import claims, results, workqueue
-from bench.config import expand, parse_args
+from bench.cli import parse_args
+from bench.config import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))

@@ -15,13 +15,14 @@ if __name__ == "__main__":  # the worker below runs as a script
 
 import pytest  # noqa: E402
 
-from bench import ablations, checkpoint, config, engine  # noqa: E402
-from bench.config import PRESETS, RunConfig, expand, parse_args  # noqa: E402
+from bench import ablations, checkpoint, cli, config, engine  # noqa: E402
+from bench.cli import parse_args  # noqa: E402
+from bench.config import PRESETS, RunConfig, expand  # noqa: E402
 
 
 
 def test_every_field_is_one_option_with_help():
-    parser = config.build_parser()
+    parser = cli.build_parser()
     options = {a.dest: a for a in parser._actions if a.dest != "help"}
     assert set(options) == {f.name for f in dataclasses.fields(RunConfig)}
     for f in dataclasses.fields(RunConfig):
