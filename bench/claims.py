@@ -1,10 +1,11 @@
 """Claim files: which process trains which run of a grid (bench/workqueue.py hands runs out with them).
 
 A claim is `<out>/claims/<run_key>.json` created with O_CREAT|O_EXCL (atomic on local filesystems and NFSv3+),
-holding host, pid, the pid's start time and the claim's start time; its mtime is the owner's heartbeat. A claim is
-stale when its process is gone: same host and that process no longer exists (pid dead, or reused by another
-process), or another host (or a pid no process here can have, a damaged claim) and no heartbeat for `lease_s` (set
-the lease above the longest epoch). Claims are judged,
+holding host, pid, the pid's start time, the process space (`SPACE`) and the claim's start time; its mtime is the
+owner's heartbeat. A claim is stale when its process is gone: same host and process space and that process no
+longer exists (pid dead, or reused by another process), or another host or process space (two machines or
+containers of one host name; or a pid no process here can have, a damaged claim) and no heartbeat for `lease_s`
+(set the lease above the longest epoch). Claims are judged,
 taken over and created under one exclusive lock (`<out>/claims/.lock`, flock), so of many processes that find the
 same stale claim exactly one takes the run. (A first version renamed the stale file and compared inodes: a freed
 inode number reused by the winner's new claim let a second taker win too.) `<out>/claims/log.txt` has one line per
@@ -26,6 +27,18 @@ from pathlib import Path
 from bench import files
 
 HOST = socket.gethostname()
+
+
+def _space() -> str | None:
+    """This boot of this machine and this pid namespace (Linux): where a pid names one process. Two machines, or
+    two containers, may share a host name; their pids mean nothing to each other."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + " " + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+SPACE = _space()
 
 
 def claims_dir(out) -> Path:
@@ -89,11 +102,12 @@ after at most this long without a heartbeat."""
 
 def stale(info: dict, mtime: float, lease_s: float) -> bool:
     """Whether a claim (its JSON and its file's mtime) belongs to a process that is gone. Judged by its process when
-    it names this host, a pid that can be one here and a start time as `_pid_start` gives it; else (another host, or
-    fields this module does not write) by its heartbeat: `lease_s`, or `DAMAGED_LEASE_S` when shorter and the claim
-    holds nothing."""
+    it names this host and process space (a claim written before claims had one: this host), a pid that can be one
+    here and a start time as `_pid_start` gives it; else (another host or process space, or fields this module does
+    not write) by its heartbeat: `lease_s`, or `DAMAGED_LEASE_S` when shorter and the claim holds nothing."""
     pid, start = info.get("pid"), info.get("pid_start")
-    here = info.get("host") == HOST and type(pid) is int and 0 < pid < PID_LIMIT
+    here = (info.get("host") == HOST and info.get("space", SPACE) == SPACE and type(pid) is int
+            and 0 < pid < PID_LIMIT)
     if here and (start is None or isinstance(start, str)):
         return not alive(pid, start)
     return time.time() - mtime > (lease_s if info else min(lease_s, DAMAGED_LEASE_S))
@@ -204,7 +218,7 @@ def _try_claim(out, path: Path, key: str, lease_s: float) -> Claim | None:
             else:
                 path.unlink()
             log(out, f"took over {key} from {owner(info)}")
-        body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+        body = json.dumps({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()), "space": SPACE,
                            "started_at": time.time()}).encode()
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # no one else creates while we hold the lock
         try:

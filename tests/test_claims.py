@@ -40,6 +40,19 @@ def test_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     assert not path.exists() and sorted(p.name for p in path.parent.iterdir()) == [".lock", "log.txt"]
 
 
+def test_claim_of_another_machine_of_this_host_name_is_judged_by_its_heartbeat(tmp_path):
+    """Two machines (or containers) of one host name: the other's pid means nothing here. Its live claim, whose
+    pid no process here has, was taken over as dead until claims named their process space."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    path = write_claim(tmp_path, "k", host=claims.HOST, pid=dead.pid, space="another boot pid:[1]")
+    assert claims.try_claim(tmp_path, "k", lease_s=3600) is None
+    two_hours_ago = time.time() - 7200
+    os.utime(path, (two_hours_ago, two_hours_ago))
+    assert claims.try_claim(tmp_path, "k", lease_s=3600) is not None
+    assert json.loads(path.read_text())["space"] == claims.SPACE is not None
+
+
 def test_a_claim_taken_over_is_not_released_by_its_old_owner(tmp_path):
     """An owner whose lease expired while it lived (another host took the run over) leaves the new claim alone,
     even when the new file has the same inode number as its own had."""
