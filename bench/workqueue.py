@@ -40,7 +40,8 @@ def final(out, record: dict) -> bool:
     """Whether a valid record ends its run for good: its status is one of DONE and its config hashes to its run key
     (`config.config_key`). One that does not (hand-edited, or copied under another run's key) is not that run: it
     counts as not done (the run is trained), named once on stderr and left in the ledger (the reports read it) until
-    a process claims the run, which sets it aside (`_claim`) before its record replaces it."""
+    a process claims the run, which sets it aside (`_claim`, as any record not of its run) before its record
+    replaces it."""
     from bench.config import config_key
 
     if record["status"] not in DONE:
@@ -103,7 +104,11 @@ def claimed(items: list, out, *, lease_s: float, stop=lambda: False, acc=None, d
 
 
 def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
-    """This process's claim on run `key`, or None (held by a live process, or recorded meanwhile)."""
+    """This process's claim on run `key`, or None (held by a live process, or recorded meanwhile). A record under
+    `key` that is not that run's (its config hashes to another key; whatever its status) is set aside, not
+    replaced by the run's own record."""
+    from bench.config import config_key
+
     claim, error = None, None
     if not ddp or acc.is_main_process:
         try:
@@ -116,7 +121,7 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
             claim.release()
             claim = None
         elif claim is not None:
-            if record is not None and record["status"] in DONE:  # not its run's (`final`): keep it as evidence
+            if record is not None and config_key(record["config"]) != key:  # not its run's: kept as evidence
                 print(f"warning: ledger file {path} is not run {key} (its config does not hash to it), "
                       f"{files.set_aside(path)} before the run is trained", file=sys.stderr)
             log(out, f"claimed {key}")
