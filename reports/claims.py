@@ -189,11 +189,9 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
         elif c.relation == "best":
             found = [_unless_open(verdict(x_err, errors[m], "better", n_test=n_test), "better", x_err, errors[m],
                                   picked[c.x], picked[m]) for m in others]
-            words = {v for v, _, _ in found}
-            worst = max(found, key=lambda f: 0 if f[0] == "reproduced" else 1 if f[0] == "inconclusive" else 2)
+            worst = max(found, key=lambda f: WEAKER.index(f[0]))  # the comparison that decides the verdict
             unmeasured = len(SPECS) - 1 - len(others)  # "the best" is shown only against every other model
-            row.update(verdict="not reproduced" if "not reproduced" in words else "inconclusive" if unmeasured or
-                       "inconclusive" in words else OPEN if OPEN in words else "reproduced",
+            row.update(verdict=max(worst[0], "inconclusive" if unmeasured else worst[0], key=WEAKER.index),
                        test=f"against each of {len(others)} model{'s' * (len(others) != 1)}"
                        + (f" ({unmeasured} not measured)" if unmeasured else "") + f"; weakest: {worst[1]}",
                        p_value=_round(worst[2]))
@@ -212,6 +210,8 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
 
 OPEN = "inconclusive (LR grid incomplete)"
 """The verdict of a claim that runs still to measure could reverse (`_unless_open`)."""
+WEAKER = ("reproduced", OPEN, "inconclusive", "not reproduced")
+""""The best" takes the verdict of its weakest comparison, in this order (any model that beats it refutes it)."""
 
 
 def _unless_open(found: tuple[str, str, float], relation: str, x: list[float], y: list[float],

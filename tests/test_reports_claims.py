@@ -145,3 +145,16 @@ def test_the_best_of_table3_waits_for_every_lr_of_every_model(tmp_path):
     c = claims_on_a_grid(tmp_path / "open", {**others, "allcnn-c": {0.1: [9.5], 0.05: [9.0]}})
     assert c.loc[BEST, "verdict"] == "inconclusive (LR grid incomplete)"
     assert c.loc[BEST, "test"].endswith("; LR grid incomplete (Model C: 0.1 missing)")
+
+
+def test_the_best_of_table3_names_the_comparison_that_decides_it(tmp_path):
+    """Model C beats All-CNN-C (not reproduced) while Model A, better than no other, still lacks an LR (that
+    comparison alone: inconclusive, LR grid incomplete). The verdict is Model C's, and so are the test and p
+    shown: they were Model A's, the first in Table 3 order of the comparisons ranked equally weak."""
+    others = {m: {0.1: [12.0 + i / 10, 12.1 + i / 10], 0.05: [11.0 + i / 10, 11.1 + i / 10]}
+              for i, m in enumerate(SPECS) if m != "allcnn-c"}
+    others["model-a"] = {0.05: [12.0, 12.1]}
+    others["model-c"] = {0.1: [8.5, 8.6], 0.05: [7.0, 7.1]}
+    c = claims_on_a_grid(tmp_path, {**others, "allcnn-c": {0.1: [9.5, 9.6], 0.05: [9.0, 9.1]}})
+    assert c.loc[BEST, "verdict"] == "not reproduced"
+    assert "weakest: Welch t = 28.28, dof 2.0" in c.loc[BEST, "test"] and c.loc[BEST, "p_value"] == 0.001248
