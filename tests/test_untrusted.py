@@ -344,12 +344,15 @@ def test_ledger_files_that_are_no_records_are_set_aside(grid, tmp_path):
 
 def test_a_record_nested_deep_enough_for_json_but_not_for_python_is_damage(tmp_path):
     """600 levels: json.loads reads them, the walk that escapes lone surrogates (schema.utf8) ran out of stack and
-    the RecursionError escaped every reader of the ledger."""
+    the RecursionError escaped every reader of the ledger. Python 3.12 (the GPU machines') walks 600 levels: the
+    record is then refused for what it lacks; damage either way, never a crash."""
     path = tmp_path / "runs" / "0123456789abcdef.json"
     path.parent.mkdir()
     path.write_text('{"a": ' * 600 + "1" + "}" * 600)
     record, why = results.read_one(path)
-    assert record is None and why.startswith("unreadable (RecursionError")
+    assert record is None and why.startswith(("unreadable (RecursionError", "field 'run_key' is missing")), why
+    if sys.version_info < (3, 12):
+        assert why.startswith("unreadable (RecursionError"), why
 
 
 def test_a_path_that_is_not_utf8_is_written_and_read_as_its_escape(grid, tmp_path):
