@@ -11,6 +11,9 @@ a mistyped or unusable field is refused when this module is imported.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 from bench.config import NOT_IN_KEY, RunConfig  # config imports this module only inside functions
@@ -81,15 +84,46 @@ then be one run."""
 
 def check(name: str, ablation: Ablation) -> None:
     """Raise a ValueError, naming the ablation and the field, unless every arm sets only fields of RunConfig that
-    change what a run computes (and `lrs`): an arm on any other field would train or report as its baseline."""
+    change what a run computes (and `lrs`), each to a value of the field's type (`lrs`: a non-empty tuple of LRs
+    > 0): an arm on any other field would train or report as its baseline, and a value of another type (`0` for
+    False, `"lrs": 0.1`) would stop run_all with a traceback, before or after training the run."""
     fields = {f.name for f in dataclasses.fields(RunConfig)} - set(NOT_IN_KEY) - set(NOT_ARM_FIELDS)
+    hints = typing.get_type_hints(RunConfig)
     for arm, overrides in ablation.arms.items():
         bad = sorted(set(overrides) - fields - {"lrs"})
         if bad:
             raise ValueError(f"ablation {name!r}, arm {arm!r}: {', '.join(bad)} cannot be varied by an arm; "
                              f"use fields of bench.config.RunConfig that change a run's result")
+        for field_name, value in overrides.items():
+            lrs = field_name == "lrs"
+            if not (_fits(value, hints["lrs"]) and value and all(v > 0 and math.isfinite(v) for v in value)
+                    if lrs else _fits(value, hints[field_name])):
+                want = "a non-empty tuple of learning rates > 0" if lrs else _type_name(hints[field_name])
+                raise ValueError(f"ablation {name!r}, arm {arm!r}: {field_name} must be {want}, got {value!r:.60}")
     if next(iter(ablation.arms.values()), None) != {}:
         raise ValueError(f"ablation {name!r}: its first arm is the baseline and must override nothing ({{}})")
+
+
+def _fits(value, hint) -> bool:
+    """Whether `value` is of the RunConfig type `hint` (bool is not a number here; a tuple field takes a tuple)."""
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    """How a RunConfig type reads in an error: "True or False", "a number", "a tuple of int", "int or None"."""
+    if typing.get_origin(hint) is tuple:
+        return f"a tuple of {_type_name(typing.get_args(hint)[0])}"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    return {bool: "True or False", float: "a number", int: "an int", str: "a str", type(None): "None"}.get(hint, str(hint))
 
 
 def varied(ablation: Ablation) -> tuple[str, ...]:

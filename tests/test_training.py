@@ -92,6 +92,12 @@ def test_ablations_add_their_arms_once_and_arm_of_finds_them():
     ({"base": {}, "short": {"epochs": 100}}, "arm 'short': epochs cannot be varied"),  # a report takes one length
     ({"base": {}, "few": {"subset_per_class": 10}}, "arm 'few': subset_per_class cannot"),  # data prepared once
     ({"base": {"bn": True}}, "its first arm is the baseline and must override nothing"),
+    # values of another type: they trained the run and then failed its record's check, or crashed torch's SGD
+    ({"base": {}, "off": {"dropout": 0}}, "arm 'off': dropout must be True or False, got 0"),
+    ({"base": {}, "wd": {"weight_decay": "5e-4"}}, "arm 'wd': weight_decay must be a number, got '5e-4'"),
+    ({"base": {}, "one": {"lrs": 0.1}}, r"arm 'one': lrs must be a non-empty tuple of learning rates > 0, got 0.1"),
+    ({"base": {}, "neg": {"lrs": (-0.01,)}}, r"arm 'neg': lrs must be a non-empty tuple of learning rates > 0"),
+    ({"base": {}, "none": {"lrs": ()}}, r"arm 'none': lrs must be a non-empty tuple of learning rates > 0"),
 ])
 def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
     with pytest.raises(ValueError, match=f"ablation 'mine', {error}" if "arm '" in error else error):
