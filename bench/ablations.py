@@ -153,12 +153,18 @@ def baseline(preset: str | None = "paper") -> dict[str, object]:
     from bench.config import PRESETS  # not at the top: bench.config builds PRESETS after RunConfig
 
     cfg = PRESETS.get(preset, RunConfig())
-    return {k: getattr(cfg, k) for k in BASELINE_FIELDS}
+    return as_recorded({k: getattr(cfg, k) for k in BASELINE_FIELDS})
 
 
 def arm_values(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
     """The BASELINE fields as an arm sets them, on top of `preset`'s values."""
-    return {**baseline(preset), **arm_overrides(ablation, arm)}
+    return as_recorded({**baseline(preset), **arm_overrides(ablation, arm)})
+
+
+def as_recorded(values: dict) -> dict:
+    """Config values as a record's JSON holds them, to compare with one: a tuple (lr_drops) as a list, since
+    (200, 250, 300) != [200, 250, 300] would set every run apart from its preset's values."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:

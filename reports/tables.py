@@ -19,7 +19,7 @@ from collections import Counter
 import pandas as pd
 
 from allconv.specs import PAPER_AUGMENTED_ERROR_PCT, SPECS, macs
-from bench.ablations import ABLATIONS, arm_overrides, arm_values, varied
+from bench.ablations import ABLATIONS, arm_overrides, arm_values, as_recorded, varied
 from reports.ledger import _known, differences, requested_grid, same_config
 
 DIGITS = 6
@@ -217,7 +217,7 @@ def arm_config(reference: dict | None, name: str, arm: str) -> dict | None:
     overrides = arm_overrides(ABLATIONS[name], arm)
     if "eval_precision" not in reference:  # recorded before eval_precision was
         overrides.pop("eval_precision", None)
-    return {**reference, **overrides}
+    return {**reference, **as_recorded(overrides)}
 
 
 def ablation_runs(df: pd.DataFrame, name: str, reference: dict | None) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from allconv.specs import SPECS, macs
-from bench import results, schema
+from bench import ablations, results, schema
 from bench.ablations import BASELINE
 from reports import formats
 from reports.ledger import load_ledger
@@ -267,6 +267,22 @@ def test_a_grid_at_another_batch_size_is_still_table3(tmp_path):
     bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
     assert list(bn["error_pct"]) == [10.0, 9.0, 5.0, 6.0] and bn["arm_here"].isna().all()  # labels hold
     assert list(throughput_table(led.df)["n_runs"]) == [1]
+
+
+def test_an_arm_on_a_list_field_is_not_taken_for_table3(tmp_path, monkeypatch):
+    """A user's ablation on lr_drops, a tuple in RunConfig and a list in a record: `--models allcnn-c --ablations
+    schedule` gives one run per arm. The grid's run is Table 3's; the arm's (whose config sorts first) was, with
+    the grid's own run excluded and the baseline arm labelled "here lr_drops=[200, 250, 300]"."""
+    monkeypatch.setitem(ablations.ABLATIONS, "schedule", ablations.Ablation(
+        "LR schedule", {"drops (paper)": {}, "earlier": {"lr_drops": (100, 200, 300)}}))
+    monkeypatch.setattr(ablations, "BASELINE_FIELDS", (*ablations.BASELINE_FIELDS, "lr_drops"))  # as on import
+    recs = [record(lr=0.05, test=10.0), record(lr=0.05, test=8.0, lr_drops=[100, 200, 300])]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert led.reference["lr_drops"] == [200, 250, 300] and left_out(led.df, led.reference) == []
+    assert table3(led.df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == 10.0
+    sched = ablation_table(led.df, "schedule", led.reference).set_index("arm")
+    assert list(sched["error_pct"]) == [10.0, 8.0] and sched["arm_here"].isna().all()
+    assert [ablations.arm_of(r["config"], "schedule") for r in recs] == ["drops (paper)", "earlier"]
 
 
 def test_an_ablation_is_shown_only_beyond_table3s_own_runs(tmp_path):
