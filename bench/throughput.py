@@ -17,6 +17,7 @@ import datetime
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from allconv import resolve_models  # noqa: E402  (one helper for names and patt
 import loaders  # noqa: E402  (loaders/__init__ imports no torch)
 from bench import devices, timing  # noqa: E402  (timing: the step and its clock, also for tests/benchmarks)
 from bench.cli import Parser, UsageError, precision_arg  # noqa: E402
+from bench.files import WriteError  # noqa: E402  (bench.files imports no torch)
 
 COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "cuda_graphs",
            "batch_size",
@@ -100,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.loaders and not (args.data_dir / "manifest.json").is_file():
         raise UsageError(f"--data-dir {args.data_dir} is not prepared (no manifest.json): "
                          "run python -m loaders.prepare")
+    for flag in ("json", "csv"):  # now, not after the first row was measured
+        path = getattr(args, flag)
+        folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None) if path else None
+        if path and (path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
+            why = "it is a folder" if path.is_dir() else f"{folder} is not a writable folder"
+            raise UsageError(f"--{flag} {path}: cannot be written ({why}); give a file path in a writable folder")
     return args
 
 
@@ -288,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"throughput.py: error: {error}", file=sys.stderr)
         return 2
+    except WriteError as error:  # e.g. a full disk: the rows written before it are kept
+        print(f"throughput.py: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0
 
 

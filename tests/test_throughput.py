@@ -198,6 +198,10 @@ def test_fused_step_trains_every_run_on_the_batch():
     assert timing.make_fused_step("strided-c", acc, "fp16", True, runs=3) is None
 
 
+TINY = ["--models", "strided-a", "--precision", "fp32", "--steps", "1", "--repeats", "1", "--warmup", "0",
+        "--batch-size", "2", "--no-eval"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--models", "allcnn-z"], "no model matches 'allcnn-z'"),
     (["--precision", "fp64"], "unknown precision fp64"),
@@ -209,6 +213,9 @@ def test_fused_step_trains_every_run_on_the_batch():
     (["--frobnicate"], "unrecognized arguments"),
     (["--cuda-graphs", "--warmup", "3"], "--cuda-graphs needs --warmup 4 or more"),
     (["--cuda-graphs", "--precision", "fp16"], "neither --precision fp16"),
+    # an output that cannot be written: a traceback once the first row was measured (here in ~1 s; all 12: minutes)
+    (["--json", "README.md/tp.json", *TINY], "--json README.md/tp.json: cannot be written (README.md is not a"),
+    (["--csv", "bench", *TINY], "--csv bench: cannot be written (it is a folder)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message):
     result = subprocess.run([sys.executable, "bench/throughput.py", *argv], cwd=ROOT, capture_output=True,
