@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 
 from bench.config import NOT_IN_KEY, RunConfig  # config imports this module only inside functions
+from bench.devices import PRECISION_LABELS  # no torch
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,12 @@ def as_recorded(values: dict) -> dict:
 def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:
     """The config fields an arm sets on top of the grid's config, as its runs are trained (bench.config.expand)
     and found on top of Table 3's (reports.tables.arm_config): its overrides without `lrs` (the first arm sets
-    none: it is the grid's own run); an fp32 arm evaluates in fp32 too."""
+    none: it is the grid's own run); a precision by its label ("fp32") by its name ("no"), as on the command line;
+    an fp32 arm evaluates in fp32 too."""
     overrides = {k: v for k, v in ablation.arms[arm].items() if k != "lrs"}
+    if "precision" in overrides:
+        overrides["precision"] = {label: name for name, label in PRECISION_LABELS.items()}.get(
+            overrides["precision"], overrides["precision"])
     if overrides.get("precision") == "no":
         overrides["eval_precision"] = "no"
     return overrides

@@ -105,6 +105,15 @@ def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
     ablations.check("mine", ablations.Ablation("Mine", {"base": {}, "wd": {"weight_decay": 5e-4, "lrs": (0.1,)}}))
 
 
+def test_an_arm_may_name_fp32_by_its_label(monkeypatch):
+    """`--precision` takes fp32 for "no"; an arm {"precision": "fp32"} was refused with "ablation NAME needs
+    --precision fp32", which the same refusal followed. It is the precision ablation's fp32 arm."""
+    mine = ablations.Ablation("Mine", {"base": {}, "fp32": {"precision": "fp32"}})
+    monkeypatch.setitem(ablations.ABLATIONS, "mine", mine)
+    runs = expand(parse_args(["--models", "allcnn-c", "--lrs", "0.1", "--ablations", "mine,precision"]), "sha")
+    assert [(r.cfg.precision, r.cfg.eval_precision) for r in runs] == [("bf16", "no"), ("no", "no")]
+
+
 @pytest.mark.parametrize("option, value, shown", [("--weight-decay", "nan", "nan"), ("--weight-decay", "inf", "inf"),
                                                   ("--weight-decay", "-1", "-1.0"),
                                                   ("--batch-size", str(10 ** 19), str(10 ** 19)),
