@@ -163,8 +163,9 @@ class RunConfig:
         if self.eval_precision not in ("no", self.precision):
             bad(f"--eval-precision must be no or the training precision {self.precision}, got {self.eval_precision}")
         for name in ablations:  # ablation arms may only turn autocast off: one Accelerator per process
-            for label in _ablations().ABLATIONS[name].arms:
-                arm = _ablations().arm_overrides(_ablations().ABLATIONS[name], label)  # "fp32" as "no"
+            ablation = _ablations().ABLATIONS[name]
+            for label in ablation.arms:
+                arm = _ablations().arm_overrides(ablation, label)  # "fp32" as "no"
                 if arm.get("precision", self.precision) not in (self.precision, "no"):
                     bad(f"ablation {name} needs --precision {arm['precision']}")
 
