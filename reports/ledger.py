@@ -10,6 +10,7 @@ the reference config (with the arm's overrides), except the fields in `NOT_COMPA
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -20,8 +21,8 @@ import pandas as pd
 
 from allconv.specs import SPECS
 from bench import results
-from bench.ablations import BASELINE, baseline
-from bench.config import NOT_IN_KEY
+from bench.ablations import BASELINE, as_recorded, baseline
+from bench.config import NOT_IN_KEY, PRESETS
 from bench.devices import precision_label  # noqa: F401 (reports import it from here)
 
 COLUMNS = (
@@ -90,6 +91,14 @@ def off_baseline(config: dict, ignore: tuple[str, ...] = ()) -> int:
     return sum(config.get(k) != v for k, v in baseline(config.get("preset")).items() if k not in ignore)
 
 
+def off_preset(config: dict) -> int:
+    """In how many of its fields a run's config differs from its preset's defaults (all of them: a stray run at
+    another value of a field no ablation varies is further off than the grid's)."""
+    preset = PRESETS.get(config.get("preset"))
+    defaults = as_recorded(dataclasses.asdict(preset)) if preset else {}
+    return sum(config.get(k) != v for k, v in defaults.items() if k in config)
+
+
 def _blob(d: dict) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -98,15 +107,16 @@ def reference_config(df: pd.DataFrame) -> dict | None:
     """The config Table 3 compares: among the compared configs of the runs, the one closest to its preset's
     baseline in the fields an ablation varies but precision (`off_baseline`: a grid launched with another batch size
     or init is still Table 3, and its ablation arms, one field further off, are not; a grid run wholly in fp32
-    still fills Table 3), then the most common; ties: BASELINE's precision, then the first in sorted order."""
+    still fills Table 3), then the most common; ties: the nearest its preset in all fields (`off_preset`), then
+    BASELINE's precision, then the first in sorted order."""
     counts = Counter(_blob(c) for c in map(compared, df["config"]) if c is not None)
     if not counts:
         return None
 
     def rank(blob):
         config = json.loads(blob)
-        return off_baseline(config, ignore=("precision",)), -counts[blob], config.get("precision") != BASELINE[
-            "precision"], blob
+        return (off_baseline(config, ignore=("precision",)), -counts[blob], off_preset(config),
+                config.get("precision") != BASELINE["precision"], blob)
 
     return json.loads(min(counts, key=rank))
 

@@ -285,6 +285,16 @@ def test_an_arm_on_a_list_field_is_not_taken_for_table3(tmp_path, monkeypatch):
     assert [ablations.arm_of(r["config"], "schedule") for r in recs] == ["drops (paper)", "earlier"]
 
 
+def test_a_stray_run_off_its_preset_is_not_the_reference_on_a_tie(tmp_path):
+    """One run of the grid and one stray run at another value of a field no ablation varies (lr_drops [1]): a tie
+    in every other rank. The reference was the first in sorted order, the stray one (its config sorts first),
+    so the grid's own run was "excluded (config differs from the reference)". It is the one nearer its preset."""
+    recs = [record(lr=0.05, test=10.0), record(lr=0.05, test=8.0, lr_drops=[1])]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert led.reference["lr_drops"] == [200, 250, 300]
+    assert table3(led.df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == 10.0
+
+
 def test_an_ablation_is_shown_only_beyond_table3s_own_runs(tmp_path):
     """`--init kaiming --ablations init,bn-dropout`: the init ablation's arms are both the grid's runs, so it is not
     reported; bn-dropout's BN arm has a run of its own, so it is, on top of the kaiming grid."""
