@@ -306,7 +306,10 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
         with tarfile.open(path) as tf:
             official, folder = tar_files(tf)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        why = (str(e).splitlines() or [""])[0].rstrip(" :") or "no detail"
+        raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {why}); give a tar or tar.gz of CIFAR-10 "
+                         "(the official download, or train/<class>/ and test/<class>/ images), fetched again if "
+                         "it was cut short") from None
     digest = sha256_file(path)
     if len(official) == 6:
         splits = _read_official(official)

@@ -134,7 +134,8 @@ def load_throughput(path: str | os.PathLike) -> pd.DataFrame:
     unknown (NaN): that row measured nothing there, which the readers skip."""
     path = Path(path)
     if not path.is_file():
-        raise LedgerError(f"{path}: no such throughput file")
+        what = "a folder, not a throughput file" if path.is_dir() else "no such throughput file"
+        raise LedgerError(f"{path}: {what} (give the .json or .csv that bench/throughput.py wrote)")
     try:
         if path.suffix.lower() == ".csv":
             rows = pd.read_csv(path)

@@ -15,7 +15,7 @@ from bench import results
 from reports import formats
 from reports.ledger import LedgerError, load_ledger
 from reports.report import write_report
-from reports.throughput import throughput_table
+from reports.throughput import load_throughput, throughput_table
 from test_reports import H100, led, ledger_dir, record, write_ledger  # noqa: F401 (fixtures)
 
 
@@ -107,6 +107,8 @@ def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
     assert "- **Preset**: smoke" in md and "bench.json, sha256 " in md and "other presets: paper (34)" in md
     with pytest.raises(LedgerError, match="preset 'nope' has no records"):
         write_report(ledger_dir, tmp_path / "x", preset="nope")
+    with pytest.raises(LedgerError, match="a folder, not a throughput file"):  # was "no such throughput file"
+        load_throughput(tmp_path)
 
 
 def test_evaluation_is_compared_with_the_peak_of_the_precision_it_ran_in(tmp_path):
