@@ -4,7 +4,8 @@ error high) from over-fitting (train low, test high), and shows capacity lost to
 ReLU nets at high LR).
 
     PYTHONPATH=$PWD .venv/bin/python scripts/inspect_checkpoint.py \
-        reports/measured/campaign/checkpoints/489234371f2401e9.pt --data-dir /work/full-data --images 2000
+        results/checkpoints/<run key>.pt --data-dir data --images 2000
+    # the campaign's unfinished runs: reports/measured/campaign/checkpoints/*.pt
 
 The network is built as the run built it. A completed run's weights (results/weights/<run key>.pt,
 bench/weights.py) say how. A run checkpoint (<out>/checkpoints/<run key>.pt) holds weights but no config: the model
