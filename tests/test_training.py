@@ -61,7 +61,10 @@ def test_run_key_ignores_where_and_how_but_not_what():
                                source="/s.tar.gz", backend="torch")
     assert expand(same, "sha")[0].key("sha") == run.key("sha")
     for change in ({"epochs": 349}, {"precision": "no"}, {"batch_size": 128},
-                   {"subset_per_class": 10}, {"preset": "smoke"}):
+                   {"subset_per_class": 10}, {"preset": "smoke"}, {"lr_drops": (100, 150)}, {"momentum": 0.5},
+                   {"weight_decay": 5e-4}, {"optimizer": "adam"}, {"dropout": False}, {"final_relu": False},
+                   {"bn": True}, {"init": "kaiming"}, {"preprocess": "meanstd"}, {"augment": "flip-translate"},
+                   {"train_split": "train45k"}, {"eval_precision": "bf16"}):
         assert expand(dataclasses.replace(cfg, **change), "sha")[0].key("sha") != run.key("sha"), change
     assert run.key("other data") != run.key("sha")
 
@@ -246,3 +249,4 @@ def test_a_training_step_is_caffes_sgd_on_every_parameter(smoke_data_dir, fresh_
         engine.train_step(net, opt, images, labels.long(), preprocess, acc, engine.autocast_for("no", acc))
     for (name, p), expected in zip(net.named_parameters(), w):
         assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6 * expected.abs().max().item()), name
+
