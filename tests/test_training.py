@@ -250,3 +250,41 @@ def test_a_training_step_is_caffes_sgd_on_every_parameter(smoke_data_dir, fresh_
     for (name, p), expected in zip(net.named_parameters(), w):
         assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6 * expected.abs().max().item()), name
 
+
+def test_each_step_trains_at_the_schedules_lr_in_train_mode_and_the_record_counts_what_evaluation_saw(
+        smoke_data_dir, jpeg_tarball, tmp_path, monkeypatch, fresh_accelerator):
+    """run_all end to end on 100 real images, 3 epochs of 2 steps, LR 0.05 dropped at epochs 1 and 2, evaluated after
+    every epoch: spies on engine's train and eval steps see the optimizer at 0.05, 0.005, 0.0005 with the network
+    in train mode (dropout on, also after an evaluation put it in eval mode), and evaluation in eval mode; each
+    epoch's recorded test error is 100 - the number evaluation counted correct, and the record's error is the last
+    epoch's. (The history's `lr` is computed from the schedule, not read from the optimizer: it cannot tell.)"""
+    from bench import results, run_all
+
+    steps, correct = [], []
+    train_step, eval_step = engine.train_step, engine.eval_step
+
+    def train_spy(model, optimizer, *a, **kw):
+        steps.append((round(optimizer.param_groups[0]["lr"], 10), model.training))
+        return train_step(model, optimizer, *a, **kw)
+
+    def eval_spy(model, *a, **kw):
+        assert not model.training
+        correct.append(int(n := eval_step(model, *a, **kw)))
+        return n
+
+    monkeypatch.setattr(engine, "train_step", train_spy)
+    monkeypatch.setattr(engine, "eval_step", eval_spy)
+    monkeypatch.setattr(run_all, "measure_rate", lambda *a: 1.0)  # the ETA's steps, on a net of their own
+    out = tmp_path / "out"
+    assert run_all.main(["--preset", "smoke", "--models", "strided-a", "--lrs", "0.05", "--epochs", "3",
+                         "--lr-drops", "1", "2", "--batch-size", "50", "--source", str(jpeg_tarball), "--data-dir",
+                         str(smoke_data_dir), "--subset-per-class", "10", "--out", str(out), "--backend", "tensor",
+                         "--no-progress"]) == 0
+    (record,) = results.read_records(out)
+    assert record["status"] == "completed", record["error"]  # an assertion in a spy fails the run, not main
+    assert steps == [(0.05, True)] * 2 + [(0.005, True)] * 2 + [(0.0005, True)] * 2
+    per_epoch = [sum(correct[i:i + 2]) for i in range(0, len(correct), 2)]  # 100 test images, batches of 50
+    assert len(per_epoch) == 3 and [h["test_error_pct"] for h in record["history"]] == pytest.approx(
+        [100 - c for c in per_epoch])
+    assert record["test_error_pct"] == record["history"][-1]["test_error_pct"]
+
