@@ -288,3 +288,22 @@ def test_each_step_trains_at_the_schedules_lr_in_train_mode_and_the_record_count
         [100 - c for c in per_epoch])
     assert record["test_error_pct"] == record["history"][-1]["test_error_pct"]
 
+
+def test_a_runs_error_is_its_last_epochs_and_its_best_epoch_is_named(tmp_path):
+    """runs.summary: `test_error_pct` is the final epoch's (Table 3's protocol), `best_test_error_pct` the lowest
+    over the evaluated epochs and `best_epoch` where it was; epochs not evaluated (None) are skipped."""
+    import torch
+    from accelerate.utils import AutocastKwargs
+
+    from bench import runs
+
+    class Acc:
+        device, mixed_precision = torch.device("cpu"), "no"
+
+    state = engine.RunState(tmp_path / "run.pt", history=[
+        {"epoch": e, "loss": 1.0, "train_acc_pct": 50.0, "test_error_pct": t, "val_error_pct": v, "lr": 0.1,
+         "seconds": 1.0} for e, t, v in ((1, 40.0, 41.0), (2, None, None), (3, 20.0, 22.0), (4, 30.0, 33.0))])
+    off = AutocastKwargs(enabled=False)
+    out = runs.summary(state, "completed", None, torch.nn.Linear(2, 3), Acc(), off, off)
+    assert (out["test_error_pct"], out["best_test_error_pct"], out["best_epoch"]) == (30.0, 20.0, 3)
+    assert (out["val_error_pct"], out["epochs_completed"], out["params"]) == (33.0, 4, 9)
