@@ -98,6 +98,25 @@ def test_statistics_come_from_the_training_split_only(real_small):
     assert torch.equal(build_preprocess("gcn-zca", real_small, "train45k").zca_mean, pre.zca_mean)
 
 
+def test_a_fit_on_more_images_than_dimensions_centres_the_covariance(full_data_dir, monkeypatch):
+    """The real 45,000 / 50,000-image fits take the full-covariance route (3,072 images or more), which the fits
+    above (1,000 images) never reach: on the first 3,100 real training images, the covariance that route hands to
+    zca_from_covariance is that of the GCN'd rows less their mean (checked as C v = Xc^T (Xc v) / N on random
+    probes), and the mean it returns is theirs. zca_from_covariance itself: the test below."""
+    from loaders import preprocess
+
+    n, handed = 3100, []
+    monkeypatch.setattr(preprocess, "zca_from_covariance",
+                        lambda cov: handed.append(cov) or torch.eye(len(cov), dtype=cov.dtype))  # no eigh: fast
+    stats = preprocess.fit_gcn_zca(full_data_dir, "train", {"num_images": {"train": n}})
+    x = gcn_rows_numpy(np.load(full_data_dir / "train_images.npy", mmap_mode="r")[:n])
+    (cov,) = handed
+    v = np.random.default_rng(0).standard_normal((3072, 8))
+    expected = (x - x.mean(axis=0)).T @ ((x - x.mean(axis=0)) @ v) / n
+    assert np.allclose(stats["zca_mean"].double().numpy(), x.mean(axis=0), atol=1e-5)
+    assert np.abs(cov.numpy() @ v - expected).max() < 1e-4 * np.abs(expected).max()
+
+
 def test_gram_route_equals_covariance_route():
     torch.manual_seed(0)
     rows = torch.randn(40, 100, dtype=torch.float64) @ torch.randn(100, 100, dtype=torch.float64)
