@@ -3,6 +3,7 @@ another host), never released by an old owner, won by exactly one of many takers
 wall-clock checkpoint and evaluation cadences, and the launch check. Processes sharing a ledger: test_queue.py."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -161,6 +162,9 @@ def test_cadences():
     assert evaluated[:3] == [10, 20, 30] and evaluated[-11:] == [340, *range(341, 351)] and len(evaluated) == 44
     smoke = PRESETS["smoke"]
     assert all(smoke.evaluates(e) for e in range(1, smoke.epochs + 1)) and smoke.checkpoint_minutes == 0
+    # the paper's last 10 epochs start on a multiple of 10 (340), so >= in place of > would pass unseen there
+    odd = dataclasses.replace(paper, epochs=20, lr_drops=(), eval_every=7, eval_last=3)
+    assert [e for e in range(1, 21) if odd.evaluates(e)] == [7, 14, 18, 19, 20]
     every_epoch = workqueue.Checkpoints(0, [])
     assert [every_epoch.due(e, 3) for e in (1, 2, 3)] == [True, True, False]
     assert not workqueue.Checkpoints(10, []).due(1, 3)
