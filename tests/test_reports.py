@@ -173,6 +173,9 @@ def test_protocols_directly():
                          for lr, t, v in ((0.1, 9.0, 11.0), (0.05, 9.5, 10.0), (0.01, 8.0, 12.0))])
     assert best_over_lr(runs)["error_pct"] == 8.0 and best_over_lr(runs)["lr"] == 0.01
     assert select_on_val(runs)["error_pct"] == 9.5 and select_on_val(runs)["lr"] == 0.05
+    tied = pd.DataFrame([{"lr": lr, "outcome": "completed", "test_error_pct": 9.0, "val_error_pct": 10.0,
+                          "config": None} for lr in (0.01, 0.1, 0.05)])
+    assert best_over_lr(tied)["lr"] == select_on_val(tied)["lr"] == 0.1  # a tie goes to the larger LR
 
 
 def test_diverged_failed_missing_are_shown_not_filled(t3):
