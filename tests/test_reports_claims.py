@@ -47,6 +47,13 @@ def test_claims_not_reproduced_with_seeds(tmp_path):
     assert c.loc[BEST, "test"].startswith("against each of 1 model (10 not measured)")
 
 
+def test_seeds_that_agree_on_the_sign_but_not_beyond_alpha_decide_nothing(tmp_path):
+    """Model A 0.3 pp better than Strided-CNN-A in the mean of 3 seeds each, but Welch's p is about 0.1: not below
+    ALPHA (0.05), so "inconclusive", not "reproduced"."""
+    c = claims_of(tmp_path, {"model-a": [12.4, 12.5, 12.6], "strided-a": [12.6, 12.8, 13.0]})
+    assert c.loc[STRIDED_A, "verdict"] == "inconclusive" and 0.05 < c.loc[STRIDED_A, "p_value"] < 0.2
+
+
 def test_the_best_of_table3_needs_every_model(tmp_path):
     others = {m: [10.3 + i / 10, 10.4 + i / 10] for i, m in enumerate(SPECS) if m != "allcnn-c"}
     c = claims_of(tmp_path, {**others, "allcnn-c": [9.0, 9.1]})
