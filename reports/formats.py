@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from decimal import ROUND_FLOOR, Decimal, localcontext
 
 import pandas as pd
@@ -200,9 +201,18 @@ def markdown_table(d: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+NUMBER = re.compile(r"[+-]?\d[\d,]*(\.\d+)?(e[+-]?\d+)?( ± \d+(\.\d+)?)?( \(n=\d+\))?|[+-]?(inf|nan)")
+"""A cell that is a number as the display functions write one: "1,024", "-0.35", "5.55e-05", "9.30 ± 0.14 (n=2)"."""
+STATUS_WORD = re.compile(r"[a-z][a-z /]*")
+"""A cell where a number column has no number: a status in lower-case words ("missing", "not run", "diverged/failed")."""
+
+
 def _numeric(column: pd.Series) -> bool:
+    """Whether a column holds numbers (right-aligned): at least one, and nothing else but status words, so that
+    Table 3's errors align alike whether a model has one seed, several, or none yet."""
     cells = [str(x) for x in column if str(x)]
-    return bool(cells) and all(c.lstrip("+-").replace(",", "").replace(".", "", 1).isdigit() for c in cells)
+    numbers = [bool(NUMBER.fullmatch(c)) for c in cells]
+    return any(numbers) and all(n or STATUS_WORD.fullmatch(c) for n, c in zip(numbers, cells))
 
 
 def html_table(d: pd.DataFrame, table_id: str) -> str:

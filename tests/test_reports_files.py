@@ -182,3 +182,17 @@ def test_an_ablation_refused_on_import_is_one_line(ledger_dir, tmp_path):
                        timeout=120)
     assert p.returncode == 2 and not (tmp_path / "r").exists()
     assert p.stderr == "reports: ablation 'wd', arm '5e-4': weight_decy cannot be varied by an arm\n"
+
+
+def test_number_columns_align_right_with_status_words_among_them():
+    """Table 3's "Ours %" with one seed ("9.30"), several ("9.30 ± 0.14 (n=2)") and none ("not run", "diverged/
+    failed") is a column of numbers in Markdown, HTML and LaTeX alike; it was left-aligned as soon as one cell was
+    not a bare number. Names and notes stay text, though a note may begin with a number."""
+    d = pd.DataFrame({"Model": ["Model A", "Model B", "Model C", "All-CNN-C"],
+                      "Ours %": ["9.30", "9.30 ± 0.14 (n=2)", "not run", "diverged/failed"],
+                      "p": ["5.55e-05", "0.0012", "", "-inf"],
+                      "Notes": ["0.25 missing", "", "", "ok"]})
+    assert formats.markdown_table(d).splitlines()[1] == "|---|---:|---:|---|"
+    assert "\\begin{tabular}{lrrl}" in formats.latex_table(d, "c", "t", "sha")
+    assert formats.html_table(d, "t").count('<th class="t">') == 2
+    assert formats.markdown_table(d[["Model", "Notes"]].assign(x=["not run"] * 4)).splitlines()[1] == "|---|---|---|"
