@@ -310,3 +310,21 @@ def test_official_pixels_of_a_wider_type_are_checked_not_wrapped(tmp_path, write
     err = _one_line_error(capsys, ["--source", str(floats), *out])
     assert "data_batch_1: data or labels are not integer arrays" in err
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_an_imagefolder_tarball_keeps_each_image_with_its_folders_label(tmp_path):
+    """Labels are paired with images by their (class, file name) order: the shipped sample (20 real JPEGs a class
+    and split), stored whole, is each split's images decoded in that order, each labelled by its class folder. An
+    image stored in another order than its label (sorted by file name first) left every label on a wrong image."""
+    from tests.conftest import SAMPLE_TARBALL
+
+    prepare_cifar10(str(SAMPLE_TARBALL), tmp_path / "out", subset_per_class=20)
+    with tarfile.open(SAMPLE_TARBALL) as tf:
+        members = sorted((Path(m.name).parts[-3:], m) for m in tf if m.isfile())
+        for split in ("train", "test"):
+            mine = [(parts, m) for parts, m in members if parts[0] == split]
+            want = np.stack([np.asarray(Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB"))
+                             for _, m in mine])
+            labels = [prepare.CLASSES.index(parts[1]) for parts, _ in mine]
+            assert np.array_equal(np.load(tmp_path / "out" / f"{split}_images.npy"), want)
+            assert np.load(tmp_path / "out" / f"{split}_labels.npy").tolist() == labels == sorted(labels)
