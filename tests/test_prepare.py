@@ -328,3 +328,20 @@ def test_an_imagefolder_tarball_keeps_each_image_with_its_folders_label(tmp_path
             labels = [prepare.CLASSES.index(parts[1]) for parts, _ in mine]
             assert np.array_equal(np.load(tmp_path / "out" / f"{split}_images.npy"), want)
             assert np.load(tmp_path / "out" / f"{split}_labels.npy").tolist() == labels == sorted(labels)
+
+
+def test_a_folder_sources_digest_changes_when_an_image_changes_class(tmp_path):
+    """Run keys hold the source's sha256: an image moved to another class folder (a label fixed by hand) is other
+    data, so its digest differs even when the files' bytes, in the order they are hashed, stay the same (the last
+    airplane becomes the first automobile). A digest of the bytes alone kept the old key, and run_all would skip
+    the new data's runs as recorded."""
+    from tests.conftest import SAMPLE_TARBALL
+
+    with tarfile.open(SAMPLE_TARBALL) as tf:
+        tf.extractall(tmp_path / "src", filter="data")
+    before = sources.source_sha256(str(tmp_path / "src"))
+    last = sorted((tmp_path / "src" / "train" / "airplane").iterdir())[-1]
+    last.rename(tmp_path / "src" / "train" / "automobile" / "0.jpg")  # sorts before automobile/0000.jpg
+    assert sources.source_sha256(str(tmp_path / "src")) != before
+    _, labels = sources.read_source(str(tmp_path / "src"), tmp_path)[0]["train"]
+    assert np.bincount(labels).tolist() == [19, 21] + [20] * 8
