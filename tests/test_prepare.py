@@ -345,3 +345,19 @@ def test_a_folder_sources_digest_changes_when_an_image_changes_class(tmp_path):
     assert sources.source_sha256(str(tmp_path / "src")) != before
     _, labels = sources.read_source(str(tmp_path / "src"), tmp_path)[0]["train"]
     assert np.bincount(labels).tolist() == [19, 21] + [20] * 8
+
+
+def test_the_seed_chooses_the_subset_and_the_val_split(tmp_path):
+    """--seed draws the subset and the train45k/val5k split: the same seed again gives the same files, another seed
+    other images and another split, and a folder prepared with one seed is rebuilt (not a no-op) for another."""
+    from tests.conftest import SAMPLE_TARBALL
+
+    names = ("train_images.npy", "test_images.npy", "splits.npz")
+    data = tmp_path / "data"
+    prepare_cifar10(str(SAMPLE_TARBALL), data, subset_per_class=10, seed=0)
+    first = {n: (data / n).read_bytes() for n in names}
+    m = prepare_cifar10(str(SAMPLE_TARBALL), data, subset_per_class=10, seed=1)
+    assert m["seed"] == 1 and m["images_per_class"]["val5k"] == [1] * 10
+    assert all((data / n).read_bytes() != first[n] for n in names)
+    prepare_cifar10(str(SAMPLE_TARBALL), tmp_path / "again", subset_per_class=10, seed=0)
+    assert {n: (tmp_path / "again" / n).read_bytes() for n in names} == first
