@@ -16,7 +16,8 @@ from bench.ablations import BASELINE
 from reports import formats
 from reports.ledger import load_ledger
 from reports.report import write_report
-from reports.tables import ablation_has_runs, ablation_table, best_over_lr, left_out, select_on_val, table3
+from reports.tables import (ablation_has_runs, ablation_table, best_over_lr, left_out, select_on_val, table3,
+                            table3_by_lr)
 from reports.throughput import throughput_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,3 +320,13 @@ def test_arms_of_a_grid_on_train45k_are_judged_on_val(tmp_path):
     led = load_ledger(write_ledger(tmp_path, recs))
     prec = ablation_table(led.df, "precision", led.reference)
     assert list(prec["protocol"]) == ["LR judged on val5k"] * 2 and list(prec["lr"]) == [0.01, 0.01]
+
+
+def test_numbers_shown_are_rounded_half_up_with_std_and_seed_count(led):
+    """What a reader sees: two decimals, halves rounded up in decimal (9.305 is 9.31, not a float's 9.30, nor a
+    truncation's), so a shown Δ is the shown error minus the paper's; a seed mean with its std and its n."""
+    assert [formats.fixed(x) for x in (9.305, 2.675, 9.999, 0.004)] == ["9.31", "2.68", "10.00", "0.00"]
+    assert [formats.fixed(x, sign=True) for x in (0.125, -0.125, -0.004)] == ["+0.13", "-0.12", "0.00"]
+    by_lr = formats.display_by_lr(table3_by_lr(led.df, led.reference)).set_index("Model")
+    assert by_lr.loc["All-CNN-C", "LR 0.05"] == "9.30 ± 0.14 (n=2)"  # seeds 9.2 and 9.4
+    assert by_lr.loc["Model A", "LR 0.1"] == "12.50"  # one seed: no std, no n
