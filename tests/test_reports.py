@@ -330,3 +330,14 @@ def test_numbers_shown_are_rounded_half_up_with_std_and_seed_count(led):
     by_lr = formats.display_by_lr(table3_by_lr(led.df, led.reference)).set_index("Model")
     assert by_lr.loc["All-CNN-C", "LR 0.05"] == "9.30 ± 0.14 (n=2)"  # seeds 9.2 and 9.4
     assert by_lr.loc["Model A", "LR 0.1"] == "12.50"  # one seed: no std, no n
+
+
+def test_runs_on_other_data_are_not_averaged_into_table3(tmp_path):
+    """`data_sha256` is compared: a seed trained on another copy of the data (another source's sha256) is left out
+    of Table 3 and listed as such, not averaged with the reference data's seeds."""
+    records = [record(lr=0.05, seed=0, test=9.2), record(lr=0.05, seed=1, test=9.4),
+               record(lr=0.05, seed=2, test=20.0, data_sha256="other")]
+    led = load_ledger(write_ledger(tmp_path / "results", records))
+    row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
+    assert row["error_pct"] == pytest.approx(9.3) and row["n_seeds"] == 2
+    assert left_out(led.df, led.reference) == [(1, "data_sha256=other")]
