@@ -341,3 +341,14 @@ def test_runs_on_other_data_are_not_averaged_into_table3(tmp_path):
     row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
     assert row["error_pct"] == pytest.approx(9.3) and row["n_seeds"] == 2
     assert left_out(led.df, led.reference) == [(1, "data_sha256=other")]
+
+
+def test_a_completed_record_that_stopped_early_is_unfinished_not_selected(tmp_path):
+    """A record "completed" after 2 of its 3 epochs was measured at the wrong point: it counts as unfinished, and
+    its lower error does not win its model's LR."""
+    early = record(lr=0.1, test=8.0)
+    early.update(epochs_completed=2, history=early["history"][:2])
+    led = load_ledger(write_ledger(tmp_path / "results", [record(lr=0.05, test=9.2), early]))
+    assert dict(table3_by_lr(led.df, led.reference).set_index("lr")["status"]) == {0.1: "unfinished", 0.05: "ok"}
+    row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
+    assert (row["error_pct"], row["lr"]) == (9.2, 0.05)
