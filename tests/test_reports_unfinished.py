@@ -113,3 +113,16 @@ def test_a_hostile_checkpoint_history_is_named_not_drawn(tmp_path):
     write_report(folder, tmp_path / "report")
     listed = [r for r in rows(folder) if r[2].startswith("unfinished")]  # the campaign table: nothing read
     assert [(r[1], r[3], r[5]) for r in listed] == [("0.25", "", ""), ("0.1", "", ""), ("0.01", "", "")]
+
+
+def test_a_run_still_training_at_a_requested_lr_off_the_default_grid_is_found(tmp_path):
+    """The grid asked for LR 0.02, which is not among the paper's LRs: its checkpoint is still placed by its run
+    key, and the cell shows unfinished rather than missing."""
+    grid = {"models": ["allcnn-c"], "lrs": [0.05, 0.02], "seeds": [0]}
+    done = record(lr=0.05, test=9.5, epochs=6, grid=grid)
+    folder = write_ledger(tmp_path / "results", [done])
+    (folder / "checkpoints").mkdir()
+    checkpoint(folder / "checkpoints" / f"{config_key({**done['config'], 'lr': 0.02})}.pt", 4)
+    led = load_ledger(folder)
+    assert dict(table3_by_lr(led.df, led.reference).set_index("lr")["status"]) == {0.05: "ok", 0.02: "unfinished"}
+    assert not any("no record's config describes" in n for n in led.notes)
