@@ -77,3 +77,16 @@ def test_the_ledger_stamp_is_clear_of_the_figure_legend(tmp_path, figures):
         stamp = next(t for t in fig.texts if "sha256" in t.get_text()).get_window_extent(renderer)
         legend = fig.legends[0].get_window_extent(renderer)
         assert not stamp.overlaps(legend), (stamp, legend)
+
+
+def test_curves_draw_the_seed_mean_per_lr_and_the_selected_lr_thick(tmp_path, figures):
+    """All-CNN-C's panel: one solid line per LR, each the mean over its seeds per epoch (seeds 9.2 and 9.4 at LR
+    0.05: 11.3, 10.3, 9.3), the LR Table 3 selects (0.05, lowest mean) drawn thick, the other thin."""
+    runs, t3 = ledger(tmp_path, [record(lr=0.05, seed=0, test=9.2), record(lr=0.05, seed=1, test=9.4),
+                                 record(lr=0.1, seed=0, test=10.0)])
+    plots.plot_curves(runs, t3, tmp_path / "curves.png")
+    (ax,) = [ax for ax in figures[0].axes if ax.get_visible()]
+    curves = sorted((line.get_linewidth(), list(line.get_ydata())) for line in ax.lines
+                    if line.get_linestyle() == "-")
+    assert [width for width, _ in curves] == [1, 2.5]
+    assert curves[0][1] == pytest.approx([12.0, 11.0, 10.0]) and curves[1][1] == pytest.approx([11.3, 10.3, 9.3])
