@@ -93,3 +93,26 @@ def test_inspect_checkpoint_builds_the_network_its_run_built(smoke_data_dir, tmp
                        (["model-a"], "fit no allconv network")):
         p = inspect(path, *extra, "--data-dir", smoke_data_dir)
         assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1 and why in p.stderr, p.stderr
+
+
+def test_train_error_is_measured_on_the_training_images(smoke_data_dir):
+    """`train_error_pct` is the error on the training split, what tells over-fitting from under-fitting: a linear
+    map fitted exactly to the 100 training images (least squares, one-hot targets) gets them all right, and its
+    error on the 100 test images is far from 0; each class map is positive on its own images, so no ReLU is dead."""
+    cpu = torch.device("cpu")
+    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
+    data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=50)
+    whiten = data.preprocess("gcn-zca")
+    x, y = zip(*((engine.prepare_input(images, whiten, False).flatten(1), labels)
+                 for images, labels in data.loader("train")))
+    x, y = torch.cat(x).double(), torch.cat(y)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x.shape[1], 10), torch.nn.Unflatten(1, (10, 1, 1)),
+                              torch.nn.ReLU(), torch.nn.Flatten())  # class maps of 1x1, as allconv's
+    with torch.no_grad():
+        net[1].weight.copy_((torch.linalg.pinv(x) @ torch.nn.functional.one_hot(y, 10).double()).T)
+        net[1].bias.zero_()
+    d = diagnose(net, data.loader("train"), data.loader("test"), whiten, acc)
+    correct, seen, _ = engine.evaluate(net, data.loader("test"), whiten, acc)
+    assert d["train_error_pct"] == 0 and 100 * (1 - correct / seen) > 20
+    assert sum(d["test_error_by_class_pct"]) / 10 == pytest.approx(100 * (1 - correct / seen), abs=1e-9)
+    assert d["dead_relu_channels"] == {"3": [0, 10]}
