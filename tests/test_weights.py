@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import allconv
 import loaders
 from bench import engine, results, run_all, weights
 from bench.config import PRESETS, RunConfig
@@ -55,6 +56,9 @@ def test_a_completed_run_leaves_its_network(data, trained):
     path = weights.path_of(out, done["run_key"])
     net, blob = weights.load(path), weights.read(path)
     assert not net.training and sum(p.numel() for p in net.parameters()) == done["params"]
+    c = done["config"]  # rebuilt as the run built it (a net without its final ReLU has the same parameters)
+    assert str(net) == str(allconv.build(done["model"], 10, bn=c["bn"], dropout=c["dropout"],
+                                         final_relu=c["final_relu"]))
     assert (blob["run_key"], blob["lr"], blob["preprocess"], blob["train_split"]) == (done["run_key"], 0.05,
                                                                                       "gcn-zca", "train")
     cpu = torch.device("cpu")
