@@ -214,3 +214,15 @@ def test_make_plan_passes_run_alls_own_options(ledger, capsys, monkeypatch):
     monkeypatch.setenv("ALLCONV_GPUS", "2")
     assert launch.main(["--plan", *options, "--lrs", "0.05"]) == 0
     assert "1 run: 1 recorded, 0 to train, 0 to resume" in capsys.readouterr().out.splitlines()
+
+
+def test_time_per_epoch_is_the_newest_devices_and_a_fused_groups_is_shared():
+    """The estimate uses the device that recorded the newest run (an older ledger entry from another GPU is left
+    out), and a fused run's seconds are its group's: 40 s over 2 epochs for 2 runs is 10 s a run and epoch."""
+    timed = {"status": "completed", "wall_time_s": 10.0, "epochs_completed": 2, "finished_at": "2025-01-02T00:00:00",
+             "device_name": "H100", "model": "allcnn-c", "config": {"batch_size": 32, "precision": "bf16",
+                                                                      "train_split": "train", "preset": "smoke"}}
+    older = {**timed, "device_name": "A100", "wall_time_s": 100.0, "finished_at": "2025-01-01T00:00:00"}
+    fused = {**timed, "model": "strided-a", "wall_time_s": 40.0, "fused_runs": 2}
+    cost = (32, "bf16", "train", None, "smoke")
+    assert plan.timings([older, timed, fused]) == ({("allcnn-c", *cost): 5.0, ("strided-a", *cost): 10.0}, "H100", 2)
