@@ -1,0 +1,23 @@
+"""bench/progress.py: what run_all says about the whole grid, read from a real ledger folder (bench.results)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from bench import results
+from bench.config import RunConfig
+from bench.progress import Progress
+from test_reports import record, write_ledger
+
+
+def test_the_eta_is_in_hours_and_the_summary_counts_this_grids_runs_only(tmp_path, capsys):
+    """The ledger also holds another grid's run (Model A): the summary counts only the runs of this grid's keys,
+    and names the one not recorded yet."""
+    out = write_ledger(tmp_path / "out", [record(lr=0.05, test=9.2), record(lr=0.1, status="diverged"),
+                                          record(model="model-a", lr=0.05, test=12.0)])
+    keys = [r["run_key"] for r in results.read_records(out) if r["model"] == "allcnn-c"] + ["0123456789abcdef"]
+    show = Progress(RunConfig(out=str(out), progress=False), SimpleNamespace(is_main_process=True))
+    show.eta(5400.0, 1234.4, "allcnn-c")
+    show.summary(keys)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "ETA 1.50 h (measured 1234 img/s per process on allcnn-c)"
+    assert lines[1].startswith("grid of 3 runs: 1 completed, 1 diverged, 1 not recorded yet (")
