@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def _prepared_once(tmp_path_factory, tarball: Path, name: str, **subset) -> Path
     with FileLock(str(data_dir) + ".lock"):
         prepare_cifar10(str(tarball), data_dir, **subset)  # a no-op when prepared already
     return data_dir
+
+
+@pytest.fixture
+def no_ffcv(monkeypatch):
+    """prepare without FFCV files (as on the GPU machines): quicker, where they are beside the point."""
+    monkeypatch.setitem(sys.modules, "ffcv", None)
 
 
 @pytest.fixture(scope="session")

@@ -312,7 +312,7 @@ def test_official_pixels_of_a_wider_type_are_checked_not_wrapped(tmp_path, write
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_an_imagefolder_tarball_keeps_each_image_with_its_folders_label(tmp_path):
+def test_an_imagefolder_tarball_keeps_each_image_with_its_folders_label(tmp_path, no_ffcv):
     """Labels are paired with images by their (class, file name) order: the shipped sample (20 real JPEGs a class
     and split), stored whole, is each split's images decoded in that order, each labelled by its class folder. An
     image stored in another order than its label (sorted by file name first) left every label on a wrong image."""
@@ -347,7 +347,7 @@ def test_a_folder_sources_digest_changes_when_an_image_changes_class(tmp_path):
     assert np.bincount(labels).tolist() == [19, 21] + [20] * 8
 
 
-def test_the_seed_chooses_the_subset_and_the_val_split(tmp_path):
+def test_the_seed_chooses_the_subset_and_the_val_split(tmp_path, no_ffcv):
     """--seed draws the subset and the train45k/val5k split: the same seed again gives the same files, another seed
     other images and another split, and a folder prepared with one seed is rebuilt (not a no-op) for another."""
     from tests.conftest import SAMPLE_TARBALL

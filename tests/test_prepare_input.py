@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import sys
 import tarfile
 import tracemalloc
 import warnings
@@ -61,12 +60,6 @@ def peak_bytes(call) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
-
-@pytest.fixture
-def no_ffcv(monkeypatch):
-    """prepare without FFCV files (as on the GPU machines): quicker, and beside the point here."""
-    monkeypatch.setitem(sys.modules, "ffcv", None)
 
 
 @pytest.mark.parametrize("counts", [None, {"train": 10, "test": 10},
