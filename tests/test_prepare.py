@@ -361,3 +361,19 @@ def test_the_seed_chooses_the_subset_and_the_val_split(tmp_path, no_ffcv):
     assert all((data / n).read_bytes() != first[n] for n in names)
     prepare_cifar10(str(SAMPLE_TARBALL), tmp_path / "again", subset_per_class=10, seed=0)
     assert {n: (tmp_path / "again" / n).read_bytes() for n in names} == first
+
+
+def test_an_images_extension_is_matched_in_any_case(tmp_path, no_ffcv):
+    """An archive whose cats are *.JPG (a camera's or Windows' spelling) beside *.jpg: every image is read. Matched
+    case-sensitively, the cats were skipped without a word, and a subset drew from the images that were left."""
+    from tests.conftest import SAMPLE_TARBALL
+
+    archive = tmp_path / "upper.tar.gz"
+    with tarfile.open(SAMPLE_TARBALL) as src, tarfile.open(archive, "w:gz") as dst:
+        for m in (m for m in src if m.isfile()):
+            data = src.extractfile(m)
+            if "/cat/" in m.name:
+                m.name = m.name[:-len(".jpg")] + ".JPG"
+            dst.addfile(m, data)
+    m = prepare_cifar10(str(archive), tmp_path / "out", subset_per_class=20)
+    assert m["images_per_class"]["train"] == m["images_per_class"]["test"] == [20] * 10
