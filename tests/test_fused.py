@@ -192,6 +192,32 @@ def test_non_finite_run_is_masked_and_others_go_on(runs, data):
         torch.testing.assert_close(p[1], want, rtol=0, atol=0, equal_nan=True)
 
 
+def test_an_lr_drop_reaches_every_runs_update(data):
+    """set_lrs (bench/fused_train.py calls it each epoch with engine.lr_at per run) changes each run's next step
+    as engine.set_lr changes a separate run's: the paper's drops at epochs 200/250/300. The LRs live in a device
+    tensor (one CUDA graph capture serves every LR), so a new LR kept only on the host would train on at the first
+    one, which no other test would see: the smoke grid has no drops. fp64, as `runs`."""
+    dtype, (train, _, pre) = torch.float64, data
+    train.set_epoch(0)
+    batches = [(x.clone(), y.clone()) for (x, y), _ in zip(train, range(2))]
+    lrs = LRS[:2]
+    dropped = [engine.lr_at(200, lr, (200, 250, 300)) for lr in lrs]  # x0.1
+    group = FusedRuns(*zip(*(build("strided-a", lr, dtype) for lr in lrs)), preprocess=as_dtype(pre, dtype))
+    group.train_step(*batches[0])
+    group.set_lrs(dropped)
+    group.train_step(*batches[1])
+    group.write_back()
+    for k, lr in enumerate(lrs):
+        net, opt = build("strided-a", lr, dtype)
+        for (x, y), step_lr in zip(batches, (lr, dropped[k])):
+            engine.set_lr(opt, step_lr)
+            loss = F.cross_entropy(net(pre(x).to(dtype)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert_same_run(group.nets[k], group.optimizers[k], net, opt, dtype)
+
+
 def test_bf16_channels_last_matches_separate_autocast(data):
     steps = 4
     nets, opts = zip(*(build("strided-a", lr) for lr in LRS))
