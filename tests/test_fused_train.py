@@ -29,7 +29,7 @@ def args(data, out, *extra) -> list[str]:
     data_dir, source = data
     return ["--preset", "smoke", "--source", source, "--data-dir", str(data_dir), "--subset-per-class", "10",
             "--out", str(out), "--no-progress", "--batch-size", "32", "--models", "strided-a", "--epochs", "2",
-            "--backend", "tensor", "--no-channels-last", "--diagnose", *extra]
+            "--backend", "tensor", "--no-channels-last", "--diagnose", "--lr-drops", "1", *extra]  # each run's drop
 
 
 def main(argv) -> dict:
