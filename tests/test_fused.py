@@ -235,6 +235,21 @@ def test_bf16_channels_last_matches_separate_autocast(data):
     assert not torch.equal(fp32.train_step(x, y)[0], losses[0])  # bf16 really ran in bf16
 
 
+def test_bf16_training_evaluates_in_the_eval_precision(data):
+    """The paper preset trains in bf16 and evaluates in fp32 (eval_precision "no", as separate runs do): the
+    group's eval logits are the fp32 net's, not the bf16 forward's (which differs by ~1e-2 here)."""
+    _, test, pre = data
+    images, _ = next(iter(test))
+    nets, opts = zip(*(build("strided-a", lr) for lr in LRS[:2]))
+    with torch.no_grad():
+        want = copy.deepcopy(nets[0]).eval()(pre(images))
+        for eval_precision in ("no", "bf16"):
+            group = FusedRuns(nets, opts, preprocess=pre, precision="bf16", eval_precision=eval_precision)
+            logits = group.forward(images, train=False)
+            close = [torch.allclose(run, want, rtol=1e-4, atol=1e-6) for run in logits]
+            assert close == [eval_precision == "no"] * 2, eval_precision
+
+
 def test_refuses_what_it_does_not_implement():
     nets, opts = zip(*(build("strided-a", lr) for lr in (0.1, 0.05)))
     with pytest.raises(ValueError, match="fp16"):
