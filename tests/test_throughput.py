@@ -161,15 +161,26 @@ def test_rows_measured_before_a_run_is_cut_short_are_kept(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["tp.json"]  # no temporary file left
 
 
-def test_fused_rows_time_k_runs_against_the_separate_step(tmp_path):
+def test_fused_rows_time_k_runs_against_the_separate_step(tmp_path, monkeypatch):
     """--fused K: each row also times a K-run bench.fused group in the same process; its images/s count every run's
-    images, and the ratio and TFLOP/s follow from the two rates."""
+    images (K x steps x batch per window: scripts/campaign.sh fuses when the ratio is >= 1.25), and the ratio,
+    TFLOP/s and share of the peak (of every device that trained: two processes, twice the peak) follow from the two
+    rates."""
     out_json = tmp_path / "fused.json"
     argv = ["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "bf16", "--batch-size", "4",
             "--steps", "1", "--warmup", "1", "--repeats", "2", "--no-eval", "--fused", "3", "--json", str(out_json)]
+    timed, time_windows = [], timing.time_windows
+    monkeypatch.setattr(timing, "time_windows", lambda *a, **k: timed.append(time_windows(*a, **k)) or timed[-1])
     assert throughput.main(argv) == 0
     rows = json.loads(out_json.read_text())
-    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert [r["precision"] for r in rows] == ["fp32", "bf16"] and len(timed) == 4  # per row: separate, fused
+    for row, (separate, _), (fused, _) in zip(rows, timed[::2], timed[1::2]):
+        assert row["train_images_per_s"] == timing.images_per_s(separate, 1 * 4)[0]
+        assert row["fused_train_images_per_s"] == timing.images_per_s(fused, 3 * 1 * 4)[0]
+        h200 = throughput.complete_row(row, throughput.parse_args(argv), torch_device_cpu(), "NVIDIA H200", 2, False)
+        peak = {"fp32": 67.0, "bf16": 989.0}[row["precision"]]
+        assert h200["mfu"] == pytest.approx(row["train_tflops"] / (2 * peak))
+        assert h200["fused_mfu"] == pytest.approx(row["fused_train_tflops"] / (2 * peak))
     for row in rows:
         assert row["fused_runs"] == 3 and row["fused_train_images_per_s"] > 0
         assert row["fused_over_separate"] == pytest.approx(row["fused_train_images_per_s"] / row["train_images_per_s"])
