@@ -102,6 +102,27 @@ def test_no_more_than_eight_files_come_back(smoke_data_dir, jpeg_tarball, tmp_pa
     assert len(back) == 6 and log.count("# not returned (8 files in OUT already)") == 3  # + campaign.txt, ledger
 
 
+def test_a_warm_machines_checkpoints_win_and_finished_runs_stay_home(jpeg_tarball, tmp_path):
+    """The committed ledger joins a warm machine's work folder without replacing its newer files (a checkpoint the
+    last call wrote, further along than the committed one: overwritten, those epochs would be trained again); a
+    finished run's checkpoint (its record beside it) is stale and takes none of the 8 places in OUT; and the default
+    ORDER trains All-CNN-C first, at the LRs that trained the Caffe/neon ports first."""
+    ledger, work = tmp_path / "ledger", tmp_path / "work-warm" / "results"
+    record = next((ROOT / "reports/measured/campaign/runs").glob("*.json"))
+    for folder in (ledger / "runs", ledger / "checkpoints", work / "checkpoints"):
+        folder.mkdir(parents=True)
+    shutil.copy(record, ledger / "runs")
+    (ledger / "checkpoints" / f"{record.stem}.pt").write_bytes(b"finished")
+    (ledger / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"committed")
+    (work / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"newer, on the warm machine")
+    log, records = campaign(tmp_path, "warm", jpeg_tarball, TOTAL="30", RESERVE="30", ORDER="", LEDGER=str(ledger))
+    assert " ORDER=allcnn-c model-c convpool-c strided-c allcnn-b " in log and " LRS=0.05 0.01 0.1 0.25 " in log
+    assert list(records) == [record.stem]
+    assert sorted(p.name for p in (tmp_path / "warm").glob("*.pt")) == ["0123456789abcdef.pt"]
+    assert (tmp_path / "warm" / "0123456789abcdef.pt").read_bytes() == b"newer, on the warm machine"
+    assert not (work / "checkpoints" / f"{record.stem}.pt").exists()
+
+
 def test_readme_measured_table_is_made_from_the_committed_ledger():
     """The README's "Measured so far" table is what `python -m reports.campaign` makes of the committed ledger."""
     from reports import campaign
