@@ -123,6 +123,16 @@ def test_a_warm_machines_checkpoints_win_and_finished_runs_stay_home(jpeg_tarbal
     assert not (work / "checkpoints" / f"{record.stem}.pt").exists()
 
 
+def test_a_failed_run_all_stops_the_campaign_at_once(smoke_data_dir, jpeg_tarball, tmp_path):
+    """Fail fast: a run_all that exits non-zero (here refusing --epochs 0) stops the campaign before the next
+    model, so the call returns early with time left to fix and rerun instead of failing every model."""
+    shutil.copytree(smoke_data_dir, tmp_path / "work-fails" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
+    log, records = campaign(tmp_path, "fails", jpeg_tarball, PARALLEL="1", ORDER="strided-a strided-b",
+                            LEDGER=str(tmp_path / "none"), EXTRA="--epochs 0 --backend tensor --precision no")
+    assert "# stopping: exit 2, 0 failed runs of strided-a" in log and "--models strided-b" not in log, log[-3000:]
+    assert not records
+
+
 def test_readme_measured_table_is_made_from_the_committed_ledger():
     """The README's "Measured so far" table is what `python -m reports.campaign` makes of the committed ledger."""
     from reports import campaign
