@@ -113,3 +113,17 @@ def test_a_signal_to_the_launcher_stops_its_run_all_which_checkpoints(sig, code,
                 os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_child_killed_by_a_signal_is_a_failure_not_success():
+    """The launcher exits with the highest status of its launches, a launch killed by signal N (the OOM killer's
+    SIGKILL) counting as 128 + N: as Popen's -N it would lose to a sibling's 0, and `make run` would say it
+    succeeded."""
+    cmds = [["sh", "-c", "exit 0"], ["sh", "-c", "kill -KILL $$"], ["sh", "-c", "exit 3"]]
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:  # run_children forwards these to its children: pytest's own come back after
+        assert launch.run_children(cmds) == 128 + signal.SIGKILL
+        assert launch.run_children([cmds[0], cmds[2]]) == 3
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
