@@ -66,6 +66,18 @@ def test_a_record_the_schema_cannot_vouch_for_is_set_aside(tmp_path, capsys, dam
     assert list(load_ledger(tmp_path / "results").df["lr"]) == [0.1]
 
 
+def test_a_record_under_another_runs_file_name_is_set_aside(tmp_path, capsys):
+    """A record is its run's only under its own run key: copied (or merged) to another run's file name it would
+    mark that run recorded, and a rerun would skip it though it never trained."""
+    good, other = record(lr=0.1, test=9.5), record(lr=0.05, test=9.3)
+    folder = write_ledger(tmp_path / "results", [good])
+    path = results.runs_dir(folder) / f"{other['run_key']}.json"
+    path.write_bytes((results.runs_dir(folder) / f"{good['run_key']}.json").read_bytes())
+    assert results.read_one(path) == (None, f"run_key {good['run_key']!r} does not match the file name")
+    assert [r["run_key"] for r in results.read_records(folder)] == [good["run_key"]]
+    assert "does not match the file name" in capsys.readouterr().err and not path.exists()
+
+
 def test_numbers_at_the_records_bounds_are_shown_and_beyond_them_set_aside(tmp_path, capsys):
     """bench.results bounds a record's numbers (an error within 0-100%, images/s up to 1e12): records at the bounds
     make a report, records beyond them (1e30%, 1e300 img/s: they overflowed the tables) are set aside."""
