@@ -70,6 +70,17 @@ def test_no_gpu_keeps_an_explicit_preset_and_source(monkeypatch):
     assert cmd.count("--source") == 1 and cmd[-2:] == ["--source", "x.tar.gz"]
 
 
+def test_no_gpu_runs_one_smoke_grid_whatever_runs_per_gpu_says(monkeypatch, capsys):
+    """ALLCONV_RUNS_PER_GPU=3 without a GPU changes nothing: one smoke-grid command (K launches are K accelerate
+    launches on their own ports, which a CPU command has none of: it was a traceback)."""
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda: 1234.0)  # measured in the test above
+    monkeypatch.setenv("ALLCONV_GPUS", "0")
+    monkeypatch.setenv("ALLCONV_RUNS_PER_GPU", "3")
+    assert launch.main(["--dry-run", "--lrs", "0.1"]) == 0
+    note, cmd = capsys.readouterr().out.strip().splitlines()
+    assert note.startswith("no GPU here") and "--preset smoke" in cmd and cmd.endswith("--lrs 0.1")
+
+
 def test_bad_gpu_override_is_one_line():
     p = dry_run("two")
     assert p.returncode != 0 and p.stderr.strip() == "error: ALLCONV_GPUS must be a whole number of GPUs, got 'two'"
