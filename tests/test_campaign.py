@@ -80,11 +80,13 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     (new,) = [r for k, r in second.items() if k not in first]
     assert new["lr"] == 0.1 and new["status"] == "completed" and new["fused_runs"] == 1
 
+    decided = tmp_path / "work-second" / "decided"  # as if the probe had found 2 processes faster: FUSE=1 overrules
+    decided.write_text(re.sub(r"(?m)^PARALLEL=\d+$", "PARALLEL=2", decided.read_text()))  # it (they'd split a group)
     log, third = campaign(tmp_path, "third", jpeg_tarball, work="second", PARALLEL="auto", GRAPHS="auto", FUSE="1",
                           LRS="0.05 0.01 0.1 0.25 0.5", LEDGER=str(tmp_path / "ledger-second"))
-    assert "(an earlier call on this machine): GRAPHS=0 PARALLEL=" in log, log[-3000:]  # FUSE: nothing measured
+    assert "(an earlier call on this machine): GRAPHS=0 PARALLEL=2" in log, log[-3000:]  # FUSE: nothing measured
     assert "-m pytest" not in log and "concurrency_probe" not in log, log[-3000:]  # decided already: not measured again
-    assert "# PARALLEL=1 (FUSE=1" in log and "--fuse-lrs" in log, log[-3000:]
+    assert "# PARALLEL=1 (FUSE=1" in log and "--fuse-lrs" in log and "x 1, sharing the ledger" in log, log[-3000:]
     new = sorted((r for k, r in third.items() if k not in second), key=lambda r: r["lr"])
     assert [(r["lr"], r["status"], r["fused_runs"]) for r in new] == [(0.25, "completed", 2), (0.5, "completed", 2)]
 
