@@ -13,6 +13,7 @@ import pickle
 import tarfile
 import warnings
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -115,19 +116,24 @@ def _read_official(batches: dict[str, bytes]) -> dict:
     return out
 
 
-def _open_image(blob: bytes):
-    """Pillow's image of an encoded file, its header read and nothing decoded. A header that claims a huge image
-    raises no DecompressionBombWarning (two lines on stderr): decoding refuses it by its size, naming the file."""
+@contextmanager
+def _headers_quiet():
+    """Around a loop that opens images (Pillow reads the header, decodes nothing): a header that claims a huge image
+    raises no DecompressionBombWarning (two lines on stderr): decoding refuses it by its size, naming the file.
+    Once per loop, not per image (it costs as much as a tenth of a decode)."""
     from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(blob))
+        yield
 
 
 def _decode_image(data: bytes, name: str) -> np.ndarray:
+    """One image, inside `_headers_quiet`."""
+    from PIL import Image
+
     try:
-        im = _open_image(data)
+        im = Image.open(io.BytesIO(data))
         if im.size == (32, 32):  # checked on the header, before decoding (a 10000x10000 image takes 300 MB)
             return np.asarray(im.convert("RGB"))
     except Exception as e:  # Pillow's plugins raise OSError, ValueError, NotImplementedError... on damaged headers
@@ -146,7 +152,8 @@ class EncodedImages:
         return len(self.blobs)
 
     def __getitem__(self, positions) -> np.ndarray:
-        return np.stack([_decode_image(self.blobs[i][1], self.blobs[i][0]) for i in np.asarray(positions)])
+        with _headers_quiet():
+            return np.stack([_decode_image(self.blobs[i][1], self.blobs[i][0]) for i in np.asarray(positions)])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images = self[np.arange(len(self))]
@@ -167,21 +174,22 @@ def encoding(blobs) -> dict:
     "unreadable" (a subset may leave it out; one that is kept fails its decoding with a one-line error)."""
     from collections import Counter
 
-    from PIL import JpegImagePlugin
+    from PIL import Image, JpegImagePlugin
 
     formats, quality, chroma = Counter(), Counter(), Counter()
-    for blob in blobs:  # the encoded images' bytes
-        try:
-            im = _open_image(blob)
-        except Exception:  # a damaged header (OSError, ValueError, NotImplementedError...): counted, not refused;
-            formats["unreadable"] += 1  # decoding refuses it, naming the file, when it is kept
-            continue
-        lossless_webp = im.format == "WEBP" and (blob[12:16] == b"VP8L" or (blob[12:16] == b"VP8X" and
-                                                                           b"VP8L" in blob and b"VP8 " not in blob))
-        formats["WEBP-lossless" if lossless_webp else im.format] += 1
-        if im.format == "JPEG":
-            quality[str(_ijg_quality().get(_tables(im), "other"))] += 1
-            chroma["gray" if im.mode == "L" else CHROMA.get(JpegImagePlugin.get_sampling(im), "other")] += 1
+    with _headers_quiet():
+        for blob in blobs:  # the encoded images' bytes
+            try:
+                im = Image.open(io.BytesIO(blob))
+            except Exception:  # a damaged header (OSError, ValueError, NotImplementedError...): counted, not refused;
+                formats["unreadable"] += 1  # decoding refuses it, naming the file, when it is kept
+                continue
+            lossless_webp = im.format == "WEBP" and (blob[12:16] == b"VP8L" or (blob[12:16] == b"VP8X" and
+                                                                               b"VP8L" in blob and b"VP8 " not in blob))
+            formats["WEBP-lossless" if lossless_webp else im.format] += 1
+            if im.format == "JPEG":
+                quality[str(_ijg_quality().get(_tables(im), "other"))] += 1
+                chroma["gray" if im.mode == "L" else CHROMA.get(JpegImagePlugin.get_sampling(im), "other")] += 1
     out = {"formats": dict(formats), "lossless": set(formats) <= set(LOSSLESS_FORMATS)}
     if quality:
         out.update(jpeg_quality=dict(quality), jpeg_chroma=dict(chroma))
