@@ -156,17 +156,27 @@ def check_progress(blob: dict) -> None:
         raise ValueError("its part-done epoch is malformed")
 
 
+def read(path: Path) -> tuple[bytes, object]:
+    """A checkpoint's bytes (`read_bytes`) and what torch.load(weights_only=True) makes of them, for readers that
+    do not resume it; ValueError "unreadable checkpoint (why)" when either fails."""
+    import io
+
+    data = read_bytes(path)
+    try:
+        return data, torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (truncated, not a torch file, or a pickle weights_only refuses)
+        raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
+
+
 def progress(path: Path) -> dict:
     """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
     epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None, "sha256": of the
     file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
     run_all would set aside (its history included: a report draws it; not a regular file: `read_bytes`)."""
     import hashlib
-    import io
 
-    data = read_bytes(path)
+    data, blob = read(path)
     try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         blob["epoch"], blob["history"]  # noqa: B018 (both there)
     except Exception as e:  # noqa: BLE001  (any damage: readers say so; run_all sets it aside when it resumes)
         raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None

@@ -19,7 +19,6 @@ fit is one line and exit 2. The data dir is a `python -m loaders.prepare` output
 """
 import argparse
 import contextlib
-import io
 import sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -123,13 +122,9 @@ def main() -> None:
         fail(f"--images must be >= 1, got {args.images}")
     given = {k: getattr(args, k) for k in BUILD}
     try:
-        data = checkpoint.read_bytes(args.checkpoint)  # a regular file of sane size, else "unreadable checkpoint"
+        _, blob = checkpoint.read(args.checkpoint)  # a regular file of sane size, torch.load'ed weights_only
     except ValueError as e:
         fail(f"{args.checkpoint}: {e}")
-    try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (truncated, not a torch file, or a pickle weights_only refuses)
-        fail(f"{args.checkpoint}: unreadable checkpoint ({type(e).__name__})")
     if isinstance(blob, dict) and "state_dict" in blob:  # a completed run's kept weights: they say how they were built
         try:
             blob = weights.checked(blob, args.checkpoint)
