@@ -159,7 +159,7 @@ def baseline(preset: str | None = "paper") -> dict[str, object]:
 
 def arm_values(ablation: Ablation, arm: str, preset: str | None = "paper") -> dict[str, object]:
     """The BASELINE fields as an arm sets them, on top of `preset`'s values."""
-    return as_recorded({**baseline(preset), **arm_overrides(ablation, arm)})
+    return {**baseline(preset), **as_recorded(arm_overrides(ablation, arm))}
 
 
 def as_recorded(values: dict) -> dict:
