@@ -261,9 +261,23 @@ def latex_table(d: pd.DataFrame, caption: str, label: str, sha256: str, kind: st
 SOURCE_COLUMNS = ("ledger_sha256", "throughput_file_sha256")
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+"""What a spreadsheet reads as the start of a formula (and the quote that marks a cell as text): a record's text
+cell starting with one is written with a quote in front (OWASP's advice on CSV injection), so opening the CSV
+in a spreadsheet shows the text and runs nothing."""
+
+
+def _text_cells(t: pd.DataFrame, change) -> pd.DataFrame:
+    """`t` with `change` applied to every string cell of its text columns."""
+    text = [c for c in t.columns if t[c].dtype == object or isinstance(t[c].dtype, pd.StringDtype)]
+    return t.assign(**{c: t[c].map(lambda x: change(x) if isinstance(x, str) else x) for c in text})
+
+
 def write_csv(t: pd.DataFrame, path, sha256: str, kind: str = "ledger") -> None:
     """The table's numbers (not the display strings) plus a column naming where they came from: `ledger_sha256`,
-    or `throughput_file_sha256` for a throughput table read from a benchmark file."""
+    or `throughput_file_sha256` for a throughput table read from a benchmark file. A text cell that a spreadsheet
+    would run as a formula gets a quote in front (`FORMULA_START`); `read_csv` takes it off."""
+    t = _text_cells(t, lambda x: "'" + x if x.startswith(FORMULA_START) else x)
     t.assign(**{f"{kind.replace(' ', '_')}_sha256": sha256}).to_csv(path, index=False, lineterminator="\n")
 
 
@@ -271,4 +285,5 @@ def read_csv(path) -> pd.DataFrame:
     """A table written by `write_csv`, without its source column: equals the table it came from."""
     t = pd.read_csv(path, dtype={c: "string" for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])  # a
     # device named "N/A" or "None" stays that name: only an empty field is missing
+    t = _text_cells(t, lambda x: x[1:] if x.startswith("'") else x)
     return t.drop(columns=[c for c in SOURCE_COLUMNS if c in t.columns])

@@ -6,6 +6,7 @@ import json
 import re
 
 import markdown as md_lib
+import pandas as pd
 import pytest
 
 from bench import results
@@ -37,6 +38,22 @@ def test_record_strings_stay_text_in_every_file(tmp_path):
     back = formats.read_csv(out / "throughput.csv")
     assert len(back) == len(tp) and sorted(back["device_name"]) == sorted(tp["device_name"])
     assert "N/A" in set(back["device_name"]) and any(d.startswith("GPU X [") for d in back["device_name"])
+
+
+def test_a_record_string_that_a_spreadsheet_would_run_is_quoted_in_every_csv(tmp_path):
+    """CSV injection: a device name "=HYPERLINK(...)" would be a live formula in a spreadsheet that opens
+    throughput.csv; it is written as text (a quote in front) and read back as the record's string."""
+    names = ["=HYPERLINK(\"https://evil.example\",\"fix\")", "+1+cmd|' /C calc'!A0", "@SUM(1)", "-2+3", "'quoted",
+             "NVIDIA H200"]
+    recs = [record(lr=lr, test=9.5) for lr in (0.25, 0.1, 0.05, 0.01, 0.005, 0.001)]
+    for rec, name in zip(recs, names):
+        rec["device_name"] = name
+    out = tmp_path / "report"
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", recs)), "--out", str(out)]) == 0
+    raw = pd.read_csv(out / "throughput.csv", dtype=str, keep_default_na=False)["device_name"]
+    assert not any(cell.startswith(formats.FORMULA_START[:-1]) for cell in raw)
+    assert sorted(raw) == sorted(n if n == "NVIDIA H200" else "'" + n for n in names)
+    assert sorted(formats.read_csv(out / "throughput.csv")["device_name"]) == sorted(names)
 
 
 @pytest.mark.parametrize("damage, why", [
