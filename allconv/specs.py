@@ -54,7 +54,8 @@ TOP: list[tuple[int, int | str, int]] = [(3, 192, 0), (1, 192, 0), (1, "classes"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One row of Table 3: the architecture key and the numbers the paper printed for it."""
+    """One row of Table 3: the architecture key and the numbers the paper printed for it. A network of one's own
+    (not in the paper) has no paper numbers: paper_error_pct=float("nan"), paper_params=""."""
 
     family: str  # "A" | "B" | "C" (Table 1)
     variant: str  # "model" | "strided" | "convpool" | "allcnn" (Table 2)

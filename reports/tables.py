@@ -118,7 +118,9 @@ def select_on_val(runs: pd.DataFrame, grid: list[float] | None = None) -> dict:
 
 
 def _paper_params(text: str) -> float:
-    return float(text.split()[0]) * 1e6
+    """The paper's printed count ("1.28 M") as a number; nan for a network the paper does not print (""), as
+    allconv.specs.ModelSpec declares one of one's own."""
+    return float(text.split()[0]) * 1e6 if text.strip() else float("nan")
 
 
 def _epoch_seconds(history) -> float | None:

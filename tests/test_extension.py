@@ -1,0 +1,35 @@
+"""A network of one's own beside the paper's 12: a spec added to allconv.specs as data (a family of its own, no paper
+number: paper_error_pct nan, paper_params "") goes through the reports without a traceback and without entering the
+paper's comparisons."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from allconv.specs import FAMILIES, SPECS, VARIANTS, ModelSpec, num_params
+from reports.ledger import load_ledger
+from reports.report import write_report
+from reports.tables import table3
+from test_reports import record, write_ledger
+
+WIDE = "allcnn-c-wide"
+
+
+@pytest.fixture
+def wide(monkeypatch):
+    """All-CNN-C with twice the stage widths, in a family of its own, with no paper number."""
+    monkeypatch.setitem(FAMILIES, "Cw", ([(3, 192), (3, 192)], [(3, 384), (3, 384)]))
+    spec = ModelSpec("Cw", "allcnn", "All-CNN-C-wide", float("nan"), "", 4_690_954)
+    monkeypatch.setitem(SPECS, WIDE, spec)
+    monkeypatch.setitem(VARIANTS, WIDE, spec.paper_name)
+    assert num_params(WIDE) == spec.num_params
+    return spec
+
+
+def test_table3_shows_a_network_without_a_paper_number(tmp_path, wide):
+    led = load_ledger(write_ledger(tmp_path, [record(lr=0.05, test=9.3), record(model=WIDE, lr=0.05, test=8.0)]))
+    t3 = table3(led.df, led.reference).set_index("model")
+    assert t3.loc[WIDE, "error_pct"] == 8.0 and t3.loc[WIDE, "params"] == 4_690_954
+    assert math.isnan(t3.loc[WIDE, "paper_error_pct"]) and math.isnan(t3.loc[WIDE, "paper_params_n"])
+    assert t3.loc["allcnn-c", "paper_params_n"] == 1.4e6
