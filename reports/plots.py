@@ -18,12 +18,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import pandas as pd  # noqa: E402
 
-from allconv.specs import SPECS  # noqa: E402
+from allconv.specs import FAMILIES, SPECS  # noqa: E402
 from reports.ledger import _known, precision_label  # noqa: E402
 from reports.tables import lr_grid, lr_text  # noqa: E402
 
 DPI = 100
 FAMILY_COLORS = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green"}
+EXTRA_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+"""Colours of the families added to allconv.specs.FAMILIES beyond the paper's three, in its order (`family_color`)."""
+
+
+def family_color(family: str) -> str:
+    """The paper's families A-C their FAMILY_COLORS; a family of one's own the next of EXTRA_COLORS."""
+    if family in FAMILY_COLORS:
+        return FAMILY_COLORS[family]
+    extra = [f for f in FAMILIES if f not in FAMILY_COLORS]
+    return EXTRA_COLORS[extra.index(family) % len(EXTRA_COLORS)] if family in extra else "tab:gray"
 VARIANT_MARKERS = {"model": "o", "strided": "v", "convpool": "s", "allcnn": "D"}
 VARIANT_NAMES = {"model": "Model", "strided": "Strided-CNN", "convpool": "ConvPool-CNN", "allcnn": "All-CNN"}
 
@@ -130,7 +140,7 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     fig, ax = plt.subplots(figsize=(8, 6.8))
     for r in t3.to_dict("records"):
         spec = SPECS[r["model"]]
-        color, marker = FAMILY_COLORS[spec.family], VARIANT_MARKERS[spec.variant]
+        color, marker = family_color(spec.family), VARIANT_MARKERS[spec.variant]
         x = r["params"] / 1e6 + JITTER[spec.variant]
         ax.scatter([x], [r["paper_error_pct"]], marker=marker, facecolors="none", edgecolors=color, s=50)
         if _known(r["error_pct"]):  # half filled: the LR grid is incomplete, a missing LR may still lower it
@@ -143,7 +153,8 @@ def plot_error_vs_params(t3: pd.DataFrame, path, sha256: str = "") -> None:
     if (t3["status"] == "partial").any():
         handles.append(plt.Line2D([], [], color="0.3", marker="o", linestyle="", fillstyle="bottom",
                                   label="ours, LR grid incomplete"))
-    handles += [matplotlib.patches.Patch(color=c, label=f"family {f}") for f, c in FAMILY_COLORS.items()]
+    families = dict.fromkeys([*FAMILY_COLORS, *(SPECS[m].family for m in t3["model"])])
+    handles += [matplotlib.patches.Patch(color=family_color(f), label=f"family {f}") for f in families]
     handles += [plt.Line2D([], [], color="0.3", marker=m, linestyle="", label=VARIANT_NAMES[v])
                 for v, m in VARIANT_MARKERS.items()]
     fig.legend(handles=handles, fontsize=8, ncol=5, loc="lower center", frameon=False,  # outside: hides no point
@@ -192,7 +203,7 @@ def plot_throughput(tp: pd.DataFrame, path, sha256: str = "", kind: str = "ledge
                            layout="constrained")
     labels, common = bar_labels(rows)
     at = [float(i) for i in range(len(rows))]
-    colors = [FAMILY_COLORS[SPECS[r["model"]].family] for r in rows]
+    colors = [family_color(SPECS[r["model"]].family) for r in rows]
     height = 0.4 if has_fused else 0.8
     ax.barh([y - (height / 2 if has_fused else 0) for y in at], [r["train_images_per_s"] for r in rows],
             height=height, color=colors)

@@ -33,3 +33,15 @@ def test_table3_shows_a_network_without_a_paper_number(tmp_path, wide):
     assert t3.loc[WIDE, "error_pct"] == 8.0 and t3.loc[WIDE, "params"] == 4_690_954
     assert math.isnan(t3.loc[WIDE, "paper_error_pct"]) and math.isnan(t3.loc[WIDE, "paper_params_n"])
     assert t3.loc["allcnn-c", "paper_params_n"] == 1.4e6
+
+
+def test_the_report_draws_a_family_of_its_own(tmp_path, wide):
+    """Its points and throughput bar get a colour of their own (a KeyError in reports.plots before), and the
+    legend names the family."""
+    from reports import plots
+
+    ledger = write_ledger(tmp_path / "r", [record(lr=0.05, test=9.3), record(model=WIDE, lr=0.05, test=8.0)])
+    paths = write_report(ledger, tmp_path / "out")
+    assert {"error_vs_params.png", "throughput.png"} <= {p.name for p in paths}
+    assert "| All-CNN-C-wide |" in (tmp_path / "out" / "report.md").read_text()
+    assert plots.family_color("Cw") not in plots.FAMILY_COLORS.values()
