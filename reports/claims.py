@@ -164,15 +164,16 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     picked = {m: best_over_lr(runs[runs["model"] == m], grid) for m in SPECS}
     errors = {m: p.get("errors", []) for m, p in picked.items()}
     paper = {m: s.paper_error_pct for m, s in SPECS.items()}
+    in_table3 = [m for m, v in paper.items() if math.isfinite(v)]  # a network of one's own has no paper number
     n_test = min(filter(None, map(num_test, runs.get("data", []))), default=None)  # the fewest any run was scored on
     rows = []
     for c in CLAIMS:
         if c.relation == "best":
-            others = [m for m in SPECS if m != c.x and errors[m]]
+            others = [m for m in in_table3 if m != c.x and errors[m]]
             runner_up = min(others, key=lambda m: statistics.fmean(errors[m])) if others else None
             # the paper's difference for the same pair; with no runner-up of ours, the paper's own (All-CNN-B)
             y = runner_up
-            y_paper = paper[y] if y else min(v for m, v in paper.items() if m != c.x)
+            y_paper = paper[y] if y else min(paper[m] for m in in_table3 if m != c.x)
         else:
             y, y_paper = c.y, paper.get(c.y, c.y)
         x_err = errors[c.x]
@@ -190,7 +191,7 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             found = [_unless_open(verdict(x_err, errors[m], "better", n_test=n_test), "better", x_err, errors[m],
                                   picked[c.x], picked[m]) for m in others]
             worst = max(found, key=lambda f: WEAKER.index(f[0]))  # the comparison that decides the verdict
-            unmeasured = len(SPECS) - 1 - len(others)  # "the best" is shown only against every other model
+            unmeasured = len(in_table3) - 1 - len(others)  # "the best" is shown only against every other model
             row.update(verdict=max(worst[0], "inconclusive" if unmeasured else worst[0], key=WEAKER.index),
                        test=f"against each of {len(others)} model{'s' * (len(others) != 1)}"
                        + (f" ({unmeasured} not measured)" if unmeasured else "") + f"; weakest: {worst[1]}",

@@ -45,3 +45,15 @@ def test_the_report_draws_a_family_of_its_own(tmp_path, wide):
     assert {"error_vs_params.png", "throughput.png"} <= {p.name for p in paths}
     assert "| All-CNN-C-wide |" in (tmp_path / "out" / "report.md").read_text()
     assert plots.family_color("Cw") not in plots.FAMILY_COLORS.values()
+
+
+def test_a_network_of_ones_own_is_not_in_the_best_of_table3(tmp_path, wide):
+    """"All-CNN-C is the best of Table 3" is judged against the paper's other 11, not against a network the paper
+    does not have (here better than All-CNN-C by 2 pp, which refuted the claim)."""
+    from test_reports_claims import BEST, claims_of
+
+    paper = {m: [10.3 + i / 10, 10.4 + i / 10] for i, m in enumerate(SPECS) if m not in ("allcnn-c", WIDE)}
+    c = claims_of(tmp_path, {**paper, "allcnn-c": [9.0, 9.1], WIDE: [7.0, 7.1]})
+    assert c.loc[BEST, "verdict"] == "reproduced" and c.loc[BEST, "test"].startswith("against each of 11 models;")
+    c = claims_of(tmp_path / "only", {"allcnn-c": [9.0], WIDE: [7.0]})
+    assert tuple(c.loc[BEST, ["verdict", "test"]]) == ("not measured", "no other model has a number")
