@@ -7,8 +7,8 @@
 
 `allconv.specs` holds the tables and imports no torch; `python -m allconv` prints them.
 """
-from .specs import (DEFAULT_INIT, INITS, SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs, num_params,
-                    resolve_models)
+from .specs import (DEFAULT_INIT, INITS, PAPER_MODELS, SPECS, VARIANTS, ModelSpec, get_spec, list_models, macs,
+                    num_params, resolve_models)
 
 
 def __getattr__(attr):  # torch is imported only when a network is built
@@ -19,5 +19,5 @@ def __getattr__(attr):  # torch is imported only when a network is built
     raise AttributeError(f"module 'allconv' has no attribute {attr!r}")
 
 
-__all__ = ["DEFAULT_INIT", "INITS", "SPECS", "VARIANTS", "ModelSpec", "build", "get_spec", "list_models", "macs",
-           "num_params", "resolve_models"]
+__all__ = ["DEFAULT_INIT", "INITS", "PAPER_MODELS", "SPECS", "VARIANTS", "ModelSpec", "build", "get_spec",
+           "list_models", "macs", "num_params", "resolve_models"]

@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m allconv", description="The 12 networks of Table 3: exact and printed parameter counts, forward MACs, layers.")
     p.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN",
                    help="API names or fnmatch patterns ('*-c', 'model-*,allcnn-c'), as run_all and throughput "
-                        "--models take them (default: all 12)")
+                        "--models take them (default: all: Table 3's 12, then any network of one's own)")
     try:
         names = resolve_models(p.parse_args(argv).patterns)
     except ValueError as e:
@@ -30,8 +30,9 @@ def main(argv: list[str]) -> int:
     print(f"{'model':<16}{'params':>11}{'paper':>8}{'MMACs':>9}{'error%':>8}  layers")
     for name in names:
         s = SPECS[name]
-        print(f"{s.paper_name:<16}{num_params(name):>11,}{s.paper_params:>8}{macs(name) / 1e6:>9.1f}"
-              f"{s.paper_error_pct:>8.2f}  {describe(name)}")
+        error = f"{s.paper_error_pct:.2f}" if s.in_paper else "-"  # a network of one's own: no paper number
+        print(f"{s.paper_name:<16}{num_params(name):>11,}{s.paper_params or '-':>8}{macs(name) / 1e6:>9.1f}"
+              f"{error:>8}  {describe(name)}")
     return 0
 
 

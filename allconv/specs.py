@@ -7,6 +7,7 @@ into the exact layer list that `allconv.build` turns into modules and `macs` cou
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 
 # Table 1: each of the two stages as (kernel, width) convolutions, before the downsampling step.
@@ -54,15 +55,24 @@ TOP: list[tuple[int, int | str, int]] = [(3, 192, 0), (1, 192, 0), (1, "classes"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One row of Table 3: the architecture key and the numbers the paper printed for it. A network of one's own
-    (not in the paper) has no paper numbers: paper_error_pct=float("nan"), paper_params=""."""
+    """One row of Table 3: the architecture key and the numbers the paper printed for it.
 
-    family: str  # "A" | "B" | "C" (Table 1)
+    A network of one's own is one more entry of SPECS, after the paper's 12: a family of its own in FAMILIES when
+    its widths differ, one of Table 2's four variants, `paper_error_pct=math.nan` and `paper_params=""` (the paper
+    printed nothing for it), and its exact `num_params` (`python -m allconv NAME` counts it; a test checks every
+    spec's). It is trained when `--models` names it (the default grid is Table 3's, `PAPER_MODELS`); reports show
+    it after the 12 with no paper number and leave it out of the paper's claims."""
+
+    family: str  # "A" | "B" | "C" (Table 1), or a family of one's own
     variant: str  # "model" | "strided" | "convpool" | "allcnn" (Table 2)
     paper_name: str  # as printed in Table 3
-    paper_error_pct: float  # Table 3: CIFAR-10 test error, no augmentation
-    paper_params: str  # parameter count as the paper prints it (rounded)
+    paper_error_pct: float  # Table 3: CIFAR-10 test error, no augmentation; nan: not in the paper
+    paper_params: str  # parameter count as the paper prints it (rounded); "": not in the paper
     num_params: int  # exact, weights + biases, 10 classes, no BN; a test checks it
+
+    @property
+    def in_paper(self) -> bool:
+        return not math.isnan(self.paper_error_pct)
 
 
 SPECS: dict[str, ModelSpec] = {  # Table 3's row order; these names are the public API
@@ -80,7 +90,9 @@ SPECS: dict[str, ModelSpec] = {  # Table 3's row order; these names are the publ
     "allcnn-c": ModelSpec("C", "allcnn", "All-CNN-C", 9.08, "1.4 M", 1_369_738),
 }
 VARIANTS: dict[str, str] = {name: spec.paper_name for name, spec in SPECS.items()}
-"""The 12 API names in Table 3 order, each mapped to its display name as printed in the paper."""
+"""The API names in Table 3 order (then any network of one's own), each mapped to its display name."""
+PAPER_MODELS: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.in_paper)
+"""Table 3's 12 API names: the default grid of bench/run_all.py and the models of the paper's claims."""
 
 PAPER_AUGMENTED_ERROR_PCT = {"allcnn-c": 7.25}
 """Table 4: All-CNN-C with horizontal flips and translations of up to 5 px (quoted second-hand, approximate)."""

@@ -180,12 +180,13 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
 
 
 def render(rows: list[dict], summary: dict) -> str:
-    lines = [f"{'model':<12} {'lr':>7} {'seed':>4}  {'run key':<16}  {'epochs':>9}  {'left':>8}  state"]
+    width = max([12, *(len(r["model"]) for r in rows)])  # a network of one's own may have a longer name
+    lines = [f"{'model':<{width}} {'lr':>7} {'seed':>4}  {'run key':<16}  {'epochs':>9}  {'left':>8}  state"]
     for r in rows:
         epochs = f"{r['start']}/{r['epochs']}" if r["start"] is not None else "done"
         left = "" if r["seconds_left"] is None else ("~" if r["scaled"] else "") + hours(r["seconds_left"])
         state = r["state"] + (f" [{r['arm']}]" if r["arm"] else "")
-        lines.append(f"{r['model']:<12} {r['lr']:>7g} {r['seed']:>4}  {r['key']:<16}  {epochs:>9}  {left:>8}  {state}")
+        lines.append(f"{r['model']:<{width}} {r['lr']:>7g} {r['seed']:>4}  {r['key']:<16}  {epochs:>9}  {left:>8}  {state}")
     todo = [r for r in rows if r["start"] is not None]
     resumes = sum(r["start"] > 0 for r in todo)
     lines.append(f"{len(rows)} run{'s' * (len(rows) != 1)}: {len(rows) - len(todo)} recorded, "

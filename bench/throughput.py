@@ -47,7 +47,8 @@ right after the separate step, and `fused_over_separate` its ratio to `train_ima
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="bench/throughput.py", description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["*"], help="API names or fnmatch patterns ('*-c'); default all 12")
+    p.add_argument("--models", nargs="+", default=["*"], help="API names or fnmatch patterns ('*-c'); default all "
+                   "(Table 3's 12, then any of one's own)")
     p.add_argument("--precision", nargs="+", type=precision_arg, default=["no", "bf16"],
                    help="no (alias fp32) | bf16 | fp16 autocast, as run_all's --precision; bf16 and fp16 need a "
                         "process each (default: no bf16)")

@@ -55,7 +55,7 @@ def rows(results_dir: Path) -> list[list[str]]:
         spec = SPECS.get(r["model"])  # a model this code does not know: its own name, no paper number, listed last
         out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], [
             spec.paper_name if spec else f"{r['model']} (not in Table 3)", f"{r['lr']:g}", r["status"],
-            _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec else "",
+            _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
@@ -68,7 +68,7 @@ def rows(results_dir: Path) -> list[list[str]]:
             spec.paper_name if spec else f"run {path.stem}", f"{lr:g}" if lr else "?",
             "unfinished: checkpointed, resumed by the next campaign",
             f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else "",
-            f"{spec.paper_error_pct:.2f}" if spec else "",
+            f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{epoch}/{first['epochs']}" if epoch is not None and first else "",
             f"{_int(seconds)} so far" if seconds else "", "",
             str(first["device_name"] or "") if first else "", short(first["data"]) if first else "", ""]))

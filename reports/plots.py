@@ -77,7 +77,8 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     for ax, name in zip(axes.flat, names):
         mine, spec = runs[runs["model"] == name], SPECS[name]
         ax.set_title(spec.paper_name, fontsize=10)
-        ax.axhline(spec.paper_error_pct, color="0.3", linestyle=":", linewidth=1)
+        if spec.in_paper:  # a network of one's own has no paper line
+            ax.axhline(spec.paper_error_pct, color="0.3", linestyle=":", linewidth=1)
         low = [5.0]
         for lr in grid:
             at = mine[mine["lr"].map(lambda x, lr=lr: _known(x) and float(x) == lr).astype(bool)]

@@ -35,7 +35,7 @@ def convs(model: nn.Module) -> list[nn.Conv2d]:
 
 
 def test_variants_in_table3_order_with_paper_names():
-    assert list(allconv.VARIANTS) == TABLE3_ORDER
+    assert list(allconv.PAPER_MODELS) == list(allconv.VARIANTS)[:12] == TABLE3_ORDER  # then any network of one's own
     for name, display in DISPLAY.items():
         assert allconv.VARIANTS[name] == display
     assert allconv.list_models("*-c") == ["model-c", "strided-c", "convpool-c", "allcnn-c"]
@@ -45,6 +45,12 @@ def test_variants_in_table3_order_with_paper_names():
 def test_exact_parameter_count(name):
     model = allconv.build(name)
     assert count(model) == EXACT_PARAMS[name] == SPECS[name].num_params == allconv.num_params(name)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_spec_states_its_networks_parameter_count(name):
+    """The paper's 12 and any network of one's own added to SPECS: the count a report prints is the network's."""
+    assert SPECS[name].num_params == count(allconv.build(name)) == allconv.num_params(name)
 
 
 def test_hundred_classes():
@@ -210,8 +216,8 @@ def test_bad_options_raise_with_valid_values(kwargs, match):
 def test_cli_table():
     out = subprocess.run([sys.executable, "-m", "allconv"], capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
-    assert len(lines) == 13
-    assert "All-CNN-C" in lines[-1] and "1,369,738" in lines[-1] and "1.4 M" in lines[-1] and "270.8" in lines[-1]
+    assert len(lines) == 1 + len(SPECS)
+    assert lines[12].split()[:5] == ["All-CNN-C", "1,369,738", "1.4", "M", "270.8"] and " 9.08 " in lines[12]
     bad = subprocess.run([sys.executable, "-m", "allconv", "nope-*"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 

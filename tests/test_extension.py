@@ -1,30 +1,42 @@
 """A network of one's own beside the paper's 12: a spec added to allconv.specs as data (a family of its own, no paper
-number: paper_error_pct nan, paper_params "") goes through the reports without a traceback and without entering the
-paper's comparisons."""
+number: paper_error_pct nan, paper_params "") trains when named, stays out of the default grid and the paper's
+claims, and goes through `python -m allconv`, the plan and the reports without a traceback."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
-from allconv.specs import FAMILIES, SPECS, VARIANTS, ModelSpec, num_params
+from allconv.specs import FAMILIES, PAPER_MODELS, SPECS, VARIANTS, ModelSpec, num_params
 from reports.ledger import load_ledger
 from reports.report import write_report
 from reports.tables import table3
-from test_reports import record, write_ledger
+from tests.test_reports import record, write_ledger
 
 WIDE = "allcnn-c-wide"
+THIN = "allcnn-c-thin-own"  # longer than any paper name: the plan's model column must widen
+
+
+def own(monkeypatch, name, paper_name, family, widths, params):
+    monkeypatch.setitem(FAMILIES, family, widths)
+    spec = ModelSpec(family, "allcnn", paper_name, math.nan, "", params)
+    monkeypatch.setitem(SPECS, name, spec)
+    monkeypatch.setitem(VARIANTS, name, spec.paper_name)
+    assert num_params(name) == spec.num_params and not spec.in_paper
+    return spec
 
 
 @pytest.fixture
 def wide(monkeypatch):
     """All-CNN-C with twice the stage widths, in a family of its own, with no paper number."""
-    monkeypatch.setitem(FAMILIES, "Cw", ([(3, 192), (3, 192)], [(3, 384), (3, 384)]))
-    spec = ModelSpec("Cw", "allcnn", "All-CNN-C-wide", float("nan"), "", 4_690_954)
-    monkeypatch.setitem(SPECS, WIDE, spec)
-    monkeypatch.setitem(VARIANTS, WIDE, spec.paper_name)
-    assert num_params(WIDE) == spec.num_params
-    return spec
+    return own(monkeypatch, WIDE, "All-CNN-C-wide", "Cw", ([(3, 192), (3, 192)], [(3, 384), (3, 384)]), 4_690_954)
+
+
+@pytest.fixture
+def thin(monkeypatch):
+    """All-CNN-C with a quarter of the stage widths: small enough to train in a test."""
+    return own(monkeypatch, THIN, "All-CNN-C-thin-own", "Ct", ([(3, 24), (3, 24)], [(3, 48), (3, 48)]), 185_194)
 
 
 def test_table3_shows_a_network_without_a_paper_number(tmp_path, wide):
@@ -32,7 +44,9 @@ def test_table3_shows_a_network_without_a_paper_number(tmp_path, wide):
     t3 = table3(led.df, led.reference).set_index("model")
     assert t3.loc[WIDE, "error_pct"] == 8.0 and t3.loc[WIDE, "params"] == 4_690_954
     assert math.isnan(t3.loc[WIDE, "paper_error_pct"]) and math.isnan(t3.loc[WIDE, "paper_params_n"])
-    assert t3.loc["allcnn-c", "paper_params_n"] == 1.4e6
+    assert math.isnan(t3.loc[WIDE, "diff_pp"]) and t3.loc["allcnn-c", "paper_params_n"] == 1.4e6
+    led = load_ledger(write_ledger(tmp_path / "paper-only", [record(lr=0.05, test=9.3)]))
+    assert list(table3(led.df, led.reference)["model"]) == list(PAPER_MODELS)  # not trained, not asked for: no row
 
 
 def test_the_report_draws_a_family_of_its_own(tmp_path, wide):
@@ -43,17 +57,48 @@ def test_the_report_draws_a_family_of_its_own(tmp_path, wide):
     ledger = write_ledger(tmp_path / "r", [record(lr=0.05, test=9.3), record(model=WIDE, lr=0.05, test=8.0)])
     paths = write_report(ledger, tmp_path / "out")
     assert {"error_vs_params.png", "throughput.png"} <= {p.name for p in paths}
-    assert "| All-CNN-C-wide |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| All-CNN-C-wide |  | 8.00 |" in (tmp_path / "out" / "report.md").read_text()  # no paper number, no Δ
     assert plots.family_color("Cw") not in plots.FAMILY_COLORS.values()
 
 
 def test_a_network_of_ones_own_is_not_in_the_best_of_table3(tmp_path, wide):
     """"All-CNN-C is the best of Table 3" is judged against the paper's other 11, not against a network the paper
     does not have (here better than All-CNN-C by 2 pp, which refuted the claim)."""
-    from test_reports_claims import BEST, claims_of
+    from tests.test_reports_claims import BEST, claims_of
 
     paper = {m: [10.3 + i / 10, 10.4 + i / 10] for i, m in enumerate(SPECS) if m not in ("allcnn-c", WIDE)}
     c = claims_of(tmp_path, {**paper, "allcnn-c": [9.0, 9.1], WIDE: [7.0, 7.1]})
     assert c.loc[BEST, "verdict"] == "reproduced" and c.loc[BEST, "test"].startswith("against each of 11 models;")
     c = claims_of(tmp_path / "only", {"allcnn-c": [9.0], WIDE: [7.0]})
     assert tuple(c.loc[BEST, ["verdict", "test"]]) == ("not measured", "no other model has a number")
+
+
+def test_it_trains_when_named_and_only_then(tmp_path, thin, smoke_data_dir, jpeg_tarball, fresh_accelerator,
+                                            capsys):
+    """The real path: `--models` names it, run_all trains and records it, the plan and `python -m allconv` list
+    it, and the report shows it with no paper number; the default grid is still Table 3's 12."""
+    from allconv.__main__ import main as allconv_main
+    from bench import plan, results
+    from bench.cli import parse_args
+    from bench.run_all import main as run_all
+
+    assert parse_args([]).models == PAPER_MODELS and THIN not in parse_args(["--preset", "smoke"]).models
+    assert THIN in parse_args(["--models", "*"]).models
+    argv = ["--preset", "smoke", "--models", THIN, "--lrs", "0.05", "--source", str(jpeg_tarball), "--data-dir",
+            str(smoke_data_dir), "--out", str(tmp_path / "out"), "--backend", "tensor", "--no-progress"]
+    assert run_all(argv) == 0
+    (rec,) = results.read_records(tmp_path / "out")
+    assert (rec["model"], rec["status"], rec["params"]) == (THIN, "completed", 185_194)
+    assert plan.main(argv) == 0
+    capsys.readouterr()
+    assert plan.main([*argv, "--lrs", "0.05", "0.01"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(THIN)]
+    assert [line.split()[1:3] for line in rows] == [["0.05", "0"], ["0.01", "0"]]  # columns still apart
+    assert allconv_main([THIN]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:3] == ["All-CNN-C-thin-own", "185,194", "-"] and line[4] == "-"  # no paper count, no paper error
+    write_report(tmp_path / "out", tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert re.search(r"\n\| All-CNN-C-thin-own \|  \| \d+\.\d\d \| 0\.05 \| 1 \|\n", md)  # no paper number
+    assert "| All-CNN-C | 9.08 | not run |" in md
+
