@@ -119,9 +119,10 @@ def _fits(value, hint) -> bool:
 
 
 def _type_name(hint) -> str:
-    """How a RunConfig type reads in an error: "True or False", "a number", "a tuple of int", "int or None"."""
+    """How a RunConfig type reads in an error: "True or False", "a number", "a tuple, each item an int", "an int or
+    None"."""
     if typing.get_origin(hint) is tuple:
-        return f"a tuple of {_type_name(typing.get_args(hint)[0])}"
+        return f"a tuple, each item {_type_name(typing.get_args(hint)[0])}"
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(h) for h in typing.get_args(hint))
     return {bool: "True or False", float: "a number", int: "an int", str: "a str", type(None): "None"}.get(hint, str(hint))

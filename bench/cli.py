@@ -12,7 +12,6 @@ import dataclasses
 import typing
 
 from allconv.specs import resolve_models
-from bench import ablations
 from bench.config import PRESETS, PRESETS_NAMES, RunConfig
 from bench.devices import precision_name
 
@@ -45,6 +44,8 @@ def _none_or(kind):
 
 def _ablation_names(text: str) -> list[str]:
     try:
+        from bench import ablations  # here, not at the top: its import refuses a bad arm, as a usage error
+
         return ablations.parse(text)
     except ValueError as e:  # argparse shows an ArgumentTypeError's own message, not "invalid value"
         raise argparse.ArgumentTypeError(str(e)) from None

@@ -209,9 +209,12 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
         ablation = _ablations().ABLATIONS[name]
         for label, overrides in ablation.arms.items():
             arm = _ablations().arm_overrides(ablation, label)
-            if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
-                arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
-            arm_cfg = dataclasses.replace(cfg, **arm)
+            try:
+                if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
+                    arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
+                arm_cfg = dataclasses.replace(cfg, **arm)
+            except ValueError as e:  # a value the field does not take ({"momentum": 1.5}), or not with this grid
+                raise ValueError(f"ablation {name!r}, arm {label!r}: {e}") from None
             lrs = overrides.get("lrs", cfg.lrs)
             runs += [Run(m, lr, s, arm_cfg) for m in ablation.models for lr in lrs for s in cfg.seeds]
     seen, unique = set(), []

@@ -1,10 +1,14 @@
 """A network of one's own beside the paper's 12: a spec added to allconv.specs as data (a family of its own, no paper
 number: paper_error_pct nan, paper_params "") trains when named, stays out of the default grid and the paper's
-claims, and goes through `python -m allconv`, the plan and the reports without a traceback."""
+claims, and goes through `python -m allconv`, the plan and the reports without a traceback. An ablation of one's
+own that bench/ablations.py refuses is one line from every command."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +106,19 @@ def test_it_trains_when_named_and_only_then(tmp_path, thin, smoke_data_dir, jpeg
     assert re.search(r"\n\| All-CNN-C-thin-own \|  \| \d+\.\d\d \| 0\.05 \| 1 \|\n", md)  # no paper number
     assert "| All-CNN-C | 9.08 | not run |" in md
 
+
+@pytest.mark.parametrize("command", [["bench/run_all.py"], ["-m", "bench.plan"]])
+def test_an_ablation_refused_on_import_is_one_line_from_run_all_and_the_plan(tmp_path, command):
+    """A typo'd arm stopped run_all and the plan with a traceback (bench/cli.py imported bench/ablations.py)."""
+    from tests.test_reports import ROOT
+    from tests.test_reports_files import REFUSE_ON_IMPORT
+
+    script = REFUSE_ON_IMPORT + f"import runpy\nsys.argv[0] = {command[-1]!r}\n" + (
+        f"runpy.run_module({command[1]!r}, run_name='__main__', alter_sys=True)\n" if command[0] == "-m" else
+        f"runpy.run_path({command[0]!r}, run_name='__main__')\n")
+    p = subprocess.run([sys.executable, "-c", script, "--preset", "smoke", "--ablations", "wd", "--out",
+                        str(tmp_path / "out")], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (2, "error: argument --ablations: ablation 'wd', arm '5e-4': weight_decy "
+                                           "cannot be varied by an arm\n")
+    assert not (tmp_path / "out").exists()

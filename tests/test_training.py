@@ -101,11 +101,23 @@ def test_ablations_add_their_arms_once_and_arm_of_finds_them():
     ({"base": {}, "one": {"lrs": 0.1}}, r"arm 'one': lrs must be a non-empty tuple of learning rates > 0, got 0.1"),
     ({"base": {}, "neg": {"lrs": (-0.01,)}}, r"arm 'neg': lrs must be a non-empty tuple of learning rates > 0"),
     ({"base": {}, "none": {"lrs": ()}}, r"arm 'none': lrs must be a non-empty tuple of learning rates > 0"),
+    ({"base": {}, "list": {"lr_drops": [100]}}, r"arm 'list': lr_drops must be a tuple, each item an int, got \[100\]"),
 ])
 def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
     with pytest.raises(ValueError, match=f"ablation 'mine', {error}" if "arm '" in error else error):
         ablations.check("mine", ablations.Ablation("Mine", arms))
     ablations.check("mine", ablations.Ablation("Mine", {"base": {}, "wd": {"weight_decay": 5e-4, "lrs": (0.1,)}}))
+
+
+@pytest.mark.parametrize("arm, error", [
+    ({"momentum": 1.5}, r"--momentum must be in \[0, 1\), got 1.5"),
+    ({"lr_drops": (100,)}, r"--lr-drops must be increasing epochs in 1..1, got \[100\]"),  # beyond the smoke grid
+])
+def test_an_arms_value_that_its_field_does_not_take_names_the_arm(monkeypatch, arm, error):
+    """The same check as the option's, with the ablation and arm in front: the user never typed --momentum."""
+    monkeypatch.setitem(ablations.ABLATIONS, "mine", ablations.Ablation("Mine", {"base": {}, "odd": arm}))
+    with pytest.raises(ValueError, match=f"^ablation 'mine', arm 'odd': {error}"):
+        expand(parse_args(["--preset", "smoke", "--models", "allcnn-c", "--ablations", "mine"]), "sha")
 
 
 def test_an_arm_may_name_fp32_by_its_label(monkeypatch):
