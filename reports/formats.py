@@ -86,7 +86,7 @@ def display_details(t: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in t.to_dict("records"):
         rows.append({
-            "Model": r["paper_name"], "Params": _int(r["params"]), "Paper params": r["paper_params"],
+            "Model": r["paper_name"], "Params": _int(r["params"]), "Paper params": _text(r["paper_params"]),
             "MACs (M)": fixed(r["macs"] / 1e6, 1), "Train img/s": _int(r["train_images_per_s"]),
             "s/epoch": _sig(r["epoch_s"]), "LR (val5k)": _lr(r["val_lr"]),
             "val5k: diverged": _text(r["val_diverged_lrs"]), "val5k: not measured": _text(r["val_not_measured"])})

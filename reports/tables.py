@@ -171,7 +171,7 @@ def table3(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             "val_diff_pp": _round(val["error_pct"] - spec.paper_error_pct), "val_lr": val["lr"],
             "val_status": val["status"] if len(val_runs) else "not run",
             "val_diverged_lrs": val["diverged_lrs"], "val_not_measured": val["not_measured"],
-            "params": spec.num_params, "paper_params": spec.paper_params, "paper_params_n": _paper_params(
+            "params": spec.num_params, "paper_params": spec.paper_params or None, "paper_params_n": _paper_params(
                 spec.paper_params), "macs": macs(name),
             "train_images_per_s": _median(done["train_images_per_s"]),
             "epoch_s": _median(_epoch_seconds(h) for h in done["history"]),

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from allconv.specs import FAMILIES, PAPER_MODELS, SPECS, VARIANTS, ModelSpec, num_params
@@ -51,6 +52,18 @@ def test_table3_shows_a_network_without_a_paper_number(tmp_path, wide):
     assert math.isnan(t3.loc[WIDE, "diff_pp"]) and t3.loc["allcnn-c", "paper_params_n"] == 1.4e6
     led = load_ledger(write_ledger(tmp_path / "paper-only", [record(lr=0.05, test=9.3)]))
     assert list(table3(led.df, led.reference)["model"]) == list(PAPER_MODELS)  # not trained, not asked for: no row
+
+
+def test_table3_csv_reads_back_as_the_table_with_a_network_of_ones_own(tmp_path, wide):
+    """Its missing printed count is missing in the table (not ""), as a CSV can only say "missing": table3.csv
+    read back equals the table, and the details table shows an empty cell."""
+    from reports.formats import display_details, read_csv, write_csv
+
+    led = load_ledger(write_ledger(tmp_path, [record(lr=0.05, test=9.3), record(model=WIDE, lr=0.05, test=8.0)]))
+    t3 = table3(led.df, led.reference)
+    write_csv(t3, tmp_path / "table3.csv", "sha")
+    pd.testing.assert_frame_equal(read_csv(tmp_path / "table3.csv"), t3, check_dtype=False)
+    assert list(display_details(t3)["Paper params"])[-2:] == ["1.4 M", ""]
 
 
 def test_the_report_draws_a_family_of_its_own(tmp_path, wide):
