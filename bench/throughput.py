@@ -259,7 +259,8 @@ def run(args) -> list[dict]:
                       f"threads, batch {args.batch_size}, channels_last={args.channels_last}, compile={args.compile}, "
                       f"cuda_graphs={args.cuda_graphs}, "
                       f"{args.repeats} x {args.steps} steps after {args.warmup} warm-up")
-    accelerator.print(f"{'model':<16}{'prec':<6}{'backend':<10}{'train img/s':>12}{'eval img/s':>12}"
+    width = max([16, *(len(m) + 1 for m in args.models)])  # a network of one's own may have a longer name
+    accelerator.print(f"{'model':<{width}}{'prec':<6}{'backend':<10}{'train img/s':>12}{'eval img/s':>12}"
                       f"{'train TFLOP/s':>15}{'MFU%':>7}{'spread%':>9}{'cpu%':>6}"
                       + (f"{f'fused x{args.fused} img/s':>18}{'fused/sep':>10}" if args.fused else ""))
     sources = {"synthetic": None}
@@ -280,7 +281,7 @@ def run(args) -> list[dict]:
                 accelerator.free_memory()  # the prepared optimizer, and with it the model
                 mfu = None if row["mfu"] is None else 100 * row["mfu"]
                 share = None if row["train_cpu_share"] is None else 100 * row["train_cpu_share"]
-                accelerator.print(f"{name:<16}{row['precision']:<6}{backend:<10}{row['train_images_per_s']:>12.1f}"
+                accelerator.print(f"{name:<{width}}{row['precision']:<6}{backend:<10}{row['train_images_per_s']:>12.1f}"
                                   f"{fmt(row['eval_images_per_s'], '.1f'):>12}{row['train_tflops']:>15.4f}"
                                   f"{fmt(mfu, '.1f'):>7}{row['train_spread_pct']:>9.1f}"
                                   f"{fmt(share, '.0f'):>6}" + (f"{fmt(row['fused_train_images_per_s'], '.1f'):>18}"

@@ -135,3 +135,14 @@ def test_an_ablation_refused_on_import_is_one_line_from_run_all_and_the_plan(tmp
     assert (p.returncode, p.stderr) == (2, "error: argument --ablations: ablation 'wd', arm '5e-4': weight_decy "
                                            "cannot be varied by an arm\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_throughput_table_keeps_a_long_name_apart_from_its_precision(thin, capsys):
+    """bench/throughput.py printed the model in 16 columns: a longer name ran into the precision
+    ("allcnn-c-thin-ownfp32"), as the plan's did."""
+    from bench import throughput
+
+    assert throughput.main(["--device", "cpu", "--models", THIN, "--precision", "fp32", "--batch-size", "2",
+                            "--steps", "1", "--warmup", "1", "--repeats", "1", "--no-eval"]) == 0
+    (row,) = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(THIN)]
+    assert row[:3] == [THIN, "fp32", "synthetic"]
