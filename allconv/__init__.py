@@ -1,4 +1,5 @@
-"""The 12 networks of Table 3 (Springenberg et al., 2015), declared as data and built by one function.
+"""The 12 networks of Table 3 (Springenberg et al., 2015), declared as data and built by one function (a network
+of one's own is one more entry of `allconv.specs.SPECS`).
 
     import allconv
     allconv.VARIANTS                # {"model-a": "Model A", ..., "allcnn-c": "All-CNN-C"}, Table 3 order

@@ -41,7 +41,7 @@ def _conv_block(block: nn.Sequential, index: int, conv: Conv, cin: int, bn: bool
 
 def build(name: str, num_classes: int = 10, *, bn: bool = False, dropout: bool = True,
           final_relu: bool = True, init: str = DEFAULT_INIT) -> nn.Sequential:
-    """Build one of the 12 networks of Table 3 by its API name (see `allconv.VARIANTS`).
+    """Build one of the 12 networks of Table 3 (or one of one's own) by its API name (see `allconv.VARIANTS`).
 
     bn: batch norm after every conv (not in the paper; an ablation). The conv bias is then dropped.
     dropout: 20% on the input and 50% after each pool or the layer replacing it (the paper's setting).

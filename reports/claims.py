@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from allconv.specs import SPECS
+from allconv.specs import PAPER_MODELS, SPECS
 from reports.data import num_test
 from reports.tables import _round, _typed, best_over_lr, lr_grid, table3_runs
 
@@ -164,7 +164,7 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     picked = {m: best_over_lr(runs[runs["model"] == m], grid) for m in SPECS}
     errors = {m: p.get("errors", []) for m, p in picked.items()}
     paper = {m: s.paper_error_pct for m, s in SPECS.items()}
-    in_table3 = [m for m, s in SPECS.items() if s.in_paper]  # not a network of one's own (no paper number)
+    in_table3 = list(PAPER_MODELS)  # not a network of one's own (no paper number)
     n_test = min(filter(None, map(num_test, runs.get("data", []))), default=None)  # the fewest any run was scored on
     rows = []
     for c in CLAIMS:

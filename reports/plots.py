@@ -34,6 +34,8 @@ def family_color(family: str) -> str:
         return FAMILY_COLORS[family]
     extra = [f for f in FAMILIES if f not in FAMILY_COLORS]
     return EXTRA_COLORS[extra.index(family) % len(EXTRA_COLORS)] if family in extra else "tab:gray"
+
+
 VARIANT_MARKERS = {"model": "o", "strided": "v", "convpool": "s", "allcnn": "D"}
 VARIANT_NAMES = {"model": "Model", "strided": "Strided-CNN", "convpool": "ConvPool-CNN", "allcnn": "All-CNN"}
 

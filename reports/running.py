@@ -17,7 +17,7 @@ from reports.ledger import COLUMNS, _blob, requested_grid
 
 
 def run_of_key(records: pd.DataFrame) -> dict[str, tuple[str, float, dict]]:
-    """run_key -> (model, lr, a record) for every Table 3 cell (the 12 models at the paper's and the requested LRs)
+    """run_key -> (model, lr, a record) for every Table 3 cell (every model of allconv.specs at the paper's and the requested LRs)
     under each distinct config of the records, model and LR aside: where a checkpoint of a run without a record
     belongs (run_all names it by the run key only). A record's own key maps to itself."""
     requested = (requested_grid(records)["lrs"] or []) if "grid" in records else []  # numbers (bench.schema)
