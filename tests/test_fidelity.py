@@ -47,7 +47,7 @@ def test_training_learns(learning_data_dir, jpeg_tarball, tmp_path):
     out = tmp_path / "out"
     p = run_py(paper(learning_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "0.05", "--no-final-relu",
                      "--epochs", "3", "--batch-size", "64", "--precision", "no", "--eval-every", "3", "--eval-last",
-                     "0", per_class=300))
+                     "0", "--no-diagnose", per_class=300))  # diagnosis (tests/test_diagnose.py) would add ~6 s
     assert p.returncode == 0, p.stderr[-3000:]
     (record,) = results.read_records(out)
     accs = [h["train_acc_pct"] for h in record["history"]]
