@@ -26,7 +26,7 @@ import pandas as pd
 
 from bench.ablations import ABLATIONS
 from loaders.sources import describe
-from reports import formats, plots
+from reports import formats, latex, plots
 from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.data import data_source, encoding_of, lossy
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
@@ -268,7 +268,7 @@ def write_report(results_dir, out_dir, preset: str | None = None, throughput=Non
             source = tp_source if s.stem == "throughput" else (led.sha256, "ledger")
             if s.stem != "table3-details":  # its numbers are table3.csv's
                 formats.write_csv(s.table, tmp / f"{s.stem}.csv", *source)
-            (tmp / f"{s.stem}.tex").write_text(formats.latex_table(s.display, s.title, s.stem, *source))
+            (tmp / f"{s.stem}.tex").write_text(latex.table(s.display, s.title, s.stem, *source))
         t3 = sections[0].table
         plots.plot_curves(table3_runs(led.df, led.reference), t3, tmp / "curves.png", led.sha256)
         plots.plot_error_vs_params(t3, tmp / "error_vs_params.png", led.sha256)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reports import formats
+from reports import formats, latex
 from reports.ledger import load_ledger
 from reports.report import write_report
 from reports.tables import table3, table3_by_lr
@@ -129,17 +129,21 @@ def test_html_from_a_ledger_is_shown_not_run(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt; (as recorded" in text and "&lt;img src=x onerror=alert(2)&gt;" in text
 
 
-# ---- LaTeX: only booktabs and LaTeX's own commands; compiled when a TeX toolchain is installed
+# ---- LaTeX: only booktabs, tabularx, longtable and LaTeX's own commands; compiled when a TeX toolchain is installed
 
 KNOWN_COMMANDS = {"begin", "end", "centering", "small", "caption", "label", "toprule", "midrule", "bottomrule",
                   "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum", "footnotesize",
-                  "setlength", "tabcolsep", "linewidth", "textbar", "textless", "textgreater"}
+                  "setlength", "tabcolsep", "linewidth", "textbar", "textless", "textgreater", "raggedright",
+                  "arraybackslash", "endfirsthead", "endhead", "begingroup", "endgroup", "scriptsize"}
+COLUMN = r"(?:>\{\\raggedright\\arraybackslash\})?(?:p\{[^}]*\}|[lrcX])"
+"""One column of a table's spec: l, r, c, X or p{width}, words ragged right."""
 
 
 def check_latex(text: str) -> None:
-    """A small parser: braces and math balanced, environments nested, every command known, rows complete."""
+    """A small parser: braces and math balanced, environments nested, every command known, rows complete (in a
+    tabular, a tabularx at the line width, or a longtable with its header repeated)."""
     body = "\n".join(line for line in text.splitlines() if not line.startswith("%"))
-    commands = set(re.findall(r"\\([A-Za-z]+)", body))
+    commands = set(re.findall(r"\\([A-Za-z]+)", body.replace("\\\\", " ")))  # a line break is no command
     assert commands <= KNOWN_COMMANDS, commands - KNOWN_COMMANDS
     plain = re.sub(r"\\[&%$#_{}\\]", "", body)
     depth = 0
@@ -154,27 +158,39 @@ def check_latex(text: str) -> None:
         else:
             assert stack.pop() == env
     assert not stack
-    spec = re.findall(r"p\{[^}]*\}|[lrc]", re.search(r"\\begin\{tabular\}\{((?:[lrc]|p\{[^}]*\})+)\}", body).group(1))
-    rows = body.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "").splitlines()
-    rows = [row for row in rows if row.strip()]
+    opening = re.search(r"\\begin\{(tabular|tabularx|longtable)\}(\{\\linewidth\})?\{((?:" + COLUMN + r")+)\}\n", body)
+    assert (opening.group(1) == "tabularx") == bool(opening.group(2))  # a tabularx is as wide as the text
+    columns = re.findall(COLUMN, opening.group(3))
+    rules = re.compile(r"\\(toprule|midrule|endfirsthead|endhead|caption\{.*)")
+    rows = [row for row in body[opening.end():body.index(r"\bottomrule")].splitlines() if not rules.match(row)]
+    assert len(rows) >= 2
     for row in rows:
-        assert row.endswith(r"\\") and row.replace(r"\&", "").count("&") == len(spec) - 1, row
+        assert row.endswith(r"\\") and row.replace(r"\&", "").count("&") == len(columns) - 1, row
 
 
-def test_latex_parses_and_compiles(report_dir, tmp_path):
-    tex = sorted(report_dir.glob("*.tex"))
+@pytest.mark.parametrize("which", ["report_dir", "paper_report"])
+def test_latex_parses_and_compiles_within_the_page(which, request, tmp_path):
+    """Every .tex of two reports parses; with pdflatex installed, all of them in one article compile (twice, as a
+    longtable needs) with no row wider than the text and no float taller than a page. Before reports/latex.py,
+    Table 3 ran 25 pt past the text width, the throughput table 370 pt, and the claims 223 pt past the page's foot."""
+    report = request.getfixturevalue(which)
+    report = report if which == "report_dir" else report[1]
+    tex = sorted(report.glob("*.tex"))
     assert len(tex) >= 5
     for path in tex:
         check_latex(path.read_text())
-        body = [x for x in path.read_text().splitlines() if not x.startswith("%")]
-        assert not any(c in x for x in body for c in "|<>"), path.name  # OT1 fonts print them as —, ¡, ¿
-    assert r"\textbar{}$\Delta$\textbar{}" in (report_dir / "claims.tex").read_text()  # "one seed: |Δ| ..."
-    assert formats.latex_escape("a<b>c|d ±") == r"a\textless{}b\textgreater{}c\textbar{}d $\pm$"
+        cells = [x for x in path.read_text().splitlines() if not x.startswith(("%", r"\begin{"))]
+        assert not any(c in x for x in cells for c in "|<>"), path.name  # OT1 fonts print them as —, ¡, ¿
+    assert r"\textbar{}$\Delta$\textbar{}" in (report / "claims.tex").read_text()  # "one seed: |Δ| ..."
+    assert latex.escape("a<b>c|d ±") == r"a\textless{}b\textgreater{}c\textbar{}d $\pm$"
     if shutil.which("pdflatex") is None:
         return  # the parser above is the check; a TeX toolchain is not a dependency
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+    doc.write_text(f"\\documentclass{{article}}\n\\usepackage{{{latex.PACKAGES}}}\n\\begin{{document}}\n"
                    + "".join(f"\\input{{{p}}}\n" for p in tex) + "\\end{document}\n")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-2000:]
+    for _ in range(2):
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:]
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert not re.findall(r"Overfull \\hbox.*|Float too large.*", log)

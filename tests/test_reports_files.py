@@ -15,12 +15,13 @@ import pandas as pd
 import pytest
 
 from bench import results
-from reports import formats
+from reports import formats, latex
 from reports.ledger import LedgerError
 from reports.report import write_report
 from reports.tables import ablation_table, table3
 from reports.throughput import throughput_table
 from test_reports import ROOT, led, ledger_dir, report_dir  # noqa: F401 (fixtures)
+from test_reports_fidelity import check_latex
 
 
 EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throughput.csv", "throughput.tex",
@@ -51,15 +52,10 @@ def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
     assert rows.rows["table3"] == 12 and rows.images == 3
     assert all(rows.rows[f"ablation-{n}"] >= 2 for n in ("bn-dropout", "precision", "preprocessing"))
     for tex in report_dir.glob("*.tex"):
-        lines = tex.read_text().splitlines()
-        body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
-        spec = next(x for x in lines if x.startswith(r"\begin{tabular}"))[len(r"\begin{tabular}{"):-1]
-        cols = len(re.findall(r"p\{[^}]*\}|[lrc]", spec))
-        assert r"\toprule" in lines and r"\end{tabular}" in lines
-        for line in body:
-            assert line.endswith(r"\\") and line.replace(r"\&", "").count("&") == cols - 1
+        check_latex(tex.read_text())
     t3_tex = (report_dir / "table3.tex").read_text()
-    assert t3_tex.count(r"\\") == 13 and r"9.30 $\pm$ 0.14" in t3_tex and r"\usepackage{booktabs}" in t3_tex
+    assert sum(line.endswith(r" \\") for line in t3_tex.splitlines()) == 13 and r"9.30 $\pm$ 0.14" in t3_tex
+    assert r"\usepackage{booktabs,tabularx,longtable}" in t3_tex
 
 
 def assert_frame_equal_csv(path: Path, table: pd.DataFrame) -> None:
@@ -193,6 +189,29 @@ def test_number_columns_align_right_with_status_words_among_them():
                       "p": ["5.55e-05", "0.0012", "", "-inf"],
                       "Notes": ["0.25 missing", "", "", "ok"]})
     assert formats.markdown_table(d).splitlines()[1] == "|---|---:|---:|---|"
-    assert "\\begin{tabular}{lrrl}" in formats.latex_table(d, "c", "t", "sha")
+    assert "\\begin{tabular}{lrrl}" in latex.table(d, "c", "t", "sha")
     assert formats.html_table(d, "t").count('<th class="t">') == 2
     assert formats.markdown_table(d[["Model", "Notes"]].assign(x=["not run"] * 4)).splitlines()[1] == "|---|---|---|"
+
+
+def test_latex_tables_are_laid_out_to_fit_the_text_width_and_the_page():
+    """Without a TeX toolchain (tests/test_reports_fidelity.py compiles them where pdflatex is installed): a short
+    table keeps its natural width and size; long text wraps in a tabularx at the line width; a table of many
+    numbers sets its headers in two lines and names in its caption the columns that are alike on every row; a table
+    taller than a page is a longtable whose header repeats."""
+    short = latex.table(pd.DataFrame({"Model": ["All-CNN-C"], "Ours %": ["9.30"]}), "c", "t", "sha")
+    assert "\\small\n" in short and "\\begin{tabular}{lr}" in short and "tabcolsep" not in short
+    notes = pd.DataFrame({"Model": ["Model A", "All-CNN-C"], "Notes": ["0.25 missing, 0.1 unfinished, 0.05 stalled", ""]})
+    assert "\\begin{tabularx}{\\linewidth}{l>{\\raggedright\\arraybackslash}X}" in latex.table(notes, "c", "t", "sha")
+    numbers = pd.DataFrame({"Model": ["Model A", "All-CNN-C"], "Device": ["NVIDIA H100 80GB HBM3"] * 2,
+                            "Backend": ["synthetic"] * 2, "Batch": ["256"] * 2,
+                            **{f"Train img/s {i}": ["62,127", "43,204"] for i in range(9)}})
+    wide = latex.table(numbers, "Throughput", "t", "sha")
+    assert "\\caption{Throughput (every row: Device NVIDIA H100 80GB HBM3" in wide
+    assert wide.count("\\begin{tabular}[b]{@{}r@{}}Train\\\\img/s") == 9  # each header in two lines
+    claims = pd.DataFrame({"Claim": ["Removing max-pooling and striding the previous layer diminishes performance"] * 30,
+                           "Verdict": ["inconclusive (LR grid incomplete)"] * 30})
+    tall = latex.table(claims, "Claims", "claims", "sha")
+    assert "\\begin{longtable}" in tall and tall.count("Claim & Verdict \\\\") == 2 and "\\begin{table}" not in tall
+    for text in (short, wide, tall):
+        check_latex(text)
