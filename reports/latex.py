@@ -23,6 +23,7 @@ from reports.formats import numeric_column
 SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}",  # OT1 prints —, ¡, ¿
+            "[": "{[}", "*": "{*}",  # after \\ or a booktabs rule, [ opens an optional argument; after \\, * its star
             "±": r"$\pm$", "Δ": r"$\Delta$", "—": "---", "×": r"$\times$"}
 PACKAGES = "booktabs,tabularx,longtable"
 WRAP_CHARS = 24

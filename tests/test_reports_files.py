@@ -215,3 +215,32 @@ def test_latex_tables_are_laid_out_to_fit_the_text_width_and_the_page():
     assert "\\begin{longtable}" in tall and tall.count("Claim & Verdict \\\\") == 2 and "\\begin{table}" not in tall
     for text in (short, wide, tall):
         check_latex(text)
+
+
+def _pdflatex_log(tmp_path: Path, tex: str) -> str | None:
+    """`tex` alone in an article, compiled twice: the log (None without pdflatex; a failed compile fails)."""
+    import shutil
+    if shutil.which("pdflatex") is None:
+        return None
+    (tmp_path / "t.tex").write_text(tex)
+    (tmp_path / "doc.tex").write_text(f"\\documentclass{{article}}\n\\usepackage{{{latex.PACKAGES}}}\n"
+                                      "\\begin{document}\n\\input{t.tex}\n\\end{document}\n")
+    for _ in range(2):
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:]
+    return (tmp_path / "doc.log").read_text(errors="replace")
+
+
+def test_latex_cells_starting_with_a_bracket_or_a_star_are_printed(tmp_path):
+    """A row's first cell comes after `\\\\` or a booktabs rule, which read a following [ as their optional argument
+    (pdflatex stopped: "Illegal unit of measure") and \\\\ a following * as its star (the * vanished from the
+    page); so did a stacked header's second line. A name of one's own network or a throughput file's display name
+    may start with either."""
+    d = pd.DataFrame({"Model": ["[ours] All-CNN-C", "*All-CNN-C", "[0.5pt] x"], "Error [%]": ["9.30", "9.31", "9.32"]})
+    tex = latex.table(d, "Caption [draft]", "t", "sha")
+    check_latex(tex)
+    assert r"{[}ours] All-CNN-C" in tex and r"{*}All-CNN-C" in tex and r"{[}0.5pt] x" in tex
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    assert not re.search(r"(\\\\|rule)\s*[\[*]", body), body
+    _pdflatex_log(tmp_path, tex)
