@@ -84,11 +84,12 @@ def _fit(d: pd.DataFrame, numeric: dict, size: tuple, stack: bool, wrap_at: int)
 
 def _narrowed(d: pd.DataFrame, numeric: dict) -> tuple[pd.DataFrame, dict, str]:
     """The table at the largest of SIZES where it fits after the fewest of these steps: headers in two lines;
-    text over 12 characters wrapping too; without the widest columns (not the first) whose cell is the same
-    non-empty value on every row, one at a time, named in a note for the caption. At the smallest size, as it then
-    is. Returns the table left, its layout and the note."""
-    same = sorted((c for c in d.columns[1:] if len(d) > 1 and d[c].nunique() == 1 and str(d[c].iloc[0])),
-                  key=lambda c: -max(len(str(c)), len(str(d[c].iloc[0]))))
+    text over 12 characters wrapping too; without the columns (not the first) whose cell is the same non-empty
+    value on every row (in a table of one row, any), words before numbers and the widest first, one at a time,
+    named in a note for the caption. At the smallest size, as it then is. Returns the table left, its layout and
+    the note."""
+    same = sorted((c for c in d.columns[1:] if d[c].nunique() == 1 and str(d[c].iloc[0])),
+                  key=lambda c: (numeric[c], -max(len(str(c)), len(str(d[c].iloc[0])))))
     for size in SIZES:
         fit = _fit(d, numeric, size, False, WRAP_CHARS)
         for stack, wrap_at in ((True, WRAP_CHARS), (True, 12)):

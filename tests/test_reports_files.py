@@ -244,3 +244,18 @@ def test_latex_cells_starting_with_a_bracket_or_a_star_are_printed(tmp_path):
     body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
     assert not re.search(r"(\\\\|rule)\s*[\[*]", body), body
     _pdflatex_log(tmp_path, tex)
+
+
+def test_latex_a_table_of_one_row_folds_its_columns_into_the_caption(tmp_path):
+    """A throughput benchmark of one model is a table of one row and 14 columns: no column was folded (a column is
+    alike on every row only with two rows), and it ran 130 pt past the text width, its last columns off the page.
+    Words fold before numbers, so that its measurements stay in the table where they can."""
+    row = {"Model": "All-CNN-C", "Device": "NVIDIA H200", "Devices": "1", "Precision": "bf16", "Backend": "synthetic",
+           "Batch": "256", "Runs": "1", "Train img/s": "62,127", "Eval img/s": "160,405", "Train TFLOP/s": "51.69",
+           "Eval TFLOP/s": "44.49", "Peak TFLOP/s": "989.0 (bf16)", "Train % of peak": "5.2", "Eval % of peak": "4.5"}
+    tex = latex.table(pd.DataFrame([row]), "Throughput", "throughput", "sha")
+    check_latex(tex)
+    assert "\\caption{Throughput (every row: Device NVIDIA H200; Precision bf16; Backend synthetic;" in tex
+    assert "Train\\\\img/s" in tex and "Eval\\\\img/s" in tex
+    log = _pdflatex_log(tmp_path, tex)
+    assert log is None or not re.findall(r"Overfull \\hbox.*", log)
