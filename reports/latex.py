@@ -3,14 +3,18 @@
 Every file needs `\\usepackage{booktabs,tabularx,longtable}` (said in its first lines; tabularx and longtable ship
 with every LaTeX). How a table is made to fit, from estimates in characters (compiled and checked for overfull
 boxes in tests/test_reports_fidelity.py when pdflatex is installed):
-- a column of words with a cell over WRAP_CHARS wraps: an X column of `tabularx` at the text width, so the
-  table is exactly \\linewidth wide whatever the document's (an article's 345 pt, or one column of two);
+- a column of words with a cell over WRAP_CHARS wraps: an X column of `tabularx` at \\linewidth;
 - the largest size that fits (\\small, \\footnotesize, \\scriptsize, then narrower column gaps), after the fewest
   of these steps: a header longer than its column's cells in two lines (Train / img/s); text over 12 characters
   wrapping too; the columns that are the same on every row named in the caption instead ("every row: Device
   NVIDIA H200; Batch 256": the throughput table's 14 columns);
 - a table taller than a page (the claims, whose cells wrap) is a `longtable`, which breaks across pages and
   repeats its header (in a two-column document it needs a page of one column: LaTeX refuses it in two).
+The estimates are for an article's text width (345 pt, at 10, 11 or 12 pt, on letter or A4 paper; though a
+float of over about 36 rows is taller than a 12 pt article's page): columns that do not wrap keep their width in a
+narrower text. One column of two (229 pt) is too narrow for most tables (7 to 87 pt too wide); as `table*`
+(sed 's/{table}/{table*}/') they span both columns and fit. A table that fits at no size (many columns of long
+numbers; a word over about 80 characters) is written at the smallest, wider than the text.
 """
 from __future__ import annotations
 
