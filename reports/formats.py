@@ -22,6 +22,10 @@ from reports.tables import TEXT_COLUMNS, lr_text
 
 
 
+NONE = "None yet: no run of this kind has been recorded."
+"""What a table of no rows says instead, in every format."""
+
+
 def fixed(x, places: int = 2, sign: bool = False) -> str:
     """`x` with `places` decimals, halves rounded up; "" when missing."""
     if not _known(x):
@@ -194,7 +198,10 @@ def md_text(x) -> str:
 
 
 def markdown_table(d: pd.DataFrame) -> str:
-    """A GitHub pipe table; numeric-looking columns right-aligned; every cell literal text (`md_text`)."""
+    """A GitHub pipe table; numeric-looking columns right-aligned; every cell literal text (`md_text`). A table of
+    no rows (a throughput table before any run completed) is NONE, not a header alone."""
+    if d.empty:
+        return f"*{NONE}*\n"
     align = ["---:" if numeric_column(d[c]) else "---" for c in d.columns]
     lines = ["| " + " | ".join(md_text(c) for c in d.columns) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(md_text(x) for x in row) + " |" for row in d.itertuples(index=False)]
@@ -216,7 +223,10 @@ def numeric_column(column: pd.Series) -> bool:
 
 
 def html_table(d: pd.DataFrame, table_id: str) -> str:
-    """An HTML table; columns of words left-aligned (class "t"), numbers right-aligned (the page's default)."""
+    """An HTML table; columns of words left-aligned (class "t"), numbers right-aligned (the page's default); NONE
+    for a table of no rows."""
+    if d.empty:
+        return f'<p id="{table_id}"><em>{NONE}</em></p>\n'
     cls = ["" if numeric_column(d[c]) else ' class="t"' for c in d.columns]
     head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(d.columns, cls))
     body = "\n".join("<tr>" + "".join(f"<td{k}>{html.escape(str(x))}</td>" for x, k in zip(row, cls)) + "</tr>"

@@ -227,8 +227,8 @@ def _pdflatex_log(tmp_path: Path, tex: str) -> str | None:
                                       "\\begin{document}\n\\input{t.tex}\n\\end{document}\n")
     for _ in range(2):
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-2000:]
+                              capture_output=True, timeout=120)  # bytes: TeX echoes a partial UTF-8 sequence
+        assert done.returncode == 0, done.stdout[-2000:].decode(errors="replace")
     return (tmp_path / "doc.log").read_text(errors="replace")
 
 
@@ -257,5 +257,27 @@ def test_latex_a_table_of_one_row_folds_its_columns_into_the_caption(tmp_path):
     check_latex(tex)
     assert "\\caption{Throughput (every row: Device NVIDIA H200; Precision bf16; Backend synthetic;" in tex
     assert "Train\\\\img/s" in tex and "Eval\\\\img/s" in tex
+    log = _pdflatex_log(tmp_path, tex)
+    assert log is None or not re.findall(r"Overfull \\hbox.*", log)
+
+
+def test_latex_of_any_record_text_compiles(tmp_path):
+    """A record's text is outside input: a character pdflatex cannot print (−, ≤, Greek, CJK, «, Þ) stopped the
+    document with "Unicode character ... not set up for use with LaTeX", and a blank line in a cell ended its
+    paragraph. They are written as math, as their ASCII letters or as ?, and a line break as a space."""
+    d = pd.DataFrame({"Model": ["All-CNN-C"], "Device": ["GPU − ≈ ≤ ≥ αβ 中 «x» Þ ą ǖ é € → ﬁ\n\nnext"]})
+    tex = latex.table(d, "Caption", "t", "sha")
+    check_latex(tex)
+    assert 'GPU $-$ $\\approx$ $\\le$ $\\ge$ ?? ? "x" ? a u é € → fi  next' in tex
+    _pdflatex_log(tmp_path, tex)
+
+
+def test_a_table_of_no_rows_says_so_in_every_format(tmp_path):
+    """A throughput table before any run completed: its header alone ran 64 pt past the text width in LaTeX."""
+    d = pd.DataFrame(columns=["Model", "Train img/s", "Eval img/s"])
+    assert formats.markdown_table(d) == f"*{formats.NONE}*\n"
+    assert formats.html_table(d, "throughput") == f'<p id="throughput"><em>{formats.NONE}</em></p>\n'
+    tex = latex.table(d, "Throughput", "throughput", "sha")
+    assert "\\caption{Throughput}" in tex and formats.NONE in tex and "\\begin{tabular" not in tex
     log = _pdflatex_log(tmp_path, tex)
     assert log is None or not re.findall(r"Overfull \\hbox.*", log)
