@@ -151,7 +151,7 @@ def table(d: pd.DataFrame, caption: str, label: str, sha256: str, kind: str = "l
         lines += [r"\begingroup", size, *gaps, opening, title[0] + title[1] + r" \\", *head, r"\endfirsthead",
                   *head, r"\endhead"]
     else:
-        lines += [r"\begin{table}[ht]", r"\centering", size, *gaps, *title, opening, *head]
+        lines += [r"\begin{table}[ht]", r"\centering", *title, size, *gaps, opening, *head]  # the caption full size
     lines += [" & ".join(escape(x) for x in row) + r" \\" for row in d.itertuples(index=False)]
     lines += [r"\bottomrule", f"\\end{{{env}}}", r"\endgroup" if long else r"\end{table}"]
     return "\n".join(lines) + "\n"
