@@ -50,8 +50,11 @@ RAGGED = r">{\raggedright\arraybackslash}"
 
 def escape(text) -> str:
     """`text` as LaTeX prints it, character by character: the math it writes for ±, Δ and × is never escaped;
-    a line break or another control character is a space (a blank line would end a cell's paragraph)."""
-    return "".join(_char(ch) for ch in str(text))
+    a line break or another control character is a space (a blank line would end a cell's paragraph); TeX's
+    ligatures are broken (a record's "--lr" is not "–lr", nor `` a quote mark, nor ?` an inverted ?)."""
+    text = str(text)
+    return "".join(("{}" if i and ch in "-`'" and text[i - 1] in "-`'!?" else "") + _char(ch)
+                   for i, ch in enumerate(text))
 
 
 def _char(ch: str) -> str:

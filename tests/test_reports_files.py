@@ -265,10 +265,10 @@ def test_latex_of_any_record_text_compiles(tmp_path):
     """A record's text is outside input: a character pdflatex cannot print (−, ≤, Greek, CJK, «, Þ) stopped the
     document with "Unicode character ... not set up for use with LaTeX", and a blank line in a cell ended its
     paragraph. They are written as math, as their ASCII letters or as ?, and a line break as a space."""
-    d = pd.DataFrame({"Model": ["All-CNN-C"], "Device": ["GPU − ≈ ≤ ≥ αβ 中 «x» Þ ą ǖ é € → ﬁ\n\nnext"]})
+    d = pd.DataFrame({"Model": ["All-CNN-C"], "Device": ["GPU − ≈ ≤ ≥ αβ 中 «x» Þ ą ǖ é € → ﬁ\n\nnext --lr ``q'' ?`"]})
     tex = latex.table(d, "Caption", "t", "sha")
     check_latex(tex)
-    assert 'GPU $-$ $\\approx$ $\\le$ $\\ge$ ?? ? "x" ? a u é € → fi  next' in tex
+    assert 'GPU $-$ $\\approx$ $\\le$ $\\ge$ ?? ? "x" ? a u é € → fi  next -{}-lr `{}`q\'{}\' ?{}`' in tex
     _pdflatex_log(tmp_path, tex)
 
 
