@@ -1,5 +1,5 @@
-"""`python -m allconv [PATTERN ...]`: the 12 networks (and any of one's own) with exact parameters, the paper's printed count,
-forward MACs and the layer list, computed from the spec."""
+"""`python -m allconv [PATTERN ...]`: the 12 networks (and any of one's own) with exact parameters, the paper's
+printed count, forward MACs and the layer list, computed from the spec."""
 import argparse
 import sys
 
@@ -18,7 +18,8 @@ def describe(name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m allconv", description="The 12 networks of Table 3 (then any of one's own): exact and printed parameter counts, forward MACs, layers.")
+    p = argparse.ArgumentParser(prog="python -m allconv", description="The 12 networks of Table 3 (then any of one's "
+                                "own): exact and printed parameter counts, forward MACs, layers.")
     p.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN",
                    help="API names or fnmatch patterns ('*-c', 'model-*,allcnn-c'), as run_all and throughput "
                         "--models take them (default: all: Table 3's 12, then any network of one's own)")

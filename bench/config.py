@@ -46,8 +46,8 @@ def _f(default, help: str, **kw):
 @dataclass(frozen=True)
 class RunConfig:
     preset: str = _f("paper", "base configuration: " + " | ".join(PRESETS_NAMES))
-    models: tuple[str, ...] = _f(PAPER_MODELS, "allconv API names or fnmatch patterns ('*-c'), trained in Table 3 order "
-                                  "(default: Table 3's 12; a network of one's own in allconv/specs.py when named)")
+    models: tuple[str, ...] = _f(PAPER_MODELS, "allconv API names or fnmatch patterns ('*-c'), trained in Table 3 "
+                                 "order (default: Table 3's 12; a network of one's own in allconv/specs.py when named)")
     lrs: tuple[float, ...] = _f((0.25, 0.1, 0.05, 0.01), "learning rates (the paper's gamma grid)")
     seeds: tuple[int, ...] = _f((0,), "one run per seed; seeds the model, dropout and the loader order")
     ablations: tuple[str, ...] = _f((), "none | all | NAME,... from bench/ablations.py (each adds its arms' runs)")

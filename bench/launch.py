@@ -83,7 +83,8 @@ def paper_grid_cpu_hours(steps: int = 5, batch: int = 32) -> float:
             fastest = min(fastest, time.perf_counter() - t0)
     rate = batch / fastest  # All-CNN-C training images/s
     per_run = PAPER_EPOCHS * (TRAIN_IMAGES + TEST_IMAGES / 3)  # an evaluated image costs ~1/3 of a trained one
-    work = sum(PAPER_RUNS_PER_MODEL * per_run * allconv.macs(m) / allconv.macs("allcnn-c") for m in allconv.PAPER_MODELS)
+    work = sum(PAPER_RUNS_PER_MODEL * per_run * allconv.macs(m) / allconv.macs("allcnn-c")
+               for m in allconv.PAPER_MODELS)
     return work / rate / 3600
 
 

@@ -186,7 +186,8 @@ def render(rows: list[dict], summary: dict) -> str:
         epochs = f"{r['start']}/{r['epochs']}" if r["start"] is not None else "done"
         left = "" if r["seconds_left"] is None else ("~" if r["scaled"] else "") + hours(r["seconds_left"])
         state = r["state"] + (f" [{r['arm']}]" if r["arm"] else "")
-        lines.append(f"{r['model']:<{width}} {r['lr']:>7g} {r['seed']:>4}  {r['key']:<16}  {epochs:>9}  {left:>8}  {state}")
+        lines.append(f"{r['model']:<{width}} {r['lr']:>7g} {r['seed']:>4}  {r['key']:<16}  {epochs:>9}  {left:>8}  "
+                     f"{state}")
     todo = [r for r in rows if r["start"] is not None]
     resumes = sum(r["start"] > 0 for r in todo)
     lines.append(f"{len(rows)} run{'s' * (len(rows) != 1)}: {len(rows) - len(todo)} recorded, "

@@ -17,9 +17,9 @@ from reports.ledger import COLUMNS, _blob, requested_grid
 
 
 def run_of_key(records: pd.DataFrame) -> dict[str, tuple[str, float, dict]]:
-    """run_key -> (model, lr, a record) for every Table 3 cell (every model of allconv.specs at the paper's and the requested LRs)
-    under each distinct config of the records, model and LR aside: where a checkpoint of a run without a record
-    belongs (run_all names it by the run key only). A record's own key maps to itself."""
+    """run_key -> (model, lr, a record) for every Table 3 cell (every model of allconv.specs at the paper's and the
+    requested LRs) under each distinct config of the records, model and LR aside: where a checkpoint of a run without
+    a record belongs (run_all names it by the run key only). A record's own key maps to itself."""
     requested = (requested_grid(records)["lrs"] or []) if "grid" in records else []  # numbers (bench.schema)
     configs = {}  # one record per config apart from model and LR: they all give the same keys
     for r in records.to_dict("records"):

@@ -134,7 +134,8 @@ def test_html_from_a_ledger_is_shown_not_run(tmp_path):
 KNOWN_COMMANDS = {"begin", "end", "centering", "small", "caption", "label", "toprule", "midrule", "bottomrule",
                   "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum", "footnotesize",
                   "setlength", "tabcolsep", "linewidth", "textbar", "textless", "textgreater", "raggedright",
-                  "arraybackslash", "endfirsthead", "endhead", "begingroup", "endgroup", "scriptsize", "approx", "le", "ge"}
+                  "arraybackslash", "endfirsthead", "endhead", "begingroup", "endgroup", "scriptsize", "approx", "le",
+                  "ge"}
 COLUMN = r"(?:>\{\\raggedright\\arraybackslash\})?(?:p\{[^}]*\}|[lrcX])"
 """One column of a table's spec: l, r, c, X or p{width}, words ragged right."""
 

@@ -201,7 +201,8 @@ def test_latex_tables_are_laid_out_to_fit_the_text_width_and_the_page():
     taller than a page is a longtable whose header repeats."""
     short = latex.table(pd.DataFrame({"Model": ["All-CNN-C"], "Ours %": ["9.30"]}), "c", "t", "sha")
     assert "\\small\n" in short and "\\begin{tabular}{lr}" in short and "tabcolsep" not in short
-    notes = pd.DataFrame({"Model": ["Model A", "All-CNN-C"], "Notes": ["0.25 missing, 0.1 unfinished, 0.05 stalled", ""]})
+    notes = pd.DataFrame({"Model": ["Model A", "All-CNN-C"],
+                          "Notes": ["0.25 missing, 0.1 unfinished, 0.05 stalled", ""]})
     assert "\\begin{tabularx}{\\linewidth}{l>{\\raggedright\\arraybackslash}X}" in latex.table(notes, "c", "t", "sha")
     numbers = pd.DataFrame({"Model": ["Model A", "All-CNN-C"], "Device": ["NVIDIA H100 80GB HBM3"] * 2,
                             "Backend": ["synthetic"] * 2, "Batch": ["256"] * 2,
@@ -209,7 +210,8 @@ def test_latex_tables_are_laid_out_to_fit_the_text_width_and_the_page():
     wide = latex.table(numbers, "Throughput", "t", "sha")
     assert "\\caption{Throughput (every row: Device NVIDIA H100 80GB HBM3" in wide
     assert wide.count("\\begin{tabular}[b]{@{}r@{}}Train\\\\img/s") == 9  # each header in two lines
-    claims = pd.DataFrame({"Claim": ["Removing max-pooling and striding the previous layer diminishes performance"] * 30,
+    claim = "Removing max-pooling and striding the previous layer diminishes performance"
+    claims = pd.DataFrame({"Claim": [claim] * 30,
                            "Verdict": ["inconclusive (LR grid incomplete)"] * 30})
     tall = latex.table(claims, "Claims", "claims", "sha")
     assert "\\begin{longtable}" in tall and tall.count("Claim & Verdict \\\\") == 2 and "\\begin{table}" not in tall
@@ -265,7 +267,8 @@ def test_latex_of_any_record_text_compiles(tmp_path):
     """A record's text is outside input: a character pdflatex cannot print (−, ≤, Greek, CJK, «, Þ) stopped the
     document with "Unicode character ... not set up for use with LaTeX", and a blank line in a cell ended its
     paragraph. They are written as math, as their ASCII letters or as ?, and a line break as a space."""
-    d = pd.DataFrame({"Model": ["All-CNN-C"], "Device": ["GPU − ≈ ≤ ≥ αβ 中 «x» Þ ą ǖ é € → ﬁ\n\nnext --lr ``q'' ?`"]})
+    device = "GPU − ≈ ≤ ≥ αβ 中 «x» Þ ą ǖ é € → ﬁ\n\nnext --lr ``q'' ?`"
+    d = pd.DataFrame({"Model": ["All-CNN-C"], "Device": [device]})
     tex = latex.table(d, "Caption", "t", "sha")
     check_latex(tex)
     assert 'GPU $-$ $\\approx$ $\\le$ $\\ge$ ?? ? "x" ? a u é € → fi  next -{}-lr `{}`q\'{}\' ?{}`' in tex
