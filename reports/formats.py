@@ -1,4 +1,4 @@
-"""Turn the report's tables into text: display cells, Markdown, HTML, LaTeX (booktabs) and CSV.
+"""Turn the report's tables into text: display cells, Markdown, HTML and CSV (LaTeX: reports/latex.py).
 
     display_table3(t)          -> DataFrame of strings, the columns a reader sees
     markdown_table(d), html_table(d, id), write_csv(t, path, sha)      (LaTeX: reports/latex.py)
