@@ -2,8 +2,10 @@
 one-seed margin, the test set's own sampling noise, "the best" against every model, and the paper's differences."""
 from __future__ import annotations
 
+import pytest
+
 from allconv.specs import SPECS
-from reports.claims import claims_table, t_quantile, t_sf
+from reports.claims import claims_table, t_quantile, t_sf, welch
 from reports.ledger import load_ledger
 from test_reports import record, write_ledger
 
@@ -95,9 +97,23 @@ def test_seeds_that_all_score_the_same_decide_nothing_within_the_noise(tmp_path)
     assert c.loc[STRIDED_A, "verdict"] == "reproduced" and c.loc[ON_PAR_A, "verdict"] == "reproduced"
 
 
+SCIPY_T_SF = [(0.5, 1.5, 0.34028355533497), (2.5, 2.7, 0.04853970722146734), (4, 3, 0.014004228005073076),
+              (-2, 5.5, 0.9516228048844075), (6, 8, 0.00016169661094257446), (30, 4, 3.6764280488306595e-06),
+              (10, 1000, 8.335351479300069e-23), (1.5, 12, 0.07972875175660343)]
+SCIPY_T_PPF = [(0.975, 2.7, 3.3921483831737507), (0.995, 5.5, 3.8499114660010356), (0.95, 1000, 1.6463788172854643)]
+"""scipy 1.17.1's scipy.stats.t.sf and .ppf (scipy is not a dependency: the reports run without it): Welch's
+degrees of freedom are fractional and our seeds few, so the tails at small and fractional dof are what count."""
+
+
 def test_welch_t_distribution():
     assert abs(t_sf(2.0, 10) - 0.036694017) < 1e-8 and abs(t_sf(1.0, 1) - 0.25) < 1e-12  # tables of Student's t
     assert abs(t_quantile(0.975, 10) - 2.228139) < 1e-5
+    for t, dof, p in SCIPY_T_SF:
+        assert t_sf(t, dof) == pytest.approx(p, rel=1e-9), (t, dof)
+    for q, dof, t in SCIPY_T_PPF:
+        assert t_quantile(q, dof) == pytest.approx(t, rel=1e-9), (q, dof)
+    t, dof, _ = welch([9.1, 9.4, 8.8], [9.6, 9.9])  # scipy.stats.ttest_ind(x, y, equal_var=False)
+    assert (t, dof) == (pytest.approx(-2.836832573067901, rel=1e-12), pytest.approx(2.882352941176467, rel=1e-12))
 
 
 def test_the_paper_difference_of_the_best_claim_is_for_the_pair_ours_compares(tmp_path):
