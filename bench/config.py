@@ -167,8 +167,13 @@ class RunConfig:
             ablation = _ablations().ABLATIONS[name]
             for label in ablation.arms:
                 arm = _ablations().arm_overrides(ablation, label)  # "fp32" as "no"
-                if arm.get("precision", self.precision) not in (self.precision, "no"):
-                    bad(f"ablation {name} needs --precision {arm['precision']}")
+                precision = arm.get("precision", self.precision)
+                if precision not in PRECISION_LABELS:  # as the same value on the command line is refused
+                    bad(f"ablation {name!r}, arm {label!r}: --precision must be one of "
+                        f"{', '.join(PRECISION_LABELS)}, got {precision!r}")
+                if precision not in (self.precision, "no"):
+                    bad(f"ablation {name!r}, arm {label!r}: --precision {precision} needs the grid at --precision "
+                        f"{precision} too (an arm can only turn autocast off: one precision per process)")
 
 
 def fusable(c: RunConfig) -> bool:

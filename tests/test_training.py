@@ -112,6 +112,8 @@ def test_an_arm_on_a_field_that_cannot_vary_is_refused(arms, error):
 @pytest.mark.parametrize("arm, error", [
     ({"momentum": 1.5}, r"--momentum must be in \[0, 1\), got 1.5"),
     ({"lr_drops": (100,)}, r"--lr-drops must be increasing epochs in 1..1, got \[100\]"),  # beyond the smoke grid
+    ({"precision": "fp8"}, r"--precision must be one of no, bf16, fp16, got 'fp8'"),  # was "ablation mine needs
+    ({"precision": "bf16"}, r"--precision bf16 needs the grid at --precision bf16"),  # --precision fp8", no arm
 ])
 def test_an_arms_value_that_its_field_does_not_take_names_the_arm(monkeypatch, arm, error):
     """The same check as the option's, with the ablation and arm in front: the user never typed --momentum."""
