@@ -200,7 +200,7 @@ def test_init_options():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"name": "allcnn-d"}, "valid names: model-a"),
+    ({"name": "no-such-model"}, "valid names: model-a"),  # not "allcnn-d": a network of one's own may be called that
     ({"name": "allcnn-c", "num_classes": 0}, "num_classes"),
     ({"name": "allcnn-c", "bn": "yes"}, "bn must be"),
     ({"name": "allcnn-c", "init": "he"}, "valid: caffe-xavier"),
