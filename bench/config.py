@@ -163,15 +163,16 @@ class RunConfig:
                 "(bench/fused.py): drop --fuse-lrs or those options")
         if self.eval_precision not in ("no", self.precision):
             bad(f"--eval-precision must be no or the training precision {self.precision}, got {self.eval_precision}")
-        for name in ablations:  # ablation arms may only turn autocast off: one Accelerator per process
+        for name in ablations:
             ablation = _ablations().ABLATIONS[name]
             for label in ablation.arms:
                 arm = _ablations().arm_overrides(ablation, label)  # "fp32" as "no"
+                try:  # the checks above on the arm's config, as the same values on the command line would meet
+                    dataclasses.replace(self, ablations=(), fuse_lrs=False, **arm)  # (expand unfuses an arm)
+                except ValueError as e:  # {"momentum": 1.5}; {"lr_drops": (250,)} under a shorter preset
+                    bad(f"ablation {name!r}, arm {label!r}: {e}")
                 precision = arm.get("precision", self.precision)
-                if precision not in PRECISION_LABELS:  # as the same value on the command line is refused
-                    bad(f"ablation {name!r}, arm {label!r}: --precision must be one of "
-                        f"{', '.join(PRECISION_LABELS)}, got {precision!r}")
-                if precision not in (self.precision, "no"):
+                if precision not in (self.precision, "no"):  # an arm may only turn autocast off: one Accelerator
                     bad(f"ablation {name!r}, arm {label!r}: --precision {precision} needs the grid at --precision "
                         f"{precision} too (an arm can only turn autocast off: one precision per process)")
 
@@ -214,12 +215,9 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
         ablation = _ablations().ABLATIONS[name]
         for label, overrides in ablation.arms.items():
             arm = _ablations().arm_overrides(ablation, label)
-            try:
-                if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
-                    arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
-                arm_cfg = dataclasses.replace(cfg, **arm)
-            except ValueError as e:  # a value the field does not take ({"momentum": 1.5}), or not with this grid
-                raise ValueError(f"ablation {name!r}, arm {label!r}: {e}") from None
+            if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
+                arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
+            arm_cfg = dataclasses.replace(cfg, **arm)  # its values were checked with the grid's (__post_init__)
             lrs = overrides.get("lrs", cfg.lrs)
             runs += [Run(m, lr, s, arm_cfg) for m in ablation.models for lr in lrs for s in cfg.seeds]
     seen, unique = set(), []
