@@ -169,6 +169,20 @@ def check_latex(text: str) -> None:
         assert row.endswith(r"\\") and row.replace(r"\&", "").count("&") == len(columns) - 1, row
 
 
+def pdflatex_log(tmp_path: Path, tex: str) -> str | None:
+    """`tex` alone in an article, compiled twice: the log (None without pdflatex; a failed compile fails)."""
+    if shutil.which("pdflatex") is None:
+        return None
+    (tmp_path / "t.tex").write_text(tex)
+    (tmp_path / "doc.tex").write_text(f"\\documentclass{{article}}\n\\usepackage{{{latex.PACKAGES}}}\n"
+                                      "\\begin{document}\n\\input{t.tex}\n\\end{document}\n")
+    for _ in range(2):
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                              capture_output=True, timeout=120)  # bytes: TeX echoes a partial UTF-8 sequence
+        assert done.returncode == 0, done.stdout[-2000:].decode(errors="replace")
+    return (tmp_path / "doc.log").read_text(errors="replace")
+
+
 @pytest.mark.parametrize("which", ["report_dir", "paper_report"])
 def test_latex_parses_and_compiles_within_the_page(which, request, tmp_path):
     """Every .tex of two reports parses; with pdflatex installed, all of them in one article compile (twice, as a
@@ -184,14 +198,7 @@ def test_latex_parses_and_compiles_within_the_page(which, request, tmp_path):
         assert not any(c in x for x in cells for c in "|<>"), path.name  # OT1 fonts print them as —, ¡, ¿
     assert r"\textbar{}$\Delta$\textbar{}" in (report / "claims.tex").read_text()  # "one seed: |Δ| ..."
     assert latex.escape("a<b>c|d ±") == r"a\textless{}b\textgreater{}c\textbar{}d $\pm$"
-    if shutil.which("pdflatex") is None:
+    log = pdflatex_log(tmp_path, "".join(path.read_text() for path in tex))
+    if log is None:
         return  # the parser above is the check; a TeX toolchain is not a dependency
-    doc = tmp_path / "doc.tex"
-    doc.write_text(f"\\documentclass{{article}}\n\\usepackage{{{latex.PACKAGES}}}\n\\begin{{document}}\n"
-                   + "".join(f"\\input{{{p}}}\n" for p in tex) + "\\end{document}\n")
-    for _ in range(2):
-        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-2000:]
-    log = (tmp_path / "doc.log").read_text(errors="replace")
     assert not re.findall(r"Overfull \\hbox.*|Float too large.*", log)

@@ -21,7 +21,7 @@ from reports.report import write_report
 from reports.tables import ablation_table, table3
 from reports.throughput import throughput_table
 from test_reports import ROOT, led, ledger_dir, report_dir  # noqa: F401 (fixtures)
-from test_reports_fidelity import check_latex
+from test_reports_fidelity import check_latex, pdflatex_log
 
 
 EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throughput.csv", "throughput.tex",
@@ -219,21 +219,6 @@ def test_latex_tables_are_laid_out_to_fit_the_text_width_and_the_page():
         check_latex(text)
 
 
-def _pdflatex_log(tmp_path: Path, tex: str) -> str | None:
-    """`tex` alone in an article, compiled twice: the log (None without pdflatex; a failed compile fails)."""
-    import shutil
-    if shutil.which("pdflatex") is None:
-        return None
-    (tmp_path / "t.tex").write_text(tex)
-    (tmp_path / "doc.tex").write_text(f"\\documentclass{{article}}\n\\usepackage{{{latex.PACKAGES}}}\n"
-                                      "\\begin{document}\n\\input{t.tex}\n\\end{document}\n")
-    for _ in range(2):
-        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                              capture_output=True, timeout=120)  # bytes: TeX echoes a partial UTF-8 sequence
-        assert done.returncode == 0, done.stdout[-2000:].decode(errors="replace")
-    return (tmp_path / "doc.log").read_text(errors="replace")
-
-
 def test_latex_cells_starting_with_a_bracket_or_a_star_are_printed(tmp_path):
     """A row's first cell comes after `\\\\` or a booktabs rule, which read a following [ as their optional argument
     (pdflatex stopped: "Illegal unit of measure") and \\\\ a following * as its star (the * vanished from the
@@ -245,7 +230,7 @@ def test_latex_cells_starting_with_a_bracket_or_a_star_are_printed(tmp_path):
     assert r"{[}ours] All-CNN-C" in tex and r"{*}All-CNN-C" in tex and r"{[}0.5pt] x" in tex
     body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
     assert not re.search(r"(\\\\|rule)\s*[\[*]", body), body
-    _pdflatex_log(tmp_path, tex)
+    pdflatex_log(tmp_path, tex)
 
 
 def test_latex_a_table_of_one_row_folds_its_columns_into_the_caption(tmp_path):
@@ -259,7 +244,7 @@ def test_latex_a_table_of_one_row_folds_its_columns_into_the_caption(tmp_path):
     check_latex(tex)
     assert "\\caption{Throughput (every row: Device NVIDIA H200; Precision bf16; Backend synthetic;" in tex
     assert "Train\\\\img/s" in tex and "Eval\\\\img/s" in tex
-    log = _pdflatex_log(tmp_path, tex)
+    log = pdflatex_log(tmp_path, tex)
     assert log is None or not re.findall(r"Overfull \\hbox.*", log)
 
 
@@ -272,7 +257,7 @@ def test_latex_of_any_record_text_compiles(tmp_path):
     tex = latex.table(d, "Caption", "t", "sha")
     check_latex(tex)
     assert 'GPU $-$ $\\approx$ $\\le$ $\\ge$ ?? ? "x" ? a u é € → fi  next -{}-lr `{}`q\'{}\' ?{}`' in tex
-    _pdflatex_log(tmp_path, tex)
+    pdflatex_log(tmp_path, tex)
 
 
 def test_a_table_of_no_rows_says_so_in_every_format(tmp_path):
@@ -282,5 +267,5 @@ def test_a_table_of_no_rows_says_so_in_every_format(tmp_path):
     assert formats.html_table(d, "throughput") == f'<p id="throughput"><em>{formats.NONE}</em></p>\n'
     tex = latex.table(d, "Throughput", "throughput", "sha")
     assert "\\caption{Throughput}" in tex and formats.NONE in tex and "\\begin{tabular" not in tex
-    log = _pdflatex_log(tmp_path, tex)
+    log = pdflatex_log(tmp_path, tex)
     assert log is None or not re.findall(r"Overfull \\hbox.*", log)
