@@ -37,23 +37,37 @@ _misnamed: set[Path] = set()
 
 
 def final(out, record: dict) -> bool:
-    """Whether a valid record ends its run for good: its status is one of DONE and its config hashes to its run key
-    (`config.config_key`). One that does not (hand-edited, or copied under another run's key) is not that run: it
-    counts as not done (the run is trained), named once on stderr and left in the ledger (the reports read it) until
-    a process claims the run, which sets it aside (`_claim`, as any record not of its run) before its record
+    """Whether a valid record ends its run for good: its status is one of DONE and it is its run's
+    (`not_its_run`). One that is not (hand-edited, copied under another run's key, or of a network since changed)
+    counts as not done (the run is trained), named once on stderr and left in the ledger (the reports read it)
+    until a process claims the run, which sets it aside (`_claim`, as any record not of its run) before its record
     replaces it."""
-    from bench.config import config_key
-
     if record["status"] not in DONE:
         return False
-    if config_key(record["config"]) == record["run_key"]:
+    why = not_its_run(record, record["run_key"])
+    if why is None:
         return True
     path = results.runs_dir(out) / f"{record['run_key']}.json"
     if path not in _misnamed:
         _misnamed.add(path)
-        print(f"warning: ledger file {path}: its config does not hash to its run key, so it is not counted as that "
-              "run (trained again)", file=sys.stderr)
+        print(f"warning: ledger file {path}: {why}, so it is not counted as that run (trained again)",
+              file=sys.stderr)
     return False
+
+
+def not_its_run(record: dict, key: str) -> str | None:
+    """Why a record is not run `key`'s, or None when it is: its config hashes to another key
+    (`config.config_key`), or it trained another network than this code builds under its model's name (its forward
+    MACs differ: a network of one's own widened after its runs; the run key names the model, not its layers)."""
+    from bench.config import config_key
+
+    if config_key(record["config"]) != key:
+        return "its config does not hash to its run key"
+    model, trained = record["model"], record["macs"]
+    if trained is not None and model in allconv.SPECS and trained != allconv.macs(model):
+        return (f"it trained another {model} than this code builds ({trained:,} forward MACs per image, not "
+                f"{allconv.macs(model):,})")
+    return None
 
 
 def cost(run, num_images: dict) -> float:
@@ -105,10 +119,8 @@ def claimed(items: list, out, *, lease_s: float, stop=lambda: False, acc=None, d
 
 def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
     """This process's claim on run `key`, or None (held by a live process, or recorded meanwhile). A record under
-    `key` that is not that run's (its config hashes to another key; whatever its status) is set aside, not
-    replaced by the run's own record."""
-    from bench.config import config_key
-
+    `key` that is not that run's (`not_its_run`, whatever its status) is set aside, not replaced by the run's own
+    record."""
     claim, error = None, None
     if not ddp or acc.is_main_process:
         try:
@@ -121,9 +133,10 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
             claim.release()
             claim = None
         elif claim is not None:
-            if record is not None and config_key(record["config"]) != key:  # not its run's: kept as evidence
-                print(f"warning: ledger file {path} is not run {key} (its config does not hash to it), "
-                      f"{files.set_aside(path)} before the run is trained", file=sys.stderr)
+            why = None if record is None else not_its_run(record, key)
+            if why is not None:  # not its run's: kept as evidence
+                print(f"warning: ledger file {path} is not run {key} ({why}), {files.set_aside(path)} before the "
+                      "run is trained", file=sys.stderr)
             log(out, f"claimed {key}")
     error = agree(error, acc, ddp)  # a full disk stops every rank, not only the one that claims
     if error is not None:

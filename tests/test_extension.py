@@ -4,6 +4,7 @@ claims, and goes through `python -m allconv`, the plan and the reports without a
 own that bench/ablations.py refuses is one line from every command."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -118,6 +119,30 @@ def test_it_trains_when_named_and_only_then(tmp_path, thin, smoke_data_dir, jpeg
     md = (tmp_path / "report" / "report.md").read_text()
     assert re.search(r"\n\| All-CNN-C-thin-own \|  \| \d+\.\d\d \| 0\.05 \| 1 \|\n", md)  # no paper number
     assert "| All-CNN-C | 9.08 | not run |" in md
+
+
+def test_a_network_changed_after_its_run_is_trained_again(tmp_path, monkeypatch, thin, smoke_data_dir,
+                                                          jpeg_tarball, fresh_accelerator, capsys):
+    """The run key names the model, not its layers: a network of one's own widened after its run kept the same
+    key, so run_all skipped it as recorded and the ledger went on showing the narrower network's error under its
+    name. A record whose network is not the one this code builds (its MACs differ) is not that run: trained again,
+    the old record kept in .invalid/."""
+    from bench import results
+    from bench.run_all import main as run_all
+
+    argv = ["--preset", "smoke", "--models", THIN, "--lrs", "0.05", "--source", str(jpeg_tarball), "--data-dir",
+            str(smoke_data_dir), "--out", str(tmp_path / "out"), "--backend", "tensor", "--no-progress"]
+    assert run_all(argv) == 0
+    (old,) = results.read_records(tmp_path / "out")
+    own(monkeypatch, THIN, "All-CNN-C-thin-own", "Ct", ([(3, 32), (3, 32)], [(3, 64), (3, 64)]), 261_514)
+    capsys.readouterr()
+    assert run_all(argv) == 0
+    (new,) = results.read_records(tmp_path / "out")
+    assert new["run_key"] == old["run_key"] and (old["params"], new["params"]) == (185_194, 261_514)
+    kept = tmp_path / "out" / "runs" / ".invalid" / f"{old['run_key']}.json"
+    assert json.loads(kept.read_text()) == old
+    err = capsys.readouterr().err
+    assert f"it trained another {THIN} than this code builds (" in err and f"moved to {kept}" in err
 
 
 @pytest.mark.parametrize("command", [["bench/run_all.py"], ["-m", "bench.plan"]])
