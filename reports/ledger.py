@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from allconv.specs import SPECS
+from allconv.specs import SPECS, macs
 from bench import results
 from bench.ablations import BASELINE, as_recorded, baseline
 from bench.config import NOT_IN_KEY, PRESETS
@@ -206,6 +206,7 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
         notes.append(f"Ignored {len(unknown)} record(s) of models not in Table 3: "
                      f"{', '.join(sorted(map(str, set(unknown['model']))))}.")
         df = df[df["model"].isin(list(SPECS))]
+    notes += other_networks(df)
     epochs, epoch_notes = choose_epochs(df)  # the records decide: a checkpoint is not a result
     notes += epoch_notes
     if epochs is not None:
@@ -225,6 +226,20 @@ def load_ledger(results_dir: str | os.PathLike, preset: str | None = None) -> Le
     df = df.reset_index(drop=True)
     sha256 = results.ledger_sha256(results_dir, [r["checkpoint"] for r in running], digests)
     return Ledger(df, all_df, sha256, chosen, epochs, reference, notes)
+
+
+def other_networks(df: pd.DataFrame) -> list[str]:
+    """A note per model whose records trained another network than this code builds under its name (their recorded
+    forward MACs differ from `allconv.specs.macs`, e.g. a network of one's own edited after its runs, which run_all
+    trains again: `bench.workqueue.not_its_run`): the report's parameter and MAC columns are this code's and do not
+    describe them."""
+    off: dict[str, set[int]] = {}
+    for model, recorded in zip(df["model"], df["macs"] if "macs" in df else [None] * len(df)):
+        if model in SPECS and _known(recorded) and int(recorded) != macs(model):
+            off.setdefault(model, set()).add(int(recorded))
+    return [f"Records of {SPECS[m].paper_name} trained another network than this code builds under that name "
+            f"(recorded {', '.join(f'{v:,}' for v in sorted(off[m]))} forward MACs per image, this code's "
+            f"{macs(m):,}): the Params and MACs shown are this code's, not those runs'." for m in sorted(off)]
 
 
 def set_aside_notes(results_dir, set_aside: dict[str, str]) -> list[str]:

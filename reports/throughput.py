@@ -86,7 +86,8 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         stated = row.pop("peak_precision")  # a benchmark row's, or "fp32" for a full-fp32 run of the ledger
         train, evals, fused, ratio = (_median(r.get(k) for r in group) for k in (
             "train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate"))
-        flop = macs(row["model"])
+        recorded = _median(r.get("macs") for r in group)  # a ledger run's: the network it trained
+        flop = recorded if recorded == recorded else macs(row["model"])  # a benchmark row's: this code's
         train_tf = _round(devices.tflops(train, devices.train_flop_per_image(flop)))  # NaN stays NaN
         eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
         tf32 = stated == "tf32" if stated else True  # else PyTorch's default for convolutions

@@ -148,3 +148,18 @@ def test_a_run_trained_in_fp32_is_compared_with_the_plain_fp32_peak(tmp_path):
         assert row["eval_peak_pct"] == round(100 * row["eval_tflops"] / peak, 6), name
     both = throughput_table(load_ledger(write_ledger(tmp_path / "both", [full, older])).df)
     assert sorted(both["peak_basis"]) == ["fp32", "tf32"]  # not one row with one of their peaks
+
+
+def test_a_runs_flops_are_those_of_the_network_it_trained(tmp_path):
+    """The run key names a model, not its layers: the records of a network edited after its runs (a network of
+    one's own) stay in the ledger until run_all trains it again. Their TFLOP/s come from the MACs each record states, not from this code's network of that name,
+    and the report says that the parameter and MAC columns (this code's) do not describe them."""
+    edited = dict(record(lr=0.05, test=9.0, img_s=20000.0), macs=15_699_456)  # trained as a smaller network
+    other = load_ledger(write_ledger(tmp_path / "results", [edited]))
+    row = throughput_table(other.df).loc[0]
+    assert row["train_tflops"] == round(20000 * 15_699_456 * 6 / 1e12, 6)
+    assert [n for n in other.notes if "another network" in n] == [
+        "Records of All-CNN-C trained another network than this code builds under that name (recorded 15,699,456 "
+        f"forward MACs per image, this code's {macs('allcnn-c'):,}): the Params and MACs shown are this code's, "
+        "not those runs'."]
+    assert not [n for n in load_ledger(write_ledger(tmp_path / "same", [record()])).notes if "another network" in n]
