@@ -58,7 +58,25 @@ def tar_files(tf: tarfile.TarFile) -> tuple[dict, dict]:
         seen[key] = m.name
         used = _take(m.name, m.size, batch, used)
         into[key] = tf.extractfile(m).read()
+    _check_end(tf)
     return official, folder
+
+
+MAX_TRAILER_BYTES = 16 << 20  # after a tar's end: zero blocks padding its last record (GNU tar: 10 KiB)
+
+
+def _check_end(tf: tarfile.TarFile) -> None:
+    """Read what follows the archive's end marker, to the end of its (decompressed) stream: tarfile stops at the
+    first block that is no valid header, damaged or not, and never reads a compressed stream's checksum, so a
+    .tar.gz with a flipped bit gave some images other pixels, and a damaged header lost every member after it,
+    without a word. Raises tarfile.ReadError unless only zeros follow; a damaged stream raises its own error
+    (BadGzipFile, an OSError; lzma.LZMAError; EOFError when cut short)."""
+    left = MAX_TRAILER_BYTES
+    while chunk := tf.fileobj.read(1 << 20):
+        left -= len(chunk)
+        if chunk.count(0) != len(chunk) or left < 0:
+            raise tarfile.ReadError("data after the archive's end (a damaged member header, or archives joined "
+                                    "together)")
 
 
 def folder_files(root: Path) -> dict:

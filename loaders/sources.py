@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import lzma
 import pickle
 import tarfile
 import warnings
@@ -313,7 +314,7 @@ def read_source(source: str, data_dir: Path) -> tuple[dict, str, str, dict]:
     try:
         with tarfile.open(path) as tf:
             official, folder = tar_files(tf)
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
         why = (str(e).splitlines() or [""])[0].rstrip(" :") or "no detail"
         raise ValueError(f"{source}: unreadable archive ({type(e).__name__}: {why}); give a tar or tar.gz of CIFAR-10 "
                          "(the official download, or train/<class>/ and test/<class>/ images), fetched again if "

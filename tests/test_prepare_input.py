@@ -215,3 +215,32 @@ def test_two_members_for_one_batch_are_refused_naming_both(tmp_path, write_offic
                                    "--subset-per-class", "1"])
     assert err.endswith("cifar-10-batches-py/test_batch and old/test_batch: two members for test_batch; "
                         "remove one"), err
+
+
+def test_a_damaged_compressed_archive_or_one_with_data_after_its_end_is_refused(tmp_path, capsys):
+    """tarfile never reads a compressed stream's checksum and stops at the first block that is no valid header:
+    the sample with one bit flipped (gzip -t: "crc error") was prepared with other pixels in train/truck/0009.jpg
+    (by up to 130), and of two tars joined together (or one whose member header was damaged) only the first part
+    was read, silently. A damaged .tar.xz raised lzma.LZMAError once its stream was read to the end."""
+    blob = bytearray(SAMPLE.read_bytes())
+    blob[61778] ^= 1 << 3  # inside train/truck/0009.jpg's compressed data
+    (tmp_path / "flipped.tar.gz").write_bytes(bytes(blob))
+    with tarfile.open(SAMPLE) as src:
+        members = [(m, src.extractfile(m).read()) for m in src if m.isfile()]
+    for name, split in (("train.tar", "train/"), ("test.tar", "test/"), ("all.tar.xz", "")):
+        with tarfile.open(tmp_path / name, "w:xz" if name.endswith("xz") else "w") as dst:
+            for m, data in members:
+                if m.name.startswith(split):
+                    dst.addfile(m, io.BytesIO(data))
+    (tmp_path / "joined.tar").write_bytes((tmp_path / "train.tar").read_bytes() + (tmp_path / "test.tar").read_bytes())
+    xz = bytearray((tmp_path / "all.tar.xz").read_bytes())
+    xz[len(xz) // 2] ^= 0xFF
+    (tmp_path / "damaged.tar.xz").write_bytes(bytes(xz))
+    out = ["--data-dir", str(tmp_path / "out"), "--subset-per-class", "20"]
+    for name, why in (("flipped.tar.gz", "(BadGzipFile: CRC check failed"),
+                      ("joined.tar", "(ReadError: data after the archive's end"),
+                      ("damaged.tar.xz", "(LZMAError: ")):
+        err = _one_line_error(capsys, ["--source", str(tmp_path / name), *out])
+        assert f"{name}: unreadable archive {why}" in err, err
+    assert not (tmp_path / "out").exists()
+    assert prepare_cifar10(str(tmp_path / "all.tar.xz"), tmp_path / "ok", subset_per_class=1)["num_images"]["test"] == 10
