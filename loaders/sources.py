@@ -99,6 +99,12 @@ def _read_official(batches: dict[str, bytes]) -> dict:
         xs, ys = [], []
         for name in names:
             d = _load_batch(name, batches[name])
+            if not isinstance(d[b"data"], np.ndarray) or not (isinstance(d[b"labels"], np.ndarray) or (
+                    isinstance(d[b"labels"], list) and all(type(v) is int for v in d[b"labels"]))):
+                # as the official batches hold them; a nested list is walked whole by np.asarray, and one of a few
+                # hundred bytes that shares its sublists (x = [x, x], 40 deep) takes days and terabytes
+                raise ValueError(f"{name}: data is not a numpy array or labels not a flat list of ints (types "
+                                 f"{type(d[b'data']).__name__}, {type(d[b'labels']).__name__})")
             try:
                 data, labels = np.asarray(d[b"data"]), np.asarray(d[b"labels"])
             except (TypeError, ValueError, OverflowError) as e:

@@ -244,3 +244,33 @@ def test_a_damaged_compressed_archive_or_one_with_data_after_its_end_is_refused(
         assert f"{name}: unreadable archive {why}" in err, err
     assert not (tmp_path / "out").exists()
     assert prepare_cifar10(str(tmp_path / "all.tar.xz"), tmp_path / "ok", subset_per_class=1)["num_images"]["test"] == 10
+
+
+@pytest.mark.parametrize("entry", [b"data", b"labels"])
+def test_an_official_batch_of_nested_lists_is_refused_not_walked(tmp_path, entry):
+    """A batch of a few hundred bytes whose data (or labels) is a list that shares its sublists, x = [x, x] 40 deep:
+    np.asarray walked its 2**40 leaves, and prepare hung (days, then terabytes)."""
+    import pickle
+    import subprocess
+    import sys
+
+    nested = [0]
+    for _ in range(40):
+        nested = [nested, nested]
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            batch = {b"data": np.zeros((10, 3072), np.uint8), b"labels": list(range(10))}
+            if name == "data_batch_1":
+                batch[entry] = nested
+            blob = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    assert archive.stat().st_size < 1000
+    p = subprocess.run([sys.executable, "-m", "loaders.prepare", "--source", str(archive), "--data-dir",
+                        str(tmp_path / "out"), "--subset-per-class", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "data_batch_1: data is not a numpy array or labels not a flat list of ints" in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists()
