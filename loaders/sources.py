@@ -23,6 +23,8 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 COUNTS_PER_CLASS = {"train": 5000, "test": 1000}  # CIFAR-10: 50,000 training and 10,000 test images
 OFFICIAL_MEMBERS = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "PPM", "WEBP")  # the formats of IMAGE_EXTS, the only ones Pillow may open: a
+# file named *.jpg is read by its content, and among Pillow's other formats EPS is rendered by running Ghostscript
 OFFICIAL_FORMAT = "CIFAR-10 python batches"  # the official archive: raw pixels
 LOSSLESS_FORMATS = (OFFICIAL_FORMAT, "PNG", "BMP", "PPM", "WEBP-lossless")  # formats that store pixels exactly
 CHROMA = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # Pillow's JpegImagePlugin.get_sampling codes
@@ -140,12 +142,29 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
     from PIL import Image
 
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
         if im.size == (32, 32):  # checked on the header, before decoding (a 10000x10000 image takes 300 MB)
-            return np.asarray(im.convert("RGB"))
+            pixels = np.asarray(im if im.mode.startswith(("I", "F")) else im.convert("RGB"))
     except Exception as e:  # Pillow's plugins raise OSError, ValueError, NotImplementedError... on damaged headers
         raise ValueError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
-    raise ValueError(f"{name}: image is {im.size[0]}x{im.size[1]}, CIFAR-10 images are 32x32")
+    if im.size != (32, 32):
+        raise ValueError(f"{name}: image is {im.size[0]}x{im.size[1]}, CIFAR-10 images are 32x32")
+    return _rgb(pixels, im.mode, name)
+
+
+def _rgb(pixels: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """A decoded 32x32 image's 8-bit RGB pixels (`pixels`: convert("RGB")'s, or the bare array of a mode I or F
+    image). 16-bit grayscale (mode I;16 from a PNG, I from a PGM whose maxval is over 255, which Pillow scales to
+    0..65535) keeps its high byte, as Pillow reads 16-bit RGB: convert("RGB") clipped every value above 255 to
+    white. A floating-point image (mode F: a PFM) has no 8-bit scale: refused."""
+    if mode == "F":
+        raise ValueError(f"{name}: floating-point image (mode F): save it as 8-bit RGB")
+    if mode.startswith("I"):
+        gray = pixels.astype(np.int64)
+        if gray.size and (gray.min() < 0 or gray.max() > 0xFFFF):
+            raise ValueError(f"{name}: {mode} image with values outside 0..65535: save it as 8-bit RGB")
+        return np.repeat((gray >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    return pixels
 
 
 class EncodedImages:
@@ -187,7 +206,7 @@ def encoding(blobs) -> dict:
     with _headers_quiet():
         for blob in blobs:  # the encoded images' bytes
             try:
-                im = Image.open(io.BytesIO(blob))
+                im = Image.open(io.BytesIO(blob), formats=PIL_FORMATS)
             except Exception:  # a damaged header (OSError, ValueError, NotImplementedError...): counted, not refused;
                 formats["unreadable"] += 1  # decoding refuses it, naming the file, when it is kept
                 continue

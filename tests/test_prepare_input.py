@@ -274,3 +274,41 @@ def test_an_official_batch_of_nested_lists_is_refused_not_walked(tmp_path, entry
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert "data_batch_1: data is not a numpy array or labels not a flat list of ints" in p.stderr, p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_image_file_is_opened_only_in_the_formats_its_extensions_name(tmp_path, capsys, monkeypatch):
+    """Pillow reads a file by its content, whatever its name: an EPS named train/cat/0.png was rendered by running
+    Ghostscript on it (a program run on the source's PostScript)."""
+    from PIL import EpsImagePlugin
+
+    marker = tmp_path / "ran"
+    gs = tmp_path / "gs"
+    gs.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", str(gs))
+    src = png_tree(tmp_path / "src")
+    (src / "train" / "cat" / "0.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n"
+                                                  b"%%EndComments\nshowpage\n")
+    err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "1"])
+    assert "train/cat/0.png: unreadable image (UnidentifiedImageError" in err, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_16_bit_grayscale_image_keeps_its_high_byte_and_a_float_one_is_refused(tmp_path, capsys, no_ffcv):
+    """convert("RGB") clipped a 16-bit grayscale PNG's values above 255 to white (Pillow reads a 16-bit RGB PNG by
+    its high byte), and a PFM's floats to 0 or 1, silently."""
+    src = png_tree(tmp_path / "src")
+    gray = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 256
+    Image.fromarray(gray * 257).save(src / "train" / "cat" / "0.png")  # mode I;16: 8-bit v stored as 257 v
+    assert Image.open(src / "train" / "cat" / "0.png").mode == "I;16"
+    prepare_cifar10(str(src), tmp_path / "out", subset_per_class=1)
+    images, labels = (np.load(tmp_path / "out" / f"train_{k}.npy") for k in ("images", "labels"))
+    assert np.array_equal(images[labels == prepare.CLASSES.index("cat")][0], np.repeat(gray[..., None], 3, 2))
+    pfm = b"Pf\n32 32\n-1.0\n" + np.full((32, 32), 0.5, "<f4").tobytes()
+    (src / "train" / "cat" / "0.png").unlink()
+    (src / "train" / "cat" / "0.ppm").write_bytes(pfm)
+    err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(tmp_path / "out2"),
+                                   "--subset-per-class", "1"])
+    assert err.endswith("train/cat/0.ppm: floating-point image (mode F): save it as 8-bit RGB"), err
+    assert not (tmp_path / "out2").exists()
