@@ -126,6 +126,20 @@ class Preprocess(nn.Module):
         return f"kind={self.kind!r}, fitted_on={self.fitted_on}"
 
 
+STATS_SHAPES = {"meanstd": {"mean": (3,), "std": (3,)}, "gcn-zca": {"zca_mean": (3072,), "zca_matrix": (3072, 3072)}}
+
+
+def _check_stats(kind: str, stats) -> None:
+    """ValueError unless a cache's `stats` are what `fit_<kind>` returns: its tensors, of their shapes, float32, dense
+    and finite. An edited cache whose `fitted_on` still matched was used as it was: a matrix of another shape
+    stopped run_all with a traceback at its first step, a NaN trained every run on NaN."""
+    want = STATS_SHAPES[kind]
+    if not (isinstance(stats, dict) and set(stats) == set(want) and all(
+            type(v) is torch.Tensor and v.layout == torch.strided and v.dtype == torch.float32
+            and tuple(v.shape) == want[k] and bool(torch.isfinite(v).all()) for k, v in stats.items())):
+        raise ValueError("statistics not of the shapes, type or values fitted")
+
+
 def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preprocess:
     """The preprocessing module, its statistics fitted on `fit_split` (loaded from the cache when it matches)."""
     from bench.files import atomic_write
@@ -150,6 +164,7 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
         try:  # a cache is only a shortcut: a damaged or foreign one is refitted and overwritten
             saved = torch.load(cache, map_location="cpu", weights_only=True)
             if saved["fitted_on"] == fitted_on:
+                _check_stats(kind, saved["stats"])
                 return Preprocess(kind, saved["stats"], fitted_on)
         except Exception as e:
             print(f"warning: {cache} unreadable ({type(e).__name__}); fitting the statistics again", file=sys.stderr)

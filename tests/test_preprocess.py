@@ -185,3 +185,26 @@ def test_a_cache_that_cannot_be_written_is_a_warning_not_a_crash(smoke_data_dir,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"warning: {cache} not written (Is a directory)"), err
     assert torch.equal(pre.mean, fit_meanstd(data, "train")["mean"]) and cache.is_dir()
+
+
+@pytest.mark.parametrize("kind, name, edit", [("gcn-zca", "zca_matrix", lambda v: v[:100, :100]),
+                                              ("gcn-zca", "zca_mean", lambda v: v.double()),
+                                              ("meanstd", "std", lambda v: v * float("nan"))])
+def test_an_edited_cache_whose_stamp_still_matches_is_refitted(smoke_data_dir, tmp_path, capsys, kind, name, edit):
+    """A cache whose `fitted_on` matched was used whatever its statistics: a ZCA matrix of another shape stopped
+    run_all with a traceback at its first step (mat1 and mat2 shapes cannot be multiplied), a NaN trained every
+    run on NaN inputs."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data_dir, data)
+    fitted = build_preprocess(kind, data)
+    cache = data / f"preprocess_{kind}_train.pt"
+    saved = torch.load(cache, weights_only=True)
+    saved["stats"][name] = edit(saved["stats"][name])
+    torch.save(saved, cache)
+    capsys.readouterr()
+    again = build_preprocess(kind, data)
+    assert "unreadable (ValueError); fitting the statistics again" in capsys.readouterr().err
+    images = torch.from_numpy(np.load(data / "test_images.npy")[:4]).permute(0, 3, 1, 2)
+    assert torch.equal(again(images), fitted(images))
