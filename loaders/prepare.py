@@ -148,7 +148,22 @@ def _counts_ok(num_images) -> bool:
 
 
 def _files_intact(data_dir: Path, manifest: dict) -> bool:
-    return all((data_dir / n).is_file() and sha256_file(data_dir / n) == h for n, h in manifest["files"].items())
+    """Every file prepare writes (the .beton files when the manifest names an ffcv version) listed and matching its
+    sha256, and the manifest's counts those of the arrays: a manifest edited to list no files passed whatever the
+    arrays held, and one whose counts were lowered trained and tested on the first images only (the test set's
+    first classes), its record naming the lowered counts."""
+    need = {f"{s}_{k}.npy" for s in COUNTS_PER_CLASS for k in ("images", "labels")} | {"splits.npz"}
+    need |= {f"{s}.beton" for s in COUNTS_PER_CLASS} if manifest["ffcv_version"] is not None else set()
+    if not need <= set(manifest["files"]) or not all(
+            (data_dir / n).is_file() and sha256_file(data_dir / n) == h for n, h in manifest["files"].items()):
+        return False
+    try:
+        counts = {s: len(load_arrays(data_dir, s)[1]) for s in COUNTS_PER_CLASS}
+        with np.load(data_dir / "splits.npz") as z:
+            counts.update({s: len(z[s]) for s in ("train45k", "val5k")})
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(manifest["num_images"][s] == n for s, n in counts.items())
 
 
 def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "data", *,

@@ -312,3 +312,25 @@ def test_a_16_bit_grayscale_image_keeps_its_high_byte_and_a_float_one_is_refused
                                    "--subset-per-class", "1"])
     assert err.endswith("train/cat/0.ppm: floating-point image (mode F): save it as 8-bit RGB"), err
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("edit", ["no files listed", "counts lowered"])
+def test_an_edited_manifest_is_no_proof_that_the_folder_is_prepared(tmp_path, capsys, no_ffcv, edit):
+    """A manifest edited to list no files passed its hash check whatever the arrays held (here: zeroed); one whose
+    counts were lowered was taken as prepared, and runs trained and tested on the first images only."""
+    import json
+
+    src, out = png_tree(tmp_path / "src"), tmp_path / "out"
+    prepare_cifar10(str(src), out, subset_per_class=1)
+    good = np.load(out / "train_images.npy")
+    m = json.loads((out / "manifest.json").read_text())
+    if edit == "no files listed":
+        m["files"] = {}
+        np.save(out / "train_images.npy", np.zeros_like(good))
+    else:
+        m["num_images"].update(test=6, train=8, train45k=8, val5k=0)
+    (out / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    m = prepare_cifar10(str(src), out, subset_per_class=1)
+    assert "nothing to do" not in capsys.readouterr().out
+    assert m["num_images"]["test"] == 10 and np.array_equal(np.load(out / "train_images.npy"), good)
