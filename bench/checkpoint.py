@@ -11,6 +11,7 @@ memory.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from pathlib import Path
@@ -226,7 +227,7 @@ def _match_layout(optimizer) -> None:
 
 
 def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world: int,
-                    epoch_state=dict) -> dict | None:
+                    epoch_state=dict, lr_at=None) -> dict | None:
     """Restore what `save_checkpoint` wrote into a freshly built model and optimizer (before any DDP wrapping);
     returns the checkpoint's epoch, epoch_state, history and extra, or None without a usable checkpoint. A file that
     is no regular file (a FIFO, a device, a folder, a dangling link) or is over `MAX_BYTES`, cannot be loaded safely
@@ -234,7 +235,10 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     (rank 0 moves it) and None returned, with the model, optimizer and RNGs as they were: the run starts again from
     epoch 0. The RNG state is this rank's when the world size matches, else the caller's seeding stands (the run
     stays valid, not bit-identical). `rank` and `world` are the run's own (0 and 1 for a grid-mode run);
-    `epoch_state` builds the part-done epoch from its saved fields (engine.EpochState)."""
+    `epoch_state` builds the part-done epoch from its saved fields (engine.EpochState); `lr_at(epoch)`, when given,
+    is the run's LR in each epoch (from 0), which its history must show: a checkpoint of another run of the same
+    network (another LR, the same shapes) was resumed as this one's, its record then claiming an LR it was not
+    trained at."""
     import copy
     import io
     import sys
@@ -246,6 +250,9 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     try:
         blob = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
         _check_matches(blob, net, optimizer)
+        if lr_at is not None and any(not math.isclose(h["lr"], lr_at(h["epoch"] - 1), rel_tol=1e-9)
+                                     for h in blob["history"]):
+            raise ValueError("its history's learning rates are not this run's (a checkpoint of another run)")
         if len(blob["rng"]) == world:
             set_rng_state(blob["rng"][rank], device)
         net.load_state_dict(blob["model"])

@@ -126,9 +126,11 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def resume(cls, path: Path, accelerator, net, optimizer, *, rank: int, world: int) -> RunState:
-        """The checkpointed state, restoring net and optimizer, or a fresh one without a checkpoint."""
-        ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world, epoch_state=EpochState)
+    def resume(cls, path: Path, accelerator, net, optimizer, *, rank: int, world: int, lr_at=None) -> RunState:
+        """The checkpointed state, restoring net and optimizer, or a fresh one without a checkpoint (or one whose
+        history's LRs are not `lr_at(epoch)`'s: checkpoint.load_checkpoint)."""
+        ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world, epoch_state=EpochState,
+                               lr_at=lr_at)
         if ckpt is None:
             return cls(path)
         es = ckpt["epoch_state"]

@@ -57,7 +57,8 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                 set_seed(run.seed)  # as run_all's start_run: each run's initial weights; after the last, the RNG
                 net, optimizer = build_net(run, acc.device)
                 path = Path(c.out) / "checkpoints" / f"{key}.pt"
-                states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1))
+                states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1,
+                                              lr_at=lambda epoch, lr=run.lr: engine.lr_at(epoch, lr, c.lr_drops)))
                 nets.append(net)
                 optimizers.append(optimizer)
             points = [(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states]

@@ -55,7 +55,8 @@ def start_run(run: Run, key: str, acc, ddp: bool):
     if ddp:
         set_seed(run.seed, device_specific=True)  # each rank its own dropout masks
     state = engine.RunState.resume(Path(run.cfg.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
-                                   rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1)
+                                   rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1,
+                                   lr_at=lambda epoch: engine.lr_at(epoch, run.lr, run.cfg.lr_drops))
     model = net
     if ddp:
         model, optimizer = acc.prepare(net, optimizer)

@@ -280,3 +280,19 @@ def test_a_fifo_named_like_a_dead_writers_temporary_file_is_not_waited_on(tmp_pa
     os.mkfifo(fifo)
     files.atomic_write(tmp_path / "run.pt", lambda f: f.write(b"whole"))
     assert (tmp_path / "run.pt").read_bytes() == b"whole" and fifo.is_fifo()
+
+
+def test_a_checkpoint_of_another_runs_lr_is_set_aside(tmp_path, capsys):
+    """A checkpoint of the same network at another LR (LR 0.1's, copied under LR 0.05's run key) was resumed: the
+    run's record said LR 0.05, completed, with its first epochs trained at 0.1."""
+    path = tmp_path / "ckpt.pt"
+    trained, _ = build()
+    torch.save({"model": trained.state_dict(), "optimizer": torch.optim.SGD(trained.parameters(), 0.1).state_dict(),
+                "rng": [checkpoint.rng_state()], "epoch": 2, "history": [ONE, TWO], "extra": {}}, path)
+    net, opt = build()
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1, lr_at=lambda epoch: 0.05) is None
+    assert "its history's learning rates are not this run's" in capsys.readouterr().err
+    assert not path.exists() and all(torch.equal(a, b) for a, b in zip(fresh.values(), net.state_dict().values()))
+    os.replace(tmp_path / ".invalid" / "ckpt.pt", path)
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1, lr_at=lambda epoch: 0.1)["epoch"] == 2
