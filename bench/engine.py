@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import AutocastKwargs
 
-from bench.checkpoint import TIMINGS, load_checkpoint, save_checkpoint
+from bench.checkpoint import TIMINGS, load_checkpoint, save_checkpoint, sessions_after
 
 STOP_CHECK_EVERY = 25
 """In DDP mode the ranks agree on a SIGTERM stop with one all-reduce of a flag every this many steps (a host sync
@@ -124,19 +124,23 @@ class RunState:
     epoch: int = 0
     epoch_state: EpochState | None = None
     started: float = field(default_factory=time.perf_counter)
+    sessions: list = field(default_factory=list)  # the record's `sessions`, this one last (bench/schema.py)
 
     @classmethod
-    def resume(cls, path: Path, accelerator, net, optimizer, *, rank: int, world: int, lr_at=None) -> RunState:
+    def resume(cls, path: Path, accelerator, net, optimizer, *, rank: int, world: int, lr_at=None,
+               session: dict | None = None) -> RunState:
         """The checkpointed state, restoring net and optimizer, or a fresh one without a checkpoint (or one whose
-        history's LRs are not `lr_at(epoch)`'s: checkpoint.load_checkpoint)."""
+        history's LRs are not `lr_at(epoch)`'s: checkpoint.load_checkpoint); `session` (bench.runs.session) joins
+        the sessions the checkpoint carries."""
         ckpt = load_checkpoint(path, accelerator, net, optimizer, rank=rank, world=world, epoch_state=EpochState,
                                lr_at=lr_at)
         if ckpt is None:
-            return cls(path)
+            return cls(path, sessions=sessions_after(None, session, 0))
         es = ckpt["epoch_state"]
         if es is not None and rank != 0:  # rank 0 resumes the part-done epoch's sums over all ranks (`save`)
             es = replace(es, loss_sum=None, correct=None, seen=None, steady_images=0)
-        state = cls(path, ckpt["history"], epoch=ckpt["epoch"], epoch_state=es)
+        state = cls(path, ckpt["history"], epoch=ckpt["epoch"], epoch_state=es,
+                    sessions=sessions_after(ckpt, session, ckpt["epoch"]))
         state.timings.update({k: v for k, v in ckpt["extra"].items() if k in TIMINGS})  # checked (check_progress);
         # a sum the file lacks starts at 0
         return state
@@ -153,7 +157,8 @@ class RunState:
                                   seen=torch.tensor(int(seen)), steady_images=int(steady_images))
         save_checkpoint(self.path, accelerator, net, optimizer, epoch=epoch,
                         epoch_state=epoch_state.to_dict() if epoch_state is not None else None,
-                        history=self.history, extra=dict(self.timings, wall_s=self.wall_seconds()),
+                        history=self.history, extra=dict(self.timings, wall_s=self.wall_seconds(),
+                                                         **({"sessions": self.sessions} if self.sessions else {})),
                         distributed=distributed)
 
     def end_epoch(self, es: EpochState, epoch: int, lr: float, accelerator, *, distributed: bool,

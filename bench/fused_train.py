@@ -32,14 +32,16 @@ from bench import engine, graphs, weights, workqueue
 from bench.engine import EpochState, RunState
 from bench.fused import FusedRuns
 from bench.files import WriteError
-from bench.runs import Interrupted, build_net, diagnosed, eval_loaders, failed, stop_reason, summary, train_loader
+from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, session, stop_reason, summary,
+                        train_loader)
 
 
-def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone, finished) -> None:
+def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone, finished, proc=None) -> None:
     """Train the runs of `members` ([(run, key, claim), ...]: one model, seed and config, LRs differ) together,
     recording each with `finished` when it ends. Raises Interrupted after checkpointing every run still training
     when `stop()` turns true. When building or training raises, every run not yet recorded is recorded "failed"
-    (retried on rerun) and the grid goes on, as for a run trained alone."""
+    (retried on rerun) and the grid goes on, as for a run trained alone. `proc`: this process for each run's
+    session (bench.runs.session)."""
     c = members[0][0].cfg
     ended, trackers = set(), []  # the members already recorded (or left to another process)
 
@@ -58,7 +60,8 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                 net, optimizer = build_net(run, acc.device)
                 path = Path(c.out) / "checkpoints" / f"{key}.pt"
                 states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1,
-                                              lr_at=lambda epoch, lr=run.lr: engine.lr_at(epoch, lr, c.lr_drops)))
+                                              lr_at=lambda epoch, lr=run.lr: engine.lr_at(epoch, lr, c.lr_drops),
+                                              session=session(run, proc)))
                 nets.append(net)
                 optimizers.append(optimizer)
             points = [(s.epoch, s.epoch_state.step if s.epoch_state else 0) for s in states]
@@ -71,7 +74,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                         members[k][2].heartbeat()
                     if len(held) > 1:
                         train_group([members[k] for k in held], acc, data, num_images, show, stop=stop,
-                                    alone=alone, finished=finished)
+                                    alone=alone, finished=finished, proc=proc)
                     elif held:
                         alone(*members[held[0]])  # records the run itself
                 return

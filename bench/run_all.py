@@ -30,7 +30,7 @@ from bench.cli import UsageError, parse_args  # noqa: E402
 from bench.config import Run, expand  # noqa: E402
 from bench.progress import Progress  # noqa: E402
 from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, make_record, now,  # noqa: E402
-                        stop_reason, summary, train_loader)
+                        session, stop_reason, summary, train_loader)
 
 STOP = {"requested": False, "signal": signal.SIGTERM}  # set by SIGTERM or Ctrl-C (SIGINT), `stop_on`: the loop
 # checkpoints at the next step boundary and exits with 128 + the signal's number (143, 130)
@@ -44,9 +44,9 @@ def stop_on(signum, _frame) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_run(run: Run, key: str, acc, ddp: bool):
+def start_run(run: Run, key: str, acc, ddp: bool, proc: dict | None = None):
     """The run's bare net, the model that trains (DDP-wrapped and compiled as configured), its optimizer and its
-    `RunState`, restored from the run's checkpoint if there is one."""
+    `RunState`, restored from the run's checkpoint if there is one, with this session (`runs.session`) added."""
     import torch
     from accelerate.utils import set_seed
 
@@ -56,7 +56,8 @@ def start_run(run: Run, key: str, acc, ddp: bool):
         set_seed(run.seed, device_specific=True)  # each rank its own dropout masks
     state = engine.RunState.resume(Path(run.cfg.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
                                    rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1,
-                                   lr_at=lambda epoch: engine.lr_at(epoch, run.lr, run.cfg.lr_drops))
+                                   lr_at=lambda epoch: engine.lr_at(epoch, run.lr, run.cfg.lr_drops),
+                                   session=session(run, proc))
     model = net
     if ddp:
         model, optimizer = acc.prepare(net, optimizer)
@@ -69,26 +70,28 @@ def start_run(run: Run, key: str, acc, ddp: bool):
     return net, torch.compile(model) if run.cfg.compile else model, optimizer, state
 
 
-def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, claim=None) -> dict:
+def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, claim=None,
+              proc: dict | None = None) -> dict:
     """Train and evaluate one run, resuming its checkpoint if there is one, with its own tracker run. Returns the
     record's result fields. A run at precision "no" is full fp32 (TF32 off on CUDA, `engine.full_fp32`)."""
     tracker, outcome = show.tracker(run, key), None
     try:
         with engine.full_fp32(acc.device, run.cfg.precision == "no"):
-            outcome = _train(run, key, acc, data, num_images, ddp, show, tracker, claim)
+            outcome = _train(run, key, acc, data, num_images, ddp, show, tracker, claim, proc)
         return outcome
     finally:
         tracker.finish(outcome)
 
 
-def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, tracker, claim) -> dict:
+def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, tracker, claim,
+           proc=None) -> dict:
     c, world = run.cfg, acc.num_processes if ddp else 1
     train = train_loader(data, run, world)
     preprocess = data.preprocess(c.preprocess, c.train_split)
     evals = eval_loaders(data, c, num_images)
     autocast = engine.autocast_for(c.precision, acc)
     eval_autocast = engine.autocast_for(c.eval_precision, acc)  # fp32 unless --eval-precision says otherwise
-    net, model, optimizer, state = start_run(run, key, acc, ddp)
+    net, model, optimizer, state = start_run(run, key, acc, ddp, proc)
     step = graphs.graphed_train_step(model, optimizer, preprocess, acc, autocast, c.channels_last) \
         if c.cuda_graphs else None
     stop, status, error = (lambda: STOP["requested"]), "completed", None
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                          batch_size=cfg.batch_size // (world if ddp else 1),
                          num_workers=cfg.num_workers or loaders.workers_per_process())
     env = results.environment(acc.device)
+    proc = dict(env, mode=mode, world_size=world)  # each run's session (runs.session) in this process
     if mine and acc.is_main_process:
         rate = measure_rate(mine[0][0], acc, data, ddp)
         show.eta(workqueue.eta_seconds(mine, manifest["num_images"], rate, world), rate, mine[0][0].model)
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 """Train one run by itself and record it."""
                 started = now()
                 try:
-                    outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim)
+                    outcome = train_one(run, key, acc, data, manifest["num_images"], ddp, show, claim, proc)
                 except (Interrupted, files.WriteError, workqueue.ClaimLost):
                     raise
                 except Exception as e:  # one broken run is recorded and the grid goes on; config bugs raised above
@@ -240,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if len(members) > 1:
                     fused_train.train_group(members, acc, data, manifest["num_images"], show,
-                                            stop=lambda: STOP["requested"], alone=alone, finished=finished)
+                                            stop=lambda: STOP["requested"], alone=alone, finished=finished,
+                                            proc=proc)
                 else:
                     alone(*members[0])
             except Interrupted:

@@ -11,6 +11,7 @@ import sys
 import allconv
 from bench import checkpoint, engine
 from bench.config import VAL_SPLIT_OF, Run, RunConfig
+from bench.schema import SESSION_FLAGS
 
 CHANCE_MARGIN_PCT = 1.0  # --stall-after: training accuracy within this of 1/num_classes is "at chance"
 NUM_CLASSES = 10
@@ -62,7 +63,19 @@ def summary(state, status: str, error: str | None, net, acc, autocast, eval_auto
             "wall_time_s": state.wall_seconds(), "peak_memory_mb": engine.peak_memory_mb(acc.device),
             "precision": "no" if not autocast.enabled else acc.mixed_precision,
             "eval_precision": "no" if not eval_autocast.enabled else acc.mixed_precision, "fused_runs": fused_runs,
-            "diagnosis": None}
+            "diagnosis": None, **({"sessions": state.sessions} if state.sessions else {})}
+
+
+def session(run: Run, proc: dict | None) -> dict | None:
+    """This process's entry in the run's `sessions` (bench/schema.py; from_epoch is added when it resumes:
+    bench.checkpoint.sessions_after), starting now: `proc` is `bench.results.environment`'s dict with the process's
+    `mode` and `world_size` (None: no session recorded)."""
+    if proc is None:
+        return None
+    plain = {k: proc[k] for k in ("git_commit", "git_dirty", "device_name", "mode", "world_size")}
+    versions = {k: None if v is None else str(v) for k, v in proc["versions"].items()}  # torch's is a str subclass,
+    # which a checkpoint's weights_only unpickler refuses
+    return {"started_at": now(), **plain, "versions": versions, **{k: getattr(run.cfg, k) for k in SESSION_FLAGS}}
 
 
 def diagnosed(status: str, net, data, c: RunConfig, acc, eval_autocast, distributed: bool = False) -> dict | None:
@@ -130,4 +143,6 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "grid": {"models": list(run.cfg.models), "lrs": list(run.cfg.lrs), "seeds": list(run.cfg.seeds)},
               "eval_precision": run.cfg.eval_precision}
     record.update(outcome)
+    first = record.get("sessions", [{}])[0].get("started_at")
+    record["started_at"] = first or started_at  # the run's start, in an earlier session when it was resumed
     return record

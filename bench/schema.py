@@ -32,7 +32,18 @@ surrogate):
                          in older records)
   config                 the whole resolved per-run config (dict), enough to rerun it: names, numbers, booleans,
                          and lists of them in `CONFIG_LISTS` only (lr_drops)
-  started_at, finished_at  ISO 8601 UTC
+  started_at, finished_at  ISO 8601 UTC: when the run's training began (its first session's start when
+                         `sessions` knows it, else the start of the session that finished it) and ended
+  sessions               optional (older records lack it): one object per process session that trained part of the
+                         run, in order (bench.runs.session makes one; a resumed checkpoint carries the earlier ones):
+                         from_epoch (1-based, as history's `epoch`: the first epoch it trained, in part when the
+                         session before it stopped mid-epoch, so two may share it), started_at, git_commit,
+                         git_dirty, device_name, versions, mode, world_size, and the `SESSION_FLAGS` config fields
+                         that change how training ran but not the run key. The record's own git_commit, git_dirty,
+                         device_name, versions, mode and those config fields are the last session's. A session
+                         resumed from a checkpoint written before sessions were kept starts the list with an entry
+                         of from_epoch 1 and every other field null (earlier sessions unknown). `valid_sessions`
+                         checks them.
   (which ablation arm a run belongs to is derived from its config: reports.tables.ablation_runs)
   history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
                          val_error_pct, lr, seconds
@@ -67,10 +78,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "versions": (dict,), "git_commit": _OPT_STR, "git_dirty": (bool,), "data": (dict,), "config": (dict,),
     "started_at": (str,), "finished_at": (str,), "history": (list,),
     "grid": (dict, type(None)), "eval_precision": _OPT_STR, "fused_runs": (int,),
-    "diagnosis": (dict, type(None)),
+    "diagnosis": (dict, type(None)), "sessions": (list,),
 }
 """The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
-OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis")
+OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis", "sessions")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
 _PCT, _SIZE, _COUNT, _POS = (0, 100), (0, 1e12), (1, 1e12), (0, math.inf)
@@ -125,6 +136,9 @@ def validate(record) -> str | None:
     if record.get("diagnosis") is not None and not _diagnosis_ok(record["diagnosis"]):
         return "field 'diagnosis' must hold train_error_pct, test_error_by_class_pct and dead_relu_channels as " \
             "bench/diagnose.py writes them"
+    if "sessions" in record and not valid_sessions(record["sessions"], record["epochs_completed"] + 1):
+        return f"field 'sessions' must be 1 to {MAX_SESSIONS} objects as bench.runs.session writes them, " \
+            "from_epoch non-decreasing and at most epochs_completed + 1"
     config = record["config"]
     for name in CONFIG_REQUIRED:
         if name not in config:
@@ -141,6 +155,45 @@ def validate(record) -> str | None:
 CONFIG_REQUIRED = ("model", "lr", "seed", "epochs", "preset", "train_split", "augment")
 """Config fields every record has had, each also a field of the record itself (the two must agree), that the
 reports select and compare runs by."""
+
+
+SESSION_FLAGS = ("backend", "channels_last", "compile", "cuda_graphs", "deterministic", "fuse_lrs")
+"""The config fields of bench/config.py's NOT_IN_KEY a session records: those that change how its epochs trained
+(loader, memory layout, kernels, lockstep fusing as configured), not where output went or how it was shown."""
+SESSION_TYPES = {"from_epoch": (int,), "started_at": _OPT_STR, "git_commit": _OPT_STR, "git_dirty": (bool, type(None)),
+                 "device_name": _OPT_STR, "versions": (dict, type(None)), "mode": _OPT_STR, "world_size": _OPT_INT,
+                 "backend": _OPT_STR, **dict.fromkeys(SESSION_FLAGS[1:], (bool, type(None)))}
+"""A session's fields and their types (every one present; a newer writer's other keys hold a name, number, boolean
+or null)."""
+MAX_SESSIONS, MAX_SESSION_STR = 1000, 200
+"""At most this many sessions per run, each string (a versions value included) at most this long."""
+
+
+def valid_sessions(sessions, last_epoch: int) -> bool:
+    """`sessions` as records and checkpoints carry them (untrusted: a checkpoint's unpickler admits any str, int or
+    container): a list of 1 to `MAX_SESSIONS` objects of `SESSION_TYPES`, strings at most `MAX_SESSION_STR` long,
+    versions a small object of names, world_size >= 1, from_epoch 1-based, non-decreasing, at most `last_epoch`."""
+    def short(v) -> bool:
+        return v is None or isinstance(v, str) and len(v) <= MAX_SESSION_STR
+
+    def entry(s) -> bool:
+        if not isinstance(s, dict) or not set(SESSION_TYPES) <= set(s) or not all(isinstance(k, str) for k in s):
+            return False
+        for k, v in s.items():
+            types = SESSION_TYPES.get(k, (str, int, float, bool, type(None)))
+            if not isinstance(v, types) or isinstance(v, bool) and bool not in types or isinstance(v, str) \
+                    and not short(v) or isinstance(v, (int, float)) and not isinstance(v, bool) and not _within(
+                        v, (-2 ** 63, 2 ** 63)):
+                return False
+        versions = s["versions"]
+        return (versions is None or len(versions) <= 16 and all(short(k) and k is not None and short(v)
+                                                                 for k, v in versions.items())) \
+            and (s["world_size"] is None or s["world_size"] >= 1)
+
+    if not isinstance(sessions, list) or not 1 <= len(sessions) <= MAX_SESSIONS or not all(map(entry, sessions)):
+        return False
+    epochs = [s["from_epoch"] for s in sessions]
+    return all(1 <= e <= last_epoch for e in epochs) and epochs == sorted(epochs)
 
 
 def _diagnosis_ok(d) -> bool:
