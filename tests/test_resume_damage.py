@@ -15,7 +15,7 @@ from bench import checkpoint, claims, files, results, workqueue
 from bench.config import PRESETS
 from bench.engine import RunState
 from bench.runs import stop_reason
-from tests.test_untrusted import Acc, assert_set_aside, build, history
+from tests.test_untrusted import Acc, assert_set_aside, build, history, session
 
 
 def saved(path, layout=torch.contiguous_format, **blob):
@@ -150,6 +150,44 @@ def test_timings_the_record_would_refuse_set_the_checkpoint_aside(extra, tmp_pat
     assert state.epoch == 0 and state.history == [] and state.timings["wall_s"] == 0.0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"checkpoint {path} not resumed, moved to" in err and "timings" in err, err
+    assert not os.path.lexists(path) and (tmp_path / ".invalid" / "ckpt.pt").is_file()
+
+
+def test_a_resumed_run_carries_its_sessions_and_adds_its_own(tmp_path):
+    """The sessions a checkpoint carries come first, this one after them from the epoch it resumes (1-based); a
+    checkpoint written before sessions were kept starts the list with one of unknown fields; a fresh run's list is
+    its own session alone; the list travels in the next checkpoint (readable with weights_only)."""
+    path, mine = tmp_path / "ckpt.pt", {k: v for k, v in session(channels_last=False).items() if k != "from_epoch"}
+    net, opt = saved(path, extra={"wall_s": 3.0, "sessions": [session()]})
+    state = RunState.resume(path, Acc(), net, opt, rank=0, world=1, session=mine)
+    assert state.sessions == [session(), dict(mine, from_epoch=3)]
+    state.save(Acc(), net, opt, 2, distributed=False)
+    assert checkpoint.read(path)[1]["extra"]["sessions"] == state.sessions
+    net, opt = saved(path)  # no sessions: an older writer's
+    unknown = RunState.resume(path, Acc(), net, opt, rank=0, world=1, session=mine).sessions[0]
+    assert unknown["from_epoch"] == 1 and set(unknown.values()) == {1, None} and set(unknown) == set(session())
+    path.unlink()
+    assert RunState.resume(path, Acc(), net, opt, rank=0, world=1, session=mine).sessions == [
+        dict(mine, from_epoch=1)]
+
+
+@pytest.mark.parametrize("sessions", [
+    "grid", [], [session(from_epoch=0)], [session(from_epoch=4)], [session(from_epoch=2), session()],
+    [session(from_epoch=True)], [{"from_epoch": 1}], [session(git_commit="a" * 10_000)],
+    [session(versions={"torch": 2})], [session(device_name=torch.ones(3))], [session(world_size=0)],
+    [session(channels_last="yes")], [session()] * 1001, [session(extra=float("nan"))],
+])
+def test_malformed_sessions_set_the_checkpoint_aside(sessions, tmp_path, capsys):
+    """A checkpoint's sessions are outside input: one it cannot vouch for (a wrong type, an epoch before 1 or past
+    the one it resumes, out of order, a string of any length) makes it malformed, as other damage does."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path, extra={"wall_s": 3.0, "sessions": sessions})
+    with pytest.raises(ValueError, match="^malformed checkpoint: its sessions"):
+        checkpoint.progress(path)
+    state = RunState.resume(path, Acc(), net, opt, rank=0, world=1, session=session())
+    assert state.epoch == 0 and state.history == [] and state.sessions == [session()]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"checkpoint {path} not resumed, moved to" in err and "sessions" in err, err
     assert not os.path.lexists(path) and (tmp_path / ".invalid" / "ckpt.pt").is_file()
 
 

@@ -30,7 +30,7 @@ SCHEMA = {
     "channels_last", "compile", "cuda_graphs", "test_error_pct", "best_test_error_pct", "best_epoch", "val_error_pct", "params",
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
-    "finished_at", "history", "grid", "eval_precision", "fused_runs", "diagnosis",
+    "finished_at", "history", "grid", "eval_precision", "fused_runs", "diagnosis", "sessions",
 }  # bench/schema.py's docstring, field by field
 HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
 
@@ -244,6 +244,32 @@ def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path):
     assert by_lr[1e9]["status"] == "diverged" and "loss is" in by_lr[1e9]["error"]
     assert by_lr[1e9]["history"][-1]["loss"] is None
     assert by_lr[0.01]["status"] == "completed"
+
+
+def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path):
+    """A run stopped after epoch 1 (--stall-after: at chance, checkpointed) and finished by a later invocation with
+    other NOT_IN_KEY flags: its record once described only the finishing session (its flags, commit, start). Now
+    `sessions` lists both, each with its own flags and first epoch, and started_at is the first one's."""
+    out = tmp_path / "out"
+    grid = ("--models", "strided-a", "--lrs", "1e-6", "--epochs", "3", "--backend", "tensor")
+    p = run_py(args(data, out, *grid, "--stall-after", "1", "--channels-last", "--no-deterministic"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    (stalled,) = results.read_records(out)
+    assert stalled["status"] == "stalled" and [s["from_epoch"] for s in stalled["sessions"]] == [1]
+    p = run_py(args(data, out, *grid, "--no-channels-last", "--deterministic"))
+    assert p.returncode == 0 and "warning" not in p.stderr, p.stderr[-3000:]  # resumed, not set aside
+    (done,) = results.read_records(out)
+    assert done["status"] == "completed" and done["history"][0] == stalled["history"][0]
+    first, second = done["sessions"]
+    assert (first["from_epoch"], first["channels_last"], first["deterministic"]) == (1, True, False)
+    assert (second["from_epoch"], second["channels_last"], second["deterministic"]) == (2, False, True)
+    assert first == stalled["sessions"][0]  # carried as the first session wrote it
+    assert done["started_at"] == first["started_at"] == stalled["started_at"] <= second["started_at"]
+    assert done["channels_last"] is False and done["config"]["deterministic"] is True  # the record: the last one's
+    for s in (first, second):
+        assert s["git_commit"] == done["git_commit"] and s["device_name"] == done["device_name"]
+        assert s["backend"] == "tensor" and s["mode"] == "grid" and s["world_size"] == 1
+        assert s["versions"]["torch"] == done["versions"]["torch"]
 
 
 # ---- bad inputs: one line on stderr starting "error: ", exit status 2, no record ----

@@ -116,6 +116,14 @@ def history(epochs: int) -> list[dict]:
              "seconds": 1.0} for e in range(1, epochs + 1)]
 
 
+def session(**fields) -> dict:
+    """A session entry as bench.runs.session writes it (bench/schema.py), from_epoch 1."""
+    return {"from_epoch": 1, "started_at": "2026-01-01T00:00:00+00:00", "git_commit": "0" * 40, "git_dirty": False,
+            "device_name": "CPU", "versions": {"torch": "2.0", "ffcv": None}, "mode": "grid", "world_size": 1,
+            "backend": "tensor", "channels_last": True, "compile": False, "cuda_graphs": False, "deterministic": False,
+            "fuse_lrs": False, **fields}
+
+
 def build(out_features=3):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, out_features))
@@ -252,7 +260,8 @@ def damage(out: Path, records: dict) -> dict[float, str]:
 def test_validate_names_what_is_wrong(grid):
     record = grid[1][0.01]
     assert schema.validate(record) is None
-    newer = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis")  # not from schema.OPTIONAL itself
+    newer = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis",
+             "sessions")  # not from schema.OPTIONAL itself
     assert schema.validate({k: v for k, v in record.items() if k not in newer}) is None  # old ledgers lack them
     assert "list" in schema.validate([record])
     assert "'lr'" in schema.validate(dict(record, lr=True))
@@ -292,6 +301,22 @@ def test_validate_refuses_numbers_out_of_range_and_lists_in_config(grid):
     assert "lone surrogate" in schema.validate(dict(record, device_name="GPU \ud800"))  # no writer can write it
     assert "'precision' is ['no']" in schema.validate(dict(record, config={**record["config"], "precision": ["no"]}))
     assert schema.validate(dict(record, config={**record["config"], "lr_drops": [1, 2]})) is None
+
+
+def test_validate_checks_sessions_when_present(grid):
+    """A record's sessions (one per process session that trained the run) are outside input like the rest of a
+    ledger: malformed ones refuse the record; a record without them (older ledgers) stays valid."""
+    record = grid[1][0.01]
+    assert "sessions" in record  # run_all writes them
+    assert schema.validate({k: v for k, v in record.items() if k != "sessions"}) is None
+    last = record["epochs_completed"] + 1
+    assert schema.validate(dict(record, sessions=[session(), session(from_epoch=last, extra="x")])) is None
+    for bad in ("grid", None, [], [session(from_epoch=0)], [session(from_epoch=last + 1)],
+                [session(from_epoch=2), session()], [session(from_epoch=1.0)], [session(git_dirty="no")],
+                [{k: v for k, v in session().items() if k != "deterministic"}], [session(git_commit="a" * 201)],
+                [session(versions={"torch": ["2"]})], [session(versions={str(i): "" for i in range(17)})],
+                [session(world_size=0)], [session(extra=[1])], [session()] * 1001, ["session"]):
+        assert "'sessions'" in schema.validate(dict(record, sessions=bad)), bad
 
 
 def test_damaged_ledger_loads_the_valid_rows(grid, tmp_path, capsys):
