@@ -109,7 +109,7 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
         raise WriteError(*error)
 
 
-def _check_matches(blob, net, optimizer) -> None:
+def _check_matches(blob, net, optimizer, lr_at=None) -> None:
     """Raise ValueError unless `blob` is a checkpoint of this run: its parts present, the model's keys and shapes,
     the optimizer's parameter groups and its per-parameter state shapes the same as the freshly built ones."""
     if not isinstance(blob, dict) or not {"model", "optimizer", "rng", "epoch", "history", "extra"} <= set(blob):
@@ -129,14 +129,17 @@ def _check_matches(blob, net, optimizer) -> None:
             raise ValueError("optimizer state does not match this run's parameter shapes")
     if not isinstance(blob["rng"], list) or not isinstance(blob["extra"], dict):
         raise ValueError("epoch, RNG state or timings malformed")
-    check_progress(blob)
+    check_progress(blob, lr_at)
 
 
-def check_progress(blob: dict) -> None:
+def check_progress(blob: dict, lr_at=None) -> None:
     """Raise ValueError unless the checkpoint's progress agrees with itself: an epoch counter equal to its history's
     length, each entry with all `HISTORY_KEYS`, timing sums its run's record takes (`_timings_ok`: a NaN there
     failed the run after its last epoch, on every rerun), and a part-done epoch (if any) holding what
-    `engine.EpochState.to_dict` writes: counts, seconds and 0-dim sums (None before the first step). Checked before
+    `engine.EpochState.to_dict` writes: counts, seconds and 0-dim sums (None before the first step); given
+    `lr_at(epoch)`, the run's LR in each epoch (from 0), a history at those LRs (a checkpoint of another run of the
+    same network, another LR, was resumed as this one's, its record then claiming an LR it was not trained at).
+    Checked before
     any rank resumes it (and by bench.plan): in DDP mode only rank 0 takes the sums, so a bad value must not reach
     rank 0 alone (the others would wait for it)."""
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
@@ -150,6 +153,8 @@ def check_progress(blob: dict) -> None:
     missing = [k for k in HISTORY_KEYS if any(k not in h for h in history)]
     if missing:  # runs.summary reads them: a KeyError failed the run on every rerun
         raise ValueError(f"its history lacks {', '.join(missing)}")
+    if lr_at is not None and any(not math.isclose(h["lr"], lr_at(h["epoch"] - 1), rel_tol=1e-9) for h in history):
+        raise ValueError("its history's learning rates are not this run's (a checkpoint of another run)")
     if not _timings_ok(blob.get("extra")):
         raise ValueError("its timings are not numbers the run's record accepts (finite, >= 0, at most 1e12)")
     if "sessions" in blob["extra"] and not valid_sessions(blob["extra"]["sessions"], blob["epoch"] + 1):
@@ -171,11 +176,12 @@ def read(path: Path) -> tuple[bytes, object]:
         raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
 
 
-def progress(path: Path) -> dict:
+def progress(path: Path, lr_at=None) -> dict:
     """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
     epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None, "sha256": of the
     file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
-    run_all would set aside (its history included: a report draws it; not a regular file: `read_bytes`)."""
+    run_all would set aside (its history included: a report draws it; not a regular file: `read_bytes`; given
+    `lr_at`, a history at other LRs: `check_progress`)."""
     import hashlib
 
     data, blob = read(path)
@@ -184,7 +190,7 @@ def progress(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001  (any damage: readers say so; run_all sets it aside when it resumes)
         raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
     try:
-        check_progress(blob)
+        check_progress(blob, lr_at)
     except Exception as e:  # noqa: BLE001  (a value no check foresaw: malformed all the same)
         raise ValueError(f"malformed checkpoint: {e if isinstance(e, ValueError) else type(e).__name__}") from None
     return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": blob["extra"].get("wall_s"),
@@ -263,10 +269,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     before = copy.deepcopy((net.state_dict(), optimizer.state_dict())), rng_state(device)
     try:
         blob = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
-        _check_matches(blob, net, optimizer)
-        if lr_at is not None and any(not math.isclose(h["lr"], lr_at(h["epoch"] - 1), rel_tol=1e-9)
-                                     for h in blob["history"]):
-            raise ValueError("its history's learning rates are not this run's (a checkpoint of another run)")
+        _check_matches(blob, net, optimizer, lr_at)
         if len(blob["rng"]) == world:
             set_rng_state(blob["rng"][rank], device)
         net.load_state_dict(blob["model"])

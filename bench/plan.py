@@ -52,12 +52,13 @@ def data_sha(cfg) -> str:
     return manifest["source_sha256"]
 
 
-def checkpoint_epoch(path: Path) -> int | str:
-    """The epoch a checkpoint resumes at, or why it cannot (run_all then sets it aside and starts at epoch 0)."""
-    from bench import checkpoint
+def checkpoint_epoch(path: Path, run) -> int | str:
+    """The epoch a checkpoint of `run` resumes at, or why it cannot (run_all then sets it aside and starts at epoch
+    0; a checkpoint of another LR's run too)."""
+    from bench import checkpoint, engine
 
     try:
-        return checkpoint.progress(path)["epoch"]
+        return checkpoint.progress(path, lambda epoch: engine.lr_at(epoch, run.lr, run.cfg.lr_drops))["epoch"]
     except ValueError as e:  # "unreadable checkpoint (UnpicklingError)" or "malformed checkpoint: <why>"
         return f"{str(e).split(':')[0]}: trains from epoch 0"
 
@@ -155,7 +156,7 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
             error = record["test_error_pct"]
             state, start = record["status"] + (f" {error:.2f}%" if error is not None else ""), None
         elif os.path.lexists(ckpt):  # as run_all: a FIFO or a link to a device there is set aside, not resumed
-            epoch = checkpoint_epoch(ckpt)
+            epoch = checkpoint_epoch(ckpt, run)
             start, state = (epoch, f"resumes at epoch {epoch}") if isinstance(epoch, int) else (0, epoch)
             if record is not None:
                 state = f"{record['status']} before: {state}"

@@ -116,7 +116,8 @@ def test_a_list_in_a_records_config_times_no_run():
 
 
 def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
-    """A part-done epoch that run_all refuses (a float loss sum) is not "resumes at epoch 1" in the plan."""
+    """A part-done epoch that run_all refuses (a float loss sum), or a checkpoint of another LR's run (copied under
+    this run's key), is not "resumes at epoch 1" in the plan."""
     out, options = ledger
     cfg = parse_args(options + ["--lrs", "0.2"])
     (run,) = plan.expand(cfg)
@@ -125,12 +126,15 @@ def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
     path = out / "checkpoints" / f"{run.key(record['config']['data_sha256'])}.pt"
     part = {"step": 1, "loss_sum": 1.5, "correct": torch.tensor(1), "seen": torch.tensor(2), "train_seconds": 0.1,
             "steady_seconds": 0.0, "steady_images": 0}
-    torch.save({"epoch": 1, "history": history(1), "extra": {}, "epoch_state": part}, path)
+    at_02 = [dict(h, lr=0.2) for h in history(1)]
+    torch.save({"epoch": 1, "history": at_02, "extra": {}, "epoch_state": part}, path)
     try:
         assert plan.plan(cfg)[0][0]["state"].startswith("malformed checkpoint")
-        torch.save({"epoch": 1, "history": history(1), "extra": {},
+        torch.save({"epoch": 1, "history": at_02, "extra": {},
                     "epoch_state": {**part, "loss_sum": torch.tensor(1.5)}}, path)
         assert plan.plan(cfg)[0][0]["state"] == "resumes at epoch 1"
+        torch.save({"epoch": 1, "history": history(1), "extra": {}}, path)  # trained at LR 0.1
+        assert plan.plan(cfg)[0][0]["state"] == "malformed checkpoint: trains from epoch 0"
         path.unlink()
         os.mkfifo(path)  # run_all sets it aside (bench.checkpoint.read_bytes): not "to train" as if none were there
         assert plan.plan(cfg)[0][0]["state"] == "unreadable checkpoint (not a regular file): trains from epoch 0"
