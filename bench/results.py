@@ -27,9 +27,24 @@ MAX_RECORD_BYTES = 16 * 2 ** 20
 hundred times as long, while a link to /dev/zero or a huge file cannot fill the memory."""
 
 
+CODE = ("allconv", "bench", "loaders")
+"""The packages whose code trains a run (`code_sha256`)."""
+
+
+def code_sha256(root: Path = Path(__file__).resolve().parents[1]) -> str:
+    """A digest of the code that trains a run, from the files themselves: sha256 over each .py file of `CODE` under
+    `root`, as "<sha256 of its bytes>  <path from root>" lines sorted by path (the format of `sha256sum`). A record's
+    git_commit is what `git rev-parse HEAD` says, which is wrong in a copy of a tree whose .git is older than its
+    files (a GPU machine's copy was, twice: reports/measured/campaign/README.md); the same digest at a checkout of a
+    commit says the run's code was that commit's."""
+    files = sorted(p.relative_to(root).as_posix() for package in CODE for p in (root / package).rglob("*.py"))
+    lines = "".join(f"{hashlib.sha256((root / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def environment(device) -> dict:
-    """The record fields every run of a process shares: versions, git commit and dirty flag, device name.
-    (torch is imported here, not at the top: reports read this module without it.)"""
+    """The record fields every run of a process shares: versions, git commit and dirty flag, the code's digest
+    (`code_sha256`), device name. (torch is imported here, not at the top: reports read this module without it.)"""
     import importlib.metadata
     import platform
     import subprocess
@@ -54,7 +69,7 @@ def environment(device) -> dict:
     return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "accelerate": version("accelerate"), "ffcv": version("ffcv")},
             "git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
-            "device_name": device_name(device)}
+            "code_sha256": code_sha256(), "device_name": device_name(device)}
 
 
 def run_key(config: dict) -> str:

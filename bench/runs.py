@@ -72,7 +72,7 @@ def session(run: Run, proc: dict | None) -> dict | None:
     `mode` and `world_size` (None: no session recorded)."""
     if proc is None:
         return None
-    plain = {k: proc[k] for k in ("git_commit", "git_dirty", "device_name", "mode", "world_size")}
+    plain = {k: proc[k] for k in ("git_commit", "git_dirty", "code_sha256", "device_name", "mode", "world_size")}
     versions = {k: None if v is None else str(v) for k, v in proc["versions"].items()}  # torch's is a str subclass,
     # which a checkpoint's weights_only unpickler refuses
     return {"started_at": now(), **plain, "versions": versions, **{k: getattr(run.cfg, k) for k in SESSION_FLAGS}}
@@ -135,6 +135,7 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "device_name": env["device_name"], "device_count": world if mode == "ddp" else 1,
               "world_size": world,
               "versions": env["versions"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
+              "code_sha256": env["code_sha256"],
               "data": {"source": manifest["source"], "source_sha256": manifest["source_sha256"],
                        "encoding": manifest.get("encoding"), "manifest_sha256": manifest["manifest_sha256"],
                        "num_train": manifest["num_images"][run.cfg.train_split],

@@ -27,6 +27,8 @@ surrogate):
   device_name, device_count, world_size
   versions               {"python", "torch", "accelerate", "ffcv"}
   git_commit, git_dirty
+  code_sha256            digest of the training code's files (bench.results.code_sha256: right where git_commit is
+                         not, in a copy whose .git is stale); absent in older records
   data                   {"source", "source_sha256", "encoding", "manifest_sha256", "num_train", "num_test"}
                          (encoding: how the source stores its images, loaders.sources.encoding; null or absent
                          in older records)
@@ -38,9 +40,10 @@ surrogate):
                          run, in order (bench.runs.session makes one; a resumed checkpoint carries the earlier ones):
                          from_epoch (1-based, as history's `epoch`: the first epoch it trained, in part when the
                          session before it stopped mid-epoch, so two may share it), started_at, git_commit,
-                         git_dirty, device_name, versions, mode, world_size, and the `SESSION_FLAGS` config fields
-                         that change how training ran but not the run key. The record's own git_commit, git_dirty,
-                         device_name, versions, mode and those config fields are the last session's. A session
+                         git_dirty, code_sha256, device_name, versions, mode, world_size, and the `SESSION_FLAGS`
+                         config fields that change how training ran but not the run key. The record's own
+                         git_commit, git_dirty, code_sha256, device_name, versions, mode and those config fields are
+                         the last session's. A session
                          resumed from a checkpoint written before sessions were kept starts the list with an entry
                          of from_epoch 1 and every other field null (earlier sessions unknown). `valid_sessions`
                          checks them.
@@ -78,10 +81,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "versions": (dict,), "git_commit": _OPT_STR, "git_dirty": (bool,), "data": (dict,), "config": (dict,),
     "started_at": (str,), "finished_at": (str,), "history": (list,),
     "grid": (dict, type(None)), "eval_precision": _OPT_STR, "fused_runs": (int,),
-    "diagnosis": (dict, type(None)), "sessions": (list,),
+    "diagnosis": (dict, type(None)), "sessions": (list,), "code_sha256": _OPT_STR,
 }
 """The record schema, declared once: field name -> allowed types (bool is never accepted as a number)."""
-OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis", "sessions")
+OPTIONAL = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis", "sessions", "code_sha256")
 """Fields newer than some ledgers: a record may lack them (readers treat them as None)."""
 VALUES = {"status": STATUSES, "precision": PRECISIONS, "eval_precision": (*PRECISIONS, None)}
 _PCT, _SIZE, _COUNT, _POS = (0, 100), (0, 1e12), (1, 1e12), (0, math.inf)
@@ -160,8 +163,9 @@ reports select and compare runs by."""
 SESSION_FLAGS = ("backend", "channels_last", "compile", "cuda_graphs", "deterministic", "fuse_lrs")
 """The config fields of bench/config.py's NOT_IN_KEY a session records: those that change how its epochs trained
 (loader, memory layout, kernels, lockstep fusing as configured), not where output went or how it was shown."""
-SESSION_TYPES = {"from_epoch": (int,), "started_at": _OPT_STR, "git_commit": _OPT_STR, "git_dirty": (bool, type(None)),
-                 "device_name": _OPT_STR, "versions": (dict, type(None)), "mode": _OPT_STR, "world_size": _OPT_INT,
+SESSION_TYPES = {"from_epoch": (int,), "started_at": _OPT_STR, "git_commit": _OPT_STR,
+                 "git_dirty": (bool, type(None)), "code_sha256": _OPT_STR, "device_name": _OPT_STR,
+                 "versions": (dict, type(None)), "mode": _OPT_STR, "world_size": _OPT_INT,
                  "backend": _OPT_STR, **dict.fromkeys(SESSION_FLAGS[1:], (bool, type(None)))}
 """A session's fields and their types (every one present; a newer writer's other keys hold a name, number, boolean
 or null)."""

@@ -97,6 +97,8 @@ start=$SECONDS
   echo "# SRC=$SRC SUBSET=$SUBSET EXTRA=$EXTRA"
   git log -1 --format='# commit %H %s (as the device copy says; it was stale on 2026-11-27)' 2>/dev/null || true
   echo "# CODE=${CODE:-unset} (the commit the caller says this tree is: CODE=\$(git rev-parse HEAD), filled in)"
+  timeout 60 "$PY" -c "from bench.results import code_sha256; print('# code_sha256', code_sha256(), '(the training \
+code of this tree, as its records name it: README, Citing)')"
   timeout 20 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null \
     || echo "# no nvidia-smi"
   timeout 60 "$PY" -c "import torch, sys, accelerate; print('# python', sys.version.split()[0], 'torch', \

@@ -6,7 +6,9 @@ per process, and an interrupted run needs a process to kill.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +33,7 @@ SCHEMA = {
     "macs", "train_images_per_s", "eval_images_per_s", "wall_time_s", "peak_memory_mb", "device_name",
     "device_count", "world_size", "versions", "git_commit", "git_dirty", "data", "config", "started_at",
     "finished_at", "history", "grid", "eval_precision", "fused_runs", "diagnosis", "sessions",
+    "code_sha256",
 }  # bench/schema.py's docstring, field by field
 HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
 
@@ -270,6 +273,25 @@ def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path):
         assert s["git_commit"] == done["git_commit"] and s["device_name"] == done["device_name"]
         assert s["backend"] == "tensor" and s["mode"] == "grid" and s["world_size"] == 1
         assert s["versions"]["torch"] == done["versions"]["torch"]
+        assert s["code_sha256"] == done["code_sha256"] == results.code_sha256()
+
+
+def test_the_code_digest_names_the_training_code_whatever_git_says(tmp_path):
+    """A GPU machine's copy of the tree had a stale .git, so the campaign's records named a commit older than the
+    code that trained them. code_sha256 digests the packages' .py files themselves: the same for a copy without
+    .git, `sha256sum`'s lines over them, other after an edit, blind to what is not code."""
+    for package in results.CODE:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert results.code_sha256(tmp_path) == results.code_sha256()
+    files = sorted(str(p.relative_to(tmp_path)) for package in results.CODE for p in (tmp_path / package).glob("*.py"))
+    lines = subprocess.run(["sha256sum", *files], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert hashlib.sha256(lines.encode()).hexdigest() == results.code_sha256(tmp_path)
+    (tmp_path / "bench" / "notes.txt").write_text("not code")
+    (tmp_path / "bench" / "__pycache__").mkdir()
+    assert results.code_sha256(tmp_path) == results.code_sha256()
+    with (tmp_path / "allconv" / "specs.py").open("a") as f:
+        f.write("\n")
+    assert results.code_sha256(tmp_path) != results.code_sha256()
 
 
 # ---- bad inputs: one line on stderr starting "error: ", exit status 2, no record ----

@@ -119,7 +119,7 @@ def history(epochs: int) -> list[dict]:
 def session(**fields) -> dict:
     """A session entry as bench.runs.session writes it (bench/schema.py), from_epoch 1."""
     return {"from_epoch": 1, "started_at": "2026-01-01T00:00:00+00:00", "git_commit": "0" * 40, "git_dirty": False,
-            "device_name": "CPU", "versions": {"torch": "2.0", "ffcv": None}, "mode": "grid", "world_size": 1,
+            "code_sha256": "1" * 64, "device_name": "CPU", "versions": {"torch": "2.0", "ffcv": None}, "mode": "grid", "world_size": 1,
             "backend": "tensor", "channels_last": True, "compile": False, "cuda_graphs": False, "deterministic": False,
             "fuse_lrs": False, **fields}
 
@@ -261,7 +261,7 @@ def test_validate_names_what_is_wrong(grid):
     record = grid[1][0.01]
     assert schema.validate(record) is None
     newer = ("grid", "eval_precision", "cuda_graphs", "fused_runs", "diagnosis",
-             "sessions")  # not from schema.OPTIONAL itself
+             "sessions", "code_sha256")  # not from schema.OPTIONAL itself
     assert schema.validate({k: v for k, v in record.items() if k not in newer}) is None  # old ledgers lack them
     assert "list" in schema.validate([record])
     assert "'lr'" in schema.validate(dict(record, lr=True))
