@@ -136,12 +136,11 @@ def check_progress(blob: dict, lr_at=None) -> None:
     """Raise ValueError unless the checkpoint's progress agrees with itself: an epoch counter equal to its history's
     length, each entry with all `HISTORY_KEYS`, timing sums its run's record takes (`_timings_ok`: a NaN there
     failed the run after its last epoch, on every rerun), and a part-done epoch (if any) holding what
-    `engine.EpochState.to_dict` writes: counts, seconds and 0-dim sums (None before the first step); given
-    `lr_at(epoch)`, the run's LR in each epoch (from 0), a history at those LRs (a checkpoint of another run of the
-    same network, another LR, was resumed as this one's, its record then claiming an LR it was not trained at).
-    Checked before
-    any rank resumes it (and by bench.plan): in DDP mode only rank 0 takes the sums, so a bad value must not reach
-    rank 0 alone (the others would wait for it)."""
+    `engine.EpochState.to_dict` writes: counts, seconds and 0-dim sums (None before the first step); sessions as
+    `bench.schema.valid_sessions` takes them; and given `lr_at(epoch)`, the run's LR in each epoch (from 0), a
+    history at those LRs (a checkpoint of another run of the same network, another LR, was resumed as this one's,
+    its record then claiming an LR it was not trained at). Checked before any rank resumes it (and by bench.plan):
+    in DDP mode only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait)."""
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")
     history = blob["history"]
@@ -256,9 +255,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     epoch 0. The RNG state is this rank's when the world size matches, else the caller's seeding stands (the run
     stays valid, not bit-identical). `rank` and `world` are the run's own (0 and 1 for a grid-mode run);
     `epoch_state` builds the part-done epoch from its saved fields (engine.EpochState); `lr_at(epoch)`, when given,
-    is the run's LR in each epoch (from 0), which its history must show: a checkpoint of another run of the same
-    network (another LR, the same shapes) was resumed as this one's, its record then claiming an LR it was not
-    trained at."""
+    is the run's LR schedule, which its history must show (`check_progress`)."""
     import copy
     import io
     import sys
