@@ -149,6 +149,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
                        if isinstance(x, dict))
     commits = Counter(f"{str(c)[:12]}{' (dirty)' if d else ''}" for c, d in zip(df["git_commit"], df["git_dirty"])
                       if _known(c))
+    codes = Counter(f"code_sha256 {str(c)[:12]}" for c in df["code_sha256"] if _known(c))  # the files themselves
     finished = [str(t) for t in all_df["finished_at"] if _known(t)]
     evals = Counter(precision_label(str(p)) for p in table3_runs(df, led.reference)["eval_precision"]
                     if _known(p))
@@ -168,7 +169,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("Setup", "; ".join(f"{k}: {', '.join(map(str, _distinct(df[k]))) or 'not recorded'}"
                             for k in ("backend", "mode", "batch_size"))),
         ("Versions", "; ".join(f"{v} ({n} runs)" for v, n in sorted(versions.items())) or "not recorded"),
-        ("Code", _counted(commits) if commits else "not recorded"),
+        ("Code", "; ".join(_counted(c) for c in (commits, codes) if c) or "not recorded"),
         ("Date", f"{max(finished)} (latest run finished)" if finished else "not recorded"),
     ]
     return rows + [("Note", n) for n in led.notes]

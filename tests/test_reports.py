@@ -352,3 +352,16 @@ def test_a_completed_record_that_stopped_early_is_unfinished_not_selected(tmp_pa
     assert dict(table3_by_lr(led.df, led.reference).set_index("lr")["status"]) == {0.1: "unfinished", 0.05: "ok"}
     row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
     assert (row["error_pct"], row["lr"]) == (9.2, 0.05)
+
+
+def test_the_header_names_the_code_by_commit_and_by_digest(tmp_path):
+    """A record's code_sha256 (bench.results.code_sha256: right where git_commit is not, in a copy with a stale
+    .git) is shown beside the commits, counted per digest; records older than the field show commits only."""
+    from reports.report import header
+
+    digest = "d0" * 32
+    records = [record(lr=0.05, seed=0, test=9.2), dict(record(lr=0.05, seed=1, test=9.4), code_sha256=digest)]
+    code = dict(header(load_ledger(write_ledger(tmp_path / "both", records))))["Code"]
+    assert code == "519e8c2aaaaa (2); code_sha256 d0d0d0d0d0d0 (1)"
+    code = dict(header(load_ledger(write_ledger(tmp_path / "old", records[:1]))))["Code"]
+    assert code == "519e8c2aaaaa (1)"
