@@ -200,6 +200,12 @@ class Run:
     def key(self, data_sha256: str | None = None) -> str:
         return config_key(self.config(data_sha256))
 
+    def lr_at(self, epoch: int) -> float:
+        """The run's LR in 0-based `epoch`: the paper's schedule (bench.engine.lr_at) at its lr and lr_drops."""
+        from bench.engine import lr_at  # torch: not at this module's import (the reports read it without)
+
+        return lr_at(epoch, self.lr, self.cfg.lr_drops)
+
 
 def config_key(config: dict) -> str:
     """The run key of a resolved per-run config (`Run.config`, or a record's `config`): a hash of what changes

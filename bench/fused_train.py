@@ -60,7 +60,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
                 net, optimizer = build_net(run, acc.device)
                 path = Path(c.out) / "checkpoints" / f"{key}.pt"
                 states.append(RunState.resume(path, acc, net, optimizer, rank=0, world=1,
-                                              lr_at=lambda epoch, lr=run.lr: engine.lr_at(epoch, lr, c.lr_drops),
+                                              lr_at=run.lr_at,
                                               session=session(run, proc)))
                 nets.append(net)
                 optimizers.append(optimizer)
@@ -121,7 +121,7 @@ def _train(group: FusedRuns, members, states, acc, data, num_images, show, track
                            distributed=False)
 
     for epoch in range(states[0].epoch, c.epochs):
-        lrs = [engine.lr_at(epoch, run.lr, c.lr_drops) for run in runs]
+        lrs = [run.lr_at(epoch) for run in runs]
         group.set_lrs(lrs)
         train.set_epoch(epoch)
         bar = show.epoch_bar(runs[live[0]], epoch, len(train), states[live[0]].history[-1]

@@ -55,10 +55,10 @@ def data_sha(cfg) -> str:
 def checkpoint_epoch(path: Path, run) -> int | str:
     """The epoch a checkpoint of `run` resumes at, or why it cannot (run_all then sets it aside and starts at epoch
     0; a checkpoint of another LR's run too)."""
-    from bench import checkpoint, engine
+    from bench import checkpoint
 
     try:
-        return checkpoint.progress(path, lambda epoch: engine.lr_at(epoch, run.lr, run.cfg.lr_drops))["epoch"]
+        return checkpoint.progress(path, run.lr_at)["epoch"]
     except ValueError as e:  # "unreadable checkpoint (UnpicklingError)" or "malformed checkpoint: <why>"
         return f"{str(e).split(':')[0]}: trains from epoch 0"
 

@@ -56,7 +56,7 @@ def start_run(run: Run, key: str, acc, ddp: bool, proc: dict | None = None):
         set_seed(run.seed, device_specific=True)  # each rank its own dropout masks
     state = engine.RunState.resume(Path(run.cfg.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
                                    rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1,
-                                   lr_at=lambda epoch: engine.lr_at(epoch, run.lr, run.cfg.lr_drops),
+                                   lr_at=run.lr_at,
                                    session=session(run, proc))
     model = net
     if ddp:
@@ -98,7 +98,7 @@ def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Pro
     checkpoints = workqueue.Checkpoints(c.checkpoint_minutes, [claim] if claim is not None else [], acc, ddp)
 
     for epoch in range(state.epoch, c.epochs):
-        lr = engine.lr_at(epoch, run.lr, c.lr_drops)
+        lr = run.lr_at(epoch)
         engine.set_lr(optimizer, lr)
         train.set_epoch(epoch)
         bar = show.epoch_bar(run, epoch, len(train), state.history[-1] if state.history else None)
