@@ -125,7 +125,7 @@ def validate(record) -> str | None:
                 continue
             return f"field {name!r} is missing"
         value = record[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if not _typed(value, types):
             return f"field {name!r} is {type(value).__name__} {value!r:.40}, expected " + \
                 " or ".join("null" if t is type(None) else t.__name__ for t in types)
         if name in VALUES and value not in VALUES[name]:
@@ -180,15 +180,15 @@ def valid_sessions(sessions, last_epoch: int) -> bool:
     def short(v) -> bool:
         return v is None or isinstance(v, str) and len(v) <= MAX_SESSION_STR
 
+    def value(v, types) -> bool:  # a newer writer's key: a name, number, boolean or null
+        return _typed(v, types) and short(v if isinstance(v, str) else None) and (
+            not _number(v) or _within(v, (-2 ** 63, 2 ** 63)))
+
     def entry(s) -> bool:
         if not isinstance(s, dict) or not set(SESSION_TYPES) <= set(s) or not all(isinstance(k, str) for k in s):
             return False
-        for k, v in s.items():
-            types = SESSION_TYPES.get(k, (str, int, float, bool, type(None)))
-            if not isinstance(v, types) or isinstance(v, bool) and bool not in types or isinstance(v, str) \
-                    and not short(v) or isinstance(v, (int, float)) and not isinstance(v, bool) and not _within(
-                        v, (-2 ** 63, 2 ** 63)):
-                return False
+        if not all(value(v, SESSION_TYPES.get(k, (str, int, float, bool, type(None)))) for k, v in s.items()):
+            return False
         versions = s["versions"]
         return (versions is None or len(versions) <= 16 and all(short(k) and k is not None and short(v)
                                                                  for k, v in versions.items())) \
@@ -241,6 +241,11 @@ def _number(x) -> bool:
 def in_range(name: str, value) -> bool:
     """Whether `value` is a finite number (no bool) in `RANGES[name]`, bounds included."""
     return _within(value, RANGES[name])
+
+
+def _typed(x, types: tuple) -> bool:
+    """`x` is of one of `types`, a bool only where bool is one of them (bool is never accepted as a number)."""
+    return isinstance(x, types) and (bool in types or not isinstance(x, bool))
 
 
 def _within(x, bounds: tuple) -> bool:
