@@ -43,8 +43,9 @@ def code_sha256(root: Path = Path(__file__).resolve().parents[1]) -> str:
 
 
 def environment(device) -> dict:
-    """The record fields every run of a process shares: versions, git commit and dirty flag, the code's digest
-    (`code_sha256`), device name. (torch is imported here, not at the top: reports read this module without it.)"""
+    """The record fields every run of a process shares: versions (Python, torch, accelerate, ffcv, numpy and Pillow,
+    which decodes the images; on a CUDA device also the CUDA runtime and cuDNN, whose kernels differ between
+    versions), git commit and dirty flag, the code's digest (`code_sha256`), device name. (torch is imported here, not at the top: reports read this module without it.)"""
     import importlib.metadata
     import platform
     import subprocess
@@ -66,8 +67,12 @@ def environment(device) -> dict:
 
     from bench.devices import device_name
 
+    cuda = torch.device(device).type == "cuda"  # cuDNN and the CUDA runtime say nothing of a run on another device
     return {"versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "accelerate": version("accelerate"), "ffcv": version("ffcv")},
+                         "accelerate": version("accelerate"), "ffcv": version("ffcv"), "numpy": version("numpy"),
+                         "pillow": version("pillow"), "cuda": torch.version.cuda if cuda else None,
+                         "cudnn": str(torch.backends.cudnn.version()) if cuda and torch.backends.cudnn.is_available()
+                         else None},
             "git_commit": git("rev-parse", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
             "code_sha256": code_sha256(), "device_name": device_name(device)}
 
