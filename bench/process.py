@@ -165,4 +165,5 @@ def prepare_data(source: str, data_dir: str, acc, *, subset_per_class: int | Non
         raise errors[0] if isinstance(errors[0], WriteError) else UsageError(errors[0])
     manifest = prepare.load_manifest(data_dir)
     manifest["manifest_sha256"] = prepare.sha256_file(Path(data_dir) / prepare.MANIFEST)
+    manifest["arrays_sha256"] = prepare.arrays_sha256(manifest)
     return manifest

@@ -138,6 +138,7 @@ def make_record(run: Run, key: str, data_sha: str, manifest: dict, env: dict, mo
               "code_sha256": env["code_sha256"],
               "data": {"source": manifest["source"], "source_sha256": manifest["source_sha256"],
                        "encoding": manifest.get("encoding"), "manifest_sha256": manifest["manifest_sha256"],
+                       "arrays_sha256": manifest["arrays_sha256"],
                        "num_train": manifest["num_images"][run.cfg.train_split],
                        "num_test": manifest["num_images"]["test"]},
               "config": cfg, "started_at": started_at, "finished_at": now(), "history": [],

@@ -20,6 +20,7 @@ directory without a manifest whose file hashes match is never taken as valid.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib
 import json
 import os
@@ -262,6 +263,15 @@ def _write_all(data_dir: Path, splits: dict, source: str, digest: str, enc: dict
           f"{manifest['num_images']['test']} test images{', FFCV files' if ffcv_version else ''}); "
           f"source images: {describe(enc, loss=True) if enc else 'unknown'}")
     return manifest
+
+
+def arrays_sha256(manifest: dict) -> str:
+    """One digest of the pixels and labels a run sees: sha256 over the manifest's digests of the image and label
+    arrays, as `sha256sum` lines sorted by name. The manifest's own digest changes with its `created_at` on every
+    prepare, and the source's does not show how this machine's Pillow decoded it; two runs with the same arrays
+    digest trained and tested on the same pixels and labels."""
+    names = sorted(f"{s}_{k}.npy" for s in COUNTS_PER_CLASS for k in ("images", "labels"))
+    return hashlib.sha256("".join(f"{manifest['files'][n]}  {n}\n" for n in names).encode()).hexdigest()
 
 
 def load_manifest(data_dir: str | os.PathLike) -> dict:

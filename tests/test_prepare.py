@@ -1,6 +1,7 @@
 """loaders.prepare: real and synthetic sources, counts and manifest, idempotence, atomicity, one-line errors."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import json
@@ -75,9 +76,16 @@ def test_official_archive_and_folder_round_trip(tmp_path, write_official_archive
     # the extracted folder is the same source in another form: same arrays
     with tarfile.open(archive) as tf:
         tf.extractall(tmp_path / "extracted", filter="data")
-    prepare_cifar10(str(tmp_path / "extracted"), tmp_path / "b", subset_per_class=3, seed=0)
+    other = prepare_cifar10(str(tmp_path / "extracted"), tmp_path / "b", subset_per_class=3, seed=0)
     for name in ("train_images.npy", "train_labels.npy", "test_images.npy", "splits.npz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # so the arrays' digest is the same (sha256sum's lines over the four arrays), though the manifests differ
+    assert prepare.arrays_sha256(m) == prepare.arrays_sha256(other) != prepare.arrays_sha256(
+        {"files": dict(m["files"], **{"test_labels.npy": "0" * 64})})
+    lines = subprocess.run(["sha256sum", "test_images.npy", "test_labels.npy", "train_images.npy",
+                            "train_labels.npy"], cwd=tmp_path / "a", capture_output=True, text=True, check=True)
+    assert prepare.arrays_sha256(m) == hashlib.sha256(lines.stdout.encode()).hexdigest()
+    assert prepare.sha256_file(tmp_path / "a" / prepare.MANIFEST) != prepare.sha256_file(tmp_path / "b" / prepare.MANIFEST)
 
 
 def test_imagefolder_folder_labels_and_png(tmp_path):
