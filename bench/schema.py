@@ -25,13 +25,15 @@ surrogate):
   eval_images_per_s      evaluation throughput, all ranks
   wall_time_s, peak_memory_mb   (a fused run's: its group's, which trained all its runs at once)
   device_name, device_count, world_size
-  versions               {"python", "torch", "accelerate", "ffcv"}
+  versions               {"python", "torch", "accelerate", "ffcv"}, since 2026-12-05 also "numpy", "pillow",
+                         "cuda", "cudnn" (null off CUDA); a missing package is null
   git_commit, git_dirty
   code_sha256            digest of the training code's files (bench.results.code_sha256: right where git_commit is
                          not, in a copy whose .git is stale); absent in older records
-  data                   {"source", "source_sha256", "encoding", "manifest_sha256", "num_train", "num_test"}
-                         (encoding: how the source stores its images, loaders.sources.encoding; null or absent
-                         in older records)
+  data                   {"source", "source_sha256", "encoding", "manifest_sha256", "arrays_sha256", "num_train",
+                         "num_test"} (encoding: how the source stores its images, loaders.sources.encoding; null
+                         or absent in older records; arrays_sha256: loaders.prepare.arrays_sha256, the same for
+                         the same decoded pixels and labels, absent in older records)
   config                 the whole resolved per-run config (dict), enough to rerun it: names, numbers, booleans,
                          and lists of them in `CONFIG_LISTS` only (lr_drops)
   started_at, finished_at  ISO 8601 UTC: when the run's training began (its first session's start when

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import PIL
 import pytest
 
 from bench import results, run_all, weights
@@ -87,6 +89,9 @@ def check_sane(record: dict) -> None:
                                                   "fuse_lrs", "backend", "stall_after", "verbose", "diagnose",
                                                   "save_weights")})
     assert record["versions"]["torch"] and record["precision"] == "no" and record["preset"] == "smoke"
+    assert record["versions"]["numpy"] == np.__version__ and record["versions"]["pillow"] == PIL.__version__
+    assert record["versions"]["cudnn"] is None and record["versions"]["cuda"] is None  # a CPU run: no CUDA kernels
+    assert record["data"]["arrays_sha256"] == prepare.arrays_sha256(prepare.load_manifest(ROOT / record["config"]["data_dir"]))
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
 
@@ -125,6 +130,8 @@ def test_two_process_ddp_run_is_synchronised(data, tmp_path, free_port):
     (record,) = results.read_records(out)
     check_sane(record)
     assert record["mode"] == "ddp" and record["world_size"] == 2 and record["device_count"] == 2
+    (only,) = record["sessions"]  # both ranks trained it in one session; rank 0 wrote it once
+    assert only["mode"] == "ddp" and only["world_size"] == 2 and only["from_epoch"] == 1
     diagnosis = record["diagnosis"]
     assert sum(diagnosis["test_error_by_class_pct"]) / 10 == pytest.approx(record["test_error_pct"], abs=1e-9)
     assert 0 <= diagnosis["train_error_pct"] <= 100 and diagnosis["dead_relu_channels"]["top.conv3_relu"][1] == 10
