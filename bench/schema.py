@@ -31,7 +31,7 @@ surrogate):
   code_sha256            digest of the training code's files (bench.results.code_sha256: right where git_commit is
                          not, in a copy whose .git is stale); absent in older records
   data                   {"source", "source_sha256", "encoding", "manifest_sha256", "arrays_sha256", "num_train",
-                         "num_test"} (encoding: how the source stores its images, loaders.sources.encoding; null
+                         "num_test"} (encoding: how the source stores its images, loaders.images.encoding; null
                          or absent in older records; arrays_sha256: loaders.prepare.arrays_sha256, the same for
                          the same decoded pixels and labels, absent in older records)
   config                 the whole resolved per-run config (dict), enough to rerun it: names, numbers, booleans,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from bench.files import read_regular
 
-from .sources import COUNTS_PER_CLASS, IMAGE_EXTS, OFFICIAL_MEMBERS
+from .images import IMAGE_EXTS
+from .sources import COUNTS_PER_CLASS, OFFICIAL_MEMBERS
 
 OFFICIAL_NAMES = OFFICIAL_MEMBERS["train"] + OFFICIAL_MEMBERS["test"]
 MAX_IMAGE_BYTES = 1 << 20  # one image file: a 32x32 image takes a few KB in any of IMAGE_EXTS

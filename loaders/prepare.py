@@ -11,7 +11,7 @@ What lands in DATA_DIR (every file written by bench.files.atomic_write; manifest
                                       picks it on the test set (Section 3.2.1), so Table 3 runs use train/test.
   train.beton, test.beton             FFCV files (raw RGB, IntField label), only when ffcv is importable
   manifest.json                       counts per split and class, source and its sha256, how the source stores
-                                      its images (`encoding`, sources.encoding: JPEG quality and chroma, or
+                                      its images (`encoding`, images.encoding: JPEG quality and chroma, or
                                       lossless), options, versions, sha256 of every file above, creation time
 Image order inside a split is fixed: (class, file name) for folder sources, archive order for the official one.
 A prepare killed at any point leaves no manifest (the old one is removed before any file is replaced), and a
@@ -32,8 +32,9 @@ import numpy as np
 from bench.files import atomic_write
 
 from . import load_arrays
-from .sources import (CLASSES, COUNTS_PER_CLASS, KNOWN_ENCODINGS, describe,  # noqa: F401 (CLASSES: API)
-                      official_encoding, read_source, sha256_file, source_sha256)
+from .images import KNOWN_ENCODINGS, describe
+from .sources import (CLASSES, COUNTS_PER_CLASS, official_encoding, read_source,  # noqa: F401 (CLASSES: API)
+                      sha256_file, source_sha256)
 
 VAL_FRACTION = 0.1  # train45k / val5k: 500 of each class's 5,000 training images go to val5k
 MANIFEST = "manifest.json"

@@ -1,21 +1,21 @@
 """The data a run trained on, in words, from its record's `data`: how the source stored its images (`encoding`,
-written by loaders.sources.encoding and kept in the manifest and every record), so that a report says what the
+written by loaders.images.encoding and kept in the manifest and every record), so that a report says what the
 headers said rather than what a file name suggests. A record is outside input: an `encoding` of another shape
 counts as absent, and a record from before the field falls back to the measured encoding of a copy this project
-names (loaders.sources.KNOWN_ENCODINGS, by the source's sha256), then to the source's name."""
+names (loaders.images.KNOWN_ENCODINGS, by the source's sha256), then to the source's name."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from loaders.sources import KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe
+from loaders.images import KNOWN_ENCODINGS, OFFICIAL_FORMAT, describe
 
 _KEY = re.compile(r"[A-Za-z0-9_:. -]{1,32}")  # a format, quality or chroma name (ASCII only: shown in the
-# report's Markdown and HTML, and sources.describe sorts the all-digit ones as numbers)
+# report's Markdown and HTML, and images.describe sorts the all-digit ones as numbers)
 
 
 def encoding_of(data: dict) -> dict | None:
-    """The record's `encoding` when it has the shape sources.encoding writes, else the known copy's, else None."""
+    """The record's `encoding` when it has the shape images.encoding writes, else the known copy's, else None."""
     enc = data.get("encoding")
     if _well_formed(enc):
         return enc

@@ -25,7 +25,7 @@ import markdown as md_lib
 import pandas as pd
 
 from bench.ablations import ABLATIONS
-from loaders.sources import describe
+from loaders.images import describe
 from reports import formats, latex, plots
 from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.data import data_source, encoding_of, lossy

@@ -1,4 +1,4 @@
-"""How a source stores its images (loaders.sources.encoding): read from the headers, kept in the manifest and in
+"""How a source stores its images (loaders.images.encoding): read from the headers, kept in the manifest and in
 every run's record, and what the reports say from it instead of guessing from a file name."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loaders import sources
+from loaders import images, sources
 from loaders.prepare import prepare_cifar10
 from reports.ledger import load_ledger
 from reports.data import data_source, lossy, short
@@ -34,18 +34,18 @@ def test_quality_and_chroma_come_from_the_headers():
              encoded("JPEG", quality=100, subsampling=1), encoded("PNG"),
              encoded("JPEG", qtables=[[3] * 64, [5] * 64]),  # not an IJG quality's tables
              gray.getvalue()]
-    assert sources.encoding(blobs) == {"formats": {"JPEG": 5, "PNG": 1}, "lossless": False,
+    assert images.encoding(blobs) == {"formats": {"JPEG": 5, "PNG": 1}, "lossless": False,
                                        "jpeg_quality": {"75": 2, "90": 1, "100": 1, "other": 1},
                                        "jpeg_chroma": {"4:2:0": 2, "4:4:4": 1, "4:2:2": 1, "gray": 1}}
-    assert sources.describe(sources.encoding(blobs)) == \
+    assert images.describe(images.encoding(blobs)) == \
         "JPEG x5, PNG x1, quality 75 x2, 90 x1, 100 x1, other x1, chroma 4:2:0 x2, 4:2:2 x1, 4:4:4 x1, gray x1"
-    assert sources.encoding([encoded("PNG"), encoded("BMP"), encoded("WEBP", lossless=True)]) == \
+    assert images.encoding([encoded("PNG"), encoded("BMP"), encoded("WEBP", lossless=True)]) == \
         {"formats": {"PNG": 1, "BMP": 1, "WEBP-lossless": 1}, "lossless": True}
-    assert not sources.encoding([encoded("WEBP", quality=80)])["lossless"]
+    assert not images.encoding([encoded("WEBP", quality=80)])["lossless"]
     # non-ASCII digits ("²".isdigit() is True) are names, not numbers
-    assert sources.describe({"formats": {"JPEG": 3}, "jpeg_quality": {"\u00b2": 1, "\u0661": 1, "75": 1},
+    assert images.describe({"formats": {"JPEG": 3}, "jpeg_quality": {"\u00b2": 1, "\u0661": 1, "75": 1},
                              "jpeg_chroma": {"4:2:0": 3}}) == "JPEG, quality 75 x1, \u00b2 x1, \u0661 x1, chroma 4:2:0"
-    assert sources.encoding([b"not an image", encoded("PNG")]) == \
+    assert images.encoding([b"not an image", encoded("PNG")]) == \
         {"formats": {"unreadable": 1, "PNG": 1}, "lossless": False}  # described; decoding refuses it if kept
 
 
@@ -76,13 +76,13 @@ def test_a_damaged_image_is_counted_then_refused_where_it_is_kept(tmp_path, dama
 
 def test_the_shipped_sample_is_what_the_table_says(tmp_path):
     _, _, digest, enc = sources.read_source(str(REPO / "data-sample" / "cifar10-jpeg-sample.tar.gz"), tmp_path)
-    assert sources.KNOWN_ENCODINGS[digest] == enc
-    assert sources.describe(enc) == "JPEG, quality 75, chroma 4:2:0"
+    assert images.KNOWN_ENCODINGS[digest] == enc
+    assert images.describe(enc) == "JPEG, quality 75, chroma 4:2:0"
 
 
 def test_the_shared_copy_is_what_the_table_says(full_data_dir):
     m = json.loads((full_data_dir / "manifest.json").read_text())
-    assert sources.KNOWN_ENCODINGS[m["source_sha256"]] == m["encoding"]
+    assert images.KNOWN_ENCODINGS[m["source_sha256"]] == m["encoding"]
 
 
 def test_the_manifest_keeps_it_and_an_older_manifest_gains_it_in_place(tmp_path, write_official_archive, capsys):
@@ -123,7 +123,7 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
         ({"source": "/x/cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
                                                               "lossless": True}}, False, "official CIFAR-10 archive"),
         # older records: the measured encoding of a copy this project names, by its digest; else the name
-        ({"source": "/old/copy.tar.gz", "source_sha256": next(iter(sources.KNOWN_ENCODINGS))}, True,
+        ({"source": "/old/copy.tar.gz", "source_sha256": next(iter(images.KNOWN_ENCODINGS))}, True,
          "lossy copy of CIFAR-10 stored as JPEG, quality 75, chroma 4:2:0"),
         ({"source": "/old/cifar10-jpeg.tar.gz", "source_sha256": "ab"}, True, "judged by its name"),
         ({"source": "/old/images.tar.gz", "source_sha256": "ab"}, False, "as recorded"),
