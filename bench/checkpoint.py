@@ -1,4 +1,4 @@
-"""Checkpoints: one file per run, written atomically by the main process (`bench.engine.RunState` uses them).
+"""Checkpoints: one file per run, written atomically by the main process (`bench.run_state.RunState` uses them).
 
     save_checkpoint(path, accelerator, net, optimizer, epoch=5, epoch_state=None, history=[...], extra={...},
                     distributed=False)
@@ -24,7 +24,7 @@ from bench.files import WriteError, atomic_write, read_regular, set_aside
 from bench.schema import HISTORY_KEYS, MAX_SESSIONS, SESSION_TYPES, in_range, valid_history, valid_sessions
 
 TIMINGS = ("steady_s", "steady_img", "eval_s", "eval_img", "wall_s")
-"""The timing sums in a checkpoint's `extra` (bench.engine.RunState.timings: seconds and images); one it lacks
+"""The timing sums in a checkpoint's `extra` (bench.run_state.RunState.timings: seconds and images); one it lacks
 starts at 0."""
 
 

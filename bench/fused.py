@@ -12,7 +12,7 @@ its own LR, momentum buffer and weight decay (the paper's SGD, torch.optim.SGD s
         torch.manual_seed(seed)
         nets.append(net := allconv.build(name).to(device))
         opts.append(engine.make_optimizer("sgd", net.parameters(), lr, 0.9, 1e-3, device))
-        # resume: engine.load_checkpoint(path_k, acc, net, opt, ...) here, then engine.set_rng_state once
+        # resume: checkpoint.load_checkpoint(path_k, acc, net, opt, ...) here, then checkpoint.set_rng_state once
     group = FusedRuns(nets, opts, preprocess=whiten, precision="bf16", channels_last=True)
     for epoch ...:
         group.set_lrs([engine.lr_at(epoch, lr, drops) for lr in lrs])
@@ -21,7 +21,7 @@ its own LR, momentum buffer and weight decay (the paper's SGD, torch.optim.SGD s
         group.diverged()                             # [k, ...] masked out so far (one host read)
         correct = sum(group.eval_step(x, y) for x, y in test_loader)   # long [K]
         group.write_back()                           # run k's weights + momentum buffers -> nets[k], opts[k]
-        engine.save_checkpoint(path_k, acc, nets[k], opts[k], ...)   # per run, unchanged
+        checkpoint.save_checkpoint(path_k, acc, nets[k], opts[k], ...)   # per run, unchanged
 
 Equivalence (tests/test_fused.py): in fp32 a fused group gives each run the per-step losses and weights of the
 separate run (torch.manual_seed(seed), allconv.build, torch.optim.SGD, same batches) up to float reassociation in
@@ -181,7 +181,7 @@ class FusedRuns:
     @torch.no_grad()
     def write_back(self) -> None:
         """Copy run k's weights, buffers, LR and momentum buffers into nets[k] and optimizers[k], so that
-        `engine.save_checkpoint` and `net.state_dict()` / `optimizer.state_dict()` read as a separate run's."""
+        `checkpoint.save_checkpoint` and `net.state_dict()` / `optimizer.state_dict()` read as a separate run's."""
         for k, (net, opt) in enumerate(zip(self.nets, self.optimizers)):
             named = dict(net.named_parameters())
             for i, name in enumerate(self.names):

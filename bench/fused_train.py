@@ -29,7 +29,8 @@ import torch
 from accelerate.utils import set_seed
 
 from bench import engine, graphs, weights, workqueue
-from bench.engine import EpochState, RunState
+from bench.engine import EpochState
+from bench.run_state import RunState
 from bench.fused import FusedRuns
 from bench.files import WriteError
 from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, session, stop_reason, summary,

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import loaders  # noqa: E402
 from bench import engine, files, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
+from bench.run_state import RunState  # noqa: E402
 from bench.cli import UsageError, parse_args  # noqa: E402
 from bench.config import Run, expand  # noqa: E402
 from bench.progress import Progress  # noqa: E402
@@ -54,10 +55,10 @@ def start_run(run: Run, key: str, acc, ddp: bool, proc: dict | None = None):
     net, optimizer = build_net(run, acc.device)
     if ddp:
         set_seed(run.seed, device_specific=True)  # each rank its own dropout masks
-    state = engine.RunState.resume(Path(run.cfg.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
-                                   rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1,
-                                   lr_at=run.lr_at,
-                                   session=session(run, proc))
+    state = RunState.resume(Path(run.cfg.out) / "checkpoints" / f"{key}.pt", acc, net, optimizer,
+                            rank=acc.process_index if ddp else 0, world=acc.num_processes if ddp else 1,
+                            lr_at=run.lr_at,
+                            session=session(run, proc))
     model = net
     if ddp:
         model, optimizer = acc.prepare(net, optimizer)

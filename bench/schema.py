@@ -104,7 +104,7 @@ HISTORY_RANGES = {"epoch": _COUNT, "loss": _POS, "lr": _POS, "seconds": _SIZE}
 """Where a history entry's numbers lie (and every *_pct key's in [0, 100]; a diverging run's loss may be 1e35);
 keys of newer writers: any finite number."""
 HISTORY_KEYS = ("epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds")
-"""The keys of every history entry bench.engine.RunState.end_epoch writes (None where not measured): a checkpoint's
+"""The keys of every history entry bench.run_state.RunState.end_epoch writes (None where not measured): a checkpoint's
 entries must have them all (bench.checkpoint), as the run's record is made from them."""
 CONFIG_LISTS = ("lr_drops",)
 """The config fields that hold a list (bench/config.py's tuple fields less its GRID_FIELDS, which no per-run config

@@ -71,7 +71,7 @@ def separate(name, lr, data, precision=None, channels_last=False, steps=None, dt
 
 def fused_epochs(group, train, epochs, snapshot_at=None):
     """Train a group for `epochs`; returns per-step losses [steps, K] and, at `snapshot_at`, a copy of every
-    run's checkpoint (model and optimizer state_dicts) plus the torch RNG state, as engine.save_checkpoint keeps."""
+    run's checkpoint (model and optimizer state_dicts) plus the torch RNG state, as checkpoint.save_checkpoint keeps."""
     losses, snap = [], None
     for epoch in epochs:
         if epoch == snapshot_at:

@@ -13,7 +13,7 @@ import torch
 
 from bench import checkpoint, claims, files, results, workqueue
 from bench.config import PRESETS
-from bench.engine import RunState
+from bench.run_state import RunState
 from bench.runs import stop_reason
 from tests.test_untrusted import Acc, assert_set_aside, build, history, session
 

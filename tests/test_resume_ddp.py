@@ -19,7 +19,7 @@ if __name__ == "__main__":  # the worker below runs as a script
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from bench import engine  # noqa: E402
+from bench import engine, run_state  # noqa: E402
 
 BATCH = 20  # global: 5 steps over the 100 training images, 10 images per rank and step under 2 ranks
 STOP_AFTER = 2
@@ -48,8 +48,8 @@ def _worker(data_dir: str, out: str) -> None:
         set_seed(0)
         net = allconv.build("strided-a", dropout=False).to(acc.device)
         optimizer = engine.make_optimizer("sgd", net.parameters(), 0.05, 0.9, 1e-3, acc.device)
-        state = engine.RunState.resume(out / "ckpt.pt", acc, net, optimizer, rank=acc.process_index, world=world) \
-            if resume else engine.RunState(out / "ckpt.pt")
+        state = run_state.RunState.resume(out / "ckpt.pt", acc, net, optimizer, rank=acc.process_index, world=world) \
+            if resume else run_state.RunState(out / "ckpt.pt")
         assert state.epoch_state is not None or not resume, "the checkpoint was not resumed"
         model, optimizer = acc.prepare(net, optimizer) if ddp else (net, optimizer)
         calls = itertools.count(1)

@@ -15,7 +15,7 @@ if __name__ == "__main__":  # the worker below runs as a script
 
 import pytest  # noqa: E402
 
-from bench import ablations, checkpoint, cli, config, engine  # noqa: E402
+from bench import ablations, checkpoint, cli, config, engine, run_state  # noqa: E402
 from bench.cli import parse_args  # noqa: E402
 from bench.config import PRESETS, RunConfig, expand  # noqa: E402
 
@@ -314,7 +314,7 @@ def test_a_runs_error_is_its_last_epochs_and_its_best_epoch_is_named(tmp_path):
     class Acc:
         device, mixed_precision = torch.device("cpu"), "no"
 
-    state = engine.RunState(tmp_path / "run.pt", history=[
+    state = run_state.RunState(tmp_path / "run.pt", history=[
         {"epoch": e, "loss": 1.0, "train_acc_pct": 50.0, "test_error_pct": t, "val_error_pct": v, "lr": 0.1,
          "seconds": 1.0} for e, t, v in ((1, 40.0, 41.0), (2, None, None), (3, 20.0, 22.0), (4, 30.0, 33.0))])
     off = AutocastKwargs(enabled=False)

@@ -111,7 +111,7 @@ class Acc:  # the parts of an Accelerator that save/load use
 
 
 def history(epochs: int) -> list[dict]:
-    """A checkpoint's history, one entry per epoch with every key engine.RunState.end_epoch writes."""
+    """A checkpoint's history, one entry per epoch with every key run_state.RunState.end_epoch writes."""
     return [{"epoch": e, "loss": 1.0, "train_acc_pct": 50.0, "test_error_pct": 40.0, "val_error_pct": None, "lr": 0.1,
              "seconds": 1.0} for e in range(1, epochs + 1)]
 
