@@ -30,7 +30,7 @@ COLUMNS = (
     *BASELINE, "val_split", "backend", "mode", "channels_last", "compile", "cuda_graphs", "fused_runs", "eval_precision",
     "test_error_pct", "best_test_error_pct", "val_error_pct", "train_images_per_s", "eval_images_per_s",
     "wall_time_s", "device_name", "device_count", "world_size", "versions", "git_commit", "git_dirty",
-    "code_sha256", "data", "config", "grid", "started_at", "finished_at", "history",
+    "code_sha256", "sessions", "data", "config", "grid", "started_at", "finished_at", "history",
 )
 """The record fields the reports read (bench/schema.py); a ledger lacking one gets an empty column, not a value."""
 

@@ -30,6 +30,7 @@ from reports import formats, latex, plots
 from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.data import data_source, encoding_of, lossy
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
+from reports.provenance import code_line
 from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
 from reports.throughput import load_throughput, throughput_table
 
@@ -147,9 +148,6 @@ def header(led: Ledger) -> list[tuple[str, str]]:
     worlds = sorted({int(w) for w in df["world_size"] if _known(w)})
     versions = Counter(", ".join(f"{k} {v}" for k, v in sorted(x.items())) for x in df["versions"]
                        if isinstance(x, dict))
-    commits = Counter(f"{str(c)[:12]}{' (dirty)' if d else ''}" for c, d in zip(df["git_commit"], df["git_dirty"])
-                      if _known(c))
-    codes = Counter(f"code_sha256 {str(c)[:12]}" for c in df["code_sha256"] if _known(c))  # the files themselves
     finished = [str(t) for t in all_df["finished_at"] if _known(t)]
     evals = Counter(precision_label(str(p)) for p in table3_runs(df, led.reference)["eval_precision"]
                     if _known(p))
@@ -169,7 +167,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("Setup", "; ".join(f"{k}: {', '.join(map(str, _distinct(df[k]))) or 'not recorded'}"
                             for k in ("backend", "mode", "batch_size"))),
         ("Versions", "; ".join(f"{v} ({n} runs)" for v, n in sorted(versions.items())) or "not recorded"),
-        ("Code", "; ".join(_counted(c) for c in (commits, codes) if c) or "not recorded"),
+        ("Code", code_line(df)),  # every session of every record
         ("Date", f"{max(finished)} (latest run finished)" if finished else "not recorded"),
     ]
     return rows + [("Note", n) for n in led.notes]
