@@ -30,7 +30,7 @@ float noise (9.5 - 9.08 is stored as 0.42, not 0.41999999999999993)."""
 TEXT_COLUMNS = ("paper_name", "status", "diverged_lrs", "not_measured", "val_status", "val_diverged_lrs",
                 "val_not_measured", "paper_params", "ablation", "model", "arm", "arm_here", "protocol", "source",
                 "device_name", "precision", "eval_precision", "backend", "peak_basis", "eval_peak_basis", "claim", "x",
-                "relation", "y", "test", "verdict")
+                "relation", "y", "test", "verdict", "run_keys", "val_run_keys")
 """Columns of words: pandas "string" dtype (missing = pd.NA), so a CSV read back with these as "string" equals
 the table, even where a cell looks like a number (diverged LRs "0.25")."""
 
@@ -117,6 +117,17 @@ def select_on_val(runs: pd.DataFrame, grid: list[float] | None = None) -> dict:
     return _select(runs, lr_grid(runs) if grid is None else grid, "val")
 
 
+def run_keys(runs: pd.DataFrame, lr: float) -> str | None:
+    """The runs behind a selected cell, to find their records: the run keys (record field `run_key`) of the
+    completed runs at the selected `lr` whose test errors make its number, sorted, space-separated; None where
+    no LR was selected."""
+    if not _known(lr):
+        return None
+    at = runs["lr"].map(lambda x: _known(x) and float(x) == lr) & (runs["outcome"] == "completed")
+    at &= runs["test_error_pct"].map(_known)
+    return " ".join(sorted(map(str, runs.loc[at.astype(bool), "run_key"]))) or None
+
+
 def _paper_params(text: str) -> float:
     """The paper's printed count ("1.28 M") as a number; nan for a network the paper does not print (""), as
     allconv.specs.ModelSpec declares one of one's own."""
@@ -148,7 +159,8 @@ def table3(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     for or trained, with no paper number). `error_pct` is `best_over_lr` over the
     requested LR grid on the runs of the reference config (`reports.ledger.reference_config`); `val_error_pct`
     is the test error of `select_on_val` on the same config trained on train45k. Differences are ours minus the
-    paper's, in percentage points. A model the grid did not request and that has no runs is "not run"."""
+    paper's, in percentage points. A model the grid did not request and that has no runs is "not run".
+    `run_keys` and `val_run_keys` name the runs behind each number (table3.csv only: the shown tables are read)."""
     runs, val_runs = table3_runs(df, reference), table3_runs(df, reference, "train45k")
     grid = lr_grid(runs)
     val_grid = sorted(set(grid) | set(lr_grid(val_runs)), reverse=True)  # the same gamma grid, on train45k
@@ -166,9 +178,11 @@ def table3(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             "model": name, "paper_name": spec.paper_name, "paper_error_pct": spec.paper_error_pct,
             "error_pct": test["error_pct"], "error_std": test["error_std"], "n_seeds": test["n_seeds"],
             "diff_pp": _round(test["error_pct"] - spec.paper_error_pct), "lr": test["lr"],
+            "run_keys": run_keys(mine, test["lr"]),
             "status": test["status"], "diverged_lrs": test["diverged_lrs"], "not_measured": test["not_measured"],
             "val_error_pct": val["error_pct"], "val_error_std": val["error_std"], "val_n_seeds": val["n_seeds"],
             "val_diff_pp": _round(val["error_pct"] - spec.paper_error_pct), "val_lr": val["lr"],
+            "val_run_keys": run_keys(val_mine, val["lr"]),
             "val_status": val["status"] if len(val_runs) else "not run",
             "val_diverged_lrs": val["diverged_lrs"], "val_not_measured": val["not_measured"],
             "params": spec.num_params, "paper_params": spec.paper_params or None, "paper_params_n": _paper_params(

@@ -2,9 +2,13 @@
 line) and the runs behind each Table 3 cell (table3.csv's run keys)."""
 from __future__ import annotations
 
+import pandas as pd
+
 from bench import schema
+from reports import formats
 from reports.ledger import load_ledger
-from reports.report import header
+from reports.report import header, write_report
+from reports.tables import table3
 from test_reports import record, write_ledger
 
 
@@ -24,3 +28,29 @@ def test_the_code_line_counts_every_session_of_every_record(tmp_path):
     code = dict(header(load_ledger(write_ledger(tmp_path / "ledger", [resumed, older]))))["Code"]
     assert code == ("519e8c2aaaaa (1), aaaaaaaaaaaa (1), bbbbbbbbbbbb (dirty) (1); code_sha256 d0d0d0d0d0d0 (1), "
                     "code_sha256 e1e1e1e1e1e1 (1); 1 session unknown")
+
+
+def test_table3_csv_names_the_runs_behind_each_cell(tmp_path):
+    """Each Table 3 number names its runs in table3.csv (run_keys; val_run_keys for the LR judged on val5k): the
+    completed seeds at the selected LR, not a diverged one nor another LR's. The shown tables stay for reading."""
+    recs = [record(lr=0.05, seed=0, test=9.2), record(lr=0.05, seed=1, test=9.4), record(lr=0.1, seed=0, test=9.9),
+            record(lr=0.25, seed=0, status="diverged"), record(model="model-a", lr=0.05, status="failed"),
+            record(lr=0.1, train_split="train45k", test=9.9, val=10.0),
+            record(lr=0.05, train_split="train45k", test=9.8, val=9.5)]
+    out = tmp_path / "report"
+    write_report(write_ledger(tmp_path / "ledger", recs), out)
+    t3 = formats.read_csv(out / "table3.csv").set_index("model")
+    assert t3.loc["allcnn-c", "run_keys"] == " ".join(sorted(r["run_key"] for r in recs[:2]))
+    assert t3.loc["allcnn-c", "val_run_keys"] == recs[6]["run_key"]
+    assert pd.isna(t3.loc["model-a", "run_keys"]) and pd.isna(t3.loc["model-a", "val_run_keys"])
+    for name in ("report.md", "report.html", "table3.tex", "table3-details.tex"):
+        assert not any(r["run_key"] in (out / name).read_text() for r in recs), name
+
+
+def test_run_keys_that_look_like_numbers_read_back_as_written(tmp_path):
+    """A run key is a hex digest: "1234567812345678" or "12345678e1234567" would read back as a number."""
+    led = load_ledger(write_ledger(tmp_path / "ledger", [record(test=9.3)]))
+    t3 = table3(led.df, led.reference)
+    t3 = t3.assign(run_keys=pd.array(["1234567812345678", "12345678e1234567"] + [None] * (len(t3) - 2), "string"))
+    formats.write_csv(t3, tmp_path / "table3.csv", "sha")
+    pd.testing.assert_frame_equal(formats.read_csv(tmp_path / "table3.csv"), t3, check_dtype=False)
