@@ -13,12 +13,14 @@ boxes in tests/test_reports_fidelity.py when pdflatex is installed):
 The estimates are for an article's text width (345 pt, at 10, 11 or 12 pt, on letter or A4 paper; though a
 float of over about 36 rows is taller than a 12 pt article's page): columns that do not wrap keep their width in a
 narrower text. One column of two (229 pt) is too narrow for most tables (7 to 87 pt too wide); as `table*`
-(sed 's/{table}/{table*}/') they span both columns and fit. A table that fits at no size (many columns of long
-numbers; a word over about 80 characters) is written at the smallest, wider than the text.
+(sed 's/{table}/{table*}/') they span both columns and fit. A long word from a record (a path, a device's name) may
+break across lines (`BREAK_AFTER`, `WORD_CHARS`). A table that fits at no size (many columns of long numbers) is
+written at the smallest, wider than the text.
 """
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 
 import pandas as pd
@@ -46,6 +48,10 @@ TEXT_PT = 320
 PAGE_LINES = 48
 """Lines of \\footnotesize a page holds beneath a caption (an article's 550 pt at 9.5 pt a line, less the rules)."""
 RAGGED = r">{\raggedright\arraybackslash}"
+BREAK_AFTER, WORD_CHARS = "/\\_-.", 16
+"""A word longer than WORD_CHARS characters may break after each of BREAK_AFTER and every WORD_CHARS characters of a
+run without them: one unbreakable word (a 120-character path) ran a table past the text width. Shorter words (a
+number, a model's name: "ConvPool-CNN-C" is 14) are written as before."""
 
 
 def escape(text) -> str:
@@ -53,8 +59,28 @@ def escape(text) -> str:
     a line break or another control character is a space (a blank line would end a cell's paragraph); TeX's
     ligatures are broken (a record's "--lr" is not "–lr", nor `` a quote mark, nor ?` an inverted ?)."""
     text = str(text)
+    breaks = _breaks(text)
     return "".join(("{}" if i and ch in "-`'" and text[i - 1] in "-`'!?" else "") + _char(ch)
-                   for i, ch in enumerate(text))
+                   + (r"\allowbreak{}" if i in breaks else "") for i, ch in enumerate(text))
+
+
+def _breaks(text: str) -> set[int]:
+    """Where a line may break in `text`: the indices after which a long word breaks (BREAK_AFTER, WORD_CHARS)."""
+    out = set()
+    for word in re.finditer(rf"\S{{{WORD_CHARS + 1},}}", text):
+        run = 0
+        for i in range(word.start(), word.end() - 1):
+            run = 0 if text[i] in BREAK_AFTER else run + 1
+            if run in (0, WORD_CHARS):
+                out.add(i)
+                run = 0
+    return out
+
+
+def _unbroken(word: str) -> int:
+    """The length of `word`'s longest part that cannot break (`_breaks`): what a wrapping column must hold."""
+    cuts = [-1, *sorted(_breaks(word)), len(word) - 1]
+    return max(b - a for a, b in zip(cuts, cuts[1:]))
 
 
 def _char(ch: str) -> str:
@@ -95,7 +121,7 @@ def _fit(d: pd.DataFrame, numeric: dict, size: tuple, stack: bool, wrap_at: int)
     wrap = [c for c in d.columns if not numeric[c] and cells[c] > wrap_at]
     heads = {c: _header(str(c), cells[c], "r" if numeric[c] else "l", stack) if c not in wrap else (escape(c), 0)
              for c in d.columns}
-    least = max([len(w) for c in wrap for x in [str(c), *text[c]] for w in x.split()], default=0)  # a word
+    least = max([_unbroken(w) for c in wrap for x in [str(c), *text[c]] for w in x.split()], default=0)  # a word
     _, sep, pt = size
     chars = TEXT_PT / pt  # characters across the text width at this size
     fixed = sum(max(cells[c], heads[c][1]) for c in d.columns if c not in wrap) + 2 * sep / pt * len(d.columns)

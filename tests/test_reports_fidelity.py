@@ -9,6 +9,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from reports import formats, latex
@@ -135,7 +136,7 @@ KNOWN_COMMANDS = {"begin", "end", "centering", "small", "caption", "label", "top
                   "pm", "Delta", "times", "textbackslash", "textasciitilde", "textasciicircum", "footnotesize",
                   "setlength", "tabcolsep", "linewidth", "textbar", "textless", "textgreater", "raggedright",
                   "arraybackslash", "endfirsthead", "endhead", "begingroup", "endgroup", "scriptsize", "approx", "le",
-                  "ge"}
+                  "ge", "allowbreak"}
 COLUMN = r"(?:>\{\\raggedright\\arraybackslash\})?(?:p\{[^}]*\}|[lrcX])"
 """One column of a table's spec: l, r, c, X or p{width}, words ragged right."""
 
@@ -202,3 +203,22 @@ def test_latex_parses_and_compiles_within_the_page(which, request, tmp_path):
     if log is None:
         return  # the parser above is the check; a TeX toolchain is not a dependency
     assert not re.findall(r"Overfull \\hbox.*|Float too large.*", log)
+
+
+def test_a_long_word_from_a_record_breaks_within_the_text_width(tmp_path):
+    """One word of a record (a 120-character path as the data source, a device's name of one long word) could not
+    break, and ran the table past the text width. A word over latex.WORD_CHARS characters may break after / _ - .
+    and every WORD_CHARS characters of a run without them; a short word (a number, a model's name) never breaks."""
+    path = "/" + "/".join(["cifar_10-jpeg.v2" + "x" * 7] * 5) + ".tar.gz"
+    device = "GPU" + "A" * 117
+    assert len(path) > 120 and len(device) == 120
+    d = pd.DataFrame({"Model": ["All-CNN-C", "Model A"], "Data": [path, "cifar-10-python.tar.gz"],
+                      "Device": [device, "NVIDIA H200"], "Ours %": ["9.30 ± 0.14 (n=2)", "-12.50"]})
+    tex = latex.table(d, "Sources", "t", "sha")
+    check_latex(tex)
+    assert r"/\allowbreak{}cifar\_\allowbreak{}10-\allowbreak{}jpeg.\allowbreak{}v2xxxxxxx/" in tex
+    n = latex.WORD_CHARS
+    assert "GPU" + "A" * (n - 3) + r"\allowbreak{}" + "A" * n + r"\allowbreak{}" in tex
+    assert r"9.30 $\pm$ 0.14 (n=2) & -12.50" not in tex and r"-12.50 \\" in tex  # numbers unbroken
+    log = pdflatex_log(tmp_path, tex)
+    assert log is None or not re.findall(r"Overfull \\hbox.*", log)
