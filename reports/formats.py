@@ -184,17 +184,23 @@ def display_throughput(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-MARKDOWN_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`[]<>|"})
+MARKDOWN_ACTIVE = str.maketrans({c: "\\" + c for c in "\\`[]<>|*~"})
+EDGE_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+"""An underscore not between two letters or digits: only such a one opens or closes emphasis (GitHub and
+Python-Markdown alike), so "weight_decay" stays as written."""
 
 
 def md_text(x) -> str:
     """Outside text (a record's path, device name, config value) as literal Markdown: the characters that make
-    links, images, code, raw HTML and table cells (backslash, backtick, brackets, angle brackets, pipe) escaped,
-    line breaks and other control characters spaces, so a record cannot add a link with text of its own, an image,
-    a heading or a table row (a bare URL stays: GitHub shows it as itself, linked). A lone surrogate (a JSON
-    escape such as \\ud800, no character) becomes U+FFFD, so the text can always be written as UTF-8."""
-    return "".join(" " if ord(c) < 32 or ord(c) == 127 else "\ufffd" if "\ud800" <= c <= "\udfff" else c
+    links, images, code, raw HTML, table cells, emphasis and strikethrough (backslash, backtick, brackets, angle
+    brackets, pipe, star, tilde, an underscore at a word's edge) escaped, line breaks and other control characters
+    spaces, so a record cannot add a link with text of its own, an image, a heading, a table row, emphasis or
+    strikethrough (a device "A*B*C" showed as A<em>B</em>C; a bare URL stays: GitHub shows it as itself, linked).
+    A lone surrogate (a JSON escape such as \\ud800, no character) becomes U+FFFD, so the text can always be
+    written as UTF-8."""
+    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else "\ufffd" if "\ud800" <= c <= "\udfff" else c
                    for c in str(x)).translate(MARKDOWN_ACTIVE)
+    return EDGE_UNDERSCORE.sub(r"\\_", text)
 
 
 def markdown_table(d: pd.DataFrame) -> str:

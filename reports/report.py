@@ -206,11 +206,11 @@ def _md(text: str) -> str:
     """Our Markdown (a banner, a note) as HTML. The text is HTML-escaped first, so no raw HTML passes whatever it
     quotes; the record strings it quotes are literal Markdown already (`formats.md_text`, or a code span), so they
     add no link or image either. Record strings elsewhere in the page are escaped as HTML and never Markdown.
-    md_text's escapes of <, > and | (GitHub's) would show here as backslashes: Python-Markdown reads no \\| and,
-    after html.escape, sees \\&lt; and \\&gt;, so those backslashes go. In a code span (a preset's name) Markdown
-    escapes the & of our escapes once more, which is undone there."""
+    md_text's escapes of <, >, | and ~ (GitHub's) would show here as backslashes: Python-Markdown reads no \\| or
+    \\~ (it reads \\* and \\_) and, after html.escape, sees \\&lt; and \\&gt;, so those backslashes go. In a code
+    span (a preset's name) Markdown escapes the & of our escapes once more, which is undone there."""
     text = html.escape(text, quote=False)
-    for c in ("&lt;", "&gt;", "|"):
+    for c in ("&lt;", "&gt;", "|", "~"):
         text = text.replace("\\" + c, c)
     return re.sub(r"<code>(.*?)</code>", lambda m: f"<code>{m[1].replace('&amp;', '&')}</code>",
                   md_lib.markdown(text), flags=re.S)

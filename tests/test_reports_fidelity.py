@@ -9,6 +9,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import markdown as md_lib
 import pandas as pd
 import pytest
 
@@ -93,6 +94,23 @@ def test_banner_on_smoke_and_jpeg(tmp_path):
     assert '<div class="banner"><p><strong>Not comparable with the paper:</strong>' in html
     assert "`smoke` preset" not in html and "<code>smoke</code> preset (3 epochs, 10 images per class)" in html
     assert "lossy JPEG copy" in html
+
+
+def test_record_text_adds_no_emphasis_in_markdown_or_html(tmp_path):
+    """A record's * _ ~ in report.md made emphasis and strikethrough of its text (a device "A*B*C" showed as
+    A<em>B</em>C, in a table cell and in the header) and a subset's "*5*" in the HTML banner; they are literal
+    now, and our own notes keep their Markdown."""
+    recs = [record(lr=lr, test=9.3, preset="smoke", subset_per_class="*5* _k_") for lr in (0.05, 0.1)]
+    for rec in recs:
+        rec["device_name"], rec["data"]["source"] = "A*B*C", "_my_ *data* ~x~ ~~y~~.tar.gz"
+    write_report(write_ledger(tmp_path / "r", recs), tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| A\\*B\\*C |" in md and "\\_my\\_ \\*data\\* \\~x\\~ \\~\\~y\\~\\~.tar.gz" in md
+    page = (tmp_path / "out" / "report.html").read_text()
+    for html in (md_lib.markdown(md, extensions=["tables"]), page):
+        assert "A*B*C" in html and not re.search(r"<(em|strong|del|s)>(B|my|data|5|k)<", html)
+    banner = page[page.index('<div class="banner">'):page.index("</div>")]
+    assert "*5* _k_ images per class" in banner and "<em>Ours %</em>" in page  # TABLE3_NOTE's own Markdown
 
 
 class Text(HTMLParser):

@@ -128,7 +128,8 @@ def test_the_best_of_table3_with_one_model_names_no_empty_rival(tmp_path):
     assert "All-CNN-C 9.30 (n=1) vs no other model" in claims and "vs  (" not in claims
 
 
-@pytest.mark.parametrize("text", ["bf16 <x> | y", "a\\<b", "p\\|q", "\\\\|", "a&lt;b", "[l](u) `c`"])
+@pytest.mark.parametrize("text", ["bf16 <x> | y", "a\\<b", "p\\|q", "\\\\|", "a&lt;b", "[l](u) `c`",
+                                  "A*B*C _d_ **e** ~f~ \\~ \\*"])
 def test_quoted_record_text_reads_as_written_in_html(text):
     """A record string quoted in our Markdown (banner, notes: formats.md_text) shows in the HTML page as it was
     written: no backslash of GitHub's escapes left in front of <, > or |, and no markup from it."""
