@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import allconv  # noqa: E402
 from bench import claims, results, workqueue  # noqa: E402
-from bench.cli import UsageError, parse_args  # noqa: E402
+from bench.cli import Parser, UsageError, parse_args  # noqa: E402
 from bench.config import expand  # noqa: E402
 
 SAME_COST = ("batch_size", "precision", "train_split", "subset_per_class", "preset")
@@ -217,19 +217,23 @@ def hours(seconds: float) -> str:
         else f"{seconds:.0f} s"
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    own = argparse.ArgumentParser(prog="python -m bench.plan", usage="%(prog)s [--throughput FILE] [run_all options]",
-                                  add_help=False)
+def own_options(argv: list[str]) -> tuple[Parser, str | None, list[str]]:
+    """This tool's own parser, its --throughput FILE (None: not given) and the rest of `argv` (run_all's options).
+    Bad input (--throughput without a FILE) is a one-line UsageError, as run_all's options are (bench.cli.Parser)."""
+    own = Parser(prog="python -m bench.plan", usage="%(prog)s [--throughput FILE] [run_all options]", add_help=False)
     own.add_argument("--throughput", metavar="FILE", help="bench/throughput.py output measured on the ledger's "
                      "device: its images/s scale the estimates to models the ledger has not timed")
     known, rest = own.parse_known_args(argv)
-    if {"-h", "--help"} & set(rest):  # this tool's own option, then run_all's (which it takes as run_all does)
-        print(own.format_help() + "\nrun_all's options:", flush=True)
+    return own, known.throughput, rest
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
+        own, throughput, rest = own_options(sys.argv[1:] if argv is None else argv)
+        if {"-h", "--help"} & set(rest):  # this tool's own option, then run_all's (which it takes as run_all does)
+            print(own.format_help() + "\nrun_all's options:", flush=True)
         cfg = parse_args(rest)
-        rows, summary = plan(cfg, known.throughput)
+        rows, summary = plan(cfg, throughput)
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -175,6 +175,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.count("\n") == 0 and "is not prepared" in err and "loaders.prepare" in err
     assert plan.main(["--preset", "smoke", "--source", str(tmp_path / "missing.tar.gz")]) == 2
     assert capsys.readouterr().err.strip() == f"error: data: source not found: {tmp_path / 'missing.tar.gz'}"
+    assert plan.main(["--preset", "smoke", "--throughput"]) == 2  # argparse's own: the usage block, then the error
+    assert capsys.readouterr().err == "error: argument --throughput: expected one argument\n"
 
 
 @pytest.mark.parametrize("seed", ["4294967296", "2147483648", "-1"])
