@@ -3,6 +3,7 @@
     python -m bench.launch [run_all options]            # what `make run ARGS="..."` calls
     python -m bench.launch --dry-run [run_all options]  # print the command instead of running it
     python -m bench.launch --plan [run_all options]     # what that command would train (bench/plan.py), and how long
+    python -m bench.launch --plan --throughput FILE [run_all options]  # bench/plan.py's own option too
 
 - With N GPUs (torch.cuda.device_count(); ALLCONV_GPUS=N overrides it, e.g. for tests or to use fewer):
   `accelerate launch --config_file accelerate_config.yaml --num_processes N bench/run_all.py [options]`,
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a not in ("--dry-run", "--plan")]
     gpus = gpu_count()
     try:
+        own = []  # bench.plan's own options (--throughput FILE): run_all would refuse them
+        if show_plan:
+            from bench import plan
+
+            _, throughput, args = plan.own_options(args)
+            own = ["--throughput", throughput] if throughput is not None else []
         cmd, note = command(args, gpus)
     except ValueError as e:  # bench.cli.UsageError included
         print(f"error: {e}", file=sys.stderr)
@@ -131,10 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     cmds = concurrent(cmd, runs_per_gpu() if gpus > 0 else 1)
     if note:
         print(note, flush=True)
-    if show_plan:  # run_all's own options, as this machine's command passes them
-        from bench import plan
-
-        return plan.main(cmd[cmd.index(str(ROOT / "bench/run_all.py")) + 1:])
+    if show_plan:  # run_all's own options, as this machine's command passes them, and the plan's own
+        return plan.main([*own, *cmd[cmd.index(str(ROOT / "bench/run_all.py")) + 1:]])
     if dry:
         print("\n".join(shlex.join(c) for c in cmds))
         return 0

@@ -232,3 +232,22 @@ def test_time_per_epoch_is_the_newest_devices_and_a_fused_groups_is_shared():
     fused = {**timed, "model": "strided-a", "wall_time_s": 40.0, "fused_runs": 2}
     cost = (32, "bf16", "train", None, "smoke")
     assert plan.timings([older, timed, fused]) == ({("allcnn-c", *cost): 5.0, ("strided-a", *cost): 10.0}, "H100", 2)
+
+
+def test_make_plan_without_a_gpu_takes_the_plans_own_options(ledger, tmp_path, capsys, monkeypatch):
+    """`make plan ARGS="--throughput FILE"` on a machine without a GPU (and without --preset): the launcher checked
+    the options with run_all's parser, which does not know --throughput ("unrecognized arguments", exit 2)."""
+    out, options = ledger
+    record, = results.read_records(out)
+    tp = tmp_path / "tp.json"
+    tp.write_text(json.dumps([{"model": m, "precision": "fp32", "device_name": record["device_name"],
+                               "train_images_per_s": 100.0} for m in ("strided-a", "allcnn-a")]))
+    monkeypatch.setenv("ALLCONV_GPUS", "0")
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda *args, **kwargs: 1234.0)  # tested in test_launch
+    unpreset = [a for a in options if a not in ("--preset", "smoke")]  # the launcher picks the smoke grid itself
+    assert launch.main(["--plan", *unpreset, "--throughput", str(tp), "--models", "allcnn-a", "--lrs", "0.05"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("no GPU here") and lines[-2].startswith("1 run: 0 recorded, 1 to train")
+    assert f"by the images/s {tp} measured" in lines[-1]
+    assert launch.main(["--plan", *unpreset, "--throughput"]) == 2
+    assert capsys.readouterr().err == "error: argument --throughput: expected one argument\n"
