@@ -112,12 +112,7 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
 def _check_matches(blob, net, optimizer, lr_at=None) -> None:
     """Raise ValueError unless `blob` is a checkpoint of this run: its parts present, the model's keys and shapes,
     the optimizer's parameter groups and its per-parameter state shapes the same as the freshly built ones."""
-    if not isinstance(blob, dict) or not {"model", "optimizer", "rng", "epoch", "history", "extra"} <= set(blob):
-        raise ValueError("not a run checkpoint (parts missing)")
-    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in blob["model"].items()} if isinstance(blob["model"], dict) else {}
-    if have != want:
-        raise ValueError("model weights do not match this run's model (keys or shapes differ)")
+    check_model(blob, net)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     groups = blob["optimizer"]["param_groups"]
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
@@ -130,6 +125,17 @@ def _check_matches(blob, net, optimizer, lr_at=None) -> None:
     if not isinstance(blob["rng"], list) or not isinstance(blob["extra"], dict):
         raise ValueError("epoch, RNG state or timings malformed")
     check_progress(blob, lr_at)
+
+
+def check_model(blob, net) -> None:
+    """Raise ValueError unless `blob` has a run checkpoint's parts and its model's keys and shapes are `net`'s (a
+    freshly built network of the run): run_all's first check (`_check_matches`), and bench.plan's."""
+    if not isinstance(blob, dict) or not {"model", "optimizer", "rng", "epoch", "history", "extra"} <= set(blob):
+        raise ValueError("not a run checkpoint (parts missing)")
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in blob["model"].items()} if isinstance(blob["model"], dict) else {}
+    if have != want:
+        raise ValueError("model weights do not match this run's model (keys or shapes differ)")
 
 
 def check_progress(blob: dict, lr_at=None) -> None:
@@ -175,12 +181,13 @@ def read(path: Path) -> tuple[bytes, object]:
         raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
 
 
-def progress(path: Path, lr_at=None) -> dict:
+def progress(path: Path, lr_at=None, net=None) -> dict:
     """What a checkpoint says of its run, for readers that do not resume it (bench.plan, the reports): {"epoch":
     epochs done, "history": one entry per epoch as a record's, "wall_s": seconds trained or None, "sha256": of the
     file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
     run_all would set aside (its history included: a report draws it; not a regular file: `read_bytes`; given
-    `lr_at`, a history at other LRs: `check_progress`)."""
+    `lr_at`, a history at other LRs: `check_progress`; given `net`, the run's freshly built network, another
+    network's weights: `check_model`)."""
     import hashlib
 
     data, blob = read(path)
@@ -189,6 +196,8 @@ def progress(path: Path, lr_at=None) -> dict:
     except Exception as e:  # noqa: BLE001  (any damage: readers say so; run_all sets it aside when it resumes)
         raise ValueError(f"unreadable checkpoint ({type(e).__name__})") from None
     try:
+        if net is not None:
+            check_model(blob, net)
         check_progress(blob, lr_at)
     except Exception as e:  # noqa: BLE001  (a value no check foresaw: malformed all the same)
         raise ValueError(f"malformed checkpoint: {e if isinstance(e, ValueError) else type(e).__name__}") from None

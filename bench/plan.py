@@ -3,7 +3,8 @@
     python -m bench.plan --source ../shared/data/cifar10-jpeg.tar.gz --out reports/measured/campaign --models allcnn-c
 
 One line per run of the grid and its ablation arms, in run_all's grid order: recorded (its status and test error),
-to resume (its checkpoint's epoch), being trained (a live claim in <out>/claims/) or to train; then the counts and
+to resume (its checkpoint's epoch; one run_all sets aside, another network's
+included: from epoch 0), being trained (a live claim in <out>/claims/) or to train; then the counts and
 the training time left, estimated from the seconds per epoch of the runs this ledger holds on the device that
 recorded the newest of them (for a model it has not timed at the same batch, precision and data: scaled by the
 images/s of `--throughput FILE`, bench/throughput.py's output on that device, where it has both models, else by
@@ -53,14 +54,18 @@ def data_sha(cfg) -> str:
 
 
 def checkpoint_epoch(path: Path, run) -> int | str:
-    """The epoch a checkpoint of `run` resumes at, or why it cannot (run_all then sets it aside and starts at epoch
-    0; a checkpoint of another LR's run too)."""
-    from bench import checkpoint
+    """The epoch a checkpoint of `run` resumes at, or why it cannot: run_all then sets it aside and starts at epoch 0
+    (a checkpoint of another LR's run, or of another network: its weights are checked against the run's network,
+    built on the CPU as run_all builds it, with run_all's own check, `checkpoint.check_model`)."""
+    import torch
 
+    from bench import checkpoint, runs
+
+    net, _ = runs.build_net(run, torch.device("cpu"))  # All-CNN-C: ~0.1 s, once per checkpoint of the grid
     try:
-        return checkpoint.progress(path, run.lr_at)["epoch"]
+        return checkpoint.progress(path, run.lr_at, net)["epoch"]
     except ValueError as e:  # "unreadable checkpoint (UnpicklingError)" or "malformed checkpoint: <why>"
-        return f"{str(e).split(':')[0]}: trains from epoch 0"
+        return f"{e}: set aside, trains from epoch 0"
 
 
 def claim_holder(path: Path, lease_s: float) -> str | None:

@@ -9,11 +9,17 @@ import pytest
 import torch
 
 from allconv import macs
-from bench import claims, launch, plan, results
+from bench import claims, launch, plan, results, runs
 from bench.cli import parse_args
 from bench.config import config_key
 from bench.run_all import main as run_all
 from tests.test_untrusted import history
+
+
+def checkpoint_of(run, **parts) -> dict:
+    """A checkpoint of `run` as run_all writes one (its freshly built network and optimizer), with `parts`."""
+    net, optimizer = runs.build_net(run, torch.device("cpu"))
+    return {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": [], "extra": {}, **parts}
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +41,11 @@ def test_the_plan_names_each_runs_state_and_the_time_left(ledger, capsys):
     cfg = parse_args(options + ["--models", "strided-a", "allcnn-a", "--lrs", "0.1", "0.05", "0.01", "0.005",
                                 "0.002"])
     record, = results.read_records(out)
-    keys = {r.lr: r.key(record["config"]["data_sha256"]) for r in plan.expand(cfg) if r.model == "strided-a"}
+    by_lr = {r.lr: r for r in plan.expand(cfg) if r.model == "strided-a"}
+    keys = {lr: r.key(record["config"]["data_sha256"]) for lr, r in by_lr.items()}
     assert keys[0.05] == record["run_key"]  # the keys run_all uses
     (out / "checkpoints").mkdir(exist_ok=True)
-    torch.save({"epoch": 1, "history": history(1), "extra": {}}, out / "checkpoints" / f"{keys[0.1]}.pt")
+    torch.save(checkpoint_of(by_lr[0.1], epoch=1, history=history(1)), out / "checkpoints" / f"{keys[0.1]}.pt")
     (out / "checkpoints" / f"{keys[0.005]}.pt").write_bytes(b"not a checkpoint")
     torch.save({"epoch": 999, "history": []}, out / "checkpoints" / f"{keys[0.002]}.pt")  # run_all sets it aside
     claims.claims_dir(out).mkdir(exist_ok=True)
@@ -127,17 +134,18 @@ def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
     part = {"step": 1, "loss_sum": 1.5, "correct": torch.tensor(1), "seen": torch.tensor(2), "train_seconds": 0.1,
             "steady_seconds": 0.0, "steady_images": 0}
     at_02 = [dict(h, lr=0.2) for h in history(1)]
-    torch.save({"epoch": 1, "history": at_02, "extra": {}, "epoch_state": part}, path)
+    torch.save(checkpoint_of(run, epoch=1, history=at_02, epoch_state=part), path)
     try:
         assert plan.plan(cfg)[0][0]["state"].startswith("malformed checkpoint")
-        torch.save({"epoch": 1, "history": at_02, "extra": {},
-                    "epoch_state": {**part, "loss_sum": torch.tensor(1.5)}}, path)
+        torch.save(checkpoint_of(run, epoch=1, history=at_02, epoch_state={**part, "loss_sum": torch.tensor(1.5)}),
+                   path)
         assert plan.plan(cfg)[0][0]["state"] == "resumes at epoch 1"
-        torch.save({"epoch": 1, "history": history(1), "extra": {}}, path)  # trained at LR 0.1
-        assert plan.plan(cfg)[0][0]["state"] == "malformed checkpoint: trains from epoch 0"
+        torch.save(checkpoint_of(run, epoch=1, history=history(1)), path)  # trained at LR 0.1
+        assert plan.plan(cfg)[0][0]["state"] == ("malformed checkpoint: its history's learning rates are not this "
+                                                 "run's (a checkpoint of another run): set aside, trains from epoch 0")
         path.unlink()
         os.mkfifo(path)  # run_all sets it aside (bench.checkpoint.read_bytes): not "to train" as if none were there
-        assert plan.plan(cfg)[0][0]["state"] == "unreadable checkpoint (not a regular file): trains from epoch 0"
+        assert plan.plan(cfg)[0][0]["state"] == "unreadable checkpoint (not a regular file): set aside, trains from epoch 0"
     finally:
         path.unlink()
 
@@ -251,3 +259,30 @@ def test_make_plan_without_a_gpu_takes_the_plans_own_options(ledger, tmp_path, c
     assert f"by the images/s {tp} measured" in lines[-1]
     assert launch.main(["--plan", *unpreset, "--throughput"]) == 2
     assert capsys.readouterr().err == "error: argument --throughput: expected one argument\n"
+
+
+def test_a_checkpoint_of_another_network_is_planned_as_set_aside(ledger):
+    """A checkpoint of the no-BN network under the BN arm's key (same model, LR and history): the plan said
+    "resumes at epoch 1", while run_all's load_checkpoint checks the weights against the run's network, sets it
+    aside and trains from epoch 0. The plan checks them as run_all does (checkpoint.check_model)."""
+    out, options = ledger
+    record, = results.read_records(out)
+    sha = record["config"]["data_sha256"]
+    cfg = parse_args(options + ["--models", "allcnn-c", "--lrs", "0.2", "--ablations", "bn-dropout"])
+    alone, with_bn = [r for r in plan.expand(cfg, sha) if r.cfg.dropout]
+    assert with_bn.cfg.bn and not alone.cfg.bn
+    (out / "checkpoints").mkdir(exist_ok=True)
+    paths = [out / "checkpoints" / f"{r.key(sha)}.pt" for r in (alone, with_bn)]
+    at_02 = [dict(h, lr=0.2) for h in history(1)]
+    for path in paths:
+        torch.save(checkpoint_of(alone, epoch=1, history=at_02), path)  # the second: another network's
+    try:
+        rows = {r["key"]: r for r in plan.plan(cfg)[0]}
+        assert rows[paths[0].stem]["state"] == "resumes at epoch 1"
+        bn_row = rows[paths[1].stem]
+        assert bn_row["state"] == ("malformed checkpoint: model weights do not match this run's model (keys or shapes "
+                                   "differ): set aside, trains from epoch 0") and bn_row["start"] == 0
+        assert bn_row["seconds_left"] == pytest.approx(2 * rows[paths[0].stem]["seconds_left"])  # both epochs
+    finally:
+        for path in paths:
+            path.unlink()
