@@ -95,9 +95,9 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
     return {k: statistics.median(v) for k, v in per.items()}, device, sum(map(len, per.values()))
 
 
-def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], float]:
+def benchmark_rates(path: str, device: str | None) -> tuple[dict[tuple[str, str], float], list[str]]:
     """Training images/s per (model, precision) in a bench/throughput.py file (JSON or CSV), measured on `device`
-    (the median where it holds several rows). A row without a model name or a positive rate is left out; a file
+    (the median where it holds several rows), and the devices the file measured. A row without a model name or a positive rate is left out; a file
     the reports' reader refuses (`load_throughput`) is a UsageError naming it."""
     from reports.ledger import LedgerError
     from reports.throughput import load_throughput
@@ -109,10 +109,11 @@ def benchmark_rates(path: str, device: str | None) -> dict[tuple[str, str], floa
     if not {"model", "precision", "device_name", "train_images_per_s"} <= set(tp.columns):
         raise UsageError(f"{path}: not bench/throughput.py output (model, precision, device_name, "
                          "train_images_per_s)")
+    devices = sorted(map(str, tp["device_name"].dropna().unique()))
     rate = tp["train_images_per_s"]  # a number or NaN (load_throughput)
     tp = tp.assign(precision=tp["precision"].map(_precision))
     tp = tp[(tp["device_name"] == device) & (rate > 0) & tp["precision"].notna()]
-    return tp.groupby(["model", "precision"])["train_images_per_s"].median().to_dict()
+    return tp.groupby(["model", "precision"])["train_images_per_s"].median().to_dict(), devices
 
 
 def _precision(label) -> str | None:
@@ -148,7 +149,7 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
     runs = expand(cfg, sha)
     records = {r["run_key"]: r for r in results.read_records(cfg.out)} if Path(cfg.out, "runs").is_dir() else {}
     seconds, device, n_timed = timings(list(records.values()))
-    rates = benchmark_rates(throughput, device) if throughput else {}
+    rates, measured_on = benchmark_rates(throughput, device) if throughput else ({}, [])
     grid_values = dataclasses.asdict(cfg)
     rows = []
     for run in runs:
@@ -181,7 +182,8 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
         if path.stem not in keys:
             with contextlib.suppress(OSError):  # deleted meanwhile by a run_all that recorded its run
                 sizes.append(path.lstat().st_size)
-    return rows, {"device": device, "timed": n_timed, "throughput": throughput,
+    return rows, {"device": device, "timed": n_timed, "throughput": throughput if rates else None,
+                  "throughput_unused": (throughput, measured_on) if throughput and not rates and device else None,
                   "other_checkpoints": (folder, len(sizes), sum(sizes))}
 
 
@@ -209,6 +211,10 @@ def render(rows: list[dict], summary: dict) -> str:
         lines.append(f"time left: {hours(sum(known))} of training on one process of {summary['device']}, from "
                      f"{summary['timed']} run(s) it recorded ('~': scaled from other models by {how}){missing}; "
                      "grid mode spreads runs over processes")
+    if summary.get("throughput_unused"):  # another device's file: its images/s say nothing of this one's
+        path, measured_on = summary["throughput_unused"]
+        lines.append(f"--throughput {path}: no usable rows for {summary['device']}, the device of this ledger's "
+                     f"timings (it measured {', '.join(measured_on) or 'no device'}): not used")
     folder, n, size = summary["other_checkpoints"]
     if n:  # another grid's on the same --out, or runs whose options changed: never resumed by this one
         lines.append(f"{n} checkpoint{'s' * (n != 1)} in {folder} ({size / 2**20:,.0f} MiB) "

@@ -286,3 +286,18 @@ def test_a_checkpoint_of_another_network_is_planned_as_set_aside(ledger):
     finally:
         for path in paths:
             path.unlink()
+
+
+def test_a_throughput_file_of_another_device_is_said_to_be_unused(ledger, tmp_path, capsys):
+    """A --throughput file measured on another device only was silently left out while the summary said the
+    estimates were scaled by its images/s; it is named in one line, with both devices, as not used."""
+    out, options = ledger
+    record, = results.read_records(out)
+    tp = tmp_path / "tp.json"
+    tp.write_text(json.dumps([{"model": m, "precision": "fp32", "device_name": "another GPU",
+                               "train_images_per_s": 100.0} for m in ("strided-a", "allcnn-a")]))
+    assert plan.main(["--throughput", str(tp), *options, "--models", "allcnn-a", "--lrs", "0.05"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "scaled from other models by forward MACs)" in lines[-2] and str(tp) not in lines[-2]
+    assert lines[-1] == (f"--throughput {tp}: no usable rows for {record['device_name']}, the device of this "
+                         "ledger's timings (it measured another GPU): not used")
