@@ -6,7 +6,8 @@ One line per run of the grid and its ablation arms, in run_all's grid order: rec
 to resume (its checkpoint's epoch; one run_all sets aside, another network's
 included: from epoch 0), being trained (a live claim in <out>/claims/) or to train; then the counts and
 the training time left, estimated from the seconds per epoch of the runs this ledger holds on the device that
-recorded the newest of them (for a model it has not timed at the same batch, precision and data: scaled by the
+recorded the newest of them, trained alike (`record_cost`: a DDP run's seconds are its processes' together, the
+estimate is one process's per run) (for a model it has not timed at the same batch, precision and data: scaled by the
 images/s of `--throughput FILE`, bench/throughput.py's output on that device, where it has both models, else by
 forward MACs). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
 (a damaged ledger file is set aside, as run_all and the reports do; a record whose config does not hash to its key is
@@ -31,7 +32,23 @@ from bench.cli import Parser, UsageError, parse_args  # noqa: E402
 from bench.config import expand  # noqa: E402
 
 SAME_COST = ("batch_size", "precision", "train_split", "subset_per_class", "preset")
-"""Config fields that change a run's seconds per epoch beyond its model: runs timed alike share these."""
+"""Config fields that change a run's seconds per epoch beyond its model: runs timed alike share these, and how they
+were trained (`record_cost`): fused with other LRs or alone, with CUDA graphs or not, on how many processes."""
+
+
+def record_cost(r: dict) -> tuple:
+    """What made a record's seconds per epoch what they are, beyond its model: `SAME_COST`, whether it trained
+    fused (its seconds a share of its group's), with CUDA graphs, and on how many processes (a DDP run's seconds
+    are its N processes' together, not one process's)."""
+    processes = (r.get("world_size") or 1) if r.get("mode") == "ddp" else 1
+    return (*(r["config"].get(k) for k in SAME_COST), (r.get("fused_runs") or 1) > 1,
+            r["config"].get("cuda_graphs", False), processes)
+
+
+def run_cost(run) -> tuple:
+    """`record_cost` of a run to plan, on one process: the plan estimates one process's time per run (grid mode),
+    so a DDP record on N processes is never taken for it."""
+    return (*(getattr(run.cfg, k) for k in SAME_COST), run.cfg.fuse_lrs, run.cfg.cuda_graphs, 1)
 
 
 def data_sha(cfg) -> str:
@@ -79,7 +96,7 @@ def claim_holder(path: Path, lease_s: float) -> str | None:
 
 
 def timings(records: list[dict]) -> tuple[dict, str | None, int]:
-    """Seconds per epoch of the ledger's finished runs on the device of the newest one: {(model, *SAME_COST):
+    """Seconds per epoch of the ledger's finished runs on the device of the newest one: {(model, *record_cost):
     median}, that device, how many runs. A fused run's seconds are its group's, shared by its runs."""
     timed = [r for r in records if r["status"] in workqueue.DONE + ("stalled",) and r["wall_time_s"]
              and r["epochs_completed"]]
@@ -88,7 +105,7 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
     device = max(timed, key=lambda r: r["finished_at"])["device_name"]
     per: dict[tuple, list[float]] = {}
     for r in (r for r in timed if r["device_name"] == device):
-        key = (r["model"], *(r["config"].get(k) for k in SAME_COST))
+        key = (r["model"], *record_cost(r))
         if not all(isinstance(v, (str, int, float, bool, type(None))) for v in key):
             continue  # a list where a config holds one value (outside input): alike to no run
         per.setdefault(key, []).append(r["wall_time_s"] / r["epochs_completed"] / (r.get("fused_runs") or 1))
@@ -129,7 +146,7 @@ def _precision(label) -> str | None:
 def epoch_seconds(run, seconds: dict, rates: dict | None = None) -> tuple[float | None, str]:
     """(seconds per epoch, how it was scaled from other models: "" not, "benchmark" by `rates`' images/s,
     "macs" by forward MACs) for a run, or (None, "") when the ledger has timed nothing alike."""
-    cost = tuple(getattr(run.cfg, k) for k in SAME_COST)
+    cost = run_cost(run)
     if (run.model, *cost) in seconds:
         return seconds[(run.model, *cost)], ""
     alike = {k[0]: s for k, s in seconds.items() if k[1:] == cost}

@@ -119,7 +119,7 @@ def test_a_list_in_a_records_config_times_no_run():
              "device_name": "GPU", "model": "allcnn-c", "config": {"batch_size": 32, "precision": "bf16",
                                                                      "train_split": "train", "preset": "smoke"}}
     listed = {**timed, "config": {**timed["config"], "precision": ["bf16"]}}
-    assert plan.timings([timed, listed]) == ({("allcnn-c", 32, "bf16", "train", None, "smoke"): 5.0}, "GPU", 1)
+    assert plan.timings([timed, listed]) == ({("allcnn-c", 32, "bf16", "train", None, "smoke", False, False, 1): 5.0}, "GPU", 1)
 
 
 def test_a_checkpoint_run_all_sets_aside_is_planned_as_such(ledger):
@@ -238,8 +238,10 @@ def test_time_per_epoch_is_the_newest_devices_and_a_fused_groups_is_shared():
                                                                       "train_split": "train", "preset": "smoke"}}
     older = {**timed, "device_name": "A100", "wall_time_s": 100.0, "finished_at": "2025-01-01T00:00:00"}
     fused = {**timed, "model": "strided-a", "wall_time_s": 40.0, "fused_runs": 2}
-    cost = (32, "bf16", "train", None, "smoke")
-    assert plan.timings([older, timed, fused]) == ({("allcnn-c", *cost): 5.0, ("strided-a", *cost): 10.0}, "H100", 2)
+    cost = (32, "bf16", "train", None, "smoke", False, False, 1)
+    fused_cost = (*cost[:5], True, *cost[6:])  # a fused group's share: not what a run trained alone takes
+    assert plan.timings([older, timed, fused]) == ({("allcnn-c", *cost): 5.0, ("strided-a", *fused_cost): 10.0},
+                                                   "H100", 2)
 
 
 def test_make_plan_without_a_gpu_takes_the_plans_own_options(ledger, tmp_path, capsys, monkeypatch):
@@ -301,3 +303,23 @@ def test_a_throughput_file_of_another_device_is_said_to_be_unused(ledger, tmp_pa
     assert "scaled from other models by forward MACs)" in lines[-2] and str(tp) not in lines[-2]
     assert lines[-1] == (f"--throughput {tp}: no usable rows for {record['device_name']}, the device of this "
                          "ledger's timings (it measured another GPU): not used")
+
+
+def test_a_ddp_records_seconds_are_not_taken_for_one_processs():
+    """A `--mode ddp` run on 4 processes took 10 s an epoch on the 4 together; the plan, which estimates one
+    process per run, took it as one process's time (and a fused group's share, or a CUDA-graph run's, as a plain
+    run's). Each is timed only against runs trained alike: the 4-process record times no run of the plan."""
+    cfg = parse_args(["--preset", "smoke", "--batch-size", "32", "--models", "allcnn-c", "--lrs", "0.1"])
+    (run,) = plan.expand(cfg)
+    record = {"status": "completed", "wall_time_s": 20.0, "epochs_completed": 2, "finished_at": "2025-01-02",
+              "device_name": "H100", "model": "allcnn-c", "mode": "ddp", "world_size": 4, "fused_runs": 1,
+              "config": {"batch_size": 32, "precision": "no", "train_split": "train", "subset_per_class": 10,
+                         "preset": "smoke", "cuda_graphs": False}}
+    assert plan.epoch_seconds(run, plan.timings([record])[0]) == (None, "")
+    strided = {**record, "model": "strided-a", "mode": "grid", "world_size": 4}  # grid: each run on one process
+    seconds = plan.timings([record, strided])[0]
+    assert plan.epoch_seconds(run, seconds) == (pytest.approx(10.0 * macs("allcnn-c") / macs("strided-a")), "macs")
+    one = {**record, "world_size": 1}  # DDP on one process is one process's time
+    assert plan.epoch_seconds(run, plan.timings([one])[0]) == (10.0, "")
+    for other in ({**one, "fused_runs": 4}, {**one, "config": {**one["config"], "cuda_graphs": True}}):
+        assert plan.epoch_seconds(run, plan.timings([other])[0]) == (None, "")
