@@ -35,8 +35,7 @@ import allconv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE_SOURCES = (ROOT.parent / "shared/data/cifar10-jpeg.tar.gz", ROOT / "data-sample/cifar10-jpeg-sample.tar.gz")
-PAPER_RUNS_PER_MODEL = 4  # the paper's LR grid
-PAPER_EPOCHS, TRAIN_IMAGES, TEST_IMAGES = 350, 50_000, 10_000
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000
 
 
 def gpu_count() -> int:
@@ -61,8 +60,16 @@ def offline_source() -> Path:
     return next(p for p in OFFLINE_SOURCES if p.is_file())
 
 
-def paper_grid_cpu_hours(steps: int = 5, batch: int = 32) -> float:
-    """The paper grid's training + evaluation time on this CPU, scaled by MACs from the fastest of a few timed
+def grid_work(runs) -> float:
+    """The runs' training and evaluation work in All-CNN-C training images, scaled by forward MACs: each epoch's
+    training images, and the test set at each epoch the run's preset evaluates (`RunConfig.evaluates`: 44 of the
+    paper's 350), an evaluated image costing ~1/3 of a trained one."""
+    return sum((r.cfg.epochs * TRAIN_IMAGES + sum(map(r.cfg.evaluates, range(1, r.cfg.epochs + 1))) * TEST_IMAGES / 3)
+               * allconv.macs(r.model) / allconv.macs("allcnn-c") for r in runs)
+
+
+def paper_grid_cpu_hours(runs, steps: int = 5, batch: int = 32) -> float:
+    """The runs' training + evaluation time on this CPU (`grid_work`), scaled by MACs from the fastest of a few timed
     All-CNN-C steps (bf16 autocast, as the paper preset trains): the fastest, because a step that shared the cores
     with another process reads many times slower (20x seen on 2 busy cores), and an estimate is of this CPU."""
     import torch
@@ -82,11 +89,7 @@ def paper_grid_cpu_hours(steps: int = 5, batch: int = 32) -> float:
         opt.step()
         if i:
             fastest = min(fastest, time.perf_counter() - t0)
-    rate = batch / fastest  # All-CNN-C training images/s
-    per_run = PAPER_EPOCHS * (TRAIN_IMAGES + TEST_IMAGES / 3)  # an evaluated image costs ~1/3 of a trained one
-    work = sum(PAPER_RUNS_PER_MODEL * per_run * allconv.macs(m) / allconv.macs("allcnn-c")
-               for m in allconv.PAPER_MODELS)
-    return work / rate / 3600
+    return grid_work(runs) / (batch / fastest) / 3600  # All-CNN-C training images/s
 
 
 def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
@@ -99,11 +102,17 @@ def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
     if any(a == "--preset" or a.startswith("--preset=") for a in args):
         return [sys.executable, run_all, *args], None
     extra = [] if any(a == "--source" or a.startswith("--source=") for a in args) else ["--source", str(offline_source())]
-    from bench.cli import parse_args
+    import dataclasses
 
-    parse_args(["--preset", "smoke", *extra, *args])  # a typo: run_all's one-line error now, not after the timing
-    note = (f"no GPU here: the paper grid (48 runs x 350 epochs) would take ~{paper_grid_cpu_hours():,.0f} h on this "
-            f"CPU at best, so without --preset the smoke grid is what runs here; force the paper grid with "
+    from bench.cli import parse_args
+    from bench.config import PRESETS, expand
+
+    cfg = parse_args(["--preset", "smoke", *extra, *args])  # a typo: run_all's one-line error now, not after timing
+    paper = dataclasses.replace(PRESETS["paper"], **{k: getattr(cfg, k) for k in ("models", "lrs", "seeds",
+                                                                                   "ablations")})
+    runs = expand(paper)  # the grid asked for, and its ablation arms, under the paper preset
+    note = (f"no GPU here: the paper grid ({len(runs)} run{'s' * (len(runs) != 1)} x {paper.epochs} epochs) would take "
+            f"~{paper_grid_cpu_hours(runs):,.0f} h on this CPU at best, so without --preset the smoke grid is what runs here; force the paper grid with "
             f"`make run ARGS=\"--preset paper --source ...\"`")
     return [sys.executable, run_all, "--preset", "smoke", *extra, *args], note
 

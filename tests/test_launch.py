@@ -1,6 +1,7 @@
 """`make run` (bench/launch.py): one process per GPU, or the smoke grid on offline data without one."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from allconv import PAPER_MODELS, macs
 from bench import launch
+from bench.ablations import ABLATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +65,7 @@ def test_no_gpu_a_typo_is_one_line_before_any_timing():
 
 def test_no_gpu_keeps_an_explicit_preset_and_source(monkeypatch):
     # the note's measured estimate is checked above; here it would only cost ~8 s of bf16 steps on a CPU
-    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda: 1234.0)
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda runs: 1234.0)
     cmd, note = launch.command(["--preset", "paper", "--lrs", "0.1"], gpus=0)
     assert note is None and cmd[-4:] == ["--preset", "paper", "--lrs", "0.1"]
     cmd, note = launch.command(["--source", "x.tar.gz"], gpus=0)
@@ -73,7 +76,7 @@ def test_no_gpu_keeps_an_explicit_preset_and_source(monkeypatch):
 def test_no_gpu_runs_one_smoke_grid_whatever_runs_per_gpu_says(monkeypatch, capsys):
     """ALLCONV_RUNS_PER_GPU=3 without a GPU changes nothing: one smoke-grid command (K launches are K accelerate
     launches on their own ports, which a CPU command has none of: it was a traceback)."""
-    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda: 1234.0)  # measured in the test above
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda runs: 1234.0)  # measured in the test above
     monkeypatch.setenv("ALLCONV_GPUS", "0")
     monkeypatch.setenv("ALLCONV_RUNS_PER_GPU", "3")
     assert launch.main(["--dry-run", "--lrs", "0.1"]) == 0
@@ -138,3 +141,25 @@ def test_a_child_killed_by_a_signal_is_a_failure_not_success():
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
+
+
+def test_the_cpu_estimate_counts_the_runs_asked_for_and_the_evaluated_epochs(monkeypatch):
+    """The no-GPU line counted an evaluation in every one of the 350 epochs (the paper preset evaluates 44: every
+    10th and the last 10) and always said 48 runs, --ablations all included."""
+    from bench.config import PRESETS, expand
+
+    paper = PRESETS["paper"]
+    assert sum(map(paper.evaluates, range(1, 351))) == 44
+    grid = expand(paper)
+    assert len(grid) == 48
+    per_run = 350 * launch.TRAIN_IMAGES + 44 * launch.TEST_IMAGES / 3
+    assert launch.grid_work(grid) == pytest.approx(sum(4 * per_run * macs(m) / macs("allcnn-c")
+                                                       for m in PAPER_MODELS))
+    asked = []
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda runs: asked.append(runs) or 1234.0)
+    _, note = launch.command(["--ablations", "all", "--source", "x.tar.gz"], gpus=0)
+    with_arms = expand(dataclasses.replace(paper, ablations=tuple(ABLATIONS)))
+    assert len(with_arms) > 48 and f"the paper grid ({len(with_arms)} runs x 350 epochs)" in note
+    assert [r.key() for r in asked[0]] == [r.key() for r in with_arms]
+    _, note = launch.command(["--models", "allcnn-c", "--lrs", "0.1", "--source", "x.tar.gz"], gpus=0)
+    assert "the paper grid (1 run x 350 epochs)" in note
