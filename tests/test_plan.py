@@ -256,9 +256,9 @@ def test_make_plan_without_a_gpu_takes_the_plans_own_options(ledger, tmp_path, c
     monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda *args, **kwargs: 1234.0)  # tested in test_launch
     unpreset = [a for a in options if a not in ("--preset", "smoke")]  # the launcher picks the smoke grid itself
     assert launch.main(["--plan", *unpreset, "--throughput", str(tp), "--models", "allcnn-a", "--lrs", "0.05"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("no GPU here") and lines[-2].startswith("1 run: 0 recorded, 1 to train")
-    assert f"by the images/s {tp} measured" in lines[-1]
+    lines = capsys.readouterr().out.splitlines()  # (then a line on other tests' checkpoints in this ledger)
+    assert lines[0].startswith("no GPU here") and "1 run: 0 recorded, 1 to train, 0 to resume" in lines
+    assert f"by the images/s {tp} measured" in next(line for line in lines if line.startswith("time left: "))
     assert launch.main(["--plan", *unpreset, "--throughput"]) == 2
     assert capsys.readouterr().err == "error: argument --throughput: expected one argument\n"
 
@@ -300,8 +300,9 @@ def test_a_throughput_file_of_another_device_is_said_to_be_unused(ledger, tmp_pa
                                "train_images_per_s": 100.0} for m in ("strided-a", "allcnn-a")]))
     assert plan.main(["--throughput", str(tp), *options, "--models", "allcnn-a", "--lrs", "0.05"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "scaled from other models by forward MACs)" in lines[-2] and str(tp) not in lines[-2]
-    assert lines[-1] == (f"--throughput {tp}: no usable rows for {record['device_name']}, the device of this "
+    time_left = next(line for line in lines if line.startswith("time left: "))
+    assert "scaled from other models by forward MACs)" in time_left and str(tp) not in time_left
+    assert lines[lines.index(time_left) + 1] == (f"--throughput {tp}: no usable rows for {record['device_name']}, the device of this "
                          "ledger's timings (it measured another GPU): not used")
 
 
