@@ -111,9 +111,9 @@ def command(args: list[str], gpus: int) -> tuple[list[str], str | None]:
     paper = dataclasses.replace(PRESETS["paper"], **{k: getattr(cfg, k) for k in ("models", "lrs", "seeds",
                                                                                    "ablations")})
     runs = expand(paper)  # the grid asked for, and its ablation arms, under the paper preset
-    note = (f"no GPU here: the paper grid ({len(runs)} run{'s' * (len(runs) != 1)} x {paper.epochs} epochs) would take "
-            f"~{paper_grid_cpu_hours(runs):,.0f} h on this CPU at best, so without --preset the smoke grid is what runs here; force the paper grid with "
-            f"`make run ARGS=\"--preset paper --source ...\"`")
+    note = (f"no GPU here: the paper grid ({len(runs)} run{'s' * (len(runs) != 1)} x {paper.epochs} epochs) would "
+            f"take ~{paper_grid_cpu_hours(runs):,.0f} h on this CPU at best, so without --preset the smoke grid is "
+            f"what runs here; force the paper grid with `make run ARGS=\"--preset paper --source ...\"`")
     return [sys.executable, run_all, "--preset", "smoke", *extra, *args], note
 
 

@@ -3,16 +3,16 @@
     python -m bench.plan --source ../shared/data/cifar10-jpeg.tar.gz --out reports/measured/campaign --models allcnn-c
 
 One line per run of the grid and its ablation arms, in run_all's grid order: recorded (its status and test error),
-to resume (its checkpoint's epoch; one run_all sets aside, another network's
-included: from epoch 0), being trained (a live claim in <out>/claims/) or to train; then the counts and
-the training time left, estimated from the seconds per epoch of the runs this ledger holds on the device that
-recorded the newest of them, trained alike (`record_cost`: a DDP run's seconds are its processes' together, the
-estimate is one process's per run) (for a model it has not timed at the same batch, precision and data: scaled by the
-images/s of `--throughput FILE`, bench/throughput.py's output on that device, where it has both models, else by
-forward MACs). The run keys come from the source's sha256, as run_all's do, so nothing is prepared; nothing is written
-(a damaged ledger file is set aside, as run_all and the reports do; a record whose config does not hash to its key is
-named and its run planned as run_all trains it, `workqueue.final`). Checkpoints in <out>/checkpoints of no run of the
-grid (another grid's, or a run whose options changed) are counted in a last line: run_all never resumes them.
+to resume (its checkpoint's epoch; one run_all sets aside, another network's included: from epoch 0), being trained
+(a live claim in <out>/claims/) or to train; then the counts and the training time left, estimated from the seconds
+per epoch of the runs this ledger holds on the device that recorded the newest of them, trained alike
+(`record_cost`: a DDP run's seconds are its processes' together, the estimate is one process's per run; for a model
+it has not timed at the same batch, precision and data: scaled by the images/s of `--throughput FILE`,
+bench/throughput.py's output on that device, where it has both models, else by forward MACs). The run keys come from
+the source's sha256, as run_all's do, so nothing is prepared; nothing is written (a damaged ledger file is set
+aside, as run_all and the reports do; a record whose config does not hash to its key is named and its run planned as
+run_all trains it, `workqueue.final`). Checkpoints in <out>/checkpoints of no run of the grid (another grid's, or a
+run whose options changed) are counted in a last line: run_all never resumes them.
 """
 from __future__ import annotations
 
@@ -114,8 +114,8 @@ def timings(records: list[dict]) -> tuple[dict, str | None, int]:
 
 def benchmark_rates(path: str, device: str | None) -> tuple[dict[tuple[str, str], float], list[str]]:
     """Training images/s per (model, precision) in a bench/throughput.py file (JSON or CSV), measured on `device`
-    (the median where it holds several rows), and the devices the file measured. A row without a model name or a positive rate is left out; a file
-    the reports' reader refuses (`load_throughput`) is a UsageError naming it."""
+    (the median where it holds several rows), and the devices the file measured. A row without a model name or a
+    positive rate is left out; a file the reports' reader refuses (`load_throughput`) is a UsageError naming it."""
     from reports.ledger import LedgerError
     from reports.throughput import load_throughput
 

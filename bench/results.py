@@ -45,7 +45,8 @@ def code_sha256(root: Path = Path(__file__).resolve().parents[1]) -> str:
 def environment(device) -> dict:
     """The record fields every run of a process shares: versions (Python, torch, accelerate, ffcv, numpy and Pillow,
     which decodes the images; on a CUDA device also the CUDA runtime and cuDNN, whose kernels differ between
-    versions), git commit and dirty flag, the code's digest (`code_sha256`), device name. (torch is imported here, not at the top: reports read this module without it.)"""
+    versions), git commit and dirty flag, the code's digest (`code_sha256`), device name. (torch is imported here,
+    not at the top: reports read this module without it.)"""
     import importlib.metadata
     import platform
     import subprocess
