@@ -100,9 +100,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError("--loaders needs --data-dir (a folder written by loaders.prepare)")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    if args.loaders and not (args.data_dir / "manifest.json").is_file():
-        raise UsageError(f"--data-dir {args.data_dir} is not prepared (no manifest.json): "
-                         "run python -m loaders.prepare")
+    if args.loaders:  # prepare's own check, every file against its sha256: not a traceback once timing began
+        try:
+            loaders.prepare.load_manifest(args.data_dir, verify=True)
+        except ValueError as e:
+            raise UsageError(f"--data-dir {e}") from None
     for flag in ("json", "csv"):  # now, not after the first row was measured
         path = getattr(args, flag)
         folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None) if path else None
@@ -140,11 +142,13 @@ def data_source(backend: str, args, device, world_size: int):
                           batch_size=args.batch_size)
     try:
         train_batch = loader_batches(cache, "train", args)
+        eval_batch = None if args.no_eval else loader_batches(cache, "test", args)
+        return train_batch, eval_batch, cache.preprocess(args.preprocess)
     except loaders.BackendUnavailable as error:
         print(f"skipping the {backend} backend: {error}", file=sys.stderr)
         return None
-    eval_batch = None if args.no_eval else loader_batches(cache, "test", args)
-    return train_batch, eval_batch, cache.preprocess(args.preprocess)
+    except ValueError as error:  # what only this backend reads is missing (a folder prepared without ffcv)
+        raise UsageError(f"--loaders {backend}: {' '.join(str(error).split())}") from None
 
 
 def measure(name: str, precision: str, args, accelerator, backend: str = "synthetic", source=None) -> dict:
@@ -255,6 +259,11 @@ def run(args) -> list[dict]:
     world_size, device = accelerator.num_processes, accelerator.device
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     name_of_device = devices.device_name(device)
+    sources = {"synthetic": None}  # built before anything is printed or timed: they check what they read
+    for backend in args.loaders:
+        source = data_source(backend, args, device, world_size)
+        if source is not None:
+            sources[backend] = source
     accelerator.print(f"# {name_of_device} x{world_size}, torch {torch.__version__}, {torch.get_num_threads()} "
                       f"threads, batch {args.batch_size}, channels_last={args.channels_last}, compile={args.compile}, "
                       f"cuda_graphs={args.cuda_graphs}, "
@@ -263,11 +272,6 @@ def run(args) -> list[dict]:
     accelerator.print(f"{'model':<{width}}{'prec':<6}{'backend':<10}{'train img/s':>12}{'eval img/s':>12}"
                       f"{'train TFLOP/s':>15}{'MFU%':>7}{'spread%':>9}{'cpu%':>6}"
                       + (f"{f'fused x{args.fused} img/s':>18}{'fused/sep':>10}" if args.fused else ""))
-    sources = {"synthetic": None}
-    for backend in args.loaders:
-        source = data_source(backend, args, device, world_size)
-        if source is not None:
-            sources[backend] = source
     rows = []
     for name in args.models:
         for precision in args.precision:

@@ -275,12 +275,16 @@ def arrays_sha256(manifest: dict) -> str:
     return hashlib.sha256("".join(f"{manifest['files'][n]}  {n}\n" for n in names).encode()).hexdigest()
 
 
-def load_manifest(data_dir: str | os.PathLike) -> dict:
-    """The manifest of a prepared directory, or a one-line ValueError saying how to make it."""
+def load_manifest(data_dir: str | os.PathLike, verify: bool = False) -> dict:
+    """The manifest of a prepared directory, or a one-line ValueError saying how to make it. `verify`: also every
+    file it lists present with its sha256 and the counts it states (prepare's own check; reads every file once)."""
     m = _load_manifest(Path(data_dir))
     if m is None:
         raise ValueError(f"{data_dir} is not prepared (no valid {MANIFEST}): run python -m loaders.prepare "
                          f"--source SRC --data-dir {data_dir}")
+    if verify and not _files_intact(Path(data_dir), m):
+        raise ValueError(f"{data_dir} is damaged or incomplete (its files are not those {MANIFEST} lists): run "
+                         f"python -m loaders.prepare --source SRC --data-dir {data_dir} again")
     return m
 
 

@@ -313,6 +313,49 @@ def test_loader_rows_time_full_batches_only(tiny_data_dir, capsys):
     assert len(err) == 1 and "fewer images per process than --batch-size 64" in err[0]
 
 
+def damage(folder: Path, how: str) -> None:
+    match how:
+        case "manifest":
+            (folder / "manifest.json").write_text("{\n")
+        case "truncated":
+            with open(folder / "train_images.npy", "r+b") as f:
+                f.truncate(1000)
+        case "missing":
+            (folder / "test_images.npy").unlink()
+
+
+@pytest.mark.parametrize("how, message", [
+    ("manifest", "is not prepared (no valid manifest.json)"),
+    ("truncated", "is damaged or incomplete"),
+    ("missing", "is damaged or incomplete"),
+])
+def test_damaged_data_is_one_line_before_anything_is_timed(tmp_path, tiny_data_dir, capsys, how, message):
+    """A folder whose manifest or files are damaged is refused by prepare's own check before the header is printed
+    or a row timed, not with a traceback from the loader after the synthetic row."""
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_data_dir, bad)
+    damage(bad, how)
+    argv = [*TINY, "--device", "cpu", "--batch-size", "8", "--loaders", "tensor", "--data-dir", str(bad)]
+    assert throughput.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith(f"throughput.py: error: --data-dir {bad} {message}")
+    assert line.endswith(f"run python -m loaders.prepare --source SRC --data-dir {bad}" + " again" * (how != "manifest"))
+
+
+def test_ffcv_rows_on_data_prepared_without_ffcv_are_one_line(tiny_data_dir, capsys):
+    """tiny_data_dir has no .beton files: --loaders ffcv says so before anything is printed or timed."""
+    if not loaders.prepare._ffcv_available():
+        pytest.skip("ffcv is not installed: the backend is skipped, not refused")
+    argv = [*TINY, "--device", "cpu", "--batch-size", "8", "--loaders", "ffcv", "--data-dir", str(tiny_data_dir)]
+    assert throughput.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"throughput.py: error: --loaders ffcv: {tiny_data_dir} was prepared without ffcv")
+
+
 def torch_device_cpu():
     import torch
     return torch.device("cpu")
