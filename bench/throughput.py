@@ -6,7 +6,7 @@
 Model-only rows time a training step and an evaluation pass on synthetic data already on the device; end-to-end
 rows (`--loaders ffcv torch tensor --data-dir DIR`) time the same step fed by a real loader. See `--help`.
 One Accelerator per process, as in training: at bf16 or fp16 when asked for, fp32 rows with autocast off under it
-(bf16 and fp16 need a process each). The step's fast paths (SGD implementations, no host sync per step) are
+and TF32 off (bf16 and fp16 need a process each). The step's fast paths (SGD implementations, no host sync per step) are
 measured by tests/benchmarks/test_step_bench.py.
 """
 from __future__ import annotations
@@ -153,8 +153,11 @@ def data_source(backend: str, args, device, world_size: int):
 
 def measure(name: str, precision: str, args, accelerator, backend: str = "synthetic", source=None) -> dict:
     """Time training (and evaluation) of one network at one precision; returns this process's row. End-to-end
-    rows take their batches and preprocessing from `source` (`data_source`), as in training."""
+    rows take their batches and preprocessing from `source` (`data_source`), as in training. An fp32 row runs
+    under engine.full_fp32 (TF32 off on CUDA), as run_all trains and evaluates a precision-"no" run."""
     import torch
+
+    from bench import engine
     device = accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -164,36 +167,41 @@ def measure(name: str, precision: str, args, accelerator, backend: str = "synthe
         preprocess = None
     else:
         train_batch, eval_batch, preprocess = source
-    model = timing.build_model(name, device, args.channels_last, args.compile).train()
-    optimizer = timing.build_optimizer(model, device)
-    train_step = timing.accumulating(timing.make_step(model, accelerator, precision, args.channels_last, preprocess,
-                                                      optimizer, args.cuda_graphs), train_batch, device)
-    seconds, cpu_share = timing.time_windows(train_step, device, args.steps, args.warmup, args.repeats)
-    train_ips, spread = timing.images_per_s(seconds, args.steps * args.batch_size)
-    eval_ips = None
-    if not args.no_eval and eval_batch is not None:
-        model.eval()
-        eval_step = timing.accumulating(timing.make_step(model, accelerator, precision, args.channels_last,
-                                                         preprocess), eval_batch, device)
-        seconds, _ = timing.time_windows(eval_step, device, args.steps, args.warmup, args.repeats)
-        eval_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size)
-    fused_ips = None
-    fused_step = args.fused and timing.make_fused_step(name, accelerator, precision, args.channels_last, args.fused,
-                                                       preprocess, args.cuda_graphs)
-    if fused_step:
-        seconds, _ = timing.time_windows(timing.accumulating(fused_step, train_batch, device), device, args.steps,
-                                         args.warmup, args.repeats)
-        fused_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size * args.fused)
-    return {"model": name, "precision": devices.PRECISION_LABELS[precision], "backend": backend,
+    with engine.full_fp32(device, precision == "no"):
+        tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32  # what the convolutions ran with
+        model = timing.build_model(name, device, args.channels_last, args.compile).train()
+        optimizer = timing.build_optimizer(model, device)
+        train_step = timing.accumulating(timing.make_step(model, accelerator, precision, args.channels_last,
+                                                          preprocess, optimizer, args.cuda_graphs), train_batch, device)
+        seconds, cpu_share = timing.time_windows(train_step, device, args.steps, args.warmup, args.repeats)
+        train_ips, spread = timing.images_per_s(seconds, args.steps * args.batch_size)
+        eval_ips = None
+        if not args.no_eval and eval_batch is not None:
+            model.eval()
+            eval_step = timing.accumulating(timing.make_step(model, accelerator, precision, args.channels_last,
+                                                             preprocess), eval_batch, device)
+            seconds, _ = timing.time_windows(eval_step, device, args.steps, args.warmup, args.repeats)
+            eval_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size)
+        fused_ips = None
+        fused_step = args.fused and timing.make_fused_step(name, accelerator, precision, args.channels_last,
+                                                           args.fused, preprocess, args.cuda_graphs)
+        if fused_step:
+            seconds, _ = timing.time_windows(timing.accumulating(fused_step, train_batch, device), device,
+                                             args.steps, args.warmup, args.repeats)
+            fused_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size * args.fused)
+    return {"model": name, "precision": devices.PRECISION_LABELS[precision], "backend": backend, "tf32": tf32,
             "train_images_per_s": train_ips, "eval_images_per_s": eval_ips, "train_spread_pct": spread,
             "fused_runs": args.fused if fused_step else None, "fused_train_images_per_s": fused_ips,
             "train_cpu_share": cpu_share,
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None}
 
 
-def complete_row(row: dict, args, device, name_of_device: str, world_size: int, tf32: bool) -> dict:
-    """Add the derived figures (FLOP/s from allconv.macs, share of peak) and the run's settings."""
+def complete_row(row: dict, args, device, name_of_device: str, world_size: int) -> dict:
+    """Add the derived figures (FLOP/s from allconv.macs, share of peak) and the run's settings. The peak is the
+    one of the precision the step ran at: tf32 only for a row whose fp32 convolutions ran with TF32 (`row["tf32"]`,
+    never an fp32 row, which runs under engine.full_fp32)."""
     import torch
+    tf32 = row["tf32"]
     macs = allconv.macs(row["model"])
     train_tflops = devices.tflops(row["train_images_per_s"], devices.train_flop_per_image(macs))
     eval_tflops = devices.tflops(row["eval_images_per_s"], devices.eval_flop_per_image(macs))
@@ -257,7 +265,6 @@ def run(args) -> list[dict]:
         raise UsageError("--cuda-graphs needs a CUDA device")
     accelerator = timing.make_accelerator(args.precision, args.device or ("cpu", "cuda")[torch.cuda.is_available()])
     world_size, device = accelerator.num_processes, accelerator.device
-    tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     name_of_device = devices.device_name(device)
     sources = {"synthetic": None}  # built before anything is printed or timed: they check what they read
     for backend in args.loaders:
@@ -277,8 +284,7 @@ def run(args) -> list[dict]:
         for precision in args.precision:
             for backend, source in sources.items():
                 row = measure(name, precision, args, accelerator, backend, source)
-                row = complete_row(sum_over_processes(row, accelerator), args, device, name_of_device,
-                                   world_size, tf32)
+                row = complete_row(sum_over_processes(row, accelerator), args, device, name_of_device, world_size)
                 rows.append(row)
                 if accelerator.is_main_process:  # after every row: a run cut short by a time limit keeps its rows
                     write_outputs(rows, args.json, args.csv)

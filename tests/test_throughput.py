@@ -177,7 +177,8 @@ def test_fused_rows_time_k_runs_against_the_separate_step(tmp_path, monkeypatch)
     for row, (separate, _), (fused, _) in zip(rows, timed[::2], timed[1::2]):
         assert row["train_images_per_s"] == timing.images_per_s(separate, 1 * 4)[0]
         assert row["fused_train_images_per_s"] == timing.images_per_s(fused, 3 * 1 * 4)[0]
-        h200 = throughput.complete_row(row, throughput.parse_args(argv), torch_device_cpu(), "NVIDIA H200", 2, False)
+        h200 = throughput.complete_row({**row, "tf32": False}, throughput.parse_args(argv), torch_device_cpu(),
+                                       "NVIDIA H200", 2)
         peak = {"fp32": 67.0, "bf16": 989.0}[row["precision"]]
         assert h200["mfu"] == pytest.approx(row["train_tflops"] / (2 * peak))
         assert h200["fused_mfu"] == pytest.approx(row["fused_train_tflops"] / (2 * peak))
@@ -188,6 +189,37 @@ def test_fused_rows_time_k_runs_against_the_separate_step(tmp_path, monkeypatch)
         assert row["fused_train_tflops"] == pytest.approx(row["fused_train_images_per_s"] * flop / 1e12)
     assert throughput.main(argv[:-4] + ["--json", str(out_json)]) == 0  # without --fused: no fused figures
     assert all(r["fused_runs"] is None and r["fused_over_separate"] is None for r in json.loads(out_json.read_text()))
+
+
+def test_fp32_rows_are_timed_in_full_fp32_as_run_all_trains_them(tmp_path, monkeypatch):
+    """run_all trains and evaluates a precision-"no" run inside engine.full_fp32 (TF32 off on CUDA); so are the
+    fp32 rows timed (training and evaluation), and compared with the fp32 peak, never tf32's. bf16 rows are not:
+    their convolutions run in bf16. On the CPU full_fp32 changes nothing, so a spy records where it was on."""
+    from contextlib import contextmanager
+
+    from bench import engine
+    full, real = [], engine.full_fp32
+
+    @contextmanager
+    def spy(device, on):
+        with real(device, on):
+            full.append(on)
+            try:
+                yield
+            finally:
+                full.pop()
+
+    timed, time_windows = [], timing.time_windows
+    monkeypatch.setattr(engine, "full_fp32", spy)
+    monkeypatch.setattr(timing, "time_windows", lambda *a, **k: timed.append(any(full)) or time_windows(*a, **k))
+    monkeypatch.setattr(devices, "device_name", lambda device: "NVIDIA A100-SXM4-40GB")  # a GPU with a tf32 peak
+    out_json = tmp_path / "fp32.json"
+    assert throughput.main(["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "bf16", "--batch-size",
+                            "4", "--steps", "1", "--warmup", "0", "--repeats", "1", "--json", str(out_json)]) == 0
+    assert timed == [True, True, False, False]  # fp32 row: train, eval; bf16 row: train, eval
+    rows = json.loads(out_json.read_text())
+    assert [(r["precision"], r["peak_precision"], r["peak_tflops"]) for r in rows] == [("fp32", "fp32", 19.5),
+                                                                                       ("bf16", "bf16", 312.0)]
 
 
 def test_fused_step_trains_every_run_on_the_batch():
