@@ -116,19 +116,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def loader_batches(cache, split: str, args):
     """An endless stream of full (uint8 images, labels) batches from the cache's loader, epoch after epoch (the
-    rate counts steps x --batch-size images, so a short last batch is skipped)."""
+    rate counts steps x --batch-size images, so a short last batch is skipped). Too few images for one full batch
+    is refused now (ValueError), before any row is timed or the --json file replaced."""
     loader = cache.loader(split)
+    if loader.num_images < args.batch_size:  # this process's images per epoch
+        raise ValueError(f"the {split} split in {args.data_dir} has fewer images per process ({loader.num_images}) "
+                         f"than --batch-size {args.batch_size}: lower it or prepare more data")
 
     def forever():  # batches are yielded as they come: FFCV reuses its buffers a few batches later
         while True:
-            full = 0
             for images, labels in loader:
                 if len(labels) == args.batch_size:
-                    full += 1
                     yield images, labels
-            if not full:
-                raise UsageError(f"the {split} split in {args.data_dir} has fewer images per process than "
-                                 f"--batch-size {args.batch_size}: lower it or prepare more data")
     stream = forever()
     return lambda: next(stream)
 
@@ -147,7 +146,7 @@ def data_source(backend: str, args, device, world_size: int):
     except loaders.BackendUnavailable as error:
         print(f"skipping the {backend} backend: {error}", file=sys.stderr)
         return None
-    except ValueError as error:  # what only this backend reads is missing (a folder prepared without ffcv)
+    except ValueError as error:  # too few images, or what only this backend reads is missing (no .beton files)
         raise UsageError(f"--loaders {backend}: {' '.join(str(error).split())}") from None
 
 

@@ -342,7 +342,22 @@ def test_loader_rows_time_full_batches_only(tiny_data_dir, capsys):
             "--warmup", "1", "--repeats", "2", "--loaders", "tensor", "--data-dir", str(tiny_data_dir)]
     assert throughput.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "fewer images per process than --batch-size 64" in err[0]
+    assert len(err) == 1 and "fewer images per process (30) than --batch-size 64" in err[0]
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_any_row_and_keeps_the_json(tmp_path, tiny_data_dir, capsys):
+    """30 images per split and --batch-size 64: refused before the synthetic row is timed, so the --json file of
+    an earlier benchmark is left as it was (it is rewritten after every row once timing begins)."""
+    keep = tmp_path / "keep.json"
+    keep.write_text('[{"model": "earlier"}]\n')
+    argv = [*TINY, "--device", "cpu", "--batch-size", "64", "--loaders", "tensor", "--data-dir", str(tiny_data_dir),
+            "--json", str(keep)]
+    assert throughput.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        f"throughput.py: error: --loaders tensor: the train split in {tiny_data_dir} has fewer images per process (30) than "
+        "--batch-size 64: lower it or prepare more data"]
+    assert keep.read_text() == '[{"model": "earlier"}]\n'
 
 
 def damage(folder: Path, how: str) -> None:
