@@ -265,13 +265,14 @@ def run(args) -> list[dict]:
     accelerator = timing.make_accelerator(args.precision, args.device or ("cpu", "cuda")[torch.cuda.is_available()])
     world_size, device = accelerator.num_processes, accelerator.device
     name_of_device = devices.device_name(device)
+    threads = torch.get_num_threads()  # every row starts at it: FFCV's Loader sets it to its workers when built
     sources = {"synthetic": None}  # built before anything is printed or timed: they check what they read
     for backend in args.loaders:
         source = data_source(backend, args, device, world_size)
         if source is not None:
             sources[backend] = source
-    accelerator.print(f"# {name_of_device} x{world_size}, torch {torch.__version__}, {torch.get_num_threads()} "
-                      f"threads, batch {args.batch_size}, channels_last={args.channels_last}, compile={args.compile}, "
+    accelerator.print(f"# {name_of_device} x{world_size}, torch {torch.__version__}, {threads} threads, "
+                      f"batch {args.batch_size}, channels_last={args.channels_last}, compile={args.compile}, "
                       f"cuda_graphs={args.cuda_graphs}, "
                       f"{args.repeats} x {args.steps} steps after {args.warmup} warm-up")
     width = max([16, *(len(m) + 1 for m in args.models)])  # a network of one's own may have a longer name
@@ -282,6 +283,7 @@ def run(args) -> list[dict]:
     for name in args.models:
         for precision in args.precision:
             for backend, source in sources.items():
+                torch.set_num_threads(threads)  # an ffcv row runs at FFCV's count (it sets it at every epoch)
                 row = measure(name, precision, args, accelerator, backend, source)
                 row = complete_row(sum_over_processes(row, accelerator), args, device, name_of_device, world_size)
                 rows.append(row)

@@ -360,6 +360,41 @@ def test_a_batch_larger_than_the_data_is_refused_before_any_row_and_keeps_the_js
     assert keep.read_text() == '[{"model": "earlier"}]\n'
 
 
+@pytest.fixture(scope="module")
+def tiny_ffcv_data_dir(tiny_data_dir):
+    """tiny_data_dir's images prepared again with FFCV's .beton files."""
+    prepare = loaders.prepare
+    if not prepare._ffcv_available():
+        pytest.skip("ffcv is not installed here")
+    prepare.prepare_cifar10(str(tiny_data_dir.parent / "src"), tiny_data_dir.parent / "ffcv", subset_per_class=3)
+    return tiny_data_dir.parent / "ffcv"
+
+
+def test_ffcv_rows_leave_the_other_rows_thread_count_alone(tmp_path, tiny_ffcv_data_dir, capsys):
+    """FFCV's Loader sets torch's thread count to its worker count when built (before any row) and at every epoch:
+    the synthetic rows, the one after an ffcv row included, ran at its count, not the one the header states."""
+    import torch
+
+    from loaders.ffcv_loaders import default_num_workers
+    saved = torch.get_num_threads()
+    threads = default_num_workers() + 1  # not FFCV's count
+    torch.set_num_threads(threads)
+    try:
+        synthetic = {}
+        for backends in ([], ["ffcv"]):
+            out_json = tmp_path / "threads.json"
+            argv = [*TINY, "--device", "cpu", "--models", "strided-a", "model-a", "--batch-size", "8",
+                    "--data-dir", str(tiny_ffcv_data_dir), "--loaders", *backends, "--json", str(out_json)]
+            assert throughput.main(argv) == 0
+            assert f", {threads} threads, " in capsys.readouterr().out.splitlines()[0]
+            rows = json.loads(out_json.read_text())
+            assert [r["backend"] for r in rows] == ["synthetic", *backends] * 2
+            synthetic[tuple(backends)] = [r["threads"] for r in rows if r["backend"] == "synthetic"]
+    finally:
+        torch.set_num_threads(saved)
+    assert synthetic[()] == synthetic[("ffcv",)] == [threads, threads]
+
+
 def damage(folder: Path, how: str) -> None:
     match how:
         case "manifest":
