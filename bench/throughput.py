@@ -114,24 +114,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def loader_batches(cache, split: str, args):
-    """An endless stream of full (uint8 images, labels) batches from the cache's loader, epoch after epoch (the
-    rate counts steps x --batch-size images, so a short last batch is skipped). Too few images for one full batch
-    is refused now (ValueError), before any row is timed or the --json file replaced."""
-    loader = cache.loader(split)
-    if loader.num_images < args.batch_size:  # this process's images per epoch
-        raise ValueError(f"the {split} split in {args.data_dir} has fewer images per process ({loader.num_images}) "
-                         f"than --batch-size {args.batch_size}: lower it or prepare more data")
-
-    def forever():  # batches are yielded as they come: FFCV reuses its buffers a few batches later
-        while True:
-            for images, labels in loader:
-                if len(labels) == args.batch_size:
-                    yield images, labels
-    stream = forever()
-    return lambda: next(stream)
-
-
 # ---- one row ------------------------------------------------------------------------------------------------
 
 def data_source(backend: str, args, device, world_size: int):
@@ -140,8 +122,8 @@ def data_source(backend: str, args, device, world_size: int):
     cache = loaders.Cache(args.data_dir, backend=backend, device=device, distributed=world_size > 1,
                           batch_size=args.batch_size)
     try:
-        train_batch = loader_batches(cache, "train", args)
-        eval_batch = None if args.no_eval else loader_batches(cache, "test", args)
+        train_batch = timing.loader_batches(cache, "train", args.batch_size)
+        eval_batch = None if args.no_eval else timing.loader_batches(cache, "test", args.batch_size)
         return train_batch, eval_batch, cache.preprocess(args.preprocess)
     except loaders.BackendUnavailable as error:
         print(f"skipping the {backend} backend: {error}", file=sys.stderr)

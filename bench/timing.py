@@ -1,5 +1,6 @@
 """How the benchmark times a training or evaluation step (bench/throughput.py, tests/benchmarks): the step as
-training runs it (bench/engine.py's, under this process's one Accelerator), and the clock around it.
+training runs it (bench/engine.py's, under this process's one Accelerator), the batches it is fed (synthetic, or a
+loader's full batches) and the clock around it.
 
     acc = make_accelerator(["no", "bf16"], "cpu")
     model = build_model("allcnn-c", acc.device, channels_last=True, compile=False)
@@ -153,3 +154,21 @@ def synthetic_batch(batch_size: int, device, channels_last: bool):
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
     return images, labels
+
+
+def loader_batches(cache, split: str, batch_size: int):
+    """An endless stream of full (uint8 images, labels) batches from the loaders.Cache's loader, epoch after
+    epoch (the rate counts steps x batch_size images, so a short last batch is skipped). Too few images for one
+    full batch is a ValueError now, before anything is timed."""
+    loader = cache.loader(split)
+    if loader.num_images < batch_size:  # this process's images per epoch
+        raise ValueError(f"the {split} split in {cache.data_dir} has fewer images per process ({loader.num_images}) "
+                         f"than --batch-size {batch_size}: lower it or prepare more data")
+
+    def forever():  # batches are yielded as they come: FFCV reuses its buffers a few batches later
+        while True:
+            for images, labels in loader:
+                if len(labels) == batch_size:
+                    yield images, labels
+    stream = forever()
+    return lambda: next(stream)

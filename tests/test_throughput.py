@@ -335,8 +335,7 @@ def test_loader_rows_time_full_batches_only(tiny_data_dir, capsys):
     """The rate is steps x --batch-size images, so a short last batch must not be timed: 30 images per split give
     3 full batches of 8 and none of 64, which is a one-line error, not a rate inflated by short batches."""
     cache = loaders.Cache(tiny_data_dir, backend="tensor", device=torch_device_cpu(), distributed=False, batch_size=8)
-    stream = throughput.loader_batches(cache, "train", throughput.parse_args(
-        ["--batch-size", "8", "--data-dir", str(tiny_data_dir)]))
+    stream = timing.loader_batches(cache, "train", 8)
     assert all(len(stream()[1]) == 8 for _ in range(10))  # 10 batches over 3+ epochs, the short ones skipped
     argv = ["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "--batch-size", "64", "--steps", "1",
             "--warmup", "1", "--repeats", "2", "--loaders", "tensor", "--data-dir", str(tiny_data_dir)]
