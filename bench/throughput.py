@@ -31,7 +31,7 @@ from bench import devices, timing  # noqa: E402  (timing: the step and its clock
 from bench.cli import Parser, UsageError, precision_arg  # noqa: E402
 from bench.files import WriteError  # noqa: E402  (bench.files imports no torch)
 
-COLUMNS = ["model", "display_name", "device", "device_name", "precision", "channels_last", "compile", "cuda_graphs",
+COLUMNS = ["model", "display_name", "device", "device_name", "precision", "eval_precision", "channels_last", "compile", "cuda_graphs",
            "batch_size",
            "train_images_per_s", "eval_images_per_s", "train_tflops", "eval_tflops", "peak_tflops", "mfu",
            "eval_mfu", "fused_runs", "fused_train_images_per_s", "fused_train_tflops", "fused_mfu",
@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", nargs="+", type=precision_arg, default=["no", "bf16"],
                    help="no (alias fp32) | bf16 | fp16 autocast, as run_all's --precision; bf16 and fp16 need a "
                         "process each (default: no bf16)")
+    p.add_argument("--eval-precision", type=precision_arg, default="no",
+                   help="evaluation autocast, as run_all's: no (fp32, default) or a --precision, which rows at that "
+                        "precision evaluate in (the others in fp32)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC memory format for the model and the batch (default on)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time is warm-up)")
@@ -84,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"--warmup must be 0 or more and --fused 0 (off) or at least 2, got {args.warmup} and "
                          f"{args.fused}")
     args.precision = list(dict.fromkeys(args.precision))
+    if args.eval_precision not in ("no", *args.precision):
+        raise UsageError(f"--eval-precision must be no or one of --precision's, got {args.eval_precision}")
     if {"bf16", "fp16"} <= set(args.precision):
         raise UsageError("--precision bf16 and fp16 need a process each (Accelerate fixes it per process)")
     if args.cuda_graphs:
@@ -156,10 +161,10 @@ def measure(name: str, precision: str, args, accelerator, backend: str = "synthe
                                                           preprocess, optimizer, args.cuda_graphs), train_batch, device)
         seconds, cpu_share = timing.time_windows(train_step, device, args.steps, args.warmup, args.repeats)
         train_ips, spread = timing.images_per_s(seconds, args.steps * args.batch_size)
-        eval_ips = None
+        eval_ips, eval_precision = None, precision if args.eval_precision == precision else "no"
         if not args.no_eval and eval_batch is not None:
             model.eval()
-            eval_step = timing.accumulating(timing.make_step(model, accelerator, precision, args.channels_last,
+            eval_step = timing.accumulating(timing.make_step(model, accelerator, eval_precision, args.channels_last,
                                                              preprocess), eval_batch, device)
             seconds, _ = timing.time_windows(eval_step, device, args.steps, args.warmup, args.repeats)
             eval_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size)
@@ -171,6 +176,7 @@ def measure(name: str, precision: str, args, accelerator, backend: str = "synthe
                                              args.steps, args.warmup, args.repeats)
             fused_ips, _ = timing.images_per_s(seconds, args.steps * args.batch_size * args.fused)
     return {"model": name, "precision": devices.PRECISION_LABELS[precision], "backend": backend, "tf32": tf32,
+            "eval_precision": devices.PRECISION_LABELS[eval_precision],
             "train_images_per_s": train_ips, "eval_images_per_s": eval_ips, "train_spread_pct": spread,
             "fused_runs": args.fused if fused_step else None, "fused_train_images_per_s": fused_ips,
             "train_cpu_share": cpu_share,
@@ -194,7 +200,7 @@ def complete_row(row: dict, args, device, name_of_device: str, world_size: int) 
            "train_tflops": train_tflops, "eval_tflops": eval_tflops,
            "peak_tflops": devices.peak_tflops(name_of_device, precision, tf32),
            "mfu": devices.mfu(train_tflops, name_of_device, precision, tf32, count=world_size),
-           "eval_mfu": devices.mfu(eval_tflops, name_of_device, precision, tf32, count=world_size),
+           "eval_mfu": devices.mfu(eval_tflops, name_of_device, row["eval_precision"], tf32, count=world_size),
            "fused_train_tflops": fused_tflops,
            "fused_mfu": devices.mfu(fused_tflops, name_of_device, precision, tf32, count=world_size),
            "fused_over_separate": None if fused_tflops is None else row["fused_train_images_per_s"] /
@@ -248,11 +254,8 @@ def run(args) -> list[dict]:
     world_size, device = accelerator.num_processes, accelerator.device
     name_of_device = devices.device_name(device)
     threads = torch.get_num_threads()  # every row starts at it: FFCV's Loader sets it to its workers when built
-    sources = {"synthetic": None}  # built before anything is printed or timed: they check what they read
-    for backend in args.loaders:
-        source = data_source(backend, args, device, world_size)
-        if source is not None:
-            sources[backend] = source
+    built = {backend: data_source(backend, args, device, world_size) for backend in args.loaders}  # they check
+    sources = {"synthetic": None, **{b: s for b, s in built.items() if s is not None}}  # before any output
     accelerator.print(f"# {name_of_device} x{world_size}, torch {torch.__version__}, {threads} threads, "
                       f"batch {args.batch_size}, channels_last={args.channels_last}, compile={args.compile}, "
                       f"cuda_graphs={args.cuda_graphs}, "

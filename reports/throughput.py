@@ -42,7 +42,7 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
     """Per variant and setting: median training and evaluation img/s (all ranks), achieved TFLOP/s (training
     3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
     (`_device_count`), evaluation's at the precision it ran in (a record's `eval_precision`: fp32 under bf16
-    training; a benchmark row evaluates at its training precision). fp32 is compared with the TF32 peak, PyTorch's
+    training; a benchmark row's too, older ones evaluated at their training precision). fp32 is compared with the TF32 peak, PyTorch's
     default for convolutions, but for a ledger run trained in fp32, which ran with TF32 off (`bench.engine.full_fp32`;
     a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py
     rows) when given, else from the ledger's baseline runs of any precision (a fused group's: all its runs' images,
@@ -92,8 +92,9 @@ def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) ->
         eval_tf = _round(devices.tflops(evals, devices.eval_flop_per_image(flop)))
         tf32 = stated == "tf32" if stated else True  # else PyTorch's default for convolutions
         peak, basis, train_pct = _peak(row["device_name"], row["precision"], tf32, row["devices"], train_tf)
-        eval_peak, eval_basis, eval_pct = _peak(row["device_name"], row["eval_precision"], tf32, row["devices"],
-                                                eval_tf)
+        # evaluation ran with TF32 off only inside a full-fp32 run; an fp32 evaluation of a bf16 run had it on
+        eval_peak, eval_basis, eval_pct = _peak(row["device_name"], row["eval_precision"], stated != "fp32",
+                                                row["devices"], eval_tf)
         out.append({"source": source, **row, "paper_name": SPECS[row["model"]].paper_name, "n_runs": len(group),
                     "train_images_per_s": train, "eval_images_per_s": evals, "train_tflops": train_tf,
                     "eval_tflops": eval_tf, "peak_tflops": peak, "peak_basis": basis, "eval_peak_tflops": eval_peak,
@@ -123,7 +124,7 @@ def _peak(device_name, precision, tf32: bool, count: int, tf: float):
 
 THROUGHPUT_NUMBERS = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s", "fused_over_separate",
                       "fused_runs", "device_count", "world_size")
-THROUGHPUT_TEXT = ("model", "device_name", "precision", "backend", "peak_precision")
+THROUGHPUT_TEXT = ("model", "device_name", "precision", "eval_precision", "backend", "peak_precision")
 
 
 def load_throughput(path: str | os.PathLike) -> pd.DataFrame:

@@ -222,6 +222,31 @@ def test_fp32_rows_are_timed_in_full_fp32_as_run_all_trains_them(tmp_path, monke
                                                                                        ("bf16", "bf16", 312.0)]
 
 
+@pytest.mark.parametrize("eval_flag, evaluated", [([], ["no", "no"]), (["--eval-precision", "bf16"], ["no", "bf16"])])
+def test_evaluation_runs_at_the_eval_precision_as_run_all_evaluates(tmp_path, monkeypatch, eval_flag, evaluated):
+    """run_all evaluates in fp32 unless --eval-precision names the training precision; so do the rows here (a bf16
+    row's eval img/s was timed under bf16 autocast), each row says which, and its eval MFU is of that peak."""
+    steps, make_step = [], timing.make_step
+
+    def spy(model, acc, precision, channels_last, preprocess=None, optimizer=None, *a, **k):
+        steps.append((precision, optimizer is None))  # no optimizer: the evaluation step
+        return make_step(model, acc, precision, channels_last, preprocess, optimizer, *a, **k)
+
+    monkeypatch.setattr(timing, "make_step", spy)
+    monkeypatch.setattr(devices, "device_name", lambda device: "NVIDIA H200")
+    out_json = tmp_path / "eval.json"
+    assert throughput.main(["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "bf16", "--batch-size",
+                            "4", "--steps", "1", "--warmup", "0", "--repeats", "1", *eval_flag,
+                            "--json", str(out_json)]) == 0
+    assert [p for p, is_eval in steps if is_eval] == evaluated
+    assert [p for p, is_eval in steps if not is_eval] == ["no", "bf16"]
+    rows = json.loads(out_json.read_text())
+    assert [r["eval_precision"] for r in rows] == [devices.PRECISION_LABELS[p] for p in evaluated]
+    for row in rows:
+        peak = {"fp32": 67.0, "bf16": 989.0}[row["eval_precision"]]
+        assert row["eval_mfu"] == pytest.approx(row["eval_tflops"] / peak)
+
+
 def test_fused_step_trains_every_run_on_the_batch():
     """The timed fused step is a real training step of K runs: its first loss is K x a separate run's (the same
     initial weights, batch and dropout masks), and fp16, which FusedRuns refuses, has no fused step. Contiguous
@@ -250,6 +275,7 @@ TINY = ["--models", "strided-a", "--precision", "fp32", "--steps", "1", "--repea
     (["--precision", "fp64"], "unknown precision fp64"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--fused", "1"], "--fused 0 (off) or at least 2"),
+    (["--precision", "bf16", "--eval-precision", "fp16"], "--eval-precision must be no or one of --precision's"),
     (["--steps", "x"], "invalid int value"),
     (["--loaders", "torch"], "--loaders needs --data-dir"),
     (["--loaders", "tensor", "--data-dir", "/nonexistent"], "is not a folder"),
