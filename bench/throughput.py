@@ -6,8 +6,8 @@
 Model-only rows time a training step and an evaluation pass on synthetic data already on the device; end-to-end
 rows (`--loaders ffcv torch tensor --data-dir DIR`) time the same step fed by a real loader. See `--help`.
 One Accelerator per process, as in training: at bf16 or fp16 when asked for, fp32 rows with autocast off under it
-and TF32 off (bf16 and fp16 need a process each). The step's fast paths (SGD implementations, no host sync per step) are
-measured by tests/benchmarks/test_step_bench.py.
+and TF32 off (bf16 and fp16 need a process each). The step's fast paths (SGD implementations, no host sync per step)
+are measured by tests/benchmarks/test_step_bench.py.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from bench import devices, timing  # noqa: E402  (timing: the step and its clock
 from bench.cli import Parser, UsageError, precision_arg  # noqa: E402
 from bench.files import WriteError  # noqa: E402  (bench.files imports no torch)
 
-COLUMNS = ["model", "display_name", "device", "device_name", "precision", "eval_precision", "channels_last", "compile", "cuda_graphs",
-           "batch_size",
+COLUMNS = ["model", "display_name", "device", "device_name", "precision", "eval_precision", "channels_last", "compile",
+           "cuda_graphs", "batch_size",
            "train_images_per_s", "eval_images_per_s", "train_tflops", "eval_tflops", "peak_tflops", "mfu",
            "eval_mfu", "fused_runs", "fused_train_images_per_s", "fused_train_tflops", "fused_mfu",
            "fused_over_separate", "repeats", "backend", "steps", "warmup", "world_size", "device_count", "threads",

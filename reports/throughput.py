@@ -39,15 +39,15 @@ def _device_count(record: dict) -> int:
 
 
 def throughput_table(df: pd.DataFrame, benchmark: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per variant and setting: median training and evaluation img/s (all ranks), achieved TFLOP/s (training
-    3x forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
+    """Per variant and setting: median training and evaluation img/s (all ranks), achieved TFLOP/s (training 3x
+    forward, 2 FLOP per MAC: bench.devices) and its share of the peak of the devices that produced it
     (`_device_count`), evaluation's at the precision it ran in (a record's `eval_precision`: fp32 under bf16
-    training; a benchmark row's too, older ones evaluated at their training precision). fp32 is compared with the TF32 peak, PyTorch's
-    default for convolutions, but for a ledger run trained in fp32, which ran with TF32 off (`bench.engine.full_fp32`;
-    a benchmark row's `peak_precision` overrides). From `benchmark` (bench/throughput.py
-    rows) when given, else from the ledger's baseline runs of any precision (a fused group's: all its runs' images,
-    `runs_per_step`). Benchmark rows made with `--fused K` add the K-run fused group's images/s over its K runs
-    and its ratio to the separate step (medians; NaN without)."""
+    training; a benchmark row's too, older ones evaluated at their training precision). fp32 is compared with
+    the TF32 peak, PyTorch's default for convolutions, but for a ledger run trained in fp32, which ran with TF32
+    off (`bench.engine.full_fp32`; a benchmark row's `peak_precision` overrides). From `benchmark`
+    (bench/throughput.py rows) when given, else from the ledger's baseline runs of any precision (a fused
+    group's: all its runs' images, `runs_per_step`). Benchmark rows made with `--fused K` add the K-run fused
+    group's images/s over its K runs and its ratio to the separate step (medians; NaN without)."""
     if benchmark is not None:
         source, rows = "benchmark", benchmark.copy()
         rows["runs_per_step"] = 1
