@@ -177,6 +177,13 @@ class RunConfig:
                         f"{precision} too (an arm can only turn autocast off: one precision per process)")
 
 
+def graphable(c: RunConfig) -> bool:
+    """Whether runs under config `c` can replay their step from a CUDA graph (bench/graphs.py): not with Adam (torch
+    refuses to capture its step unless it was built capturable), fp16 (its loss scaler reads the GPU every step) or
+    compile."""
+    return c.optimizer == "sgd" and c.precision != "fp16" and not c.compile
+
+
 def fusable(c: RunConfig) -> bool:
     """Whether runs under config `c` can train in lockstep as one fused model (bench/fused.py's FusedRuns)."""
     return c.optimizer == "sgd" and c.momentum > 0 and not c.bn and c.precision in ("no", "bf16") and not c.compile
@@ -223,6 +230,8 @@ def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
             arm = _ablations().arm_overrides(ablation, label)
             if cfg.fuse_lrs and not fusable(dataclasses.replace(cfg, fuse_lrs=False, **arm)):
                 arm["fuse_lrs"] = False  # e.g. the BN or Adam arm: its runs train alone
+            if cfg.cuda_graphs and not graphable(dataclasses.replace(cfg, **arm)):
+                arm["cuda_graphs"] = False  # the Adam arm: its step runs eagerly (not in the run key)
             arm_cfg = dataclasses.replace(cfg, **arm)  # its values were checked with the grid's (__post_init__)
             lrs = overrides.get("lrs", cfg.lrs)
             runs += [Run(m, lr, s, arm_cfg) for m in ablation.models for lr in lrs for s in cfg.seeds]

@@ -28,7 +28,7 @@ import loaders  # noqa: E402
 from bench import engine, files, fused_train, graphs, process, results, weights, workqueue  # noqa: E402
 from bench.run_state import RunState  # noqa: E402
 from bench.cli import UsageError, parse_args  # noqa: E402
-from bench.config import Run, expand  # noqa: E402
+from bench.config import Run, expand, graphable  # noqa: E402
 from bench.progress import Progress  # noqa: E402
 from bench.runs import (Interrupted, build_net, diagnosed, eval_loaders, failed, make_record, now,  # noqa: E402
                         session, stop_reason, summary, train_loader)
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, backend=loaders.resolve_backend(cfg.backend))  # recorded resolved
         if cfg.source != "torchvision" and not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
-        if cfg.cuda_graphs and (cfg.precision == "fp16" or cfg.compile):
-            raise UsageError("--cuda-graphs captures the whole step: not with --precision fp16 (its loss scaler reads "
-                             "the GPU every step) or --compile")
+        if cfg.cuda_graphs and not graphable(cfg):
+            raise UsageError("--cuda-graphs captures the whole step: not with --optimizer adam (torch captures no "
+                             "Adam step), --precision fp16 (its loss scaler reads the GPU every step) or --compile")
         acc = process.make_accelerator(cfg.precision, project_dir=cfg.out,  # trackers: one per run (progress.py)
                                        deterministic=cfg.deterministic)
         world = acc.num_processes

@@ -4,12 +4,15 @@ eager, a new capture when the LR drops; a fused group's step too): bit-identical
 checked on a GPU (marked `gpu`; scripts/campaign.sh runs these before it trains with graphs)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import allconv
 import loaders
 from bench import engine, graphs, run_all, timing
+from bench.config import PRESETS, expand
 from loaders.preprocess import build_preprocess
 
 
@@ -102,11 +105,21 @@ def test_cuda_graphs_refused_without_cuda(jpeg_tarball, tmp_path, capsys, fresh_
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --cuda-graphs needs a CUDA device") and "\n" not in err
     assert not (tmp_path / "out").exists()
-    for bad in (["--precision", "fp16"], ["--compile"]):  # refused before any device is looked at
+    for bad in (["--precision", "fp16"], ["--compile"], ["--optimizer", "adam"]):  # before any device is looked at
         assert run_all.main(["--preset", "smoke", "--cuda-graphs", *bad, "--source", str(jpeg_tarball),
                              "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --cuda-graphs captures the whole step") and "\n" not in err, err
+
+
+def test_an_arm_that_cannot_be_graphed_trains_eagerly_in_a_graphed_grid():
+    """torch refuses to capture Adam's step (unless built capturable): under --cuda-graphs the optimizer ablation's
+    Adam arm trains eagerly, not failing at its first capture on the GPU, while the SGD runs stay graphed. The switch
+    is not in the run key, so the Adam runs keep their keys."""
+    cfg = dataclasses.replace(PRESETS["paper"], models=("allcnn-c",), lrs=(0.05,), ablations=("optimizer",))
+    runs = expand(dataclasses.replace(cfg, cuda_graphs=True))
+    assert {(r.cfg.optimizer, r.cfg.cuda_graphs) for r in runs} == {("sgd", True), ("adam", False)}
+    assert [r.key("0" * 64) for r in runs] == [r.key("0" * 64) for r in expand(cfg)]
 
 
 @pytest.mark.gpu
