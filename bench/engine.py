@@ -218,8 +218,16 @@ def measure_step_rate(model, optimizer, images, labels, preprocess, accelerator,
     return steps * labels.shape[0] / (time.perf_counter() - t0)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting `peak_memory_mb` for a new run: on CUDA the peak is the process's since the last reset, which
+    without one was the largest of all its runs so far (a batch-128 arm after batch 256 showed the latter's)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak device memory of this run on CUDA; on CPU the process's peak resident set (across runs)."""
+    """Peak device memory of this run on CUDA (since `reset_peak_memory`); on CPU the process's peak resident set
+    (across runs: it cannot be reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     import resource

@@ -45,6 +45,7 @@ def train_group(members: list, acc, data, num_images: dict, show, *, stop, alone
     session (bench.runs.session)."""
     c = members[0][0].cfg
     ended, trackers = set(), []  # the members already recorded (or left to another process)
+    engine.reset_peak_memory(acc.device)  # the records' peak_memory_mb: this group's, not the process's
 
     def done(k, outcome):  # outcome None: the run's claim was taken over, the run left to its new owner
         ended.add(k)

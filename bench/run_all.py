@@ -87,6 +87,7 @@ def train_one(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: 
 def _train(run: Run, key: str, acc, data, num_images: dict, ddp: bool, show: Progress, tracker, claim,
            proc=None) -> dict:
     c, world = run.cfg, acc.num_processes if ddp else 1
+    engine.reset_peak_memory(acc.device)  # the record's peak_memory_mb: this run's, not the process's
     train = train_loader(data, run, world)
     preprocess = data.preprocess(c.preprocess, c.train_split)
     evals = eval_loaders(data, c, num_images)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import claims, results, run_all, workqueue
+from bench import claims, engine, results, run_all, workqueue
 
 ROOT = Path(__file__).resolve().parents[1]
 LRS = ("1e9", "0.05", "0.01")  # 1e9 diverges in epoch 1
@@ -53,6 +53,17 @@ def data(smoke_data_dir, jpeg_tarball):
 @pytest.fixture(scope="module")
 def separate(data, tmp_path_factory):
     return main(args(data, tmp_path_factory.mktemp("separate") / "out", "--lrs", *LRS))
+
+
+def test_each_run_and_each_group_counts_its_own_peak_memory(data, tmp_path, monkeypatch):
+    """A record's peak_memory_mb is its run's (its fused group's): the CUDA peak is reset as each separate run and
+    each fused group starts, not left at the process's largest so far."""
+    devices = []
+    monkeypatch.setattr(engine, "reset_peak_memory", devices.append)
+    main(args(data, tmp_path / "separate", "--lrs", "0.05", "0.01"))
+    assert len(devices) == 2 and all(d.type == "cpu" for d in devices)  # once per run
+    main(args(data, tmp_path / "fused", "--lrs", "0.05", "0.01", "--fuse-lrs"))
+    assert len(devices) == 3  # once for the group of both
 
 
 def same_runs(got: dict, want: dict, exact: bool) -> None:
