@@ -12,9 +12,10 @@
 #      the separate step, both as training will run (graphed when GRAPHS=1);
 #   2. scripts/concurrency_probe.py (PARALLEL=auto, not with FUSE=1): whether K run_all processes at once train more
 #      images per second in all than one (the step is launch-bound on an H200: reports/measured/campaign); picks K;
-#      what 1b-2 measured is kept in $WORK/decided (not a switch whose test timed out or whose probe failed): a later
-#      call on the same warm machine takes it for every switch still auto and skips step 1 (unless THROUGHPUT is
-#      given), so it trains at once;
+#      what 1b-2 measured, and the switches the caller set, are kept in $WORK/decided (not a switch whose test timed
+#      out or whose probe failed, nor FUSE when step 1 had no fused All-CNN-C row): a later call on the same warm
+#      machine takes them for every switch still auto and skips step 1 (unless THROUGHPUT is given), so it trains
+#      at once;
 #   3. scripts/init_probe.py, only when INIT_PROBE is given (issue 10's init evidence, repeated on the GPU; about 2
 #      minutes for "--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"): off
 #      by default, because every minute before step 4 is a minute less of Table 3;
@@ -149,6 +150,9 @@ gate() {  # gate FILE: FILE's GPU tests, alone; 0: all passed here (none failed,
 decide() {  # decide KEY: keep KEY's measured value in $decided for a later call on this machine
   { grep -v "^$1=" "$decided" 2>/dev/null; echo "$1=${!1}"; } > "$decided.new" && mv "$decided.new" "$decided"
 }
+for k in GRAPHS FUSE PARALLEL; do  # a switch the caller set holds for a later call too (it measured nothing, and a
+  [[ ${!k} =~ ^[0-9]+$ ]] && decide "$k"  # later call without it would otherwise spend minutes measuring it)
+done
 
 # shellcheck disable=SC2086  # word splitting of the option strings is wanted throughout
 # at most 150 s: 28 s without --fused on 2026-11-27, and the fused groups (new shapes to tune) not yet timed on a GPU;
@@ -178,17 +182,19 @@ graphed=()
 if [ "$FUSE" = auto ]; then  # fused runs must match separate ones here, and pay, before any result depends on them
   FUSE=0
   measured="$OUT/throughput$([ "$GRAPHS" = 1 ] && echo -graphs).json"  # as training will run: graphed or not
-  if [ -f "$measured" ]; then
-    gate tests/test_fused.py
-    rc=$?
-    [ "$rc" = 0 ] && FUSE=$("$PY" - "$measured" 2>> "$log" <<'EOF'
-import json, sys  # the fused All-CNN-C group against its separate step
-rows = [r for r in json.load(open(sys.argv[1])) if r["model"] == "allcnn-c"]
-print(1 if rows and (rows[0].get("fused_over_separate") or 0) >= 1.25 else 0)
+  pays=$([ -f "$measured" ] && "$PY" - "$measured" 2>> "$log" <<'EOF'
+import json, sys  # the fused All-CNN-C group against its separate step; nothing when step 1 did not get that far
+rows = [r for r in json.load(open(sys.argv[1])) if r["model"] == "allcnn-c" and r.get("fused_over_separate")]
+print(int(rows[0]["fused_over_separate"] >= 1.25) if rows else "")
 EOF
 )
-    FUSE=${FUSE:-0}
+  if [[ $pays =~ ^[01]$ ]]; then  # else nothing to decide by: FUSE=0 for this call only, and no gate spent on it
+    gate tests/test_fused.py
+    rc=$?
+    [ "$rc" = 0 ] && FUSE=$pays
     [ "$rc" != 2 ] && decide FUSE
+  else
+    echo "# no fused All-CNN-C row in $measured (its step cut short?): FUSE=0 for this call, nothing decided" >> "$log"
   fi
   echo "# FUSE=$FUSE (1: the fused group passed its GPU test and trained >= 1.25x the images/s of separate runs)" \
     >> "$log"

@@ -59,9 +59,14 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     for name in ("first", "second"):  # the prepared subset: prepare then says there is nothing to do
         shutil.copytree(smoke_data_dir, tmp_path / f"work-{name}" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
 
+    (tmp_path / "first").mkdir()  # a step 1 cut short before All-CNN-C, the fused group's model: nothing to decide
+    (tmp_path / "first" / "throughput.json").write_text(json.dumps([{"model": "strided-a", "fused_over_separate": 2}]))
     log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
                           LEDGER=str(tmp_path / "no-ledger-yet"))
     assert "x 2, sharing the ledger" in log and "# exit 0 0 after" in log, log[-3000:]
+    assert "no fused All-CNN-C row" in log and "-m pytest" not in log, log[-3000:]  # so no fused gate either
+    # the switches the caller set hold for a later call on this machine (FUSE: decided by nothing, so not kept)
+    assert (tmp_path / "work-first" / "decided").read_text().split() == ["GRAPHS=0", "PARALLEL=2"]
     assert "--checkpoint-minutes 2 " in log, log[-3000:]  # a checkpoint every 2 minutes, not only on SIGTERM
     assert sorted(r["lr"] for r in first.values()) == [0.01, 0.05], log[-3000:]  # each run once, by either process
     assert all(r["status"] == "completed" and r["epochs_completed"] == 1 for r in first.values())
