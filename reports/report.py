@@ -146,8 +146,8 @@ def header(led: Ledger) -> list[tuple[str, str]]:
     devices = Counter(f"{d if _known(d) else 'device not named'}" + (f" x{c}" if _known(c) else "")
                       for d, c in zip(df["device_name"], df["device_count"]))
     worlds = sorted({int(w) for w in df["world_size"] if _known(w)})
-    versions = Counter(", ".join(f"{k} {v}" for k, v in sorted(x.items())) for x in df["versions"]
-                       if isinstance(x, dict))
+    versions = Counter(", ".join(f"{k} {v}" for k, v in sorted(x.items()) if v is not None) for x in df["versions"]
+                       if isinstance(x, dict))  # null: not installed (ffcv), or not used (CUDA and cuDNN on a CPU)
     finished = [str(t) for t in all_df["finished_at"] if _known(t)]
     evals = Counter(precision_label(str(p)) for p in table3_runs(df, led.reference)["eval_precision"]
                     if _known(p))
@@ -166,7 +166,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("World size", ", ".join(map(str, worlds)) or "not recorded"),
         ("Setup", "; ".join(f"{k}: {', '.join(map(str, _distinct(df[k]))) or 'not recorded'}"
                             for k in ("backend", "mode", "batch_size"))),
-        ("Versions", "; ".join(f"{v} ({n} runs)" for v, n in sorted(versions.items())) or "not recorded"),
+        ("Versions", "; ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in sorted(versions.items())) or "not recorded"),
         ("Code", code_line(df)),  # every session of every record
         ("Date", f"{max(finished)} (latest run finished)" if finished else "not recorded"),
     ]

@@ -30,6 +30,17 @@ def test_the_code_line_counts_every_session_of_every_record(tmp_path):
                     "code_sha256 e1e1e1e1e1e1 (1); 1 session unknown")
 
 
+def test_the_versions_line_names_what_was_installed_and_used(tmp_path):
+    """A record names numpy, Pillow, CUDA and cuDNN too; a null one (ffcv not installed, CUDA on a CPU run) is left
+    out of the header rather than shown as "None"."""
+    cpu, gpu = record(lr=0.05, test=9.2), record(lr=0.1, test=9.5)
+    cpu["versions"] = {"python": "3.11.7", "torch": "2.14.1", "ffcv": "1.0.2", "numpy": "2.4.6", "cuda": None}
+    gpu["versions"] = {"python": "3.12.3", "torch": "2.11.0", "ffcv": None, "cuda": "13.0", "cudnn": "91900"}
+    versions = dict(header(load_ledger(write_ledger(tmp_path / "ledger", [cpu, gpu]))))["Versions"]
+    assert versions == ("cuda 13.0, cudnn 91900, python 3.12.3, torch 2.11.0 (1 run); "
+                        "ffcv 1.0.2, numpy 2.4.6, python 3.11.7, torch 2.14.1 (1 run)")
+
+
 def test_table3_csv_names_the_runs_behind_each_cell(tmp_path):
     """Each Table 3 number names its runs in table3.csv (run_keys; val_run_keys for the LR judged on val5k): the
     completed seeds at the selected LR, not a diverged one nor another LR's. The shown tables stay for reading."""
