@@ -166,7 +166,8 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("World size", ", ".join(map(str, worlds)) or "not recorded"),
         ("Setup", "; ".join(f"{k}: {', '.join(map(str, _distinct(df[k]))) or 'not recorded'}"
                             for k in ("backend", "mode", "batch_size"))),
-        ("Versions", "; ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in sorted(versions.items())) or "not recorded"),
+        ("Versions", "; ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in sorted(versions.items()))
+         or "not recorded"),
         ("Code", code_line(df)),  # every session of every record
         ("Date", f"{max(finished)} (latest run finished)" if finished else "not recorded"),
     ]
