@@ -20,10 +20,11 @@
 #      minutes for "--models allcnn-c convpool-c --lrs 0.05 0.01 --inits caffe-xavier kaiming --epochs 6"): off
 #      by default, because every minute before step 4 is a minute less of Table 3;
 #   4. bench/run_all.py with the paper preset (350 epochs, x0.1 at 200/250/300, bf16, GCN+ZCA, tensor backend),
-#      continuing the committed ledger ($LEDGER: runs/ and checkpoints/, skipped or resumed), one model at a time in
-#      $ORDER (All-CNN-C first), its LRs in $LRS order, K processes sharing the ledger (bench/workqueue.py claims:
-#      each trains a different run), until TOTAL - RESERVE seconds are used; runs still training then checkpoint
-#      on SIGTERM (run_all) and their checkpoints travel back with the ledger. They also checkpoint every
+#      continuing the committed ledger ($LEDGER: runs/ and checkpoints/, skipped or resumed), K workers, each taking
+#      the models of $ORDER (All-CNN-C first) in turn, their LRs in $LRS order, a run_all process per model sharing
+#      the ledger (bench/workqueue.py claims: each trains a different run; a worker with nothing left to claim of a
+#      model goes on to the next while the others still train theirs), until TOTAL - RESERVE seconds are used;
+#      runs still training then checkpoint on SIGTERM (run_all) and their checkpoints travel back with the ledger. They also checkpoint every
 #      $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's would be the only one), and
 #      $OUT/ledger.tar.gz is refreshed within seconds of each new record: a call killed outright (the device tool
 #      kills at its timeout_s) still returns every record finished before;
@@ -241,31 +242,33 @@ print(sum(r["model"] == sys.argv[2] and r["status"] == "failed" for r in results
 EOF
 }
 
-for model in $ORDER; do
-  limit=$(left)
-  if [ "$limit" -lt 30 ]; then echo "# time budget spent before $model" >> "$log"; break; fi
-  # shellcheck disable=SC2206
-  cmd=("$PY" bench/run_all.py --preset paper --models "$model" --lrs $LRS --backend tensor --source "$SRC"
-       --data-dir "$WORK/data" --out "$WORK/results" --checkpoint-minutes "$CHECKPOINT_MINUTES"
-       ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" "${fused[@]}" $EXTRA)
-  echo "\$ timeout $limit ${cmd[*]}  # x $PARALLEL, sharing the ledger" >> "$log"
-  t0=$SECONDS
-  pids=()
-  for _ in $(seq "$PARALLEL"); do
-    timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1 &
-    pids+=($!)
+stop="$WORK/stop"  # a worker that saw a failure: the others start no further model
+rm -f "$stop"
+worker() {  # worker I: the models of $ORDER one after the other, each a run_all sharing the ledger with the other
+  local model limit rc n t0 cmd  # workers (claims: each run is trained by one), so a worker whose runs of a model are
+  for model in $ORDER; do    # done goes on to the next model while the others still train theirs
+    [ -e "$stop" ] && return 0
+    limit=$(left)
+    if [ "$limit" -lt 30 ]; then echo "# worker $1: time budget spent before $model" >> "$log"; return 0; fi
+    # shellcheck disable=SC2206
+    cmd=("$PY" bench/run_all.py --preset paper --models "$model" --lrs $LRS --backend tensor --source "$SRC"
+         --data-dir "$WORK/data" --out "$WORK/results" --checkpoint-minutes "$CHECKPOINT_MINUTES"
+         ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" "${fused[@]}" $EXTRA)
+    echo "\$ timeout $limit ${cmd[*]}  # worker $1 of $PARALLEL, sharing the ledger" >> "$log"
+    t0=$SECONDS
+    timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1
+    rc=$?
+    echo "# worker $1: $model exit $rc after $((SECONDS - t0)) s" >> "$log"
+    [ "$rc" = 124 ] && return 0  # time is up: the runs in progress checkpointed on SIGTERM
+    n=$(failed "$model")
+    if [ "$rc" != 0 ] || [ "$n" != 0 ]; then
+      echo "# stopping: worker $1 exit $rc, $n failed runs of $model" >> "$log"; touch "$stop"; return 0
+    fi
   done
-  while [ -n "$(jobs -rp)" ]; do sleep "$POLL"; archive; done  # each record reaches $OUT as soon as it is written
-  rcs=()
-  for pid in "${pids[@]}"; do wait "$pid"; rcs+=($?); done
-  archive
-  echo "# exit ${rcs[*]} after $((SECONDS - t0)) s" >> "$log"
-  [[ " ${rcs[*]} " == *" 124 "* ]] && break  # time is up: the runs in progress checkpointed on SIGTERM
-  n=$(failed "$model")
-  if [[ " ${rcs[*]} " =~ [^0\ ] ]] || [ "$n" != 0 ]; then
-    echo "# stopping: exit ${rcs[*]}, $n failed runs of $model" >> "$log"; break
-  fi
-done
+}
+for i in $(seq "$PARALLEL"); do worker "$i" & done
+while [ -n "$(jobs -rp)" ]; do sleep "$POLL"; archive; done  # each record reaches $OUT as soon as it is written
+wait
 
 # a finished run's checkpoint copied in from the committed ledger is stale: keep only unfinished runs' checkpoints
 for ckpt in "$WORK/results/checkpoints"/*.pt; do

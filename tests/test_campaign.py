@@ -63,7 +63,7 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
     (tmp_path / "first" / "throughput.json").write_text(json.dumps([{"model": "strided-a", "fused_over_separate": 2}]))
     log, first = campaign(tmp_path, "first", jpeg_tarball, PARALLEL="2", LRS="0.05 0.01",
                           LEDGER=str(tmp_path / "no-ledger-yet"))
-    assert "x 2, sharing the ledger" in log and "# exit 0 0 after" in log, log[-3000:]
+    assert "worker 2 of 2, sharing the ledger" in log and log.count(": strided-a exit 0 after") == 2, log[-3000:]
     assert "no fused All-CNN-C row" in log and "-m pytest" not in log, log[-3000:]  # so no fused gate either
     # the switches the caller set hold for a later call on this machine (FUSE: decided by nothing, so not kept)
     assert (tmp_path / "work-first" / "decided").read_text().split() == ["GRAPHS=0", "PARALLEL=2"]
@@ -91,7 +91,8 @@ def test_campaign_two_processes_then_continued(smoke_data_dir, jpeg_tarball, tmp
                           LRS="0.05 0.01 0.1 0.25 0.5", LEDGER=str(tmp_path / "ledger-second"))
     assert "(an earlier call on this machine): GRAPHS=0 PARALLEL=2" in log, log[-3000:]  # FUSE: nothing measured
     assert "-m pytest" not in log and "concurrency_probe" not in log, log[-3000:]  # decided already: not measured again
-    assert "# PARALLEL=1 (FUSE=1" in log and "--fuse-lrs" in log and "x 1, sharing the ledger" in log, log[-3000:]
+    assert "# PARALLEL=1 (FUSE=1" in log and "--fuse-lrs" in log, log[-3000:]
+    assert "worker 1 of 1, sharing the ledger" in log, log[-3000:]
     new = sorted((r for k, r in third.items() if k not in second), key=lambda r: r["lr"])
     assert [(r["lr"], r["status"], r["fused_runs"]) for r in new] == [(0.25, "completed", 2), (0.5, "completed", 2)]
 
@@ -136,7 +137,8 @@ def test_a_failed_run_all_stops_the_campaign_at_once(smoke_data_dir, jpeg_tarbal
     shutil.copytree(smoke_data_dir, tmp_path / "work-fails" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
     log, records = campaign(tmp_path, "fails", jpeg_tarball, PARALLEL="1", ORDER="strided-a strided-b",
                             LEDGER=str(tmp_path / "none"), EXTRA="--epochs 0 --backend tensor --precision no")
-    assert "# stopping: exit 2, 0 failed runs of strided-a" in log and "--models strided-b" not in log, log[-3000:]
+    assert "# stopping: worker 1 exit 2, 0 failed runs of strided-a" in log, log[-3000:]
+    assert "--models strided-b" not in log, log[-3000:]
     assert not records
 
 
