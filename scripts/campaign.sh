@@ -189,11 +189,13 @@ rows = [r for r in json.load(open(sys.argv[1])) if r["model"] == "allcnn-c" and 
 print(int(rows[0]["fused_over_separate"] >= 1.25) if rows else "")
 EOF
 )
-  if [[ $pays =~ ^[01]$ ]]; then  # else nothing to decide by: FUSE=0 for this call only, and no gate spent on it
+  if [ "$pays" = 1 ]; then  # fusing pays here: it must also train as separate runs do
     gate tests/test_fused.py
     rc=$?
-    [ "$rc" = 0 ] && FUSE=$pays
+    [ "$rc" = 0 ] && FUSE=1
     [ "$rc" != 2 ] && decide FUSE
+  elif [ "$pays" = 0 ]; then  # it does not pay: no gate to spend on it
+    decide FUSE
   else
     echo "# no fused All-CNN-C row in $measured (its step cut short?): FUSE=0 for this call, nothing decided" >> "$log"
   fi
@@ -234,18 +236,21 @@ if [ -n "$INIT_PROBE" ]; then  # issue 10: how soon each init leaves chance (a f
   echo "# exit $? after $((SECONDS - t0)) s" >> "$log"
 fi
 
-failed() {  # how many records of this model in the work ledger failed
-  timeout 10 "$PY" - "$WORK/results" "$1" <<'EOF'
+failed() {  # failed MODEL SINCE: how many records of MODEL in the work ledger failed at or after SINCE (ISO UTC,
+  # the records' finished_at): an earlier call's failed record stays until its retrained run replaces it, which
+  # another worker may still be doing
+  timeout 10 "$PY" - "$WORK/results" "$1" "$2" <<'EOF'
 import sys
 from bench import results
-print(sum(r["model"] == sys.argv[2] and r["status"] == "failed" for r in results.read_records(sys.argv[1])))
+print(sum(r["model"] == sys.argv[2] and r["status"] == "failed" and str(r["finished_at"]) >= sys.argv[3]
+          for r in results.read_records(sys.argv[1])))
 EOF
 }
 
 stop="$WORK/stop"  # a worker that saw a failure: the others start no further model
 rm -f "$stop"
 worker() {  # worker I: the models of $ORDER one after the other, each a run_all sharing the ledger with the other
-  local model limit rc n t0 cmd  # workers (claims: each run is trained by one), so a worker whose runs of a model are
+  local model limit rc n t0 since cmd  # workers (claims: each run is trained by one), so a worker whose runs of a model are
   for model in $ORDER; do    # done goes on to the next model while the others still train theirs
     [ -e "$stop" ] && return 0
     limit=$(left)
@@ -255,12 +260,12 @@ worker() {  # worker I: the models of $ORDER one after the other, each a run_all
          --data-dir "$WORK/data" --out "$WORK/results" --checkpoint-minutes "$CHECKPOINT_MINUTES"
          ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" "${fused[@]}" $EXTRA)
     echo "\$ timeout $limit ${cmd[*]}  # worker $1 of $PARALLEL, sharing the ledger" >> "$log"
-    t0=$SECONDS
+    t0=$SECONDS since=$(date -u +%FT%T+00:00)
     timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1
     rc=$?
     echo "# worker $1: $model exit $rc after $((SECONDS - t0)) s" >> "$log"
     [ "$rc" = 124 ] && return 0  # time is up: the runs in progress checkpointed on SIGTERM
-    n=$(failed "$model")
+    n=$(failed "$model" "$since")
     if [ "$rc" != 0 ] || [ "$n" != 0 ]; then
       echo "# stopping: worker $1 exit $rc, $n failed runs of $model" >> "$log"; touch "$stop"; return 0
     fi
@@ -270,10 +275,13 @@ for i in $(seq "$PARALLEL"); do worker "$i" & done
 while [ -n "$(jobs -rp)" ]; do sleep "$POLL"; archive; done  # each record reaches $OUT as soon as it is written
 wait
 
-# a finished run's checkpoint copied in from the committed ledger is stale: keep only unfinished runs' checkpoints
-for ckpt in "$WORK/results/checkpoints"/*.pt; do
-  [ -e "$ckpt" ] && [ -e "$WORK/results/runs/$(basename "$ckpt" .pt).json" ] && rm -f "$ckpt"
-done
+# a finished run's checkpoint copied in from the committed ledger is stale: keep only the checkpoints of runs still
+# to train (none recorded, or recorded failed or stalled: run_all resumes those from their checkpoints)
+timeout 10 "$PY" - "$WORK/results" <<'EOF' | while read -r key; do rm -f "$WORK/results/checkpoints/$key.pt"; done
+import sys
+from bench import results, workqueue
+print("\n".join(r["run_key"] for r in results.read_records(sys.argv[1]) if r["status"] in workqueue.DONE))
+EOF
 archive
 timeout 5 "$PY" - "$WORK/results" >> "$log" 2>&1 <<'EOF'
 import sys

@@ -113,20 +113,24 @@ def test_no_more_than_eight_files_come_back(smoke_data_dir, jpeg_tarball, tmp_pa
 def test_a_warm_machines_checkpoints_win_and_finished_runs_stay_home(jpeg_tarball, tmp_path):
     """The committed ledger joins a warm machine's work folder without replacing its newer files (a checkpoint the
     last call wrote, further along than the committed one: overwritten, those epochs would be trained again); a
-    finished run's checkpoint (its record beside it) is stale and takes none of the 8 places in OUT; and the default
+    finished run's checkpoint (its record beside it) is stale and takes none of the 8 places in OUT, while a failed
+    run's comes back (run_all resumes the failed run from it); and the default
     ORDER trains All-CNN-C first, at the LRs that trained the Caffe/neon ports first."""
     ledger, work = tmp_path / "ledger", tmp_path / "work-warm" / "results"
-    record = next((ROOT / "reports/measured/campaign/runs").glob("*.json"))
+    record, other = sorted((ROOT / "reports/measured/campaign/runs").glob("*.json"))
     for folder in (ledger / "runs", ledger / "checkpoints", work / "checkpoints"):
         folder.mkdir(parents=True)
     shutil.copy(record, ledger / "runs")
     (ledger / "checkpoints" / f"{record.stem}.pt").write_bytes(b"finished")
+    failed = dict(json.loads(other.read_text()), status="failed", error="RuntimeError: out of memory")
+    (ledger / "runs" / other.name).write_text(json.dumps(failed))  # its run trains again: from its checkpoint
+    (ledger / "checkpoints" / f"{other.stem}.pt").write_bytes(b"failed, to resume")
     (ledger / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"committed")
     (work / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"newer, on the warm machine")
     log, records = campaign(tmp_path, "warm", jpeg_tarball, TOTAL="30", RESERVE="30", ORDER="", LEDGER=str(ledger))
     assert " ORDER=allcnn-c model-c convpool-c strided-c allcnn-b " in log and " LRS=0.05 0.01 0.1 0.25 " in log
-    assert list(records) == [record.stem]
-    assert sorted(p.name for p in (tmp_path / "warm").glob("*.pt")) == ["0123456789abcdef.pt"]
+    assert sorted(records) == sorted([record.stem, other.stem])
+    assert sorted(p.name for p in (tmp_path / "warm").glob("*.pt")) == ["0123456789abcdef.pt", f"{other.stem}.pt"]
     assert (tmp_path / "warm" / "0123456789abcdef.pt").read_bytes() == b"newer, on the warm machine"
     assert not (work / "checkpoints" / f"{record.stem}.pt").exists()
 
