@@ -249,9 +249,12 @@ EOF
 
 stop="$WORK/stop"  # a worker that saw a failure: the others start no further model
 rm -f "$stop"
-worker() {  # worker I: the models of $ORDER one after the other, each a run_all sharing the ledger with the other
-  local model limit rc n t0 since cmd  # workers (claims: each run is trained by one), so a worker whose runs of a model are
-  for model in $ORDER; do    # done goes on to the next model while the others still train theirs
+# worker I: the models of $ORDER one after the other, each a run_all sharing the ledger with the other workers
+# (claims: each run is trained by one), so a worker with nothing left of a model goes on to the next while the others
+# still train theirs
+worker() {
+  local model limit rc n t0 since cmd
+  for model in $ORDER; do
     [ -e "$stop" ] && return 0
     limit=$(left)
     if [ "$limit" -lt 30 ]; then echo "# worker $1: time budget spent before $model" >> "$log"; return 0; fi
