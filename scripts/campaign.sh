@@ -24,8 +24,9 @@
 #      the models of $ORDER (All-CNN-C first) in turn, their LRs in $LRS order, a run_all process per model sharing
 #      the ledger (bench/workqueue.py claims: each trains a different run; a worker with nothing left to claim of a
 #      model goes on to the next while the others still train theirs), until TOTAL - RESERVE seconds are used;
-#      runs still training then checkpoint on SIGTERM (run_all) and their checkpoints travel back with the ledger. They also checkpoint every
-#      $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's would be the only one), and
+#      runs still training then checkpoint on SIGTERM (run_all) and their checkpoints travel back with the ledger.
+#      They also checkpoint every $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's
+#      would be the only one), and
 #      $OUT/ledger.tar.gz is refreshed within seconds of each new record: a call killed outright (the device tool
 #      kills at its timeout_s) still returns every record finished before;
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
