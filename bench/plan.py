@@ -53,14 +53,15 @@ def run_cost(run) -> tuple:
 
 def data_sha(cfg) -> str:
     """The sha256 run_all keys runs by: the source's, or for the official download the prepared copy's."""
-    from loaders import prepare, sources
+    from loaders import sources
+    from loaders.manifest import load_manifest
 
     if cfg.source != "torchvision":
         if not Path(cfg.source).expanduser().exists():
             raise UsageError(f"data: source not found: {cfg.source}")
         return sources.source_sha256(cfg.source)
     try:
-        manifest = prepare.load_manifest(cfg.data_dir)  # the download's digest is known once it is prepared
+        manifest = load_manifest(cfg.data_dir)  # the download's digest is known once it is prepared
     except ValueError:
         raise UsageError(f"{cfg.data_dir} is not prepared, and the run keys hold the official download's sha256: "
                          f"plan after the first run has prepared it (or python -m loaders.prepare --data-dir "

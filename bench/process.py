@@ -149,6 +149,8 @@ def prepare_data(source: str, data_dir: str, acc, *, subset_per_class: int | Non
     from accelerate.utils import gather_object
 
     from loaders import prepare
+    from loaders.manifest import MANIFEST, arrays_sha256, load_manifest
+    from loaders.sources import sha256_file
 
     from bench.files import WriteError
 
@@ -163,7 +165,7 @@ def prepare_data(source: str, data_dir: str, acc, *, subset_per_class: int | Non
     errors = [e for e in (gather_object([error]) if acc.num_processes > 1 else [error]) if e]
     if errors:
         raise errors[0] if isinstance(errors[0], WriteError) else UsageError(errors[0])
-    manifest = prepare.load_manifest(data_dir)
-    manifest["manifest_sha256"] = prepare.sha256_file(Path(data_dir) / prepare.MANIFEST)
-    manifest["arrays_sha256"] = prepare.arrays_sha256(manifest)
+    manifest = load_manifest(data_dir)
+    manifest["manifest_sha256"] = sha256_file(Path(data_dir) / MANIFEST)
+    manifest["arrays_sha256"] = arrays_sha256(manifest)
     return manifest

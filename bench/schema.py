@@ -32,7 +32,7 @@ surrogate):
                          not, in a copy whose .git is stale); absent in older records
   data                   {"source", "source_sha256", "encoding", "manifest_sha256", "arrays_sha256", "num_train",
                          "num_test"} (encoding: how the source stores its images, loaders.images.encoding; null
-                         or absent in older records; arrays_sha256: loaders.prepare.arrays_sha256, the same for
+                         or absent in older records; arrays_sha256: loaders.manifest.arrays_sha256, the same for
                          the same decoded pixels and labels, absent in older records)
   config                 the whole resolved per-run config (dict), enough to rerun it: names, numbers, booleans,
                          and lists of them in `CONFIG_LISTS` only (lr_drops)

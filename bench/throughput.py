@@ -106,8 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     if args.loaders:  # prepare's own check, every file against its sha256: not a traceback once timing began
+        from loaders.manifest import load_manifest
+
         try:
-            loaders.prepare.load_manifest(args.data_dir, verify=True)
+            load_manifest(args.data_dir, verify=True)
         except ValueError as e:
             raise UsageError(f"--data-dir {e}") from None
     for flag in ("json", "csv"):  # now, not after the first row was measured

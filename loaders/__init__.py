@@ -58,7 +58,7 @@ def split_indices(data_dir, split: str, manifest: dict | None = None) -> np.ndar
     """Indices into the stored array of `split` (all of it for train and test). `manifest`: data_dir's, when the
     caller has already read it (else it is read here, and an unprepared data_dir raises ValueError)."""
     if manifest is None:
-        from .prepare import load_manifest
+        from .manifest import load_manifest
 
         manifest = load_manifest(data_dir)
     if split in ("train45k", "val5k"):
@@ -142,7 +142,7 @@ def make(split: str, batch_size: int, *, data_dir="data", backend: str = "ffcv",
         rank, world_size = dist.get_rank(), dist.get_world_size()
     kwargs = dict(augment=augment, device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                   drop_last=bool(drop_last))
-    from .prepare import load_manifest
+    from .manifest import load_manifest
 
     manifest = load_manifest(data_dir)
     indices = split_indices(data_dir, split, manifest)

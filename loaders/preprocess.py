@@ -145,7 +145,8 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
     from bench.files import atomic_write
 
     from . import PREPROCESS
-    from .prepare import MANIFEST, load_manifest, sha256_file
+    from .manifest import MANIFEST, load_manifest
+    from .sources import sha256_file
 
     if kind not in PREPROCESS:
         raise ValueError(f"preprocess must be one of {PREPROCESS}, got {kind!r}")

@@ -91,7 +91,8 @@ def test_bad_gpu_override_is_one_line():
 
 def test_the_shipped_sample_prepares_for_the_smoke_grid(tmp_path):
     """The 400-image sample (20 per class and split) is enough for the smoke preset's 10 per class."""
-    from loaders.prepare import load_manifest, prepare_cifar10
+    from loaders.manifest import load_manifest
+    from loaders.prepare import prepare_cifar10
 
     prepare_cifar10(str(launch.OFFLINE_SOURCES[-1]), tmp_path, subset_per_class=10, seed=0)
     assert load_manifest(tmp_path)["num_images"]["train"] == 100

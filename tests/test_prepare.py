@@ -17,6 +17,7 @@ from PIL import Image
 
 import loaders
 from loaders import prepare, sources
+from loaders.manifest import MANIFEST, arrays_sha256, load_manifest
 from loaders.prepare import prepare_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,12 +81,12 @@ def test_official_archive_and_folder_round_trip(tmp_path, write_official_archive
     for name in ("train_images.npy", "train_labels.npy", "test_images.npy", "splits.npz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     # so the arrays' digest is the same (sha256sum's lines over the four arrays), though the manifests differ
-    assert prepare.arrays_sha256(m) == prepare.arrays_sha256(other) != prepare.arrays_sha256(
+    assert arrays_sha256(m) == arrays_sha256(other) != arrays_sha256(
         {"files": dict(m["files"], **{"test_labels.npy": "0" * 64})})
     lines = subprocess.run(["sha256sum", "test_images.npy", "test_labels.npy", "train_images.npy",
                             "train_labels.npy"], cwd=tmp_path / "a", capture_output=True, text=True, check=True)
-    assert prepare.arrays_sha256(m) == hashlib.sha256(lines.stdout.encode()).hexdigest()
-    assert prepare.sha256_file(tmp_path / "a" / prepare.MANIFEST) != prepare.sha256_file(tmp_path / "b" / prepare.MANIFEST)
+    assert arrays_sha256(m) == hashlib.sha256(lines.stdout.encode()).hexdigest()
+    assert prepare.sha256_file(tmp_path / "a" / MANIFEST) != prepare.sha256_file(tmp_path / "b" / MANIFEST)
 
 
 def test_imagefolder_folder_labels_and_png(tmp_path):
@@ -282,9 +283,9 @@ def test_a_manifest_of_another_shape_is_no_manifest(tmp_path, write_official_arc
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(damaged))  # was KeyError 'source' in prepare
     with pytest.raises(ValueError, match="not prepared"):
-        prepare.load_manifest(tmp_path / "data")
+        load_manifest(tmp_path / "data")
     assert prepare_cifar10(str(archive), tmp_path / "data", subset_per_class=1)["source"] == str(archive.resolve())
-    assert prepare.load_manifest(tmp_path / "data")["num_images"]["test"] == 10
+    assert load_manifest(tmp_path / "data")["num_images"]["test"] == 10
 
 
 def test_betons_added_to_a_folder_whose_source_and_encoding_are_unknown(tmp_path, write_official_archive, capsys):

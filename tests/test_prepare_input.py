@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from loaders import prepare
+from loaders.manifest import load_manifest
 from loaders.prepare import prepare_cifar10
 from tests.conftest import official_batches_archive as official_archive
 from tests.test_prepare import REPO, _one_line_error, synthetic_split
@@ -78,11 +79,11 @@ def test_a_manifest_without_sound_counts_is_no_manifest(tmp_path, write_official
         damaged["num_images"] = counts
     (data / "manifest.json").write_text(prepare.json.dumps(damaged))
     with pytest.raises(ValueError, match="not prepared"):
-        prepare.load_manifest(data)
+        load_manifest(data)
     capsys.readouterr()
     assert prepare_cifar10(str(archive), data, subset_per_class=1)["num_images"] == good["num_images"]
     assert "nothing to do" not in capsys.readouterr().out  # rebuilt
-    assert prepare.load_manifest(data)["num_images"] == good["num_images"]
+    assert load_manifest(data)["num_images"] == good["num_images"]
 
 
 @pytest.mark.parametrize("seed", [-1, 2 ** 32])
@@ -98,7 +99,7 @@ def test_a_bad_seed_is_refused_before_anything_is_touched(tmp_path, write_offici
         err = _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(where), "--seed", str(seed),
                                        "--subset-per-class", "1"])
         assert f"--seed must be in 0..{2 ** 32 - 1}, got {seed}" in err, err
-    assert {p.name: p.read_bytes() for p in data.iterdir()} == before and prepare.load_manifest(data)
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before and load_manifest(data)
     assert not (tmp_path / "new").exists()
 
     def refused(labels, seed):  # the split is the last step that may refuse the input: nothing is touched before
@@ -182,7 +183,7 @@ def test_a_source_folder_is_hashed_in_chunks(tmp_path, no_ffcv):
     sparse(src / "download.bin", 64 << 20)
     outs = iter(["out1", "out2"])  # a new folder each time: a full prepare, not a no-op
     assert peak_bytes(lambda: prepare_cifar10(str(src), tmp_path / next(outs), subset_per_class=1)) < 16 << 20
-    assert prepare.load_manifest(tmp_path / "out2")["num_images"]["test"] == 10
+    assert load_manifest(tmp_path / "out2")["num_images"]["test"] == 10
 
 
 @pytest.mark.parametrize("extra", ["backup/train/cat/0001.jpg", "train/cat/0001.jpg"])  # as `tar -r` appends

@@ -23,6 +23,7 @@ from bench import results, run_all, weights
 from bench.run_all import main
 import loaders
 from loaders import prepare
+from loaders.manifest import arrays_sha256, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -91,7 +92,7 @@ def check_sane(record: dict) -> None:
     assert record["versions"]["torch"] and record["precision"] == "no" and record["preset"] == "smoke"
     assert record["versions"]["numpy"] == np.__version__ and record["versions"]["pillow"] == PIL.__version__
     assert record["versions"]["cudnn"] is None and record["versions"]["cuda"] is None  # a CPU run: no CUDA kernels
-    assert record["data"]["arrays_sha256"] == prepare.arrays_sha256(prepare.load_manifest(ROOT / record["config"]["data_dir"]))
+    assert record["data"]["arrays_sha256"] == arrays_sha256(load_manifest(ROOT / record["config"]["data_dir"]))
     assert record["eval_precision"] == "no" and set(record["grid"]) == {"models", "lrs", "seeds"}
 
 
