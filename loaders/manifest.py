@@ -16,7 +16,7 @@ from .sources import COUNTS_PER_CLASS, sha256_file
 MANIFEST = "manifest.json"
 
 
-def _load_manifest(data_dir: Path) -> dict | None:
+def read_manifest(data_dir: Path) -> dict | None:
     """The manifest, or None when there is none or it is unreadable or not of the shape prepare writes (checked for
     the fields prepare and its readers use: run_all and the loaders read `num_images`): such a directory is not
     prepared, and prepare rebuilds it."""
@@ -73,7 +73,7 @@ def arrays_sha256(manifest: dict) -> str:
 def load_manifest(data_dir: str | os.PathLike, verify: bool = False) -> dict:
     """The manifest of a prepared directory, or a one-line ValueError saying how to make it. `verify`: also every
     file it lists present with its sha256 and the counts it states (prepare's own check; reads every file once)."""
-    m = _load_manifest(Path(data_dir))
+    m = read_manifest(Path(data_dir))
     if m is None:
         raise ValueError(f"{data_dir} is not prepared (no valid {MANIFEST}): run python -m loaders.prepare "
                          f"--source SRC --data-dir {data_dir}")

@@ -32,7 +32,7 @@ from bench.files import atomic_write
 
 from . import load_arrays
 from .images import KNOWN_ENCODINGS, describe
-from .manifest import MANIFEST, _load_manifest, files_intact
+from .manifest import MANIFEST, files_intact, read_manifest
 from .sources import (CLASSES, COUNTS_PER_CLASS, official_encoding, read_source,  # noqa: F401 (CLASSES: API)
                       sha256_file, source_sha256)
 
@@ -137,7 +137,7 @@ def prepare_cifar10(source: str = "torchvision", data_dir: str | os.PathLike = "
         raise ValueError(f"--subset-per-class must be >= 1, got {subset_per_class}")
     if not 0 <= seed < 2 ** 32:
         raise ValueError(f"--seed must be in 0..{2 ** 32 - 1}, got {seed}")
-    old = _load_manifest(data_dir)
+    old = read_manifest(data_dir)
     options = {"subset_per_class": subset_per_class, "seed": seed}
     want_source = source if source == "torchvision" else str(Path(source).expanduser().resolve())
     if old and old["source"] == want_source and old["options"] == options and files_intact(data_dir, old):
