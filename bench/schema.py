@@ -45,10 +45,9 @@ surrogate):
                          git_dirty, code_sha256, device_name, versions, mode, world_size, and the `SESSION_FLAGS`
                          config fields that change how training ran but not the run key. The record's own
                          git_commit, git_dirty, code_sha256, device_name, versions, mode and those config fields are
-                         the last session's. A session
-                         resumed from a checkpoint written before sessions were kept starts the list with an entry
-                         of from_epoch 1 and every other field null (earlier sessions unknown). `valid_sessions`
-                         checks them.
+                         the last session's. A session resumed from a checkpoint written before sessions were kept
+                         starts the list with an entry of from_epoch 1 and every other field null (earlier sessions
+                         unknown). `valid_sessions` checks them.
   (which ablation arm a run belongs to is derived from its config: reports.tables.ablation_runs)
   history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
                          val_error_pct, lr, seconds

@@ -279,22 +279,20 @@ for i in $(seq "$PARALLEL"); do worker "$i" & done
 while [ -n "$(jobs -rp)" ]; do sleep "$POLL"; archive; done  # each record reaches $OUT as soon as it is written
 wait
 
-# a finished run's checkpoint copied in from the committed ledger is stale: keep only the checkpoints of runs still
-# to train (none recorded, or recorded failed or stalled: run_all resumes those from their checkpoints)
-timeout 10 "$PY" - "$WORK/results" <<'EOF' | while read -r key; do rm -f "$WORK/results/checkpoints/$key.pt"; done
-import sys
-from bench import results, workqueue
-print("\n".join(r["run_key"] for r in results.read_records(sys.argv[1]) if r["status"] in workqueue.DONE))
-EOF
 archive
+# the summary; and a finished run's checkpoint (copied in from the committed ledger) is stale: only the checkpoints
+# of runs still to train stay (none recorded, or recorded failed or stalled: run_all resumes those from them)
 timeout 5 "$PY" - "$WORK/results" >> "$log" 2>&1 <<'EOF'
 import sys
-from bench import results
+from pathlib import Path
+from bench import results, workqueue
 n = lambda v: "-" if v is None else f"{v:.0f}"  # a failed or early-diverged run has no timings
 for r in results.read_records(sys.argv[1]):
     print(f"# {r['display_name']} lr={r['lr']} {r['status']}: test error {r['test_error_pct']}% after "
           f"{r['epochs_completed']} epochs, {n(r['wall_time_s'])} s, train {n(r['train_images_per_s'])} img/s, "
           f"eval {n(r['eval_images_per_s'])} img/s, {r['device_name']}, precision {r['precision']}")
+    if workqueue.final(sys.argv[1], r):
+        (Path(sys.argv[1]) / "checkpoints" / f"{r['run_key']}.pt").unlink(missing_ok=True)
 EOF
 for ckpt in "$WORK/results/checkpoints"/*.pt; do  # ~10 MB each, compressed or not: one file each, as two or
   [ -e "$ckpt" ] || continue                     # more in one archive would pass the 16 MiB a file may have
