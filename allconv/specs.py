@@ -199,6 +199,13 @@ def macs(name: str, image_size: int = 32, num_classes: int = 10) -> int:
     return sum(c.kernel * c.kernel * cin * c.out * hw * hw for _, c, cin, hw in convs)
 
 
+def built_otherwise(name: str, recorded_macs) -> bool:
+    """Whether a run recorded `recorded_macs` forward MACs per image for a network this code builds otherwise under
+    `name` (a network of one's own edited after its runs: the name stays, the layers change). An unknown name or
+    count says nothing."""
+    return name in SPECS and recorded_macs is not None and int(recorded_macs) != macs(name)
+
+
 def num_params(name: str, num_classes: int = 10, bn: bool = False) -> int:
     """Exact trainable parameters. Without BN each conv has weights and a bias; with BN the conv bias
     is dropped (BN's shift replaces it) and BN adds a scale and a shift per channel."""

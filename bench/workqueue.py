@@ -64,7 +64,7 @@ def not_its_run(record: dict, key: str) -> str | None:
     if config_key(record["config"]) != key:
         return "its config does not hash to its run key"
     model, trained = record["model"], record["macs"]
-    if trained is not None and model in allconv.SPECS and trained != allconv.macs(model):
+    if allconv.specs.built_otherwise(model, trained):
         return (f"it trained another {model} than this code builds ({trained:,} forward MACs per image, not "
                 f"{allconv.macs(model):,})")
     return None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from allconv.specs import SPECS, macs
+from allconv.specs import SPECS, built_otherwise, macs
 from bench import results
 from bench.ablations import BASELINE, as_recorded, baseline
 from bench.config import NOT_IN_KEY, PRESETS
@@ -235,7 +235,7 @@ def other_networks(df: pd.DataFrame) -> list[str]:
     describe them."""
     off: dict[str, set[int]] = {}
     for model, recorded in zip(df["model"], df["macs"] if "macs" in df else [None] * len(df)):
-        if model in SPECS and _known(recorded) and int(recorded) != macs(model):
+        if _known(recorded) and built_otherwise(model, recorded):
             off.setdefault(model, set()).add(int(recorded))
     return [f"Records of {SPECS[m].paper_name} trained another network than this code builds under that name "
             f"(recorded {', '.join(f'{v:,}' for v in sorted(off[m]))} forward MACs per image, this code's "
