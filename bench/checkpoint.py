@@ -21,7 +21,7 @@ import torch
 from accelerate.utils import gather_object
 
 from bench.files import WriteError, atomic_write, read_regular, set_aside
-from bench.schema import HISTORY_KEYS, MAX_SESSIONS, SESSION_TYPES, in_range, valid_history, valid_sessions
+from bench.schema import HISTORY_KEYS, in_range, valid_history, valid_sessions
 
 TIMINGS = ("steady_s", "steady_img", "eval_s", "eval_img", "wall_s")
 """The timing sums in a checkpoint's `extra` (bench.run_state.RunState.timings: seconds and images); one it lacks
@@ -203,18 +203,6 @@ def progress(path: Path, lr_at=None, net=None) -> dict:
         raise ValueError(f"malformed checkpoint: {e if isinstance(e, ValueError) else type(e).__name__}") from None
     return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": blob["extra"].get("wall_s"),
             "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def sessions_after(blob: dict | None, session: dict | None, epoch: int) -> list:
-    """The run's sessions (bench/schema.py) once `session` (None: not recorded) resumes the checkpoint `blob` (None:
-    none, a fresh run) at 0-based `epoch`: those its `extra` carries (checked by `check_progress`), or for a
-    checkpoint written before sessions were kept one entry from epoch 1 with every other field null (unknown), then
-    this one. Past `MAX_SESSIONS`, the first and the latest are kept."""
-    unknown = dict(dict.fromkeys(SESSION_TYPES), from_epoch=1)
-    sessions = [] if blob is None else list(blob["extra"].get("sessions", [unknown]))
-    if session is not None:
-        sessions.append(dict(session, from_epoch=epoch + 1))
-    return sessions if len(sessions) <= MAX_SESSIONS else sessions[:1] + sessions[1 - MAX_SESSIONS:]
 
 
 def _timings_ok(extra) -> bool:

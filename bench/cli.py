@@ -59,6 +59,17 @@ def precision_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def check_output_file(path, flag: str) -> None:
+    """UsageError unless `path` (an output file option's value, None: not given) can be written: not a folder, and
+    its nearest existing folder writable. Checked before any work, not after the first result was measured."""
+    import os
+
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None) if path else None
+    if path and (path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
+        why = "it is a folder" if path.is_dir() else f"{folder} is not a writable folder"
+        raise UsageError(f"{flag} {path}: cannot be written ({why}); give a file path in a writable folder")
+
+
 def build_parser(preset: str = "paper") -> argparse.ArgumentParser:
     """One option per RunConfig field, same name, type from the annotation, help from the metadata; the defaults
     shown are the given preset's."""

@@ -20,8 +20,21 @@ from pathlib import Path
 import torch
 
 from bench import engine
-from bench.checkpoint import TIMINGS, load_checkpoint, save_checkpoint, sessions_after
+from bench.checkpoint import TIMINGS, load_checkpoint, save_checkpoint
 from bench.engine import EpochState
+from bench.schema import MAX_SESSIONS, SESSION_TYPES
+
+
+def sessions_after(blob: dict | None, session: dict | None, epoch: int) -> list:
+    """The run's sessions (bench/schema.py) once `session` (None: not recorded) resumes the checkpoint `blob` (None:
+    none, a fresh run) at 0-based `epoch`: those its `extra` carries (checked by `checkpoint.check_progress`), or for a
+    checkpoint written before sessions were kept one entry from epoch 1 with every other field null (unknown), then
+    this one. Past `MAX_SESSIONS`, the first and the latest are kept."""
+    unknown = dict(dict.fromkeys(SESSION_TYPES), from_epoch=1)
+    sessions = [] if blob is None else list(blob["extra"].get("sessions", [unknown]))
+    if session is not None:
+        sessions.append(dict(session, from_epoch=epoch + 1))
+    return sessions if len(sessions) <= MAX_SESSIONS else sessions[:1] + sessions[1 - MAX_SESSIONS:]
 
 
 @dataclass

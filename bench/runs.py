@@ -68,7 +68,7 @@ def summary(state, status: str, error: str | None, net, acc, autocast, eval_auto
 
 def session(run: Run, proc: dict | None) -> dict | None:
     """This process's entry in the run's `sessions` (bench/schema.py; from_epoch is added when it resumes:
-    bench.checkpoint.sessions_after), starting now: `proc` is `bench.results.environment`'s dict with the process's
+    bench.run_state.sessions_after), starting now: `proc` is `bench.results.environment`'s dict with the process's
     `mode` and `world_size` (None: no session recorded)."""
     if proc is None:
         return None

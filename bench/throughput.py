@@ -17,7 +17,6 @@ import datetime
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import allconv  # noqa: E402  (specs only: no torch until a network is built)
 from allconv import resolve_models  # noqa: E402  (one helper for names and patterns)
 import loaders  # noqa: E402  (loaders/__init__ imports no torch)
 from bench import devices, timing  # noqa: E402  (timing: the step and its clock, also for tests/benchmarks)
-from bench.cli import Parser, UsageError, precision_arg  # noqa: E402
+from bench.cli import Parser, UsageError, check_output_file, precision_arg  # noqa: E402
 from bench.files import WriteError  # noqa: E402  (bench.files imports no torch)
 
 COLUMNS = ["model", "display_name", "device", "device_name", "precision", "eval_precision", "channels_last", "compile",
@@ -112,12 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             load_manifest(args.data_dir, verify=True)
         except ValueError as e:
             raise UsageError(f"--data-dir {e}") from None
-    for flag in ("json", "csv"):  # now, not after the first row was measured
-        path = getattr(args, flag)
-        folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None) if path else None
-        if path and (path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
-            why = "it is a folder" if path.is_dir() else f"{folder} is not a writable folder"
-            raise UsageError(f"--{flag} {path}: cannot be written ({why}); give a file path in a writable folder")
+    check_output_file(args.json, "--json")
+    check_output_file(args.csv, "--csv")
     return args
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import checkpoint, results, schema
+from bench import checkpoint, results, run_state, schema
 from loaders.prepare import prepare_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,11 +324,11 @@ def test_a_run_resumed_past_the_session_cap_keeps_its_first_and_latest_sessions(
     ones: the oldest in between are dropped, the list stays valid, and the new session is last."""
     cap = schema.MAX_SESSIONS
     earlier = [session(from_epoch=1 + e // 10, git_commit=f"{e:040x}") for e in range(cap)]
-    resumed = checkpoint.sessions_after({"extra": {"sessions": earlier}}, session(git_commit="f" * 40), cap // 10)
+    resumed = run_state.sessions_after({"extra": {"sessions": earlier}}, session(git_commit="f" * 40), cap // 10)
     assert len(resumed) == cap and resumed[0] == earlier[0] and resumed[1:-1] == earlier[2:]
     assert resumed[-1]["git_commit"] == "f" * 40 and resumed[-1]["from_epoch"] == cap // 10 + 1
     assert schema.valid_sessions(resumed, cap // 10 + 1)
-    below = checkpoint.sessions_after({"extra": {"sessions": earlier[:-1]}}, session(), cap // 10)
+    below = run_state.sessions_after({"extra": {"sessions": earlier[:-1]}}, session(), cap // 10)
     assert below[:-1] == earlier[:-1] and len(below) == cap  # at the cap nothing is dropped
 
 
