@@ -30,7 +30,7 @@ from reports import formats, latex, plots
 from reports.claims import ALPHA, MARGIN_PP, claims_table
 from reports.data import data_source, encoding_of, lossy
 from reports.ledger import Ledger, LedgerError, _counted, _known, load_ledger, precision_label
-from reports.provenance import code_line
+from reports.provenance import code_line, pixels_line
 from reports.tables import (ablation_has_runs, ablation_table, left_out, table3, table3_by_lr, table3_runs)
 from reports.throughput import load_throughput, throughput_table
 
@@ -156,6 +156,7 @@ def header(led: Ledger) -> list[tuple[str, str]]:
         ("Ledger", f"sha256 {led.sha256} ({len(all_df)} record{'s' * (len(all_df) != 1)}; {len(df)} of this preset "
                    "and length" + (f"; and {running} checkpoint(s) of runs still training" if running else "") + ")"),
         ("Data", "; ".join(sources) + (" -- MIXED SOURCES" if len(sources) > 1 else "")),
+        ("Pixels", pixels_line(df)),  # the prepared arrays each run saw
         ("Preset", led.preset),
         ("Epochs", str(led.epochs) if led.epochs is not None else "not recorded"),
         ("Precision", f"Table 3 trained in {precision_label(led.precision)}; "

@@ -30,6 +30,21 @@ def test_the_code_line_counts_every_session_of_every_record(tmp_path):
                     "code_sha256 e1e1e1e1e1e1 (1); 1 session unknown")
 
 
+def test_the_pixels_line_counts_each_runs_arrays_digest(tmp_path):
+    """The header names the prepared pixels behind the runs (data.arrays_sha256), says how many records are older
+    than the field, and calls two digests MIXED: the same source decoded twice into different pixels."""
+    recs = [record(lr=lr, test=9.2) for lr in (0.25, 0.1, 0.05, 0.01)]
+    for r, digest in zip(recs, ("5d" * 32, "5d" * 32, "e7" * 32, None)):
+        if digest:
+            r["data"] = {**r["data"], "arrays_sha256": digest}
+    pixels = dict(header(load_ledger(write_ledger(tmp_path / "mixed", recs))))["Pixels"]
+    assert pixels == ("arrays_sha256 5d5d5d5d5d5d (2), arrays_sha256 e7e7e7e7e7e7 (1); not recorded (1) -- MIXED: "
+                      "not every run saw the same pixels")
+    same = dict(header(load_ledger(write_ledger(tmp_path / "same", recs[:2]))))["Pixels"]
+    assert same == "arrays_sha256 5d5d5d5d5d5d (2)"
+    assert dict(header(load_ledger(write_ledger(tmp_path / "old", recs[3:]))))["Pixels"] == "not recorded"
+
+
 def test_the_versions_line_names_what_was_installed_and_used(tmp_path):
     """A record names numpy, Pillow, CUDA and cuDNN too; a null one (ffcv not installed, CUDA on a CPU run) is left
     out of the header rather than shown as "None"."""
