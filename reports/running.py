@@ -17,16 +17,26 @@ from reports.ledger import COLUMNS, _blob, requested_grid
 
 
 def run_of_key(records: pd.DataFrame) -> dict[str, tuple[str, float, dict]]:
-    """run_key -> (model, lr, a record) for every Table 3 cell (every model of allconv.specs at the paper's and the
-    requested LRs) under each distinct config of the records, model and LR aside: where a checkpoint of a run without
-    a record belongs (run_all names it by the run key only). A record's own key maps to itself."""
-    requested = (requested_grid(records)["lrs"] or []) if "grid" in records else []  # numbers (bench.schema)
-    configs = {}  # one record per config apart from model and LR: they all give the same keys
+    """run_key -> (model, lr, a record of that seed) for every Table 3 cell (every model of allconv.specs at the
+    paper's and the requested LRs, each requested seed and the records' own) under each distinct config of the
+    records, model, LR and seed aside: where a checkpoint of a run without a record belongs (run_all names it by the
+    run key only; a seed of `--seeds 0 1 2` still training has no record of its seed yet). The record given for a
+    seed it was not trained with is a copy carrying that seed. A record's own key maps to itself."""
+    grid = requested_grid(records) if "grid" in records else {}
+    lrs, seeds = grid.get("lrs") or [], grid.get("seeds") or []  # numbers (bench.schema)
+    configs = {}  # per config apart from model, LR and seed: a record of each seed (they give the same keys)
     for r in records.to_dict("records"):
         if isinstance(r.get("config"), dict):
-            configs.setdefault(_blob({k: v for k, v in r["config"].items() if k not in ("model", "lr")}), r)
-    return {config_key({**r["config"], "model": model, "lr": lr}): (model, lr, r)
-            for r in configs.values() for model in SPECS for lr in {*RunConfig().lrs, *requested}}
+            blob = _blob({k: v for k, v in r["config"].items() if k not in ("model", "lr", "seed")})
+            configs.setdefault(blob, {}).setdefault(r["config"]["seed"], r)
+    out = {}
+    for by_seed in configs.values():
+        r = next(iter(by_seed.values()))
+        for seed in {*by_seed, *seeds}:
+            sibling = by_seed.get(seed) or {**r, "seed": seed, "config": {**r["config"], "seed": seed}}
+            out.update({config_key({**sibling["config"], "model": model, "lr": lr}): (model, lr, sibling)
+                        for model in SPECS for lr in {*RunConfig().lrs, *lrs}})
+    return out
 
 
 def unfinished_runs(results_dir, records: pd.DataFrame) -> tuple[list[dict], list[str]]:
