@@ -188,13 +188,19 @@ def claims_table(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
             row.update(verdict="not measured", test=f"no number for: {', '.join(missing)}" if missing
                        else "no other model has a number")
         elif c.relation == "best":
-            found = [_unless_open(verdict(x_err, errors[m], "better", n_test=n_test), "better", x_err, errors[m],
-                                  picked[c.x], picked[m]) for m in others]
-            worst = max(found, key=lambda f: WEAKER.index(f[0]))  # the comparison that decides the verdict
+            found = {m: _unless_open(verdict(x_err, errors[m], "better", n_test=n_test), "better", x_err,
+                                     errors[m], picked[c.x], picked[m]) for m in others}
+            # the comparison that decides the verdict: the weakest; of equally weak ones the row's own (against the
+            # runner-up, whose numbers the row shows), else the nearest; named when it is not the row's
+            level = max(WEAKER.index(f[0]) for f in found.values())
+            weakest = min((m for m in others if WEAKER.index(found[m][0]) == level),
+                          key=lambda m: (m != runner_up, abs(statistics.fmean(errors[m]) - statistics.fmean(x_err))))
+            worst = found[weakest]
+            against = "" if weakest == runner_up else f"against {SPECS[weakest].paper_name}: "
             unmeasured = len(in_table3) - 1 - len(others)  # "the best" is shown only against every other model
             row.update(verdict=max(worst[0], "inconclusive" if unmeasured else worst[0], key=WEAKER.index),
                        test=f"against each of {len(others)} model{'s' * (len(others) != 1)}"
-                       + (f" ({unmeasured} not measured)" if unmeasured else "") + f"; weakest: {worst[1]}",
+                       + (f" ({unmeasured} not measured)" if unmeasured else "") + f"; weakest: {against}{worst[1]}",
                        p_value=_round(worst[2]))
         else:
             v, test, p = _unless_open(verdict(x_err, y_err, c.relation, y_exact=isinstance(c.y, float),

@@ -181,3 +181,15 @@ def test_the_best_of_table3_names_the_comparison_that_decides_it(tmp_path):
     c = claims_on_a_grid(tmp_path, {**others, "allcnn-c": {0.1: [9.5, 9.6], 0.05: [9.0, 9.1]}})
     assert c.loc[BEST, "verdict"] == "not reproduced"
     assert "weakest: Welch t = 28.28, dof 2.0" in c.loc[BEST, "test"] and c.loc[BEST, "p_value"] == 0.001248
+
+
+def test_the_best_of_table3_shows_the_test_of_its_own_pair_among_equally_weak_ones(tmp_path):
+    """Every comparison inconclusive (3 seeds each): the row shows All-CNN-C against its runner-up, All-CNN-B, 0.02
+    pp apart, so its test and p are that pair's (p 0.88), not ConvPool-CNN-B's (p 0.116, 0.25 pp), the first in
+    Table 3 order that the row named without saying whose they were."""
+    runs = {m: {lr: [round(SPECS[m].paper_error_pct + up + d, 2) for d in (0.0, 0.2, -0.1)]
+                for lr, up in ((0.1, 0.5), (0.05, 0.0))} for m in SPECS}
+    c = claims_on_a_grid(tmp_path, runs)
+    assert (c.loc[BEST, "y"], c.loc[BEST, "verdict"], c.loc[BEST, "diff_pp"]) == ("allcnn-b", "inconclusive", -0.02)
+    assert c.loc[BEST, "test"].endswith("weakest: Welch t = -0.16, dof 4.0, p = 0.88")
+    assert c.loc[BEST, "p_value"] == pytest.approx(0.880372, abs=1e-6)
