@@ -79,7 +79,9 @@ def display_table3(t: pd.DataFrame) -> pd.DataFrame:
             "Model": r["paper_name"], "Paper %": fixed(r["paper_error_pct"]),
             "Ours %": error_cell(r["error_pct"], r["error_std"], 1, r["status"]),
             "Δ pp": fixed(r["diff_pp"], sign=True), "LR": _lr(r["lr"]), "n": _count(r["n_seeds"]),
-            "Ours % (LR on val5k)": error_cell(r["val_error_pct"], r["val_error_std"], 1, r["val_status"]),
+            "Ours % (LR on val5k)": error_cell(r["val_error_pct"], r["val_error_std"],  # its own n when not n's
+                                               1 if r["val_n_seeds"] == r["n_seeds"] else r["val_n_seeds"],
+                                               r["val_status"]),
             "Δ pp (val5k)": fixed(r["val_diff_pp"], sign=True),
             "Notes": "; ".join(x for x in notes if x)})
     return drop_empty(pd.DataFrame(rows))

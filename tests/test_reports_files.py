@@ -269,3 +269,16 @@ def test_a_table_of_no_rows_says_so_in_every_format(tmp_path):
     assert "\\caption{Throughput}" in tex and formats.NONE in tex and "\\begin{tabular" not in tex
     log = pdflatex_log(tmp_path, tex)
     assert log is None or not re.findall(r"Overfull \\hbox.*", log)
+
+
+def test_table3_names_the_val5k_seed_count_where_it_is_not_ns(tmp_path):
+    """One seed on train, three on train45k: the val5k cell's mean ± std stood beside n = 1 (the test protocol's
+    count), its own n = 3 in no shown table."""
+    from reports.ledger import load_ledger
+    from test_reports import record, write_ledger
+
+    recs = [record(lr=0.05, test=9.5)] + [record(lr=0.05, seed=s, train_split="train45k", test=9.6 + s / 10,
+                                                 val=9.7 + s / 10) for s in (0, 1, 2)]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    row = formats.display_table3(table3(led.df, led.reference)).set_index("Model").loc["All-CNN-C"]
+    assert (row["Ours %"], row["n"], row["Ours % (LR on val5k)"]) == ("9.50", "1", "9.70 ± 0.10 (n=3)")
