@@ -5,7 +5,7 @@
 
 One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrote them) and one per unfinished run
 whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model,
-LR, how it ended, its final test error beside the paper's (Table 3: the best LR's), epochs, seconds, training
+LR, seed, how it ended, its final test error beside the paper's (Table 3: the best LR's), epochs, seconds, training
 images/s, GPU, data, and what bench/diagnose.py saw when the run ended (eval-mode training error: under- or
 over-fitting; dead ReLU channels: capacity lost), where the record has it. A checkpoint's run is found by
 recomputing the run keys of every Table 3 (model, LR) under a recorded run's config; its epoch and last test error
@@ -28,8 +28,8 @@ from loaders.sources import CLASSES
 
 RESULTS = Path("reports/measured/campaign")
 BEGIN, END = "<!-- measured-table:begin (python -m reports.campaign) -->", "<!-- measured-table:end -->"
-COLUMNS = ("Model", "LR", "Status", "Test error %", "Paper % (best LR)", "Epochs", "Seconds", "Train img/s", "GPU",
-           "Data", "At the end")
+COLUMNS = ("Model", "LR", "Seed", "Status", "Test error %", "Paper % (best LR)", "Epochs", "Seconds", "Train img/s",
+           "GPU", "Data", "At the end")
 
 
 def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]:
@@ -53,26 +53,28 @@ def rows(results_dir: Path) -> list[list[str]]:
     out = []
     for r in records:
         spec = SPECS.get(r["model"])  # a model this code does not know: its own name, no paper number, listed last
-        out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], [
-            spec.paper_name if spec else f"{r['model']} (not in Table 3)", f"{r['lr']:g}", r["status"],
+        out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], r["seed"], [
+            spec.paper_name if spec else f"{r['model']} (not in Table 3)", f"{r['lr']:g}", str(r["seed"]), r["status"],
             _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
-    cells = {key: cell[:2] for key, cell in run_of_key(pd.DataFrame.from_records(records)).items()}
+    cells = {key: (model, lr, sibling["seed"])
+             for key, (model, lr, sibling) in run_of_key(pd.DataFrame.from_records(records)).items()}
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
-        model, lr = cells.get(path.stem, (None, None))
+        model, lr, seed = cells.get(path.stem, (None, None, None))
         spec = SPECS.get(model)
         epoch, last, seconds = checkpoint_state(path)
-        out.append((list(SPECS).index(model) if spec else len(SPECS), -(lr or 0), [
+        out.append((list(SPECS).index(model) if spec else len(SPECS), -(lr or 0), -1 if seed is None else seed, [
             spec.paper_name if spec else f"run {path.stem}", f"{lr:g}" if lr else "?",
+            "?" if seed is None else str(seed),
             "unfinished: checkpointed, resumed by the next campaign",
             f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else "",
             f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{epoch}/{first['epochs']}" if epoch is not None and first else "",
             f"{_int(seconds)} so far" if seconds else "", "",
             str(first["device_name"] or "") if first else "", short(first["data"]) if first else "", ""]))
-    return [row for *_, row in sorted(out, key=lambda t: t[:2])]
+    return [row for *_, row in sorted(out, key=lambda t: t[:3])]
 
 
 def _pct(v) -> str:

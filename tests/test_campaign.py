@@ -177,14 +177,14 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
                tmp_path / "checkpoints" / f"{key}.pt")
     (tmp_path / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"not a checkpoint")
     rows = campaign.rows(tmp_path)
-    assert [r[:3] for r in rows] == [[record["display_name"], "0.1", rows[0][2]],
-                                     [record["display_name"], f"{record['lr']:g}", record["status"]],
-                                     ["run 0123456789abcdef", "?", rows[2][2]]]
-    assert rows[0][2].startswith("unfinished") and rows[0][3] == "45.00 (epoch 5)" and rows[0][5:7] == ["5/350",
+    assert [r[:4] for r in rows] == [[record["display_name"], "0.1", "0", rows[0][3]],
+                                     [record["display_name"], f"{record['lr']:g}", "0", record["status"]],
+                                     ["run 0123456789abcdef", "?", "?", rows[2][3]]]
+    assert rows[0][3].startswith("unfinished") and rows[0][4] == "45.00 (epoch 5)" and rows[0][6:8] == ["5/350",
                                                                                                      "12 so far"]
-    assert rows[2][5] == "" and rows[2][3] == ""  # damaged: listed, nothing read from it
-    assert rows[1][10] == ("train error 22.25% (eval mode), 4 of 106 ReLU channels dead (1 of the 10 class maps); "
-                           "never right on test: cat") and rows[0][10] == ""
+    assert rows[2][6] == "" and rows[2][4] == ""  # damaged: listed, nothing read from it
+    assert rows[1][11] == ("train error 22.25% (eval mode), 4 of 106 ReLU channels dead (1 of the 10 class maps); "
+                           "never right on test: cat") and rows[0][11] == ""
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{campaign.BEGIN}\nold table\n{campaign.END}\nafter\n")
     assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 1
@@ -192,6 +192,31 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\nafter\n") and "old table" not in text and "12 so far" in text
     assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 0
+
+
+def test_campaign_table_tells_the_seeds_of_one_cell_apart(tmp_path):
+    """The next campaign trains All-CNN-C LR 0.05 with seeds 1 and 2 beside the recorded seed 0: their rows had the
+    same model and LR and no seed, so which error was seed 0's could not be read. A seed still training (a
+    checkpoint, no record of its seed yet) is placed too."""
+    import torch
+
+    from bench.config import config_key
+    from reports import campaign
+    from tests.test_untrusted import history
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    base = json.loads((ROOT / campaign.RESULTS / "runs" / "f827e2053e7b9174.json").read_text())
+    seed1 = {**base, "seed": 1, "test_error_pct": 12.5, "config": {**base["config"], "seed": 1},
+             "grid": {**base["grid"], "lrs": [0.05], "seeds": [0, 1, 2]}}  # as `--lrs 0.05 --seeds 0 1 2` records
+    seed1["run_key"] = config_key(seed1["config"])
+    for record in (base, seed1):
+        (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
+    torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)},
+               tmp_path / "checkpoints" / f"{config_key({**base['config'], 'seed': 2})}.pt")
+    rows = campaign.rows(tmp_path)
+    assert [(r[1], r[2], r[4]) for r in rows[:2]] == [("0.05", "0", "31.59"), ("0.05", "1", "12.50")]
+    assert rows[2][1:3] == ["0.05", "2"] and rows[2][3].startswith("unfinished")
 
 
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):

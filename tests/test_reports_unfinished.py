@@ -111,8 +111,8 @@ def test_a_hostile_checkpoint_history_is_named_not_drawn(tmp_path):
     assert not led.df["from_checkpoint"].any()
     assert any("3 damaged checkpoint(s)" in n and "malformed" in n for n in led.notes), led.notes
     write_report(folder, tmp_path / "report")
-    listed = [r for r in rows(folder) if r[2].startswith("unfinished")]  # the campaign table: nothing read
-    assert [(r[1], r[3], r[5]) for r in listed] == [("0.25", "", ""), ("0.1", "", ""), ("0.01", "", "")]
+    listed = [r for r in rows(folder) if r[3].startswith("unfinished")]  # the campaign table: nothing read
+    assert [(r[1], r[4], r[6]) for r in listed] == [("0.25", "", ""), ("0.1", "", ""), ("0.01", "", "")]
 
 
 def test_a_run_still_training_at_a_requested_lr_off_the_default_grid_is_found(tmp_path):
