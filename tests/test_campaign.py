@@ -194,31 +194,6 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 0
 
 
-def test_campaign_table_tells_the_seeds_of_one_cell_apart(tmp_path):
-    """The next campaign trains All-CNN-C LR 0.05 with seeds 1 and 2 beside the recorded seed 0: their rows had the
-    same model and LR and no seed, so which error was seed 0's could not be read. A seed still training (a
-    checkpoint, no record of its seed yet) is placed too."""
-    import torch
-
-    from bench.config import config_key
-    from reports import campaign
-    from tests.test_untrusted import history
-
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "checkpoints").mkdir()
-    base = json.loads((ROOT / campaign.RESULTS / "runs" / "f827e2053e7b9174.json").read_text())
-    seed1 = {**base, "seed": 1, "test_error_pct": 12.5, "config": {**base["config"], "seed": 1},
-             "grid": {**base["grid"], "lrs": [0.05], "seeds": [0, 1, 2]}}  # as `--lrs 0.05 --seeds 0 1 2` records
-    seed1["run_key"] = config_key(seed1["config"])
-    for record in (base, seed1):
-        (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
-    torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)},
-               tmp_path / "checkpoints" / f"{config_key({**base['config'], 'seed': 2})}.pt")
-    rows = campaign.rows(tmp_path)
-    assert [(r[1], r[2], r[4]) for r in rows[:2]] == [("0.05", "0", "31.59"), ("0.05", "1", "12.50")]
-    assert rows[2][1:3] == ["0.05", "2"] and rows[2][3].startswith("unfinished")
-
-
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
     cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
