@@ -69,9 +69,12 @@ ABLATIONS: dict[str, Ablation] = {
         note="Same LR grid and epochs: the smaller batch takes more SGD steps per epoch."),
     "preprocessing": Ablation(
         "Input preprocessing",
-        {"GCN + ZCA whitening (paper)": {}, "per-channel mean/std": {"preprocess": "meanstd"}},
+        {"GCN + ZCA whitening (paper)": {}, "per-channel mean/std": {"preprocess": "meanstd"},
+         "GCN + ZCA, filter bias 1.0": {"preprocess": "gcn-zca-fb1"}},
         note="Whitening is the paper's (as maxout's); per-channel standardisation is what most PyTorch ports use. On "
-             "lossy data, whitening rescales what the compression left (reports/measured/cpu-zca-spectrum-*.txt)."),
+             "lossy data, whitening rescales what the compression left (reports/measured/cpu-zca-spectrum-*.txt), and "
+             "with the paper's filter bias 0.1 it amplifies most the directions where JPEG's error lives; bias 1.0 "
+             "amplifies them less (reports/measured/cpu-jpeg-whitening-*.txt)."),
 }
 
 

@@ -64,7 +64,8 @@ class RunConfig:
     dropout: bool = _f(True, "20%% input dropout, 50%% after each downsampling step (paper)")
     final_relu: bool = _f(True, "ReLU after the last 1x1 conv, before averaging (Table 1)")
     init: str = _f(DEFAULT_INIT, "weight init (paper: unstated; see allconv.DEFAULT_INIT)", choices=INITS)
-    preprocess: str = _f("gcn-zca", "GCN + ZCA whitening (paper), meanstd or none", choices=PREPROCESS)
+    preprocess: str = _f("gcn-zca", "gcn-zca: GCN + ZCA whitening, filter bias 0.1 (paper) | gcn-zca-fb1: filter "
+                                    "bias 1.0 (amplifies JPEG's error less) | meanstd | none", choices=PREPROCESS)
     augment: str = _f("none", "none (Table 3) | flip-translate (Table 4)", choices=AUGMENTS)
     train_split: str = _f("train", "train (50k, LR judged on test as the paper does) | train45k (judged on val5k)",
                           choices=tuple(VAL_SPLIT_OF))

@@ -34,7 +34,7 @@ SPLITS = ("train", "test", "train45k", "val5k")
 TRAIN_SPLITS = ("train", "train45k")  # shuffled; the others are evaluation splits in fixed order
 BACKENDS = ("ffcv", "torch", "tensor")
 AUGMENTS = ("none", "flip-translate")  # Table 3: none; Table 4: flips + translations up to 5 px
-PREPROCESS = ("gcn-zca", "meanstd", "none")
+PREPROCESS = ("gcn-zca", "gcn-zca-fb1", "meanstd", "none")
 FFCV_MISSING = ("the ffcv backend needs ffcv, which is not installed here: use --backend torch|tensor "
                 "(same data, same order) or install ffcv")
 

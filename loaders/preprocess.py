@@ -10,6 +10,9 @@ Kinds (loaders.PREPROCESS):
            floats in 0..255, as pylearn2's CIFAR10 class gives them; GCN removes the scale anyway. Then ZCA fitted
            on the GCN'd training images: mean mu, covariance C = (X - mu)^T (X - mu) / N, C = U diag(lambda) U^T,
            W = U diag(1 / sqrt(lambda + 0.1)) U^T (pylearn2 ZCA filter_bias=0.1); output (x - mu) W.
+  gcn-zca-fb1  the same with filter_bias 1.0 (not the paper's: a switch for lossy data). The bias caps how much a
+           direction of variance lambda is amplified (1 / sqrt(lambda + bias)); JPEG's error lives in the directions
+           of least variance, which bias 0.1 amplifies most (reports/measured/cpu-jpeg-whitening-2026-12-05.txt).
   meanstd  per-channel (x / 255 - mean_c) / std_c, statistics over all training pixels.
   none     x / 255.
 Statistics are fitted on `fit_split` only (train or train45k, never val5k or test), computed in float64, and
@@ -29,6 +32,8 @@ from torch import nn
 GCN_SCALE = 55.0  # pylearn2 / maxout paper: each image rescaled to L2 norm 55 after removing its mean
 GCN_MIN_DIVISOR = 1e-8  # pylearn2: a (near-)constant image is left unscaled instead of divided by ~0
 ZCA_FILTER_BIAS = 0.1  # pylearn2 ZCA filter_bias: added to each eigenvalue before the inverse square root
+FILTER_BIAS = {"gcn-zca": ZCA_FILTER_BIAS, "gcn-zca-fb1": 1.0}
+"""The GCN + ZCA kinds and their filter bias (the paper's first)."""
 FIT_SPLITS = ("train", "train45k")
 _CHUNK = 5000
 
@@ -86,7 +91,8 @@ def zca_from_rows(rows: torch.Tensor, filter_bias: float = ZCA_FILTER_BIAS) -> t
     return (u * ((eigvals + filter_bias).rsqrt() - c)) @ u.T + c * torch.eye(d, dtype=rows.dtype)
 
 
-def fit_gcn_zca(data_dir: Path, fit_split: str, manifest: dict | None = None) -> dict:
+def fit_gcn_zca(data_dir: Path, fit_split: str, manifest: dict | None = None,
+                filter_bias: float = ZCA_FILTER_BIAS) -> dict:
     images, idx = _fit_data(data_dir, fit_split, manifest)
     total, count = torch.zeros(3072, dtype=torch.float64), 0
     for x in _flat_chunks(images, idx):  # pass 1: the mean, so pass 2 sums centred (small) products
@@ -95,12 +101,12 @@ def fit_gcn_zca(data_dir: Path, fit_split: str, manifest: dict | None = None) ->
     mean = total / count
     if count < 3072:  # fewer images than dimensions: C has rank < N, the Gram route is exact and far cheaper
         rows = torch.cat([gcn(x).double() - mean for x in _flat_chunks(images, idx)])
-        return {"zca_mean": mean.float(), "zca_matrix": zca_from_rows(rows).float()}
+        return {"zca_mean": mean.float(), "zca_matrix": zca_from_rows(rows, filter_bias).float()}
     cov, mean32 = torch.zeros(3072, 3072, dtype=torch.float64), mean.float()
     for x in _flat_chunks(images, idx):
         x = gcn(x) - mean32
         cov += (x.T @ x).double()
-    return {"zca_mean": mean.float(), "zca_matrix": zca_from_covariance(cov / count).float()}
+    return {"zca_mean": mean.float(), "zca_matrix": zca_from_covariance(cov / count, filter_bias).float()}
 
 
 class Preprocess(nn.Module):
@@ -126,7 +132,8 @@ class Preprocess(nn.Module):
         return f"kind={self.kind!r}, fitted_on={self.fitted_on}"
 
 
-STATS_SHAPES = {"meanstd": {"mean": (3,), "std": (3,)}, "gcn-zca": {"zca_mean": (3072,), "zca_matrix": (3072, 3072)}}
+STATS_SHAPES = {"meanstd": {"mean": (3,), "std": (3,)},
+                **dict.fromkeys(FILTER_BIAS, {"zca_mean": (3072,), "zca_matrix": (3072, 3072)})}
 
 
 def _check_stats(kind: str, stats) -> None:
@@ -154,8 +161,8 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
         raise ValueError(f"statistics are fitted on a training split {FIT_SPLITS}, never on {fit_split!r}")
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
-    params = {"gcn_scale": GCN_SCALE, "gcn_min_divisor": GCN_MIN_DIVISOR, "zca_filter_bias": ZCA_FILTER_BIAS,
-              "pixel_range": "0..255"} if kind == "gcn-zca" else {}
+    params = {"gcn_scale": GCN_SCALE, "gcn_min_divisor": GCN_MIN_DIVISOR, "zca_filter_bias": FILTER_BIAS[kind],
+              "pixel_range": "0..255"} if kind in FILTER_BIAS else {}
     fitted_on = {"kind": kind, "fit_split": fit_split, "params": params,
                  "manifest_sha256": sha256_file(data_dir / MANIFEST)}
     if kind == "none":
@@ -169,7 +176,8 @@ def build_preprocess(kind: str, data_dir, fit_split: str = "train") -> Preproces
                 return Preprocess(kind, saved["stats"], fitted_on)
         except Exception as e:
             print(f"warning: {cache} unreadable ({type(e).__name__}); fitting the statistics again", file=sys.stderr)
-    stats = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data_dir, fit_split, manifest)
+    stats = fit_gcn_zca(data_dir, fit_split, manifest, FILTER_BIAS[kind]) if kind in FILTER_BIAS else \
+        fit_meanstd(data_dir, fit_split, manifest)
     try:  # atomic: concurrent ranks may both fit; either file is the same
         atomic_write(cache, lambda f: torch.save({"fitted_on": fitted_on, "stats": stats}, f))
     except OSError as e:  # WriteError: a read-only folder, a full disk, a folder in its place. The cache is only a

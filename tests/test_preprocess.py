@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.preprocess import (GCN_SCALE, ZCA_FILTER_BIAS, build_preprocess, gcn, zca_from_covariance,
-                                zca_from_rows)
+from loaders.preprocess import FILTER_BIAS, GCN_SCALE, build_preprocess, gcn, zca_from_covariance, zca_from_rows
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,9 @@ def fit_rows(data_dir, split):
     return images
 
 
-def test_gcn_zca_is_the_pylearn2_recipe(real_small):
-    pre = build_preprocess("gcn-zca", real_small, fit_split="train")
+@pytest.mark.parametrize("kind", FILTER_BIAS)  # the paper's filter bias 0.1, and 1.0
+def test_gcn_zca_is_the_pylearn2_recipe(real_small, kind):
+    pre = build_preprocess(kind, real_small, fit_split="train")
     x = gcn_rows_numpy(fit_rows(real_small, "train"))
     mean = x.mean(axis=0)
     centred = x - mean
@@ -57,23 +57,24 @@ def test_gcn_zca_is_the_pylearn2_recipe(real_small):
     np.linalg.cholesky(w)
     v = np.random.default_rng(0).standard_normal((3072, 16))
     wv = w @ v
-    back = w @ (centred.T @ (centred @ wv) / len(x) + ZCA_FILTER_BIAS * wv)
+    back = w @ (centred.T @ (centred @ wv) / len(x) + FILTER_BIAS[kind] * wv)
     assert np.abs(back - v).max() < 1e-3 * np.abs(v).max()
 
 
-def test_whitened_training_data_has_identity_covariance_up_to_the_filter_bias(real_small):
-    pre = build_preprocess("gcn-zca", real_small, fit_split="train")
+@pytest.mark.parametrize("kind", FILTER_BIAS)
+def test_whitened_training_data_has_identity_covariance_up_to_the_filter_bias(real_small, kind):
+    pre, bias = build_preprocess(kind, real_small, fit_split="train"), FILTER_BIAS[kind]
     images = torch.from_numpy(fit_rows(real_small, "train")).permute(0, 3, 1, 2)
     y = pre(images).reshape(len(images), -1).double().numpy()
     x = gcn_rows_numpy(fit_rows(real_small, "train"))
     x = x - x.mean(axis=0)
     assert np.abs(y.mean(axis=0)).max() < 1e-4
-    # the covariance's nonzero spectrum: lambda before, lambda / (lambda + 0.1) after, i.e. 1 where lambda >> 0.1
+    # the covariance's nonzero spectrum: lambda before, lambda / (lambda + bias) after, i.e. 1 where lambda >> bias
     before = np.linalg.eigvalsh(x @ x.T / len(x))[1:]  # the smallest is 0: the rows are centred
     after = np.linalg.eigvalsh(y @ y.T / len(y))[1:]
-    assert np.allclose(after, before / (before + ZCA_FILTER_BIAS), atol=1e-3)
-    big = before > 10 * ZCA_FILTER_BIAS
-    assert big.sum() > 100 and after[big].min() > 0.9 and after.max() < 1 + 1e-3
+    assert np.allclose(after, before / (before + bias), atol=1e-3)
+    big = before > 10 * bias
+    assert big.sum() > 30 and after[big].min() > 0.9 and after.max() < 1 + 1e-3
 
 
 def test_statistics_come_from_the_training_split_only(real_small):
