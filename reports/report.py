@@ -48,6 +48,8 @@ BY_LR_NOTE = ("Every (model, LR) cell the grid requested (record field `grid`; o
 DETAILS_NOTE = ("Params: exact count; the paper prints rounded ones (its 1.3 M for Model C does not match the "
                 "architecture). MACs: forward, per image. s/epoch: median of the per-epoch seconds (training and "
                 "that epoch's evaluation), first epoch left out. Train img/s: median over the completed runs.")
+FUSED_DETAILS_NOTE = (" A run trained in a fused group (--fuse-lrs) counts its own images: the group trained its "
+                      "runs' rates summed (the throughput table's img/s).")
 CLAIMS_NOTE = (
     f"Each statement of the paper's Section 3.2.1, checked on Table 3's numbers (seeds at the selected LR). "
     f"Several seeds: Welch's t-test, p < {ALPHA:g} decides an order; *on par* needs the 95% interval of Δ "
@@ -90,7 +92,8 @@ def build_sections(led: Ledger, benchmark: pd.DataFrame | None = None) -> list[S
                    formats.display_table3(t3), excluded),
            Section("table3-by-lr", "Table 3 by learning rate", BY_LR_NOTE, by_lr := table3_by_lr(led.df, ref),
                    formats.display_by_lr(by_lr), level=3),
-           Section("table3-details", "Table 3 details: size and speed", DETAILS_NOTE, t3,
+           Section("table3-details", "Table 3 details: size and speed", DETAILS_NOTE
+                   + (FUSED_DETAILS_NOTE if (led.df["fused_runs"].fillna(1) > 1).any() else ""), t3,
                    formats.display_details(t3), level=3)]
     claims = claims_table(led.df, ref)
     out.append(Section("claims", "The paper's claims (Section 3.2.1)", CLAIMS_NOTE, claims,

@@ -14,7 +14,7 @@ from allconv.specs import macs
 from bench import results
 from reports import formats
 from reports.ledger import LedgerError, load_ledger
-from reports.report import write_report
+from reports.report import build_sections, write_report
 from reports.throughput import load_throughput, throughput_table
 from test_reports import H100, led, ledger_dir, record, write_ledger  # noqa: F401 (fixtures)
 
@@ -85,6 +85,11 @@ def test_fused_runs_in_the_ledger_count_the_whole_group(tmp_path):
     assert shown["Train img/s"].tolist() == ["20,000", "50,000", "60,000"]
     assert "Runs per step" not in formats.display_throughput(throughput_table(load_ledger(
         write_ledger(tmp_path / "alone", [alone])).df)).columns
+    # the details table shows a fused run's own share (15,000), and says so only where such a run is
+    notes = {name: {s.stem: s.note for s in build_sections(load_ledger(write_ledger(tmp_path / name, recs)))}
+             for name, recs in (("fused", [alone, *group]), ("plain", [alone]))}
+    assert "fused group (--fuse-lrs) counts its own images" in notes["fused"]["table3-details"]
+    assert "fused group" not in notes["plain"]["table3-details"]
 
 
 def test_throughput_file_and_preset_choice(ledger_dir, tmp_path):
