@@ -165,37 +165,43 @@ def stop_agreed(stop_flag, accelerator, distributed: bool) -> bool:
 
 @torch.no_grad()
 def eval_step(model, images, labels, preprocess, accelerator, autocast: AutocastKwargs | None = None,
-              channels_last: bool = False) -> torch.Tensor:
-    """One evaluation batch: the number correct, still on the device."""
+              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One evaluation batch: (number correct, summed cross-entropy in float32), still on the device."""
     x = prepare_input(images, preprocess, channels_last)
     with accelerator.autocast(autocast):
         logits = model(x)
-    return (logits.argmax(1) == labels).sum()
+    return (logits.argmax(1) == labels).sum(), F.cross_entropy(logits.float(), labels, reduction="sum")
 
 
 @torch.no_grad()
 def evaluate(model, loader, preprocess, accelerator, *, autocast=None, channels_last=False,
-             distributed: bool = False, step=None) -> tuple[int | list[int], int, float]:
-    """(correct, seen, seconds) over the whole split. With `distributed`, each rank sees its own shard (each image
-    once, no padding: the loaders' contract) and the counts are summed over ranks; callers assert seen == N.
-    `step(images, labels)` replaces `eval_step` (a bench.fused group's, counting per run: `correct` is then a list)."""
+             distributed: bool = False, step=None) -> tuple[int | list[int], int, float, float | list[float]]:
+    """(correct, seen, seconds, loss_sum) over the whole split, loss_sum the summed cross-entropy (the mean is
+    loss_sum / seen). With `distributed`, each rank sees its own shard (each image once, no padding: the loaders'
+    contract) and the sums are taken over ranks; callers assert seen == N. `step(images, labels)` replaces
+    `eval_step` (a bench.fused group's, counting per run: `correct` and `loss_sum` are then lists)."""
     model.eval()
     device = accelerator.device
     correct = torch.zeros((), dtype=torch.long, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
     seen = torch.zeros((), dtype=torch.long, device=device)
     sync(device)
     t0 = time.perf_counter()
     for images, labels in loader:
-        correct = correct + (step(images, labels) if step else
-                             eval_step(model, images, labels, preprocess, accelerator, autocast, channels_last))
+        batch_correct, batch_loss = (step(images, labels) if step else
+                                     eval_step(model, images, labels, preprocess, accelerator, autocast, channels_last))
+        correct, loss = correct + batch_correct, loss + batch_loss.double()
         seen += labels.shape[0]
     sync(device)
     seconds = time.perf_counter() - t0
-    counts = torch.cat([correct.reshape(-1), seen.reshape(1)])
+    sums = torch.cat([correct.reshape(-1).double(), loss.reshape(-1), seen.reshape(1).double()])  # exact counts
     if distributed:
-        counts = accelerator.reduce(counts, "sum")
-    *correct_n, seen_n = (int(v) for v in counts.tolist())
-    return (correct_n if correct.dim() else correct_n[0]), seen_n, seconds
+        sums = accelerator.reduce(sums, "sum")
+    values, k = sums.tolist(), correct.numel()
+    correct_n, loss_sum, seen_n = [int(v) for v in values[:k]], values[k:2 * k], int(values[-1])
+    if not correct.dim():
+        correct_n, loss_sum = correct_n[0], loss_sum[0]
+    return correct_n, seen_n, seconds, loss_sum
 
 
 def check_replicas(net, accelerator) -> None:

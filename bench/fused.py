@@ -19,7 +19,7 @@ its own LR, momentum buffer and weight decay (the paper's SGD, torch.optim.SGD s
         for images, labels in loader:
             loss_sum, correct = group.train_step(images, labels)   # float [K], long [K], on the device
         group.diverged()                             # [k, ...] masked out so far (one host read)
-        correct = sum(group.eval_step(x, y) for x, y in test_loader)   # long [K]
+        correct, seen, _, loss_sum = engine.evaluate(group.base, test_loader, None, acc, step=group.eval_step)  # [K]
         group.write_back()                           # run k's weights + momentum buffers -> nets[k], opts[k]
         checkpoint.save_checkpoint(path_k, acc, nets[k], opts[k], ...)   # per run, unchanged
 
@@ -136,9 +136,13 @@ class FusedRuns:
         return loss_sum, correct
 
     @torch.no_grad()
-    def eval_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Number correct [K] on one batch, eval mode (dropout off), in eval_precision."""
-        return (self.forward(images, train=False).argmax(-1) == labels).sum(1)
+    def eval_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(number correct [K], summed cross-entropy [K] in float32) on one batch, eval mode (dropout off), in
+        eval_precision."""
+        logits = self.forward(images, train=False)
+        k, n, c = logits.shape
+        loss = F.cross_entropy(logits.float().reshape(k * n, c), labels.repeat(k), reduction="none").view(k, n)
+        return (logits.argmax(-1) == labels).sum(1), loss.sum(1)
 
     def _sgd(self, grads: list[torch.Tensor]) -> None:
         """torch.optim.SGD (momentum, L2 weight decay, no dampening/nesterov) over the stacked weights with a

@@ -200,6 +200,6 @@ def _evaluate(group: FusedRuns, entries: dict, states, evals: dict, acc) -> None
     if not entries:
         return
     for name, (loader, expected) in evals.items():
-        correct, seen, seconds = engine.evaluate(group.base, loader, None, acc, step=group.eval_step)
+        correct, seen, seconds, loss_sum = engine.evaluate(group.base, loader, None, acc, step=group.eval_step)
         for k, entry in entries.items():
-            states[k].add_evaluation(entry, name, correct[k], seen, expected, seconds)
+            states[k].add_evaluation(entry, name, correct[k], seen, expected, seconds, loss_sum[k])

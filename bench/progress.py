@@ -33,7 +33,7 @@ from bench.config import GRID_FIELDS, NOT_IN_KEY, PRESETS, Run, RunConfig
 from bench.devices import precision_label
 
 SCALARS = {"loss": "train/loss", "train_acc_pct": "train/acc", "test_error_pct": "test/error",
-           "val_error_pct": "val/error", "lr": "lr"}
+           "val_error_pct": "val/error", "test_loss": "test/loss", "val_loss": "val/loss", "lr": "lr"}
 """History entry field -> tracker tag."""
 FINAL = {"test_error_pct": "final/test_error", "best_test_error_pct": "final/best_test_error",
          "val_error_pct": "final/val_error", "epochs_completed": "final/epochs"}
@@ -194,7 +194,8 @@ class Progress:
         """Without bars, a plain line per evaluated epoch (with --progress)."""
         if self.cfg.progress and not self.bars and entry["test_error_pct"] is not None and self.owner():
             self.say(f"{run_label(run)} epoch {entry['epoch']}/{run.cfg.epochs}: loss {entry['loss']:.3f}, "
-                     f"train acc {entry['train_acc_pct']:.1f}%, test error {fmt_pct(entry['test_error_pct'])}",
+                     f"train acc {entry['train_acc_pct']:.1f}%, test error {fmt_pct(entry['test_error_pct'])}"
+                     + (f" (loss {entry['test_loss']:.3f})" if entry.get("test_loss") is not None else ""),
                      everywhere=True)
 
     def run_done(self, run: Run, key: str, record: dict) -> None:

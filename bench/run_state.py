@@ -94,23 +94,28 @@ class RunState:
             self.timings["steady_img"] += int(steady_images)
         self.epoch_state = None
         return {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc_pct": 100 * correct / seen,
-                "test_error_pct": None, "val_error_pct": None, "lr": lr, "seconds": es.train_seconds}
+                "test_error_pct": None, "val_error_pct": None, "test_loss": None, "val_loss": None, "lr": lr,
+                "seconds": es.train_seconds}
 
     def evaluate(self, entry: dict, net, evals: dict, preprocess, accelerator, *, autocast=None, channels_last=False,
                  distributed: bool = False) -> None:
-        """Fill the entry's `<name>_error_pct` for each of `evals` (name -> (loader, the split's image count)),
+        """Fill the entry's `<name>_error_pct` and `<name>_loss` for each of `evals` (name -> (loader, the split's
+        image count)),
         adding the time to the epoch's seconds and the evaluation throughput. Evaluates the bare net: DDP's forward
         syncs buffers, and ranks' batch counts may differ."""
         for name, (loader, expected) in evals.items():
-            correct, seen, seconds = engine.evaluate(net, loader, preprocess, accelerator, autocast=autocast,
-                                                     channels_last=channels_last, distributed=distributed)
-            self.add_evaluation(entry, name, correct, seen, expected, seconds)
+            correct, seen, seconds, loss_sum = engine.evaluate(net, loader, preprocess, accelerator, autocast=autocast,
+                                                               channels_last=channels_last, distributed=distributed)
+            self.add_evaluation(entry, name, correct, seen, expected, seconds, loss_sum)
 
-    def add_evaluation(self, entry: dict, name: str, correct: int, seen: int, expected: int, seconds: float) -> None:
-        """One split's evaluation into the entry (`<name>_error_pct`, its seconds) and the evaluation throughput."""
+    def add_evaluation(self, entry: dict, name: str, correct: int, seen: int, expected: int, seconds: float,
+                       loss_sum: float) -> None:
+        """One split's evaluation into the entry (`<name>_error_pct`, `<name>_loss`: the mean cross-entropy, None
+        when not finite, its seconds) and the evaluation throughput."""
         if seen != expected:
             raise RuntimeError(f"{name} evaluation counted {seen} images, the split has {expected}")
         entry[f"{name}_error_pct"] = 100 * (1 - correct / seen)
+        entry[f"{name}_loss"] = loss_sum / seen if math.isfinite(loss_sum) else None
         entry["seconds"] += seconds
         self.timings["eval_s"] += seconds
         self.timings["eval_img"] += seen

@@ -50,7 +50,8 @@ surrogate):
                          unknown). `valid_sessions` checks them.
   (which ablation arm a run belongs to is derived from its config: reports.tables.ablation_runs)
   history                list of per-epoch dicts: epoch (1-based), loss, train_acc_pct, test_error_pct,
-                         val_error_pct, lr, seconds
+                         val_error_pct, lr, seconds; since 2026-12-05 also test_loss and val_loss (the mean
+                         cross-entropy where evaluated, else null; an epoch of an older run lacks them)
   grid                   {"models": [...], "lrs": [...], "seeds": [...]}: the grid the command was launched with
   eval_precision         "no" (fp32) | "bf16" | "fp16": the autocast used for evaluation
   fused_runs             how many runs trained in lockstep as one model, this one included (--fuse-lrs;
@@ -99,12 +100,13 @@ RANGES = {**dict.fromkeys(("test_error_pct", "best_test_error_pct", "val_error_p
 [0, 100]; a measured one >= 0 (a count of devices or runs >= 1) and at most 1e12, far above any real value, so that
 sums and products of a few stay finite; one a command sets (bench/config.py) anywhere it may set it: >= 0, epochs
 and batch size >= 1 and at most 2**63, a seed at most 2**64 (torch's). History entries: `HISTORY_RANGES`."""
-HISTORY_RANGES = {"epoch": _COUNT, "loss": _POS, "lr": _POS, "seconds": _SIZE}
+HISTORY_RANGES = {"epoch": _COUNT, "loss": _POS, "test_loss": _POS, "val_loss": _POS, "lr": _POS, "seconds": _SIZE}
 """Where a history entry's numbers lie (and every *_pct key's in [0, 100]; a diverging run's loss may be 1e35);
 keys of newer writers: any finite number."""
 HISTORY_KEYS = ("epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds")
 """The keys of every history entry bench.run_state.RunState.end_epoch writes (None where not measured): a checkpoint's
-entries must have them all (bench.checkpoint), as the run's record is made from them."""
+entries must have them all (bench.checkpoint), as the run's record is made from them. It also writes test_loss and
+val_loss, which entries of older checkpoints lack (a run resumed from one has them from then on)."""
 CONFIG_LISTS = ("lr_drops",)
 """The config fields that hold a list (bench/config.py's tuple fields less its GRID_FIELDS, which no per-run config
 has); every other config value is one name, number or boolean (readers hash them: bench.plan)."""

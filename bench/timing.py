@@ -98,7 +98,7 @@ def make_step(model, accelerator, precision: str, channels_last: bool, preproces
     preprocess = preprocess or (lambda images: images)
     if optimizer is None:
         return lambda images, labels: engine.eval_step(model, images, labels, preprocess, accelerator, autocast,
-                                                       channels_last)
+                                                       channels_last)[0]
     optimizer = accelerator.prepare_optimizer(optimizer)  # the grad scaler (fp16); no DDP wrapper
     if cuda_graphs:
         from bench.graphs import graphed_train_step

@@ -30,7 +30,7 @@ def test_per_class_errors_and_a_dead_class_map(smoke_data_dir):
     whiten = data.preprocess("gcn-zca")
     net = allconv.build("strided-a", 10)
     d = diagnose(net, data.loader("train"), data.loader("test"), whiten, acc)
-    correct, seen, _ = engine.evaluate(net, data.loader("test"), whiten, acc)
+    correct, seen, _, _ = engine.evaluate(net, data.loader("test"), whiten, acc)
     assert sum(d["test_error_by_class_pct"]) / 10 == pytest.approx(100 * (1 - correct / seen), abs=1e-9)
     assert set(d["dead_relu_channels"]) == {n for n, m in net.named_modules() if isinstance(m, torch.nn.ReLU)}
     assert d["dead_relu_channels"]["top.conv3_relu"] == [0, 10]  # a fresh net: every class map fires somewhere
@@ -112,7 +112,7 @@ def test_train_error_is_measured_on_the_training_images(smoke_data_dir):
         net[1].weight.copy_((torch.linalg.pinv(x) @ torch.nn.functional.one_hot(y, 10).double()).T)
         net[1].bias.zero_()
     d = diagnose(net, data.loader("train"), data.loader("test"), whiten, acc)
-    correct, seen, _ = engine.evaluate(net, data.loader("test"), whiten, acc)
+    correct, seen, _, _ = engine.evaluate(net, data.loader("test"), whiten, acc)
     assert d["train_error_pct"] == 0 and 100 * (1 - correct / seen) > 20
     assert sum(d["test_error_by_class_pct"]) / 10 == pytest.approx(100 * (1 - correct / seen), abs=1e-9)
     assert d["dead_relu_channels"] == {"3": [0, 10]}

@@ -153,8 +153,10 @@ def test_evaluation_equals_separate_evaluation(runs, data):
     _, test, pre = data
     tol = dict(rtol=1e-6, atol=1e-7)
     fused, twins = torch.zeros(len(LRS), dtype=torch.long), torch.zeros(len(LRS), dtype=torch.long)
+    fused_loss, twin_loss = torch.zeros(len(LRS)), torch.zeros(len(LRS))
     for images, labels in test:
-        fused += group.eval_step(images, labels)
+        batch_correct, batch_loss = group.eval_step(images, labels)
+        fused, fused_loss = fused + batch_correct, fused_loss + batch_loss
         logits = group.forward(images, train=False)
         for k, lr in enumerate(LRS):
             twin = seps[lr][1].eval()
@@ -163,8 +165,10 @@ def test_evaluation_equals_separate_evaluation(runs, data):
             torch.testing.assert_close(logits[k], want, **tol)
             assert torch.equal(logits[k], group.forward(images, train=False)[k])  # eval mode: no dropout
             twins[k] += (want.argmax(1) == labels).sum()
+            twin_loss[k] += torch.nn.functional.cross_entropy(want.float(), labels, reduction="sum")
     assert int(fused.sum()) > 0
     assert torch.equal(fused, twins)
+    torch.testing.assert_close(fused_loss, twin_loss, rtol=1e-5, atol=1e-4)  # each run's own test loss
 
 
 def test_non_finite_run_is_masked_and_others_go_on(runs, data):

@@ -189,12 +189,14 @@ def test_checkpoint_round_trip_restores_model_optimizer_rng_and_epoch(tmp_path):
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_evaluation_counts_each_test_image_once(world, smoke_data_dir, run_worker):
     """100 test images over 1, 2, 3 gloo ranks (3 does not divide 100): the summed count is exactly 100, and
-    the number correct equals the single-process count."""
+    the number correct and the summed test loss equal the single-process ones."""
     p = run_worker([__file__, "eval-count", str(smoke_data_dir)], world, timeout=180)
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["world"] == world and result["seen"] == 100
     assert result["correct"] == EXPECTED_CORRECT.setdefault("value", result["correct"])
     assert 0 <= result["correct"] <= 100
+    assert result["loss_sum"] == pytest.approx(EXPECTED_CORRECT.setdefault("loss_sum", result["loss_sum"]), rel=1e-6)
+    assert 100 * 2.0 < result["loss_sum"] < 100 * 2.6  # an untrained net: about ln 10 = 2.30 an image
 
 
 EXPECTED_CORRECT: dict = {}
@@ -215,9 +217,9 @@ def _eval_count_worker(data_dir: str) -> None:
     distributed = acc.num_processes > 1
     loader = loaders.make("test", 32, data_dir=data_dir, backend="tensor", device=acc.device, distributed=distributed)
     pre = build_preprocess("gcn-zca", data_dir).to(acc.device)
-    correct, seen, _ = engine.evaluate(net, loader, pre, acc, distributed=distributed)
+    correct, seen, _, loss_sum = engine.evaluate(net, loader, pre, acc, distributed=distributed)
     if acc.is_main_process:
-        print(json.dumps({"world": acc.num_processes, "seen": seen, "correct": correct}))
+        print(json.dumps({"world": acc.num_processes, "seen": seen, "correct": correct, "loss_sum": loss_sum}))
     acc.wait_for_everyone()  # a rank that exits while the gloo group is alive can abort ("terminate called ...")
     acc.end_training()
 
@@ -274,7 +276,7 @@ def test_each_step_trains_at_the_schedules_lr_in_train_mode_and_the_record_count
     epoch's. (The history's `lr` is computed from the schedule, not read from the optimizer: it cannot tell.)"""
     from bench import results, run_all
 
-    steps, correct = [], []
+    steps, correct, losses = [], [], []
     train_step, eval_step = engine.train_step, engine.eval_step
 
     def train_spy(model, optimizer, *a, **kw):
@@ -283,7 +285,8 @@ def test_each_step_trains_at_the_schedules_lr_in_train_mode_and_the_record_count
 
     def eval_spy(model, *a, **kw):
         assert not model.training
-        correct.append(int(n := eval_step(model, *a, **kw)))
+        correct.append(int((n := eval_step(model, *a, **kw))[0]))
+        losses.append(float(n[1]))
         return n
 
     monkeypatch.setattr(engine, "train_step", train_spy)
@@ -300,6 +303,8 @@ def test_each_step_trains_at_the_schedules_lr_in_train_mode_and_the_record_count
     per_epoch = [sum(correct[i:i + 2]) for i in range(0, len(correct), 2)]  # 100 test images, batches of 50
     assert len(per_epoch) == 3 and [h["test_error_pct"] for h in record["history"]] == pytest.approx(
         [100 - c for c in per_epoch])
+    assert [h["test_loss"] for h in record["history"]] == pytest.approx(  # the mean over the 100: summed / 100
+        [sum(losses[i:i + 2]) / 100 for i in range(0, len(losses), 2)])
     assert record["test_error_pct"] == record["history"][-1]["test_error_pct"]
 
 

@@ -65,8 +65,14 @@ def test_a_completed_run_leaves_its_network(data, trained):
     cache = loaders.Cache(data[0], backend="tensor", device=cpu, distributed=False, batch_size=64)
     acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
     whiten = cache.preprocess(blob["preprocess"], blob["train_split"])
-    correct, seen, _ = engine.evaluate(net, cache.loader("test"), whiten, acc)
+    correct, seen, _, loss_sum = engine.evaluate(net, cache.loader("test"), whiten, acc)
     assert seen == 100 and 100 * (1 - correct / seen) == pytest.approx(done["test_error_pct"], abs=1.0)  # one image
+    # the test loss: the record's last epoch's, and the cross-entropy of the whole split written out here
+    images, labels = (torch.from_numpy(a) for a in loaders.load_arrays(data[0], "test"))
+    with torch.no_grad():
+        direct = torch.nn.functional.cross_entropy(net(whiten(images.permute(0, 3, 1, 2))), labels.long())
+    assert loss_sum / seen == pytest.approx(float(direct), rel=1e-5)
+    assert done["history"][-1]["test_loss"] == pytest.approx(float(direct), rel=1e-3)
 
 
 def test_only_the_writer_writes_and_only_completed_runs(tmp_path):
