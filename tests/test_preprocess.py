@@ -107,11 +107,12 @@ def test_a_fit_on_more_images_than_dimensions_centres_the_covariance(full_data_d
     from loaders import preprocess
 
     n, handed = 3100, []
-    monkeypatch.setattr(preprocess, "zca_from_covariance",
-                        lambda cov: handed.append(cov) or torch.eye(len(cov), dtype=cov.dtype))  # no eigh: fast
-    stats = preprocess.fit_gcn_zca(full_data_dir, "train", {"num_images": {"train": n}})
+    monkeypatch.setattr(preprocess, "zca_from_covariance",  # no eigh: fast
+                        lambda cov, bias: handed.append((cov, bias)) or torch.eye(len(cov), dtype=cov.dtype))
+    stats = preprocess.fit_gcn_zca(full_data_dir, "train", {"num_images": {"train": n}}, filter_bias=1.0)
     x = gcn_rows_numpy(np.load(full_data_dir / "train_images.npy", mmap_mode="r")[:n])
-    (cov,) = handed
+    ((cov, bias),) = handed
+    assert bias == 1.0  # the kind's filter bias reaches the whitening matrix
     v = np.random.default_rng(0).standard_normal((3072, 8))
     expected = (x - x.mean(axis=0)).T @ ((x - x.mean(axis=0)) @ v) / n
     assert np.allclose(stats["zca_mean"].double().numpy(), x.mean(axis=0), atol=1e-5)
