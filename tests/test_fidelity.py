@@ -163,7 +163,7 @@ def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_
     assert p.returncode == 0, p.stderr[-3000:]
     assert "\r" not in p.stdout and "\x1b" not in p.stdout
     assert "resolved configuration" not in p.stdout and "preset smoke; differs: models=strided-a" in p.stdout
-    assert "strided-a lr=0.05 seed=0 epoch 2/2: loss" in p.stdout  # a plain line per evaluated epoch
+    assert "strided-a lr=0.05 seed=0 epoch 2/2: loss" in p.stdout and "% (loss " in p.stdout  # each evaluated epoch
     assert "grid of 2 runs: 2 completed" in p.stdout
     assert f"next: python -m reports --results {out} --out {out / 'report'}" in p.stdout
     assert p.stdout.count(f"tensorboard --logdir {out / 'logs'}") == 1
@@ -174,7 +174,7 @@ def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_
     hparams = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
     for run in mux.Runs():
         tags = set(mux.GetAccumulator(run).Tags()["scalars"])
-        assert {"train/loss", "train/acc", "test/error", "lr", "final/test_error"} <= tags, tags
+        assert {"train/loss", "train/acc", "test/error", "test/loss", "lr", "final/test_error"} <= tags, tags
         assert [e.step for e in mux.Scalars(run, "train/loss")] == [1, 2]
         info = metadata.parse_session_start_info_plugin_data(hparams[run][metadata.SESSION_START_INFO_TAG])
         assert info.hparams["lr"].number_value == float(run.split("_lr")[1].split("_")[0])
