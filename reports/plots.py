@@ -51,19 +51,26 @@ def _save(fig, path, sha256: str, kind: str = "ledger") -> None:
     plt.close(fig)
 
 
-def mean_curve(runs: pd.DataFrame) -> list[tuple[int, float]]:
-    """(epoch, mean test error over the runs that reached that epoch), from each run's `history`."""
-    by_epoch: dict[int, list[float]] = {}
-    for history in runs["history"]:
-        for h in history if isinstance(history, list) else []:
-            if isinstance(h, dict) and _known(h.get("epoch")) and _known(h.get("test_error_pct")):
-                by_epoch.setdefault(int(h["epoch"]), []).append(float(h["test_error_pct"]))
-    return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items())]
+def run_curve(history) -> list[tuple[int, float]]:
+    """(epoch, test error) of each evaluated epoch in a run's `history`."""
+    return [(int(h["epoch"]), float(h["test_error_pct"])) for h in (history if isinstance(history, list) else [])
+            if isinstance(h, dict) and _known(h.get("epoch")) and _known(h.get("test_error_pct"))]
+
+
+def seed_curves(runs: pd.DataFrame) -> list[list[tuple[int, float]]]:
+    """The curves to draw for the runs of one LR: their mean per epoch when every run was evaluated at the same
+    epochs, else each run's own. A mean over the runs that reached each epoch would jump where one of them stopped
+    (a seed still training, or diverged), which reads as a training event."""
+    curves = [c for c in map(run_curve, runs["history"]) if c]
+    if len({tuple(e for e, _ in c) for c in curves}) != 1:
+        return curves
+    return [[(e, sum(c[i][1] for c in curves) / len(curves)) for i, (e, _) in enumerate(curves[0])]]
 
 
 def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> list[str]:
     """Test error per epoch, one panel per model that has runs (Table 3's runs), one colour per LR for every
-    panel (the seed mean; LRs with diverged, stalled, failed or unfinished runs dashed, up to where they stopped),
+    panel (the seed mean, or each seed where they stopped at different epochs: `seed_curves`; LRs with diverged,
+    stalled, failed or unfinished runs dashed, up to where they stopped),
     the LR Table 3 selects drawn thick, the paper's error dotted; one legend for the figure, of what is drawn (its
     labels are returned). Log scale: 9% vs 10% stays visible beside the first epochs' 90%."""
     grid = lr_grid(runs)
@@ -75,7 +82,7 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     # at least 8 in wide: the title and the one-row legend must fit over a single panel too
     fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 3.5 * cols + 0.5), 2.8 * rows + 1.4), squeeze=False)
     last_epoch = max([1, *(int(e) for e in runs["epochs"] if _known(e))])
-    dashed, drawn = False, set()
+    dashed, apart, drawn = False, False, set()
     for ax, name in zip(axes.flat, names):
         mine, spec = runs[runs["model"] == name], SPECS[name]
         ax.set_title(spec.paper_name, fontsize=10)
@@ -84,16 +91,17 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
         low = [5.0]
         for lr in grid:
             at = mine[mine["lr"].map(lambda x, lr=lr: _known(x) and float(x) == lr).astype(bool)]
-            curve = mean_curve(at)
-            if not curve:
+            curves = seed_curves(at)
+            if not curves:
                 continue
-            low.append(0.8 * min(v for _, v in curve))
+            low.append(0.8 * min(v for c in curves for _, v in c))
             ended = bool(set(at["outcome"]) - {"completed"})
-            dashed |= ended
+            dashed, apart = dashed | ended, apart | (len(at) > 1 and len(curves) > 1)
             drawn.add(lr)
-            ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o" if len(curve) <= 30 else None,
-                    markersize=3, color=colors[lr], linestyle="--" if ended else "-",
-                    linewidth=2.5 if selected.get(name) == lr else 1)
+            for curve in curves:
+                ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o" if len(curve) <= 30 else None,
+                        markersize=3, color=colors[lr], linestyle="--" if ended else "-",
+                        linewidth=2.5 if selected.get(name) == lr else 1)
         if len(low) == 1:  # runs, but not one evaluated epoch: say why rather than show an empty panel
             ended = Counter(mine["outcome"])
             why = f"every run {next(iter(ended))}" if len(ended) == 1 else ", ".join(
@@ -124,7 +132,8 @@ def plot_curves(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") ->
     height = fig.get_figheight()
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, STAMP_IN / height), ncol=len(handles),
                fontsize=8, frameon=False)
-    fig.suptitle("CIFAR-10 test error per epoch (seed mean per LR)")
+    fig.suptitle("CIFAR-10 test error per epoch (seed mean per LR" + ("; each seed where they stopped apart)"
+                                                                      if apart else ")"))
     fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.75 / height, bottom=(0.85 + STAMP_IN) / height,
                         hspace=0.55, wspace=0.3)
     _save(fig, path, sha256)

@@ -90,3 +90,17 @@ def test_curves_draw_the_seed_mean_per_lr_and_the_selected_lr_thick(tmp_path, fi
                     if line.get_linestyle() == "-")
     assert [width for width, _ in curves] == [1, 2.5]
     assert curves[0][1] == pytest.approx([12.0, 11.0, 10.0]) and curves[1][1] == pytest.approx([11.3, 10.3, 9.3])
+
+
+def test_seeds_stopped_at_different_epochs_are_drawn_each_not_as_a_mean_that_jumps(tmp_path, figures):
+    """LR 0.05: seed 0 completed its 3 epochs (11.2, 10.2, 9.2), seed 1 failed after its first (92.0). A mean over
+    the seeds that reached each epoch would fall from 51.6 to 10.2 at epoch 2, a drop no run made: each seed is
+    drawn instead, dashed (not every run completed). LR 0.1's two complete seeds stay one mean line."""
+    runs, t3 = ledger(tmp_path, [record(lr=0.05, seed=0, test=9.2), record(lr=0.05, seed=1, status="failed"),
+                                 record(lr=0.1, seed=0, test=10.0), record(lr=0.1, seed=1, test=11.0)])
+    plots.plot_curves(runs, t3, tmp_path / "curves.png")
+    (ax,) = [ax for ax in figures[0].axes if ax.get_visible()]
+    lines = sorted((line.get_linestyle(), list(line.get_ydata())) for line in ax.lines if line.get_linestyle() != ":")
+    assert lines == [("-", pytest.approx([12.5, 11.5, 10.5])), ("--", pytest.approx([11.2, 10.2, 9.2])),
+                     ("--", pytest.approx([92.0]))]
+    assert figures[0]._suptitle.get_text().endswith("(seed mean per LR; each seed where they stopped apart)")
