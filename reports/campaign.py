@@ -4,13 +4,13 @@
     python -m reports.campaign --check    # exit 1 when README.md's block differs (tests/test_campaign.py runs it)
 
 One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrote them) and one per unfinished run
-whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model,
-LR, seed, how it ended, its final test error beside the paper's (Table 3: the best LR's), epochs, seconds, training
-images/s, GPU, data, and what bench/diagnose.py saw when the run ended (eval-mode training error: under- or
-over-fitting; dead ReLU channels: capacity lost), where the record has it. A checkpoint's run is found by
-recomputing the run keys of every Table 3 (model, LR) under a recorded run's config; its epoch and last test error
-are read from the checkpoint (torch, weights_only: nothing in it runs; without torch the row still appears, without
-them). The full report (Table 3, claims, plots) is
+whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model
+(and what an ablation arm changes, bracketed), LR, seed, how it ended, its final test error beside the paper's (Table
+3: the best LR's), epochs, seconds, training images/s, GPU, data, and what bench/diagnose.py saw when the run ended
+(eval-mode training error: under- or over-fitting; dead ReLU channels: capacity lost), where the record has it. A
+checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under a recorded run's config;
+its epoch and last test error are read from the checkpoint (torch, weights_only: nothing in it runs; without torch
+the row still appears, without them). The full report (Table 3, claims, plots) is
 `python -m reports --results reports/measured/campaign`.
 """
 from __future__ import annotations
@@ -54,19 +54,20 @@ def rows(results_dir: Path) -> list[list[str]]:
     for r in records:
         spec = SPECS.get(r["model"])  # a model this code does not know: its own name, no paper number, listed last
         out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], r["seed"], [
-            spec.paper_name if spec else f"{r['model']} (not in Table 3)", f"{r['lr']:g}", str(r["seed"]), r["status"],
+            (spec.paper_name if spec else f"{r['model']} (not in Table 3)") + _arm(r["config"]), f"{r['lr']:g}",
+            str(r["seed"]), r["status"],
             _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
-    cells = {key: (model, lr, sibling["seed"])
+    cells = {key: (model, lr, sibling["seed"], _arm(sibling["config"]))
              for key, (model, lr, sibling) in run_of_key(pd.DataFrame.from_records(records)).items()}
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
-        model, lr, seed = cells.get(path.stem, (None, None, None))
+        model, lr, seed, arm_text = cells.get(path.stem, (None, None, None, ""))
         spec = SPECS.get(model)
         epoch, last, seconds = checkpoint_state(path)
         out.append((list(SPECS).index(model) if spec else len(SPECS), -(lr or 0), -1 if seed is None else seed, [
-            spec.paper_name if spec else f"run {path.stem}", f"{lr:g}" if lr else "?",
+            (spec.paper_name if spec else f"run {path.stem}") + arm_text, f"{lr:g}" if lr else "?",
             "?" if seed is None else str(seed),
             "unfinished: checkpointed, resumed by the next campaign",
             f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else "",
@@ -75,6 +76,17 @@ def rows(results_dir: Path) -> list[list[str]]:
             f"{_int(seconds)} so far" if seconds else "", "",
             str(first["device_name"] or "") if first else "", short(first["data"]) if first else "", ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:3])]
+
+
+def _arm(config: dict) -> str:
+    """" [preprocess=meanstd]": the fields an ablation varies (bench.ablations.BASELINE_FIELDS) where the run's
+    config is not its preset's, as bench.plan marks an arm's runs; "" for the grid's own. Without it the arms of
+    one model, LR and seed (`--ablations preprocessing`) gave rows alike but for their error."""
+    from bench.ablations import as_recorded, baseline  # here, as in rows: a typo'd arm raises ValueError
+
+    changed = [f"{k}={config[k]}" for k, v in baseline(config.get("preset")).items()
+               if k in config and as_recorded({k: config[k]})[k] != v]
+    return f" [{', '.join(changed)}]" if changed else ""
 
 
 def _pct(v) -> str:

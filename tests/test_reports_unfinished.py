@@ -167,3 +167,30 @@ def test_campaign_table_tells_the_seeds_of_one_cell_apart(tmp_path):
     rows = campaign.rows(tmp_path)
     assert [(r[1], r[2], r[4]) for r in rows[:2]] == [("0.05", "0", "31.59"), ("0.05", "1", "12.50")]
     assert rows[2][1:3] == ["0.05", "2"] and rows[2][3].startswith("unfinished")
+
+
+def test_campaign_table_tells_the_arms_of_one_cell_apart(tmp_path):
+    """`--ablations preprocessing` at LR 0.01 beside the recorded run (the next campaign's plan): the mean/std and
+    filter-bias-1.0 arms' rows had the same model, LR and seed, and which error was whose could not be read. Each
+    arm's row names what it changes, as bench.plan does; so does a checkpoint of an arm still training."""
+    import json
+
+    from reports import campaign
+    from test_reports import ROOT
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    base = json.loads((ROOT / campaign.RESULTS / "runs" / "489234371f2401e9.json").read_text())
+    for preprocess, error in (("meanstd", 12.5), ("gcn-zca-fb1", 14.5)):
+        arm = {**base, "preprocess": preprocess, "test_error_pct": error,
+               "config": {**base["config"], "preprocess": preprocess}}
+        arm["run_key"] = config_key(arm["config"])
+        (tmp_path / "runs" / f"{arm['run_key']}.json").write_text(json.dumps(arm))
+    (tmp_path / "runs" / f"{base['run_key']}.json").write_text(json.dumps(base))
+    torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)}, tmp_path / "checkpoints" /
+               f"{config_key({**base['config'], 'preprocess': 'gcn-zca-fb1', 'lr': 0.05})}.pt")
+    rows = campaign.rows(tmp_path)
+    assert [(r[0], r[1], r[4]) for r in rows[:2]] == [
+        ("All-CNN-C [preprocess=gcn-zca-fb1]", "0.05", "40.00 (epoch 3)"), ("All-CNN-C", "0.01", "17.19")]
+    assert {(r[0], r[1], r[4]) for r in rows[2:]} == {("All-CNN-C [preprocess=gcn-zca-fb1]", "0.01", "14.50"),
+                                                      ("All-CNN-C [preprocess=meanstd]", "0.01", "12.50")}
