@@ -193,3 +193,14 @@ def test_the_best_of_table3_shows_the_test_of_its_own_pair_among_equally_weak_on
     assert (c.loc[BEST, "y"], c.loc[BEST, "verdict"], c.loc[BEST, "diff_pp"]) == ("allcnn-b", "inconclusive", -0.02)
     assert c.loc[BEST, "test"].endswith("weakest: Welch t = -0.16, dof 4.0, p = 0.88")
     assert c.loc[BEST, "p_value"] == pytest.approx(0.880372, abs=1e-6)
+
+
+def test_the_best_of_table3_names_a_deciding_comparison_other_than_its_runner_up(tmp_path):
+    """All-CNN-C clearly ahead, but Model A lacks an LR: the verdict is that comparison's, and the test and p shown
+    are Model A's, which the row (against its runner-up, Strided-CNN-A) names."""
+    others = {m: {0.1: [12.0 + i / 10, 12.1 + i / 10], 0.05: [11.0 + i / 10, 11.1 + i / 10]}
+              for i, m in enumerate(SPECS) if m != "allcnn-c"}
+    others["model-a"] = {0.05: [12.0, 12.1]}
+    c = claims_on_a_grid(tmp_path, {**others, "allcnn-c": {0.1: [9.5, 9.6], 0.05: [9.0, 9.1]}})
+    assert (c.loc[BEST, "y"], c.loc[BEST, "verdict"]) == ("strided-a", "inconclusive (LR grid incomplete)")
+    assert "; weakest: against Model A: Welch t = -42.43, dof 2.0, p = 0.000555;" in c.loc[BEST, "test"]
