@@ -186,6 +186,15 @@ def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:
     return overrides
 
 
+def off_baseline(config: dict) -> str:
+    """"preprocess=meanstd": the BASELINE fields where a run's resolved config (or ledger record) is not its
+    preset's value, as bench.plan marks an arm's runs; "" for a run at its preset's values (a grid's own). What
+    tells apart the rows of one model, LR and seed in a summary that names no ablation (reports/campaign.py,
+    scripts/campaign.sh)."""
+    return ", ".join(f"{k}={config[k]}" for k, v in baseline(config.get("preset")).items()
+                     if k in config and as_recorded({k: config[k]})[k] != v)
+
+
 def arm_of(config: dict, name: str) -> str | None:
     """The label of the arm of ablation `name` that a run of a grid at its preset's values belongs to, from its
     resolved config (or ledger record): its model is one the ablation studies and every field an ablation varies

@@ -79,14 +79,11 @@ def rows(results_dir: Path) -> list[list[str]]:
 
 
 def _arm(config: dict) -> str:
-    """" [preprocess=meanstd]": the fields an ablation varies (bench.ablations.BASELINE_FIELDS) where the run's
-    config is not its preset's, as bench.plan marks an arm's runs; "" for the grid's own. Without it the arms of
-    one model, LR and seed (`--ablations preprocessing`) gave rows alike but for their error."""
-    from bench.ablations import as_recorded, baseline  # here, as in rows: a typo'd arm raises ValueError
+    """" [preprocess=meanstd]" for an ablation arm's run (bench.ablations.off_baseline), "" for the grid's own: the
+    arms of one model, LR and seed (`--ablations preprocessing`) gave rows alike but for their error."""
+    from bench.ablations import off_baseline  # here, as in rows: a typo'd arm raises ValueError
 
-    changed = [f"{k}={config[k]}" for k, v in baseline(config.get("preset")).items()
-               if k in config and as_recorded({k: config[k]})[k] != v]
-    return f" [{', '.join(changed)}]" if changed else ""
+    return f" [{changed}]" if (changed := off_baseline(config)) else ""
 
 
 def _pct(v) -> str:

@@ -115,12 +115,20 @@ def test_a_warm_machines_checkpoints_win_and_finished_runs_stay_home(jpeg_tarbal
     last call wrote, further along than the committed one: overwritten, those epochs would be trained again); a
     finished run's checkpoint (its record beside it) is stale and takes none of the 8 places in OUT, while a failed
     run's comes back (run_all resumes the failed run from it); and the default
-    ORDER trains All-CNN-C first, at the LRs that trained the Caffe/neon ports first."""
+    ORDER trains All-CNN-C first, at the LRs that trained the Caffe/neon ports first. The summary tells apart runs
+    of one model and LR by seed and ablation arm."""
+    from bench.config import config_key
+
     ledger, work = tmp_path / "ledger", tmp_path / "work-warm" / "results"
     record, other = sorted((ROOT / "reports/measured/campaign/runs").glob("*.json"))
     for folder in (ledger / "runs", ledger / "checkpoints", work / "checkpoints"):
         folder.mkdir(parents=True)
     shutil.copy(record, ledger / "runs")
+    arm = json.loads(record.read_text())  # its gcn-zca-fb1 arm (--ablations preprocessing)
+    arm = dict(arm, preprocess="gcn-zca-fb1", config={**arm["config"], "preprocess": "gcn-zca-fb1"},
+               test_error_pct=14.5)
+    arm["run_key"] = config_key(arm["config"])
+    (ledger / "runs" / f"{arm['run_key']}.json").write_text(json.dumps(arm))
     (ledger / "checkpoints" / f"{record.stem}.pt").write_bytes(b"finished")
     failed = dict(json.loads(other.read_text()), status="failed", error="RuntimeError: out of memory")
     (ledger / "runs" / other.name).write_text(json.dumps(failed))  # its run trains again: from its checkpoint
@@ -129,7 +137,9 @@ def test_a_warm_machines_checkpoints_win_and_finished_runs_stay_home(jpeg_tarbal
     (work / "checkpoints" / "0123456789abcdef.pt").write_bytes(b"newer, on the warm machine")
     log, records = campaign(tmp_path, "warm", jpeg_tarball, TOTAL="30", RESERVE="30", ORDER="", LEDGER=str(ledger))
     assert " ORDER=allcnn-c model-c convpool-c strided-c allcnn-b " in log and " LRS=0.05 0.01 0.1 0.25 " in log
-    assert sorted(records) == sorted([record.stem, other.stem])
+    assert sorted(records) == sorted([record.stem, other.stem, arm["run_key"]])
+    assert "# All-CNN-C lr=0.01 seed=0 completed: test error 17.19" in log, log[-3000:]
+    assert "# All-CNN-C lr=0.01 seed=0 [preprocess=gcn-zca-fb1] completed: test error 14.5%" in log, log[-3000:]
     assert sorted(p.name for p in (tmp_path / "warm").glob("*.pt")) == ["0123456789abcdef.pt", f"{other.stem}.pt"]
     assert (tmp_path / "warm" / "0123456789abcdef.pt").read_bytes() == b"newer, on the warm machine"
     assert not (work / "checkpoints" / f"{record.stem}.pt").exists()
