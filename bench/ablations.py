@@ -186,13 +186,14 @@ def arm_overrides(ablation: Ablation, arm: str) -> dict[str, object]:
     return overrides
 
 
-def off_baseline(config: dict) -> str:
-    """"preprocess=meanstd": the BASELINE fields where a run's resolved config (or ledger record) is not its
-    preset's value, as bench.plan marks an arm's runs; "" for a run at its preset's values (a grid's own). What
-    tells apart the rows of one model, LR and seed in a summary that names no ablation (reports/campaign.py,
-    scripts/campaign.sh)."""
-    return ", ".join(f"{k}={config[k]}" for k, v in baseline(config.get("preset")).items()
-                     if k in config and as_recorded({k: config[k]})[k] != v)
+def off_baseline(config: dict, ignore: tuple[str, ...] = ()) -> dict[str, object]:
+    """The BASELINE fields (but those in `ignore`) where a run's config, as a record holds it, is not its preset's
+    value, with the run's values: {} for a run of a grid at its preset's values, {"preprocess": "meanstd"} for an
+    arm on top of it. reports.ledger counts them to find Table 3's config; the campaign table and
+    scripts/campaign.sh's summary name them, as bench.plan names an arm's, to tell the runs of one model, LR
+    and seed apart."""
+    return {k: config.get(k) for k, v in baseline(config.get("preset")).items()
+            if k not in ignore and config.get(k) != v}
 
 
 def arm_of(config: dict, name: str) -> str | None:

@@ -83,7 +83,8 @@ def _arm(config: dict) -> str:
     arms of one model, LR and seed (`--ablations preprocessing`) gave rows alike but for their error."""
     from bench.ablations import off_baseline  # here, as in rows: a typo'd arm raises ValueError
 
-    return f" [{changed}]" if (changed := off_baseline(config)) else ""
+    changed = off_baseline(config)
+    return f" [{', '.join(f'{k}={v}' for k, v in changed.items())}]" if changed else ""
 
 
 def _pct(v) -> str:

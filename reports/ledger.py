@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from allconv.specs import SPECS, built_otherwise, macs
-from bench import results
-from bench.ablations import BASELINE, as_recorded, baseline
+from bench import ablations, results
+from bench.ablations import BASELINE, as_recorded
 from bench.config import NOT_IN_KEY, PRESETS
 from bench.devices import precision_label  # noqa: F401 (reports import it from here)
 
@@ -86,9 +86,9 @@ def compared(config) -> dict | None:
 
 def off_baseline(config: dict, ignore: tuple[str, ...] = ()) -> int:
     """In how many of the fields an ablation varies (but those in `ignore`) a run's config differs from its
-    preset's baseline (bench.ablations.baseline): 0 for a Table 3 run of a grid at its preset's values, one
+    preset's baseline (bench.ablations.off_baseline): 0 for a Table 3 run of a grid at its preset's values, one
     more for each field an ablation arm changes on top of its grid."""
-    return sum(config.get(k) != v for k, v in baseline(config.get("preset")).items() if k not in ignore)
+    return len(ablations.off_baseline(config, ignore))
 
 
 def off_preset(config: dict) -> int:
