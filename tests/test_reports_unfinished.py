@@ -160,8 +160,8 @@ def test_campaign_table_tells_the_seeds_of_one_cell_apart(tmp_path):
     seed1 = {**base, "seed": 1, "test_error_pct": 12.5, "config": {**base["config"], "seed": 1},
              "grid": {**base["grid"], "lrs": [0.05], "seeds": [0, 1, 2]}}  # as `--lrs 0.05 --seeds 0 1 2` records
     seed1["run_key"] = config_key(seed1["config"])
-    for record in (base, seed1):
-        (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
+    for r in (base, seed1):
+        (tmp_path / "runs" / f"{r['run_key']}.json").write_text(json.dumps(r))
     torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)},
                tmp_path / "checkpoints" / f"{config_key({**base['config'], 'seed': 2})}.pt")
     rows = campaign.rows(tmp_path)
