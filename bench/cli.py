@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 
 from allconv.specs import resolve_models
@@ -62,8 +63,6 @@ def precision_arg(text: str) -> str:
 def check_output_file(path, flag: str) -> None:
     """UsageError unless `path` (an output file option's value, None: not given) can be written: not a folder, and
     its nearest existing folder writable. Checked before any work, not after the first result was measured."""
-    import os
-
     folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None) if path else None
     if path and (path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK)):
         why = "it is a folder" if path.is_dir() else f"{folder} is not a writable folder"
