@@ -38,7 +38,8 @@ SCHEMA = {
     "finished_at", "history", "grid", "eval_precision", "fused_runs", "diagnosis", "sessions",
     "code_sha256",
 }  # bench/schema.py's docstring, field by field
-HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "lr", "seconds"}
+HISTORY = {"epoch", "loss", "train_acc_pct", "test_error_pct", "val_error_pct", "test_loss", "val_loss", "lr",
+           "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +80,8 @@ def check_sane(record: dict) -> None:
     assert record["status"] == "completed" and record["error"] is None
     assert record["epochs_completed"] == record["epochs"] == len(record["history"])
     assert all(set(h) == HISTORY for h in record["history"])
+    assert all((h["test_loss"] is None) == (h["test_error_pct"] is None) for h in record["history"])
+    assert all(0 < h["test_loss"] < 10 for h in record["history"] if h["test_loss"] is not None)
     assert 0 <= record["test_error_pct"] <= 100 and record["best_test_error_pct"] <= record["test_error_pct"]
     assert record["data"]["num_test"] == 100 and record["data"]["num_train"] == 100
     assert record["data"]["encoding"]["jpeg_chroma"].keys() == {"4:2:0"} and not record["data"]["encoding"]["lossless"]
