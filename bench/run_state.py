@@ -100,9 +100,8 @@ class RunState:
     def evaluate(self, entry: dict, net, evals: dict, preprocess, accelerator, *, autocast=None, channels_last=False,
                  distributed: bool = False) -> None:
         """Fill the entry's `<name>_error_pct` and `<name>_loss` for each of `evals` (name -> (loader, the split's
-        image count)),
-        adding the time to the epoch's seconds and the evaluation throughput. Evaluates the bare net: DDP's forward
-        syncs buffers, and ranks' batch counts may differ."""
+        image count)), adding the time to the epoch's seconds and the evaluation throughput. Evaluates the bare net:
+        DDP's forward syncs buffers, and ranks' batch counts may differ."""
         for name, (loader, expected) in evals.items():
             correct, seen, seconds, loss_sum = engine.evaluate(net, loader, preprocess, accelerator, autocast=autocast,
                                                                channels_last=channels_last, distributed=distributed)

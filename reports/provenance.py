@@ -59,5 +59,5 @@ def pixels_line(df: pd.DataFrame) -> str:
         unknown += not _known(digest)
     if not digests:
         return "not recorded"
-    mixed = [" -- MIXED: not every run saw the same pixels"] if len(digests) > 1 else []
-    return "; ".join([_counted(digests), *([f"not recorded ({unknown})"] if unknown else [])]) + "".join(mixed)
+    line = "; ".join([_counted(digests), *([f"not recorded ({unknown})"] if unknown else [])])
+    return line + (" -- MIXED: not every run saw the same pixels" if len(digests) > 1 else "")

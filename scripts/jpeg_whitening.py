@@ -9,7 +9,8 @@ versions go through each preprocessing as training feeds them, its statistics fi
 Printed per kind: the input's per-value std, and the re-encoding's error energy as a share of the input's energy
 about its mean (sum (f(y) - f(x))^2 / sum (f(x) - mean f(x))^2). GCN + ZCA multiplies a direction of variance
 lambda by 1 / sqrt(lambda + filter bias): the share shows how much that lifts the compression's error, which sits
-in the directions of least variance, against the images' content.
+in the directions of least variance, against the images' content. For the GCN + ZCA kinds, also where the error
+sits: the share of its energy, and of the input's, in the directions whose variance lambda is below the bias.
 """
 import io
 import sys
@@ -34,11 +35,19 @@ x = np.load(f"{data}/test_images.npy")[::5]  # N x 32 x 32 x 3 uint8
 y = np.stack([reencode(image) for image in x])
 print(f"{len(x)} test images encoded once more (JPEG q75 4:2:0, grid shifted by 3 px): pixel RMS change "
       f"{float(np.sqrt(((y.astype(float) - x) ** 2).mean())):.2f} of 255")
-print(f"{'preprocess':<14}{'filter bias':>12}{'input std':>11}{'error share':>13}")
+print(f"{'preprocess':<14}{'filter bias':>12}{'input std':>11}{'error share':>13}"
+      f"{'lambda < bias: error':>22}{'input':>7}")
 for kind in PREPROCESS:
     pre = build_preprocess(kind, data)  # fitted on the training split (cached beside the data)
     with torch.no_grad():
         fx, fy = (pre(torch.from_numpy(a).permute(0, 3, 1, 2)).double().flatten(1) for a in (x, y))
     share = float(((fy - fx) ** 2).sum() / ((fx - fx.mean(0)) ** 2).sum())
+    low = ""
+    if kind in FILTER_BIAS:  # W = U diag((lambda + bias)^-1/2) U^T: its eigenvectors are the covariance's
+        w_eig, u = torch.linalg.eigh(pre.zca_matrix.double())
+        below = w_eig ** -2 - FILTER_BIAS[kind] < FILTER_BIAS[kind]  # lambda < bias
+        error, signal = ((fy - fx) @ u) ** 2, ((fx - fx.mean(0)) @ u) ** 2
+        low = f"{100 * float(error[:, below].sum() / error.sum()):>21.0f}%" \
+              f"{100 * float(signal[:, below].sum() / signal.sum()):>6.0f}%"
     bias = f"{FILTER_BIAS[kind]:g}" if kind in FILTER_BIAS else "-"
-    print(f"{kind:<14}{bias:>12}{float(fx.std()):>11.3f}{100 * share:>12.1f}%")
+    print(f"{kind:<14}{bias:>12}{float(fx.std()):>11.3f}{100 * share:>12.1f}%{low}")
