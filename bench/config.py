@@ -221,6 +221,14 @@ def config_key(config: dict) -> str:
     return results.run_key({k: v for k, v in config.items() if k not in NOT_IN_KEY})
 
 
+def arm_changes(run_cfg: RunConfig, grid_cfg: RunConfig) -> str:
+    """What an ablation arm's run changes on top of its grid, "batch_size=128" ("" for the grid's own runs): the
+    fields in the run key other than the grid's lists. bench.plan's rows and run_all's progress lines name it, so
+    the arms of one model, LR and seed read apart."""
+    return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(run_cfg).items()
+                     if k not in (*GRID_FIELDS, *NOT_IN_KEY) and v != getattr(grid_cfg, k))
+
+
 def expand(cfg: RunConfig, data_sha256: str | None = None) -> list[Run]:
     """The grid (models x lrs x seeds), then each ablation's arms (its own models; an arm may bring its own
     lrs), in that order; a run that two of them share (every ablation's baseline arm) appears once."""

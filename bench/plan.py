@@ -17,7 +17,6 @@ run whose options changed) are counted in a last line: run_all never resumes the
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import allconv  # noqa: E402
 from bench import claims, results, workqueue  # noqa: E402
 from bench.cli import Parser, UsageError, parse_args  # noqa: E402
-from bench.config import expand  # noqa: E402
+from bench.config import arm_changes, expand  # noqa: E402
 
 SAME_COST = ("batch_size", "precision", "train_split", "subset_per_class", "preset")
 """Config fields that change a run's seconds per epoch beyond its model: runs timed alike share these, and how they
@@ -168,7 +167,6 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
     records = {r["run_key"]: r for r in results.read_records(cfg.out)} if Path(cfg.out, "runs").is_dir() else {}
     seconds, device, n_timed = timings(list(records.values()))
     rates, measured_on = benchmark_rates(throughput, device) if throughput else ({}, [])
-    grid_values = dataclasses.asdict(cfg)
     rows = []
     for run in runs:
         key = run.key(sha)
@@ -191,8 +189,7 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
             state = f"being trained by {holder} ({state})"
         per_epoch, scaled = epoch_seconds(run, seconds, rates)
         left = None if start is None or per_epoch is None else (run.cfg.epochs - start) * per_epoch
-        arm = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(run.cfg).items()
-                        if k != "fuse_lrs" and v != grid_values[k])
+        arm = arm_changes(run.cfg, cfg)
         rows.append({"model": run.model, "lr": run.lr, "seed": run.seed, "arm": arm, "key": key, "state": state,
                      "start": start, "epochs": run.cfg.epochs, "seconds_left": left, "scaled": scaled})
     folder, keys, sizes = Path(cfg.out, "checkpoints"), {row["key"] for row in rows}, []

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import results
 from bench.cli import UsageError
-from bench.config import GRID_FIELDS, NOT_IN_KEY, PRESETS, Run, RunConfig
+from bench.config import GRID_FIELDS, NOT_IN_KEY, PRESETS, Run, RunConfig, arm_changes
 from bench.devices import precision_label
 
 SCALARS = {"loss": "train/loss", "train_acc_pct": "train/acc", "test_error_pct": "test/error",
@@ -44,8 +44,11 @@ def fmt_pct(value) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
-def run_label(run: Run) -> str:
-    return f"{run.model} lr={run.lr:g} seed={run.seed}"
+def run_label(run: Run, grid_cfg: RunConfig | None = None) -> str:
+    """"allcnn-c lr=0.01 seed=0", and for an ablation arm's run what the arm changes on top of `grid_cfg`
+    ("allcnn-c lr=0.01 seed=0 [preprocess=meanstd]": the arms of one model, LR and seed read apart)."""
+    arm = arm_changes(run.cfg, grid_cfg) if grid_cfg is not None else ""
+    return f"{run.model} lr={run.lr:g} seed={run.seed}" + (f" [{arm}]" if arm else "")
 
 
 def tracker_class(log_with: str | None):
@@ -184,8 +187,9 @@ class Progress:
         """The epoch's bar (None without bars), the last epoch's loss and accuracy in its postfix."""
         if not self.bars:
             return None
-        bar = self.tqdm(total=steps, desc=f"{run_label(run)} epoch {epoch + 1}/{run.cfg.epochs}", leave=False,
-                        unit="step", dynamic_ncols=True)
+        label = run_label(run, self.cfg)
+        bar = self.tqdm(total=steps, desc=f"{label} epoch {epoch + 1}/{run.cfg.epochs}", leave=False, unit="step",
+                        dynamic_ncols=True)
         if last is not None and last["loss"] is not None:
             bar.set_postfix_str(f"loss {last['loss']:.3f} acc {last['train_acc_pct']:.1f}%", refresh=False)
         return bar
@@ -193,7 +197,8 @@ class Progress:
     def epoch_done(self, run: Run, entry: dict) -> None:
         """Without bars, a plain line per evaluated epoch (with --progress)."""
         if self.cfg.progress and not self.bars and entry["test_error_pct"] is not None and self.owner():
-            self.say(f"{run_label(run)} epoch {entry['epoch']}/{run.cfg.epochs}: loss {entry['loss']:.3f}, "
+            label = run_label(run, self.cfg)
+            self.say(f"{label} epoch {entry['epoch']}/{run.cfg.epochs}: loss {entry['loss']:.3f}, "
                      f"train acc {entry['train_acc_pct']:.1f}%, test error {fmt_pct(entry['test_error_pct'])}"
                      + (f" (loss {entry['test_loss']:.3f})" if entry.get("test_loss") is not None else ""),
                      everywhere=True)
@@ -203,8 +208,8 @@ class Progress:
             self.grid_bar.update(1)
         if self.owner():
             why = f" ({record['error']})" if record["error"] and record["status"] != "completed" else ""
-            self.say(f"{run_label(run)}: {record['status']}, test error {fmt_pct(record['test_error_pct'])}{why} "
-                     f"[{key}]", everywhere=True)
+            self.say(f"{run_label(run, self.cfg)}: {record['status']}, test error "
+                     f"{fmt_pct(record['test_error_pct'])}{why} [{key}]", everywhere=True)
 
     def interrupted(self, key: str | None, by: str = "SIGTERM") -> None:
         """Stopped by signal `by`: `key` names the run(s) checkpointed mid-run, None a stop between runs (nothing to

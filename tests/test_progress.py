@@ -21,3 +21,22 @@ def test_the_eta_is_in_hours_and_the_summary_counts_this_grids_runs_only(tmp_pat
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "ETA 1.50 h (measured 1234 img/s per process on allcnn-c)"
     assert lines[1].startswith("grid of 3 runs: 1 completed, 1 diverged, 1 not recorded yet (")
+
+
+def test_an_arms_lines_name_what_it_changes_and_the_grids_do_not(capsys):
+    """`--ablations preprocessing` at one LR trains three All-CNN-C runs of LR 0.01, seed 0: their progress lines
+    (each run's end here) name the arm, as bench.plan's rows do; the grid's own run's line is as before. The Adam
+    arm's own LR grid (a grid field) and eager step (not in the run key) are not what it changes."""
+    from bench.config import expand
+
+    grid = RunConfig(models=("allcnn-c",), lrs=(0.01,), ablations=("preprocessing", "optimizer"), cuda_graphs=True)
+    show = Progress(grid, SimpleNamespace(is_main_process=True))
+    show.owner = lambda: True
+    for run in expand(grid):
+        show.run_done(run, "k", {"status": "completed", "error": None, "test_error_pct": 17.19})
+    assert capsys.readouterr().out.splitlines() == [
+        "allcnn-c lr=0.01 seed=0: completed, test error 17.19% [k]",
+        "allcnn-c lr=0.01 seed=0 [preprocess=meanstd]: completed, test error 17.19% [k]",
+        "allcnn-c lr=0.01 seed=0 [preprocess=gcn-zca-fb1]: completed, test error 17.19% [k]",
+        *(f"allcnn-c lr={lr:g} seed=0 [optimizer=adam]: completed, test error 17.19% [k]"
+          for lr in (3e-3, 1e-3, 3e-4, 1e-4))]
