@@ -196,6 +196,13 @@ def off_baseline(config: dict, ignore: tuple[str, ...] = ()) -> dict[str, object
             if k not in ignore and config.get(k) != v}
 
 
+def arm_label(config: dict) -> str:
+    """" [preprocess=meanstd]" for an ablation arm's run (`off_baseline`), "" for a run of the grid at its preset's
+    values: what tells apart, in the campaign's table and log, the runs of one model, LR and seed."""
+    changed = ", ".join(f"{k}={v}" for k, v in off_baseline(config).items())
+    return f" [{changed}]" if changed else ""
+
+
 def arm_of(config: dict, name: str) -> str | None:
     """The label of the arm of ablation `name` that a run of a grid at its preset's values belongs to, from its
     resolved config (or ledger record): its model is one the ablation studies and every field an ablation varies

@@ -46,21 +46,22 @@ def checkpoint_state(path: Path) -> tuple[int | None, dict | None, float | None]
 
 
 def rows(results_dir: Path) -> list[list[str]]:
-    from reports.data import short  # these two and md_text here, not at the top: they import bench/ablations.py,
+    from reports.data import short  # these three and md_text here, not at the top: they import bench/ablations.py,
     from reports.running import run_of_key  # which raises ValueError on a user's typo'd arm: main makes it one line
+    from bench.ablations import arm_label
 
     records = results.read_records(results_dir)
     out = []
     for r in records:
         spec = SPECS.get(r["model"])  # a model this code does not know: its own name, no paper number, listed last
         out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], r["seed"], [
-            (spec.paper_name if spec else f"{r['model']} (not in Table 3)") + _arm(r["config"]), f"{r['lr']:g}",
+            (spec.paper_name if spec else f"{r['model']} (not in Table 3)") + arm_label(r["config"]), f"{r['lr']:g}",
             str(r["seed"]), r["status"],
             _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
-    cells = {key: (model, lr, sibling["seed"], _arm(sibling["config"]))
+    cells = {key: (model, lr, sibling["seed"], arm_label(sibling["config"]))
              for key, (model, lr, sibling) in run_of_key(pd.DataFrame.from_records(records)).items()}
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
         model, lr, seed, arm_text = cells.get(path.stem, (None, None, None, ""))
@@ -76,15 +77,6 @@ def rows(results_dir: Path) -> list[list[str]]:
             f"{_int(seconds)} so far" if seconds else "", "",
             str(first["device_name"] or "") if first else "", short(first["data"]) if first else "", ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:3])]
-
-
-def _arm(config: dict) -> str:
-    """" [preprocess=meanstd]" for an ablation arm's run (bench.ablations.off_baseline), "" for the grid's own: the
-    arms of one model, LR and seed (`--ablations preprocessing`) gave rows alike but for their error."""
-    from bench.ablations import off_baseline  # here, as in rows: a typo'd arm raises ValueError
-
-    changed = off_baseline(config)
-    return f" [{', '.join(f'{k}={v}' for k, v in changed.items())}]" if changed else ""
 
 
 def _pct(v) -> str:

@@ -286,12 +286,10 @@ timeout 5 "$PY" - "$WORK/results" >> "$log" 2>&1 <<'EOF'
 import sys
 from pathlib import Path
 from bench import results, workqueue
-from bench.ablations import off_baseline
+from bench.ablations import arm_label
 n = lambda v: "-" if v is None else f"{v:.0f}"  # a failed or early-diverged run has no timings
 for r in results.read_records(sys.argv[1]):  # seed and arm: what tells apart the runs of one model and LR
-    arm = ", ".join(f"{k}={v}" for k, v in off_baseline(r["config"]).items())
-    arm = f" [{arm}]" if arm else ""
-    print(f"# {r['display_name']} lr={r['lr']} seed={r['seed']}{arm} {r['status']}: "
+    print(f"# {r['display_name']} lr={r['lr']} seed={r['seed']}{arm_label(r['config'])} {r['status']}: "
           f"test error {r['test_error_pct']}% after "
           f"{r['epochs_completed']} epochs, {n(r['wall_time_s'])} s, train {n(r['train_images_per_s'])} img/s, "
           f"eval {n(r['eval_images_per_s'])} img/s, {r['device_name']}, precision {r['precision']}")
