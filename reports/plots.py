@@ -3,6 +3,7 @@
     plot_curves(runs, t3, path)         test error per epoch, a panel per model with runs, a colour per LR
     plot_error_vs_params(t3, path)      our error and the paper's at the exact parameter count
     plot_throughput(tp, path)           training img/s per variant and setting
+    (fit.png, training vs test error and loss per epoch: reports/fit.py, `plot_fit`)
 
 Fixed figure sizes and DPI, no "Software" PNG tag, and the ledger's sha256 in the figure: nothing varies by run.
 """
@@ -51,17 +52,18 @@ def _save(fig, path, sha256: str, kind: str = "ledger") -> None:
     plt.close(fig)
 
 
-def run_curve(history) -> list[tuple[int, float]]:
-    """(epoch, test error) of each evaluated epoch in a run's `history`."""
-    return [(int(h["epoch"]), float(h["test_error_pct"])) for h in (history if isinstance(history, list) else [])
-            if isinstance(h, dict) and _known(h.get("epoch")) and _known(h.get("test_error_pct"))]
+def run_curve(history, key: str = "test_error_pct") -> list[tuple[int, float]]:
+    """(epoch, value of `key`) of each epoch of a run's `history` that has one: the test error of each evaluated
+    epoch by default; "train_acc_pct" and "loss" are in every epoch, "test_loss" in evaluated ones of newer records."""
+    return [(int(h["epoch"]), float(h[key])) for h in (history if isinstance(history, list) else [])
+            if isinstance(h, dict) and _known(h.get("epoch")) and _known(h.get(key))]
 
 
-def seed_curves(runs: pd.DataFrame) -> list[list[tuple[int, float]]]:
-    """The curves to draw for the runs of one LR: their mean per epoch when every run was evaluated at the same
-    epochs, else each run's own. A mean over the runs that reached each epoch would jump where one of them stopped
-    (a seed still training, or diverged), which reads as a training event."""
-    curves = [c for c in map(run_curve, runs["history"]) if c]
+def seed_curves(runs: pd.DataFrame, key: str = "test_error_pct") -> list[list[tuple[int, float]]]:
+    """The curves of `key` (`run_curve`) to draw for the runs of one LR: their mean per epoch when every run has
+    it at the same epochs, else each run's own. A mean over the runs that reached each epoch would jump where one of
+    them stopped (a seed still training, or diverged), which reads as a training event."""
+    curves = [c for c in (run_curve(h, key) for h in runs["history"]) if c]
     if len({tuple(e for e, _ in c) for c in curves}) != 1:
         return curves
     return [[(e, sum(c[i][1] for c in curves) / len(curves)) for i, (e, _) in enumerate(curves[0])]]
