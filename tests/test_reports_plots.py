@@ -1,11 +1,12 @@
-"""What the report's figures show (reports/plots.py), read from the drawn matplotlib figure: a panel with runs but
-no evaluated epoch, the error-vs-params points (offset, LR grid incomplete), the ledger stamp clear of the legend."""
+"""What the report's figures show (reports/plots.py, reports/fit.py), read from the drawn matplotlib figure: a
+panel with runs but no evaluated epoch, the error-vs-params points (offset, LR grid incomplete), the ledger stamp
+clear of the legend, training vs test error and loss at the LR Table 3 selects."""
 from __future__ import annotations
 
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from reports import plots
+from reports import fit, plots
 from reports.ledger import load_ledger
 from reports.tables import table3, table3_runs
 from test_reports import record, write_ledger
@@ -21,6 +22,7 @@ def figures(monkeypatch):
         drawn.append(fig)
 
     monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(fit, "_save", keep)
     return drawn
 
 
@@ -70,6 +72,8 @@ def test_the_ledger_stamp_is_clear_of_the_figure_legend(tmp_path, figures):
                                  record(lr=0.1, status="diverged", grid=grid)])
     plots.plot_curves(runs, t3, tmp_path / "c.png", "d44f43e55df4893b" * 4)
     plots.plot_error_vs_params(t3, tmp_path / "e.png", "d44f43e55df4893b" * 4)
+    fit.plot_fit(runs, t3, tmp_path / "f.png", "d44f43e55df4893b" * 4)
+    assert len(figures) == 3
     for fig in figures:
         canvas = FigureCanvasAgg(fig)  # as saved (closing the figure took pyplot's canvas away)
         canvas.draw()
@@ -104,3 +108,56 @@ def test_seeds_stopped_at_different_epochs_are_drawn_each_not_as_a_mean_that_jum
     assert lines == [("-", pytest.approx([12.5, 11.5, 10.5])), ("--", pytest.approx([11.2, 10.2, 9.2])),
                      ("--", pytest.approx([92.0]))]
     assert figures[0]._suptitle.get_text().endswith("(seed mean per LR; each seed where they stopped apart)")
+
+
+def with_history(rec: dict, train_acc=None, test_loss=None) -> dict:
+    """`rec` with its history's train_acc_pct (and test_loss) per epoch set from lists."""
+    for i, h in enumerate(rec["history"]):
+        if train_acc is not None:
+            h["train_acc_pct"] = train_acc[i]
+        if test_loss is not None:
+            h["test_loss"] = test_loss[i]
+    return rec
+
+
+def test_fit_draws_training_and_test_error_at_the_selected_lr_and_the_gap_from_the_data(tmp_path, figures):
+    """All-CNN-C at LR 0.05 (the LR Table 3 selects: seed mean 9.3): training error 100 - train_acc_pct dashed and
+    test error solid, each the seed mean; LR 0.1 is not drawn; the gap at the last epoch is the data's. No record
+    has test_loss: no loss panel, no empty axes."""
+    runs, t3 = ledger(tmp_path, [with_history(record(lr=0.05, seed=0, test=9.2), train_acc=[40.0, 70.0, 96.0]),
+                                 with_history(record(lr=0.05, seed=1, test=9.4), train_acc=[50.0, 80.0, 98.0]),
+                                 with_history(record(lr=0.1, seed=0, test=10.0), train_acc=[1.0, 2.0, 3.0])])
+    labels = fit.plot_fit(runs, t3, tmp_path / "fit.png")
+    assert labels == [fit.TEST_LABEL, fit.TRAIN_LABEL, "paper's error"]
+    assert "dropout on" in fit.TRAIN_LABEL
+    (ax,) = figures[0].axes
+    assert ax.get_title() == "All-CNN-C, LR 0.05 (2 runs)"
+    lines = {line.get_linestyle(): list(line.get_ydata()) for line in ax.lines if line.get_linestyle() != ":"}
+    assert lines == {"--": pytest.approx([55.0, 25.0, 3.0]), "-": pytest.approx([11.3, 10.3, 9.3])}
+    assert texts(figures[0]) == ["epoch 3: test 9.30%,\ntraining 3.00% (gap 6.30 pp)"]
+
+
+def test_fit_draws_loss_panels_only_where_records_have_test_loss(tmp_path, figures):
+    """All-CNN-C's records have test_loss: a loss panel under its error panel, training loss (1/epoch) dashed and
+    test loss solid. Model C's predate it: its loss panel draws no line and says so. Model A selected no LR (every
+    run diverged): its error panel says why and it has no loss panel. The eval-mode training error of the end
+    (`diagnosis`) is a star."""
+    diagnosis = {"train_error_pct": 0.04, "test_error_by_class_pct": [9.0] * 10, "dead_relu_channels": {"r": [0, 8]}}
+    runs, t3 = ledger(tmp_path, [dict(with_history(record(lr=0.05, test=9.2), test_loss=[1.5, 1.0, 0.9]),
+                                      diagnosis=diagnosis),
+                                 record(model="model-c", lr=0.05, test=10.0),
+                                 *(dict(record(model="model-a", lr=lr, status="diverged"), history=[])
+                                   for lr in (0.25, 0.1))])
+    labels = fit.plot_fit(runs, t3, tmp_path / "fit.png")
+    assert labels == [fit.TEST_LABEL, fit.TRAIN_LABEL, "paper's error", fit.EVAL_TRAIN_LABEL]
+    shown = {ax.get_title(): ax for ax in figures[0].axes if ax.get_visible()}
+    assert list(shown) == ["Model A", "Model C, LR 0.05 (1 run)", "All-CNN-C, LR 0.05 (1 run)",
+                           "Model C: cross-entropy loss", "All-CNN-C: cross-entropy loss"]
+    assert [t.get_text() for t in shown["Model A"].texts] == ["Table 3 selects no LR:\n2 diverged"]
+    loss = {line.get_linestyle(): list(line.get_ydata()) for line in shown["All-CNN-C: cross-entropy loss"].lines}
+    assert loss == {"--": pytest.approx([1.0, 0.5, 1 / 3]), "-": pytest.approx([1.5, 1.0, 0.9])}
+    assert not shown["Model C: cross-entropy loss"].lines
+    assert "no test loss recorded" in shown["Model C: cross-entropy loss"].texts[0].get_text()
+    (star,) = [line for line in shown["All-CNN-C, LR 0.05 (1 run)"].lines if line.get_marker() == "*"]
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([3], [0.04])
+    assert "training, eval mode, end: 0.04%" in shown["All-CNN-C, LR 0.05 (1 run)"].texts[0].get_text()
