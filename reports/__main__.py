@@ -1,7 +1,7 @@
 """CLI: python -m reports [--results DIR] [--out DIR] [--preset NAME] [--throughput PATH]
 
 Reads the ledger in DIR/runs (bench.results) and writes report.md, report.html, CSV and LaTeX per table and
-three PNG plots into --out. Never trains. Bad input (no ledger, unknown preset): one line on stderr, exit code 2.
+four PNG plots into --out. Never trains. Bad input (no ledger, unknown preset): one line on stderr, exit code 2.
 """
 from __future__ import annotations
 

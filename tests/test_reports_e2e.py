@@ -74,6 +74,6 @@ def test_smoke_ledger_becomes_a_full_report(smoke_ledger, tmp_path):
     assert "> **Not comparable with the paper:**" in md and "## Ablations" not in md
     header = next(line for line in md.split("## Table 3: CIFAR-10")[1].splitlines() if line.startswith("| Model"))
     assert header.count(" | ") + 1 <= 9  # compact Table 3 (issue 14)
-    for name in ("curves.png", "error_vs_params.png", "throughput.png", "report.html", "throughput.csv"):
+    for name in ("curves.png", "fit.png", "error_vs_params.png", "throughput.png", "report.html", "throughput.csv"):
         assert (out / name).stat().st_size > 0
     assert len(pd.read_csv(out / "throughput.csv")) >= 1

@@ -26,7 +26,7 @@ from test_reports_fidelity import check_latex, pdflatex_log
 
 EXPECTED_FILES = {"report.md", "report.html", "table3.csv", "table3.tex", "throughput.csv", "throughput.tex",
                   "table3-by-lr.csv", "table3-by-lr.tex", "table3-details.tex", "claims.csv", "claims.tex",
-                  "curves.png", "error_vs_params.png", "throughput.png",
+                  "curves.png", "fit.png", "error_vs_params.png", "throughput.png",
                   *(f"ablation-{n}.{ext}" for n in ("bn-dropout", "optimizer", "head", "augmentation",
                                                     "lr-selection", "precision", "init", "batch-size",
                                                     "preprocessing")
@@ -39,7 +39,7 @@ def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
     assert_frame_equal_csv(report_dir / "ablation-bn-dropout.csv", ablation_table(led.df, "bn-dropout", led.reference))
     assert_frame_equal_csv(report_dir / "throughput.csv", throughput_table(led.df))
     assert set(pd.read_csv(report_dir / "table3.csv")["ledger_sha256"]) == {results.ledger_sha256(ledger_dir)}
-    for png in ("curves.png", "error_vs_params.png", "throughput.png"):
+    for png in ("curves.png", "fit.png", "error_vs_params.png", "throughput.png"):
         data = (report_dir / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"Software" not in data
         width, height = struct.unpack(">II", data[16:24])
@@ -49,7 +49,7 @@ def test_every_file_is_written_and_parses(report_dir, ledger_dir, led):
     assert "cifar10-jpeg.tar.gz (lossy JPEG" in md and "| All-CNN-C | 9.08 | 9.30 ± 0.14 | +0.22 | 0.05 | 2 |" in md
     rows = TableRows()
     rows.feed((report_dir / "report.html").read_text())
-    assert rows.rows["table3"] == 12 and rows.images == 3
+    assert rows.rows["table3"] == 12 and rows.images == 4
     assert all(rows.rows[f"ablation-{n}"] >= 2 for n in ("bn-dropout", "precision", "preprocessing"))
     for tex in report_dir.glob("*.tex"):
         check_latex(tex.read_text())
