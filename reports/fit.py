@@ -24,7 +24,10 @@ TRAIN = {"color": "tab:blue", "linestyle": "--"}
 TEST_LABEL = "test (eval mode)"
 TRAIN_LABEL = "training (dropout on, training mode; mean over the epoch)"
 EVAL_TRAIN_LABEL = "training error, eval mode, at the end (diagnosis)"
-TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 1e3, 1e4]
+TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100]
+LOSS_TICKS = [1e-4, 3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 1e3, 1e4]
+NARROW_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 1.5, 2, 2.5, 3, 5, 10, 20, 50, 100]
+"""A loss panel within a factor 10 (2.3 to 2.5 over a short run) has these, so a tick is in it still."""
 
 
 def _at(runs: pd.DataFrame, lr: float) -> pd.DataFrame:
@@ -60,11 +63,16 @@ def _note(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.3")
 
 
-def _log_axis(ax, values, floor: float, last_epoch: int, ylabel: str, top: float | None) -> None:
-    """Log y from below the lowest value (`floor` at most) to `top` (None: above the highest value)."""
+def _log_axis(ax, values, last_epoch: int, ylabel: str, percent: bool) -> None:
+    """Log y: an error from below its lowest value (5% at most) to 100%; a loss around its values."""
     ax.set_yscale("log")
-    ax.set_ylim(min([floor, *(0.8 * v for v in values)]), top or max([2 * floor, *(1.25 * v for v in values)]))
-    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(TICKS))
+    if percent:
+        ax.set_ylim(min([5.0, *(0.8 * v for v in values)]), 100)
+    elif values:  # none: every loss 0, below a log axis
+        ax.set_ylim(min(values) / 1.5, max(values) * 1.5)
+    narrow = bool(values) and max(values) < 10 * min(values)
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(TICKS if percent else NARROW_TICKS if narrow
+                                                              else LOSS_TICKS))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlim(0.5, last_epoch + 0.5)
@@ -139,7 +147,7 @@ def plot_fit(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> li
                 ax.text(0.03, 0.04, text, ha="left", va="bottom", transform=ax.transAxes, fontsize=7, color="0.2")
             if not train and not test:
                 _note(ax, "no epoch recorded")
-        _log_axis(ax, values, 5.0, last_epoch, "error %", 100)
+        _log_axis(ax, values, last_epoch, "error %", True)
         if not losses or name not in selected:  # no loss panel under a panel with no LR
             continue
         lx = axes[i // cols * per + 1, i % cols]
@@ -148,7 +156,7 @@ def plot_fit(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> li
         test_loss = seed_curves(chosen[name], "test_loss")
         if test_loss:
             lv = _draw(lx, seed_curves(chosen[name], "loss"), TRAIN) + _draw(lx, test_loss, TEST)
-            _log_axis(lx, lv, 1.0, last_epoch, "loss", None)
+            _log_axis(lx, lv, last_epoch, "loss", False)
         else:  # a training loss alone shows no gap
             _note(lx, "no test loss recorded\n(records older than test_loss)")
             lx.set_xticks([])
