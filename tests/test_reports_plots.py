@@ -161,3 +161,9 @@ def test_fit_draws_loss_panels_only_where_records_have_test_loss(tmp_path, figur
     (star,) = [line for line in shown["All-CNN-C, LR 0.05 (1 run)"].lines if line.get_marker() == "*"]
     assert (list(star.get_xdata()), list(star.get_ydata())) == ([3], [0.04])
     assert "training, eval mode, end: 0.04%" in shown["All-CNN-C, LR 0.05 (1 run)"].texts[0].get_text()
+
+
+def test_fit_with_no_runs_of_table_3s_config_says_so_and_lists_nothing(tmp_path, figures):
+    runs, t3 = ledger(tmp_path, [record(lr=0.05, test=9.2)])
+    assert fit.plot_fit(runs.iloc[:0], t3, tmp_path / "fit.png") == []
+    assert texts(figures[0]) == ["no runs of Table 3's config"]
