@@ -26,23 +26,24 @@
 #      model goes on to the next while the others still train theirs), until TOTAL - RESERVE seconds are used;
 #      runs still training then checkpoint on SIGTERM (run_all) and their checkpoints travel back with the ledger.
 #      They also checkpoint every $CHECKPOINT_MINUTES (2; the paper preset's 10 is as long as a call, so SIGTERM's
-#      would be the only one), and
-#      $OUT/ledger.tar.gz is refreshed within seconds of each new record: a call killed outright (the device tool
-#      kills at its timeout_s) still returns every record finished before;
+#      would be the only one), and $OUT/ledger.tar.gz is refreshed within seconds of each new record: a call killed
+#      outright (the device tool kills at its timeout_s) still returns every record finished before;
 #   5. $OUT: campaign.txt (the log), throughput.json, throughput-graphs.json, concurrency.json, init-probe.txt,
 #      ledger.tar.gz (runs/), each when its step ran, and each unfinished run's checkpoint as <run key>.pt.
 # Time: every step's limit ends by TOTAL - RESERVE. What may run after that is at most KILL_AFTER (10 s: a step
 # still running at its SIGTERM, e.g. run_all checkpointing, which takes a few seconds, gets that long before SIGKILL)
-# + 5 s (the POLL sleep or a ledger archive under way when it ended) + 5 s (the archive of the last records; each
-# state of the records is archived once, a timed-out tar is not tried again) + 5 s (the summary) + ~3 s (checkpoint
-# copies, the log) = 28 s <= TAIL = 30 s (a run_all that ends by itself just before: its failed-run check, 10 s, in
-# place of KILL_AFTER). So RESERVE must be at least 30, and the script ends by TOTAL. TOTAL may be at most 570: a
+# + 1 s (its worker's poll) + 5 s (the POLL sleep or a ledger archive under way when it ended) + 5 s (the archive of
+# the last records; each state of the records is archived once, a timed-out tar is not tried again) + 5 s (the
+# summary) + ~3 s (checkpoint copies, the log) = 29 s <= TAIL = 30 s (a run_all that ends by itself just before: its
+# failed-run check, 10 s, in place of KILL_AFTER). So RESERVE must be at least 30, and the script ends by TOTAL. A
+# run_all stopped earlier (another worker's failed, below) gets the same KILL_AFTER. TOTAL may be at most 570: a
 # call runs at most 600 s, and its timeout_s should be TOTAL + 30 (a margin for what this arithmetic does not count:
 # starting bash, `timeout`'s own delays).
 # The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
 # python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
 # $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
-# A failed run stops the campaign at once (fail fast: the call returns early, leaving time to fix and rerun).
+# A failed run stops the campaign at once (fail fast: the call returns early, leaving time to fix and rerun): no
+# worker starts another model, and the others' run_all get SIGTERM within a second (their runs checkpoint).
 # On the device (copy ../shared/data/cifar10-jpeg.tar.gz to data-src/, which is git-ignored, and carry it):
 #   OUT=$OUT CODE=<local HEAD> bash scripts/campaign.sh    # run(command=..., carry=["data-src"])
 # and at once, while the machine is warm, a second call with the same command and a smaller TOTAL.
@@ -248,13 +249,12 @@ print(sum(r["model"] == sys.argv[2] and r["status"] == "failed" and str(r["finis
 EOF
 }
 
-stop="$WORK/stop"  # a worker that saw a failure: the others start no further model
+stop="$WORK/stop"  # the number of a worker that saw a failure: the others SIGTERM their run_all, start no other
 rm -f "$stop"
 # worker I: the models of $ORDER one after the other, each a run_all sharing the ledger with the other workers
-# (claims: each run is trained by one), so a worker with nothing left of a model goes on to the next while the others
-# still train theirs
+# (claims: each run is trained by one; step 4 above)
 worker() {
-  local model limit rc n t0 since cmd
+  local model limit rc n t0 since cmd halted
   for model in $ORDER; do
     [ -e "$stop" ] && return 0
     limit=$(left)
@@ -264,14 +264,20 @@ worker() {
          --data-dir "$WORK/data" --out "$WORK/results" --checkpoint-minutes "$CHECKPOINT_MINUTES"
          ${SUBSET:+--subset-per-class $SUBSET} "${graphed[@]}" "${fused[@]}" $EXTRA)
     echo "\$ timeout $limit ${cmd[*]}  # worker $1 of $PARALLEL, sharing the ledger" >> "$log"
-    t0=$SECONDS since=$(date -u +%FT%T+00:00)
-    timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1
-    rc=$?
+    t0=$SECONDS since=$(date -u +%FT%T+00:00) halted=
+    # when another worker failed: SIGTERM to %%, this worker's own timeout (bash skips a job it reaped: never a reused
+    # PID), which passes it on to run_all (it checkpoints) and SIGKILLs it KILL_AFTER later, as at its limit
+    timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1 &
+    while [ -n "$(jobs -rp)" ]; do
+      [ -z "$halted" ] && [ -e "$stop" ] && kill -TERM %% 2>/dev/null && halted=1; sleep 1
+    done
+    wait $!; rc=$?
     echo "# worker $1: $model exit $rc after $((SECONDS - t0)) s" >> "$log"
+    [ -n "$halted" ] && { echo "# worker $1: stopped (worker $(cat "$stop") failed)" >> "$log"; return 0; }
     [ "$rc" = 124 ] && return 0  # time is up: the runs in progress checkpointed on SIGTERM
     n=$(failed "$model" "$since")
     if [ "$rc" != 0 ] || [ "$n" != 0 ]; then
-      echo "# stopping: worker $1 exit $rc, $n failed runs of $model" >> "$log"; touch "$stop"; return 0
+      echo "# stopping: worker $1 exit $rc, $n failed runs of $model" >> "$log"; echo "$1" > "$stop"; return 0
     fi
   done
 }
