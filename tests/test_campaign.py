@@ -303,3 +303,24 @@ def test_a_call_the_device_would_cut_short_is_refused_in_one_line(tmp_path):
                            timeout=60)
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and says in p.stderr, p.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_stops_the_other_workers_run_at_once(smoke_data_dir, jpeg_tarball, tmp_path):
+    """Fail fast with PARALLEL=2: when one worker's run_all fails (here: a model name it refuses), the other worker's
+    run_all, training a run that would go on until the time budget is spent, gets SIGTERM at once; it checkpoints, and
+    the call returns within seconds with that checkpoint in OUT, as at a timeout."""
+    shutil.copytree(smoke_data_dir, tmp_path / "work-halt" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
+    t0 = time.monotonic()  # one strided-a run for two workers: one trains it, the other goes on to the bad name
+    log, records = campaign(tmp_path, "halt", jpeg_tarball, PARALLEL="2", ORDER="strided-a strided-x", LRS="0.05",
+                            TOTAL="150", LEDGER=str(tmp_path / "none"),
+                            EXTRA="--epochs 5000 --batch-size 32 --num-workers 1 --backend tensor --precision no")
+    took = time.monotonic() - t0
+    (failing,) = re.findall(r"# stopping: worker (\d) exit 2, 0 failed runs of strided-x", log) or [log[-3000:]]
+    other = {"1": "2", "2": "1"}[failing]
+    assert f"# worker {other}: stopped (worker {failing} failed)" in log, log[-3000:]
+    assert "stopped by SIGTERM: " in log and "checkpointed" in log, log[-3000:]  # run_all's own line
+    assert not records  # unfinished: its checkpoint comes back instead
+    (ckpt,) = (tmp_path / "halt").glob("*.pt")
+    assert (tmp_path / "work-halt" / "results" / "checkpoints" / ckpt.name).read_bytes() == ckpt.read_bytes()
+    assert f"{ckpt.stem} checkpointed" in log, log[-3000:]
+    assert took < 80, (took, log[-3000:])  # not TOTAL - RESERVE = 120 s, when the run would have been cut short
