@@ -29,7 +29,8 @@ import pandas as pd
 
 from allconv.specs import PAPER_MODELS, SPECS
 from reports.data import num_test
-from reports.tables import _round, _typed, best_over_lr, lr_grid, table3_runs
+from reports.requested import lr_grid
+from reports.tables import _round, _typed, best_over_lr, table3_runs
 
 ALPHA = 0.05
 MARGIN_PP = 1.0

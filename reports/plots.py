@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 
 from allconv.specs import FAMILIES, SPECS  # noqa: E402
 from reports.ledger import _known, precision_label  # noqa: E402
-from reports.tables import lr_grid, lr_text  # noqa: E402
+from reports.requested import lr_grid  # noqa: E402
+from reports.tables import lr_text  # noqa: E402
 
 DPI = 100
 FAMILY_COLORS = {"A": "tab:blue", "B": "tab:orange", "C": "tab:green"}

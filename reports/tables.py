@@ -21,6 +21,7 @@ import pandas as pd
 from allconv.specs import PAPER_AUGMENTED_ERROR_PCT, SPECS, macs
 from bench.ablations import ABLATIONS, arm_overrides, arm_values, as_recorded, varied
 from reports.ledger import _known, differences, requested_grid, same_config
+from reports.requested import lr_grid, missing_seeds, requested_runs, seeds_text
 
 DIGITS = 6
 """Stored numbers are rounded to 6 decimals: exact for errors on <= 10^6 test images and seed means, and free of
@@ -47,15 +48,6 @@ def lr_text(lr: float) -> str:
     return f"{lr:g}"
 
 
-def lr_grid(runs: pd.DataFrame, requested=None) -> list[float]:
-    """The LRs a group of runs was meant to cover: the requested LRs (record field `grid`, or `requested`) and
-    every LR that ran, largest first (the paper's order: 0.25, 0.1, 0.05, 0.01)."""
-    if requested is None and "grid" in runs.columns:
-        requested = requested_grid(runs)["lrs"]
-    grid = {float(lr) for lr in runs["lr"] if _known(lr)} | {float(lr) for lr in requested or ()}
-    return sorted(grid, reverse=True)
-
-
 def per_lr(runs: pd.DataFrame, grid: list[float]) -> list[dict]:
     """Seeds aggregated per LR: the completed runs' test and val errors, and how many runs ended otherwise."""
     out = []
@@ -72,13 +64,15 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     """Aggregate over seeds per LR, pick the LR with the lowest mean of `judge` ("test" or "val"; ties: the larger
     LR), and report the test error there: mean, sample std (ddof=1, only when n > 1) and seed count.
     An LR is a candidate only when none of its runs diverged: an LR that diverges for some seeds is not a stable
-    choice, and averaging only the survivors would flatter it. Failed or unfinished seeds were not measured; they
-    are listed, and the LR is judged on the seeds that completed. `settled`: the selected LR has no seed still to
-    measure ("partial" but settled: only an LR yet to measure can change the error, and only lower it)."""
+    choice, and averaging only the survivors would flatter it. Failed or unfinished seeds were not measured, nor
+    were seeds a command asked for at an LR but that have no run there (reports.requested: "0.05 missing seeds 1,
+    2"); they are listed, and the LR is judged on the seeds that completed. `settled`: the selected LR has no seed
+    still to measure ("partial" but settled: only an LR yet to measure can change the error, and only lower it)."""
     base = {"error_pct": float("nan"), "error_std": float("nan"), "n_seeds": 0, "lr": float("nan")}
     if len(runs) == 0:  # "missing" says it all: no LR list
         return {**base, "diverged_lrs": None, "not_measured": None, "status": "missing"}
     diverged, unmeasured, candidates = [], [], []
+    requested = {(lr, seed) for lr, seed in requested_runs(runs) if lr in grid}  # not an Adam arm's SGD LRs
     for r in per_lr(runs, grid):
         c, n = r["outcomes"], r["n"]
         if n == 0:
@@ -86,10 +80,13 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
             continue
         if c["diverged"]:
             diverged.append(lr_text(r["lr"]) + ("" if c["diverged"] == n else f" ({c['diverged']}/{n} seeds)"))
-        r["open"] = any(c[word] for word in ("stalled", "failed", "unfinished"))  # seeds still to measure
+        absent = missing_seeds(runs, r["lr"], requested)
+        r["open"] = bool(absent) or any(c[word] for word in ("stalled", "failed", "unfinished"))  # seeds to measure
         for word in ("stalled", "failed", "unfinished"):
             if c[word]:
                 unmeasured.append(f"{lr_text(r['lr'])} {word}" + ("" if c[word] == n else f" ({c[word]}/{n} seeds)"))
+        if absent:
+            unmeasured.append(f"{lr_text(r['lr'])} {seeds_text(absent)}")
         if judge == "val" and c["completed"] and len(r["val"]) < c["completed"]:
             unmeasured.append(f"{lr_text(r['lr'])} no val error")
         if not c["diverged"] and r["test"] and (judge == "test" or len(r["val"]) == len(r["test"])):
@@ -195,8 +192,9 @@ def table3(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
 
 def table3_by_lr(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
     """Every requested (model, LR) cell of Table 3's runs, one row each: the seed mean, std and count of the
-    completed runs, and how the others ended ("missing" where nothing ran). Models with no runs that the grid
-    did not request are left out."""
+    completed runs, and how the others ended ("missing" where nothing ran; "missing seeds 1, 2" where seeds a
+    command asked for have no run, which `n_runs` does not count). Models with no runs that the grid did not
+    request are left out."""
     runs = table3_runs(df, reference)
     grid, requested = lr_grid(runs), requested_grid(runs)["models"]
     rows = []
@@ -204,10 +202,12 @@ def table3_by_lr(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
         mine = runs[runs["model"] == name]
         if mine.empty and (requested is None or name not in requested):
             continue
+        requested = requested_runs(mine)
         for r in per_lr(mine, grid):
-            ended = {k: n for k, n in sorted(r["outcomes"].items()) if k != "completed"}
-            status = ("missing" if r["n"] == 0 else "ok" if not ended else
-                      ", ".join(f"{k}" + ("" if n == r["n"] else f" {n}/{r['n']}") for k, n in ended.items()))
+            ended = [f"{k}" + ("" if n == r["n"] else f" {n}/{r['n']}")
+                     for k, n in sorted(r["outcomes"].items()) if k != "completed"]
+            absent = missing_seeds(mine, r["lr"], requested)
+            status = "missing" if r["n"] == 0 else ", ".join(ended + [seeds_text(absent)] * bool(absent)) or "ok"
             test = r["test"]
             rows.append({"model": name, "paper_name": spec.paper_name, "lr": r["lr"], "n_runs": r["n"],
                          "n_seeds": len(test), "error_pct": _round(statistics.fmean(test)) if test else float("nan"),

@@ -130,7 +130,8 @@ def test_a_run_still_training_at_a_requested_lr_off_the_default_grid_is_found(tm
 
 def test_a_seed_still_training_without_a_record_of_its_seed_is_found(tmp_path):
     """`--seeds 0 1 2` after seed 0 was recorded: seed 1's checkpoint has no record of its seed yet. It is still
-    placed by its run key (unfinished, so the cell is partial), not called a run no record's config describes."""
+    placed by its run key (unfinished, so the cell is partial), not called a run no record's config describes.
+    The seeds asked for with neither a record nor a checkpoint are missing (reports.requested)."""
     grid = {"models": ["allcnn-c"], "lrs": [0.1, 0.05], "seeds": [0, 1, 2]}
     done = [record(lr=lr, test=test, epochs=6, grid=grid) for lr, test in ((0.1, 12.0), (0.05, 9.5))]
     folder = write_ledger(tmp_path / "results", done)
@@ -138,9 +139,11 @@ def test_a_seed_still_training_without_a_record_of_its_seed_is_found(tmp_path):
     checkpoint(folder / "checkpoints" / f"{config_key({**done[1]['config'], 'seed': 1})}.pt", 4)
     led = load_ledger(folder)
     assert not any("no record's config describes" in n for n in led.notes), led.notes
-    assert dict(table3_by_lr(led.df, led.reference).set_index("lr")["status"]) == {0.1: "ok", 0.05: "unfinished 1/2"}
+    assert dict(table3_by_lr(led.df, led.reference).set_index("lr")["status"]) == {
+        0.1: "missing seeds 1, 2", 0.05: "unfinished 1/2, missing seed 2"}
     (row,) = table3(led.df, led.reference).query("model == 'allcnn-c'").to_dict("records")
-    assert (row["status"], row["not_measured"]) == ("partial", "0.05 unfinished (1/2 seeds)")
+    assert (row["status"], row["not_measured"]) == (
+        "partial", "0.1 missing seeds 1, 2, 0.05 unfinished (1/2 seeds), 0.05 missing seed 2")
     running = led.df.query("from_checkpoint").iloc[0]
     assert (running["seed"], running["config"]["seed"], running["lr"]) == (1, 1, 0.05)
 

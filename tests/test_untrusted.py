@@ -271,7 +271,7 @@ def test_validate_names_what_is_wrong(grid):
     assert schema.validate(dict(record, status="stalled", grid={"models": ["strided-a"]}, eval_precision="no")) \
         is None
     for bad in ({"lrs": ["0.1"]}, {"models": [3]}, {"seeds": [0.5]}, {"seeds": [True]}, {"lrs": 0.1}, ["lrs"]):
-        assert "'grid'" in schema.validate(dict(record, grid=bad)), bad  # tables.lr_grid raised on a string LR
+        assert "'grid'" in schema.validate(dict(record, grid=bad)), bad  # lr_grid raised on a string LR
     assert schema.validate(dict(record, grid={"lrs": [0.1, 1], "seeds": [0, 2], "batch": [128, "b"]})) is None
 
 

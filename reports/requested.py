@@ -1,0 +1,54 @@
+"""What the runs' commands asked for (record field `grid`), beyond what ran: the LRs a table covers, and per LR the
+seeds that never ran (no record, no checkpoint), which the runs alone cannot show.
+
+    lr_grid(runs)               the LRs requested or run, largest first
+    requested_runs(runs)        {(lr, seed), ...} the records' commands asked for, model by model
+    missing_seeds(runs, lr)     the seeds asked for at `lr` that have no run there, sorted
+"""
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+
+from reports.ledger import _known, requested_grid
+
+
+def lr_grid(runs: pd.DataFrame, requested=None) -> list[float]:
+    """The LRs a group of runs was meant to cover: the requested LRs (record field `grid`, or `requested`) and
+    every LR that ran, largest first (the paper's order: 0.25, 0.1, 0.05, 0.01)."""
+    if requested is None and "grid" in runs.columns:
+        requested = requested_grid(runs)["lrs"]
+    grid = {float(lr) for lr in runs["lr"] if _known(lr)} | {float(lr) for lr in requested or ()}
+    return sorted(grid, reverse=True)
+
+
+def requested_runs(runs: pd.DataFrame) -> set[tuple[float, int]]:
+    """The (lr, seed) pairs the commands behind one model's `runs` asked for: the union over its records of each
+    command's own LRs x seeds (record field `grid`), from the records whose grid names their model. Per command,
+    not the union of all LRs x all seeds: `--lrs 0.05 0.01 --seeds 0` then `--lrs 0.05 --seeds 0 1 2` asks for
+    seeds 1 and 2 at 0.05 only. A record without a grid (older) asks for nothing beyond what ran."""
+    out: set[tuple[float, int]] = set()
+    if "grid" not in runs.columns:
+        return out
+    for model, grid in zip(runs["model"], runs["grid"]):
+        if not isinstance(grid, dict) or not all(isinstance(grid.get(k), (list, tuple)) for k in
+                                                 ("models", "lrs", "seeds")):
+            continue
+        if model in grid["models"]:
+            out |= {(float(lr), int(seed)) for lr, seed in itertools.product(grid["lrs"], grid["seeds"])}
+    return out
+
+
+def missing_seeds(runs: pd.DataFrame, lr: float, requested: set[tuple[float, int]] | None = None) -> list[int]:
+    """The seeds `requested` (default: `requested_runs(runs)`) at `lr` that have no run of any outcome there."""
+    wanted = {seed for at, seed in (requested_runs(runs) if requested is None else requested) if at == lr}
+    if not wanted:
+        return []
+    ran = {int(s) for x, s in zip(runs["lr"], runs["seed"]) if _known(x) and _known(s) and float(x) == lr}
+    return sorted(wanted - ran)
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """"missing seeds 1, 2" ("missing seed 1"), as Table 3's cells name them."""
+    return f"missing seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"
