@@ -43,8 +43,9 @@ TABLE3_NOTE = (
     "that run's test error. Δ: ours minus the paper, percentage points. Every requested learning rate is in the "
     "next table.")
 BY_LR_NOTE = ("Every (model, LR) cell the grid requested (record field `grid`; older records: the LRs that ran): "
-              "the seed mean of the completed runs, or how the runs ended (*missing*: no run; *stalled*: stopped "
-              "early at chance; *unfinished*: stopped before its last epoch).")
+              "the seed mean of the completed runs, or how the runs ended (*missing*: no run; *missing seeds*: "
+              "seeds a command asked for at that LR without a run; *stalled*: stopped early at chance; "
+              "*unfinished*: stopped before its last epoch).")
 DETAILS_NOTE = ("Params: exact count; the paper prints rounded ones (its 1.3 M for Model C does not match the "
                 "architecture). MACs: forward, per image. s/epoch: median of the per-epoch seconds (training and "
                 "that epoch's evaluation), first epoch left out. Train img/s: median over the completed runs.")
