@@ -2,12 +2,10 @@
 seeds that never ran (no record, no checkpoint), which the runs alone cannot show.
 
     lr_grid(runs)               the LRs requested or run, largest first
-    requested_runs(runs)        {(lr, seed), ...} the records' commands asked for, model by model
+    requested_runs(runs)        {lr: [seed set, ...]} the records' commands asked for, model by model
     missing_seeds(runs, lr)     the seeds asked for at `lr` that have no run there, sorted
 """
 from __future__ import annotations
-
-import itertools
 
 import pandas as pd
 
@@ -23,32 +21,46 @@ def lr_grid(runs: pd.DataFrame, requested=None) -> list[float]:
     return sorted(grid, reverse=True)
 
 
-def requested_runs(runs: pd.DataFrame) -> set[tuple[float, int]]:
-    """The (lr, seed) pairs the commands behind one model's `runs` asked for: the union over its records of each
-    command's own LRs x seeds (record field `grid`), from the records whose grid names their model. Per command,
-    not the union of all LRs x all seeds: `--lrs 0.05 0.01 --seeds 0` then `--lrs 0.05 --seeds 0 1 2` asks for
-    seeds 1 and 2 at 0.05 only. A record without a grid (older) asks for nothing beyond what ran."""
-    out: set[tuple[float, int]] = set()
+def requested_runs(runs: pd.DataFrame) -> dict[float, list[frozenset[int]]]:
+    """Per LR, the seed sets the commands behind one model's `runs` asked for there: each command's own LRs x
+    seeds (record field `grid`), from the records whose grid names their model. Per command, not the union of all
+    LRs x all seeds: `--lrs 0.05 0.01 --seeds 0` then `--lrs 0.05 --seeds 0 1 2` asks for seeds 1 and 2 at 0.05
+    only. A record without a grid (older) asks for nothing beyond what ran. One shared set per distinct grid, never
+    the product: an untrusted record's grid may hold 10^5 seeds and 10^3 LRs (bench.schema bounds only its types)."""
+    out: dict[float, list[frozenset[int]]] = {}
     if "grid" not in runs.columns:
         return out
+    seen = set()
     for model, grid in zip(runs["model"], runs["grid"]):
         if not isinstance(grid, dict) or not all(isinstance(grid.get(k), (list, tuple)) for k in
                                                  ("models", "lrs", "seeds")):
             continue
         if model in grid["models"]:
-            out |= {(float(lr), int(seed)) for lr, seed in itertools.product(grid["lrs"], grid["seeds"])}
+            key = (tuple(grid["lrs"]), tuple(grid["seeds"]))
+            if key in seen:
+                continue
+            seen.add(key)
+            seeds = frozenset(int(s) for s in grid["seeds"])
+            for lr in dict.fromkeys(float(x) for x in grid["lrs"]):
+                out.setdefault(lr, []).append(seeds)
     return out
 
 
-def missing_seeds(runs: pd.DataFrame, lr: float, requested: set[tuple[float, int]] | None = None) -> list[int]:
+def missing_seeds(runs: pd.DataFrame, lr: float, requested=None) -> list[int]:
     """The seeds `requested` (default: `requested_runs(runs)`) at `lr` that have no run of any outcome there."""
-    wanted = {seed for at, seed in (requested_runs(runs) if requested is None else requested) if at == lr}
-    if not wanted:
+    sets = (requested_runs(runs) if requested is None else requested).get(lr, ())
+    if not sets:
         return []
     ran = {int(s) for x, s in zip(runs["lr"], runs["seed"]) if _known(x) and _known(s) and float(x) == lr}
-    return sorted(wanted - ran)
+    return sorted(frozenset().union(*sets) - ran)
+
+
+SHOWN = 5
+"""At most this many missing seeds are named in a cell; more are counted ("missing 120 seeds (5, 6, 7, 8, 9, ...)")."""
 
 
 def seeds_text(seeds: list[int]) -> str:
-    """"missing seeds 1, 2" ("missing seed 1"), as Table 3's cells name them."""
+    """"missing seeds 1, 2" ("missing seed 1"), as Table 3's cells name them; past `SHOWN`, counted."""
+    if len(seeds) > SHOWN:
+        return f"missing {len(seeds):,} seeds ({', '.join(map(str, seeds[:SHOWN]))}, ...)"
     return f"missing seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}"

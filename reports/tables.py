@@ -72,7 +72,7 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     if len(runs) == 0:  # "missing" says it all: no LR list
         return {**base, "diverged_lrs": None, "not_measured": None, "status": "missing"}
     diverged, unmeasured, candidates = [], [], []
-    requested = {(lr, seed) for lr, seed in requested_runs(runs) if lr in grid}  # not an Adam arm's SGD LRs
+    requested = {lr: sets for lr, sets in requested_runs(runs).items() if lr in grid}  # not an Adam arm's SGD LRs
     for r in per_lr(runs, grid):
         c, n = r["outcomes"], r["n"]
         if n == 0:
@@ -202,11 +202,11 @@ def table3_by_lr(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
         mine = runs[runs["model"] == name]
         if mine.empty and (requested is None or name not in requested):
             continue
-        requested = requested_runs(mine)
+        asked = requested_runs(mine)
         for r in per_lr(mine, grid):
             ended = [f"{k}" + ("" if n == r["n"] else f" {n}/{r['n']}")
                      for k, n in sorted(r["outcomes"].items()) if k != "completed"]
-            absent = missing_seeds(mine, r["lr"], requested)
+            absent = missing_seeds(mine, r["lr"], asked) if r["n"] else []  # no run: "missing" covers its seeds
             status = "missing" if r["n"] == 0 else ", ".join(ended + [seeds_text(absent)] * bool(absent)) or "ok"
             test = r["test"]
             rows.append({"model": name, "paper_name": spec.paper_name, "lr": r["lr"], "n_runs": r["n"],

@@ -7,6 +7,7 @@ import pandas as pd
 from reports import formats
 from reports.claims import claims_table
 from reports.ledger import load_ledger
+from reports.requested import requested_runs
 from reports.tables import table3, table3_by_lr
 from test_reports import record, write_ledger
 
@@ -68,3 +69,27 @@ def test_the_val_protocol_names_missing_seeds_too(tmp_path):
 def test_an_older_record_without_a_grid_asks_for_nothing_more(tmp_path):
     _, t3, _ = tables(tmp_path, [record(lr=0.05, seed=0, test=9.0), record(lr=0.05, seed=2, test=9.2)])
     assert (t3.loc["allcnn-c", "status"], t3.loc["allcnn-c", "n_seeds"]) == ("ok", 2)
+
+
+def test_a_requested_model_with_no_runs_keeps_its_missing_cells_after_one_with_runs(tmp_path):
+    """`--models model-c allcnn-c --lrs 0.05 0.01`, stopped after Model C: All-CNN-C's cells read "missing" in the
+    by-LR table too (a model's requested seeds must not stand in for the grid's requested models)."""
+    grid = {"models": ["model-c", "allcnn-c"], "lrs": [0.05, 0.01], "seeds": [0]}
+    _, t3, by_lr = tables(tmp_path, [record(model="model-c", lr=lr, test=10.0, grid=grid) for lr in (0.05, 0.01)])
+    cells = by_lr.set_index(["model", "lr"])["status"].to_dict()
+    assert cells == {("model-c", 0.05): "ok", ("model-c", 0.01): "ok",
+                     ("allcnn-c", 0.05): "missing", ("allcnn-c", 0.01): "missing"}
+    assert t3.loc["allcnn-c", "status"] == "missing"
+
+
+def test_a_huge_requested_grid_is_counted_not_multiplied_out(tmp_path):
+    """An untrusted record's grid of 300 LRs x 30,000 seeds (schema-valid: only its types are checked): the seeds
+    are kept as one set per grid, never the 9-million-pair product, and a cell counts them past the first few."""
+    lrs = [0.05] + [1e-4 * (i + 1) for i in range(299)]
+    grid = {"models": ["allcnn-c"], "lrs": lrs, "seeds": list(range(30_000))}
+    led, t3, by_lr = tables(tmp_path, [record(lr=0.05, test=9.0, grid=grid)])
+    asked = requested_runs(led.df[led.df["model"] == "allcnn-c"])
+    assert len(asked) == 300 and len({id(s) for sets in asked.values() for s in sets}) == 1
+    assert t3.loc["allcnn-c", "not_measured"].startswith("0.05 missing 29,999 seeds (1, 2, 3, 4, 5, ...), ")
+    assert by_lr.set_index("lr").loc[0.05, "status"] == "missing 29,999 seeds (1, 2, 3, 4, 5, ...)"
+    assert (by_lr["status"] == "missing").sum() == 299  # the LRs with no run: no seed list at all
