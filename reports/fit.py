@@ -16,7 +16,7 @@ import pandas as pd
 
 from allconv.specs import SPECS
 from reports.ledger import _known
-from reports.plots import STAMP_IN, _save, plt, seed_curves
+from reports.plots import STAMP_IN, _save, plt, run_curve, seed_curves
 from reports.tables import lr_text
 
 TEST = {"color": "0.1", "linestyle": "-"}
@@ -40,15 +40,22 @@ def train_error_curves(runs: pd.DataFrame) -> list[list[tuple[int, float]]]:
     return [[(e, 100.0 - a) for e, a in c] for c in seed_curves(runs, "train_acc_pct")]
 
 
-def eval_train_errors(runs: pd.DataFrame) -> list[tuple[int, float]]:
+def one_mean(runs: pd.DataFrame, key: str, curves) -> bool:
+    """Whether `curves` (`seed_curves` of `key`) is one curve over every run: a mean (or the one run's own), not a
+    curve of the only seed that has `key` (the others' histories lack it), which must not read as the seed mean."""
+    return len(curves) == 1 and all(run_curve(h, key) for h in runs["history"])
+
+
+def eval_train_errors(runs: pd.DataFrame) -> tuple[list[tuple[int, float]], bool]:
     """(last epoch, eval-mode training error) from the records' `diagnosis` (bench/diagnose.py): the seed mean when
-    every run has one and they ended at the same epoch, else each run's own."""
+    every run has one and they ended at the same epoch, else each run's own; and whether it is that one point over
+    every run (only then does it stand beside the seed-mean curves in `gap_text`)."""
     points = [(int(r["epochs_completed"]), float(r["diagnosis"]["train_error_pct"])) for r in runs.to_dict("records")
               if isinstance(r.get("diagnosis"), dict) and _known(r["diagnosis"].get("train_error_pct"))
               and _known(r.get("epochs_completed"))]
     if len(points) == len(runs) > 0 and len({e for e, _ in points}) == 1:
-        return [(points[0][0], sum(v for _, v in points) / len(points))]
-    return points
+        return [(points[0][0], sum(v for _, v in points) / len(points))], True
+    return points, False
 
 
 def _draw(ax, curves, style) -> list[float]:
@@ -131,8 +138,9 @@ def plot_fit(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> li
             if spec.in_paper:  # a network of one's own has no paper line
                 ax.axhline(spec.paper_error_pct, color="0.3", linestyle=":", linewidth=1)
                 drawn.add("paper")
-            train, test, end = train_error_curves(at), seed_curves(at), eval_train_errors(at)
-            apart |= len(train) > 1 or len(test) > 1
+            train, test, (end, whole) = train_error_curves(at), seed_curves(at), eval_train_errors(at)
+            means = one_mean(at, "train_acc_pct", train), one_mean(at, "test_error_pct", test)
+            apart |= (bool(train) and not means[0]) or (bool(test) and not means[1])
             values += _draw(ax, train, TRAIN) + _draw(ax, test, TEST)
             drawn |= {"train"} if train else set()
             drawn |= {"test"} if test else set()
@@ -141,7 +149,7 @@ def plot_fit(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> li
                     ax.plot([e], [v], marker="*", markersize=9, linestyle="", color=TRAIN["color"], clip_on=False)
                     values.append(v)
                     drawn.add("eval")
-            text = gap_text(train, test, end)
+            text = gap_text(train, test, end if whole else []) if all(means) else None  # of the same seeds
             if text:
                 # lower left: a learning curve is not low in its first epochs
                 ax.text(0.03, 0.04, text, ha="left", va="bottom", transform=ax.transAxes, fontsize=7, color="0.2")
@@ -155,7 +163,9 @@ def plot_fit(runs: pd.DataFrame, t3: pd.DataFrame, path, sha256: str = "") -> li
         lx.set_title(f"{spec.paper_name}: cross-entropy loss", fontsize=9)
         test_loss = seed_curves(chosen[name], "test_loss")
         if test_loss:
-            lv = _draw(lx, seed_curves(chosen[name], "loss"), TRAIN) + _draw(lx, test_loss, TEST)
+            train_loss = seed_curves(chosen[name], "loss")
+            apart |= not (one_mean(chosen[name], "loss", train_loss) and one_mean(chosen[name], "test_loss", test_loss))
+            lv = _draw(lx, train_loss, TRAIN) + _draw(lx, test_loss, TEST)
             _log_axis(lx, lv, last_epoch, "loss", False)
         else:  # a training loss alone shows no gap
             _note(lx, "no test loss recorded\n(records older than test_loss)")

@@ -63,9 +63,10 @@ def run_curve(history, key: str = "test_error_pct") -> list[tuple[int, float]]:
 def seed_curves(runs: pd.DataFrame, key: str = "test_error_pct") -> list[list[tuple[int, float]]]:
     """The curves of `key` (`run_curve`) to draw for the runs of one LR: their mean per epoch when every run has
     it at the same epochs, else each run's own. A mean over the runs that reached each epoch would jump where one of
-    them stopped (a seed still training, or diverged), which reads as a training event."""
+    them stopped (a seed still training, or diverged), which reads as a training event; a mean over the runs that
+    have `key` at all would stand beside other curves' means over all of them as if of the same seeds."""
     curves = [c for c in (run_curve(h, key) for h in runs["history"]) if c]
-    if len({tuple(e for e, _ in c) for c in curves}) != 1:
+    if len(curves) != len(runs) or len({tuple(e for e, _ in c) for c in curves}) != 1:
         return curves
     return [[(e, sum(c[i][1] for c in curves) / len(curves)) for i, (e, _) in enumerate(curves[0])]]
 

@@ -167,3 +167,18 @@ def test_fit_with_no_runs_of_table_3s_config_says_so_and_lists_nothing(tmp_path,
     runs, t3 = ledger(tmp_path, [record(lr=0.05, test=9.2)])
     assert fit.plot_fit(runs.iloc[:0], t3, tmp_path / "fit.png") == []
     assert texts(figures[0]) == ["no runs of Table 3's config"]
+
+
+def test_fit_compares_only_the_same_seeds(tmp_path, figures):
+    """Two seeds at LR 0.05, only seed 0 with a `diagnosis`: the gap text gives the seed means but not seed 0's
+    eval-mode error beside them (its star is seed 0's own). Then seed 1's history without train_acc_pct: the
+    training curve is seed 0's alone, so there is no gap text and the title says the seeds are drawn apart."""
+    diagnosis = {"train_error_pct": 0.04, "test_error_by_class_pct": [9.0] * 10, "dead_relu_channels": {"r": [0, 8]}}
+    seed0 = dict(with_history(record(lr=0.05, seed=0, test=9.0), train_acc=[50.0, 80.0, 96.0]), diagnosis=diagnosis)
+    seed1 = with_history(record(lr=0.05, seed=1, test=11.0), train_acc=[50.0, 80.0, 90.0])
+    fit.plot_fit(*ledger(tmp_path / "a", [seed0, seed1]), tmp_path / "a.png")
+    assert texts(figures[0]) == ["epoch 3: test 10.00%,\ntraining 7.00% (gap 3.00 pp)"]
+    assert figures[0]._suptitle.get_text().endswith("(seed mean)")
+    fit.plot_fit(*ledger(tmp_path / "b", [seed0, with_history(seed1, train_acc=[None] * 3)]), tmp_path / "b.png")
+    assert texts(figures[1]) == []
+    assert figures[1]._suptitle.get_text().endswith("(seed mean; each seed where they stopped apart)")
