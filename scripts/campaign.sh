@@ -274,7 +274,9 @@ worker() {
     wait $!; rc=$?
     echo "# worker $1: $model exit $rc after $((SECONDS - t0)) s" >> "$log"
     [ -n "$halted" ] && { echo "# worker $1: stopped (worker $(cat "$stop") failed)" >> "$log"; return 0; }
-    [ "$rc" = 124 ] && return 0  # time is up: the runs in progress checkpointed on SIGTERM
+    # time is up: the runs in progress checkpointed on SIGTERM (137: SIGKILLed KILL_AFTER later; before the limit,
+    # 137 is a failure, e.g. the kernel's out-of-memory killer)
+    { [ "$rc" = 124 ] || { [ "$rc" = 137 ] && [ $((SECONDS - t0)) -ge "$limit" ]; }; } && return 0
     n=$(failed "$model" "$since")
     if [ "$rc" != 0 ] || [ "$n" != 0 ]; then
       echo "# stopping: worker $1 exit $rc, $n failed runs of $model" >> "$log"; echo "$1" > "$stop"; return 0
