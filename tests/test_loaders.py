@@ -190,3 +190,20 @@ def test_the_torch_backend_leaves_the_global_rng_alone(smoke_data_dir, workers):
     batches = [y.clone() for _ in range(2) for _, y in loader]  # two epochs: first iteration and a later one
     assert torch.equal(torch.get_rng_state(), before)
     assert sum(len(y) for y in batches) == 2 * loader.num_images
+
+
+def test_each_seed_shuffles_the_training_split_in_an_order_of_its_own(smoke_data_dir):
+    """A run's seed seeds its loader order too (bench/config.py's --seeds): the seeds of one LR are separate runs only
+    if each sees its own order. Without augmentation (Table 3) on the 100 real training images: the yielded
+    labels follow each seed's own permutation of the stored ones, which differs between seeds and between epochs."""
+    labels = np.load(smoke_data_dir / "train_labels.npy")
+    kw = dict(data_dir=smoke_data_dir, backend="tensor")
+    orders = {}
+    for seed in (0, 1):
+        loader = loaders.make("train", 100, seed=seed, **kw)
+        for epoch in (0, 1):
+            orders[seed, epoch] = loader.epoch_indices(epoch)
+            assert np.array_equal(np.sort(orders[seed, epoch]), np.arange(100))  # each image once
+            assert np.array_equal(first_batches(loader, 1, epoch)[1].numpy(), labels[orders[seed, epoch]])
+    assert not np.array_equal(orders[0, 0], orders[1, 0]) and not np.array_equal(orders[0, 1], orders[1, 1])
+    assert not np.array_equal(orders[0, 0], orders[0, 1])
