@@ -223,3 +223,19 @@ def test_specs_import_no_torch():
     """reports/ reads the specs on machines without torch: importing them must not pull torch in."""
     code = "import sys, allconv; allconv.macs('allcnn-c'); allconv.VARIANTS; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bn_sits_between_each_conv_and_its_relu():
+    """--bn (an ablation arm): conv -> BN -> ReLU in every block, as allconv.build documents. BN after the ReLU
+    would normalise a rectified (non-negative) signal and pass negative values on: another network under the same
+    record. The final 1x1 conv without its ReLU (--no-final-relu) still gets its BN."""
+    for final_relu in (True, False):
+        model = allconv.build("allcnn-c", bn=True, final_relu=final_relu)
+        for block in (model.stage1, model.stage2, model.top):
+            layers = list(block.children())
+            for i, conv in enumerate(layers):
+                if isinstance(conv, nn.Conv2d):
+                    assert isinstance(layers[i + 1], nn.BatchNorm2d), (block, i)
+                    last = block is model.top and conv is layers[-2]
+                    if final_relu or not last:
+                        assert isinstance(layers[i + 2], nn.ReLU), (block, i)
