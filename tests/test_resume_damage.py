@@ -260,6 +260,21 @@ def test_a_run_at_chance_in_its_last_epoch_has_completed():
     assert stop_reason(at_chance, 2, cfg) is None  # a stalled record here once became "completed" on rerun
 
 
+def test_a_loss_that_is_not_finite_is_diverged_inf_as_nan():
+    """Only a loss that is not finite stops a run (bench.runs.stop_reason), +inf as NaN: an epoch's loss is a float32
+    sum of its steps' (engine.EpochState), which overflows to inf while each step's is still finite (bf16 and fp32
+    reach 3.4e38). Taken as finite, such an epoch went unevaluated and the run trained on, to be recorded "completed"
+    without an error. A large finite loss (a diverging run's may be 1e35, bench/schema.py) is no stop."""
+    import math
+
+    cfg = PRESETS["smoke"]
+    overflowed = (torch.tensor(3e38) + torch.tensor(3e38)).item()  # two steps' summed losses
+    assert overflowed == math.inf
+    for loss in (overflowed, -math.inf, math.nan):
+        assert stop_reason({"loss": loss, "train_acc_pct": 50.0}, 1, cfg) == ("diverged", f"loss is {loss} in epoch 1")
+    assert stop_reason({"loss": 1e35, "train_acc_pct": 50.0}, 1, cfg) is None
+
+
 
 def test_a_killed_writers_temporary_file_goes_with_the_next_write(tmp_path):
     """SIGKILL during a checkpoint write leaves a checkpoint-sized temporary file: the next write of that file
