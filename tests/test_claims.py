@@ -69,6 +69,20 @@ def test_a_claim_taken_over_is_not_released_by_its_old_owner(tmp_path):
     assert path.read_bytes() == theirs
 
 
+def test_a_heartbeat_keeps_a_live_claim_from_other_hosts(tmp_path, monkeypatch):
+    """Another machine sharing the ledger judges this process's claim by its age (it cannot see the process): each
+    epoch's end (workqueue.Checkpoints.due) refreshes it. A heartbeat that did not, left a run longer than the lease
+    (60 min; a paper run takes hours) to be taken over while alive and trained twice, its owner's work thrown away."""
+    beating, silent = (claims.try_claim(tmp_path, key, lease_s=3600) for key in ("beating", "silent"))
+    old = time.time() - 7200  # the claims were made two hours ago, in the run's first epoch
+    for claim in (beating, silent):
+        os.utime(claim.path, (old, old))
+    assert beating.heartbeat() and time.time() - beating.path.stat().st_mtime < 600
+    monkeypatch.setattr(claims, "HOST", "another-machine")  # as a process there judges them
+    assert claims.try_claim(tmp_path, "beating", lease_s=3600) is None and beating.held()
+    assert claims.try_claim(tmp_path, "silent", lease_s=3600) is not None and not silent.held()  # the lease ran out
+
+
 def test_live_claims_are_not_taken(tmp_path):
     me = {"host": claims.HOST, "pid": os.getppid(), "pid_start": claims._pid_start(os.getppid())}
     write_claim(tmp_path, "here", **me)
@@ -168,6 +182,17 @@ def test_cadences():
     every_epoch = workqueue.Checkpoints(0, [])
     assert [every_epoch.due(e, 3) for e in (1, 2, 3)] == [True, True, False]
     assert not workqueue.Checkpoints(10, []).due(1, 3)
+
+
+def test_the_last_epoch_is_evaluated_whatever_eval_every_and_eval_last_say():
+    """--eval-every N and --eval-last M add evaluations; the last epoch is always evaluated: the record's
+    test_error_pct is its error (Table 3's number). With --eval-last 0 and an epoch count that is no multiple of
+    --eval-every, the last epoch was left out once the `max(eval_last, 1)` went: a completed run without an error."""
+    paper = PRESETS["paper"]
+    for epochs, every in ((350, 20), (7, 3), (1, 10)):
+        cfg = dataclasses.replace(paper, epochs=epochs, lr_drops=(), eval_every=every, eval_last=0)
+        assert [e for e in range(1, epochs + 1) if cfg.evaluates(e)] == [
+            *range(every, epochs, every), epochs], (epochs, every)
 
 
 def test_more_processes_than_gpus_names_the_command(monkeypatch):
