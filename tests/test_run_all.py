@@ -249,6 +249,46 @@ def test_sigterm_to_the_group_on_the_torch_backend_then_rerun_matches(data, tmp_
     check_resumed(data, out, reference_torch, *TORCH)
 
 
+def test_a_kill_after_a_periodic_checkpoint_resumes_at_the_next_epoch(data, tmp_path, monkeypatch, capsys,
+                                                                        fresh_accelerator):
+    """A kill (SIGKILL, a preempted machine) right after the checkpoint at an epoch's end (--checkpoint-minutes 0:
+    every epoch) loses nothing: the rerun resumes that checkpoint and trains only the epochs after it. A checkpoint
+    whose epoch counter disagreed with its history was set aside on the rerun and the run trained again from epoch 1;
+    on CPU the retrained run ends as the uninterrupted one does, so the SIGKILL test above cannot tell."""
+    from bench import checkpoint
+    from bench.run_state import RunState
+
+    class Killed(BaseException):  # not an Exception: run_all records no failed run for it, as for a real kill
+        pass
+
+    real_save = RunState.save
+
+    def save_then_die(self, *a, **kw):
+        real_save(self, *a, **kw)
+        if len(self.history) == 2:  # the checkpoint after epoch 2 of 3 is on disk
+            raise Killed
+
+    monkeypatch.setattr(run_all, "measure_rate", lambda *a: 1.0)  # the ETA's steps, on a net of their own
+    monkeypatch.setattr(RunState, "save", save_then_die)
+    out = tmp_path / "out"
+    argv = args(data, out, "--models", "strided-a", "--lrs", "0.05", "--epochs", "3", "--checkpoint-minutes", "0",
+                "--backend", "tensor")
+    with pytest.raises(Killed):
+        main(argv)
+    (path,) = (out / "checkpoints").glob("*.pt")
+    assert results.read_records(out) == []
+    saved = checkpoint.progress(path)  # what a reader (bench.plan, the reports) makes of it
+    assert saved["epoch"] == 2 and [h["epoch"] for h in saved["history"]] == [1, 2]
+    monkeypatch.setattr(RunState, "save", real_save)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "not resumed" not in capsys.readouterr().err
+    (record,) = results.read_records(out)
+    assert record["status"] == "completed" and record["run_key"] == path.stem
+    assert [s["from_epoch"] for s in record["sessions"]] == [1, 3]  # the rerun trained epoch 3 only
+    assert record["history"][:2] == saved["history"]
+
+
 def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path):
     out = tmp_path / "out"
     p = run_py(args(data, out, "--models", "strided-a", "--lrs", "1e9", "0.01", "--epochs", "1", "--backend",
