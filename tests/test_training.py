@@ -69,6 +69,16 @@ def test_run_key_ignores_where_and_how_but_not_what():
     assert run.key("other data") != run.key("sha")
 
 
+def test_run_key_tells_apart_the_runs_of_one_grid():
+    """Each model, LR and seed of a grid is a run of its own key: a field of them left out of the key (NOT_IN_KEY)
+    made expand() keep one run of several (seeds 1 and 2 of each LR never trained, their rerun skipped as recorded)."""
+    cfg = parse_args(["--models", "allcnn-c", "strided-a", "--lrs", "0.05", "0.1", "--seeds", "0", "1"])
+    runs = expand(cfg, "sha")
+    assert sorted((r.model, r.lr, r.seed) for r in runs) == sorted(
+        (m, lr, s) for m in ("allcnn-c", "strided-a") for lr in (0.05, 0.1) for s in (0, 1))
+    assert len({r.key("sha") for r in runs}) == 8
+
+
 def test_ablations_add_their_arms_once_and_arm_of_finds_them():
     cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--ablations", "all"])
     runs = expand(cfg)
