@@ -365,3 +365,50 @@ def test_the_header_names_the_code_by_commit_and_by_digest(tmp_path):
     assert code == "519e8c2aaaaa (2); code_sha256 d0d0d0d0d0d0 (1)"
     code = dict(header(load_ledger(write_ledger(tmp_path / "old", records[:1]))))["Code"]
     assert code == "519e8c2aaaaa (1)"
+
+
+def test_the_lr_is_judged_on_the_seed_mean_not_on_one_seed():
+    """LR 0.1's seeds 9.0, 10.0, 9.1 beat LR 0.05's three 9.3s in their best, first, last and median seed; only
+    their mean (9.37), which judges the LR, is worse."""
+    runs = pd.DataFrame([{"lr": lr, "outcome": "completed", "test_error_pct": t, "val_error_pct": t, "config": None}
+                         for lr, ts in ((0.1, (9.0, 10.0, 9.1)), (0.05, (9.3, 9.3, 9.3))) for t in ts])
+    assert best_over_lr(runs)["lr"] == select_on_val(runs)["lr"] == 0.05
+
+
+def test_on_val_an_lr_with_a_seed_lacking_its_val_error_is_not_chosen():
+    """LR 0.1's val mean would be one seed's of its two: not comparable, so not a candidate (and named)."""
+    runs = pd.DataFrame([{"lr": lr, "outcome": "completed", "test_error_pct": t, "val_error_pct": v, "config": None}
+                         for lr, t, v in ((0.1, 9.0, 9.0), (0.1, 9.0, None), (0.05, 9.5, 10.0))])
+    sel = select_on_val(runs)
+    assert (sel["lr"], sel["error_pct"], sel["not_measured"]) == (0.05, 9.5, "0.1 no val error")
+
+
+def test_table3_reads_each_runs_final_error_not_its_best_epoch(tmp_path):
+    """The paper's protocol takes a run's last epoch: LR 0.1's best epoch (8.0) does not win it the model."""
+    led = load_ledger(write_ledger(tmp_path, [dict(record(lr=0.1, test=9.5), best_test_error_pct=8.0),
+                                              record(lr=0.05, test=9.2)]))
+    row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
+    assert (row["error_pct"], row["lr"]) == (9.2, 0.05)
+
+
+def test_a_tie_of_epoch_counts_compares_the_longer_runs(tmp_path):
+    led = load_ledger(write_ledger(tmp_path, [record(lr=0.05, test=9.2), record(lr=0.1, test=50.0, epochs=1)]))
+    assert led.epochs == 3 and table3(led.df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == 9.2
+
+
+def test_an_arm_with_more_runs_than_the_grid_is_not_table3(tmp_path):
+    """`--models allcnn-c --lrs 0.05 --ablations optimizer`: Adam's own grid gives its arm four runs to the grid's
+    one; Table 3 is still the SGD grid's (nearest the preset's values), not the most common config's."""
+    recs = [record(lr=0.05, test=9.2), *(record(lr=lr, test=9.0, optimizer="adam") for lr in (3e-3, 1e-3, 3e-4, 1e-4))]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    assert led.reference["optimizer"] == "sgd"
+    assert table3(led.df, led.reference).set_index("model").loc["allcnn-c", "error_pct"] == 9.2
+
+
+def test_an_ablation_shows_the_paper_number_only_where_the_paper_has_one(led):
+    """The paper reports no BN run: only the baseline arm sits beside Table 3's 9.08; and the Δ column shown is the
+    difference to the baseline, not to the paper."""
+    bn = ablation_table(led.df, "bn-dropout", led.reference)
+    assert bn["paper_error_pct"].iloc[0] == 9.08 and bn["paper_error_pct"].iloc[1:].isna().all()
+    shown = formats.display_ablation(bn).set_index("Arm")
+    assert shown.loc["BN + dropout", "Δ vs baseline pp"] == "-0.80"
