@@ -204,3 +204,32 @@ def test_the_best_of_table3_names_a_deciding_comparison_other_than_its_runner_up
     c = claims_on_a_grid(tmp_path, {**others, "allcnn-c": {0.1: [9.5, 9.6], 0.05: [9.0, 9.1]}})
     assert (c.loc[BEST, "y"], c.loc[BEST, "verdict"]) == ("strided-a", "inconclusive (LR grid incomplete)")
     assert "; weakest: against Model A: Welch t = -42.43, dof 2.0, p = 0.000555;" in c.loc[BEST, "test"]
+
+
+def test_one_seed_a_gap_of_exactly_the_margin_decides_nothing(tmp_path):
+    c = claims_of(tmp_path, {"model-a": [12.5], "strided-a": [13.5]})  # 1.00 pp: not beyond MARGIN_PP
+    assert c.loc[STRIDED_A, "verdict"] == "inconclusive"
+
+
+def test_seeds_below_alpha_decide_and_just_above_it_do_not(tmp_path):
+    c = claims_of(tmp_path, {"model-a": [12.4, 12.5, 12.6], "strided-a": [12.6, 12.8, 12.9]})  # p = 0.075
+    assert c.loc[STRIDED_A, "verdict"] == "inconclusive" and 0.05 < c.loc[STRIDED_A, "p_value"] < 0.1
+    c = claims_of(tmp_path / "beyond", {"model-a": [12.4, 12.5, 12.6], "strided-a": [12.7, 12.8, 12.9]})
+    assert c.loc[STRIDED_A, "verdict"] == "reproduced" and c.loc[STRIDED_A, "p_value"] < 0.05
+
+
+def test_on_par_needs_the_whole_confidence_interval_within_the_margin(tmp_path):
+    """0.5 pp apart in the mean, within the 1 pp margin, but seeds spread over 2 pp: the 95% CI of Δ reaches past
+    the margin, so "on par" is not reproduced."""
+    c = claims_of(tmp_path, {"allcnn-a": [9.5, 10.5, 11.5], "convpool-a": [10.0, 11.0, 12.0]})
+    assert c.loc[ON_PAR_A, "verdict"] == "inconclusive"
+
+
+def test_the_best_of_table3_is_inconclusive_where_a_comparison_is_whatever_the_grid_adds(tmp_path):
+    """Model A lacks an LR (inconclusive, LR grid incomplete) and Model B is within noise of All-CNN-C on a complete
+    grid (inconclusive): more runs cannot decide the claim, so its verdict is plain "inconclusive"."""
+    others = {m: {0.1: [12.0 + i / 10, 12.1 + i / 10], 0.05: [11.0 + i / 10, 11.1 + i / 10]}
+              for i, m in enumerate(SPECS) if m != "allcnn-c"}
+    others["model-a"], others["model-b"] = {0.05: [12.0, 12.1]}, {0.1: [9.0, 9.2], 0.05: [9.0, 9.2]}
+    c = claims_on_a_grid(tmp_path, {**others, "allcnn-c": {0.1: [9.5, 9.6], 0.05: [9.0, 9.1]}})
+    assert c.loc[BEST, "verdict"] == "inconclusive"
