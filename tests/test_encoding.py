@@ -149,3 +149,12 @@ def test_reports_say_what_the_encoding_was_not_what_the_name_suggests(tmp_path):
         "not the official images. The Δ columns measure this setup, not the method.")
     recs[0]["data"]["encoding"] = png
     assert banner(load_ledger(write_ledger(tmp_path / "png", recs))) is None
+
+
+def test_the_banner_warns_whichever_run_trained_on_lossy_data(tmp_path):
+    for lossy_lr in (0.05, 0.1):  # the lossy run first or last in the ledger
+        recs = [record(lr=lr, test=9.5) for lr in (0.05, 0.1)]  # record's data: cifar10-jpeg.tar.gz (lossy)
+        for rec in recs:
+            if rec["lr"] != lossy_lr:
+                rec["data"] = {**rec["data"], "source": "/data/images", "source_sha256": "png"}
+        assert "lossy JPEG copy" in banner(load_ledger(write_ledger(tmp_path / str(lossy_lr), recs))), lossy_lr
