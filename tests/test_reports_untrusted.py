@@ -294,3 +294,12 @@ def test_the_report_names_the_ledger_files_set_aside(tmp_path, capsys):
     led = load_ledger(results_dir)
     assert led.notes[0] == (f"Skipped: 1 ledger file(s) that are not valid records, left in {runs} (they could not "
                             f"be moved to {runs}/.invalid): 0123456789abcdef.json.")
+
+
+def test_a_pipe_in_a_record_string_stays_in_its_markdown_cell(tmp_path):
+    """A device named "A | B" split its row of report.md's throughput table: every cell after it one column off."""
+    rec = record(lr=0.05, test=9.3)
+    rec["device_name"] = "A | B"
+    out = tmp_path / "report"
+    assert reports_main(["--results", str(write_ledger(tmp_path / "results", [rec])), "--out", str(out)]) == 0
+    assert "<td>A | B</td>" in md_lib.markdown((out / "report.md").read_text(), extensions=["tables"])
