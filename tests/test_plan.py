@@ -324,3 +324,22 @@ def test_a_ddp_records_seconds_are_not_taken_for_one_processs():
     assert plan.epoch_seconds(run, plan.timings([one])[0]) == (10.0, "")
     for other in ({**one, "fused_runs": 4}, {**one, "config": {**one["config"], "cuda_graphs": True}}):
         assert plan.epoch_seconds(run, plan.timings([other])[0]) == (None, "")
+
+
+def test_a_stalled_or_failed_record_is_planned_as_trained_again(ledger):
+    """run_all trains a stalled or failed run again (workqueue.DONE): shown as recorded, it would be left out of
+    the runs to train and of the time left."""
+    out, options = ledger
+    record, = results.read_records(out)
+    path = results.runs_dir(out) / f"{record['run_key']}.json"
+    before = path.read_bytes()
+    try:
+        for status in ("stalled", "failed"):
+            path.write_text(json.dumps({**record, "status": status}))
+            (row,), _ = plan.plan(parse_args(options + ["--lrs", "0.05"]))
+            assert (row["state"], row["start"]) == (f"{status} before: trains again", 0)
+            if status == "stalled":  # its own seconds time it: both epochs left
+                assert row["seconds_left"] == pytest.approx(record["wall_time_s"])
+    finally:
+        path.write_bytes(before)
+
