@@ -343,3 +343,17 @@ def test_a_stalled_or_failed_record_is_planned_as_trained_again(ledger):
     finally:
         path.write_bytes(before)
 
+
+def test_a_checkpoint_of_a_network_of_other_widths_is_planned_as_set_aside(tmp_path):
+    """All-CNN-B's weights under All-CNN-C's names (the same keys, other shapes): run_all sets the checkpoint aside,
+    so the plan must not say "resumes at epoch 1" (checkpoint.check_model compares the shapes, not the keys only)."""
+    cfg = parse_args(["--preset", "smoke", "--models", "allcnn-b", "allcnn-c", "--lrs", "0.2"])
+    other, run = plan.expand(cfg)
+    assert (other.model, run.model) == ("allcnn-b", "allcnn-c")
+    at_02 = [dict(h, lr=0.2) for h in history(1)]
+    torch.save(checkpoint_of(run, epoch=1, history=at_02), tmp_path / "own.pt")
+    torch.save(checkpoint_of(other, epoch=1, history=at_02), tmp_path / "other.pt")
+    assert plan.checkpoint_epoch(tmp_path / "own.pt", run) == 1
+    assert plan.checkpoint_epoch(tmp_path / "other.pt", run) == (
+        "malformed checkpoint: model weights do not match this run's model (keys or shapes differ): set aside, "
+        "trains from epoch 0")
