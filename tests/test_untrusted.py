@@ -163,6 +163,17 @@ def test_checkpoint_that_runs_code_is_not_executed(tmp_path, capsys):
     assert_set_aside(path, capsys, fresh, net)
 
 
+
+def test_a_checkpoint_that_runs_code_is_not_executed_by_its_readers(tmp_path):
+    """bench.plan, the reports and scripts/inspect_checkpoint.py read a checkpoint through checkpoint.read (and
+    progress): weights_only as run_all's load, or a crafted checkpoint in a shared results folder runs its code."""
+    marker, path = tmp_path / "pwned", tmp_path / "ckpt.pt"
+    torch.save({"model": RunsCode(marker), "epoch": 0, "history": [], "extra": {}}, path)
+    for read in (checkpoint.read, checkpoint.progress):
+        with pytest.raises(ValueError, match=r"^unreadable checkpoint \(UnpicklingError\)$"):
+            read(path)
+    assert not marker.exists()
+
 @pytest.mark.parametrize("damage", ["truncated", "other model", "not a checkpoint"])
 def test_damaged_or_foreign_checkpoint_is_set_aside(damage, tmp_path, capsys):
     path = tmp_path / "ckpt.pt"
