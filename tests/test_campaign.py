@@ -204,6 +204,20 @@ def test_campaign_table_rows_for_records_and_checkpoints(tmp_path):
     assert campaign.main(["--check", "--results", str(tmp_path), "--readme", str(readme)]) == 0
 
 
+
+def test_a_run_that_ended_early_shows_the_epochs_it_trained(tmp_path):
+    """A run that diverged in epoch 40 of 350 is "40/350" with its status: the table showed every record at its
+    schedule's length, as if each run had trained all its epochs."""
+    from reports import campaign
+
+    (tmp_path / "runs").mkdir()
+    record = json.loads(next((ROOT / campaign.RESULTS / "runs").glob("*.json")).read_text())
+    record.pop("sessions", None)
+    record.update(status="diverged", epochs_completed=40, history=record["history"][:40], test_error_pct=None)
+    (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
+    (row,) = campaign.rows(tmp_path)
+    assert (row[3], row[4], row[6]) == ("diverged", "", "40/350")
+
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
     cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
