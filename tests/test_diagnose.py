@@ -116,3 +116,23 @@ def test_train_error_is_measured_on_the_training_images(smoke_data_dir):
     assert d["train_error_pct"] == 0 and 100 * (1 - correct / seen) > 20
     assert sum(d["test_error_by_class_pct"]) / 10 == pytest.approx(100 * (1 - correct / seen), abs=1e-9)
     assert d["dead_relu_channels"] == {"3": [0, 10]}
+
+
+def test_a_channel_is_dead_only_if_no_training_image_in_any_batch_fires_it(smoke_data_dir):
+    """One channel per image, positive on that image alone (least squares over the 200 train and test images): the
+    100 of training images are alive, whichever batch holds their image; the 100 of test images are dead, since
+    the test pass does not count (a channel never positive on a training image is capacity lost)."""
+    cpu = torch.device("cpu")
+    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
+    data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=25)
+    whiten = data.preprocess("gcn-zca")
+    x = torch.cat([engine.prepare_input(images, whiten, False).flatten(1)
+                   for split in ("train", "test") for images, _ in data.loader(split)]).double()
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x.shape[1], 200), torch.nn.Unflatten(1, (200, 1, 1)),
+                              torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(200, 10))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.linalg.pinv(x).T)  # channel i: 1 on image i, 0 on the 199 others
+        net[1].bias.fill_(-0.5)
+        assert torch.equal(net[3](net[1](x.float())).gt(0), torch.eye(200, dtype=torch.bool))
+    d = diagnose(net, data.loader("train"), data.loader("test"), whiten, acc)
+    assert d["dead_relu_channels"] == {"3": [100, 200]}
