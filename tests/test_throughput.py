@@ -142,6 +142,21 @@ def test_cli_on_cpu_writes_json_and_csv(tmp_path):
     assert float(table[0]["train_images_per_s"]) == pytest.approx(rows[0]["train_images_per_s"])
 
 
+
+def test_a_rows_device_and_precision_are_what_the_plan_matches_a_ledger_by(tmp_path):
+    """bench.plan scales its estimate by a file's images/s measured on the ledger's device (the records'
+    device_name) at the run's precision: a row naming its device otherwise ("cpu") was never used."""
+    import torch
+
+    from bench import plan
+    out_json = tmp_path / "tp.json"
+    assert throughput.main(["--device", "cpu", "--models", "strided-c", "--precision", "fp32", "--batch-size", "4",
+                            "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-eval", "--json",
+                            str(out_json)]) == 0
+    (row,) = json.loads(out_json.read_text())
+    name = devices.device_name(torch.device("cpu"))  # a record's device_name on this machine
+    assert plan.benchmark_rates(str(out_json), name) == ({("strided-c", "no"): row["train_images_per_s"]}, [name])
+
 def test_rows_measured_before_a_run_is_cut_short_are_kept(tmp_path, monkeypatch):
     """The JSON is rewritten after every row, so a benchmark killed by a time limit (scripts/campaign.sh's step 1)
     leaves the rows it measured; here the second model's measurement raises."""
