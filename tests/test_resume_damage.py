@@ -61,6 +61,19 @@ def test_a_checkpoint_that_disagrees_with_itself_is_set_aside(damage, tmp_path, 
     assert_set_aside(path, capsys, fresh, net)
 
 
+
+def test_momentum_of_other_shapes_than_the_runs_parameters_is_set_aside(tmp_path, capsys):
+    """The model fits, its momentum does not (a damaged or foreign checkpoint): resumed, the run's first step
+    failed ("size of tensor a must match"), the checkpoint kept for the next rerun to fail on again."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path)
+    blob = torch.load(path, weights_only=True)
+    blob["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(5)
+    torch.save(blob, path)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
+    assert_set_aside(path, capsys, before, net)
+
 def quantized():
     return torch.quantize_per_tensor(torch.tensor(4.0), 1.0, 0, torch.qint8)
 
