@@ -335,3 +335,27 @@ def test_an_edited_manifest_is_no_proof_that_the_folder_is_prepared(tmp_path, ca
     m = prepare_cifar10(str(src), out, subset_per_class=1)
     assert "nothing to do" not in capsys.readouterr().out
     assert m["num_images"]["test"] == 10 and np.array_equal(np.load(out / "train_images.npy"), good)
+
+
+def test_an_8_bit_image_in_another_mode_is_stored_as_its_rgb_pixels(tmp_path, no_ffcv):
+    """Grayscale (PNG and JPEG), palette and RGBA images become 32x32x3 RGB: gray repeated, the palette's colours
+    (not the indices), alpha dropped. Stored as decoded, a grayscale image was 32x32 and a palette one its indices."""
+    src, rng = png_tree(tmp_path / "src"), np.random.default_rng(0)
+    gray, idx = rng.integers(0, 256, (2, 32, 32), dtype=np.uint8)
+    palette, rgba = rng.integers(0, 256, (256, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 4), np.uint8)
+    Image.fromarray(gray, "L").save(src / "train" / "cat" / "0.png")
+    pal = Image.fromarray(idx, "P")
+    pal.putpalette(palette.tobytes())
+    pal.save(src / "train" / "dog" / "0.png")
+    Image.fromarray(rgba, "RGBA").save(src / "train" / "frog" / "0.png")
+    (src / "test" / "cat" / "0.png").unlink()
+    Image.fromarray(gray, "L").save(src / "test" / "cat" / "0.jpg")
+    jpeg_gray = np.asarray(Image.open(src / "test" / "cat" / "0.jpg"))
+    assert Image.open(src / "train" / "dog" / "0.png").mode == "P" and jpeg_gray.shape == (32, 32)
+    prepare_cifar10(str(src), tmp_path / "out", subset_per_class=1)
+    train, test = (np.load(tmp_path / "out" / f"{s}_images.npy") for s in ("train", "test"))
+    cat, dog, frog = (prepare.CLASSES.index(c) for c in ("cat", "dog", "frog"))
+    assert train.shape == test.shape == (10, 32, 32, 3)
+    assert np.array_equal(train[cat], np.repeat(gray[..., None], 3, 2)) and np.array_equal(train[dog], palette[idx])
+    assert np.array_equal(train[frog], rgba[..., :3])
+    assert np.array_equal(test[cat], np.repeat(jpeg_gray[..., None], 3, 2))
