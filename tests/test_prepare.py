@@ -386,3 +386,23 @@ def test_an_images_extension_is_matched_in_any_case(tmp_path, no_ffcv):
             dst.addfile(m, data)
     m = prepare_cifar10(str(archive), tmp_path / "out", subset_per_class=20)
     assert m["images_per_class"]["train"] == m["images_per_class"]["test"] == [20] * 10
+
+
+def test_another_subset_or_a_source_rewritten_in_place_rebuilds(tmp_path, write_official_archive, no_ffcv, capsys):
+    """Only the same source bytes and options are a no-op: a folder prepared as run_all's smoke subset (10 a class)
+    taken as prepared for a later 20 a class would train the larger grid on the smaller subset, and an archive
+    fixed or fetched again at the same path would keep the old pixels."""
+    from tests.conftest import SAMPLE_TARBALL
+
+    data = tmp_path / "data"
+    prepare_cifar10(str(SAMPLE_TARBALL), data, subset_per_class=10)
+    m = prepare_cifar10(str(SAMPLE_TARBALL), data, subset_per_class=20)
+    assert m["num_images"]["train"] == 200 and len(np.load(data / "train_labels.npy")) == 200
+    archive, other = tmp_path / "a.tar.gz", synthetic_split(2, 4)
+    write_official_archive(archive, synthetic_split(2, 1), synthetic_split(2, 2))
+    prepare_cifar10(str(archive), data, subset_per_class=2)
+    write_official_archive(archive, synthetic_split(2, 3), other)  # the same path, other images
+    capsys.readouterr()
+    prepare_cifar10(str(archive), data, subset_per_class=2)
+    assert "nothing to do" not in capsys.readouterr().out
+    assert np.array_equal(np.load(data / "test_images.npy"), other[0])
