@@ -207,3 +207,13 @@ def test_each_seed_shuffles_the_training_split_in_an_order_of_its_own(smoke_data
             assert np.array_equal(first_batches(loader, 1, epoch)[1].numpy(), labels[orders[seed, epoch]])
     assert not np.array_equal(orders[0, 0], orders[1, 0]) and not np.array_equal(orders[0, 1], orders[1, 1])
     assert not np.array_equal(orders[0, 0], orders[0, 1])
+
+
+def test_train45k_is_shuffled_too(smoke_data_dir):
+    """train45k is a training split (LR selection on val5k trains on it): each epoch is its own seeded permutation of
+    its indices. Left in stored order it trained class by class (a folder source stores images sorted by class)."""
+    idx = loaders.split_indices(smoke_data_dir, "train45k")
+    loader = loaders.make("train45k", 90, data_dir=smoke_data_dir, backend="tensor")
+    first, second = loader.epoch_indices(0), loader.epoch_indices(1)
+    assert np.array_equal(np.sort(first), idx) and np.array_equal(np.sort(second), idx)
+    assert not np.array_equal(first, idx) and not np.array_equal(first, second)
