@@ -239,3 +239,9 @@ def test_bn_sits_between_each_conv_and_its_relu():
                     last = block is model.top and conv is layers[-2]
                     if final_relu or not last:
                         assert isinstance(layers[i + 2], nn.ReLU), (block, i)
+
+
+def test_macs_count_the_classes_asked_for():
+    """macs(num_classes=100) counts the 100-way 1x1 conv the network of that many classes has (192 -> 100 at 6x6);
+    a count that ignored `num_classes` gave the 10-class figure for every class count."""
+    assert allconv.macs("allcnn-c", num_classes=100) - allconv.macs("allcnn-c") == 6 * 6 * 192 * 90
