@@ -14,6 +14,7 @@ import torch
 
 import loaders
 from loaders.augment import epoch_key, flip_translate_params
+from loaders import prepare
 from loaders.prepare import _ffcv_available
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,3 +218,13 @@ def test_train45k_is_shuffled_too(smoke_data_dir):
     first, second = loader.epoch_indices(0), loader.epoch_indices(1)
     assert np.array_equal(np.sort(first), idx) and np.array_equal(np.sort(second), idx)
     assert not np.array_equal(first, idx) and not np.array_equal(first, second)
+
+
+def test_train45k_and_val5k_split_the_training_images_per_class(smoke_data_dir):
+    """val5k is VAL_FRACTION of each class's training images, train45k the rest: together every training image once.
+    On the sample too (the full tarball's test alone caught a train45k that overlapped val5k)."""
+    labels = np.load(smoke_data_dir / "train_labels.npy")
+    train, val = (loaders.split_indices(smoke_data_dir, split) for split in ("train45k", "val5k"))
+    assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
+    per_class = np.bincount(labels, minlength=10)
+    assert np.array_equal(np.bincount(labels[val], minlength=10), np.round(prepare.VAL_FRACTION * per_class))
