@@ -3,7 +3,7 @@ seeds that never ran (no record, no checkpoint), which the runs alone cannot sho
 
     lr_grid(runs)               the LRs requested or run, largest first
     requested_runs(runs)        {lr: [seed set, ...]} the records' commands asked for, model by model
-    missing_seeds(runs, lr)     the seeds asked for at `lr` that have no run there, sorted
+    missing_seeds(at, sets)     the seeds asked for at one LR that have no run there, sorted
 """
 from __future__ import annotations
 
@@ -46,13 +46,11 @@ def requested_runs(runs: pd.DataFrame) -> dict[float, list[frozenset[int]]]:
     return out
 
 
-def missing_seeds(runs: pd.DataFrame, lr: float, requested=None) -> list[int]:
-    """The seeds `requested` (default: `requested_runs(runs)`) at `lr` that have no run of any outcome there."""
-    sets = (requested_runs(runs) if requested is None else requested).get(lr, ())
+def missing_seeds(at: pd.DataFrame, sets) -> list[int]:
+    """The seeds of `sets` (`requested_runs(...)[lr]`) that no run of one LR, `at`, has (any outcome), sorted."""
     if not sets:
         return []
-    ran = {int(s) for x, s in zip(runs["lr"], runs["seed"]) if _known(x) and _known(s) and float(x) == lr}
-    return sorted(frozenset().union(*sets) - ran)
+    return sorted(frozenset().union(*sets) - {int(s) for s in at["seed"] if _known(s)})
 
 
 SHOWN = 5

@@ -49,14 +49,17 @@ def lr_text(lr: float) -> str:
 
 
 def per_lr(runs: pd.DataFrame, grid: list[float]) -> list[dict]:
-    """Seeds aggregated per LR: the completed runs' test and val errors, and how many runs ended otherwise."""
-    out = []
+    """Seeds aggregated per LR of one model's runs: the completed runs' test and val errors, how many runs ended
+    otherwise, and `absent`, the seeds a command asked for at that LR without a run there (reports.requested; none
+    at an LR with no run at all, which is "missing" as a whole)."""
+    out, requested = [], requested_runs(runs)
     for lr in grid:
         at = runs[runs["lr"].map(lambda x: _known(x) and float(x) == lr).astype(bool)]
         done = at[at["outcome"] == "completed"]
         out.append({"lr": lr, "n": len(at), "outcomes": Counter(at["outcome"]),
                     "test": [float(x) for x in done["test_error_pct"] if _known(x)],
-                    "val": [float(x) for x in done["val_error_pct"] if _known(x)]})
+                    "val": [float(x) for x in done["val_error_pct"] if _known(x)],
+                    "absent": missing_seeds(at, requested.get(lr)) if len(at) else []})
     return out
 
 
@@ -72,7 +75,6 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     if len(runs) == 0:  # "missing" says it all: no LR list
         return {**base, "diverged_lrs": None, "not_measured": None, "status": "missing"}
     diverged, unmeasured, candidates = [], [], []
-    requested = {lr: sets for lr, sets in requested_runs(runs).items() if lr in grid}  # not an Adam arm's SGD LRs
     for r in per_lr(runs, grid):
         c, n = r["outcomes"], r["n"]
         if n == 0:
@@ -80,13 +82,12 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
             continue
         if c["diverged"]:
             diverged.append(lr_text(r["lr"]) + ("" if c["diverged"] == n else f" ({c['diverged']}/{n} seeds)"))
-        absent = missing_seeds(runs, r["lr"], requested)
-        r["open"] = bool(absent) or any(c[word] for word in ("stalled", "failed", "unfinished"))  # seeds to measure
+        r["open"] = bool(r["absent"]) or any(c[w] for w in ("stalled", "failed", "unfinished"))  # seeds to measure
         for word in ("stalled", "failed", "unfinished"):
             if c[word]:
                 unmeasured.append(f"{lr_text(r['lr'])} {word}" + ("" if c[word] == n else f" ({c[word]}/{n} seeds)"))
-        if absent:
-            unmeasured.append(f"{lr_text(r['lr'])} {seeds_text(absent)}")
+        if r["absent"]:
+            unmeasured.append(f"{lr_text(r['lr'])} {seeds_text(r['absent'])}")
         if judge == "val" and c["completed"] and len(r["val"]) < c["completed"]:
             unmeasured.append(f"{lr_text(r['lr'])} no val error")
         if not c["diverged"] and r["test"] and (judge == "test" or len(r["val"]) == len(r["test"])):
@@ -202,12 +203,11 @@ def table3_by_lr(df: pd.DataFrame, reference: dict | None) -> pd.DataFrame:
         mine = runs[runs["model"] == name]
         if mine.empty and (requested is None or name not in requested):
             continue
-        asked = requested_runs(mine)
         for r in per_lr(mine, grid):
             ended = [f"{k}" + ("" if n == r["n"] else f" {n}/{r['n']}")
                      for k, n in sorted(r["outcomes"].items()) if k != "completed"]
-            absent = missing_seeds(mine, r["lr"], asked) if r["n"] else []  # no run: "missing" covers its seeds
-            status = "missing" if r["n"] == 0 else ", ".join(ended + [seeds_text(absent)] * bool(absent)) or "ok"
+            absent = [seeds_text(r["absent"])] if r["absent"] else []
+            status = "missing" if r["n"] == 0 else ", ".join(ended + absent) or "ok"
             test = r["test"]
             rows.append({"model": name, "paper_name": spec.paper_name, "lr": r["lr"], "n_runs": r["n"],
                          "n_seeds": len(test), "error_pct": _round(statistics.fmean(test)) if test else float("nan"),
