@@ -39,8 +39,10 @@
 # run_all stopped earlier (another worker's failed, below) gets the same KILL_AFTER. TOTAL may be at most 570: a
 # call runs at most 600 s, and its timeout_s should be TOTAL + 30 (a margin for what this arithmetic does not count:
 # starting bash, `timeout`'s own delays).
-# The report is made at home from the committed ledger (python -m reports --results reports/measured/campaign;
-# python -m reports.campaign for the README's table): device time buys measurements only. Work files live in
+# At home, `python -m bench.ingest FOLDER --name DATE-GPU` brings what came back into $LEDGER (records, checkpoints
+# of unfinished runs, logs; once, checked, nothing executed). The report is made from the committed ledger (python
+# -m reports --results reports/measured/campaign; python -m reports.campaign for the README's table): device time
+# buys measurements only. Work files live in
 # $WORK (git-ignored: a warm machine keeps them between calls, so a second call goes on where the first stopped).
 # A failed run stops the campaign at once (fail fast: the call returns early, leaving time to fix and rerun): no
 # worker starts another model, and the others' run_all get SIGTERM within a second (their runs checkpoint).

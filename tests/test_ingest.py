@@ -1,0 +1,163 @@
+"""bench/ingest.py on the committed campaign ledger's real records and checkpoint: what a campaign call brings back
+goes into the ledger once, a finished run is never replaced, and nothing from outside is trusted."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import ingest
+
+CAMPAIGN = Path(__file__).resolve().parents[1] / "reports" / "measured" / "campaign"
+LR005, LR001, LR01 = "f827e2053e7b9174", "489234371f2401e9", "86ce826000eb7539"  # LR 0.1 is checkpointed, unfinished
+
+
+def tar_gz(path: Path, members: dict[str, bytes | str]) -> Path:
+    """A gzipped tar of `members`: name -> bytes (a file) or str (a symbolic link to that target)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def record_bytes(key: str) -> bytes:
+    return (CAMPAIGN / "runs" / f"{key}.json").read_bytes()
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    """A ledger as it stood before LR 0.01 finished (its record missing, its checkpoint there), and the folder a
+    campaign call brought back: both records, LR 0.1's checkpoint, the log, the throughput JSON and a stray file."""
+    ledger, out = tmp_path / "ledger", tmp_path / "out"
+    (ledger / "runs").mkdir(parents=True)
+    (ledger / "checkpoints").mkdir()
+    out.mkdir()
+    shutil.copy(CAMPAIGN / "runs" / f"{LR005}.json", ledger / "runs")
+    for key in (LR01, LR001):
+        shutil.copy(CAMPAIGN / "checkpoints" / f"{LR01}.pt", ledger / "checkpoints" / f"{key}.pt")
+    tar_gz(out / "ledger.tar.gz", {"runs": b"", **{f"runs/{k}.json": record_bytes(k) for k in (LR005, LR001)}})
+    shutil.copy(CAMPAIGN / "checkpoints" / f"{LR01}.pt", out)
+    shutil.copy(CAMPAIGN / "logs" / "2026-12-04-h200.txt", out / "campaign.txt")
+    shutil.copy(CAMPAIGN / "throughput-h200-2026-11-27.json", out / "throughput.json")
+    (out / "notes.txt").write_text("not the script's")
+    return ledger, out
+
+
+def test_a_calls_folder_comes_into_the_ledger_once(campaign, capsys):
+    ledger, out = campaign
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "2026-12-06-h100"]) == 0
+    printed = capsys.readouterr()
+    assert (ledger / "runs" / f"{LR001}.json").read_bytes() == record_bytes(LR001)
+    assert not (ledger / "checkpoints" / f"{LR001}.pt").exists()  # its run finished: the checkpoint goes
+    assert (ledger / "checkpoints" / f"{LR01}.pt").exists()  # unfinished: kept (the returned one is no further on)
+    assert (ledger / "logs" / "2026-12-06-h100.txt").read_bytes() == (out / "campaign.txt").read_bytes()
+    assert (ledger / "throughput-2026-12-06-h100.json").read_bytes() == (out / "throughput.json").read_bytes()
+    assert f"record {LR001}: allcnn-c lr 0.01 seed 0 completed 17.19%" in printed.out
+    assert f"--throughput {ledger / 'throughput-2026-12-06-h100.json'}" in printed.out
+    assert f"{out / 'notes.txt'} left out" in printed.err and not (ledger / "notes.txt").exists()
+    before = tree(ledger)
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "2026-12-06-h100"]) == 0  # again: a no-op
+    assert capsys.readouterr().out == "nothing new\n" and tree(ledger) == before
+
+
+def test_a_dry_run_says_the_same_and_changes_nothing(campaign, capsys):
+    ledger, out = campaign
+    before = tree(ledger)
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n", "--dry-run"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert tree(ledger) == before and len(said) == 4
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert capsys.readouterr().out.splitlines()[:-1] == said  # the real one did what the dry run said
+
+
+def test_a_finished_runs_record_is_never_replaced_a_failed_one_is(campaign, capsys):
+    ledger, out = campaign
+    other = json.loads(record_bytes(LR005))
+    other["finished_at"] = "2026-12-06T00:00:00+00:00"  # a valid record of the same run, other bytes
+    failed = {**json.loads(record_bytes(LR001)), "status": "failed"}
+    (ledger / "runs" / f"{LR001}.json").write_text(json.dumps(failed))
+    tar_gz(out / "ledger.tar.gz", {f"runs/{LR005}.json": json.dumps(other).encode(),
+                                   f"runs/{LR001}.json": record_bytes(LR001)})
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    printed = capsys.readouterr()
+    assert (ledger / "runs" / f"{LR005}.json").read_bytes() == record_bytes(LR005)
+    assert f"runs/{LR005}.json differs from" in printed.err and "kept the ledger's" in printed.err
+    assert (ledger / "runs" / f"{LR001}.json").read_bytes() == record_bytes(LR001)  # run_all trains failed again
+    assert "(replaces a record run_all trains again)" in printed.out
+
+
+def test_untrusted_members_are_left_out_and_nothing_lands_outside(campaign, capsys):
+    ledger, out = campaign
+    not_its_run = {**json.loads(record_bytes(LR001)), "run_key": "0123456789abcdef"}
+    tar_gz(out / "ledger.tar.gz", {
+        f"runs/{LR001}.json": "/etc/passwd",  # a link
+        "../escape.json": record_bytes(LR001),
+        f"runs/{LR005[:-1]}0.json": record_bytes(LR005),  # a record under another run's name
+        "runs/0123456789abcdef.json": json.dumps(not_its_run).encode(),  # its config hashes to another key
+        "runs/fedcba9876543210.json": b"{not json",
+    })
+    (out / "0123.pt").write_bytes(b"x")
+    (out / "fedcba9876543210.pt").write_bytes(b"not a checkpoint")
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in (ledger / "runs").iterdir()) == [f"{LR005}.json"]
+    assert not (ledger.parent / "escape.json").exists() and not (out.parent / "escape.json").exists()
+    assert sorted(p.name for p in (ledger / "checkpoints").iterdir()) == [f"{LR001}.pt", f"{LR01}.pt"]
+    for why in (f"'runs/{LR001}.json' left out", "'../escape.json' left out", "does not match the file name",
+                "its config does not hash to its run key", "unreadable (JSONDecodeError", "0123.pt left out",
+                "fedcba9876543210.pt: unreadable checkpoint"):
+        assert why in err, why
+
+
+def test_an_older_checkpoint_does_not_replace_a_further_one(campaign, capsys):
+    ledger, out = campaign
+    blob = torch.load(CAMPAIGN / "checkpoints" / f"{LR01}.pt", map_location="cpu", weights_only=True)
+    torch.save({**blob, "epoch": 10, "history": blob["history"][:10], "epoch_state": None}, out / f"{LR01}.pt")
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert "(epoch 10) left out" in capsys.readouterr().err
+    kept = (ledger / "checkpoints" / f"{LR01}.pt").read_bytes()
+    assert kept == (CAMPAIGN / "checkpoints" / f"{LR01}.pt").read_bytes()
+    shutil.copy(out / f"{LR01}.pt", ledger / "checkpoints")  # the other way round: the further one comes in
+    shutil.copy(CAMPAIGN / "checkpoints" / f"{LR01}.pt", out)
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert f"checkpoint {LR01}: epoch 238 (was 10)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken"])
+def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
+    ledger, out = campaign
+    args = [str(out), "--ledger", str(ledger), "--name", "n"]
+    if case == "no folder":
+        args[0] = str(out / "missing")
+    elif case == "bad name":
+        args[-1] = "../n"
+    elif case == "not gzip":
+        (out / "ledger.tar.gz").write_bytes(b"PK\x03\x04 not a tarball")
+    elif case == "bomb":
+        monkeypatch.setattr(ingest, "MAX_UNPACKED", 1000)
+    else:
+        (ledger / "logs").mkdir()
+        (ledger / "logs" / "n.txt").write_text("another call's log")
+    before = tree(ledger)
+    assert ingest.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and tree(ledger) == before
