@@ -51,7 +51,8 @@ def warn(message: str) -> None:
 
 
 def archived_records(path: Path) -> dict[str, bytes]:
-    """{run key: bytes} of ledger.tar.gz's runs/<key>.json files that are valid records of their runs."""
+    """{run key: bytes} of ledger.tar.gz's runs/<key>.json files that are valid records of their runs. (tarfile
+    reads GNU long-name and PAX headers by recursing: a run of thousands raises RecursionError.)"""
     try:
         with gzip.open(io.BytesIO(read_regular(path, MAX_FILE))) as z:
             data = z.read(MAX_UNPACKED + 1)
@@ -59,7 +60,7 @@ def archived_records(path: Path) -> dict[str, bytes]:
             raise ValueError(f"it unpacks to over {MAX_UNPACKED >> 20} MiB")
         members = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
         found = [(m, members.extractfile(m).read() if m.isreg() else None) for m in members]
-    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError) as e:
+    except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, RecursionError) as e:
         raise UsageError(f"{path} is not a readable ledger archive ({e}): nothing ingested") from None
     out = {}
     for member, blob in found:
@@ -101,7 +102,7 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
                 if dst.suffix == ".json":
                     json.loads(data)  # a damaged JSON would be refused by every reader of the ledger
                 logs[dst] = data
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
             warn(f"{src} left out: {e}")
     taken = [str(dst) for dst, data in logs.items() if dst.exists() and dst.read_bytes() != data]
     if taken:  # the same folder ingested again under the same name finds its own files: nothing to do

@@ -2,6 +2,7 @@
 goes into the ledger once, a finished run is never replaced, and nothing from outside is trusted."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -142,7 +143,17 @@ def test_an_older_checkpoint_does_not_replace_a_further_one(campaign, capsys):
     assert f"checkpoint {LR01}: epoch 238 (was 10)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken"])
+def gnu_long_names(n: int) -> bytes:
+    """A tar whose member has `n` GNU long-name headers in a row: tarfile reads each by recursing."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("runs/" + "a" * 200 + ".json")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    return buf.getvalue()[:1024] * n + buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken", "nested headers"])
 def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
     ledger, out = campaign
     args = [str(out), "--ledger", str(ledger), "--name", "n"]
@@ -154,6 +165,8 @@ def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch
         (out / "ledger.tar.gz").write_bytes(b"PK\x03\x04 not a tarball")
     elif case == "bomb":
         monkeypatch.setattr(ingest, "MAX_UNPACKED", 1000)
+    elif case == "nested headers":  # a RecursionError in tarfile, not a traceback
+        (out / "ledger.tar.gz").write_bytes(gzip.compress(gnu_long_names(2000)))
     else:
         (ledger / "logs").mkdir()
         (ledger / "logs" / "n.txt").write_text("another call's log")
@@ -161,3 +174,11 @@ def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch
     assert ingest.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and tree(ledger) == before
+
+
+def test_a_json_nested_too_deep_is_left_out(campaign, capsys):
+    ledger, out = campaign
+    (out / "throughput.json").write_bytes(b"[" * 100_000)  # json.loads: RecursionError, not ValueError
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert f"{out / 'throughput.json'} left out" in capsys.readouterr().err
+    assert not (ledger / "throughput-n.json").exists()
