@@ -15,7 +15,8 @@ into the committed ledger, so that the next campaign continues from it and the r
 - campaign.txt goes to LEDGER/logs/NAME.txt, init-probe.txt to LEDGER/logs/init-probe-NAME.txt and each JSON the
   script writes (throughput.json, throughput-graphs.json, concurrency.json) to LEDGER/<stem>-NAME.json. These are
   never overwritten: a NAME already used is a one-line error before anything is written.
-Nothing in FOLDER is executed; every file is read as a regular file of bounded size (bench.files.read_regular).
+Nothing in FOLDER is executed; every file is read as a regular file of bounded size (bench.files.read_regular), and
+a link is named and left out (it could carry any file of this machine into the commit).
 It prints one line per change, then the commands that remake the report and the README's table.
 """
 from __future__ import annotations
@@ -94,10 +95,13 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
         raise UsageError(f"{folder} is not a folder (give the folder the campaign's files came back in)")
     if not NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (e.g. 2026-12-06-h100)")
+    links = sorted(p for p in folder.iterdir() if p.is_symlink())  # to any file of this machine: not what came back
+    for link in links:
+        warn(f"{link} left out (a link, not followed)")
     logs = {}  # destination: bytes, of the logs that are readable (and JSON where they should be)
     for src, dst in ((folder / src, ledger / dst.format(name=name)) for src, dst in LOGS.items()):
         try:
-            if src.exists():
+            if src.exists() and src not in links:
                 data = read_regular(src, MAX_FILE)
                 if dst.suffix == ".json":
                     json.loads(data)  # a damaged JSON would be refused by every reader of the ledger
@@ -108,7 +112,7 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
     if taken:  # the same folder ingested again under the same name finds its own files: nothing to do
         raise UsageError(f"{', '.join(taken)} already hold(s) other files: give another --name")
     archive = folder / "ledger.tar.gz"
-    returned = archived_records(archive) if archive.exists() else {}
+    returned = archived_records(archive) if archive.exists() and archive not in links else {}
     runs, ckpts, changes = results.runs_dir(ledger), ledger / "checkpoints", []  # (what, path, bytes or None)
 
     def final(key: str) -> bool:
@@ -132,7 +136,7 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
     def over(key: str) -> bool:
         return key in finished or final(key)
 
-    for src in sorted(folder.glob("*.pt")):
+    for src in sorted(set(folder.glob("*.pt")) - set(links)):
         dst = ckpts / src.name
         if not re.fullmatch(KEY, src.stem):
             warn(f"{src} left out (not <run key>.pt)")
@@ -149,7 +153,7 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
             changes.append((f"removed {path}: its run is recorded", path, None))
     changes += [(f"log {dst}", dst, data) for dst, data in logs.items() if not dst.exists()]
     for other in sorted(p.name for p in folder.iterdir()):
-        if other not in LOGS and other != "ledger.tar.gz" and not other.endswith(".pt"):
+        if other not in LOGS and other != "ledger.tar.gz" and not other.endswith(".pt") and folder / other not in links:
             warn(f"{folder / other} left out (not a file campaign.sh writes)")
     for what, path, data in [] if dry_run else changes:
         if data is None:

@@ -182,3 +182,17 @@ def test_a_json_nested_too_deep_is_left_out(campaign, capsys):
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     assert f"{out / 'throughput.json'} left out" in capsys.readouterr().err
     assert not (ledger / "throughput-n.json").exists()
+
+
+def test_a_link_in_the_folder_is_left_out_not_followed(campaign, capsys):
+    ledger, out = campaign
+    (ledger / "checkpoints" / f"{LR01}.pt").unlink()
+    (out / f"{LR01}.pt").unlink()
+    (out / f"{LR01}.pt").symlink_to(CAMPAIGN / "checkpoints" / f"{LR01}.pt")  # a valid checkpoint, elsewhere
+    (out / "campaign.txt").unlink()
+    (out / "campaign.txt").symlink_to(ledger.parent / "secret")  # any file of this machine, into the commit
+    (ledger.parent / "secret").write_text("not the call's")
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    err = capsys.readouterr().err
+    assert f"{out / 'campaign.txt'} left out (a link" in err and f"{out / LR01}.pt left out (a link" in err
+    assert not (ledger / "logs" / "n.txt").exists() and not (ledger / "checkpoints" / f"{LR01}.pt").exists()
