@@ -25,6 +25,7 @@ import argparse
 import gzip
 import io
 import json
+import os
 import re
 import sys
 import tarfile
@@ -152,6 +153,10 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
         if re.fullmatch(KEY, path.stem) and over(path.stem):
             changes.append((f"removed {path}: its run is recorded", path, None))
     changes += [(f"log {dst}", dst, data) for dst, data in logs.items() if not dst.exists()]
+    for folder_of in sorted({path.parent for _, path, _ in changes}):  # before the first write: no partial result
+        there = next(p for p in (folder_of, *folder_of.parents) if os.path.lexists(p))
+        if not there.is_dir():
+            raise UsageError(f"{there} is not a folder, so {folder_of} cannot hold files: nothing ingested")
     for other in sorted(p.name for p in folder.iterdir()):
         if other not in LOGS and other != "ledger.tar.gz" and not other.endswith(".pt") and folder / other not in links:
             warn(f"{folder / other} left out (not a file campaign.sh writes)")

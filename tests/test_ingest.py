@@ -153,7 +153,8 @@ def gnu_long_names(n: int) -> bytes:
     return buf.getvalue()[:1024] * n + buf.getvalue()
 
 
-@pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken", "nested headers"])
+@pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken", "nested headers",
+                                  "logs a file"])
 def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
     ledger, out = campaign
     args = [str(out), "--ledger", str(ledger), "--name", "n"]
@@ -165,6 +166,10 @@ def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch
         (out / "ledger.tar.gz").write_bytes(b"PK\x03\x04 not a tarball")
     elif case == "bomb":
         monkeypatch.setattr(ingest, "MAX_UNPACKED", 1000)
+    elif case == "logs a file":  # found only when the log is written, after the records and checkpoints were
+        (ledger / "logs").write_text("not a folder")
+        tar_gz(out / "ledger.tar.gz", {f"runs/{LR001}.json": record_bytes(LR001)})  # no warnings before the error
+        (out / "notes.txt").unlink()
     elif case == "nested headers":  # a RecursionError in tarfile, not a traceback
         (out / "ledger.tar.gz").write_bytes(gzip.compress(gnu_long_names(2000)))
     else:
