@@ -62,6 +62,8 @@ def archived_records(path: Path) -> dict[str, bytes]:
             raise ValueError(f"it unpacks to over {MAX_UNPACKED >> 20} MiB")
         members = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
         found = [(m, members.extractfile(m).read() if m.isreg() else None) for m in members]
+        if data[members.offset:].strip(b"\0"):  # tarfile ends its listing at a damaged header, silently
+            raise ValueError(f"a damaged header at byte {members.offset}, after {len(found)} members")
     except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, RecursionError) as e:
         raise UsageError(f"{path} is not a readable ledger archive ({e}): nothing ingested") from None
     out = {}

@@ -154,7 +154,7 @@ def gnu_long_names(n: int) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken", "nested headers",
-                                  "logs a file"])
+                                  "logs a file", "damaged header"])
 def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
     ledger, out = campaign
     args = [str(out), "--ledger", str(ledger), "--name", "n"]
@@ -170,6 +170,10 @@ def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch
         (ledger / "logs").write_text("not a folder")
         tar_gz(out / "ledger.tar.gz", {f"runs/{LR001}.json": record_bytes(LR001)})  # no warnings before the error
         (out / "notes.txt").unlink()
+    elif case == "damaged header":  # tarfile ends its listing there, silently: LR 0.01's record would be lost
+        tar = gzip.decompress((out / "ledger.tar.gz").read_bytes())
+        second = tar.index(f"runs/{LR001}.json".encode())
+        (out / "ledger.tar.gz").write_bytes(gzip.compress(tar[:second] + b"X" + tar[second + 1:]))
     elif case == "nested headers":  # a RecursionError in tarfile, not a traceback
         (out / "ledger.tar.gz").write_bytes(gzip.compress(gnu_long_names(2000)))
     else:
