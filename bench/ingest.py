@@ -66,12 +66,15 @@ def archived_records(path: Path) -> dict[str, bytes]:
             raise ValueError(f"a damaged header at byte {members.offset}, after {len(found)} members")
     except (OSError, ValueError, EOFError, zlib.error, tarfile.TarError, RecursionError) as e:
         raise UsageError(f"{path} is not a readable ledger archive ({e}): nothing ingested") from None
-    out = {}
+    out, first, twice = {}, {}, set()
     for member, blob in found:
         match = re.fullmatch(rf"(?:\./)?runs/({KEY})\.json", member.name)
         if not match or blob is None:
             if not member.isdir():
                 warn(f"{path}: {member.name!r} left out (not a file runs/<run key>.json)")
+            continue
+        if first.setdefault(match[1], blob) != blob:  # which one is the run's? tar would take the last
+            twice.add(match[1])
             continue
         record, why = results._parse(Path(member.name), blob)
         why = why or workqueue.not_its_run(record, match[1])
@@ -79,6 +82,9 @@ def archived_records(path: Path) -> dict[str, bytes]:
             warn(f"{path}: {member.name} left out: {why}")
         else:
             out[match[1]] = blob
+    for key in sorted(twice):
+        warn(f"{path}: runs/{key}.json is archived twice, differently: left out")
+        out.pop(key, None)
     return out
 
 

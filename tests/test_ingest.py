@@ -205,3 +205,13 @@ def test_a_link_in_the_folder_is_left_out_not_followed(campaign, capsys):
     err = capsys.readouterr().err
     assert f"{out / 'campaign.txt'} left out (a link" in err and f"{out / LR01}.pt left out (a link" in err
     assert not (ledger / "logs" / "n.txt").exists() and not (ledger / "checkpoints" / f"{LR01}.pt").exists()
+
+
+def test_a_record_archived_twice_differently_is_left_out(campaign, capsys):
+    ledger, out = campaign
+    failed = {**json.loads(record_bytes(LR001)), "status": "failed"}  # tar would extract the later one
+    tar_gz(out / "ledger.tar.gz", {f"runs/{LR001}.json": record_bytes(LR001),
+                                   f"./runs/{LR001}.json": json.dumps(failed).encode()})
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert f"runs/{LR001}.json is archived twice, differently: left out" in capsys.readouterr().err
+    assert not (ledger / "runs" / f"{LR001}.json").exists() and (ledger / "checkpoints" / f"{LR001}.pt").exists()
