@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n".join(done) if done else "nothing new", flush=True)
     if done and not args.dry_run:
-        measured = sorted(args.ledger.glob("throughput*.json"), key=lambda p: p.stat().st_mtime)[-1:]
+        # the report's table is of the 12 variants: not throughput-graphs (GRAPHED's only); this call's, else newest
+        ours = [p for p in args.ledger.glob("throughput-*.json") if not p.name.startswith("throughput-graphs-")]
+        measured = sorted(ours, key=lambda p: (p.name == f"throughput-{args.name}.json", p.stat().st_mtime))[-1:]
         print(f"next: python -m reports --results {args.ledger} --out {args.ledger / 'report'}"
               + "".join(f" --throughput {p}" for p in measured) + "; python -m reports.campaign")
     return 0

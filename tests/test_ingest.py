@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -215,3 +216,14 @@ def test_a_record_archived_twice_differently_is_left_out(campaign, capsys):
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     assert f"runs/{LR001}.json is archived twice, differently: left out" in capsys.readouterr().err
     assert not (ledger / "runs" / f"{LR001}.json").exists() and (ledger / "checkpoints" / f"{LR001}.pt").exists()
+
+
+def test_the_report_command_names_the_12_variants_throughput_not_the_graphed_one(campaign, capsys):
+    ledger, out = campaign
+    shutil.copy(out / "throughput.json", out / "throughput-graphs.json")  # campaign.sh's: All-CNN-C graphed only
+    shutil.copy(out / "throughput.json", ledger / "throughput-graphs-old.json")
+    os.utime(ledger / "throughput-graphs-old.json", (2e9, 2e9))  # newer than anything (a checkout's order)
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith(f"next: python -m reports --results {ledger} --out {ledger / 'report'} --throughput "
+                           f"{ledger / 'throughput-n.json'};")
