@@ -33,6 +33,7 @@ import zlib
 from pathlib import Path
 
 from bench import checkpoint, results, workqueue
+from bench.ablations import arm_label
 from bench.cli import Parser, UsageError
 from bench.files import atomic_write, read_regular, set_aside
 
@@ -138,8 +139,9 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
             continue
         finished.update([key] if record["status"] in workqueue.DONE else [])
         error = record["test_error_pct"]
-        changes.append((f"record {key}: {record['model']} lr {record['lr']:g} seed {record['seed']} "
-                        f"{record['status']}" + (f" {error:.2f}%" if error is not None else "")
+        changes.append((f"record {key}: {record['model']} lr {record['lr']:g} seed {record['seed']}"
+                        f"{arm_label(record['config'])} {record['status']}"
+                        + (f" {error:.2f}%" if error is not None else "")
                         + (" (replaces a record run_all trains again)" if path.exists() else ""), path, blob))
 
     def over(key: str) -> bool:

@@ -227,3 +227,18 @@ def test_the_report_command_names_the_12_variants_throughput_not_the_graphed_one
     said = capsys.readouterr().out.splitlines()[-1]
     assert said.startswith(f"next: python -m reports --results {ledger} --out {ledger / 'report'} --throughput "
                            f"{ledger / 'throughput-n.json'};")
+
+
+def test_an_ablation_arms_record_is_told_from_the_grid_runs(campaign, capsys):
+    ledger, out = campaign
+    from bench.config import config_key
+
+    arm = json.loads(record_bytes(LR001))
+    arm["config"]["augment"] = arm["augment"] = "flip-translate"  # Table 4's arm of the same model, LR and seed
+    arm["run_key"] = key = config_key(arm["config"])
+    tar_gz(out / "ledger.tar.gz", {f"runs/{k}.json": record_bytes(k) for k in (LR005, LR001)}
+           | {f"runs/{key}.json": json.dumps(arm).encode()})
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    said = capsys.readouterr().out
+    assert f"record {key}: allcnn-c lr 0.01 seed 0 [augment=flip-translate] completed 17.19%" in said
+    assert f"record {LR001}: allcnn-c lr 0.01 seed 0 completed 17.19%" in said
