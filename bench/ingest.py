@@ -144,6 +144,10 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
                         + (f" {error:.2f}%" if error is not None else "")
                         + (" (replaces a record run_all trains again)" if path.exists() else ""), path, blob))
 
+    def its_own(path: Path) -> bool:  # a valid record of its run: else kept aside as run_all does (workqueue._claim)
+        record = results.read_one(path)[0]
+        return record is not None and workqueue.not_its_run(record, path.stem) is None
+
     def over(key: str) -> bool:
         return key in finished or final(key)
 
@@ -174,8 +178,8 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
         if data is None:
             path.unlink()
             continue
-        if what.endswith("(was damaged)") or path.parent == runs and path.exists() and not results.read_one(path)[0]:
-            set_aside(path)  # the ledger's own damaged record or checkpoint: kept aside, not overwritten
+        if what.endswith("(was damaged)") or path.parent == runs and path.exists() and not its_own(path):
+            set_aside(path)  # the ledger's damaged checkpoint, or record damaged or not its run's: kept aside
         atomic_write(path, lambda f, data=data: f.write(data))
     return [what for what, _, _ in changes]
 

@@ -242,3 +242,12 @@ def test_an_ablation_arms_record_is_told_from_the_grid_runs(campaign, capsys):
     said = capsys.readouterr().out
     assert f"record {key}: allcnn-c lr 0.01 seed 0 [augment=flip-translate] completed 17.19%" in said
     assert f"record {LR001}: allcnn-c lr 0.01 seed 0 completed 17.19%" in said
+
+
+def test_a_ledger_record_not_of_its_run_is_set_aside_not_overwritten(campaign):
+    ledger, out = campaign
+    other = {**json.loads(record_bytes(LR001)), "macs": 1}  # completed, of a network this code builds otherwise
+    (ledger / "runs" / f"{LR001}.json").write_text(json.dumps(other))
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert (ledger / "runs" / f"{LR001}.json").read_bytes() == record_bytes(LR001)
+    assert json.loads((ledger / "runs" / ".invalid" / f"{LR001}.json").read_bytes()) == other  # as run_all keeps it
