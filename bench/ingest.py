@@ -103,6 +103,8 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
     `folder` is read and checked before the first write, so bad input changes nothing."""
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder (give the folder the campaign's files came back in)")
+    if not ledger.is_dir():  # a typo, or the default's relative path from another folder: no new ledger made there
+        raise UsageError(f"{ledger} is not a folder (give --ledger the committed ledger; run from the repository root)")
     if not NAME.fullmatch(name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (e.g. 2026-12-06-h100)")
     links = sorted(p for p in folder.iterdir() if p.is_symlink())  # to any file of this machine: not what came back

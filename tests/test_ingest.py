@@ -155,7 +155,7 @@ def gnu_long_names(n: int) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken", "nested headers",
-                                  "logs a file", "damaged header"])
+                                  "logs a file", "damaged header", "no ledger"])
 def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
     ledger, out = campaign
     args = [str(out), "--ledger", str(ledger), "--name", "n"]
@@ -167,6 +167,8 @@ def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch
         (out / "ledger.tar.gz").write_bytes(b"PK\x03\x04 not a tarball")
     elif case == "bomb":
         monkeypatch.setattr(ingest, "MAX_UNPACKED", 1000)
+    elif case == "no ledger":  # a typo, or the default's relative path from another folder: not a new ledger
+        args[2] = str(ledger / "missing")
     elif case == "logs a file":  # found only when the log is written, after the records and checkpoints were
         (ledger / "logs").write_text("not a folder")
         tar_gz(out / "ledger.tar.gz", {f"runs/{LR001}.json": record_bytes(LR001)})  # no warnings before the error
