@@ -253,3 +253,15 @@ def test_a_ledger_record_not_of_its_run_is_set_aside_not_overwritten(campaign):
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     assert (ledger / "runs" / f"{LR001}.json").read_bytes() == record_bytes(LR001)
     assert json.loads((ledger / "runs" / ".invalid" / f"{LR001}.json").read_bytes()) == other  # as run_all keeps it
+
+
+@pytest.mark.parametrize("change", [{"epochs_completed": 3}, {"error": "RuntimeError: CUDA out of memory"},
+                                    {"status": "diverged"}])
+def test_a_final_record_unlike_its_status_is_left_out(campaign, capsys, change):
+    ledger, out = campaign
+    record = {**json.loads(record_bytes(LR001)), **change}  # valid by schema; would end the run, delete its checkpoint
+    record["history"] = record["history"][:record["epochs_completed"]]
+    tar_gz(out / "ledger.tar.gz", {f"runs/{LR001}.json": json.dumps(record).encode()})
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert f"runs/{LR001}.json left out: status {record['status']}, but" in capsys.readouterr().err
+    assert not (ledger / "runs" / f"{LR001}.json").exists() and (ledger / "checkpoints" / f"{LR001}.pt").exists()
