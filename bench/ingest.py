@@ -155,8 +155,9 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
             continue
         finished.update([key] if record["status"] in workqueue.DONE else [])
         error = record["test_error_pct"]
-        changes.append((f"record {key}: {record['model']} lr {record['lr']:g} seed {record['seed']}"
-                        f"{arm_label(record['config'])} {record['status']}"
+        said = " ".join(f"{record['model']} lr {record['lr']:g} seed {record['seed']}{arm_label(record['config'])}"
+                        .split())  # strings from outside: a newline in one would start a line of its own
+        changes.append((f"record {key}: {said} {record['status']}"
                         + (f" {error:.2f}%" if error is not None else "")
                         + (" (replaces a record run_all trains again)" if path.exists() else ""), path, blob))
 

@@ -265,3 +265,17 @@ def test_a_final_record_unlike_its_status_is_left_out(campaign, capsys, change):
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     assert f"runs/{LR001}.json left out: status {record['status']}, but" in capsys.readouterr().err
     assert not (ledger / "runs" / f"{LR001}.json").exists() and (ledger / "checkpoints" / f"{LR001}.pt").exists()
+
+
+def test_a_records_strings_cannot_break_its_line(campaign, capsys):
+    ledger, out = campaign
+    from bench.config import config_key
+
+    odd = json.loads(record_bytes(LR001))
+    odd["config"]["model"] = odd["model"] = "mine\nremoved everything"  # a model this code does not know: any name
+    odd["run_key"] = key = config_key(odd["config"])
+    tar_gz(out / "ledger.tar.gz", {f"runs/{key}.json": json.dumps(odd).encode()})
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert f"record {key}: mine removed everything lr 0.01 seed 0 completed 17.19%" in said
+    assert not any(line.startswith("removed everything") for line in said)
