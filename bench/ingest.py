@@ -7,15 +7,17 @@ into the committed ledger, so that the next campaign continues from it and the r
   `workqueue.not_its_run`, `unlike_its_status`) goes into LEDGER/runs/ unless the ledger's own record of that run
   is final (completed or diverged: a finished run is never replaced; one with other bytes is named). A failed or
   stalled record, which run_all trains again, is replaced. The archive is read in memory, never extracted: a link,
-  another path, a damaged record or an archive that unpacks to over `MAX_UNPACKED` bytes is named in a warning and
-  left out.
+  another path, a damaged record or one archived twice differently is named in a warning and left out; an archive
+  that cannot be read whole (truncated, corrupt, a damaged header, over `MAX_UNPACKED` bytes unpacked) is a
+  one-line error, nothing ingested.
 - `<run key>.pt`: a checkpoint `bench.checkpoint.progress` reads, of a run with no final record, goes into
   LEDGER/checkpoints/ unless the ledger's checkpoint of that run is further on (a folder ingested twice, or out of
   order). A damaged one is named and left out (the ledger keeps its own).
 - Every checkpoint in LEDGER/checkpoints/ of a run that now has a final record is deleted: its run is over.
 - campaign.txt goes to LEDGER/logs/NAME.txt, init-probe.txt to LEDGER/logs/init-probe-NAME.txt and each JSON the
   script writes (throughput.json, throughput-graphs.json, concurrency.json) to LEDGER/<stem>-NAME.json. These are
-  never overwritten: a NAME already used is a one-line error before anything is written.
+  never overwritten: a NAME already used is a one-line error before anything is written, as is a LEDGER that is
+  not a folder or a file where it needs one (logs/, checkpoints/).
 Nothing in FOLDER is executed; every file is read as a regular file of bounded size (bench.files.read_regular), and
 a link is named and left out (it could carry any file of this machine into the commit).
 It prints one line per change, then the commands that remake the report and the README's table.
