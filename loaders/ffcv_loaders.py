@@ -7,7 +7,10 @@ sampler is never involved and every backend sees the same images in the same ord
 """
 from __future__ import annotations
 
+import atexit
 import os
+import queue
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,7 +87,34 @@ class FFCVLoader(Loader):
         if self.flip_translate is not None:
             self.flip_translate.key = key
         epoch = iter(self.loader)
+        _live.add(epoch)
         try:
             yield from epoch
-        finally:  # stop FFCV's producer thread if the consumer leaves the epoch early
-            epoch.close()
+        finally:  # the consumer finished or left the epoch (break, exception, stop): no producer outlives it
+            stop_epoch(epoch)
+
+
+_live = weakref.WeakSet()  # epoch iterators begun and not yet stopped
+
+
+def stop_epoch(epoch) -> None:
+    """Stop an FFCV epoch's producer thread and wait for it (within one batch). FFCV's EpochIterator.close() only
+    sets a flag that its daemon thread reads when its queue is full (after up to batches_ahead more batches and a
+    0.5 s timeout), and nothing joins it. A producer still inside a torch op (ToDevice's copy_, run with the GIL
+    released) when the interpreter finalizes is ended by pthread_exit from a C++ destructor and the process aborts
+    at exit: rc 134, "terminate called without an active exception" (pytorch/pytorch#38228, cpython gh-87135),
+    after a run's record was written and its exit status decided."""
+    epoch.close()
+    epoch.iter_ixes = iter(())  # no batch after the one in hand: the thread then queues its end marker and returns
+    while epoch.is_alive():
+        try:  # room for that batch and the end marker (else the thread's put(None) would wait forever)
+            epoch.output_queue.get(timeout=0.01)
+        except queue.Empty:
+            pass
+    _live.discard(epoch)
+
+
+@atexit.register  # runs before finalization: also stops epochs no one closed (a global, a traceback's frame)
+def _stop_all() -> None:
+    for epoch in list(_live):
+        stop_epoch(epoch)

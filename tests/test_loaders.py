@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,32 @@ def test_epochs_are_a_function_of_seed_and_epoch(full_data_dir, ffcv_train_aug):
     x2 = first_batches(ffcv_train_aug, 1, epoch=4)
     assert torch.equal(x1[0], x2[0])
 
+
+
+def ffcv_producers() -> list:
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    return [t for t in threading.enumerate() if isinstance(t, EpochIterator)]
+
+
+def test_no_ffcv_producer_outlives_its_epoch(ffcv_train_aug):
+    """A producer thread still at work when the interpreter finalizes aborts the process at exit (rc 134, see
+    loaders.ffcv_loaders.stop_epoch). Leaving an epoch early (a break, a SIGTERM stop) stops it at once, keeping the
+    batch in hand intact (run_all.measure_rate trains on it afterwards); the atexit hook stops an epoch left open."""
+    from loaders.ffcv_loaders import _stop_all
+
+    ffcv_train_aug.set_epoch(0)
+    for images, _ in ffcv_train_aug:  # 100 batches: FFCV's thread is mid-epoch when the loop leaves
+        kept = images.clone()
+        break
+    assert not ffcv_producers()
+    assert torch.equal(images, kept)
+    stream = iter(ffcv_train_aug)
+    next(stream)
+    assert ffcv_producers()
+    _stop_all()
+    assert not ffcv_producers()
+    stream.close()
 
 def test_lengths_and_last_batches(full_data_dir):
     kw = dict(data_dir=full_data_dir, backend="tensor")
