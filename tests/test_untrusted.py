@@ -330,6 +330,19 @@ def test_validate_checks_sessions_when_present(grid):
         assert "'sessions'" in schema.validate(dict(record, sessions=bad)), bad
 
 
+def test_validate_refuses_what_no_writer_writes_where_a_range_alone_would_not(grid):
+    """Values that passed every test (a mutation spot-check dropped each check and no test failed): a bool where a
+    session holds an integer (True == 1 is within from_epoch's range), an evaluation precision Accelerate does not
+    have, a negative seed, a negative LR or loss in the history, and inf under a history key of a newer writer."""
+    record = grid[1][0.01]
+    h = record["history"][-1]
+    assert "'sessions'" in schema.validate(dict(record, sessions=[session(from_epoch=True)]))
+    assert "'eval_precision'" in schema.validate(dict(record, eval_precision="fp8"))
+    assert "'seed'" in schema.validate(dict(record, seed=-1, config={**record["config"], "seed": -1}))
+    for name, bad in (("test_loss", -1.0), ("val_loss", -0.5), ("lr", -0.1), ("newer_key", float("inf"))):
+        assert "'history'" in schema.validate(dict(record, history=[dict(h, **{name: bad})])), name
+
+
 def test_a_run_resumed_past_the_session_cap_keeps_its_first_and_latest_sessions():
     """A run resumed more than `MAX_SESSIONS` times (a record must stay small) keeps its first session and the latest
     ones: the oldest in between are dropped, the list stays valid, and the new session is last."""
