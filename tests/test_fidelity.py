@@ -21,7 +21,8 @@ if __name__ == "__main__":  # the eval-precision worker below runs as a script
 
 import pytest  # noqa: E402
 
-from bench import results, schema  # noqa: E402
+from bench import plan, results, schema  # noqa: E402
+from bench.cli import parse_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -72,6 +73,11 @@ def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg
         assert r["eval_precision"] == "no" and r["precision"] == "bf16"
         assert schema.validate(r) is None
     assert "1 completed, 1 diverged" in p.stdout
+    # what a rerun would do (run_all's own rule, bench.workqueue.final): neither run is trained again
+    rows, _ = plan.plan(parse_args(paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e6",
+                                         "1e-6", "--epochs", "3")))
+    assert sorted((r["lr"], r["state"].split()[0], r["start"]) for r in rows) == [(1e-6, "completed", None),
+                                                                                   (1e6, "diverged", None)]
 
 
 def test_stall_after_is_opt_in_and_a_rerun_retries(smoke_data_dir, jpeg_tarball, tmp_path):
