@@ -168,6 +168,10 @@ def test_longest_first_by_epochs_images_and_macs():
     order = workqueue.longest_first([(r, r.key("sha")) for r in runs], {"train": 100, "test": 100})
     assert [r.model for r, _ in order] == ["strided-b"] * 4 + ["strided-c"] * 4 + ["strided-a"] * 4
     assert allconv.macs("strided-b") > allconv.macs("strided-c") > allconv.macs("strided-a")
+    one = runs[0]  # the same network on train45k (the lr-selection arm) trains on fewer images: it goes after
+    held = dataclasses.replace(one, cfg=dataclasses.replace(one.cfg, train_split="train45k"))
+    order = workqueue.longest_first([(held, "held"), (one, "full")], {"train": 500, "train45k": 450, "test": 100})
+    assert [key for _, key in order] == ["full", "held"]
 
 
 def test_cadences():
