@@ -174,6 +174,17 @@ def test_longest_first_by_epochs_images_and_macs():
     assert [key for _, key in order] == ["full", "held"]
 
 
+def test_fused_work_items_are_one_model_and_seed_at_its_lrs():
+    """--fuse-lrs trains each (model, seed) at all its LRs as one item: never two seeds in one fused model (a seed
+    is its own init and data order); without it every run is an item of its own."""
+    argv = ["--preset", "smoke", "--models", "strided-a", "strided-b", "--lrs", "0.1", "0.05", "--seeds", "0", "1"]
+    for fuse, items in ((True, 4), (False, 8)):
+        runs = expand(parse_args(argv + (["--fuse-lrs"] if fuse else [])), "sha")
+        got = workqueue.work_items([(r, r.key("sha")) for r in runs])
+        assert len(got) == items and sum(map(len, got)) == 8
+        assert all(len({(r.model, r.seed) for r, _ in item}) == 1 for item in got)
+
+
 def test_cadences():
     paper = PRESETS["paper"]
     evaluated = [e for e in range(1, paper.epochs + 1) if paper.evaluates(e)]
