@@ -199,6 +199,18 @@ def test_cadences():
     assert not workqueue.Checkpoints(10, []).due(1, 3)
 
 
+def test_a_checkpoint_every_n_minutes_counts_from_the_last_one(monkeypatch):
+    """--checkpoint-minutes 2: the clock restarts at each checkpoint. Had it not, every epoch after the first
+    checkpoint would save one (~11 MB for All-CNN-C, each epoch ~1 s on the H200)."""
+    now = [0.0]
+    monkeypatch.setattr(workqueue.time, "monotonic", lambda: now[0])
+    every_2_min = workqueue.Checkpoints(2, [])
+    due = []
+    for now[0] in (60, 121, 150, 200, 242, 250):
+        due.append(every_2_min.due(1, 350))
+    assert due == [False, True, False, False, True, False]
+
+
 def test_the_last_epoch_is_evaluated_whatever_eval_every_and_eval_last_say():
     """--eval-every N and --eval-last M add evaluations; the last epoch is always evaluated: the record's
     test_error_pct is its error (Table 3's number). With --eval-last 0 and an epoch count that is no multiple of
