@@ -139,6 +139,9 @@ def test_an_arm_may_name_fp32_by_its_label(monkeypatch):
     monkeypatch.setitem(ablations.ABLATIONS, "mine", mine)
     runs = expand(parse_args(["--models", "allcnn-c", "--lrs", "0.1", "--ablations", "mine,precision"]), "sha")
     assert [(r.cfg.precision, r.cfg.eval_precision) for r in runs] == [("bf16", "no"), ("no", "no")]
+    runs = expand(parse_args(["--models", "allcnn-c", "--lrs", "0.1", "--ablations", "precision", "--eval-precision",
+                              "bf16"]), "sha")  # the fp32 arm is fp32 throughout, whatever the grid evaluates in
+    assert [(r.cfg.precision, r.cfg.eval_precision) for r in runs] == [("bf16", "bf16"), ("no", "no")]
 
 
 @pytest.mark.parametrize("option, value, shown", [("--weight-decay", "nan", "nan"), ("--weight-decay", "inf", "inf"),
