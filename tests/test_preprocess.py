@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.preprocess import FILTER_BIAS, GCN_SCALE, build_preprocess, gcn, zca_from_covariance, zca_from_rows
+from loaders.preprocess import FILTER_BIAS, build_preprocess, gcn, zca_from_covariance, zca_from_rows
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,11 @@ def real_small(full_data_dir, tmp_path_factory, write_official_archive):
 
 
 def gcn_rows_numpy(images_nhwc: np.ndarray) -> np.ndarray:
-    """GCN written directly from the paper's formula, on NCHW-flattened float64 rows."""
+    """GCN written directly from the paper's formula, on NCHW-flattened float64 rows: scale 55 as a number, not the
+    module's GCN_SCALE (a wrong constant there would pass a check made with it)."""
     x = images_nhwc.transpose(0, 3, 1, 2).reshape(len(images_nhwc), -1).astype(np.float64)
     x = x - x.mean(axis=1, keepdims=True)
-    return x * GCN_SCALE / np.linalg.norm(x, axis=1, keepdims=True)
+    return x * 55.0 / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def fit_rows(data_dir, split):
@@ -119,18 +120,24 @@ def test_a_fit_on_more_images_than_dimensions_centres_the_covariance(full_data_d
     assert np.abs(cov.numpy() @ v - expected).max() < 1e-4 * np.abs(expected).max()
 
 
-def test_gram_route_equals_covariance_route():
+@pytest.mark.parametrize("bias", sorted(set(FILTER_BIAS.values())))
+def test_gram_route_equals_covariance_route(bias):
+    """Both routes at each kind's filter bias: the covariance route (the real 45k / 50k fits) is reached by no fit
+    above, so one that ignored its filter_bias (gcn-zca-fb1 whitened at 0.1) passed every test."""
     torch.manual_seed(0)
     rows = torch.randn(40, 100, dtype=torch.float64) @ torch.randn(100, 100, dtype=torch.float64)
     rows -= rows.mean(dim=0)
-    assert torch.allclose(zca_from_rows(rows), zca_from_covariance(rows.T @ rows / 40), atol=1e-10)
+    w = zca_from_covariance(rows.T @ rows / 40, bias)
+    assert torch.allclose(zca_from_rows(rows, bias), w, atol=1e-10)
+    cov = rows.T @ rows / 40 + bias * torch.eye(100, dtype=torch.float64)
+    assert torch.allclose(w @ cov @ w, torch.eye(100, dtype=torch.float64), atol=1e-8)  # W = (C + bias I)^(-1/2)
 
 
 def test_gcn_rows():
     x = torch.rand(5, 3072) * 255
     x[4] = 7.0  # a flat image: left at zero, not divided by zero
     y = gcn(x)
-    assert torch.allclose(y[:4].norm(dim=1), torch.full((4,), GCN_SCALE)) and y.mean(dim=1).abs().max() < 1e-4
+    assert torch.allclose(y[:4].norm(dim=1), torch.full((4,), 55.0)) and y.mean(dim=1).abs().max() < 1e-4
     assert torch.equal(y[4], torch.zeros(3072))
 
 
