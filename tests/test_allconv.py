@@ -197,6 +197,21 @@ def test_init_options():
     torch.manual_seed(0)
     a = convs(allconv.build("allcnn-c", init="kaiming"))[1].weight
     assert abs(a.std().item() - (2 / 864) ** 0.5) < 0.002
+    torch.manual_seed(0)
+    first = convs(allconv.build("allcnn-c", init="xavier"))[0].weight  # 3x3, 3 -> 96: fan_in 27, fan_out 864
+    glorot = (6 / (27 + 864)) ** 0.5  # not caffe-xavier's (3 / 27) ** 0.5, nor kaiming's std (2 / 27) ** 0.5
+    assert first.abs().max() <= glorot and first.abs().max() > 0.9 * glorot
+
+
+def test_the_head_averages_each_class_map_over_its_6x6():
+    """Global AVERAGE pooling of the last conv's class maps (Table 1); a global max pool has the same shapes and
+    parameters and passed every test."""
+    torch.manual_seed(0)
+    model = allconv.build("allcnn-c", dropout=False, final_relu=False).eval()
+    maps = []
+    model.top.register_forward_hook(lambda m, i, o: maps.append(o))
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert maps[0].shape == (2, 10, 6, 6) and torch.allclose(logits, maps[0].mean((2, 3)))
 
 
 @pytest.mark.parametrize("kwargs,match", [
