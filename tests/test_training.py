@@ -247,8 +247,10 @@ def test_a_training_step_is_caffes_sgd_on_every_parameter(smoke_data_dir, fresh_
     1e-3 with Caffe's default decay_mult 1, so biases decay too; SoftmaxWithLoss, a batch mean): per parameter
     v <- 0.9 v + lr (g + 1e-3 w), w <- w - v. Three steps at a constant LR through the code the runs use (build_net,
     set_lr, train_step, GCN+ZCA) on 32 real images, fp32, without dropout, against that rule written out with
-    autograd. A bias left out of the decay, Nesterov, dampening or a summed loss fails. (At an LR drop Caffe's v
-    still holds the old LR's steps, PyTorch's the gradients: the two differ for the ~10 steps after each drop.)"""
+    autograd. A bias left out of the decay, Nesterov, dampening or a summed loss fails; so does a step that returns
+    the batch's mean loss instead of its sum (each epoch's recorded loss ~1/batch of the truth). (At an LR drop
+    Caffe's v still holds the old LR's steps, PyTorch's the gradients: the two differ for the ~10 steps after each
+    drop.)"""
     import torch
     import torch.nn.functional as F
 
@@ -272,10 +274,15 @@ def test_a_training_step_is_caffes_sgd_on_every_parameter(smoke_data_dir, fresh_
         params = [p.clone().requires_grad_() for p in w]
         logits = torch.func.functional_call(net, dict(zip((n for n, _ in net.named_parameters()), params)),
                                             (preprocess(images),))
-        grads = torch.autograd.grad(F.cross_entropy(logits, labels.long()), params)
+        loss = F.cross_entropy(logits, labels.long())
+        grads = torch.autograd.grad(loss, params)
         v = [0.9 * vi + 0.02 * (g + 1e-3 * wi) for vi, g, wi in zip(v, grads, w)]
         w = [wi - vi for wi, vi in zip(w, v)]
-        engine.train_step(net, opt, images, labels.long(), preprocess, acc, engine.autocast_for("no", acc))
+        loss_sum, correct = engine.train_step(net, opt, images, labels.long(), preprocess, acc,
+                                              engine.autocast_for("no", acc))
+        # what the epoch's loss and training accuracy are summed from: the batch's, before its update
+        assert loss_sum.item() == pytest.approx(32 * loss.item(), rel=1e-5)
+        assert correct.item() == (logits.argmax(1) == labels).sum().item()
     for (name, p), expected in zip(net.named_parameters(), w):
         assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6 * expected.abs().max().item()), name
 
