@@ -287,6 +287,20 @@ def test_a_training_step_is_caffes_sgd_on_every_parameter(smoke_data_dir, fresh_
         assert torch.allclose(p.detach(), expected, rtol=0, atol=1e-6 * expected.abs().max().item()), name
 
 
+def test_the_adam_arm_decays_as_l2_in_the_gradient():
+    """The optimizer ablation's Adam arm: "Adam with the same L2 decay" (engine.make_optimizer), i.e. 1e-3 w added to
+    the gradient before Adam's moments. With a zero loss gradient its first step is then lr * sign(w) (Adam
+    normalises the decay term); decoupled decay (AdamW) would move w by lr * 1e-3 * w, no decay not at all. Either
+    passed every test (no test built the Adam arm's optimizer)."""
+    import torch
+
+    w = torch.nn.Parameter(torch.tensor([2.0, -3.0, 0.5]))
+    opt = engine.make_optimizer("adam", [w], 0.01, 0.9, 1e-3, torch.device("cpu"))
+    w.grad = torch.zeros(3)
+    opt.step()
+    assert torch.allclose(w.detach(), torch.tensor([1.99, -2.99, 0.49]), rtol=0, atol=1e-6)
+
+
 def test_each_step_trains_at_the_schedules_lr_in_train_mode_and_the_record_counts_what_evaluation_saw(
         smoke_data_dir, jpeg_tarball, tmp_path, monkeypatch, fresh_accelerator):
     """run_all end to end on 100 real images, 3 epochs of 2 steps, LR 0.05 dropped at epochs 1 and 2, evaluated after
