@@ -285,6 +285,10 @@ def test_refuses_what_it_does_not_implement():
         FusedRuns(nets, [opts[0], other])
     with pytest.raises(ValueError, match="one architecture"):
         FusedRuns([nets[0], allconv.build("allcnn-a")], opts)
+    for bad in ({"nesterov": True}, {"dampening": 0.1}):  # _sgd implements neither: it would train plain SGD
+        sgd = [torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, **bad) for n in nets]
+        with pytest.raises(ValueError, match="no dampening, no nesterov"):
+            FusedRuns(nets, sgd)
 
 
 def test_write_back_gives_each_momentum_buffer_its_parameters_layout():
