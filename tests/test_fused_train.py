@@ -66,6 +66,28 @@ def test_each_run_and_each_group_counts_its_own_peak_memory(data, tmp_path, monk
     assert len(devices) == 3  # once for the group of both
 
 
+def test_a_group_evaluates_at_the_runs_cadence_and_eval_precision(data, tmp_path, monkeypatch):
+    """A group is evaluated after the epochs a separate run is (--eval-every 2 --eval-last 0: the second, the last)
+    and in its --eval-precision (fp32 under bf16 training): the other tests' smoke runs evaluate every epoch in
+    fp32, where an evaluation one epoch early (the last epoch then not evaluated: no test error) or in bf16 looked
+    the same."""
+    from bench import fused, fused_train
+
+    built = []
+
+    def spy(*a, **kw):
+        built.append((kw["precision"], kw["eval_precision"]))
+        return fused.FusedRuns(*a, **kw)
+
+    monkeypatch.setattr(fused_train, "FusedRuns", spy)
+    got = main(args(data, tmp_path / "out", "--lrs", "0.05", "0.01", "--fuse-lrs", "--precision", "bf16",
+                    "--eval-every", "2", "--eval-last", "0", "--no-diagnose"))
+    assert built == [("bf16", "no")]
+    for r in got.values():
+        assert [h["test_error_pct"] is None for h in r["history"]] == [True, False], r["history"]
+        assert r["test_error_pct"] == r["history"][-1]["test_error_pct"] is not None
+
+
 def same_runs(got: dict, want: dict, exact: bool) -> None:
     """The same runs with the same outcomes; histories equal (exact) or within float rounding."""
     assert sorted(got) == sorted(want)
