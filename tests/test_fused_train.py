@@ -88,6 +88,18 @@ def test_a_group_evaluates_at_the_runs_cadence_and_eval_precision(data, tmp_path
         assert r["test_error_pct"] == r["history"][-1]["test_error_pct"] is not None
 
 
+def test_a_run_that_stalls_in_a_group_checkpoints_the_epochs_it_trained(data, tmp_path):
+    """--stall-after 1: both runs of a group stall after epoch 1 and each keeps a checkpoint of that 1 epoch, as a
+    separate run's, which a rerun resumes at epoch 2; one stamped epoch 0 disagrees with its history of 1 epoch, so
+    a rerun set it aside and trained the run from scratch."""
+    from bench import checkpoint
+
+    out = tmp_path / "out"
+    got = main(args(data, out, "--lrs", "0.05", "0.01", "--fuse-lrs", "--stall-after", "1", "--no-diagnose"))
+    assert [r["status"] for r in got.values()] == ["stalled", "stalled"]
+    assert [checkpoint.progress(out / "checkpoints" / f"{r['run_key']}.pt")["epoch"] for r in got.values()] == [1, 1]
+
+
 def same_runs(got: dict, want: dict, exact: bool) -> None:
     """The same runs with the same outcomes; histories equal (exact) or within float rounding."""
     assert sorted(got) == sorted(want)
