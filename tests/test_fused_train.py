@@ -109,6 +109,7 @@ def same_runs(got: dict, want: dict, exact: bool) -> None:
             (w["run_key"], w["status"], w["error"], w["epochs_completed"]), lr
         if r["status"] == "diverged":  # a masked-out run keeps its last finite weights, a separate one goes NaN
             assert r["history"][-1]["loss"] is None is w["history"][-1]["loss"]
+            assert r["history"][-1]["test_error_pct"] is None is w["history"][-1]["test_error_pct"]  # not evaluated
             assert r["diagnosis"] is None is w["diagnosis"]  # nothing to look at in a diverged network
             continue
         mine, theirs = r["diagnosis"], w["diagnosis"]  # the fused group's nets, written back, are the runs' own
