@@ -255,3 +255,19 @@ def test_train45k_and_val5k_split_the_training_images_per_class(smoke_data_dir):
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
     per_class = np.bincount(labels, minlength=10)
     assert np.array_equal(np.bincount(labels[val], minlength=10), np.round(prepare.VAL_FRACTION * per_class))
+
+
+
+def test_each_epoch_and_seed_draws_new_flips_and_shifts_over_all_121_offsets():
+    """Table 4's augmentation draws each image's flip and shift anew every epoch (else an image is seen in one fixed
+    augmented copy for the whole run) and for every seed (the seeds of one LR are separate runs), and its shifts
+    are two independent draws covering every (dy, dx) in -5..5 x -5..5, not one shared by both axes (the diagonal).
+    The tests above cannot tell: the shuffled order alone differs between epochs and seeds, and they check each
+    axis on its own."""
+    idx = np.arange(20000)
+    draws = {(seed, epoch): np.stack(flip_translate_params(epoch_key(seed, epoch), idx), axis=1).astype(int)
+             for seed, epoch in ((0, 0), (0, 1), (1, 0))}
+    for other in ((0, 1), (1, 0)):
+        assert (draws[other] != draws[0, 0]).any(axis=1).mean() > 0.95  # independent draws agree 1 time in 242
+    offsets = np.bincount((draws[0, 0][:, 1] + 5) * 11 + draws[0, 0][:, 2] + 5, minlength=121)
+    assert len(offsets) == 121 and offsets.min() > 0.6 * 20000 / 121
