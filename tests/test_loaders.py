@@ -31,7 +31,7 @@ def stored(full_data_dir):
 def ffcv_test(full_data_dir):
     if not _ffcv_available():
         pytest.skip("ffcv is not installed")
-    return loaders.make("test", 1000, data_dir=full_data_dir, backend="ffcv")
+    return loaders.make("test", 3000, data_dir=full_data_dir, backend="ffcv")
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +58,14 @@ def as_nhwc(images: torch.Tensor) -> np.ndarray:
 
 def test_eval_split_identical_on_every_backend(full_data_dir, stored, ffcv_test):
     images, labels = stored["test"]
-    makers = {"tensor": lambda: loaders.make("test", 1000, data_dir=full_data_dir, backend="tensor"),
-              "torch": lambda: loaders.make("test", 1000, data_dir=full_data_dir, backend="torch", num_workers=0),
+    makers = {"tensor": lambda: loaders.make("test", 3000, data_dir=full_data_dir, backend="tensor"),
+              "torch": lambda: loaders.make("test", 3000, data_dir=full_data_dir, backend="torch", num_workers=0),
               "ffcv": lambda: ffcv_test}
     for backend, make in makers.items():
         loader = make()
-        assert len(loader) == 10 and loader.num_images == 10000
+        assert len(loader) == 4 and loader.num_images == 10000
         got = [(x.clone(), y.clone()) for x, y in loader]
+        assert [len(y) for _, y in got] == [3000, 3000, 3000, 1000], backend  # the last, short batch is kept
         x, y = torch.cat([b[0] for b in got]), torch.cat([b[1] for b in got])
         assert x.dtype == torch.uint8 and x.shape == (10000, 3, 32, 32) and y.dtype == torch.int64, backend
         assert got[0][0].is_contiguous(memory_format=torch.channels_last), backend
@@ -255,7 +256,6 @@ def test_train45k_and_val5k_split_the_training_images_per_class(smoke_data_dir):
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(labels)))
     per_class = np.bincount(labels, minlength=10)
     assert np.array_equal(np.bincount(labels[val], minlength=10), np.round(prepare.VAL_FRACTION * per_class))
-
 
 
 def test_each_epoch_and_seed_draws_new_flips_and_shifts_over_all_121_offsets():
