@@ -481,3 +481,17 @@ def test_ffcv_rows_on_data_prepared_without_ffcv_are_one_line(tiny_data_dir, cap
 def torch_device_cpu():
     import torch
     return torch.device("cpu")
+
+
+def test_a_rows_images_per_s_count_every_step_of_its_windows(tmp_path, monkeypatch):
+    """A timed window of --steps steps trains (and evaluates) steps x --batch-size images, and the row's rates divide
+    that by the window's seconds. The other rows here time one step per window, where one batch is the same count."""
+    timed, time_windows = [], timing.time_windows
+    monkeypatch.setattr(timing, "time_windows", lambda *a, **k: timed.append(time_windows(*a, **k)) or timed[-1])
+    out_json = tmp_path / "steps.json"
+    assert throughput.main(["--device", "cpu", "--models", "strided-a", "--precision", "fp32", "--batch-size", "2",
+                            "--steps", "3", "--warmup", "0", "--repeats", "1", "--json", str(out_json)]) == 0
+    (row,) = json.loads(out_json.read_text())
+    ([train], _), ([evaluation], _) = timed
+    assert row["train_images_per_s"] == pytest.approx(3 * 2 / train)
+    assert row["eval_images_per_s"] == pytest.approx(3 * 2 / evaluation)
