@@ -495,3 +495,20 @@ def test_a_rows_images_per_s_count_every_step_of_its_windows(tmp_path, monkeypat
     ([train], _), ([evaluation], _) = timed
     assert row["train_images_per_s"] == pytest.approx(3 * 2 / train)
     assert row["eval_images_per_s"] == pytest.approx(3 * 2 / evaluation)
+
+
+def test_a_bf16_row_is_timed_under_bf16_autocast():
+    """The process's one Accelerator is made at the bf16 a row asks for (timing.make_accelerator), so the bf16 row's
+    step runs under bf16 autocast and its fp32 row with autocast off: an Accelerator at "no" would time every row
+    in fp32 while the rows still say bf16 (their images/s and MFU then of another step)."""
+    import torch
+
+    from bench import engine
+    acc = timing.make_accelerator(["no", "bf16"], "cpu")
+    model = timing.build_model("strided-a", acc.device, channels_last=False, compile=False).eval()
+    images, labels = timing.synthetic_batch(2, acc.device, channels_last=False)
+    dtypes = {}
+    for precision in ("no", "bf16"):
+        with acc.autocast(autocast_handler=engine.autocast_for(precision, acc)):
+            dtypes[precision] = model(images).dtype
+    assert dtypes == {"no": torch.float32, "bf16": torch.bfloat16}
