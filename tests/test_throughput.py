@@ -512,3 +512,17 @@ def test_a_bf16_row_is_timed_under_bf16_autocast():
         with acc.autocast(autocast_handler=engine.autocast_for(precision, acc)):
             dtypes[precision] = model(images).dtype
     assert dtypes == {"no": torch.float32, "bf16": torch.bfloat16}
+
+
+def test_rows_time_training_in_train_mode_and_evaluation_in_eval_mode(tmp_path, monkeypatch):
+    """As run_all trains (dropout on) and evaluates (dropout off), so are the steps a row times: a training step timed
+    in eval mode skips the dropout masks, another step than the one training runs."""
+    from bench import engine
+    modes = []
+    for name in ("train_step", "eval_step"):
+        real = getattr(engine, name)
+        monkeypatch.setattr(engine, name, lambda model, *a, _real=real, _name=name, **k: modes.append(
+            (_name, model.training)) or _real(model, *a, **k))
+    assert throughput.main(["--device", "cpu", "--models", "strided-a", "--precision", "fp32", "--batch-size", "2",
+                            "--steps", "1", "--warmup", "0", "--repeats", "1", "--json", str(tmp_path / "m.json")]) == 0
+    assert set(modes) == {("train_step", True), ("eval_step", False)}
