@@ -360,3 +360,27 @@ def test_a_runs_error_is_its_last_epochs_and_its_best_epoch_is_named(tmp_path):
     out = runs.summary(state, "completed", None, torch.nn.Linear(2, 3), Acc(), off, off)
     assert (out["test_error_pct"], out["best_test_error_pct"], out["best_epoch"]) == (30.0, 20.0, 3)
     assert (out["val_error_pct"], out["epochs_completed"], out["params"]) == (33.0, 4, 9)
+
+
+def test_an_epochs_entry_holds_its_means_and_only_steady_images_make_the_images_per_s(tmp_path):
+    """RunState.end_epoch: 0-based epoch 0 is the history's epoch 1, its loss and accuracy the means over the images it
+    saw (engine.EpochState holds sums), its LR the one given; the timing sums behind the record's train_images_per_s
+    take steady epochs only (not the first: JIT, cuDNN autotuning, caches) and their steady images (after any
+    warm-up steps), not every image seen."""
+    import torch
+
+    state = run_state.RunState(tmp_path / "run.pt")
+
+    def sums(steady_images: int) -> engine.EpochState:  # 100 images seen, 30 right, 1.5 of 2 s steady
+        return engine.EpochState(step=4, loss_sum=torch.tensor(230.0), correct=torch.tensor(30),
+                                 seen=torch.tensor(100), train_seconds=2.0, steady_seconds=1.5,
+                                 steady_images=steady_images)
+
+    first = state.end_epoch(sums(100), 0, 0.05, None, distributed=False, steady=False)
+    assert first == {"epoch": 1, "loss": pytest.approx(2.3), "train_acc_pct": pytest.approx(30.0),
+                     "test_error_pct": None, "val_error_pct": None, "test_loss": None, "val_loss": None, "lr": 0.05,
+                     "seconds": 2.0}
+    assert (state.timings["steady_img"], state.timings["steady_s"]) == (0, 0.0)
+    assert state.end_epoch(sums(80), 1, 0.005, None, distributed=False, steady=True)["epoch"] == 2
+    assert (state.timings["steady_img"], state.timings["steady_s"]) == (80, 1.5)
+    assert checkpoint.rates(state.timings)["train_images_per_s"] == pytest.approx(80 / 1.5)
