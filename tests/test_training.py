@@ -384,3 +384,31 @@ def test_an_epochs_entry_holds_its_means_and_only_steady_images_make_the_images_
     assert state.end_epoch(sums(80), 1, 0.005, None, distributed=False, steady=True)["epoch"] == 2
     assert (state.timings["steady_img"], state.timings["steady_s"]) == (80, 1.5)
     assert checkpoint.rates(state.timings)["train_images_per_s"] == pytest.approx(80 / 1.5)
+
+
+def test_a_run_trains_on_its_split_seed_augmentation_and_batch_share_and_is_judged_on_its_val_split(smoke_data_dir):
+    """runs.train_loader and runs.eval_loaders through a real loaders.Cache, for a grid with the augmentation and
+    LR-selection arms: each run's training batches come from its own training split (the lr-selection arm's
+    train45k, not all 50,000 images, val5k's included), shuffled by its own seed, flipped and shifted only in the
+    augmentation arm (Table 4), each process of a DDP run taking its share of the global batch; the lr-selection
+    arm is evaluated on val5k as well as test. The Cache keeps one whitening per fit split too (a train45k run's
+    ZCA is fitted on train45k). run_all trains no train45k run in the tests, and one seed per LR."""
+    import loaders
+    from bench import runs
+
+    cfg = dataclasses.replace(PRESETS["smoke"], models=("strided-a",), lrs=(0.05,), seeds=(3, 4),
+                              ablations=("augmentation", "lr-selection"))
+    cache = loaders.Cache(smoke_data_dir, backend="tensor", device="cpu", distributed=False, batch_size=64)
+    grid = expand(cfg)
+    assert {(r.seed, r.cfg.augment, r.cfg.train_split) for r in grid} == {
+        (seed, *arm) for seed in (3, 4) for arm in (("none", "train"), ("flip-translate", "train"),
+                                                     ("none", "train45k"))}
+    for run in grid:
+        c = run.cfg
+        loader = runs.train_loader(cache, run, processes=2)
+        assert (loader.split, loader.seed, loader.augment) == (c.train_split, run.seed, c.augment)
+        assert loader.batch_size == 32  # smoke's 64 over 2 processes
+        judged = {name: ev.split for name, (ev, _) in runs.eval_loaders(cache, c, {"test": 100, "val5k": 10}).items()}
+        assert judged == ({"test": "test", "val": "val5k"} if c.train_split == "train45k" else {"test": "test"})
+    for split in ("train45k", "train"):
+        assert cache.preprocess("gcn-zca", split).fitted_on["fit_split"] == split
