@@ -412,3 +412,19 @@ def test_a_run_trains_on_its_split_seed_augmentation_and_batch_share_and_is_judg
         assert judged == ({"test": "test", "val": "val5k"} if c.train_split == "train45k" else {"test": "test"})
     for split in ("train45k", "train"):
         assert cache.preprocess("gcn-zca", split).fitted_on["fit_split"] == split
+
+
+def test_a_records_num_train_counts_its_own_training_split(smoke_data_dir):
+    """runs.make_record: the record's data.num_train is the image count of the split the run trained on (the
+    lr-selection arm's train45k: 90 of the sample's 100), as its cost and the reports read it. run_all trains no
+    train45k run in the tests, where it is always the training split's count."""
+    from bench import runs
+    from loaders.manifest import load_manifest
+
+    # with the digests process.prepare_data adds
+    manifest = dict(load_manifest(smoke_data_dir), manifest_sha256="0" * 64, arrays_sha256="1" * 64)
+    env = {"device_name": "CPU: test", "versions": {}, "git_commit": None, "git_dirty": None, "code_sha256": None}
+    cfg = dataclasses.replace(PRESETS["smoke"], models=("strided-a",), lrs=(0.05,), ablations=("lr-selection",))
+    counts = {run.cfg.train_split: runs.make_record(run, "k", "0" * 64, manifest, env, "grid", 1, runs.now(),
+                                                    {})["data"]["num_train"] for run in expand(cfg)}
+    assert counts == {"train": 100, "train45k": 90}
