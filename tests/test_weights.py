@@ -42,9 +42,12 @@ def test_on_in_the_paper_preset_only():
 
 @pytest.fixture(scope="module", params=[False, True], ids=["alone", "fused"])
 def trained(data, tmp_path_factory, request) -> tuple[Path, dict, bool]:
-    """(out, records by LR, fused): LRs 0.05 (completes) and 1e9 (diverges), with --save-weights."""
+    """(out, records by LR, fused): LRs 0.05 (completes) and 1e9 (diverges), with --save-weights; the fused runs
+    without the final ReLU (the head ablation's arm), whose file must say so: the network rebuilt otherwise has the
+    same parameters and loads them without complaint."""
     out = tmp_path_factory.mktemp("weights") / "out"
-    return out, train(data, out, "--save-weights", *(["--fuse-lrs"] if request.param else [])), request.param
+    fused = ["--fuse-lrs", "--no-final-relu"] if request.param else []
+    return out, train(data, out, "--save-weights", *fused), request.param
 
 
 def test_a_completed_run_leaves_its_network(data, trained):
@@ -61,6 +64,7 @@ def test_a_completed_run_leaves_its_network(data, trained):
                                          final_relu=c["final_relu"]))
     assert (blob["run_key"], blob["lr"], blob["preprocess"], blob["train_split"]) == (done["run_key"], 0.05,
                                                                                       "gcn-zca", "train")
+    assert blob["final_relu"] is (not fused) and blob["test_error_pct"] == done["test_error_pct"]  # the final error
     cpu = torch.device("cpu")
     cache = loaders.Cache(data[0], backend="tensor", device=cpu, distributed=False, batch_size=64)
     acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
