@@ -182,6 +182,7 @@ def test_bad_arguments(full_data_dir, tmp_path):
     kw = dict(data_dir=full_data_dir, backend="tensor")
     for bad, match in ((dict(split="valid"), "split"), (dict(backend="dali"), "backend"),
                        (dict(augment="cutout"), "augment"), (dict(split="test", drop_last=True), "never dropped"),
+                       (dict(split="test", augment="flip-translate"), "training splits only"),
                        (dict(distributed=True), "process group")):
         args = {**kw, "split": "train", **bad}
         with pytest.raises(ValueError, match=match):
