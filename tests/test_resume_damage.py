@@ -149,6 +149,17 @@ def test_timings_a_checkpoint_lacks_start_at_zero(tmp_path):
                                                   "wall_s": 3.0}
 
 
+def test_a_checkpoint_carries_the_wall_time_of_every_session(tmp_path):
+    """RunState.save stores the run's wall time so far, its earlier sessions' included, which the record's
+    wall_time_s becomes: a resumed run adds this session's time to the checkpoint's, not restarting it."""
+    path = tmp_path / "ckpt.pt"
+    net, opt = saved(path)  # 3 s in earlier sessions
+    state = RunState.resume(path, Acc(), net, opt, rank=0, world=1)
+    state.started -= 2.0  # this session has run for 2 s
+    state.save(Acc(), net, opt, 2, distributed=False)
+    assert checkpoint.read(path)[1]["extra"]["wall_s"] == pytest.approx(5.0, abs=0.5)
+
+
 @pytest.mark.parametrize("extra", [{"wall_s": float("nan")}, {"wall_s": -1.0}, {"eval_s": float("inf")},
                                    {"steady_s": True}, {"eval_img": 10 ** 400}, {"wall_s": 2e12},
                                    {"steady_img": 10 ** 6, "steady_s": 1e-9}])  # 1e15 images/s
