@@ -43,10 +43,10 @@ def test_on_in_the_paper_preset_only():
 @pytest.fixture(scope="module", params=[False, True], ids=["alone", "fused"])
 def trained(data, tmp_path_factory, request) -> tuple[Path, dict, bool]:
     """(out, records by LR, fused): LRs 0.05 (completes) and 1e9 (diverges), with --save-weights; the fused runs
-    without the final ReLU (the head ablation's arm), whose file must say so: the network rebuilt otherwise has the
-    same parameters and loads them without complaint."""
+    without the final ReLU (the head ablation's arm) and without dropout, which their file must say: the network
+    rebuilt otherwise has the same parameters and loads them without complaint."""
     out = tmp_path_factory.mktemp("weights") / "out"
-    fused = ["--fuse-lrs", "--no-final-relu"] if request.param else []
+    fused = ["--fuse-lrs", "--no-final-relu", "--no-dropout"] if request.param else []
     return out, train(data, out, "--save-weights", *fused), request.param
 
 
@@ -64,7 +64,8 @@ def test_a_completed_run_leaves_its_network(data, trained):
                                          final_relu=c["final_relu"]))
     assert (blob["run_key"], blob["lr"], blob["preprocess"], blob["train_split"]) == (done["run_key"], 0.05,
                                                                                       "gcn-zca", "train")
-    assert blob["final_relu"] is (not fused) and blob["test_error_pct"] == done["test_error_pct"]  # the final error
+    assert blob["final_relu"] is blob["dropout"] is (not fused)
+    assert blob["test_error_pct"] == done["test_error_pct"]  # the final error
     cpu = torch.device("cpu")
     cache = loaders.Cache(data[0], backend="tensor", device=cpu, distributed=False, batch_size=64)
     acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
@@ -104,6 +105,10 @@ def test_bad_files_are_one_line(trained, tmp_path):
     torch.save(dict(blob, model="allcnn-c"), tmp_path / "renamed.pt")  # names another network than its weights are
     with pytest.raises(ValueError, match="do not fit allcnn-c"):
         weights.load(tmp_path / "renamed.pt")
+    partial = dict(list(blob["state_dict"].items())[:-2])  # the last layer's weight and bias missing
+    torch.save(dict(blob, state_dict=partial), tmp_path / "partial.pt")  # would load with that layer at random
+    with pytest.raises(ValueError, match=f"do not fit {blob['model']}"):
+        weights.load(tmp_path / "partial.pt")
     torch.save(dict(blob, model="x\ny"), tmp_path / "crafted.pt")  # a name that is no model, with a line break
     with pytest.raises(ValueError, match="names no known model") as e:
         weights.load(tmp_path / "crafted.pt")
