@@ -417,7 +417,8 @@ def test_a_run_trains_on_its_split_seed_augmentation_and_batch_share_and_is_judg
 def test_a_records_num_train_counts_its_own_training_split(smoke_data_dir):
     """runs.make_record: the record's data.num_train is the image count of the split the run trained on (the
     lr-selection arm's train45k: 90 of the sample's 100), as its cost and the reports read it. run_all trains no
-    train45k run in the tests, where it is always the training split's count."""
+    train45k run in the tests, where it is always the training split's count. Its device_count is the devices the
+    run trained on: one in grid mode, whatever the process count (a two-process test alone checked it)."""
     from bench import runs
     from loaders.manifest import load_manifest
 
@@ -428,3 +429,7 @@ def test_a_records_num_train_counts_its_own_training_split(smoke_data_dir):
     counts = {run.cfg.train_split: runs.make_record(run, "k", "0" * 64, manifest, env, "grid", 1, runs.now(),
                                                     {})["data"]["num_train"] for run in expand(cfg)}
     assert counts == {"train": 100, "train45k": 90}
+    on_two = {mode: runs.make_record(expand(cfg)[0], "k", "0" * 64, manifest, env, mode, 2, runs.now(), {})
+              for mode in ("grid", "ddp")}  # 2 processes: in grid mode each trains runs of its own on one device
+    assert {mode: (r["device_count"], r["world_size"]) for mode, r in on_two.items()} == {"grid": (1, 2),
+                                                                                          "ddp": (2, 2)}
