@@ -366,7 +366,8 @@ def test_an_epochs_entry_holds_its_means_and_only_steady_images_make_the_images_
     """RunState.end_epoch: 0-based epoch 0 is the history's epoch 1, its loss and accuracy the means over the images it
     saw (engine.EpochState holds sums), its LR the one given; the timing sums behind the record's train_images_per_s
     take steady epochs only (not the first: JIT, cuDNN autotuning, caches) and their steady images (after any
-    warm-up steps), not every image seen."""
+    warm-up steps), not every image seen. An evaluation fills the entry's error and mean loss and adds its time to
+    the epoch's seconds (the ETA's) and to the evaluation throughput."""
     import torch
 
     state = run_state.RunState(tmp_path / "run.pt")
@@ -384,6 +385,9 @@ def test_an_epochs_entry_holds_its_means_and_only_steady_images_make_the_images_
     assert state.end_epoch(sums(80), 1, 0.005, None, distributed=False, steady=True)["epoch"] == 2
     assert (state.timings["steady_img"], state.timings["steady_s"]) == (80, 1.5)
     assert checkpoint.rates(state.timings)["train_images_per_s"] == pytest.approx(80 / 1.5)
+    state.add_evaluation(first, "test", 60, 100, 100, 0.5, 150.0)  # 60 of 100 right in 0.5 s, summed loss 150
+    assert (first["test_error_pct"], first["test_loss"], first["seconds"]) == (pytest.approx(40.0), 1.5, 2.5)
+    assert (state.timings["eval_img"], state.timings["eval_s"]) == (100, 0.5)  # the record's eval_images_per_s
 
 
 def test_a_run_trains_on_its_split_seed_augmentation_and_batch_share_and_is_judged_on_its_val_split(smoke_data_dir):
