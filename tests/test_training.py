@@ -437,3 +437,24 @@ def test_a_records_num_train_counts_its_own_training_split(smoke_data_dir):
               for mode in ("grid", "ddp")}  # 2 processes: in grid mode each trains runs of its own on one device
     assert {mode: (r["device_count"], r["world_size"]) for mode, r in on_two.items()} == {"grid": (1, 2),
                                                                                           "ddp": (2, 2)}
+
+
+def test_a_runs_recorded_precision_is_the_one_it_trained_and_evaluated_in(tmp_path):
+    """runs.summary under a bf16 Accelerator (one per process, at the grid's precision): the precision ablation's fp32
+    arm trains with autocast off and its record says "no", not the process's bf16 (the reports' Precision column
+    reads it); a bf16 run says bf16, and its evaluation precision is its own."""
+    import torch
+    from accelerate.utils import AutocastKwargs
+
+    from bench import runs
+
+    class Acc:
+        device, mixed_precision = torch.device("cpu"), "bf16"
+
+    state, net = run_state.RunState(tmp_path / "run.pt"), torch.nn.Linear(2, 3)
+    got = {}
+    for train, evaluate in ((False, False), (True, False), (True, True)):
+        out = runs.summary(state, "completed", None, net, Acc(), AutocastKwargs(enabled=train),
+                           AutocastKwargs(enabled=evaluate))
+        got[train, evaluate] = (out["precision"], out["eval_precision"])
+    assert got == {(False, False): ("no", "no"), (True, False): ("bf16", "no"), (True, True): ("bf16", "bf16")}
