@@ -458,3 +458,23 @@ def test_a_runs_recorded_precision_is_the_one_it_trained_and_evaluated_in(tmp_pa
                            AutocastKwargs(enabled=evaluate))
         got[train, evaluate] = (out["precision"], out["eval_precision"])
     assert got == {(False, False): ("no", "no"), (True, False): ("bf16", "no"), (True, True): ("bf16", "bf16")}
+
+
+def test_a_run_builds_the_network_and_optimizer_its_config_names():
+    """runs.build_net: each network option of the run's config (the head, init and BN arms, --no-dropout) and its SGD
+    settings (--momentum, --weight-decay) reach what trains, not the paper's defaults: the same modules and, from
+    one seed, the same initial weights as allconv.build with those options, and an SGD at the run's values."""
+    import torch
+
+    import allconv
+    from bench import runs
+
+    cfg = dataclasses.replace(PRESETS["smoke"], init="kaiming", final_relu=False, bn=True, dropout=False,
+                              momentum=0.5, weight_decay=5e-3)
+    torch.manual_seed(0)
+    net, optimizer = runs.build_net(config.Run("strided-a", 0.05, 0, cfg), torch.device("cpu"))
+    torch.manual_seed(0)
+    want = allconv.build("strided-a", 10, bn=True, dropout=False, final_relu=False, init="kaiming")
+    assert str(net) == str(want)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), want.state_dict().values(), strict=True))
+    assert {(g["lr"], g["momentum"], g["weight_decay"]) for g in optimizer.param_groups} == {(0.05, 0.5, 5e-3)}
