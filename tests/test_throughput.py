@@ -526,3 +526,24 @@ def test_rows_time_training_in_train_mode_and_evaluation_in_eval_mode(tmp_path, 
     assert throughput.main(["--device", "cpu", "--models", "strided-a", "--precision", "fp32", "--batch-size", "2",
                             "--steps", "1", "--warmup", "0", "--repeats", "1", "--json", str(tmp_path / "m.json")]) == 0
     assert set(modes) == {("train_step", True), ("eval_step", False)}
+
+
+def test_two_processes_rates_are_summed_and_one_no_process_measured_stays_none():
+    """sum_over_processes: a row's images/s are the sum of its processes' rates (each timed its own device), as the
+    column says; the two-process test cannot tell a sum from a mean (it knows neither rank's rate). A figure no
+    process measured (--no-eval) stays None. Here the other rank is a stand-in reduce over known rates."""
+    import math
+
+    import torch
+    keys = ("train_images_per_s", "eval_images_per_s", "fused_train_images_per_s")
+    other = torch.tensor([30.0, math.nan, 5.0], dtype=torch.float64)
+
+    class TwoRanks:
+        num_processes, device = 2, torch.device("cpu")
+
+        def reduce(self, local, reduction):
+            return getattr(torch.stack([local, other]), reduction)(0)
+
+    row = {"model": "strided-a", **dict(zip(keys, (10.0, None, 1.0)))}
+    summed = throughput.sum_over_processes(row, TwoRanks())
+    assert summed == {"model": "strided-a", **dict(zip(keys, (40.0, None, 6.0)))}
