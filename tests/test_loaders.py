@@ -4,6 +4,7 @@ FFCV Loaders compile for 5-9 s each: the two built here are module-scoped and sh
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -272,3 +273,15 @@ def test_each_epoch_and_seed_draws_new_flips_and_shifts_over_all_121_offsets():
         assert (draws[other] != draws[0, 0]).any(axis=1).mean() > 0.95  # independent draws agree 1 time in 242
     offsets = np.bincount((draws[0, 0][:, 1] + 5) * 11 + draws[0, 0][:, 2] + 5, minlength=121)
     assert len(offsets) == 121 and offsets.min() > 0.6 * 20000 / 121
+
+
+def test_auto_is_the_tensor_backend_on_a_gpu_and_local_processes_share_the_cores(monkeypatch):
+    """"auto" picks the device-resident tensor backend wherever CUDA is (`make run` on a GPU machine), and each of N
+    processes on one machine takes 1/N of its cores (at least one): two speed-only choices that no test could fail
+    (a mutation spot-check turned either one without a test noticing)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert loaders.resolve_backend("auto") == "tensor"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    for local_world, workers in (("1", 16), ("4", 4), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+        assert loaders.workers_per_process() == workers
