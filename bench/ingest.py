@@ -25,6 +25,7 @@ It prints one line per change, then the commands that remake the report and the 
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import io
 import json
@@ -80,7 +81,7 @@ def archived_records(path: Path) -> dict[str, bytes]:
         if first.setdefault(match[1], blob) != blob:  # which one is the run's? tar would take the last
             twice.add(match[1])
             continue
-        record, why = results._parse(Path(member.name), blob)
+        record, why = results.parse(Path(member.name), blob)
         why = why or workqueue.not_its_run(record, match[1]) or unlike_its_status(record)
         if why:
             warn(f"{path}: {member.name} left out: {why}")
@@ -143,6 +144,7 @@ def ingest(folder: Path, ledger: Path, name: str, dry_run: bool = False) -> list
     returned = archived_records(archive) if archive.exists() and archive not in links else {}
     runs, ckpts, changes = results.runs_dir(ledger), ledger / "checkpoints", []  # (what, path, bytes or None)
 
+    @functools.cache  # read before any write: each ledger record once, however many returned files name it
     def final(key: str) -> bool:
         record = results.read_one(runs / f"{key}.json")[0] if (runs / f"{key}.json").exists() else None
         return record is not None and workqueue.final(ledger, record)

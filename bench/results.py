@@ -130,11 +130,11 @@ def _read(path: Path) -> tuple[dict | None, str | None, bytes]:
         return None, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})", b""
     except ValueError as e:  # not a regular file, or too large
         return None, f"unreadable ({e})", b""
-    return (*_parse(path, blob), blob)
+    return (*parse(path, blob), blob)
 
 
-def _parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
-    """`read_one` for the bytes read from `path`."""
+def parse(path: Path, blob: bytes) -> tuple[dict | None, str | None]:
+    """`read_one` for the bytes read from `path` (or found elsewhere under that name: an archive's member)."""
     try:  # utf8: a lone surrogate (a JSON escape, or an older writer's path) as its escape in text
         record = utf8(json.loads(blob, parse_constant=_reject_constant, parse_float=_finite, parse_int=_int))
     except (ValueError, RecursionError, MemoryError) as e:  # JSONDecodeError, UnicodeDecodeError; nested too deep
