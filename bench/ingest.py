@@ -4,12 +4,12 @@ into the committed ledger, so that the next campaign continues from it and the r
     python -m bench.ingest FOLDER --name 2026-12-06-h100 [--ledger reports/measured/campaign] [--dry-run]
 
 - ledger.tar.gz: each `runs/<run key>.json` that is a valid record of its run (bench.results' checks,
-  `workqueue.not_its_run`, `unlike_its_status`) goes into LEDGER/runs/ unless the ledger's own record of that run
-  is final (completed or diverged: a finished run is never replaced; one with other bytes is named). A failed or
-  stalled record, which run_all trains again, is replaced. The archive is read in memory, never extracted: a link,
-  another path, a damaged record or one archived twice differently is named in a warning and left out; an archive
-  that cannot be read whole (truncated, corrupt, a damaged header, over `MAX_UNPACKED` bytes unpacked) is a
-  one-line error, nothing ingested.
+  `workqueue.not_its_run`, `workqueue.unlike_its_status`) goes into LEDGER/runs/ unless the ledger's own record of
+  that run is final (completed or diverged: a finished run is never replaced; one with other bytes is named). A
+  failed or stalled record, which run_all trains again, is replaced. The archive is read in memory, never extracted:
+  a link, another path, a damaged record or one archived twice differently is named in a warning and left out;
+  an archive that cannot be read whole (truncated, corrupt, a damaged header, over `MAX_UNPACKED` bytes unpacked)
+  is a one-line error, nothing ingested.
 - `<run key>.pt`: a checkpoint `bench.checkpoint.progress` reads, of a run with no final record, goes into
   LEDGER/checkpoints/ unless the ledger's checkpoint of that run is further on (a folder ingested twice, or out of
   order). A damaged one is named and left out (the ledger keeps its own).
@@ -82,7 +82,7 @@ def archived_records(path: Path) -> dict[str, bytes]:
             twice.add(match[1])
             continue
         record, why = results.parse(Path(member.name), blob)
-        why = why or workqueue.not_its_run(record, match[1]) or unlike_its_status(record)
+        why = why or workqueue.not_its_run(record, match[1]) or workqueue.unlike_its_status(record)
         if why:
             warn(f"{path}: {member.name} left out: {why}")
         else:
@@ -91,19 +91,6 @@ def archived_records(path: Path) -> dict[str, bytes]:
         warn(f"{path}: runs/{key}.json is archived twice, differently: left out")
         out.pop(key, None)
     return out
-
-
-def unlike_its_status(record: dict) -> str | None:
-    """Why a record that would end its run for good (never replaced, its checkpoint deleted) is not what run_all
-    writes for that status, or None: completed is every epoch and no error, diverged says why (bench.runs)."""
-    status, done, epochs = record["status"], record["epochs_completed"], record["epochs"]
-    if status == "completed" and (done != epochs or len(record["history"]) != epochs):
-        return f"status completed, but {done} of {epochs} epochs trained ({len(record['history'])} in its history)"
-    if status == "completed" and record["error"] is not None:
-        return f"status completed, but an error: {' '.join(str(record['error']).split())[:120]}"
-    if status == "diverged" and record["error"] is None:
-        return "status diverged, but no error saying why"
-    return None
 
 
 def epoch_of(path: Path) -> int | None:

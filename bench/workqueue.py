@@ -37,14 +37,14 @@ _misnamed: set[Path] = set()
 
 
 def final(out, record: dict) -> bool:
-    """Whether a valid record ends its run for good: its status is one of DONE and it is its run's
-    (`not_its_run`). One that is not (hand-edited, copied under another run's key, or of a network since changed)
-    counts as not done (the run is trained), named once on stderr and left in the ledger (the reports read it)
-    until a process claims the run, which sets it aside (`_claim`, as any record not of its run) before its record
-    replaces it."""
+    """Whether a valid record ends its run for good: its status is one of DONE, it is its run's (`not_its_run`)
+    and it is what run_all writes for that status (`unlike_its_status`). One that is not (hand-edited, copied under
+    another run's key, of a network since changed, "completed" after 3 of 350 epochs) counts as not done (the run is
+    trained), named once on stderr and left in the ledger (the reports read it) until a process claims the run,
+    which sets it aside (`_claim`) before its record replaces it."""
     if record["status"] not in DONE:
         return False
-    why = not_its_run(record, record["run_key"])
+    why = not_its_run(record, record["run_key"]) or unlike_its_status(record)
     if why is None:
         return True
     path = results.runs_dir(out) / f"{record['run_key']}.json"
@@ -53,6 +53,20 @@ def final(out, record: dict) -> bool:
         print(f"warning: ledger file {path}: {why}, so it is not counted as that run (trained again)",
               file=sys.stderr)
     return False
+
+
+def unlike_its_status(record: dict) -> str | None:
+    """Why a record that would end its run for good (never trained again, its checkpoint deleted) is not what
+    run_all writes for that status, or None: completed is every epoch and no error, diverged says why
+    (bench.runs.summary; the reports count a short "completed" run as unfinished, reports.ledger.outcome)."""
+    status, done, epochs = record["status"], record["epochs_completed"], record["epochs"]
+    if status == "completed" and (done != epochs or len(record["history"]) != epochs):
+        return f"status completed, but {done} of {epochs} epochs trained ({len(record['history'])} in its history)"
+    if status == "completed" and record["error"] is not None:
+        return f"status completed, but an error: {' '.join(str(record['error']).split())[:120]}"
+    if status == "diverged" and record["error"] is None:
+        return "status diverged, but no error saying why"
+    return None
 
 
 def not_its_run(record: dict, key: str) -> str | None:
@@ -119,8 +133,8 @@ def claimed(items: list, out, *, lease_s: float, stop=lambda: False, acc=None, d
 
 def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
     """This process's claim on run `key`, or None (held by a live process, or recorded meanwhile). A record under
-    `key` that is not that run's (`not_its_run`, whatever its status) is set aside, not replaced by the run's own
-    record."""
+    `key` that is not that run's (`not_its_run`, whatever its status) or not what run_all writes for its status
+    (`unlike_its_status`) is set aside, not replaced by the run's own record."""
     claim, error = None, None
     if not ddp or acc.is_main_process:
         try:
@@ -133,7 +147,7 @@ def _claim(out, key: str, lease_s: float, acc, ddp: bool) -> Claim | None:
             claim.release()
             claim = None
         elif claim is not None:
-            why = None if record is None else not_its_run(record, key)
+            why = None if record is None else not_its_run(record, key) or unlike_its_status(record)
             if why is not None:  # not its run's: kept as evidence
                 print(f"warning: ledger file {path} is not run {key} ({why}), {files.set_aside(path)} before the "
                       "run is trained", file=sys.stderr)

@@ -128,6 +128,28 @@ def test_a_record_not_of_its_run_is_set_aside_when_the_run_is_claimed(tmp_path, 
         f"moved to {path.parent / '.invalid' / path.name} before the run is trained" in err[-1], err
 
 
+@pytest.mark.parametrize("change", [{"epochs_completed": 3}, {"error": "RuntimeError: CUDA out of memory"},
+                                    {"status": "diverged"}])
+def test_a_final_status_its_record_belies_does_not_end_the_run(tmp_path, capsys, change):
+    """A "completed" record of 3 of its 350 epochs (or one with an error; a diverged one saying no why) ended its
+    run for good: run_all never trained it again, while the reports called it unfinished and bench.ingest refused
+    it. Now it is not counted as done (named once) and is set aside, as evidence, when the run is claimed."""
+    key = "489234371f2401e9"
+    record = json.loads((ROOT / "reports" / "measured" / "campaign" / "runs" / f"{key}.json").read_text())
+    record.update(change)
+    record["history"] = record["history"][:record["epochs_completed"]]
+    path = results.runs_dir(tmp_path) / f"{key}.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(record))
+    assert results.read_records(tmp_path) == [record]  # valid by the schema: only its status is belied
+    assert workqueue.done_keys(tmp_path) == set() and not workqueue.recorded(tmp_path, key)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{path}: status {record['status']}, but" in err[0] and "not counted" in err[0], err
+    (members,) = workqueue.claimed([[("run", key)]], tmp_path, lease_s=3600)
+    assert [k for _, k, _ in members] == [key] and not path.exists()
+    assert json.loads((path.parent / ".invalid" / path.name).read_text()) == record
+
+
 def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_claim(data, tmp_path):
     """12 runs, 3 plain processes started one after another; the first is SIGKILLed while it holds a claim and
     started again. Every run is recorded once, the dead claim is taken over, and claims go out longest first."""
