@@ -173,7 +173,7 @@ def plan(cfg, throughput: str | None = None) -> tuple[list[dict], dict]:
         record, ckpt = records.get(key), Path(cfg.out, "checkpoints", f"{key}.pt")
         start, state = 0, "to train"
         if record is not None and record["status"] in workqueue.DONE and not workqueue.final(cfg.out, record):
-            record = None  # not this run's record (named on stderr): run_all trains the run
+            record = None  # not this run's, or not what its status says (named on stderr): run_all trains the run
         if record is not None and record["status"] in workqueue.DONE:
             error = record["test_error_pct"]
             state, start = record["status"] + (f" {error:.2f}%" if error is not None else ""), None
