@@ -42,7 +42,7 @@ def worker(rank: int, args, barrier, spans) -> None:
 
 
 def measure(args, procs: int) -> dict:
-    import torch.multiprocessing as mp
+    import multiprocessing as mp  # not torch's: no tensor crosses processes, and importing torch here costs ~2 s
 
     ctx = mp.get_context("spawn")
     barrier, spans = ctx.Barrier(procs), ctx.Manager().dict()
