@@ -32,9 +32,9 @@
 #      ledger.tar.gz (runs/), each when its step ran, and each unfinished run's checkpoint as <run key>.pt.
 # Time: every step's limit ends by TOTAL - RESERVE. What may run after that is at most KILL_AFTER (10 s: a step
 # still running at its SIGTERM, e.g. run_all checkpointing, which takes a few seconds, gets that long before SIGKILL)
-# + 1 s (its worker's poll) + 5 s (the POLL sleep or a ledger archive under way when it ended) + 5 s (the archive of
+# + 0.5 s (its worker's POLL) + 5 s (the POLL sleep or a ledger archive under way when it ended) + 5 s (the archive of
 # the last records; each state of the records is archived once, a timed-out tar is not tried again) + 5 s (the
-# summary) + ~3 s (checkpoint copies, the log) = 29 s <= TAIL = 30 s (a run_all that ends by itself just before: its
+# summary) + ~3 s (checkpoint copies, the log) = 28.5 s <= TAIL = 30 s (a run_all that ends by itself just before: its
 # failed-run check, 10 s, in place of KILL_AFTER). So RESERVE must be at least 30, and the script ends by TOTAL. A
 # run_all stopped earlier (another worker's failed, below) gets the same KILL_AFTER. TOTAL may be at most 570: a
 # call runs at most 600 s, and its timeout_s should be TOTAL + 30 (a margin for what this arithmetic does not count:
@@ -56,7 +56,8 @@ PY=${PY:-python3}
 OUT=${OUT:?set OUT to the folder that comes back}
 TOTAL=${TOTAL:-540}    # seconds for the whole script (the call's timeout_s should be 30 s more; at most 570)
 RESERVE=${RESERVE:-30} # seconds kept back from training for what follows it (>= TAIL: the header's arithmetic)
-KILL_AFTER=10 POLL=2 TAIL=30  # SIGTERM to SIGKILL; how often a running step is looked at; the end's worst case
+KILL_AFTER=10 POLL=0.5 TAIL=30  # SIGTERM to SIGKILL; how often a running step is looked at, by its worker and
+# by the main loop (every 1 and 2 s, a finished step was seen up to 3 s late: device time); the end's worst case
 CHECKPOINT_MINUTES=${CHECKPOINT_MINUTES:-2}  # run_all --checkpoint-minutes: several checkpoints within a call
 DEVICE=${DEVICE:-cuda}
 LEDGER=${LEDGER:-reports/measured/campaign}  # the committed ledger this campaign continues
@@ -271,7 +272,7 @@ worker() {
     # PID), which passes it on to run_all (it checkpoints) and SIGKILLs it KILL_AFTER later, as at its limit
     timeout -k "$KILL_AFTER" "$limit" "${cmd[@]}" >> "$log" 2>&1 &
     while [ -n "$(jobs -rp)" ]; do
-      [ -z "$halted" ] && [ -e "$stop" ] && kill -TERM %% 2>/dev/null && halted=1; sleep 1
+      [ -z "$halted" ] && [ -e "$stop" ] && kill -TERM %% 2>/dev/null && halted=1; sleep "$POLL"
     done
     wait $!; rc=$?
     echo "# worker $1: $model exit $rc after $((SECONDS - t0)) s" >> "$log"
