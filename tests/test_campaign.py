@@ -290,8 +290,9 @@ def test_each_record_reaches_out_while_the_next_run_trains(smoke_data_dir, jpeg_
     """The ledger archive in OUT is refreshed within seconds of each new record, so a call killed outright (the
     device tool kills at its timeout_s) still returns what finished: it was written once, at the very end."""
     shutil.copytree(smoke_data_dir, tmp_path / "work-live" / "data", ignore=shutil.ignore_patterns(".*.tmp"))
+    # 6 epochs a run: the second trains for seconds (~3 on an idle machine), many of the script's 0.5 s polls
     env = environment(tmp_path, "live", jpeg_tarball, PARALLEL="1", LRS="0.05 0.01", LEDGER=str(tmp_path / "none"),
-                      EXTRA="--epochs 20 --lr-drops --batch-size 32 --backend tensor --precision no")
+                      EXTRA="--epochs 6 --lr-drops --batch-size 32 --backend tensor --precision no")
     archive, runs = tmp_path / "live" / "ledger.tar.gz", tmp_path / "work-live" / "results" / "runs"
     proc = subprocess.Popen(["bash", "scripts/campaign.sh"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
