@@ -60,9 +60,10 @@ def test_each_run_and_each_group_counts_its_own_peak_memory(data, tmp_path, monk
     each fused group starts, not left at the process's largest so far."""
     devices = []
     monkeypatch.setattr(engine, "reset_peak_memory", devices.append)
-    main(args(data, tmp_path / "separate", "--lrs", "0.05", "0.01"))
+    short = ("--epochs", "1", "--lr-drops", "--no-diagnose")  # what a run trains does not matter here
+    main(args(data, tmp_path / "separate", "--lrs", "0.05", "0.01", *short))
     assert len(devices) == 2 and all(d.type == "cpu" for d in devices)  # once per run
-    main(args(data, tmp_path / "fused", "--lrs", "0.05", "0.01", "--fuse-lrs"))
+    main(args(data, tmp_path / "fused", "--lrs", "0.05", "0.01", "--fuse-lrs", *short))
     assert len(devices) == 3  # once for the group of both
 
 
