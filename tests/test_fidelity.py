@@ -2,10 +2,12 @@
 schedule, NaN is "diverged", `--stall-after` is opt-in and retried, evaluation runs in fp32, one TensorBoard run
 per training run, plain output off a terminal, and `--help` on every entry point.
 
-run_all runs are subprocesses (the Accelerator's state is per process) on real CIFAR-10 images from the session's
-JPEG tarball (conftest's 10-per-class data; 300 per class for the learning test). The learning test trains the
-`head` ablation's other arm (no final ReLU): under the paper's exact defaults Strided-CNN-A is still at chance after
-what a CPU test can afford (3 epochs of 3,000 images: 10.7% training accuracy, 90.0% test error;
+run_all runs on real CIFAR-10 images from the session's JPEG tarball (conftest's 10-per-class data; 300 per class
+for the learning test), in this process (conftest's fresh_accelerator: Accelerate keeps one state per process) where
+only the records and the output matter, in subprocesses for the learning test and the eval-precision spy (its hooks
+would outlive the test here; two ranks need a launch). The learning test trains the `head` ablation's other arm
+(no final ReLU): under the paper's exact defaults Strided-CNN-A is still at chance after what a CPU test can afford
+(3 epochs of 3,000 images: 10.7% training accuracy, 90.0% test error;
 reports/measured/cpu-learning-start-2026-11-27.txt), and so are LR 0.1 and 0.25.
 """
 from __future__ import annotations
@@ -33,6 +35,15 @@ def run_py(argv, timeout=600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def run_here(argv, capsys) -> tuple[int, str]:
+    """run_all's main in this process (~4 CPU s of imports less than a subprocess): (exit status, its stdout)."""
+    from bench import run_all
+
+    capsys.readouterr()
+    code = run_all.main(argv)
+    return code, capsys.readouterr().out
+
+
 def paper(data_dir, source, out, *extra, per_class=10) -> list[str]:
     """The paper preset's defaults on a prepared subset (`per_class` as it was prepared: the data directory is
     read-only), without the LR drops (they lie past the few epochs)."""
@@ -56,13 +67,14 @@ def test_training_learns(learning_data_dir, jpeg_tarball, tmp_path):
     assert accs[-1] >= 14 and record["test_error_pct"] <= 85, (accs, record["test_error_pct"])
 
 
-def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg_tarball, tmp_path):
+def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg_tarball, tmp_path, capsys,
+                                                           fresh_accelerator):
     """Paper defaults: LR 1e-6 cannot learn (finite loss, chance accuracy) and still trains all 3 epochs, recorded
     "completed"; LR 1e6 turns the loss NaN: "diverged" where it did, and the grid goes on."""
     out = tmp_path / "out"
-    p = run_py(paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e6", "1e-6",
-                     "--epochs", "3"))
-    assert p.returncode == 0, p.stderr[-3000:]
+    code, stdout = run_here(paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e6", "1e-6",
+                                  "--epochs", "3"), capsys)
+    assert code == 0
     by_lr = {r["lr"]: r for r in results.read_records(out)}
     slow, nan = by_lr[1e-6], by_lr[1e6]
     assert slow["status"] == "completed" and slow["epochs_completed"] == 3 and slow["error"] is None
@@ -72,7 +84,7 @@ def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg
         assert r["grid"] == {"models": ["strided-a"], "lrs": [1e6, 1e-6], "seeds": [0]}
         assert r["eval_precision"] == "no" and r["precision"] == "bf16"
         assert schema.validate(r) is None
-    assert "1 completed, 1 diverged" in p.stdout
+    assert "1 completed, 1 diverged" in stdout
     # what a rerun would do (run_all's own rule, bench.workqueue.final): neither run is trained again
     rows, _ = plan.plan(parse_args(paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e6",
                                          "1e-6", "--epochs", "3")))
@@ -80,21 +92,20 @@ def test_chance_run_trains_its_schedule_and_nan_is_diverged(smoke_data_dir, jpeg
                                                                                    (1e6, "diverged", None)]
 
 
-def test_stall_after_is_opt_in_and_a_rerun_retries(smoke_data_dir, jpeg_tarball, tmp_path):
+def test_stall_after_is_opt_in_and_a_rerun_retries(smoke_data_dir, jpeg_tarball, tmp_path, capsys, fresh_accelerator):
     """--stall-after 1 stops the chance-level run after epoch 1 as "stalled" (checkpoint kept); the same command
     retries it; without the option it resumes under the same run key and completes its 3 epochs."""
     out = tmp_path / "out"
     argv = paper(smoke_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "1e-6", "--epochs", "3",
                  "--precision", "no")  # fp32: twice as fast on CPU
-    p = run_py([*argv, "--stall-after", "1"])
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert run_here([*argv, "--stall-after", "1"], capsys)[0] == 0
     (stalled,) = results.read_records(out)
     assert stalled["status"] == "stalled" and stalled["epochs_completed"] == 1 and "chance" in stalled["error"]
     assert list((out / "checkpoints").glob("*.pt"))
-    again = run_py([*argv, "--stall-after", "1"])
-    assert again.returncode == 0 and "0 already in" in again.stdout and "1 to train" in again.stdout, again.stdout
-    p = run_py(argv)
-    assert p.returncode == 0 and "1 to train" in p.stdout, p.stderr[-3000:]
+    code, again = run_here([*argv, "--stall-after", "1"], capsys)
+    assert code == 0 and "0 already in" in again and "1 to train" in again, again
+    code, stdout = run_here(argv, capsys)
+    assert code == 0 and "1 to train" in stdout, stdout
     (done,) = results.read_records(out)
     assert done["run_key"] == stalled["run_key"] and done["status"] == "completed"
     assert [h["epoch"] for h in done["history"]] == [1, 2, 3]
@@ -110,9 +121,12 @@ def test_evaluation_runs_in_fp32_under_bf16_training(smoke_data_dir, jpeg_tarbal
     DDP ranks too, where Accelerate's prepare() wraps the net's own forward in bf16 autocast (and casts the logits
     back to fp32, so the logits' dtype would not tell). With the paper-preset runs above, this keeps training under
     bf16 autocast (what the GPU runs use) covered."""
-    default, asked = (json.loads(run_worker([__file__, "eval-spy", str(smoke_data_dir), str(jpeg_tarball),
-                                             str(tmp_path), name], world).stdout.strip().splitlines()[-1])
-                      for name in ("default", "bf16"))  # one run_all per process: its end closes the DDP group
+    # one run_all per launched process (its end closes the DDP group); a process alone runs both (~4 CPU s less)
+    calls = [("default", "bf16")] if world == 1 else [("default",), ("bf16",)]
+    worker = [__file__, "eval-spy", str(smoke_data_dir), str(jpeg_tarball), str(tmp_path)]
+    lines = [line for names in calls for line in run_worker([*worker, *names], world).stdout.splitlines()
+             if line.startswith('{"train"')]
+    default, asked = map(json.loads, lines)
     assert default["train"] == ["bfloat16"] and default["eval"] == ["float32"]
     assert default["eval_precision"] == "no" and default["precision"] == "bf16"
     assert default["mode"] == ("ddp" if world > 1 else "grid")
@@ -120,8 +134,9 @@ def test_evaluation_runs_in_fp32_under_bf16_training(smoke_data_dir, jpeg_tarbal
     assert default["run_key"] != asked["run_key"]  # the evaluation precision changes the measured error
 
 
-def _eval_spy_worker(data_dir: str, source: str, tmp: str, name: str) -> None:
+def _eval_spy_worker(data_dir: str, source: str, tmp: str, *names: str) -> None:
     import torch
+    from accelerate.state import AcceleratorState
 
     from bench import engine, run_all
 
@@ -143,18 +158,24 @@ def _eval_spy_worker(data_dir: str, source: str, tmp: str, name: str) -> None:
     torch.nn.modules.module.register_module_forward_hook(conv_output)
     engine.train_step = spying(engine.train_step, "train")
     engine.eval_step = spying(engine.eval_step, "eval")
-    out, ddp = Path(tmp) / name, int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched under accelerate
-    argv = ["--preset", "smoke", "--source", source, "--data-dir", data_dir, "--out", str(out), "--models",
-            "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", "--precision", "bf16",
-            *(["--mode", "ddp"] if ddp else []), *(["--eval-precision", "bf16"] if name == "bf16" else [])]
-    assert run_all.main(argv) == 0
-    (r,) = results.read_records(out)
-    if os.environ.get("RANK", "0") == "0":  # one line: the ranks' prints would interleave
-        print(json.dumps({"train": sorted(dtypes["train"]), "eval": sorted(dtypes["eval"]), "run_key": r["run_key"],
-                          "eval_precision": r["eval_precision"], "precision": r["precision"], "mode": r["mode"]}))
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched under accelerate
+    for name in names:
+        out = Path(tmp) / name
+        argv = ["--preset", "smoke", "--source", source, "--data-dir", data_dir, "--out", str(out), "--models",
+                "strided-a", "--lrs", "0.05", "--epochs", "1", "--no-progress", "--backend", "tensor", "--precision",
+                "bf16", *(["--mode", "ddp"] if ddp else []), *(["--eval-precision", "bf16"] if name == "bf16" else [])]
+        for seen in dtypes.values():
+            seen.clear()
+        AcceleratorState._reset_state()  # a second run_all in this process asks for its own Accelerator
+        assert run_all.main(argv) == 0
+        (r,) = results.read_records(out)
+        if os.environ.get("RANK", "0") == "0":  # one line: the ranks' prints would interleave
+            print(json.dumps({"train": sorted(dtypes["train"]), "eval": sorted(dtypes["eval"]), "run_key": r["run_key"],
+                              "eval_precision": r["eval_precision"], "precision": r["precision"], "mode": r["mode"]}),
+                  flush=True)
 
 
-def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_path):
+def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_path, capsys, fresh_accelerator):
     """A 2-run grid with --log-with tensorboard: two runs with readable names, plain scalar tags, typed hparams with
     the final metrics (what TensorBoard's HParams view reads); a rerun with nothing to train writes nothing. The
     output captured here is not a terminal: plain lines, no bars or control codes, and the end-of-grid summary."""
@@ -165,14 +186,14 @@ def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_
     argv = ["--preset", "smoke", "--source", str(jpeg_tarball), "--data-dir", str(smoke_data_dir), "--out", str(out),
             "--models", "strided-a", "--lrs", "0.05", "0.01", "--epochs", "2", "--backend", "tensor", "--log-with",
             "tensorboard", "--batch-size", "32"]
-    p = run_py(argv)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "\r" not in p.stdout and "\x1b" not in p.stdout
-    assert "resolved configuration" not in p.stdout and "preset smoke; differs: models=strided-a" in p.stdout
-    assert "strided-a lr=0.05 seed=0 epoch 2/2: loss" in p.stdout and "% (loss " in p.stdout  # each evaluated epoch
-    assert "grid of 2 runs: 2 completed" in p.stdout
-    assert f"next: python -m reports --results {out} --out {out / 'report'}" in p.stdout
-    assert p.stdout.count(f"tensorboard --logdir {out / 'logs'}") == 1
+    code, stdout = run_here(argv, capsys)
+    assert code == 0
+    assert "\r" not in stdout and "\x1b" not in stdout
+    assert "resolved configuration" not in stdout and "preset smoke; differs: models=strided-a" in stdout
+    assert "strided-a lr=0.05 seed=0 epoch 2/2: loss" in stdout and "% (loss " in stdout  # each evaluated epoch
+    assert "grid of 2 runs: 2 completed" in stdout
+    assert f"next: python -m reports --results {out} --out {out / 'report'}" in stdout
+    assert stdout.count(f"tensorboard --logdir {out / 'logs'}") == 1
 
     mux = EventMultiplexer().AddRunsFromDirectory(str(out / "logs"))
     mux.Reload()
@@ -187,8 +208,8 @@ def test_one_tensorboard_run_per_training_run(smoke_data_dir, jpeg_tarball, tmp_
         assert info.hparams["epochs"].number_value == 2 and info.hparams["model"].string_value == "strided-a"
         assert info.hparams["status"].string_value == "completed"
     files = sorted(p.name for p in (out / "logs").rglob("*"))
-    again = run_py([*argv, "--verbose"])
-    assert again.returncode == 0 and "resolved configuration:" in again.stdout
+    code, again = run_here([*argv, "--verbose"], capsys)
+    assert code == 0 and "resolved configuration:" in again
     assert sorted(p.name for p in (out / "logs").rglob("*")) == files
 
 
@@ -288,4 +309,4 @@ def test_run_all_help_shows_the_defaults_of_the_preset_in_use():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["eval-spy"]:
-        _eval_spy_worker(*sys.argv[2:6])
+        _eval_spy_worker(*sys.argv[2:])
