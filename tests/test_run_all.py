@@ -302,18 +302,24 @@ def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path, fresh_acc
     assert by_lr[0.01]["status"] == "completed"
 
 
-def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path):
+def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path, capsys, fresh_accelerator):
     """A run stopped after epoch 1 (--stall-after: at chance, checkpointed) and finished by a later invocation with
     other NOT_IN_KEY flags: its record once described only the finishing session (its flags, commit, start). Now
     `sessions` lists both, each with its own flags and first epoch, and started_at is the first one's."""
+    import torch
+
     out = tmp_path / "out"
     grid = ("--models", "strided-a", "--lrs", "1e-6", "--epochs", "3", "--backend", "tensor")
-    p = run_py(args(data, out, *grid, "--stall-after", "1", "--channels-last", "--no-deterministic"))
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert main(args(data, out, *grid, "--stall-after", "1", "--channels-last", "--no-deterministic")) == 0
     (stalled,) = results.read_records(out)
     assert stalled["status"] == "stalled" and [s["from_epoch"] for s in stalled["sessions"]] == [1]
-    p = run_py(args(data, out, *grid, "--no-channels-last", "--deterministic"))
-    assert p.returncode == 0 and "warning" not in p.stderr, p.stderr[-3000:]  # resumed, not set aside
+    capsys.readouterr()
+    try:  # in this process (two subprocesses' imports less): --deterministic is process-wide, so it is undone after
+        assert main(args(data, out, *grid, "--no-channels-last", "--deterministic")) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    err = capsys.readouterr().err
+    assert "warning" not in err, err[-3000:]  # resumed, not set aside
     (done,) = results.read_records(out)
     assert done["status"] == "completed" and done["history"][0] == stalled["history"][0]
     first, second = done["sessions"]
