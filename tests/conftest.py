@@ -66,6 +66,15 @@ def learning_data_dir(full_tarball, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def learning_arrays_dir(full_tarball, tmp_path_factory) -> Path:
+    """learning_data_dir's images without the FFCV files, for tensor-backend runs under `no_ffcv` (which keeps
+    prepare from adding them): writing them was ~3 of the ~8 CPU s of preparing. Read-only for tests."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "ffcv", None)
+        return _prepared_once(tmp_path_factory, full_tarball, "learning-arrays", subset_per_class=300, seed=0)
+
+
+@pytest.fixture(scope="session")
 def full_data_dir(full_tarball, tmp_path_factory) -> Path:
     """All 60,000 real images from the JPEG tarball, prepared once per test session (npy arrays, splits, and the
     .beton files when ffcv is importable). Read-only for tests: copy it before changing anything."""

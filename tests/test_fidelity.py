@@ -51,13 +51,13 @@ def paper(data_dir, source, out, *extra, per_class=10) -> list[str]:
             str(per_class), "--out", str(out), "--lr-drops", "--no-progress", "--backend", "tensor", *extra]
 
 
-def test_training_learns(learning_data_dir, jpeg_tarball, tmp_path, capsys, fresh_accelerator):
+def test_training_learns(learning_arrays_dir, jpeg_tarball, tmp_path, capsys, fresh_accelerator, no_ffcv):
     """The whole path (prepare, GCN+ZCA, loader, Strided-CNN-A, SGD at the paper's LR 0.05, momentum, weight decay,
     dropout, caffe-xavier) leaves chance on 3,000 real images in 141 steps, without the final ReLU (the `head`
     ablation's other arm). Measured here: training accuracy 9.8, 11.4, 17.0% in epochs 1-3, test error 79.9%
     (reports/measured/cpu-learning-start-2026-11-27.txt). A label, whitening or update bug keeps it at ~90%."""
     out = tmp_path / "out"
-    code, _ = run_here(paper(learning_data_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "0.05",
+    code, _ = run_here(paper(learning_arrays_dir, jpeg_tarball, out, "--models", "strided-a", "--lrs", "0.05",
                              "--no-final-relu", "--epochs", "3", "--batch-size", "64", "--precision", "no",
                              "--eval-every", "3", "--eval-last", "0", "--no-diagnose", per_class=300), capsys)
     assert code == 0  # diagnosis (tests/test_diagnose.py) would add ~6 s
