@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -149,6 +150,19 @@ def free_port():
             lock.release()
         return
     raise RuntimeError("no free port in 21000-22999")
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """Many tests call `bench/run_all.py`'s main in this process: it installs its SIGTERM/SIGINT handlers (stop at
+    the next step boundary) and a signal leaves STOP requested. Each test leaves both as it found them, so a later
+    in-process run is not stopped by an earlier one's signal and this worker still dies of SIGTERM."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    if (run_all := sys.modules.get("bench.run_all")) is not None:
+        run_all.STOP.update(requested=False, signal=signal.SIGTERM)
 
 
 @pytest.fixture

@@ -298,7 +298,8 @@ def test_diverged_run_is_recorded_and_the_grid_goes_on(data, tmp_path, fresh_acc
     assert by_lr[0.01]["status"] == "completed"
 
 
-def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path, capsys, fresh_accelerator):
+def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path, capsys, monkeypatch,
+                                                                fresh_accelerator):
     """A run stopped after epoch 1 (--stall-after: at chance, checkpointed) and finished by a later invocation with
     other NOT_IN_KEY flags: its record once described only the finishing session (its flags, commit, start). Now
     `sessions` lists both, each with its own flags and first epoch, and started_at is the first one's."""
@@ -310,6 +311,7 @@ def test_a_run_resumed_in_another_session_records_both_sessions(data, tmp_path, 
     (stalled,) = results.read_records(out)
     assert stalled["status"] == "stalled" and [s["from_epoch"] for s in stalled["sessions"]] == [1]
     capsys.readouterr()
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what --deterministic sets, undone after the test
     try:  # in this process (two subprocesses' imports less): --deterministic is process-wide, so it is undone after
         assert main(args(data, out, *grid, "--no-channels-last", "--deterministic")) == 0
     finally:
