@@ -86,9 +86,11 @@ def _device_of(net) -> torch.device:
 def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoch_state: dict | None,
                     history: list, extra: dict, distributed: bool) -> None:
     """Model, optimizer, grad scaler, every rank's RNG state, the epoch (the LR schedule is a function of it), a
-    part-done epoch's sums, and the history. Every rank must call it in DDP mode (the RNG states are gathered);
-    only the main process (or, in grid mode, the process running the run) writes, with `files.atomic_write`
-    (a failed write, e.g. a full disk, leaves the previous checkpoint and raises `files.WriteError` on every rank)."""
+    part-done epoch's sums, and the history; `extra` gains `run_key`, the file's stem (checkpoints are named by
+    their run's key), which binds the file to its run (`check_progress`). Every rank must call it in DDP mode (the
+    RNG states are gathered); only the main process (or, in grid mode, the process running the run) writes, with
+    `files.atomic_write` (a failed write, e.g. a full disk, leaves the previous checkpoint and raises
+    `files.WriteError` on every rank)."""
     state = rng_state(_device_of(net))
     rngs = gather_object([state]) if distributed else [state]
     error = None
@@ -97,7 +99,7 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
         blob = {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rngs, "epoch": epoch,
                 "epoch_state": epoch_state,
-                "history": history, "extra": extra}
+                "history": history, "extra": dict(extra, run_key=path.stem)}
         try:
             atomic_write(path, lambda f: torch.save(blob, f))
         except WriteError as e:
@@ -109,7 +111,7 @@ def save_checkpoint(path: Path, accelerator, net, optimizer, *, epoch: int, epoc
         raise WriteError(*error)
 
 
-def _check_matches(blob, net, optimizer, lr_at=None) -> None:
+def _check_matches(blob, net, optimizer, lr_at=None, key=None) -> None:
     """Raise ValueError unless `blob` is a checkpoint of this run: its parts present, the model's keys and shapes,
     the optimizer's parameter groups and its per-parameter state shapes the same as the freshly built ones."""
     check_model(blob, net)
@@ -124,7 +126,7 @@ def _check_matches(blob, net, optimizer, lr_at=None) -> None:
             raise ValueError("optimizer state does not match this run's parameter shapes")
     if not isinstance(blob["rng"], list) or not isinstance(blob["extra"], dict):
         raise ValueError("epoch, RNG state or timings malformed")
-    check_progress(blob, lr_at)
+    check_progress(blob, lr_at, key)
 
 
 def check_model(blob, net) -> None:
@@ -138,15 +140,18 @@ def check_model(blob, net) -> None:
         raise ValueError("model weights do not match this run's model (keys or shapes differ)")
 
 
-def check_progress(blob: dict, lr_at=None) -> None:
+def check_progress(blob: dict, lr_at=None, key: str | None = None) -> None:
     """Raise ValueError unless the checkpoint's progress agrees with itself: an epoch counter equal to its history's
     length, each entry with all `HISTORY_KEYS`, timing sums its run's record takes (`_timings_ok`: a NaN there
     failed the run after its last epoch, on every rerun), and a part-done epoch (if any) holding what
     `engine.EpochState.to_dict` writes: counts, seconds and 0-dim sums (None before the first step); sessions as
     `bench.schema.valid_sessions` takes them; and given `lr_at(epoch)`, the run's LR in each epoch (from 0), a
     history at those LRs (a checkpoint of another run of the same network, another LR, was resumed as this one's,
-    its record then claiming an LR it was not trained at). Checked before any rank resumes it (and by bench.plan):
-    in DDP mode only rank 0 takes the sums, so a bad value must not reach rank 0 alone (the others would wait)."""
+    its record then claiming an LR it was not trained at); given the run's `key`, the run the checkpoint says it is
+    of (`extra["run_key"]`; files written before 2026-12-05 have none and pass), which tells apart what the other
+    checks cannot: a renamed checkpoint of the same network at the same LR (another seed, another ablation arm).
+    Checked before any rank resumes it (and by bench.plan): in DDP mode only rank 0 takes the sums, so a bad value
+    must not reach rank 0 alone (the others would wait)."""
     if not isinstance(blob["epoch"], int) or isinstance(blob["epoch"], bool) or blob["epoch"] < 0:
         raise ValueError("epoch, RNG state or timings malformed")
     history = blob["history"]
@@ -162,6 +167,9 @@ def check_progress(blob: dict, lr_at=None) -> None:
         raise ValueError("its history's learning rates are not this run's (a checkpoint of another run)")
     if not _timings_ok(blob.get("extra")):
         raise ValueError("its timings are not numbers the run's record accepts (finite, >= 0, at most 1e12)")
+    if key is not None and blob["extra"].get("run_key", key) != key:
+        raise ValueError(f"it is the checkpoint of run {str(blob['extra']['run_key'])[:40]!r}, not of {key!r} "
+                         "(a renamed file)")
     if "sessions" in blob["extra"] and not valid_sessions(blob["extra"]["sessions"], blob["epoch"] + 1):
         raise ValueError("its sessions are not what bench.runs.session writes (bench.schema.valid_sessions)")
     es = blob.get("epoch_state")
@@ -187,7 +195,7 @@ def progress(path: Path, lr_at=None, net=None) -> dict:
     file as read}. ValueError, one line starting "unreadable checkpoint" or "malformed checkpoint", for a file
     run_all would set aside (its history included: a report draws it; not a regular file: `read_bytes`; given
     `lr_at`, a history at other LRs: `check_progress`; given `net`, the run's freshly built network, another
-    network's weights: `check_model`)."""
+    network's weights: `check_model`; a file named for another run than its own: `check_progress`)."""
     import hashlib
 
     data, blob = read(path)
@@ -198,7 +206,7 @@ def progress(path: Path, lr_at=None, net=None) -> dict:
     try:
         if net is not None:
             check_model(blob, net)
-        check_progress(blob, lr_at)
+        check_progress(blob, lr_at, path.stem)
     except Exception as e:  # noqa: BLE001  (a value no check foresaw: malformed all the same)
         raise ValueError(f"malformed checkpoint: {e if isinstance(e, ValueError) else type(e).__name__}") from None
     return {"epoch": blob["epoch"], "history": blob["history"], "wall_s": blob["extra"].get("wall_s"),
@@ -263,7 +271,7 @@ def load_checkpoint(path: Path, accelerator, net, optimizer, *, rank: int, world
     before = copy.deepcopy((net.state_dict(), optimizer.state_dict())), rng_state(device)
     try:
         blob = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
-        _check_matches(blob, net, optimizer, lr_at)
+        _check_matches(blob, net, optimizer, lr_at, path.stem)
         if len(blob["rng"]) == world:
             set_rng_state(blob["rng"][rank], device)
         net.load_state_dict(blob["model"])

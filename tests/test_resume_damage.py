@@ -74,6 +74,30 @@ def test_momentum_of_other_shapes_than_the_runs_parameters_is_set_aside(tmp_path
     assert checkpoint.load_checkpoint(path, Acc(), net, opt, rank=0, world=1) is None
     assert_set_aside(path, capsys, before, net)
 
+def test_a_checkpoint_named_for_another_run_is_set_aside(tmp_path, capsys):
+    """Checkpoints are named by run key, and nothing else told a renamed one of the same network at the same LR
+    apart (another seed or ablation arm: same shapes, same LRs): it resumed as the other run, whose record then
+    described training it never had. Each file now carries its run's key; bench.plan and the reports refuse it too.
+    A file written before it carried one (the committed campaign's) still resumes."""
+    mine = tmp_path / "0123456789abcdef.pt"
+    net, opt = saved(mine)
+    assert torch.load(mine, weights_only=True)["extra"]["run_key"] == "0123456789abcdef"
+    assert checkpoint.progress(mine)["epoch"] == 2
+    theirs = tmp_path / "fedcba9876543210.pt"
+    theirs.write_bytes(mine.read_bytes())
+    with pytest.raises(ValueError, match="malformed checkpoint: it is the checkpoint of run '0123456789abcdef', not "
+                                         "of 'fedcba9876543210'"):
+        checkpoint.progress(theirs)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert checkpoint.load_checkpoint(theirs, Acc(), net, opt, rank=0, world=1) is None
+    assert_set_aside(theirs, capsys, before, net)
+    assert checkpoint.load_checkpoint(mine, Acc(), net, opt, rank=0, world=1)["epoch"] == 2
+    blob = torch.load(mine, weights_only=True)
+    del blob["extra"]["run_key"]
+    torch.save(blob, theirs)
+    assert checkpoint.load_checkpoint(theirs, Acc(), net, opt, rank=0, world=1)["epoch"] == 2
+
+
 def quantized():
     return torch.quantize_per_tensor(torch.tensor(4.0), 1.0, 0, torch.qint8)
 
