@@ -129,11 +129,12 @@ def test_a_record_not_of_its_run_is_set_aside_when_the_run_is_claimed(tmp_path, 
 
 
 @pytest.mark.parametrize("change", [{"epochs_completed": 3}, {"error": "RuntimeError: CUDA out of memory"},
-                                    {"status": "diverged"}])
+                                    {"status": "diverged"}, {"history": []}])
 def test_a_final_status_its_record_belies_does_not_end_the_run(tmp_path, capsys, change):
     """A "completed" record of 3 of its 350 epochs (or one with an error; a diverged one saying no why) ended its
     run for good: run_all never trained it again, while the reports called it unfinished and bench.ingest refused
-    it. Now it is not counted as done (named once) and is set aside, as evidence, when the run is claimed."""
+    it. Now it is not counted as done (named once) and is set aside, as evidence, when the run is claimed. So is a
+    "completed" record of all its epochs whose history holds none of them (no curve, no last errors to report)."""
     key = "489234371f2401e9"
     record = json.loads((ROOT / "reports" / "measured" / "campaign" / "runs" / f"{key}.json").read_text())
     record.update(change)
