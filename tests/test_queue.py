@@ -151,6 +151,23 @@ def test_a_final_status_its_record_belies_does_not_end_the_run(tmp_path, capsys,
     assert json.loads((path.parent / ".invalid" / path.name).read_text()) == record
 
 
+def test_a_run_recorded_meanwhile_is_skipped_and_each_claim_is_released_when_the_next_is_asked_for(tmp_path):
+    """run_all lists the ledger once, at its start: a run another process has recorded since is skipped when its turn
+    comes, leaving no claim (else it is trained twice and its record replaced). A run's claim is released when the
+    loop asks for the next item, or is left (SIGTERM, a failed write): a process holds only the run it trains."""
+    recorded = "489234371f2401e9"
+    results.runs_dir(tmp_path).mkdir()
+    shutil.copy(ROOT / "reports" / "measured" / "campaign" / "runs" / f"{recorded}.json", results.runs_dir(tmp_path))
+    loop = workqueue.claimed([[("run", recorded)], [("run", "a")], [("run", "b")]], tmp_path, lease_s=3600)
+    ((_, key, first),) = next(loop)
+    assert key == "a" and first.held() and set(held_claims(tmp_path)) == {"a"}
+    ((_, key, second),) = next(loop)
+    assert key == "b" and second.held() and set(held_claims(tmp_path)) == {"b"}
+    loop.close()  # the loop is left
+    assert held_claims(tmp_path) == {} and not second.held()
+    assert [line[3:] for line in log_lines(tmp_path)] == [["claimed", "a"], ["claimed", "b"]]
+
+
 def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_claim(data, tmp_path):
     """12 runs, 3 plain processes started one after another; the first is SIGKILLed while it holds a claim and
     started again. Every run is recorded once, the dead claim is taken over, and claims go out longest first."""
