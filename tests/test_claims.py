@@ -106,13 +106,14 @@ def test_claim_from_another_host_expires_after_the_lease(tmp_path):
 @pytest.mark.parametrize("info", [{"host": claims.HOST, "pid": 2 ** 40}, {"host": claims.HOST, "pid": -1},
                                   {"host": claims.HOST, "pid": 0}, {"host": claims.HOST, "pid": 2 ** 22},
                                   {"host": claims.HOST, "pid": os.getppid(), "pid_start": ["1"]},
-                                  {"host": "x\n" * 1000, "pid": [1]}, "[" * 100_000, "fifo", "x" * 5000,
+                                  {"host": "x\n" * 1000, "pid": [1]}, [1, 2], "[" * 100_000, "fifo", "x" * 5000,
                                   "folder", "dangling link"])
 def test_a_claim_with_fields_no_live_process_here_has_is_judged_by_its_age(info, tmp_path, capsys):
     """A pid of 2**40 raised OverflowError in os.kill (bench.plan and run_all crashed); -1 and 0 (which os.kill takes
     as every process, this group) held the run forever; so did a pid_start no process has; deep nesting raised
-    RecursionError, and a FIFO hung both; a folder stopped run_all (unlink failed). Each is now a claim judged by
-    its heartbeat, named in one line; a folder is then set aside, not deleted."""
+    RecursionError, and a FIFO hung both; a folder stopped run_all (unlink failed); JSON that is no object (a list)
+    has no fields to read. Each is now a claim judged by its heartbeat, named in one line; a folder is then set
+    aside, not deleted."""
     from bench import plan
 
     path = claims.claims_dir(tmp_path) / "k.json"
