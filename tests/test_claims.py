@@ -102,6 +102,19 @@ def test_claim_from_another_host_expires_after_the_lease(tmp_path):
     assert claims.try_claim(tmp_path, "k", lease_s=3600) is not None
 
 
+def test_a_damaged_claim_is_stale_after_a_minute_whatever_the_lease(tmp_path):
+    """An empty claim (its owner died between create and write) names no process to ask: it is stale after
+    DAMAGED_LEASE_S (60 s) without a heartbeat, not after the whole lease (an hour by default, the run left
+    untrained that long); a readable claim of another host keeps the whole lease."""
+    empty, foreign = claims.claims_dir(tmp_path) / "empty.json", write_claim(tmp_path, "foreign", host="other", pid=1)
+    empty.write_bytes(b"")
+    for age, taken in ((30, False), (120, True)):
+        for path in (empty, foreign):
+            os.utime(path, (time.time() - age, time.time() - age))
+        assert (claims.try_claim(tmp_path, "empty", lease_s=3600) is not None) == taken, age
+        assert claims.try_claim(tmp_path, "foreign", lease_s=3600) is None
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("info", [{"host": claims.HOST, "pid": 2 ** 40}, {"host": claims.HOST, "pid": -1},
                                   {"host": claims.HOST, "pid": 0}, {"host": claims.HOST, "pid": 2 ** 22},
