@@ -115,6 +115,23 @@ def test_a_damaged_claim_is_stale_after_a_minute_whatever_the_lease(tmp_path):
         assert claims.try_claim(tmp_path, "foreign", lease_s=3600) is None
 
 
+def test_a_claim_of_a_process_that_exited_unreaped_is_taken_over(tmp_path):
+    """A process that has exited but is not yet reaped by its parent (a zombie: a launcher that is stopped or
+    stuck) keeps its pid and its start time in /proc, and os.kill(pid, 0) still succeeds: its claim is stale."""
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        start = claims._pid_start(child.pid)
+        assert start is not None
+        write_claim(tmp_path, "k", host=claims.HOST, pid=child.pid, pid_start=start, space=claims.SPACE)
+        assert claims.try_claim(tmp_path, "k", lease_s=3600) is not None
+    finally:
+        child.wait()
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("info", [{"host": claims.HOST, "pid": 2 ** 40}, {"host": claims.HOST, "pid": -1},
                                   {"host": claims.HOST, "pid": 0}, {"host": claims.HOST, "pid": 2 ** 22},
