@@ -132,6 +132,20 @@ def test_a_claim_of_a_process_that_exited_unreaped_is_taken_over(tmp_path):
         child.wait()
 
 
+def test_a_deleted_claim_is_lost_and_a_released_one_beats_on_as_a_no_op(tmp_path):
+    """A claim whose file is gone (deleted under a live process: any process may claim the run now) is lost at the
+    next heartbeat, so its owner stops rather than train the run beside another. A released claim (a run of a
+    fused group that ended early) heartbeats as held: the group's next checkpoint raises no ClaimLost for it."""
+    gone, ended = (claims.try_claim(tmp_path, key, lease_s=3600) for key in ("gone", "ended"))
+    gone.path.unlink()
+    assert not gone.heartbeat()
+    with pytest.raises(workqueue.ClaimLost, match="^gone taken over"):
+        workqueue.Checkpoints(0, [gone]).due(1, 3)
+    ended.release()
+    assert not (claims.claims_dir(tmp_path) / "ended.json").exists()
+    assert ended.heartbeat() and workqueue.Checkpoints(0, [ended]).due(1, 3)
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("info", [{"host": claims.HOST, "pid": 2 ** 40}, {"host": claims.HOST, "pid": -1},
                                   {"host": claims.HOST, "pid": 0}, {"host": claims.HOST, "pid": 2 ** 22},
