@@ -230,6 +230,18 @@ def test_fused_work_items_are_one_model_and_seed_at_its_lrs():
         assert all(len({(r.model, r.seed) for r, _ in item}) == 1 for item in got)
 
 
+def test_the_eta_is_training_and_evaluation_work_scaled_by_macs_and_spread_over_the_processes():
+    """run_all's ETA: each pending run's epochs x (training images + a third of the test images), in units of the
+    measured model (the first run) by forward MACs, at the measured rate on each of `world` processes."""
+    import allconv
+
+    runs = expand(parse_args(["--preset", "smoke", "--models", "strided-a", "allcnn-c", "--lrs", "0.1"]), "sha")
+    assert [(r.model, r.cfg.epochs) for r in runs] == [("strided-a", 2), ("allcnn-c", 2)]
+    images = {"train": 300, "test": 90}  # 330 images' work an epoch
+    eta = workqueue.eta_seconds([(r, r.key("sha")) for r in runs], images, rate=11.0, world=2)
+    assert eta == pytest.approx(2 * 330 * (1 + allconv.macs("allcnn-c") / allconv.macs("strided-a")) / 22)
+
+
 def test_cadences():
     paper = PRESETS["paper"]
     evaluated = [e for e in range(1, paper.epochs + 1) if paper.evaluates(e)]
