@@ -242,6 +242,17 @@ def test_the_eta_is_training_and_evaluation_work_scaled_by_macs_and_spread_over_
     assert eta == pytest.approx(2 * 330 * (1 + allconv.macs("allcnn-c") / allconv.macs("strided-a")) / 22)
 
 
+def test_a_failed_write_names_the_file_and_what_to_do():
+    """A full disk or a full quota (EDQUOT: a shared cluster's filesystem) asks for space; a read-only one, to
+    make it writable; either way the same command is rerun."""
+    import errno
+
+    for code, hint in ((errno.ENOSPC, "free space"), (errno.EDQUOT, "free space"), (errno.EROFS, "make it writable")):
+        line = workqueue.write_failed(OSError(code, os.strerror(code), "/out/runs/k.json"))
+        assert line == (f"error: cannot write /out/runs/k.json: {os.strerror(code)}; earlier records and checkpoints "
+                        f"are intact; {hint} and rerun the same command")
+
+
 def test_cadences():
     paper = PRESETS["paper"]
     evaluated = [e for e in range(1, paper.epochs + 1) if paper.evaluates(e)]
