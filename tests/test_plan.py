@@ -357,3 +357,23 @@ def test_a_checkpoint_of_a_network_of_other_widths_is_planned_as_set_aside(tmp_p
     assert plan.checkpoint_epoch(tmp_path / "other.pt", run) == (
         "malformed checkpoint: model weights do not match this run's model (keys or shapes differ): set aside, "
         "trains from epoch 0")
+
+
+def timed_like(run, **fields) -> dict:
+    """A finished record timed as `run` would be (its model and `plan.SAME_COST` fields), 10 s an epoch."""
+    config = {k: getattr(run.cfg, k) for k in plan.SAME_COST}
+    return {"status": "completed", "wall_time_s": 20.0, "epochs_completed": 2, "finished_at": "2025-01-02",
+            "device_name": "H100", "model": run.model, "mode": "grid", "world_size": 1, "fused_runs": 1,
+            "config": {**config, "cuda_graphs": False}, **fields}
+
+
+def test_a_throughput_file_scales_by_the_rates_at_the_runs_precision():
+    """Images/s at bf16 and at fp32 differ by model: a run is scaled by the rates measured at its own precision,
+    whatever order the file's rows come in (the fp32 run here: 3x Strided-CNN-A's time, not bf16's 1x)."""
+    cfg = parse_args(["--preset", "smoke", "--models", "strided-a", "allcnn-a", "--lrs", "0.1"])
+    timed, run = plan.expand(cfg)
+    assert run.model == "allcnn-a" and run.cfg.precision == "no"
+    seconds = plan.timings([timed_like(timed)])[0]
+    rates = {("allcnn-a", "no"): 100.0, ("strided-a", "no"): 300.0, ("allcnn-a", "bf16"): 900.0,
+             ("strided-a", "bf16"): 900.0}
+    assert plan.epoch_seconds(run, seconds, rates) == (pytest.approx(30.0), "benchmark")
