@@ -377,3 +377,14 @@ def test_a_throughput_file_scales_by_the_rates_at_the_runs_precision():
     rates = {("allcnn-a", "no"): 100.0, ("strided-a", "no"): 300.0, ("allcnn-a", "bf16"): 900.0,
              ("strided-a", "bf16"): 900.0}
     assert plan.epoch_seconds(run, seconds, rates) == (pytest.approx(30.0), "benchmark")
+
+
+def test_a_fused_plan_is_timed_by_fused_records_only():
+    """Under --fuse-lrs a run's seconds are its share of its group's (10 s an epoch here: a group of 2 runs that took
+    40 s over 2 epochs); a run trained alone takes its own, so neither times the other."""
+    fused = parse_args(["--preset", "smoke", "--models", "allcnn-a", "--lrs", "0.1", "0.05", "--fuse-lrs"])
+    alone = parse_args(["--preset", "smoke", "--models", "allcnn-a", "--lrs", "0.1"])
+    group = plan.expand(fused)
+    seconds = plan.timings([timed_like(group[0], wall_time_s=40.0, fused_runs=2)])[0]
+    assert [plan.epoch_seconds(run, seconds) for run in group] == [(10.0, ""), (10.0, "")]
+    assert plan.epoch_seconds(plan.expand(alone)[0], seconds) == (None, "")
