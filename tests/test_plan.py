@@ -388,3 +388,13 @@ def test_a_fused_plan_is_timed_by_fused_records_only():
     seconds = plan.timings([timed_like(group[0], wall_time_s=40.0, fused_runs=2)])[0]
     assert [plan.epoch_seconds(run, seconds) for run in group] == [(10.0, ""), (10.0, "")]
     assert plan.epoch_seconds(plan.expand(alone)[0], seconds) == (None, "")
+
+
+def test_a_record_of_no_completed_epoch_times_nothing():
+    """A finished record with seconds but no completed epoch (the schema allows one; run_all writes none, but a
+    ledger may hold a hand-made or ingested one) has no epoch to divide them by: it is left out of the timings,
+    not a ZeroDivisionError that stops the plan."""
+    (run,) = plan.expand(parse_args(["--preset", "smoke", "--models", "allcnn-a", "--lrs", "0.1"]))
+    early = timed_like(run, status="diverged", epochs_completed=0, wall_time_s=3.0, error="loss is nan")
+    assert plan.timings([early]) == ({}, None, 0)
+    assert plan.timings([early, timed_like(run)])[0] == {(run.model, *plan.run_cost(run)): 10.0}
