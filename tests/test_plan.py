@@ -398,3 +398,19 @@ def test_a_record_of_no_completed_epoch_times_nothing():
     early = timed_like(run, status="diverged", epochs_completed=0, wall_time_s=3.0, error="loss is nan")
     assert plan.timings([early]) == ({}, None, 0)
     assert plan.timings([early, timed_like(run)])[0] == {(run.model, *plan.run_cost(run)): 10.0}
+
+
+def test_the_summary_counts_what_is_left_and_what_has_no_estimate():
+    """The time left sums the runs with an estimate and says how many have none; a grid all recorded has no
+    time-left line, not "no estimate"."""
+    row = {"model": "allcnn-c", "lr": 0.1, "seed": 0, "arm": "", "key": "0" * 16, "state": "to train", "start": 0,
+           "epochs": 2, "seconds_left": 7200.0, "scaled": ""}
+    done = {**row, "state": "completed 9.00%", "start": None, "seconds_left": None}
+    resumed = {**row, "state": "resumes at epoch 1", "start": 1, "seconds_left": None}
+    summary = {"device": "H100", "timed": 1, "throughput": None, "throughput_unused": None,
+               "other_checkpoints": ("checkpoints", 0, 0)}
+    lines = plan.render([done, row, resumed], summary).splitlines()
+    assert lines[-2] == "3 runs: 1 recorded, 1 to train, 1 to resume"
+    assert lines[-1].startswith("time left: 2.0 h of training on one process of H100, from 1 run(s) it recorded")
+    assert "; 1 run(s) without an estimate; " in lines[-1]
+    assert plan.render([done], summary).splitlines()[-1] == "1 run: 1 recorded, 0 to train, 0 to resume"
