@@ -230,6 +230,18 @@ def test_fused_work_items_are_one_model_and_seed_at_its_lrs():
         assert all(len({(r.model, r.seed) for r, _ in item}) == 1 for item in got)
 
 
+def test_a_claim_that_cannot_be_read_for_a_moment_is_still_held(tmp_path, monkeypatch):
+    """An I/O error reading the claim at a heartbeat (a shared filesystem's hiccup) is not a takeover: a run of
+    hours goes on rather than stop for another process that does not exist."""
+    claim = claims.try_claim(tmp_path, "k", lease_s=3600)
+
+    def hiccup(self):
+        raise OSError(5, "Input/output error", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", hiccup)
+    assert claim.heartbeat() and workqueue.Checkpoints(0, [claim]).due(1, 3)
+
+
 def test_the_eta_is_training_and_evaluation_work_scaled_by_macs_and_spread_over_the_processes():
     """run_all's ETA: each pending run's epochs x (training images + a third of the test images), in units of the
     measured model (the first run) by forward MACs, at the measured rate on each of `world` processes."""
