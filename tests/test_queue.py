@@ -168,6 +168,19 @@ def test_a_run_recorded_meanwhile_is_skipped_and_each_claim_is_released_when_the
     assert [line[3:] for line in log_lines(tmp_path)] == [["claimed", "a"], ["claimed", "b"]]
 
 
+def test_a_failed_record_of_its_own_run_is_left_for_the_runs_new_record(tmp_path, capsys):
+    """A run that failed is trained again and its new record replaces the failed one: it is its run's, so claiming
+    the run neither sets it aside as another's nor names it."""
+    key = "489234371f2401e9"
+    record = json.loads((ROOT / "reports" / "measured" / "campaign" / "runs" / f"{key}.json").read_text())
+    path = results.runs_dir(tmp_path) / f"{key}.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**record, "status": "failed", "error": "RuntimeError: CUDA error: unknown error"}))
+    (members,) = workqueue.claimed([[("run", key)]], tmp_path, lease_s=3600)
+    assert [k for _, k, _ in members] == [key] and path.is_file() and not (path.parent / ".invalid").exists()
+    assert capsys.readouterr().err == ""
+
+
 def test_three_independent_processes_share_the_grid_and_take_over_a_killed_ones_claim(data, tmp_path):
     """12 runs, 3 plain processes started one after another; the first is SIGKILLed while it holds a claim and
     started again. Every run is recorded once, the dead claim is taken over, and claims go out longest first."""
