@@ -344,6 +344,25 @@ def test_a_stalled_or_failed_record_is_planned_as_trained_again(ledger):
         path.write_bytes(before)
 
 
+def test_a_diverged_record_is_planned_as_done_even_while_its_claim_is_held(ledger):
+    """A diverged run ends for good (workqueue.DONE) with no test error (its last epoch is not evaluated): the plan
+    says "diverged", not a crash formatting None. A live claim on a recorded run (its process releases it just
+    after writing the record) does not make it "being trained"."""
+    out, options = ledger
+    record, = results.read_records(out)
+    path = results.runs_dir(out) / f"{record['run_key']}.json"
+    before = path.read_bytes()
+    claim = claims.try_claim(out, record["run_key"], lease_s=3600)
+    try:
+        path.write_text(json.dumps({**record, "status": "diverged", "error": "loss is nan in epoch 2",
+                                    "test_error_pct": None}))
+        (row,), _ = plan.plan(parse_args(options + ["--lrs", "0.05"]))
+        assert (row["state"], row["start"], row["seconds_left"]) == ("diverged", None, None)
+    finally:
+        claim.release()
+        path.write_bytes(before)
+
+
 def test_a_checkpoint_of_a_network_of_other_widths_is_planned_as_set_aside(tmp_path):
     """All-CNN-B's weights under All-CNN-C's names (the same keys, other shapes): run_all sets the checkpoint aside,
     so the plan must not say "resumes at epoch 1" (checkpoint.check_model compares the shapes, not the keys only)."""
