@@ -255,7 +255,8 @@ def test_the_eta_is_training_and_evaluation_work_scaled_by_macs_and_spread_over_
     assert eta == pytest.approx(2 * 330 * (1 + allconv.macs("allcnn-c") / allconv.macs("strided-a")) / 22)
     (paper,) = expand(parse_args(["--models", "strided-a", "--lrs", "0.1"]), "sha")
     assert sum(paper.cfg.evaluates(n) for n in range(1, 351)) == 44  # every 10th, and the last 10 (350 is both)
-    assert workqueue.eta_seconds([(paper, "k")], images, rate=11.0, world=1) == pytest.approx((350 * 300 + 44 * 30) / 11)
+    eta = workqueue.eta_seconds([(paper, "k")], images, rate=11.0, world=1)
+    assert eta == pytest.approx((350 * 300 + 44 * 30) / 11)
 
 
 def test_a_failed_write_names_the_file_and_what_to_do():
