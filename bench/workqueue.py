@@ -27,12 +27,6 @@ def done_keys(out) -> set[str]:
     return {r["run_key"] for r in results.read_records(out) if final(out, r)}
 
 
-def recorded(out, key: str) -> bool:
-    """Whether `key` has a final record now (another process may have finished it since the ledger was listed)."""
-    record, _ = results.read_one(results.runs_dir(out) / f"{key}.json")
-    return record is not None and final(out, record)
-
-
 _misnamed: set[Path] = set()
 
 
