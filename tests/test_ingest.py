@@ -78,7 +78,9 @@ def test_a_calls_folder_comes_into_the_ledger_once(campaign, capsys):
     assert f"{out / 'notes.txt'} left out" in printed.err and not (ledger / "notes.txt").exists()
     before = tree(ledger)
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "2026-12-06-h100"]) == 0  # again: a no-op
-    assert capsys.readouterr().out == "nothing new\n" and tree(ledger) == before
+    again = capsys.readouterr()
+    assert again.out == "nothing new\n" and tree(ledger) == before
+    assert "differs" not in again.err and "further on" not in again.err  # its own records, its own checkpoint
 
 
 def test_a_dry_run_says_the_same_and_changes_nothing(campaign, capsys):
