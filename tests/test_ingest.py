@@ -144,6 +144,7 @@ def test_an_older_checkpoint_does_not_replace_a_further_one(campaign, capsys):
     shutil.copy(CAMPAIGN / "checkpoints" / f"{LR01}.pt", out)
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     assert f"checkpoint {LR01}: epoch 238 (was 10)" in capsys.readouterr().out
+    assert not (ledger / "checkpoints" / ".invalid").exists()  # an older checkpoint is no damage: not kept aside
 
 
 def gnu_long_names(n: int) -> bytes:
