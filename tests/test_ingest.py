@@ -157,7 +157,7 @@ def gnu_long_names(n: int) -> bytes:
     return buf.getvalue()[:1024] * n + buf.getvalue()
 
 
-@pytest.mark.parametrize("case", ["no folder", "bad name", "not gzip", "bomb", "name taken", "nested headers",
+@pytest.mark.parametrize("case", ["no folder", "bad name", "a slash in the name", "not gzip", "bomb", "name taken", "nested headers",
                                   "logs a file", "damaged header", "no ledger"])
 def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
     ledger, out = campaign
@@ -166,6 +166,8 @@ def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch
         args[0] = str(out / "missing")
     elif case == "bad name":
         args[-1] = "../n"
+    elif case == "a slash in the name":  # throughput-n/../../x.json: a file outside the ledger
+        args[-1] = "n/../../x"
     elif case == "not gzip":
         (out / "ledger.tar.gz").write_bytes(b"PK\x03\x04 not a tarball")
     elif case == "bomb":
