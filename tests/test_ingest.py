@@ -209,10 +209,13 @@ def test_a_link_in_the_folder_is_left_out_not_followed(campaign, capsys):
     (out / "campaign.txt").unlink()
     (out / "campaign.txt").symlink_to(ledger.parent / "secret")  # any file of this machine, into the commit
     (ledger.parent / "secret").write_text("not the call's")
+    (out / "ledger.tar.gz").rename(ledger.parent / "elsewhere.tar.gz")  # valid records, elsewhere
+    (out / "ledger.tar.gz").symlink_to(ledger.parent / "elsewhere.tar.gz")
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     err = capsys.readouterr().err
     assert f"{out / 'campaign.txt'} left out (a link" in err and f"{out / LR01}.pt left out (a link" in err
     assert not (ledger / "logs" / "n.txt").exists() and not (ledger / "checkpoints" / f"{LR01}.pt").exists()
+    assert f"{out / 'ledger.tar.gz'} left out (a link" in err and not (ledger / "runs" / f"{LR001}.json").exists()
 
 
 def test_a_record_archived_twice_differently_is_left_out(campaign, capsys):
