@@ -232,7 +232,9 @@ def test_the_report_command_names_the_12_variants_throughput_not_the_graphed_one
     ledger, out = campaign
     shutil.copy(out / "throughput.json", out / "throughput-graphs.json")  # campaign.sh's: All-CNN-C graphed only
     shutil.copy(out / "throughput.json", ledger / "throughput-graphs-old.json")
-    os.utime(ledger / "throughput-graphs-old.json", (2e9, 2e9))  # newer than anything (a checkout's order)
+    shutil.copy(out / "throughput.json", ledger / "throughput-old.json")  # another call's
+    for old in ("throughput-graphs-old.json", "throughput-old.json"):
+        os.utime(ledger / old, (2e9, 2e9))  # newer than anything (a checkout's order)
     assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
     said = capsys.readouterr().out.splitlines()[-1]
     assert said.startswith(f"next: python -m reports --results {ledger} --out {ledger / 'report'} --throughput "
