@@ -289,3 +289,17 @@ def test_a_records_strings_cannot_break_its_line(campaign, capsys):
     said = capsys.readouterr().out.splitlines()
     assert f"record {key}: mine removed everything lr 0.01 seed 0 completed 17.19%" in said
     assert not any(line.startswith("removed everything") for line in said)
+
+
+def test_a_checkpoint_comes_in_where_the_ledger_has_none_unless_its_run_is_over(campaign, capsys):
+    """A returned checkpoint of a run the ledger holds no checkpoint of comes in; one of a run that is over (its
+    final record in the ledger, or in the archive beside it) stays out: the reports would count it still training."""
+    ledger, out = campaign
+    for key in (LR01, LR001):
+        (ledger / "checkpoints" / f"{key}.pt").unlink()
+    for key in (LR005, LR001):
+        shutil.copy(out / f"{LR01}.pt", out / f"{key}.pt")
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert f"checkpoint {LR01}: epoch 238" in capsys.readouterr().out.splitlines()
+    assert [p.name for p in (ledger / "checkpoints").iterdir()] == [f"{LR01}.pt"]
+    assert (ledger / "checkpoints" / f"{LR01}.pt").read_bytes() == (out / f"{LR01}.pt").read_bytes()
