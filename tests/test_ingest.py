@@ -303,3 +303,14 @@ def test_a_checkpoint_comes_in_where_the_ledger_has_none_unless_its_run_is_over(
     assert f"checkpoint {LR01}: epoch 238" in capsys.readouterr().out.splitlines()
     assert [p.name for p in (ledger / "checkpoints").iterdir()] == [f"{LR01}.pt"]
     assert (ledger / "checkpoints" / f"{LR01}.pt").read_bytes() == (out / f"{LR01}.pt").read_bytes()
+
+
+def test_a_damaged_ledger_checkpoint_is_set_aside_and_replaced(campaign, capsys):
+    """The ledger's checkpoint that run_all would set aside is replaced by the returned one, and kept in
+    checkpoints/.invalid/ as run_all keeps it (evidence, never deleted)."""
+    ledger, out = campaign
+    (ledger / "checkpoints" / f"{LR01}.pt").write_bytes(b"damaged")
+    assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+    assert f"checkpoint {LR01}: epoch 238 (was damaged)" in capsys.readouterr().out.splitlines()
+    assert (ledger / "checkpoints" / f"{LR01}.pt").read_bytes() == (out / f"{LR01}.pt").read_bytes()
+    assert [p.read_bytes() for p in (ledger / "checkpoints" / ".invalid").iterdir()] == [b"damaged"]
