@@ -314,3 +314,17 @@ def test_a_damaged_ledger_checkpoint_is_set_aside_and_replaced(campaign, capsys)
     assert f"checkpoint {LR01}: epoch 238 (was damaged)" in capsys.readouterr().out.splitlines()
     assert (ledger / "checkpoints" / f"{LR01}.pt").read_bytes() == (out / f"{LR01}.pt").read_bytes()
     assert [p.read_bytes() for p in (ledger / "checkpoints" / ".invalid").iterdir()] == [b"damaged"]
+
+
+def test_a_failed_record_comes_in_and_its_runs_checkpoint_stays(campaign, capsys):
+    """run_all trains a failed run again from its checkpoint: a returned failed record goes into the ledger (and
+    replaces an older failed one, a valid record not set aside), and the run's checkpoint is kept."""
+    ledger, out = campaign
+    failed = {**json.loads(record_bytes(LR001)), "status": "failed", "error": "RuntimeError: CUDA out of memory"}
+    for error in ("RuntimeError: CUDA out of memory", "RuntimeError: again"):
+        failed["error"] = error
+        tar_gz(out / "ledger.tar.gz", {f"runs/{LR001}.json": json.dumps(failed).encode()})
+        assert ingest.main([str(out), "--ledger", str(ledger), "--name", "n"]) == 0
+        assert f"record {LR001}: allcnn-c lr 0.01 seed 0 failed 17.19%" in capsys.readouterr().out
+        assert json.loads((ledger / "runs" / f"{LR001}.json").read_bytes()) == failed
+        assert (ledger / "checkpoints" / f"{LR001}.pt").exists() and not (ledger / "runs" / ".invalid").exists()
