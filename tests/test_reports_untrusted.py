@@ -59,6 +59,9 @@ def test_a_record_string_that_a_spreadsheet_would_run_is_quoted_in_every_csv(tmp
 @pytest.mark.parametrize("damage, why", [
     (lambda r: r.update(test_error_pct="NUMBER 1e400"), "out of range"),  # JSON parses it to infinity
     (lambda r: r.update(test_error_pct="NUMBER 1" + "0" * 400), "out of range"),  # an int beyond any float
+    (lambda r: r.update(newer="NUMBER 1e400"), "out of range"),  # a newer writer's field: the schema allows any
+    (lambda r: r["config"].update(newer="NUMBER 1" + "0" * 400), "out of range"),  # a config value: any number
+    (lambda r: r.update(newer="NUMBER NaN"), "NaN is not valid JSON"),
     (lambda r: r["history"][0].update(seconds="12s"), "history"),
     (lambda r: r.update(grid={"models": [["allcnn-c"]]}), "grid"),
     (lambda r: r["config"].update(weight_decay={"a": 1}), "config values"),
