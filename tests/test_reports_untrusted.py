@@ -98,6 +98,21 @@ def test_a_record_under_another_runs_file_name_is_set_aside(tmp_path, capsys):
     assert "does not match the file name" in capsys.readouterr().err and not path.exists()
 
 
+def test_the_ledger_hash_names_the_records_bytes_and_the_checkpoints_read(tmp_path):
+    """ledger_sha256 names the exact ledger a report came from: the same files elsewhere give the same hash, a
+    record rewritten in place (the same run and file name, another finish time) another, as does a checkpoint read."""
+    good = record(lr=0.1, test=9.5)
+    folder = write_ledger(tmp_path / "results", [good])
+    before = results.ledger_sha256(folder)
+    assert results.ledger_sha256(write_ledger(tmp_path / "copy", [good])) == before
+    assert results.ledger_sha256(folder, [("0123456789abcdef.pt", "ab" * 32)]) != before
+    path = results.runs_dir(folder) / f"{good['run_key']}.json"
+    path.write_text(json.dumps(json.loads(path.read_text())))  # the same record, other bytes (no indentation)
+    assert results.ledger_sha256(folder) != before
+    write_ledger(folder, [dict(good, finished_at="2026-11-21T10:00:00+00:00")])
+    assert results.ledger_sha256(folder) != before
+
+
 def test_numbers_at_the_records_bounds_are_shown_and_beyond_them_set_aside(tmp_path, capsys):
     """bench.results bounds a record's numbers (an error within 0-100%, images/s up to 1e12): records at the bounds
     make a report, records beyond them (1e30%, 1e300 img/s: they overflowed the tables) are set aside."""
