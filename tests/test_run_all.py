@@ -349,6 +349,10 @@ def test_the_code_digest_names_the_training_code_whatever_git_says(tmp_path):
     with (tmp_path / "allconv" / "specs.py").open("a") as f:
         f.write("\n")
     assert results.code_sha256(tmp_path) != results.code_sha256()
+    edited = results.code_sha256(tmp_path)
+    with (tmp_path / "loaders" / "prepare.py").open("a") as f:  # the data pipeline trains a run too
+        f.write("\n")
+    assert results.code_sha256(tmp_path) != edited
 
 
 # ---- bad inputs: one line on stderr starting "error: ", exit status 2, no record ----
