@@ -157,8 +157,8 @@ def gnu_long_names(n: int) -> bytes:
     return buf.getvalue()[:1024] * n + buf.getvalue()
 
 
-@pytest.mark.parametrize("case", ["no folder", "bad name", "a slash in the name", "not gzip", "bomb", "name taken", "nested headers",
-                                  "logs a file", "damaged header", "no ledger"])
+@pytest.mark.parametrize("case", ["no folder", "bad name", "a slash in the name", "not gzip", "bomb", "name taken",
+                                  "nested headers", "logs a file", "damaged header", "no ledger"])
 def test_bad_input_is_one_line_and_changes_nothing(campaign, capsys, monkeypatch, case):
     ledger, out = campaign
     args = [str(out), "--ledger", str(ledger), "--name", "n"]
