@@ -113,6 +113,17 @@ def test_the_ledger_hash_names_the_records_bytes_and_the_checkpoints_read(tmp_pa
     assert results.ledger_sha256(folder) != before
 
 
+def test_a_hidden_file_in_runs_is_neither_read_nor_set_aside(tmp_path, capsys):
+    """A name starting with "." is no ledger file (a copy's `._<key>.json`, macOS's AppleDouble): it is not read,
+    named or moved, so a report does not count it among the files set aside."""
+    good = record(lr=0.1, test=9.5)
+    folder = write_ledger(tmp_path / "results", [good])
+    hidden = results.runs_dir(folder) / f"._{good['run_key']}.json"
+    hidden.write_bytes(b"\x00\x05\x16\x07 resource fork")
+    assert [r["run_key"] for r in results.read_records(folder)] == [good["run_key"]]
+    assert hidden.exists() and capsys.readouterr().err == ""
+
+
 def test_numbers_at_the_records_bounds_are_shown_and_beyond_them_set_aside(tmp_path, capsys):
     """bench.results bounds a record's numbers (an error within 0-100%, images/s up to 1e12): records at the bounds
     make a report, records beyond them (1e30%, 1e300 img/s: they overflowed the tables) are set aside."""
