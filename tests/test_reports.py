@@ -427,3 +427,15 @@ def test_by_lr_cells_are_seed_means_and_name_diverged_runs(tmp_path):
     assert list(by_lr["status"]) == ["ok", "diverged", "diverged 1/2"]
     shown = formats.display_by_lr(by_lr.reset_index()).iloc[0]
     assert list(shown) == ["All-CNN-C", "9.37 ± 0.55 (n=3)", "diverged", "11.00; diverged 1/2"]
+
+
+def test_an_ablation_arm_names_the_requested_lrs_it_has_not_run(tmp_path):
+    """The command asked for LRs 0.1 and 0.05; the BN arm has run only 0.05. Its 8.9 is a partial result, with
+    0.1 named as missing, as Table 3's cells are (the arm's grid is the requested one, not only what ran)."""
+    grid = {"models": ["allcnn-c"], "lrs": [0.1, 0.05], "seeds": [0]}
+    recs = [record(lr=0.1, test=9.5, grid=grid), record(lr=0.05, test=9.3, grid=grid),
+            record(lr=0.05, test=8.9, bn=True, grid=grid)]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
+    assert (bn.loc["dropout, no BN (paper)", "status"], bn.loc["BN + dropout", "status"]) == ("ok", "partial")
+    assert bn.loc["BN + dropout", "not_measured"] == "0.1 missing" and bn.loc["BN + dropout", "error_pct"] == 8.9
