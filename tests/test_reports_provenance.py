@@ -80,3 +80,15 @@ def test_run_keys_that_look_like_numbers_read_back_as_written(tmp_path):
     t3 = t3.assign(run_keys=pd.array(["1234567812345678", "12345678e1234567"] + [None] * (len(t3) - 2), "string"))
     formats.write_csv(t3, tmp_path / "table3.csv", "sha")
     pd.testing.assert_frame_equal(formats.read_csv(tmp_path / "table3.csv"), t3, check_dtype=False)
+
+
+def test_run_keys_leave_out_an_unfinished_seed_at_the_selected_lr(tmp_path):
+    """Seed 1 at LR 0.05 is "completed" after 2 of its 3 epochs (unfinished: outcome) yet records a test error: it
+    is not in the cell's number (9.2, one seed), so its key is not among the runs behind it either."""
+    early = record(lr=0.05, seed=1, test=8.0)
+    early.update(epochs_completed=2, history=early["history"][:2])
+    recs = [record(lr=0.05, seed=0, test=9.2), early]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
+    assert (row["error_pct"], row["n_seeds"], row["status"]) == (9.2, 1, "partial")
+    assert row["run_keys"] == recs[0]["run_key"]
