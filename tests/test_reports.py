@@ -440,3 +440,12 @@ def test_an_ablation_arm_names_the_requested_lrs_it_has_not_run(tmp_path):
     bn = ablation_table(led.df, "bn-dropout", led.reference).set_index("arm")
     assert (bn.loc["dropout, no BN (paper)", "status"], bn.loc["BN + dropout", "status"]) == ("ok", "partial")
     assert bn.loc["BN + dropout", "not_measured"] == "0.1 missing" and bn.loc["BN + dropout", "error_pct"] == 8.9
+
+
+def test_the_shown_lr_is_the_test_protocols_and_s_per_epoch_leaves_out_the_first(t3):
+    """Model A's LR 0.1 (best on test) is shown in the LR column, though nothing of it trained on train45k (no val5k
+    LR). s/epoch is the median of the epochs after the first (11, 12, 13 s: 12.5, not 12)."""
+    shown = formats.display_table3(t3.reset_index()).set_index("Model")
+    assert shown.loc["Model A", "LR"] == "0.1" and shown.loc["All-CNN-C", "LR"] == "0.05"
+    assert t3.loc["allcnn-c", "epoch_s"] == 12.5
+    assert formats.display_details(t3.reset_index()).set_index("Model").loc["All-CNN-C", "s/epoch"] == "12.5"
