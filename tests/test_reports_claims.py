@@ -233,3 +233,21 @@ def test_the_best_of_table3_is_inconclusive_where_a_comparison_is_whatever_the_g
     others["model-a"], others["model-b"] = {0.05: [12.0, 12.1]}, {0.1: [9.0, 9.2], 0.05: [9.0, 9.2]}
     c = claims_on_a_grid(tmp_path, {**others, "allcnn-c": {0.1: [9.5, 9.6], 0.05: [9.0, 9.1]}})
     assert c.loc[BEST, "verdict"] == "inconclusive"
+
+
+def test_a_seed_still_to_run_at_the_selected_lr_leaves_the_verdict_open(tmp_path):
+    """Model A beats Strided-CNN-A by 3.5 pp (one seed each), but its selected LR 0.05 has a seed still to measure:
+    one a second command asked for that never ran (`--lrs 0.05 --seeds 0 1`), or one that stalled (retried on a
+    rerun). Either can move Model A's mean up as well as down, so no verdict yet; the row names the seed."""
+    first = {"models": ["model-a", "strided-a"], "lrs": [0.1, 0.05], "seeds": [0]}
+    more = {"models": ["model-a"], "lrs": [0.05], "seeds": [0, 1]}
+    strided = [record(model="strided-a", lr=lr, test=t, grid=first) for lr, t in ((0.1, 17.0), (0.05, 16.0))]
+    for name, extra, named in (("absent", [], "0.05 missing seed 1"),
+                               ("stalled", [record(model="model-a", lr=0.05, seed=1, status="stalled", grid=more)],
+                                "0.05 stalled (1/2 seeds)")):
+        recs = [record(model="model-a", lr=0.1, test=13.0, grid=first),
+                record(model="model-a", lr=0.05, test=12.5, grid=more), *strided, *extra]
+        led = load_ledger(write_ledger(tmp_path / name, recs))
+        c = claims_table(led.df, led.reference).set_index("claim")
+        assert c.loc[STRIDED_A, "verdict"] == "inconclusive (LR grid incomplete)", name
+        assert c.loc[STRIDED_A, "test"].endswith(f"; LR grid incomplete (Model A: {named})"), name
