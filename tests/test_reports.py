@@ -449,3 +449,12 @@ def test_the_shown_lr_is_the_test_protocols_and_s_per_epoch_leaves_out_the_first
     assert shown.loc["Model A", "LR"] == "0.1" and shown.loc["All-CNN-C", "LR"] == "0.05"
     assert t3.loc["allcnn-c", "epoch_s"] == 12.5
     assert formats.display_details(t3.reset_index()).set_index("Model").loc["All-CNN-C", "s/epoch"] == "12.5"
+
+
+def test_table3_notes_name_the_diverged_lrs_and_what_was_not_measured(t3):
+    """A selected number's LRs that diverged are named beside it, as are the LRs still to measure: All-CNN-C's 9.30
+    is of the LRs that did not diverge, Model B's of the one LR that ran."""
+    notes = formats.display_table3(t3.reset_index()).set_index("Model")["Notes"]
+    assert notes["All-CNN-C"] == "diverged: 0.25"
+    assert notes["Strided-CNN-A"] == "diverged: 0.25, 0.1, 0.05, 0.01"
+    assert notes["Model A"] == "0.01 failed" and notes["Model B"] == "0.25 missing, 0.05 missing, 0.01 missing"
