@@ -15,6 +15,7 @@ from bench import results
 from reports import formats
 from reports.ledger import LedgerError, load_ledger
 from reports.report import build_sections, write_report
+from reports.tables import table3
 from reports.throughput import load_throughput, throughput_table
 from test_reports import H100, led, ledger_dir, record, write_ledger  # noqa: F401 (fixtures)
 
@@ -168,3 +169,13 @@ def test_a_runs_flops_are_those_of_the_network_it_trained(tmp_path):
         f"forward MACs per image, this code's {macs('allcnn-c'):,}): the Params and MACs shown are this code's, "
         "not those runs'."]
     assert not [n for n in load_ledger(write_ledger(tmp_path / "same", [record()])).notes if "another network" in n]
+
+
+def test_images_per_s_are_the_median_over_runs_in_both_tables(tmp_path):
+    """Three runs at 10,000, 20,000 and 60,000 img/s (one slowed or sped by a shared device): the throughput
+    table and Table 3's details both show the median, 20,000, not the mean, 30,000."""
+    recs = [record(lr=lr, test=9.0, img_s=v) for lr, v in ((0.1, 10000.0), (0.05, 60000.0), (0.01, 20000.0))]
+    led = load_ledger(write_ledger(tmp_path, recs))
+    tp = throughput_table(led.df).loc[0]
+    assert (tp["n_runs"], tp["train_images_per_s"], tp["eval_images_per_s"]) == (3, 20000.0, 40000.0)
+    assert table3(led.df, led.reference).set_index("model").loc["allcnn-c", "train_images_per_s"] == 20000.0
