@@ -417,17 +417,18 @@ def test_an_ablation_shows_the_paper_number_only_where_the_paper_has_one(led):
 
 def test_by_lr_cells_are_seed_means_and_name_diverged_runs(tmp_path):
     """Three seeds at LR 0.1 (9.0, 9.1, 10.0): the cell is their mean 9.37, not their median 9.1. An LR whose seeds
-    all diverged reads "diverged", not "ok" with no number; one where one of two diverged shows the other's error
-    and says so."""
+    all diverged reads "diverged", not "ok" with no number; one where one of three diverged shows the others' error
+    and says so, its n the seeds measured (2), not the runs (3)."""
     recs = [record(lr=0.1, seed=s, test=t) for s, t in enumerate((9.0, 9.1, 10.0))]
     recs += [record(lr=0.05, seed=s, status="diverged") for s in (0, 1)]
-    recs += [record(lr=0.01, seed=0, test=11.0), record(lr=0.01, seed=1, status="diverged")]
+    recs += [record(lr=0.01, seed=0, test=11.0), record(lr=0.01, seed=1, test=11.2),
+             record(lr=0.01, seed=2, status="diverged")]
     led = load_ledger(write_ledger(tmp_path, recs))
     by_lr = table3_by_lr(led.df, led.reference).set_index("lr")
     assert by_lr.loc[0.1, "error_pct"] == round(28.1 / 3, 6) and by_lr.loc[0.1, "n_seeds"] == 3
-    assert list(by_lr["status"]) == ["ok", "diverged", "diverged 1/2"]
+    assert list(by_lr["status"]) == ["ok", "diverged", "diverged 1/3"]
     shown = formats.display_by_lr(by_lr.reset_index()).iloc[0]
-    assert list(shown) == ["All-CNN-C", "9.37 ± 0.55 (n=3)", "diverged", "11.00; diverged 1/2"]
+    assert list(shown) == ["All-CNN-C", "9.37 ± 0.55 (n=3)", "diverged", "11.10 ± 0.14 (n=2); diverged 1/3"]
 
 
 def test_an_ablation_arm_names_the_requested_lrs_it_has_not_run(tmp_path):
