@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from fractions import Fraction
 
 import pandas as pd
 
@@ -48,6 +49,13 @@ def lr_text(lr: float) -> str:
     return f"{lr:g}"
 
 
+def exact_mean(values: list[float]) -> Fraction:
+    """The mean of errors as recorded (each its shortest decimal, as JSON wrote it), exactly: the float means of
+    equal decimal means can differ in their last bit (9.0, 9.3 and 9.1, 9.2: 9.15 and 9.149999999999999), which
+    made a tie of seed means no tie."""
+    return sum(map(Fraction, map(repr, map(float, values))), Fraction(0)) / len(values)
+
+
 def per_lr(runs: pd.DataFrame, grid: list[float]) -> list[dict]:
     """Seeds aggregated per LR of one model's runs: the completed runs' test and val errors, how many runs ended
     otherwise, and `absent`, the seeds a command asked for at that LR without a run there (reports.requested; none
@@ -64,8 +72,9 @@ def per_lr(runs: pd.DataFrame, grid: list[float]) -> list[dict]:
 
 
 def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
-    """Aggregate over seeds per LR, pick the LR with the lowest mean of `judge` ("test" or "val"; ties: the larger
-    LR), and report the test error there: mean, sample std (ddof=1, only when n > 1) and seed count.
+    """Aggregate over seeds per LR, pick the LR with the lowest mean of `judge` ("test" or "val", compared exactly:
+    `exact_mean`; ties: the larger LR), and report the test error there: mean, sample std (ddof=1, only when
+    n > 1) and seed count.
     An LR is a candidate only when none of its runs diverged: an LR that diverges for some seeds is not a stable
     choice, and averaging only the survivors would flatter it. Failed or unfinished seeds were not measured, nor
     were seeds a command asked for at an LR but that have no run there (reports.requested: "0.05 missing seeds 1,
@@ -95,7 +104,7 @@ def _select(runs: pd.DataFrame, grid: list[float], judge: str) -> dict:
     base = {**base, "diverged_lrs": ", ".join(diverged) or None, "not_measured": ", ".join(unmeasured) or None}
     if not candidates:
         return {**base, "status": "/".join(sorted(set(runs["outcome"]) - {"completed"})) or "failed"}
-    best = min(candidates, key=lambda r: (statistics.fmean(r[judge]), -r["lr"]))
+    best = min(candidates, key=lambda r: (exact_mean(r[judge]), -r["lr"]))
     test = best["test"]
     return {**base, "error_pct": _round(statistics.fmean(test)),
             "error_std": _round(statistics.stdev(test)) if len(test) > 1 else float("nan"),

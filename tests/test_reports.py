@@ -459,3 +459,12 @@ def test_table3_notes_name_the_diverged_lrs_and_what_was_not_measured(t3):
     assert notes["All-CNN-C"] == "diverged: 0.25"
     assert notes["Strided-CNN-A"] == "diverged: 0.25, 0.1, 0.05, 0.01"
     assert notes["Model A"] == "0.01 failed" and notes["Model B"] == "0.25 missing, 0.05 missing, 0.01 missing"
+
+
+def test_equal_seed_means_are_a_tie_whatever_the_floats_say():
+    """LR 0.1's seeds 9.0 and 9.3 and LR 0.05's 9.1 and 9.2 both average 9.15: a tie, which goes to the larger LR.
+    In floats the second mean is 9.149999999999999, which chose LR 0.05."""
+    runs = pd.DataFrame([{"lr": lr, "outcome": "completed", "test_error_pct": t, "val_error_pct": t, "config": None}
+                         for lr, ts in ((0.1, (9.0, 9.3)), (0.05, (9.1, 9.2))) for t in ts])
+    for pick in (best_over_lr, select_on_val):
+        assert (pick(runs)["lr"], pick(runs)["error_pct"]) == (0.1, 9.15), pick.__name__
