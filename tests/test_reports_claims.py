@@ -6,6 +6,7 @@ import pytest
 
 from allconv.specs import SPECS
 from reports.claims import claims_table, t_quantile, t_sf, welch
+from reports.formats import display_claims
 from reports.ledger import load_ledger
 from test_reports import record, write_ledger
 
@@ -251,3 +252,12 @@ def test_a_seed_still_to_run_at_the_selected_lr_leaves_the_verdict_open(tmp_path
         c = claims_table(led.df, led.reference).set_index("claim")
         assert c.loc[STRIDED_A, "verdict"] == "inconclusive (LR grid incomplete)", name
         assert c.loc[STRIDED_A, "test"].endswith(f"; LR grid incomplete (Model A: {named})"), name
+
+
+def test_the_claims_table_shows_our_difference_beside_the_papers(tmp_path):
+    """Model A minus Strided-CNN-A: ours -1.60 pp (12.5 against 14.1), the paper's -0.99 (12.47 against 13.46), each
+    in its own column of the shown table, as in claims.csv."""
+    c = claims_of(tmp_path, {"model-a": [12.4, 12.5, 12.6], "strided-a": [14.0, 14.2, 14.1]})
+    shown = display_claims(c.reset_index()).set_index("Claim (Section 3.2.1)").loc[STRIDED_A]
+    assert (shown["Δ pp"], shown["Paper Δ pp"]) == ("-1.60", "-0.99")
+    assert shown["Ours %"] == "Model A 12.50 (n=3) vs Strided-CNN-A 14.10 (n=3)"
