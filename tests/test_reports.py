@@ -468,3 +468,9 @@ def test_equal_seed_means_are_a_tie_whatever_the_floats_say():
                          for lr, ts in ((0.1, (9.0, 9.3)), (0.05, (9.1, 9.2))) for t in ts])
     for pick in (best_over_lr, select_on_val):
         assert (pick(runs)["lr"], pick(runs)["error_pct"]) == (0.1, 9.15), pick.__name__
+
+
+def test_the_shown_ablation_counts_each_arms_seeds(led):
+    """The baseline arm's 9.30 is of two seeds, the BN arm's 8.50 of one; an arm with no number counts none."""
+    shown = formats.display_ablation(ablation_table(led.df, "bn-dropout", led.reference)).set_index("Arm")
+    assert list(shown["n"]) == ["2", "1", "", ""] and list(shown["Error %"])[:2] == ["9.30 ± 0.14", "8.50"]
