@@ -219,6 +219,29 @@ def test_a_run_that_ended_early_shows_the_epochs_it_trained(tmp_path):
     (row,) = campaign.rows(tmp_path)
     assert (row[3], row[4], row[6]) == ("diverged", "", "40/350")
 
+
+def test_each_campaign_row_shows_its_own_records_cells(tmp_path):
+    """Two records of other GPUs, data, seconds and images/s: each row's cells are its own record's (the committed
+    ledger's two records share their GPU and data, so a row showing another record's passed the README check)."""
+    from reports import campaign
+
+    (tmp_path / "runs").mkdir()
+    official = {"source": "cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
+                                                                 "lossless": True}}
+    for path in sorted((ROOT / campaign.RESULTS / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["lr"] == 0.05:
+            record.update(device_name="NVIDIA H100 80GB HBM3", data=official, wall_time_s=1000.4,
+                          train_images_per_s=12345.6)
+        (tmp_path / "runs" / path.name).write_text(json.dumps(record))
+    lossy = "CIFAR-10 JPEG, quality 75, chroma 4:2:0 (lossy)"
+    assert campaign.rows(tmp_path) == [
+        ["All-CNN-C", "0.05", "0", "completed", "31.59", "9.08", "350/350", "1,000", "12,346", "NVIDIA H100 80GB HBM3",
+         "CIFAR-10 (official archive)", ""],
+        ["All-CNN-C", "0.01", "0", "completed", "17.19", "9.08", "350/350", "392", "45,582", "NVIDIA H200", lossy,
+         "train error 0.04% (eval mode), 0 of 1,258 ReLU channels dead"]]
+
+
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
     cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
