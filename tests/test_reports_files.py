@@ -191,6 +191,8 @@ def test_number_columns_align_right_with_status_words_among_them():
     assert formats.markdown_table(d).splitlines()[1] == "|---|---:|---:|---|"
     assert "\\begin{tabular}{lrrl}" in latex.table(d, "c", "t", "sha")
     assert formats.html_table(d, "t").count('<th class="t">') == 2
+    assert '<tr><td class="t">Model A</td><td>9.30</td><td>5.55e-05</td><td class="t">0.25 missing</td></tr>' in \
+        formats.html_table(d, "t")  # the cells, not only the header, are aligned as their column
     assert formats.markdown_table(d[["Model", "Notes"]].assign(x=["not run"] * 4)).splitlines()[1] == "|---|---|---|"
 
 
@@ -282,3 +284,22 @@ def test_table3_names_the_val5k_seed_count_where_it_is_not_ns(tmp_path):
     led = load_ledger(write_ledger(tmp_path, recs))
     row = formats.display_table3(table3(led.df, led.reference)).set_index("Model").loc["All-CNN-C"]
     assert (row["Ours %"], row["n"], row["Ours % (LR on val5k)"]) == ("9.50", "1", "9.70 ± 0.10 (n=3)")
+
+
+def test_every_format_shows_the_numbers_of_its_csv(report_dir, led):
+    """Each table's Markdown, HTML and LaTeX are its CSV's numbers as displayed, so every format says the same:
+    table3-by-lr.csv and claims.csv were compared with nothing (a by-LR or claims CSV of other numbers than the
+    tables shown passed every test); Table 3's details are table3.csv's."""
+    from reports.report import build_sections
+
+    md, page = (report_dir / "report.md").read_text(), (report_dir / "report.html").read_text()
+    shown = {"table3": formats.display_table3, "table3-by-lr": formats.display_by_lr,
+             "table3-details": formats.display_details, "claims": formats.display_claims,
+             "throughput": formats.display_throughput}
+    sections = build_sections(led)
+    assert {s.stem for s in sections} - set(shown) == {p.stem for p in report_dir.glob("ablation-*.csv")}
+    for s in sections:
+        numbers = formats.read_csv(report_dir / f"{'table3' if s.stem == 'table3-details' else s.stem}.csv")
+        d = shown.get(s.stem, formats.display_ablation)(numbers)
+        assert formats.markdown_table(d) in md and formats.html_table(d, s.stem) in page, s.stem
+        assert (report_dir / f"{s.stem}.tex").read_text() == latex.table(d, s.title, s.stem, led.sha256), s.stem
