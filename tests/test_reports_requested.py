@@ -93,3 +93,21 @@ def test_a_huge_requested_grid_is_counted_not_multiplied_out(tmp_path):
     assert t3.loc["allcnn-c", "not_measured"].startswith("0.05 missing 29,999 seeds (1, 2, 3, 4, 5, ...), ")
     assert by_lr.set_index("lr").loc[0.05, "status"] == "missing 29,999 seeds (1, 2, 3, 4, 5, ...)"
     assert (by_lr["status"] == "missing").sum() == 299  # the LRs with no run: no seed list at all
+
+
+def test_every_commands_seeds_are_asked_for(tmp_path):
+    """Two commands of the same LRs, each asking for a seed that never ran: both seeds are named, whichever
+    command's record is read first (one command's request stood for the other's: its seed read as never asked for)."""
+    first = {"models": ["allcnn-c"], "lrs": [0.05, 0.01], "seeds": [0, 2]}
+    second = {"models": ["allcnn-c"], "lrs": [0.05, 0.01], "seeds": [1, 3]}
+    recs = [record(lr=0.05, seed=0, test=9.0, grid=first), record(lr=0.05, seed=1, test=9.2, grid=second)]
+    _, _, by_lr = tables(tmp_path, recs)
+    assert by_lr.set_index("lr")["status"].to_dict() == {0.05: "missing seeds 2, 3", 0.01: "missing"}
+
+
+def test_up_to_five_missing_seeds_are_named_and_more_are_counted():
+    from reports.requested import seeds_text
+
+    assert seeds_text([1]) == "missing seed 1"
+    assert seeds_text([1, 2, 3, 4, 5]) == "missing seeds 1, 2, 3, 4, 5"  # all of them: no "..."
+    assert seeds_text([1, 2, 3, 4, 5, 6]) == "missing 6 seeds (1, 2, 3, 4, 5, ...)"
