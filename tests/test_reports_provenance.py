@@ -92,3 +92,11 @@ def test_run_keys_leave_out_an_unfinished_seed_at_the_selected_lr(tmp_path):
     row = table3(led.df, led.reference).set_index("model").loc["allcnn-c"]
     assert (row["error_pct"], row["n_seeds"], row["status"]) == (9.2, 1, "partial")
     assert row["run_keys"] == recs[0]["run_key"]
+
+
+def test_a_session_known_by_its_code_digest_alone_is_not_unknown(tmp_path):
+    """A run trained from a copy without .git names its code by code_sha256 only: that session is known."""
+    rec = record(lr=0.05, test=9.2)
+    rec.update(git_commit=None, code_sha256="d0" * 32)
+    code = dict(header(load_ledger(write_ledger(tmp_path / "ledger", [rec]))))["Code"]
+    assert code == "code_sha256 d0d0d0d0d0d0 (1)"
