@@ -474,3 +474,11 @@ def test_the_shown_ablation_counts_each_arms_seeds(led):
     """The baseline arm's 9.30 is of two seeds, the BN arm's 8.50 of one; an arm with no number counts none."""
     shown = formats.display_ablation(ablation_table(led.df, "bn-dropout", led.reference)).set_index("Arm")
     assert list(shown["n"]) == ["2", "1", "", ""] and list(shown["Error %"])[:2] == ["9.30 ± 0.14", "8.50"]
+
+
+def test_table3_details_show_each_models_exact_size_beside_the_papers(led):
+    """Params: this code's exact count beside the paper's rounded one; MACs: forward, per image, in millions."""
+    shown = formats.display_details(table3(led.df, led.reference)).set_index("Model")
+    columns = ["Params", "Paper params", "MACs (M)"]
+    assert shown.loc["All-CNN-C", columns].tolist() == ["1,369,738", "1.4 M", "270.8"]
+    assert shown.loc["Model A", columns].tolist() == ["839,242", "0.9 M", "138.7"]
