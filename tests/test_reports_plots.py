@@ -182,3 +182,16 @@ def test_fit_compares_only_the_same_seeds(tmp_path, figures):
     fit.plot_fit(*ledger(tmp_path / "b", [seed0, with_history(seed1, train_acc=[None] * 3)]), tmp_path / "b.png")
     assert texts(figures[1]) == []
     assert figures[1]._suptitle.get_text().endswith("(seed mean; each seed where they stopped apart)")
+
+
+def test_fit_star_is_the_seed_mean_of_the_eval_mode_training_error(tmp_path, figures):
+    """Both seeds at LR 0.05 ended at epoch 3 with a `diagnosis` (0.04% and 0.08%): the star and the gap text give
+    their mean, beside the seed-mean curves, not one seed's."""
+    recs = [dict(with_history(record(lr=0.05, seed=s, test=9.2), train_acc=[50.0, 80.0, 96.0]),
+                 diagnosis={"train_error_pct": e, "test_error_by_class_pct": [9.0] * 10,
+                            "dead_relu_channels": {"r": [0, 8]}}) for s, e in ((0, 0.04), (1, 0.08))]
+    fit.plot_fit(*ledger(tmp_path, recs), tmp_path / "fit.png")
+    (ax,) = figures[0].axes
+    (star,) = [line for line in ax.lines if line.get_marker() == "*"]
+    assert list(star.get_ydata()) == pytest.approx([0.06])
+    assert texts(figures[0]) == ["epoch 3: test 9.20%,\ntraining 4.00% (gap 5.20 pp)\ntraining, eval mode, end: 0.06%"]
