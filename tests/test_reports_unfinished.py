@@ -197,3 +197,16 @@ def test_campaign_table_tells_the_arms_of_one_cell_apart(tmp_path):
         ("All-CNN-C [preprocess=gcn-zca-fb1]", "0.05", "40.00 (epoch 3)"), ("All-CNN-C", "0.01", "17.19")]
     assert {(r[0], r[1], r[4]) for r in rows[2:]} == {("All-CNN-C [preprocess=gcn-zca-fb1]", "0.01", "14.50"),
                                                       ("All-CNN-C [preprocess=meanstd]", "0.01", "12.50")}
+
+
+def test_a_checkpoint_of_a_run_recorded_under_an_older_key_is_not_a_second_run(tmp_path):
+    """A run recorded under a key of another version of the code, with a checkpoint under this code's key: its
+    record speaks for the run, which is not also shown as still training (a second, unfinished seed)."""
+    done = record(lr=0.05, test=9.5, epochs=6)
+    done["run_key"] = "0123456789abcdef"
+    folder = write_ledger(tmp_path / "results", [done])
+    (folder / "checkpoints").mkdir()
+    checkpoint(folder / "checkpoints" / f"{config_key(done['config'])}.pt", 4)
+    led = load_ledger(folder)
+    assert not led.df["from_checkpoint"].any() and not any("still training" in n for n in led.notes), led.notes
+    assert table3_by_lr(led.df, led.reference).set_index("lr").loc[0.05, "status"] == "ok"
