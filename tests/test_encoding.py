@@ -158,3 +158,8 @@ def test_the_banner_warns_whichever_run_trained_on_lossy_data(tmp_path):
             if rec["lr"] != lossy_lr:
                 rec["data"] = {**rec["data"], "source": "/data/images", "source_sha256": "png"}
         assert "lossy JPEG copy" in banner(load_ledger(write_ledger(tmp_path / str(lossy_lr), recs))), lossy_lr
+
+
+def test_the_header_counts_the_train_and_test_images_as_recorded():
+    data = {"source": "/x/cifar-10-python.tar.gz", "num_train": 45000, "num_test": 10000}
+    assert data_source(data) == "/x/cifar-10-python.tar.gz (official CIFAR-10 archive; 45000 train / 10000 test images)"
