@@ -8,9 +8,10 @@ whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`,
 (and what an ablation arm changes, bracketed), LR, seed, how it ended, its final test error beside the paper's (Table
 3: the best LR's), epochs, seconds, training images/s, GPU, data, and what bench/diagnose.py saw when the run ended
 (eval-mode training error: under- or over-fitting; dead ReLU channels: capacity lost), where the record has it. A
-checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under a recorded run's config;
-its epoch and last test error are read from the checkpoint (torch, weights_only: nothing in it runs; without torch
-the row still appears, without them). The full report (Table 3, claims, plots) is
+checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under a recorded run's config,
+whose record gives its planned epochs and data (the run key names both) and the GPU shown (a checkpoint names
+none); its epoch and last test error are read from the checkpoint (torch, weights_only: nothing in it runs; without
+torch the row still appears, without them). The full report (Table 3, claims, plots) is
 `python -m reports --results reports/measured/campaign`.
 """
 from __future__ import annotations
@@ -60,11 +61,12 @@ def rows(results_dir: Path) -> list[list[str]]:
             _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
-    first = records[0] if records else None  # a checkpointed run shares the campaign's schedule, GPU and data
-    cells = {key: (model, lr, sibling["seed"], arm_label(sibling["config"]))
-             for key, (model, lr, sibling) in run_of_key(pd.DataFrame.from_records(records)).items()}
+    cells = run_of_key(pd.DataFrame.from_records(records))
     for path in sorted((results_dir / "checkpoints").glob("*.pt")):
-        model, lr, seed, arm_text = cells.get(path.stem, (None, None, None, ""))
+        model, lr, sibling = cells.get(path.stem, (None, None, None))
+        seed, arm_text = (sibling["seed"], arm_label(sibling["config"])) if sibling else (None, "")
+        mine = sibling or (records[0] if records else None)  # its config's record (its epochs, data; the GPU
+        # shown); a checkpoint of no record's config: the first record's, as before
         spec = SPECS.get(model)
         epoch, last, seconds = checkpoint_state(path)
         out.append((list(SPECS).index(model) if spec else len(SPECS), -(lr or 0), -1 if seed is None else seed, [
@@ -73,9 +75,9 @@ def rows(results_dir: Path) -> list[list[str]]:
             "unfinished: checkpointed, resumed by the next campaign",
             f"{_pct(last['test_error_pct'])} (epoch {last['epoch']})" if last else "",
             f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
-            f"{epoch}/{first['epochs']}" if epoch is not None and first else "",
+            f"{epoch}/{mine['epochs']}" if epoch is not None and mine else "",
             f"{_int(seconds)} so far" if seconds else "", "",
-            str(first["device_name"] or "") if first else "", short(first["data"]) if first else "", ""]))
+            str(mine["device_name"] or "") if mine else "", short(mine["data"]) if mine else "", ""]))
     return [row for *_, row in sorted(out, key=lambda t: t[:3])]
 
 

@@ -242,6 +242,33 @@ def test_each_campaign_row_shows_its_own_records_cells(tmp_path):
          "train error 0.04% (eval mode), 0 of 1,258 ReLU channels dead"]]
 
 
+def test_a_checkpoint_row_shows_the_data_of_its_own_config(tmp_path):
+    """Two configs that differ in their data (data_sha256), each with a run still training at LR 0.1: each
+    checkpoint's row shows the data its run key names (its sibling record's), not the first record's for both."""
+    import torch
+
+    from bench.config import config_key
+    from reports import campaign
+    from tests.test_untrusted import history
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    official = {"source": "cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
+                                                                 "lossless": True}}
+    for path in sorted((ROOT / campaign.RESULTS / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["lr"] == 0.05:
+            record.update(data=official, config={**record["config"], "data_sha256": "ab" * 32})
+            record["run_key"] = config_key(record["config"])
+        (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
+        torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)},
+                   tmp_path / "checkpoints" / f"{config_key({**record['config'], 'lr': 0.1})}.pt")
+    running = [r for r in campaign.rows(tmp_path) if r[3].startswith("unfinished")]
+    lossy = "CIFAR-10 JPEG, quality 75, chroma 4:2:0 (lossy)"
+    assert sorted((r[1], r[6], r[10]) for r in running) == [("0.1", "3/350", "CIFAR-10 (official archive)"),
+                                                             ("0.1", "3/350", lossy)]
+
+
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
     cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
