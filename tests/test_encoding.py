@@ -163,3 +163,9 @@ def test_the_banner_warns_whichever_run_trained_on_lossy_data(tmp_path):
 def test_the_header_counts_the_train_and_test_images_as_recorded():
     data = {"source": "/x/cifar-10-python.tar.gz", "num_train": 45000, "num_test": 10000}
     assert data_source(data) == "/x/cifar-10-python.tar.gz (official CIFAR-10 archive; 45000 train / 10000 test images)"
+
+
+def test_a_table_cell_names_data_of_no_known_encoding_by_its_file_name():
+    """Neither an encoding recorded nor a known copy nor a lossy name: the campaign table's Data cell is the
+    source's file name, as recorded, not a claim that it is the official archive."""
+    assert short({"source": "/data/my-images.tar.gz", "source_sha256": "ab"}) == "my-images.tar.gz"
