@@ -4,8 +4,10 @@
     python -m reports.campaign --check    # exit 1 when README.md's block differs (tests/test_campaign.py runs it)
 
 One row per run in the ledger (`<results>/runs/*.json`, as bench/run_all.py wrote them) and one per unfinished run
-whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign): model
-(and what an ablation arm changes, bracketed), LR, seed, how it ended, its final test error beside the paper's (Table
+whose checkpoint travelled back beside it (`<results>/checkpoints/<run_key>.pt`, resumed by the next campaign; a run
+with both, one that failed or stalled after its checkpoint, is its record's one row, which says so): model
+(and what an ablation arm changes, bracketed), LR, seed, how it ended (as the full report counts it,
+reports.ledger.outcome: "completed" before its last epoch is unfinished), its final test error beside the paper's (Table
 3: the best LR's), epochs, seconds, training images/s, GPU, data, and what bench/diagnose.py saw when the run ended
 (eval-mode training error: under- or over-fitting; dead ReLU channels: capacity lost), where the record has it. A
 checkpoint's run is found by recomputing the run keys of every Table 3 (model, LR) under a recorded run's config,
@@ -50,19 +52,26 @@ def rows(results_dir: Path) -> list[list[str]]:
     from reports.data import short  # these three and md_text here, not at the top: they import bench/ablations.py,
     from reports.running import run_of_key  # which raises ValueError on a user's typo'd arm: main makes it one line
     from bench.ablations import arm_label
+    from reports.ledger import outcome
 
     records = results.read_records(results_dir)
+    checkpoints = {p.stem: p for p in sorted((results_dir / "checkpoints").glob("*.pt"))}
     out = []
     for r in records:
+        status = outcome(r)
+        if r["run_key"] in checkpoints and status not in ("completed", "diverged"):  # run_all resumes it there
+            epoch = checkpoint_state(checkpoints[r["run_key"]])[0]
+            status += f": checkpointed{'' if epoch is None else f' at epoch {epoch}'}, resumed by the next campaign"
         spec = SPECS.get(r["model"])  # a model this code does not know: its own name, no paper number, listed last
         out.append((list(SPECS).index(r["model"]) if spec else len(SPECS), -r["lr"], r["seed"], [
             (spec.paper_name if spec else f"{r['model']} (not in Table 3)") + arm_label(r["config"]), f"{r['lr']:g}",
-            str(r["seed"]), r["status"],
+            str(r["seed"]), status,
             _pct(r["test_error_pct"]), f"{spec.paper_error_pct:.2f}" if spec and spec.in_paper else "",
             f"{r['epochs_completed']}/{r['epochs']}", _int(r["wall_time_s"]), _int(r["train_images_per_s"]),
             str(r["device_name"] or ""), short(r["data"]), _diagnosis(r.get("diagnosis"))]))
     cells = run_of_key(pd.DataFrame.from_records(records))
-    for path in sorted((results_dir / "checkpoints").glob("*.pt")):
+    recorded = {r["run_key"] for r in records}  # its record's row speaks for it; a finished run's is never resumed
+    for path in (p for key, p in checkpoints.items() if key not in recorded):
         model, lr, sibling = cells.get(path.stem, (None, None, None))
         seed, arm_text = (sibling["seed"], arm_label(sibling["config"])) if sibling else (None, "")
         mine = sibling or (records[0] if records else None)  # its config's record (its epochs, data; the GPU

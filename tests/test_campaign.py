@@ -269,6 +269,34 @@ def test_a_checkpoint_row_shows_the_data_of_its_own_config(tmp_path):
                                                              ("0.1", "3/350", lossy)]
 
 
+def test_a_run_with_a_record_and_a_checkpoint_is_one_row_counted_as_the_report_counts_it(tmp_path):
+    """A run that failed after its last checkpoint (run_all resumes it there) was two rows, "failed" and
+    "unfinished"; a finished run's leftover checkpoint was a second, "unfinished" row too; a "completed" record of
+    238 of its 350 epochs read "completed" where the full report counts it unfinished. One row each, as counted."""
+    import torch
+
+    from reports import campaign
+    from tests.test_untrusted import history
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    statuses = {0.05: {"status": "failed", "error": "RuntimeError: CUDA error: unknown error"},
+                0.01: {"epochs_completed": 238}}
+    for path in sorted((ROOT / campaign.RESULTS / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        record.update(statuses[record["lr"]])
+        record["history"] = record["history"][:record["epochs_completed"]]
+        (tmp_path / "runs" / path.name).write_text(json.dumps(record))
+        torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)},
+                   tmp_path / "checkpoints" / f"{path.stem}.pt")
+    assert [(r[1], r[3], r[6]) for r in campaign.rows(tmp_path)] == [
+        ("0.05", "failed: checkpointed at epoch 3, resumed by the next campaign", "350/350"),
+        ("0.01", "unfinished: checkpointed at epoch 3, resumed by the next campaign", "238/350")]
+    for path in (tmp_path / "runs").glob("*.json"):
+        path.write_bytes((ROOT / campaign.RESULTS / "runs" / path.name).read_bytes())
+    assert [(r[1], r[3]) for r in campaign.rows(tmp_path)] == [("0.05", "completed"), ("0.01", "completed")]
+
+
 def test_a_spent_budget_still_limits_every_step(jpeg_tarball, tmp_path):
     """`timeout 0` means no limit at all: with no time left each step still gets a limit of at least 1 s, and a test
     cut short decides nothing (no GRAPHS=0 kept for a later call, as if the graph tests had failed)."""
