@@ -60,7 +60,10 @@ def test_run_key_ignores_where_and_how_but_not_what():
                                checkpoint_minutes=0, claim_lease_minutes=1, num_workers=3, channels_last=False,
                                source="/s.tar.gz", backend="torch")
     assert expand(same, "sha")[0].key("sha") == run.key("sha")
-    for change in ({"epochs": 349}, {"precision": "no"}, {"batch_size": 128},
+    for how in ({"compile": True}, {"cuda_graphs": True}, {"deterministic": True}, {"fuse_lrs": True},
+                {"diagnose": False}, {"save_weights": False}):  # the session's (bench.schema.SESSION_FLAGS) or after
+        assert expand(dataclasses.replace(cfg, **how), "sha")[0].key("sha") == run.key("sha"), how
+    for change in ({"epochs": 349}, {"eval_every": 5}, {"eval_last": 3}, {"precision": "no"}, {"batch_size": 128},
                    {"subset_per_class": 10}, {"preset": "smoke"}, {"lr_drops": (100, 150)}, {"momentum": 0.5},
                    {"weight_decay": 5e-4}, {"optimizer": "adam"}, {"dropout": False}, {"final_relu": False},
                    {"bn": True}, {"init": "kaiming"}, {"preprocess": "meanstd"}, {"augment": "flip-translate"},
@@ -155,6 +158,20 @@ def test_a_number_the_record_refuses_is_refused_before_training(option, value, s
         parse_args(["--preset", "smoke", option, value])
     assert str(e.value).startswith(f"{option} must be finite and in [") and str(e.value).endswith(f", got {shown}")
     assert "\n" not in str(e.value)
+
+
+def test_the_committed_campaign_runs_keep_their_run_keys():
+    """The GPU campaign's two records and its unfinished run's checkpoint (reports/measured/campaign) were trained
+    with the paper preset's defaults; the next campaign skips them, and resumes the checkpoint, only while today's
+    code gives those options the same run keys. A field moved into the key or out of it (--deterministic,
+    --eval-every) or a paper default changed (--eval-every 5) passed the key tests here (only the slow two-process
+    run_all tests pin the key's fields): each of those runs would train again on a lent GPU, the ledger hold it
+    twice."""
+    runs = Path(__file__).resolve().parents[1] / "reports/measured/campaign/runs"
+    sha = json.loads((runs / "489234371f2401e9.json").read_text())["config"]["data_sha256"]
+    for lr, key in ((0.01, "489234371f2401e9"), (0.05, "f827e2053e7b9174"), (0.1, "86ce826000eb7539")):
+        (run,) = expand(parse_args(["--models", "allcnn-c", "--lrs", str(lr), "--seeds", "0"]))
+        assert run.key(sha) == key, lr
 
 
 def test_lr_schedule_drops_tenfold_at_each_drop_epoch():
