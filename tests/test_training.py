@@ -160,6 +160,16 @@ def test_a_number_the_record_refuses_is_refused_before_training(option, value, s
     assert "\n" not in str(e.value)
 
 
+def test_lr_drops_in_another_order_or_twice_are_refused():
+    """--lr-drops 300 250 200 trains as 200 250 300 (bench.engine.lr_at counts the drops reached) but hashed to
+    another run key: the same run trained and recorded twice; 200 200 300 (a 100x drop at once) is no schedule of
+    the paper's form. With the check dropped both passed the config, CLI and run_all bad-input tests."""
+    for drops in (["300", "250", "200"], ["200", "200", "300"]):
+        with pytest.raises(ValueError, match=r"^--lr-drops must be increasing epochs in 1\.\.349, got "):
+            parse_args(["--lr-drops", *drops])
+    assert engine.lr_at(260, 1.0, (300, 250, 200)) == engine.lr_at(260, 1.0, (200, 250, 300))
+
+
 def test_the_committed_campaign_runs_keep_their_run_keys():
     """The GPU campaign's two records and its unfinished run's checkpoint (reports/measured/campaign) were trained
     with the paper preset's defaults; the next campaign skips them, and resumes the checkpoint, only while today's
