@@ -170,6 +170,22 @@ def test_lr_drops_in_another_order_or_twice_are_refused():
     assert engine.lr_at(260, 1.0, (300, 250, 200)) == engine.lr_at(260, 1.0, (200, 250, 300))
 
 
+@pytest.mark.parametrize("option, value, error", [
+    ("--eval-every", "0", "--eval-every must be >= 1, got 0"),  # else a ZeroDivisionError after the first epoch
+    ("--claim-lease-minutes", "-1", "--claim-lease-minutes must be >= 0, got -1.0"),  # every live claim stale
+    ("--claim-lease-minutes", "nan", "--claim-lease-minutes must be >= 0, got nan"),  # no dead claim ever stale
+    ("--momentum", "1", r"--momentum must be in \[0, 1\), got 1.0"),
+    ("--subset-per-class", "0", "--subset-per-class must be >= 1, got 0"),
+])
+def test_an_option_out_of_its_range_is_one_line_that_names_it(option, value, error):
+    """Refused before anything is prepared or trained; with its check dropped or loosened (a mutation spot-check)
+    each passed the config, CLI and run_all bad-input tests: --eval-every 0 then stopped the first run with a
+    traceback once its first epoch ended, and a negative or NaN claim lease let another host take over a live run
+    (trained twice) or never take over a dead one's."""
+    with pytest.raises(ValueError, match=f"^{error}$"):
+        parse_args(["--preset", "smoke", option, value])
+
+
 def test_the_committed_campaign_runs_keep_their_run_keys():
     """The GPU campaign's two records and its unfinished run's checkpoint (reports/measured/campaign) were trained
     with the paper preset's defaults; the next campaign skips them, and resumes the checkpoint, only while today's
