@@ -186,6 +186,15 @@ def test_an_option_out_of_its_range_is_one_line_that_names_it(option, value, err
         parse_args(["--preset", "smoke", option, value])
 
 
+def test_fp32_is_no_by_another_name_on_the_command_line():
+    """README: `--precision no` (alias fp32), as in bench/throughput.py. Without bench.cli.precision_arg run_all
+    refused fp32, and the alias must name the same runs as `no` (one run key)."""
+    fp32 = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--precision", "fp32", "--eval-precision", "fp32"])
+    no = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--precision", "no"])
+    assert (fp32.precision, fp32.eval_precision) == ("no", "no")
+    assert expand(fp32, "sha")[0].key("sha") == expand(no, "sha")[0].key("sha")
+
+
 def test_the_committed_campaign_runs_keep_their_run_keys():
     """The GPU campaign's two records and its unfinished run's checkpoint (reports/measured/campaign) were trained
     with the paper preset's defaults; the next campaign skips them, and resumes the checkpoint, only while today's
