@@ -343,6 +343,24 @@ def test_validate_refuses_what_no_writer_writes_where_a_range_alone_would_not(gr
         assert "'history'" in schema.validate(dict(record, history=[dict(h, **{name: bad})])), name
 
 
+def test_validate_refuses_a_foreign_record_that_no_run_could_have_written():
+    """Values that passed the schema tests here and in tests/test_reports_untrusted.py (a mutation spot-check
+    dropped each check): a config whose seed, model or augmentation is not the record's (the run key hashes the
+    config, the reports select by the record's fields: the run would show as another), a precision Accelerate does
+    not name, a fused group of 0 runs, a negative momentum and 0 epochs. Checked on a committed campaign record,
+    which passes."""
+    record = json.loads((ROOT / "reports/measured/campaign/runs/489234371f2401e9.json").read_text())
+    assert schema.validate(record) is None and record["fused_runs"] == 1
+    for name, other in (("seed", 1), ("model", "allcnn-b"), ("augment", "flip-translate"), ("preset", "smoke"),
+                        ("train_split", "train45k")):
+        why = schema.validate(dict(record, config={**record["config"], name: other}))
+        assert why is not None and why.startswith(f"config says {name} "), (name, why)
+    for name, bad in (("precision", "fp32"), ("fused_runs", 0), ("momentum", -0.9), ("epochs", 0)):
+        config = {**record["config"], name: bad} if name in record["config"] else record["config"]
+        why = schema.validate(dict(record, config=config, **{name: bad}))
+        assert why is not None and why.startswith(f"field {name!r} is "), (name, why)
+
+
 def test_a_run_resumed_past_the_session_cap_keeps_its_first_and_latest_sessions():
     """A run resumed more than `MAX_SESSIONS` times (a record must stay small) keeps its first session and the latest
     ones: the oldest in between are dropped, the list stays valid, and the new session is last."""
