@@ -45,6 +45,15 @@ def test_paper_preset_is_the_papers_protocol():
     assert len(expand(cfg)) == len(expand(PRESETS["smoke"])) == 48  # the smoke grid has the paper's shape
 
 
+def test_smoke_preset_trains_in_fp32_and_prepares_its_own_data_folder():
+    """The smoke preset prepares its 10 images per class into a folder of its own, so that a smoke grid never
+    replaces the full prepared copy the paper preset reads from data/ (a data_dir shared with the paper preset
+    passed the config and CLI tests before), and trains in fp32 on every machine: one run key whatever the CPU."""
+    smoke, paper = PRESETS["smoke"], PRESETS["paper"]
+    assert smoke.data_dir != paper.data_dir and (smoke.subset_per_class, paper.subset_per_class) == (10, None)
+    assert (smoke.precision, smoke.eval_precision, smoke.epochs) == ("no", "no", 2)
+
+
 def test_options_replace_the_presets_fields():
     cfg = parse_args(["--preset", "smoke", "--lrs", "0.1", "0.05", "--no-dropout", "--lr-drops", "--epochs", "3",
                       "--subset-per-class", "none", "--ablations", "all"])
