@@ -122,6 +122,13 @@ class RunConfig:
         def bad(msg):
             raise ValueError(msg)
 
+        for f in dataclasses.fields(self):  # an int where a float is meant (lrs=(1,), weight_decay=0: the Python API)
+            value = getattr(self, f.name)  # as the command line's float: JSON writes 1 and 1.0 apart in the run key
+            if f.type == "float":
+                object.__setattr__(self, f.name, _float(value))
+            elif f.type == "tuple[float, ...]" and isinstance(value, tuple):
+                object.__setattr__(self, f.name, tuple(map(_float, value)))
+
         if self.preset not in PRESETS_NAMES:
             bad(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS_NAMES)}")
         ablations = _ablations().parse(",".join(self.ablations)) if self.ablations else []  # unknown names raise
@@ -178,6 +185,15 @@ class RunConfig:
                         f"{precision} too (an arm can only turn autocast off: one precision per process)")
 
 
+def _float(value):
+    """An int as the float the command line gives for it (an arm's lrs=(1,) as `--lrs 1`); any other value, and an int
+    beyond any float (left to the range checks), as it is."""
+    try:
+        return float(value) if type(value) is int else value
+    except OverflowError:
+        return value
+
+
 def graphable(c: RunConfig) -> bool:
     """Whether runs under config `c` can replay their step from a CUDA graph (bench/graphs.py): not with Adam (torch
     refuses to capture its step unless it was built capturable), fp16 (its loss scaler reads the GPU every step) or
@@ -201,7 +217,7 @@ class Run:
     def config(self, data_sha256: str | None = None) -> dict:
         """The resolved per-run config: what the run key hashes and the record stores."""
         d = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in GRID_FIELDS}
-        d.update(model=self.model, lr=self.lr, seed=self.seed, val_split=VAL_SPLIT_OF[self.cfg.train_split])
+        d.update(model=self.model, lr=_float(self.lr), seed=self.seed, val_split=VAL_SPLIT_OF[self.cfg.train_split])
         d["data_sha256"] = data_sha256
         return d
 

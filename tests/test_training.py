@@ -204,6 +204,20 @@ def test_fp32_is_no_by_another_name_on_the_command_line():
     assert expand(fp32, "sha")[0].key("sha") == expand(no, "sha")[0].key("sha")
 
 
+def test_an_int_where_a_float_is_meant_names_the_same_run(monkeypatch):
+    """lrs=(1,) or weight_decay=0 through the Python API (dataclasses.replace, as bench/config.py's docstring shows)
+    or in an ablation arm (ablations.check takes an int for a number) trains as the command line's 1.0 and 0.0, but
+    hashed to another run key (JSON writes 1 and 1.0 apart): the same run trained and recorded twice."""
+    argv = ["--models", "allcnn-c", "--lrs", "1", "--weight-decay", "0", "--momentum", "0"]
+    (cli,) = expand(parse_args(argv), "sha")
+    (api,) = expand(dataclasses.replace(PRESETS["paper"], models=("allcnn-c",), lrs=(1,), weight_decay=0, momentum=0),
+                    "sha")
+    assert api.key("sha") == cli.key("sha") and api.config("sha") == cli.config("sha")
+    monkeypatch.setitem(ablations.ABLATIONS, "mine", ablations.Ablation("Mine", {"base": {}, "same": {
+        "weight_decay": 0, "momentum": 0, "lrs": (1,)}}))
+    assert [r.key("sha") for r in expand(parse_args([*argv, "--ablations", "mine"]), "sha")] == [cli.key("sha")]
+
+
 def test_the_committed_campaign_runs_keep_their_run_keys():
     """The GPU campaign's two records and its unfinished run's checkpoint (reports/measured/campaign) were trained
     with the paper preset's defaults; the next campaign skips them, and resumes the checkpoint, only while today's
