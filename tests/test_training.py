@@ -110,6 +110,16 @@ def test_ablations_add_their_arms_once_and_arm_of_finds_them():
     assert [ablations.arm_of(r.config(), "batch-size") for r in smoke] == ["256 (Caffe port)", "128"]
 
 
+def test_an_arms_changes_name_only_fields_of_its_run_key():
+    """bench.plan's rows and run_all's progress lines tell an arm's runs apart by config.arm_changes. Under
+    --cuda-graphs --fuse-lrs the Adam and BN arms train unfused (Adam also eagerly): switches outside the run key,
+    which named among the changes ("optimizer=adam, cuda_graphs=False, fuse_lrs=False") passed tests/test_plan.py."""
+    cfg = parse_args(["--models", "allcnn-c", "--lrs", "0.05", "--ablations", "optimizer,bn-dropout", "--cuda-graphs",
+                      "--fuse-lrs"])
+    assert [config.arm_changes(r.cfg, cfg) for r in expand(cfg) if r.lr in (0.05, 3e-3)] == [
+        "", "optimizer=adam", "bn=True", "dropout=False", "bn=True, dropout=False"]
+
+
 @pytest.mark.parametrize("arms, error", [
     ({"base": {}, "typo": {"inti": "kaiming"}}, "arm 'typo': inti cannot be varied by an arm"),
     ({"base": {}, "where": {"backend": "torch"}}, "arm 'where': backend cannot be varied"),  # not in the run key
