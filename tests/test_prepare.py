@@ -406,3 +406,21 @@ def test_another_subset_or_a_source_rewritten_in_place_rebuilds(tmp_path, write_
     prepare_cifar10(str(archive), data, subset_per_class=2)
     assert "nothing to do" not in capsys.readouterr().out
     assert np.array_equal(np.load(data / "test_images.npy"), other[0])
+
+
+def test_an_imagefolder_tarball_in_any_member_order_gives_the_same_arrays(tmp_path, no_ffcv):
+    """Each split is stored in (class, file name) order, with its labels, whatever order the archive lists its
+    members in. The shipped sample lists them sorted already, so images taken in archive order beside labels taken
+    in sorted order passed every test on it; with the members shuffled, most labels sat on another class's image."""
+    from tests.conftest import SAMPLE_TARBALL
+
+    with tarfile.open(SAMPLE_TARBALL) as src:
+        members = [(m, src.extractfile(m).read()) for m in src if m.isfile()]
+    shuffled = tmp_path / "shuffled.tar.gz"
+    with tarfile.open(shuffled, "w:gz") as dst:
+        for i in np.random.default_rng(0).permutation(len(members)):
+            dst.addfile(members[i][0], io.BytesIO(members[i][1]))
+    prepare_cifar10(str(SAMPLE_TARBALL), tmp_path / "sorted", subset_per_class=20)
+    prepare_cifar10(str(shuffled), tmp_path / "shuffled", subset_per_class=20)
+    for name in ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy", "splits.npz"):
+        assert (tmp_path / "sorted" / name).read_bytes() == (tmp_path / "shuffled" / name).read_bytes(), name
