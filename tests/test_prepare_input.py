@@ -301,7 +301,8 @@ def test_a_16_bit_grayscale_image_keeps_its_high_byte_and_a_float_one_is_refused
     its high byte), and a PFM's floats to 0 or 1, silently."""
     src = png_tree(tmp_path / "src")
     gray = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) % 256
-    Image.fromarray(gray * 257).save(src / "train" / "cat" / "0.png")  # mode I;16: 8-bit v stored as 257 v
+    # mode I;16, high byte v and low byte 255 - v: only the high byte gives v (stored as 257 v, either byte did)
+    Image.fromarray(gray * 256 + (255 - gray)).save(src / "train" / "cat" / "0.png")
     assert Image.open(src / "train" / "cat" / "0.png").mode == "I;16"
     prepare_cifar10(str(src), tmp_path / "out", subset_per_class=1)
     images, labels = (np.load(tmp_path / "out" / f"train_{k}.npy") for k in ("images", "labels"))
