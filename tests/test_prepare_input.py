@@ -360,3 +360,17 @@ def test_an_8_bit_image_in_another_mode_is_stored_as_its_rgb_pixels(tmp_path, no
     assert np.array_equal(train[cat], np.repeat(gray[..., None], 3, 2)) and np.array_equal(train[dog], palette[idx])
     assert np.array_equal(train[frog], rgba[..., :3])
     assert np.array_equal(test[cat], np.repeat(jpeg_gray[..., None], 3, 2))
+
+
+def test_a_folder_source_with_an_image_replaced_in_place_is_prepared_again(tmp_path, capsys, no_ffcv):
+    """A folder source's digest covers its files' bytes, not only their names: an image replaced under the same name
+    (a damaged file fetched again) is other data, so prepare rebuilds. Hashed by its names alone, the folder kept
+    its digest and prepare said "nothing to do", training on the old pixels under the old run keys."""
+    src, out = png_tree(tmp_path / "src"), tmp_path / "out"
+    prepare_cifar10(str(src), out, subset_per_class=1)
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(src / "test" / "cat" / "0.png")
+    capsys.readouterr()
+    m = prepare_cifar10(str(src), out, subset_per_class=1)
+    assert "nothing to do" not in capsys.readouterr().out and m["source_sha256"] == prepare.source_sha256(str(src))
+    images, labels = (np.load(out / f"test_{k}.npy") for k in ("images", "labels"))
+    assert (images[labels == prepare.CLASSES.index("cat")] == 200).all()
