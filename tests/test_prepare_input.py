@@ -374,3 +374,23 @@ def test_a_folder_source_with_an_image_replaced_in_place_is_prepared_again(tmp_p
     assert "nothing to do" not in capsys.readouterr().out and m["source_sha256"] == prepare.source_sha256(str(src))
     images, labels = (np.load(out / f"test_{k}.npy") for k in ("images", "labels"))
     assert (images[labels == prepare.CLASSES.index("cat")] == 200).all()
+
+
+def test_a_damaged_image_in_a_whole_source_leaves_the_prepared_folder_as_it_was(tmp_path, capsys, no_ffcv,
+                                                                              monkeypatch):
+    """Without --subset-per-class too, every image is decoded before the folder is touched: a damaged one is one line
+    and the folder keeps its last good prepare, manifest and files. Decoded only as the arrays were written, the
+    manifest was gone and train_images.npy rewritten by then. CIFAR-10's counts are lowered to 1 a class here, so
+    a whole source is 20 PNGs."""
+    from loaders import sources
+
+    monkeypatch.setitem(sources.COUNTS_PER_CLASS, "train", 1)
+    monkeypatch.setitem(sources.COUNTS_PER_CLASS, "test", 1)
+    src, data = png_tree(tmp_path / "src"), tmp_path / "data"
+    prepare_cifar10(str(src), data)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(src / "train" / "airplane" / "0.png")  # other pixels
+    (src / "test" / "truck" / "0.png").write_bytes(b"damaged")
+    err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(data)])
+    assert "test/truck/0.png: unreadable image" in err, err
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before and load_manifest(data, verify=True)
