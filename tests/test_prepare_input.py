@@ -394,3 +394,20 @@ def test_a_damaged_image_in_a_whole_source_leaves_the_prepared_folder_as_it_was(
     err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(data)])
     assert "test/truck/0.png: unreadable image" in err, err
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before and load_manifest(data, verify=True)
+
+
+def test_links_and_folders_named_like_images_in_an_archive_are_skipped(tmp_path, no_ffcv):
+    """Only an archive's regular files are images. A folder member named train/cat/dir.jpg has no bytes (reading
+    it was an AttributeError traceback); a hard link train/cat/link.jpg to train/dog/0000.jpg is a dog, not a cat
+    of its own, and its size, 0, would pass every cap whatever it reads. Both are skipped, as a folder source
+    skips a folder named *.png."""
+    archive = tmp_path / "links.tar.gz"
+    with tarfile.open(SAMPLE) as src, tarfile.open(archive, "w:gz") as dst:
+        for m in src:
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        folder, link = tarfile.TarInfo("train/cat/dir.jpg"), tarfile.TarInfo("train/cat/link.jpg")
+        folder.type, link.type, link.linkname = tarfile.DIRTYPE, tarfile.LNKTYPE, "train/dog/0000.jpg"
+        dst.addfile(folder)
+        dst.addfile(link)
+    m = prepare_cifar10(str(archive), tmp_path / "out", subset_per_class=20)
+    assert m["encoding"]["formats"] == {"JPEG": 400} and m["images_per_class"]["train"] == [20] * 10
