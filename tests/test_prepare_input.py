@@ -411,3 +411,19 @@ def test_links_and_folders_named_like_images_in_an_archive_are_skipped(tmp_path,
         dst.addfile(link)
     m = prepare_cifar10(str(archive), tmp_path / "out", subset_per_class=20)
     assert m["encoding"]["formats"] == {"JPEG": 400} and m["images_per_class"]["train"] == [20] * 10
+
+
+def test_a_whole_source_with_more_images_of_a_class_than_cifar10_is_refused(tmp_path, capsys, no_ffcv, monkeypatch):
+    """Without --subset-per-class a source must hold CIFAR-10's counts exactly: one with an extra image of a class
+    (a merged folder, a copy under another name) is refused, not prepared and recorded as CIFAR-10. Only fewer
+    images than CIFAR-10's were refused. CIFAR-10's counts are lowered to 1 a class here."""
+    from loaders import sources
+
+    monkeypatch.setitem(sources.COUNTS_PER_CLASS, "train", 1)
+    monkeypatch.setitem(sources.COUNTS_PER_CLASS, "test", 1)
+    src = png_tree(tmp_path / "src")
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(src / "train" / "cat" / "1.png")
+    err = _one_line_error(capsys, ["--source", str(src), "--data-dir", str(tmp_path / "out")])
+    assert err.endswith("train: [1, 1, 1, 2, 1, 1, 1, 1, 1, 1] images per class, CIFAR-10 has 1 each (use "
+                        "--subset-per-class for a subset)"), err
+    assert not (tmp_path / "out").exists()
