@@ -427,3 +427,14 @@ def test_a_whole_source_with_more_images_of_a_class_than_cifar10_is_refused(tmp_
     assert err.endswith("train: [1, 1, 1, 2, 1, 1, 1, 1, 1, 1] images per class, CIFAR-10 has 1 each (use "
                         "--subset-per-class for a subset)"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_official_label_out_of_range_is_refused_whatever_its_width(tmp_path, write_official_archive, capsys):
+    """Labels are read as int64 and checked: 259 is refused as outside 0..9, not taken modulo 256 as the cat (3) a
+    narrower cast would make of it, moving an image silently to another class."""
+    x, y = synthetic_split(1, 1)
+    archive = write_official_archive(tmp_path / "wide.tar.gz", (x, y), (x, np.where(y == 3, 259, y)))
+    err = _one_line_error(capsys, ["--source", str(archive), "--data-dir", str(tmp_path / "out"),
+                                   "--subset-per-class", "1"])
+    assert err.endswith("test: labels outside 0..9 (min 0, max 259)"), err
+    assert not (tmp_path / "out").exists()
