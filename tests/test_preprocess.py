@@ -217,3 +217,24 @@ def test_an_edited_cache_whose_stamp_still_matches_is_refitted(smoke_data_dir, t
     assert "unreadable (ValueError); fitting the statistics again" in capsys.readouterr().err
     images = torch.from_numpy(np.load(data / "test_images.npy")[:4]).permute(0, 3, 1, 2)
     assert torch.equal(again(images), fitted(images))
+
+
+@pytest.mark.parametrize("kind", ["gcn-zca", "meanstd"])
+def test_a_folder_prepared_again_from_other_images_refits_its_statistics(tmp_path, write_official_archive, no_ffcv,
+                                                                         kind):
+    """The cache is stamped with the sha256 of manifest.json, which names every prepared file's digest: a folder
+    prepared again from another source of the same counts (so the same splits.npz) is fitted on its new images. A
+    stamp that missed the pixels (the split file's digest, say) whitened the new data with the old source's
+    statistics."""
+    from loaders.prepare import prepare_cifar10
+    from loaders.preprocess import fit_gcn_zca, fit_meanstd
+    from tests.test_prepare import synthetic_split
+
+    data = tmp_path / "data"
+    for seed in (1, 3):  # two sources: other pixels, the same labels
+        archive = write_official_archive(tmp_path / f"{seed}.tar.gz", synthetic_split(2, seed),
+                                         synthetic_split(1, seed + 1))
+        prepare_cifar10(str(archive), data, subset_per_class=1)
+        pre = build_preprocess(kind, data)
+    fresh = (fit_gcn_zca if kind == "gcn-zca" else fit_meanstd)(data, "train")
+    assert {n: torch.equal(getattr(pre, n), v) for n, v in fresh.items()} == dict.fromkeys(fresh, True)
