@@ -438,3 +438,21 @@ def test_an_official_label_out_of_range_is_refused_whatever_its_width(tmp_path, 
                                    "--subset-per-class", "1"])
     assert err.endswith("test: labels outside 0..9 (min 0, max 259)"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_split_file_edited_in_place_is_no_longer_prepared(tmp_path, write_official_archive, capsys, no_ffcv):
+    """splits.npz is listed in the manifest with its sha256, as the arrays are: train45k and val5k rewritten to
+    overlap, at the same counts, leave the folder damaged, and prepare writes the seeded split again. Neither listed
+    nor required, the edited file passed as prepared, and LR selection judged on an image it had trained on."""
+    archive = write_official_archive(tmp_path / "a.tar.gz", synthetic_split(10, 1), synthetic_split(10, 2))
+    out = tmp_path / "out"
+    prepare_cifar10(str(archive), out, subset_per_class=10)
+    good = (out / "splits.npz").read_bytes()
+    with np.load(out / "splits.npz") as z:
+        train45k, val5k = z["train45k"], z["val5k"]
+    np.savez(out / "splits.npz", train45k=np.sort(np.r_[train45k[1:], val5k[0]]), val5k=val5k)
+    with pytest.raises(ValueError, match="is damaged or incomplete"):
+        load_manifest(out, verify=True)
+    capsys.readouterr()
+    prepare_cifar10(str(archive), out, subset_per_class=10)
+    assert "nothing to do" not in capsys.readouterr().out and (out / "splits.npz").read_bytes() == good
