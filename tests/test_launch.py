@@ -164,3 +164,13 @@ def test_the_cpu_estimate_counts_the_runs_asked_for_and_the_evaluated_epochs(mon
     assert [r.key() for r in asked[0]] == [r.key() for r in with_arms]
     _, note = launch.command(["--models", "allcnn-c", "--lrs", "0.1", "--source", "x.tar.gz"], gpus=0)
     assert "the paper grid (1 run x 350 epochs)" in note
+
+
+def test_no_gpu_reads_a_preset_and_a_source_given_as_option_equals_value(monkeypatch):
+    """`--preset=paper` is an explicit preset (the paper grid runs as asked, with no note) and `--source=FILE` an
+    explicit source (no offline one added before it), as their spaced forms are."""
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda runs: 1234.0)  # measured in a test above
+    cmd, note = launch.command(["--preset=paper", "--lrs", "0.1"], gpus=0)
+    assert note is None and "smoke" not in cmd and cmd[-3:] == ["--preset=paper", "--lrs", "0.1"]
+    cmd, note = launch.command(["--source=x.tar.gz"], gpus=0)
+    assert note.startswith("no GPU here") and "--source" not in cmd and cmd[-1] == "--source=x.tar.gz"
