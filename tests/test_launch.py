@@ -174,3 +174,11 @@ def test_no_gpu_reads_a_preset_and_a_source_given_as_option_equals_value(monkeyp
     assert note is None and "smoke" not in cmd and cmd[-3:] == ["--preset=paper", "--lrs", "0.1"]
     cmd, note = launch.command(["--source=x.tar.gz"], gpus=0)
     assert note.startswith("no GPU here") and "--source" not in cmd and cmd[-1] == "--source=x.tar.gz"
+
+
+def test_the_cpu_estimate_counts_the_seeds_asked_for(monkeypatch):
+    """`--seeds 0,1,2` is three runs of the one model and LR in the no-GPU line, not the paper preset's one seed."""
+    monkeypatch.setattr(launch, "paper_grid_cpu_hours", lambda runs: 1234.0)
+    _, note = launch.command(["--models", "allcnn-c", "--lrs", "0.1", "--seeds", "0,1,2", "--source", "x.tar.gz"],
+                             gpus=0)
+    assert "the paper grid (3 runs x 350 epochs)" in note
