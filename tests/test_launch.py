@@ -182,3 +182,13 @@ def test_the_cpu_estimate_counts_the_seeds_asked_for(monkeypatch):
     _, note = launch.command(["--models", "allcnn-c", "--lrs", "0.1", "--seeds", "0,1,2", "--source", "x.tar.gz"],
                              gpus=0)
     assert "the paper grid (3 runs x 350 epochs)" in note
+
+
+def test_the_offline_data_is_the_full_copy_beside_the_repository_before_the_sample(tmp_path, monkeypatch):
+    """../shared/data's 60,000 images when they are there; the 400-image sample only without them."""
+    full, sample = tmp_path / "full.tar.gz", tmp_path / "sample.tar.gz"
+    sample.write_bytes(b"")
+    monkeypatch.setattr(launch, "OFFLINE_SOURCES", (full, sample))
+    assert launch.offline_source() == sample
+    full.write_bytes(b"")
+    assert launch.offline_source() == full
