@@ -192,3 +192,14 @@ def test_the_offline_data_is_the_full_copy_beside_the_repository_before_the_samp
     assert launch.offline_source() == sample
     full.write_bytes(b"")
     assert launch.offline_source() == full
+
+
+def test_k_launches_refuse_a_typo_in_one_line_before_starting_any(monkeypatch, capsys):
+    """With ALLCONV_RUNS_PER_GPU=2 the launcher parses run_all's options itself (to prepare the data once): a typo
+    is run_all's one line and exit 2, and no launch starts."""
+    monkeypatch.setenv("ALLCONV_GPUS", "2")
+    monkeypatch.setenv("ALLCONV_RUNS_PER_GPU", "2")
+    started = []
+    monkeypatch.setattr(launch, "run_children", lambda cmds: started.append(cmds) or 0)
+    assert launch.main(["--lrs", "fast"]) == 2
+    assert capsys.readouterr().err == "error: argument --lrs: invalid float value: 'fast'\n" and started == []
