@@ -319,3 +319,22 @@ def test_more_processes_than_gpus_names_the_command(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(process.LaunchError, match="ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu"):
         process.check_launch()
+
+
+def test_a_launch_that_fits_the_machine_passes_the_check(monkeypatch):
+    """One process per GPU (2 on 2), one process without a GPU, a CPU DDP launch (ACCELERATE_USE_CPU=1) and a rank of
+    a two-machine launch (2 of WORLD_SIZE 4 on this machine's 2 GPUs) all start: the check counts this machine's
+    processes against its GPUs, and refuses only more."""
+    import torch
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for local, world in (("2", "2"), ("2", "4"), ("1", "1")):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        monkeypatch.setenv("WORLD_SIZE", world)
+        process.check_launch()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    process.check_launch()  # LOCAL_WORLD_SIZE 1: plain python on a CPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    process.check_launch()
