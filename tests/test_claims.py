@@ -338,3 +338,17 @@ def test_a_launch_that_fits_the_machine_passes_the_check(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     process.check_launch()
+
+
+def test_fp16_on_a_cpu_is_refused_not_trained_in_fp32(fresh_accelerator):
+    """Accelerate would make an fp16 Accelerator on a CPU and autocast nothing: the run would train in fp32 and be
+    recorded as fp16. make_accelerator refuses it in one line; bf16 autocasts on a CPU and is made."""
+    from bench.cli import UsageError
+
+    with pytest.raises(UsageError, match=r"^--precision fp16 is not supported on cpu by Accelerate; use --precision "
+                                         r"bf16 or no$"):
+        process.make_accelerator("fp16", cpu=True)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # one mixed precision per process: a new one for the bf16 Accelerator
+    assert process.make_accelerator("bf16", cpu=True).mixed_precision == "bf16"
