@@ -352,3 +352,20 @@ def test_fp16_on_a_cpu_is_refused_not_trained_in_fp32(fresh_accelerator):
 
     AcceleratorState._reset_state()  # one mixed precision per process: a new one for the bf16 Accelerator
     assert process.make_accelerator("bf16", cpu=True).mixed_precision == "bf16"
+
+
+def test_a_rank_under_a_launcher_asks_for_sigterm_when_the_launcher_dies():
+    """die_with_launcher under a launcher (LOCAL_RANK set) asks Linux for SIGTERM, which run_all checkpoints on,
+    when its parent dies (SIGKILL would lose the epoch); without a launcher it asks for nothing."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    script = ("import ctypes; from bench import process; process.die_with_launcher(); "
+              "sig = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0); print(sig.value)")
+    root = Path(__file__).resolve().parents[1]
+    for env, want in (({"LOCAL_RANK": "0"}, 15), ({}, 0)):  # PR_GET_PDEATHSIG = 2; SIGTERM = 15
+        base = {k: v for k, v in os.environ.items() if k != "LOCAL_RANK"}
+        p = subprocess.run([sys.executable, "-c", script], cwd=root, env={**base, **env}, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout.strip() == str(want), p.stderr
