@@ -1,6 +1,7 @@
 """bench/progress.py: what run_all says about the whole grid, read from a real ledger folder (bench.results)."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 from bench import results
@@ -40,3 +41,16 @@ def test_an_arms_lines_name_what_it_changes_and_the_grids_do_not(capsys):
         "allcnn-c lr=0.01 seed=0 [preprocess=gcn-zca-fb1]: completed, test error 17.19% [k]",
         *(f"allcnn-c lr={lr:g} seed=0 [optimizer=adam]: completed, test error 17.19% [k]"
           for lr in (3e-3, 1e-3, 3e-4, 1e-4))]
+
+
+def test_the_summary_names_the_ledger_folder_and_the_logs_and_only_the_main_process_says_it(tmp_path, capsys):
+    """The summary line names where the records are (<out>/runs, what `python -m reports` reads) and, with a
+    tracker, the logs; a process other than the main one says nothing (one summary per grid, not one per GPU)."""
+    out = write_ledger(tmp_path / "out", [record(lr=0.05, test=9.2), record(lr=0.1, status="diverged")])
+    keys = [r["run_key"] for r in results.read_records(out)]
+    cfg = RunConfig(out=str(out), progress=False, log_with="tensorboard")
+    Progress(cfg, SimpleNamespace(is_main_process=False)).summary(keys)
+    assert capsys.readouterr().out == ""
+    Progress(cfg, SimpleNamespace(is_main_process=True)).summary(keys)
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == f"grid of 2 runs: 1 completed, 1 diverged; ledger: {out / 'runs'}; tensorboard logs: {out / 'logs'}"
