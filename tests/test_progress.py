@@ -54,3 +54,11 @@ def test_the_summary_names_the_ledger_folder_and_the_logs_and_only_the_main_proc
     Progress(cfg, SimpleNamespace(is_main_process=True)).summary(keys)
     line = capsys.readouterr().out.splitlines()[0]
     assert line == f"grid of 2 runs: 1 completed, 1 diverged; ledger: {out / 'runs'}; tensorboard logs: {out / 'logs'}"
+
+
+def test_the_plan_line_counts_and_names_the_ledger_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    show = Progress(RunConfig(out=str(out), progress=False), SimpleNamespace(is_main_process=True))
+    show.plan(runs=[1, 2, 3], done={1}, pending=[2, 3], mine=[2], mode="grid", world=2, ddp=False)
+    assert capsys.readouterr().out.splitlines()[1] == (f"3 runs: 1 already in {out / 'runs'} (skipped), 2 to train "
+                                                       "(failed and stalled ones again); mode grid on 2 process(es)")
