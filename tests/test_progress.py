@@ -62,3 +62,19 @@ def test_the_plan_line_counts_and_names_the_ledger_folder(tmp_path, capsys):
     show.plan(runs=[1, 2, 3], done={1}, pending=[2, 3], mine=[2], mode="grid", world=2, ddp=False)
     assert capsys.readouterr().out.splitlines()[1] == (f"3 runs: 1 already in {out / 'runs'} (skipped), 2 to train "
                                                        "(failed and stalled ones again); mode grid on 2 process(es)")
+
+
+def test_a_run_line_says_why_it_did_not_complete_and_each_process_of_a_grid_says_its_own(capsys):
+    """A diverged run's line carries its reason; in grid mode a process other than the main one reports the runs
+    it trained itself (no one else does), in DDP mode it leaves them to the main process (one line per run)."""
+    from bench.config import PRESETS, Run
+
+    cfg = dataclasses.replace(PRESETS["smoke"], progress=False)
+    run = Run("allcnn-c", 0.05, 0, cfg)
+    show = Progress(cfg, SimpleNamespace(is_main_process=False))
+    show.plan([run], set(), [run], [run], "grid", 2, ddp=False)
+    show.run_done(run, "k", {"status": "diverged", "error": "loss is nan in epoch 2", "test_error_pct": None})
+    assert capsys.readouterr().out == "allcnn-c lr=0.05 seed=0: diverged, test error - (loss is nan in epoch 2) [k]\n"
+    show.plan([run], set(), [run], [run], "ddp", 2, ddp=True)
+    show.run_done(run, "k", {"status": "completed", "error": None, "test_error_pct": 9.5})
+    assert capsys.readouterr().out == ""
