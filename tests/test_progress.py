@@ -78,3 +78,24 @@ def test_a_run_line_says_why_it_did_not_complete_and_each_process_of_a_grid_says
     show.plan([run], set(), [run], [run], "ddp", 2, ddp=True)
     show.run_done(run, "k", {"status": "completed", "error": None, "test_error_pct": 9.5})
     assert capsys.readouterr().out == ""
+
+
+def test_off_a_terminal_progress_is_plain_lines_for_evaluated_epochs_only(capsys, monkeypatch):
+    """stdout a file or pipe (as here): no bars even with --progress, a plain line per evaluated epoch and none for
+    an epoch without an evaluation; on a terminal, bars instead of those lines."""
+    from bench import progress
+    from bench.config import PRESETS, Run
+
+    cfg = dataclasses.replace(PRESETS["smoke"], progress=True)
+    run = Run("allcnn-c", 0.05, 0, cfg)
+    entry = {"epoch": 2, "loss": 0.5, "train_acc_pct": 80.0, "test_error_pct": 20.0, "test_loss": 0.6}
+    show = Progress(cfg, SimpleNamespace(is_main_process=True))
+    assert not show.bars and show.epoch_bar(run, 1, 10, None) is None
+    show.epoch_done(run, {**entry, "epoch": 1, "test_error_pct": None, "test_loss": None})
+    show.epoch_done(run, entry)
+    assert capsys.readouterr().out == ("allcnn-c lr=0.05 seed=0 epoch 2/2: loss 0.500, train acc 80.0%, test error "
+                                       "20.00% (loss 0.600)\n")
+    monkeypatch.setattr(progress, "sys", SimpleNamespace(stdout=SimpleNamespace(isatty=lambda: True)))
+    show = Progress(cfg, SimpleNamespace(is_main_process=True))
+    show.epoch_done(run, entry)
+    assert show.bars and capsys.readouterr().out == ""
