@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
+import pytest
+
 from bench import results
 from bench.config import RunConfig
 from bench.progress import Progress
@@ -99,3 +101,19 @@ def test_off_a_terminal_progress_is_plain_lines_for_evaluated_epochs_only(capsys
     show = Progress(cfg, SimpleNamespace(is_main_process=True))
     show.epoch_done(run, entry)
     assert show.bars and capsys.readouterr().out == ""
+
+
+def test_a_log_with_that_cannot_log_is_a_usage_error_before_anything_trains(monkeypatch):
+    """`--log-with` names no Accelerate tracker, or one whose package is missing: one line (UsageError) when
+    Progress is made, before any run trains, not a KeyError or an ImportError at the first run's tracker."""
+    from accelerate.utils import imports
+
+    from bench.cli import UsageError
+    from bench.progress import tracker_class
+
+    with pytest.raises(UsageError, match=r"^--log-with tensorbored is not an Accelerate tracker; valid: .*tensorboard"):
+        Progress(RunConfig(log_with="tensorbored", progress=False), SimpleNamespace(is_main_process=True))
+    monkeypatch.setattr(imports, "is_mlflow_available", lambda: False)
+    with pytest.raises(UsageError, match=r"^--log-with mlflow: its package is not installed \(pip install mlflow\)$"):
+        tracker_class("mlflow")
+    assert tracker_class(None) is None and tracker_class("tensorboard").name == "tensorboard"
