@@ -50,7 +50,9 @@ def launch_rank() -> str:
 def die_with_launcher() -> None:
     """Under a launcher (accelerate launch / torchrun: LOCAL_RANK set), ask Linux for SIGTERM when the launcher
     dies (e.g. SIGKILLed): run_all's SIGTERM handler then checkpoints and exits instead of training on as an
-    orphan beside a rerun. If the launcher is already gone, SIGTERM now."""
+    orphan beside a rerun. If the launcher died while this asked (its parent changed), SIGTERM now. A parent that
+    is pid 1 is left alone: it is the launcher when a container's entrypoint is `accelerate launch` or torchrun
+    (whose death ends the container's processes), and cannot be told from a launcher that died before this looked."""
     if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -59,7 +61,7 @@ def die_with_launcher() -> None:
     parent = os.getppid()
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent or parent == 1:
+    if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 

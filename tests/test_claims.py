@@ -369,3 +369,24 @@ def test_a_rank_under_a_launcher_asks_for_sigterm_when_the_launcher_dies():
         p = subprocess.run([sys.executable, "-c", script], cwd=root, env={**base, **env}, capture_output=True,
                            text=True, timeout=120)
         assert p.returncode == 0 and p.stdout.strip() == str(want), p.stderr
+
+
+def test_a_rank_whose_launcher_is_pid_1_trains_and_one_whose_launcher_just_died_stops(monkeypatch):
+    """A container whose entrypoint is the launcher (`accelerate launch` or torchrun as pid 1): every rank's parent
+    is pid 1, and die_with_launcher took that for a dead launcher: each rank SIGTERMed itself before run_all's
+    handler was set, exit 143 and nothing trained. A parent that changes while it asks is a launcher that died."""
+    import ctypes
+    import signal
+    from types import SimpleNamespace
+
+    killed, parents = [], []
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **kw: SimpleNamespace(prctl=lambda *args: 0))  # not this pytest's
+    monkeypatch.setattr(os, "getppid", lambda: parents.pop(0))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    parents[:] = [1, 1]
+    process.die_with_launcher()
+    assert killed == []
+    parents[:] = [4242, 1]  # reparented to init between the two looks
+    process.die_with_launcher()
+    assert killed == [(os.getpid(), signal.SIGTERM)]
