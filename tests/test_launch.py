@@ -203,3 +203,12 @@ def test_k_launches_refuse_a_typo_in_one_line_before_starting_any(monkeypatch, c
     monkeypatch.setattr(launch, "run_children", lambda cmds: started.append(cmds) or 0)
     assert launch.main(["--lrs", "fast"]) == 2
     assert capsys.readouterr().err == "error: argument --lrs: invalid float value: 'fast'\n" and started == []
+
+
+def test_help_is_the_launchers_own_words_then_run_alls_options(capfd):
+    """`python -m bench.launch --help` explains the launcher (ALLCONV_GPUS, ALLCONV_RUNS_PER_GPU, --plan) before the
+    run_all options it passes on: run_all's help alone says nothing of how `make run` picks its grid."""
+    assert launch.main(["--help"]) == 0
+    out = capfd.readouterr().out
+    assert "ALLCONV_GPUS=N" in out and "ALLCONV_RUNS_PER_GPU=K" in out and "--plan" in out
+    assert out.index("run_all's options:") < out.index("usage: bench/run_all.py")
