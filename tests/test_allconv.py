@@ -260,3 +260,14 @@ def test_macs_count_the_classes_asked_for():
     """macs(num_classes=100) counts the 100-way 1x1 conv the network of that many classes has (192 -> 100 at 6x6);
     a count that ignored `num_classes` gave the 10-class figure for every class count."""
     assert allconv.macs("allcnn-c", num_classes=100) - allconv.macs("allcnn-c") == 6 * 6 * 192 * 90
+
+
+@pytest.mark.parametrize("name", [n for n in TABLE3_ORDER if n.startswith(("model", "convpool"))])
+def test_every_pool_is_3x3_stride_2_padded_by_1(name):
+    """Table 1's 3x3 max-pool, stride 2, padded by 1 (allconv.specs.POOL_PADDING). A 2x2/2 pool, or a 3x3/2 one in
+    ceil mode without padding (Caffe's windows, shifted by a pixel), gives the same 16 and 8 and the same parameters:
+    the sizes and counts passed for both."""
+    pools = [m for m in allconv.build(name).modules() if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 2
+    for pool in pools:
+        assert (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode) == (3, 2, 1, False), name
