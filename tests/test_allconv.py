@@ -271,3 +271,17 @@ def test_every_pool_is_3x3_stride_2_padded_by_1(name):
     assert len(pools) == 2
     for pool in pools:
         assert (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode) == (3, 2, 1, False), name
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_every_conv_is_followed_by_its_relu(name):
+    """Table 1: ReLU after every conv, the stages' 1x1 convs of family B included (only the strided one's missing
+    ReLU was caught before, by the dropout test's look at strided-b); without the final ReLU, only the last conv
+    has none."""
+    for final_relu in (True, False):
+        mods = [m for m in allconv.build(name, final_relu=final_relu).modules()
+                if not isinstance(m, nn.Sequential)]
+        after = [type(mods[i + 1]).__name__ if i + 1 < len(mods) else None
+                 for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
+        assert after == ["ReLU"] * (len(after) - 1) + ["ReLU" if final_relu else "AdaptiveAvgPool2d"], name
+        assert sum(isinstance(m, nn.ReLU) for m in mods) == len(after) - (not final_relu)
