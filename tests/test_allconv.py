@@ -285,3 +285,20 @@ def test_every_conv_is_followed_by_its_relu(name):
                  for i, m in enumerate(mods) if isinstance(m, nn.Conv2d)]
         assert after == ["ReLU"] * (len(after) - 1) + ["ReLU" if final_relu else "AdaptiveAvgPool2d"], name
         assert sum(isinstance(m, nn.ReLU) for m in mods) == len(after) - (not final_relu)
+
+
+@pytest.mark.parametrize("init", ["caffe-xavier", "kaiming"])
+def test_init_scales_by_fan_in_in_every_conv(init):
+    """Caffe's XavierFiller (variance 1 / fan_in) and He init scale by the fan-in. test_init_options looked at a
+    96 -> 96 conv only, whose fan-in and fan-out are both 864: a fan-out filler, or Glorot's in place of Caffe's,
+    passed it. The first conv (fan-in 27, fan-out 864) and the last (fan-in 192, fan-out 10) tell them apart."""
+    torch.manual_seed(0)
+    first, *_, last = convs(allconv.build("allcnn-c", init=init))
+    for conv, fan_in in ((first, 27), (last, 192)):
+        w = conv.weight
+        assert w[0].numel() == fan_in
+        if init == "caffe-xavier":
+            bound = (3 / fan_in) ** 0.5
+            assert 0.9 * bound < w.abs().max() <= bound, fan_in
+        else:
+            assert w.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1), fan_in
