@@ -136,3 +136,25 @@ def test_a_channel_is_dead_only_if_no_training_image_in_any_batch_fires_it(smoke
         assert torch.equal(net[3](net[1](x.float())).gt(0), torch.eye(200, dtype=torch.bool))
     d = diagnose(net, data.loader("train"), data.loader("test"), whiten, acc)
     assert d["dead_relu_channels"] == {"3": [100, 200]}
+
+
+def test_train_error_is_measured_with_dropout_off(smoke_data_dir):
+    """`train_error_pct` is the eval-mode error (the history's train accuracy is the one with dropout on): the exact
+    least-squares map of test_train_error_is_measured_on_the_training_images, with a 50% dropout on its class scores
+    (in training mode it drops about half the right ones) and handed over in training mode, gets every training
+    image right. A train pass left in training mode passed the tests (each of their networks either had no dropout
+    or was compared on the test pass only)."""
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
+    data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=50)
+    whiten = data.preprocess("gcn-zca")
+    x, y = zip(*((engine.prepare_input(images, whiten, False).flatten(1), labels)
+                 for images, labels in data.loader("train")))
+    x, y = torch.cat(x).double(), torch.cat(y)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x.shape[1], 10), torch.nn.Dropout(0.5))
+    with torch.no_grad():
+        net[1].weight.copy_((torch.linalg.pinv(x) @ torch.nn.functional.one_hot(y, 10).double()).T)
+        net[1].bias.zero_()
+    d = diagnose(net.train(), data.loader("train"), data.loader("test"), whiten, acc)
+    assert d["train_error_pct"] == 0 and not net.training
