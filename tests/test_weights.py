@@ -113,3 +113,19 @@ def test_bad_files_are_one_line(trained, tmp_path):
     with pytest.raises(ValueError, match="names no known model") as e:
         weights.load(tmp_path / "crafted.pt")
     assert "\n" not in str(e.value)
+
+
+def test_the_file_rebuilds_each_switch_as_the_run_set_it(tmp_path):
+    """bn, dropout and final_relu are stored each under its own name: a run with BN and dropout but without the final
+    ReLU comes back as that network, weights included. The trained runs above have dropout and the final ReLU both
+    on or both off and no BN, so a save that swapped the two or dropped bn passed them."""
+    torch.manual_seed(0)
+    cfg = RunConfig(out=str(tmp_path), bn=True, dropout=True, final_relu=False, save_weights=True)
+    built = dict(bn=True, dropout=True, final_relu=False)
+    net = allconv.build("strided-a", 10, **built)
+    path = weights.save("completed", SimpleNamespace(model="strided-a", lr=0.05, cfg=cfg), "k", net, {})
+    blob = weights.read(path)
+    assert {k: blob[k] for k in built} == built
+    loaded = weights.load(path)
+    assert str(loaded) == str(allconv.build("strided-a", 10, **built))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in net.state_dict().items())
