@@ -302,3 +302,19 @@ def test_init_scales_by_fan_in_in_every_conv(init):
             assert 0.9 * bound < w.abs().max() <= bound, fan_in
         else:
             assert w.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1), fan_in
+
+
+@pytest.mark.parametrize("init", ["caffe-xavier", "kaiming"])
+def test_init_applies_with_bn_too(init):
+    """The --bn ablation arm records the same `init` as the paper's arm: its convs (without biases) get that filler,
+    not PyTorch's default (kaiming-uniform with a=sqrt(5): bound 1 / sqrt(fan_in), below caffe-xavier's
+    sqrt(3 / fan_in) and He's std sqrt(2 / fan_in)); BN starts as the identity (scale 1, shift 0)."""
+    torch.manual_seed(0)
+    model = allconv.build("allcnn-c", bn=True, init=init)
+    first = convs(model)[0].weight  # fan-in 27
+    if init == "caffe-xavier":
+        assert 0.9 * (3 / 27) ** 0.5 < first.abs().max() <= (3 / 27) ** 0.5
+    else:
+        assert first.std().item() == pytest.approx((2 / 27) ** 0.5, rel=0.1)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
