@@ -158,3 +158,20 @@ def test_train_error_is_measured_with_dropout_off(smoke_data_dir):
         net[1].bias.zero_()
     d = diagnose(net.train(), data.loader("train"), data.loader("test"), whiten, acc)
     assert d["train_error_pct"] == 0 and not net.training
+
+
+def test_train_error_is_the_percentage_evaluation_counts(smoke_data_dir):
+    """A fresh strided-a (dropout on, handed over in training mode) on 96 training images: `train_error_pct` is
+    100 x wrong / 96, as engine.evaluate counts it on the same images. The other tests saw a training error of 0 or
+    100 images, where a count of wrong images, a fraction and a percentage are alike."""
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
+    data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=32)
+    whiten = data.preprocess("gcn-zca")
+    train = list(data.loader("train"))[:3]
+    net = allconv.build("strided-a", 10)
+    d = diagnose(net, train, data.loader("test"), whiten, acc)
+    correct, seen, _, _ = engine.evaluate(net, train, whiten, acc)
+    assert seen == 96 and 0 < correct < 96
+    assert d["train_error_pct"] == pytest.approx(100 * (seen - correct) / seen, abs=1e-9)
