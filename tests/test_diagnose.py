@@ -160,18 +160,29 @@ def test_train_error_is_measured_with_dropout_off(smoke_data_dir):
     assert d["train_error_pct"] == 0 and not net.training
 
 
-def test_train_error_is_the_percentage_evaluation_counts(smoke_data_dir):
-    """A fresh strided-a (dropout on, handed over in training mode) on 96 training images: `train_error_pct` is
-    100 x wrong / 96, as engine.evaluate counts it on the same images. The other tests saw a training error of 0 or
-    100 images, where a count of wrong images, a fraction and a percentage are alike."""
+def test_train_and_class_errors_are_percentages_of_their_own_images(smoke_data_dir):
+    """A fresh strided-a (dropout on, handed over in training mode) on 96 training images and 64 test images (six
+    classes, 4 of a seventh, none of the last three): `train_error_pct` is 100 x wrong / 96, as engine.evaluate
+    counts it on the same images, and each class's test error is over that class's test images (None without
+    any). The other tests saw a training error of 0 or 100 images, and 10 images a class in both splits, where a
+    count, a fraction and a percentage, or the two splits' class counts, are alike."""
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
     data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=32)
     whiten = data.preprocess("gcn-zca")
-    train = list(data.loader("train"))[:3]
+    train, test = list(data.loader("train"))[:3], list(data.loader("test"))[:2]
     net = allconv.build("strided-a", 10)
-    d = diagnose(net, train, data.loader("test"), whiten, acc)
+    d = diagnose(net, train, test, whiten, acc)
     correct, seen, _, _ = engine.evaluate(net, train, whiten, acc)
     assert seen == 96 and 0 < correct < 96
     assert d["train_error_pct"] == pytest.approx(100 * (seen - correct) / seen, abs=1e-9)
+    x = torch.cat([engine.prepare_input(images, whiten, False) for images, _ in test])
+    y = torch.cat([labels for _, labels in test])
+    with torch.no_grad():
+        wrong = net(x).argmax(1) != y
+    n = torch.bincount(y, minlength=10).tolist()
+    assert n == [10] * 6 + [4, 0, 0, 0]  # the test split in class order: 7, 8 and 9 have no image, so no error
+    by_class = [100 * wrong[y == c].sum().item() / n[c] if n[c] else None for c in range(10)]
+    assert d["test_error_by_class_pct"][7:] == [None] * 3
+    assert d["test_error_by_class_pct"][:7] == pytest.approx(by_class[:7], abs=1e-9)
