@@ -285,3 +285,17 @@ def test_auto_is_the_tensor_backend_on_a_gpu_and_local_processes_share_the_cores
     for local_world, workers in (("1", 16), ("4", 4), ("32", 1)):
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
         assert loaders.workers_per_process() == workers
+
+
+def test_ffcv_trains_on_the_stored_pixels_unless_augmentation_is_asked(smoke_data_dir):
+    """Table 3 trains without augmentation: the ffcv backend's training batches are then exactly the stored images
+    and labels in the epoch's order, epoch after epoch. The full-data checks compare ffcv's augmented training loader
+    and its test split only, so an ffcv pipeline that flipped and shifted every training split went unnoticed."""
+    if not _ffcv_available():
+        pytest.skip("ffcv is not installed")
+    images, labels = np.load(smoke_data_dir / "train_images.npy"), np.load(smoke_data_dir / "train_labels.npy")
+    loader = loaders.make("train", 32, data_dir=smoke_data_dir, backend="ffcv", seed=2, num_workers=1)
+    for epoch in (0, 1):
+        x, y = first_batches(loader, len(loader), epoch)
+        order = loader.epoch_indices(epoch)
+        assert np.array_equal(as_nhwc(x), images[order]) and np.array_equal(y.numpy(), labels[order])
