@@ -299,3 +299,27 @@ def test_ffcv_trains_on_the_stored_pixels_unless_augmentation_is_asked(smoke_dat
         x, y = first_batches(loader, len(loader), epoch)
         order = loader.epoch_indices(epoch)
         assert np.array_equal(as_nhwc(x), images[order]) and np.array_equal(y.numpy(), labels[order])
+
+
+def test_ffcv_yields_a_ddp_ranks_own_plan_augmented_to_its_short_last_batch(smoke_data_dir):
+    """A DDP rank's ffcv loader yields that rank's plan (Loader.epoch_indices), the tensor backend's pixels, its
+    last short batch included; FFCV's distributed sampler, which would pad and shard the shard again, is never
+    used. test_shards runs the tensor and torch backends only, and the full-data ffcv checks use one process.
+    Built directly with rank 1 of 3, as make builds it under a process group."""
+    if not _ffcv_available():
+        pytest.skip("ffcv is not installed")
+    from loaders.ffcv_loaders import FFCVLoader
+    from loaders.manifest import load_manifest
+    from loaders.torch_loaders import TensorLoader
+
+    indices = loaders.split_indices(smoke_data_dir, "train")
+    kw = dict(augment="flip-translate", device=torch.device("cpu"), seed=2, rank=1, world_size=3, drop_last=False)
+    ffcv = FFCVLoader(smoke_data_dir, "train", 20, indices, manifest=load_manifest(smoke_data_dir), num_workers=1,
+                      **kw)
+    tensor = TensorLoader(smoke_data_dir, "train", 20, indices, **kw)
+    for epoch in (0, 1):
+        for loader in (ffcv, tensor):
+            loader.set_epoch(epoch)
+        got, want = ([(x.clone(), y.clone()) for x, y in loader] for loader in (ffcv, tensor))
+        assert [len(y) for _, y in got] == [20, 13]  # 100 // 3 images a rank
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want, strict=True))
