@@ -323,3 +323,14 @@ def test_ffcv_yields_a_ddp_ranks_own_plan_augmented_to_its_short_last_batch(smok
         got, want = ([(x.clone(), y.clone()) for x, y in loader] for loader in (ffcv, tensor))
         assert [len(y) for _, y in got] == [20, 13]  # 100 // 3 images a rank
         assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want, strict=True))
+
+
+def test_no_two_seed_epoch_pairs_draw_the_same_flips_and_shifts():
+    """Each (seed, epoch) draws augmentations of its own: seed s at epoch e + 1 must not repeat seed s + 1 at epoch
+    e (a key hashing seed + epoch did: the seeds of one LR then saw the same augmented copies one epoch apart).
+    The 121-offset test compares one epoch and one seed against (0, 0) only."""
+    idx = np.arange(64)
+    draws = {np.stack(flip_translate_params(epoch_key(seed, epoch), idx)).astype(np.int8).tobytes()
+             for seed in range(10) for epoch in range(100)}
+    assert len(draws) == 1000
+
