@@ -334,3 +334,20 @@ def test_no_two_seed_epoch_pairs_draw_the_same_flips_and_shifts():
              for seed in range(10) for epoch in range(100)}
     assert len(draws) == 1000
 
+
+def test_the_tensor_backend_reads_a_rewritten_split_again_and_keeps_a_copy_per_device(smoke_data_dir, tmp_path):
+    """The tensor backend shares one resident copy of a split between loaders: a loader on another device gets its
+    own (its batches on its device), and a split rewritten since (prepared again) is read again, while a loader
+    made before it keeps the pixels it had."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data_dir, data)
+    images = np.load(data / "test_images.npy")
+    kw = dict(data_dir=data, backend="tensor")
+    before = loaders.make("test", 100, **kw)
+    assert next(iter(loaders.make("test", 100, device="meta", **kw)))[0].device.type == "meta"
+    np.save(data / "test_images.npy", images[::-1])
+    after = loaders.make("test", 100, **kw)
+    assert np.array_equal(as_nhwc(next(iter(after))[0]), images[::-1])
+    assert np.array_equal(as_nhwc(next(iter(before))[0]), images)
