@@ -351,3 +351,15 @@ def test_the_tensor_backend_reads_a_rewritten_split_again_and_keeps_a_copy_per_d
     after = loaders.make("test", 100, **kw)
     assert np.array_equal(as_nhwc(next(iter(after))[0]), images[::-1])
     assert np.array_equal(as_nhwc(next(iter(before))[0]), images)
+
+
+def test_val5k_yields_its_training_images_in_stored_order(smoke_data_dir):
+    """val5k, the LR-selection arm's evaluation split, is a set of indices into the training images: it yields
+    those images and labels, in fixed order, never the test images at those positions (LR selection would then
+    look at the test set). Only the full tarball's counts noticed that, by an IndexError past the 10,000 test
+    images; on the sample's 100 and 100 nothing did."""
+    images, labels = np.load(smoke_data_dir / "train_images.npy"), np.load(smoke_data_dir / "train_labels.npy")
+    val = loaders.split_indices(smoke_data_dir, "val5k")
+    for backend in ("tensor", "torch"):
+        x, y = first_batches(loaders.make("val5k", 4, data_dir=smoke_data_dir, backend=backend, num_workers=0), 99, 0)
+        assert np.array_equal(as_nhwc(x), images[val]) and np.array_equal(y.numpy(), labels[val]), backend
