@@ -89,7 +89,18 @@ class FFCVLoader(Loader):
         epoch = iter(self.loader)
         _live.add(epoch)
         try:
-            yield from epoch
+            while True:  # FFCV's producer thread catches only StopIteration: one that died of anything else (an
+                # op's error, a damaged .beton; threading prints it) left its queue empty and next() waiting forever
+                while epoch.output_queue.empty() and epoch.is_alive():
+                    epoch.join(0.001)
+                if epoch.output_queue.empty():
+                    raise RuntimeError("FFCV's loader thread stopped before the end of the epoch (its error is "
+                                       "printed above)")
+                try:
+                    batch = next(epoch)  # no wait: a batch or the end marker is queued, and this is the only reader
+                except StopIteration:
+                    return
+                yield batch
         finally:  # the consumer finished or left the epoch (break, exception, stop): no producer outlives it
             stop_epoch(epoch)
 

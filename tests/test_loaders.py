@@ -166,6 +166,25 @@ def test_no_ffcv_producer_outlives_its_epoch(ffcv_train_aug):
     assert not ffcv_producers()
     stream.close()
 
+@pytest.mark.timeout(120)
+def test_an_error_in_ffcvs_producer_is_raised_not_waited_on(ffcv_train_aug, monkeypatch):
+    """FFCV's producer thread catches only StopIteration: one that died of anything else (our FlipTranslate's
+    Python step, a damaged .beton) left the consumer waiting on its queue forever, a run hanging to its timeout
+    instead of failing. The epoch now raises, and no producer is left."""
+    from loaders import ffcv_loaders
+
+    def broken(*_):
+        raise ValueError("a damaged batch")
+
+    monkeypatch.setattr(ffcv_loaders, "flip_translate_params", broken)
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)  # where the thread's error goes (printed, in a run)
+    ffcv_train_aug.set_epoch(1)
+    with pytest.raises(RuntimeError, match="FFCV's loader thread stopped before the end of the epoch"):
+        next(iter(ffcv_train_aug))
+    assert [str(d.exc_value) for d in died] == ["a damaged batch"] and not ffcv_producers()
+
+
 def test_lengths_and_last_batches(full_data_dir):
     kw = dict(data_dir=full_data_dir, backend="tensor")
     train = loaders.make("train", 128, **kw)
