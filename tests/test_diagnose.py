@@ -95,17 +95,23 @@ def test_inspect_checkpoint_builds_the_network_its_run_built(smoke_data_dir, tmp
         assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1 and why in p.stderr, p.stderr
 
 
+def training_rows(data_dir):
+    """(a CPU accelerator stand-in, the data, its GCN+ZCA, the whitened training images as fp64 rows, their labels):
+    what an exact least-squares class map is fitted to."""
+    cpu = torch.device("cpu")
+    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
+    data = loaders.Cache(data_dir, backend="tensor", device=cpu, distributed=False, batch_size=50)
+    whiten = data.preprocess("gcn-zca")
+    x, y = zip(*((engine.prepare_input(images, whiten, False).flatten(1), labels)
+                 for images, labels in data.loader("train")))
+    return acc, data, whiten, torch.cat(x).double(), torch.cat(y)
+
+
 def test_train_error_is_measured_on_the_training_images(smoke_data_dir):
     """`train_error_pct` is the error on the training split, what tells over-fitting from under-fitting: a linear
     map fitted exactly to the 100 training images (least squares, one-hot targets) gets them all right, and its
     error on the 100 test images is far from 0; each class map is positive on its own images, so no ReLU is dead."""
-    cpu = torch.device("cpu")
-    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
-    data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=50)
-    whiten = data.preprocess("gcn-zca")
-    x, y = zip(*((engine.prepare_input(images, whiten, False).flatten(1), labels)
-                 for images, labels in data.loader("train")))
-    x, y = torch.cat(x).double(), torch.cat(y)
+    acc, data, whiten, x, y = training_rows(smoke_data_dir)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x.shape[1], 10), torch.nn.Unflatten(1, (10, 1, 1)),
                               torch.nn.ReLU(), torch.nn.Flatten())  # class maps of 1x1, as allconv's
     with torch.no_grad():
@@ -145,13 +151,7 @@ def test_train_error_is_measured_with_dropout_off(smoke_data_dir):
     image right. A train pass left in training mode passed the tests (each of their networks either had no dropout
     or was compared on the test pass only)."""
     torch.manual_seed(0)
-    cpu = torch.device("cpu")
-    acc = SimpleNamespace(device=cpu, autocast=lambda _kwargs=None: contextlib.nullcontext())
-    data = loaders.Cache(smoke_data_dir, backend="tensor", device=cpu, distributed=False, batch_size=50)
-    whiten = data.preprocess("gcn-zca")
-    x, y = zip(*((engine.prepare_input(images, whiten, False).flatten(1), labels)
-                 for images, labels in data.loader("train")))
-    x, y = torch.cat(x).double(), torch.cat(y)
+    acc, data, whiten, x, y = training_rows(smoke_data_dir)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x.shape[1], 10), torch.nn.Dropout(0.5))
     with torch.no_grad():
         net[1].weight.copy_((torch.linalg.pinv(x) @ torch.nn.functional.one_hot(y, 10).double()).T)
