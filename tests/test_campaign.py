@@ -220,18 +220,21 @@ def test_a_run_that_ended_early_shows_the_epochs_it_trained(tmp_path):
     assert (row[3], row[4], row[6]) == ("diverged", "", "40/350")
 
 
+# a record's `data` for the official archive (the committed records' is the JPEG copy)
+OFFICIAL = {"source": "cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
+                                                             "lossless": True}}
+
+
 def test_each_campaign_row_shows_its_own_records_cells(tmp_path):
     """Two records of other GPUs, data, seconds and images/s: each row's cells are its own record's (the committed
     ledger's two records share their GPU and data, so a row showing another record's passed the README check)."""
     from reports import campaign
 
     (tmp_path / "runs").mkdir()
-    official = {"source": "cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
-                                                                 "lossless": True}}
     for path in sorted((ROOT / campaign.RESULTS / "runs").glob("*.json")):
         record = json.loads(path.read_text())
         if record["lr"] == 0.05:
-            record.update(device_name="NVIDIA H100 80GB HBM3", data=official, wall_time_s=1000.4,
+            record.update(device_name="NVIDIA H100 80GB HBM3", data=OFFICIAL, wall_time_s=1000.4,
                           train_images_per_s=12345.6)
         (tmp_path / "runs" / path.name).write_text(json.dumps(record))
     lossy = "CIFAR-10 JPEG, quality 75, chroma 4:2:0 (lossy)"
@@ -253,12 +256,10 @@ def test_a_checkpoint_row_shows_the_data_of_its_own_config(tmp_path):
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "checkpoints").mkdir()
-    official = {"source": "cifar-10-python.tar.gz", "encoding": {"formats": {"CIFAR-10 python batches": 60000},
-                                                                 "lossless": True}}
     for path in sorted((ROOT / campaign.RESULTS / "runs").glob("*.json")):
         record = json.loads(path.read_text())
         if record["lr"] == 0.05:
-            record.update(data=official, config={**record["config"], "data_sha256": "ab" * 32})
+            record.update(data=OFFICIAL, config={**record["config"], "data_sha256": "ab" * 32})
             record["run_key"] = config_key(record["config"])
         (tmp_path / "runs" / f"{record['run_key']}.json").write_text(json.dumps(record))
         torch.save({"epoch": 3, "extra": {"wall_s": 9.0}, "history": history(3)},
